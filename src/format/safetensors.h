@@ -1,0 +1,116 @@
+// format/safetensors.h: strict, zero-copy safetensors reading and streaming, atomic writing.
+//
+// Reader goals: mmap the file, parse and validate every header field before any tensor is
+// touched, hand out views into the mapping (data may be unaligned: ExLlamaV3 does not pad the
+// header, spec 2.2). Every failure is a trellis::Error (kFormat/kIo) whose message names the
+// file, the tensor and what was wrong; no input can cause a crash or an out-of-bounds read.
+// Checks: file >= 8 bytes; header length <= file size - 8 and <= 100 MiB; header is valid UTF-8
+// JSON object; each entry has a known dtype, an integer shape (non-negative dims), data_offsets
+// [begin, end] with begin <= end <= data size and end - begin == numel * dtype size, no
+// overflow; ranges do not overlap; no duplicate names; "__metadata__" (optional) is an object of
+// strings.
+//
+// Writer goals: produce files that ExLlamaV3 loads (minified JSON header, tensors back to back
+// in insertion order) and never leave a half-written file under the final name.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/mmap_file.h"
+#include "core/tensor.h"
+
+namespace trellis {
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::kF32;
+  Shape shape;
+  uint64_t begin = 0;  // byte offset of the data, relative to the start of the data section
+  uint64_t end = 0;
+};
+
+class SafetensorsFile {
+ public:
+  // Maps and validates `path`. Throws trellis::Error naming the file on any problem.
+  static std::unique_ptr<SafetensorsFile> open(const std::string& path);
+  // Validates an in-memory image (used by the fuzzer and by tests). `name` is used in messages.
+  static std::unique_ptr<SafetensorsFile> parse(std::span<const std::byte> bytes, const std::string& name);
+
+  const std::string& path() const { return path_; }
+  // Tensors in the order of their data offsets.
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const TensorInfo* find(const std::string& name) const;
+  // View of a tensor's bytes inside the mapping. Throws kFormat naming the tensor if absent.
+  TensorView view(const std::string& name) const;
+  TensorView view(const TensorInfo& info) const;
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+ private:
+  std::string path_;
+  MappedFile file_;
+  std::span<const std::byte> image_;
+  uint64_t data_start_ = 0;
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, size_t> index_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// All tensors of a model directory: a single `model.safetensors`, or the shards listed in
+// `model.safetensors.index.json` (validated: JSON shape, every listed file exists and holds the
+// tensors mapped to it, no tensor in two shards), or failing both every `*.safetensors` file in
+// the directory.
+class TensorStore {
+ public:
+  static std::unique_ptr<TensorStore> open_dir(const std::string& dir);
+
+  const std::string& dir() const { return dir_; }
+  // Tensor names, sorted.
+  std::vector<std::string> names() const;
+  bool contains(const std::string& name) const;
+  const TensorInfo& info(const std::string& name) const;  // throws kFormat if absent
+  TensorView view(const std::string& name) const;          // throws kFormat if absent
+  // File (base name) that holds the tensor.
+  std::string file_of(const std::string& name) const;
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+
+ private:
+  std::string dir_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, size_t> where_;  // tensor name -> index into files_
+};
+
+// Streaming writer. Declare every tensor first (name, dtype, shape), then call begin_data() and
+// write each tensor's bytes in declaration order (possibly in several pieces), then commit().
+// Writes to "<path>.tmp-<pid>" and renames on commit; destroyed uncommitted, it deletes the
+// temporary. Throws kInvalidArgument on duplicate names or byte counts that do not match.
+class SafetensorsWriter {
+ public:
+  explicit SafetensorsWriter(std::string path);
+  ~SafetensorsWriter();
+
+  void declare(const std::string& name, DType dtype, const Shape& shape);
+  void set_metadata(const std::string& key, const std::string& value);
+  void begin_data();
+  void write(std::span<const std::byte> bytes);
+  void commit();
+
+  // Convenience: write a whole file of in-memory tensors at once.
+  struct Item {
+    std::string name;
+    DType dtype;
+    Shape shape;
+    std::span<const std::byte> data;
+  };
+  static void write_file(const std::string& path, const std::vector<Item>& items);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace trellis
