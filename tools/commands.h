@@ -1,0 +1,16 @@
+// tools/commands.h: the subcommands of the `trellis` CLI. Each registers its options on the
+// app and returns the handler to run when it was chosen.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace trellis::cli {
+
+using Handler = std::function<int()>;
+
+Handler add_inspect(CLI::App& app);
+Handler add_dequantize(CLI::App& app);
+
+}  // namespace trellis::cli
