@@ -87,3 +87,30 @@ TEST(Bf16, RoundTripAndRounding) {
 
 }  // namespace
 }  // namespace trellis
+
+namespace trellis {
+namespace {
+
+TEST(Fp16, FastNarrowingMatchesDefinitionOnDenseSampleOfAllFloats) {
+  // fp32_to_fp16 (bit tricks) against fp64_to_fp16 (frexp/nearbyint), every 97th bit pattern
+  // plus every pattern near the fp16 normal/subnormal/overflow boundaries.
+  auto check = [](uint32_t u) {
+    const float f = bits_float(u);
+    const uint16_t a = fp32_to_fp16(f), b = fp64_to_fp16(static_cast<double>(f));
+    if (std::isnan(f)) {
+      ASSERT_EQ(a & 0x7C00, 0x7C00);
+      ASSERT_NE(a & 0x3FF, 0);
+    } else {
+      ASSERT_EQ(a, b) << std::hex << u;
+    }
+  };
+  for (uint64_t u = 0; u <= 0xFFFFFFFFull; u += 97) check(static_cast<uint32_t>(u));
+  for (uint32_t base : {0x33000000u, 0x33800000u, 0x38800000u, 0x38000000u, 0x477FE000u, 0x477FF000u, 0x7F800000u})
+    for (uint32_t d = 0; d < 0x40000u; ++d) {
+      check(base + d - 0x20000u);
+      check((base + d - 0x20000u) | 0x80000000u);
+    }
+}
+
+}  // namespace
+}  // namespace trellis
