@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -49,6 +50,9 @@ class SafetensorsFile {
   TensorView view(const std::string& name) const;
   TensorView view(const TensorInfo& info) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Absolute byte offset of the data section (8 + header length); tensor i's bytes start at
+  // data_offset() + tensors()[i].begin. Not necessarily a multiple of 8 (spec 2.2).
+  uint64_t data_offset() const { return data_start_; }
 
  private:
   std::string path_;
@@ -59,6 +63,18 @@ class SafetensorsFile {
   std::map<std::string, size_t> index_;
   std::map<std::string, std::string> metadata_;
 };
+
+// The parsed model.safetensors.index.json of a sharded checkpoint.
+struct SafetensorsIndex {
+  std::map<std::string, std::string> weight_map;  // tensor name -> shard file name
+  std::vector<std::string> files;                 // distinct shard file names, sorted
+  std::optional<uint64_t> total_size;             // metadata.total_size if present
+};
+// Validates index JSON text: an object whose "weight_map" is a non-empty object of strings, each
+// a plain file name (no directory part, not "." or ".."), no duplicate keys; "metadata", if
+// present, an object whose "total_size", if present, is a non-negative integer. `path` is used
+// in messages. Throws kFormat.
+SafetensorsIndex parse_safetensors_index(const std::string& text, const std::string& path);
 
 // All tensors of a model directory: a single `model.safetensors`, or the shards listed in
 // `model.safetensors.index.json` (validated: JSON shape, every listed file exists and holds the
@@ -88,6 +104,12 @@ class TensorStore {
 // write each tensor's bytes in declaration order (possibly in several pieces), then commit().
 // Writes to "<path>.tmp-<pid>" and renames on commit; destroyed uncommitted, it deletes the
 // temporary. Throws kInvalidArgument on duplicate names or byte counts that do not match.
+// declare() rejects with kInvalidArgument: a dtype ExLlamaV3 cannot load (dtype_exllamav3_loadable,
+// spec 2.2), an empty name or "__metadata__", negative dims, a byte size that overflows. The
+// header is minified JSON in declaration order ("__metadata__" first if set), padded with
+// spaces so that the data section starts at a multiple of 8 (allowed by the safetensors spec;
+// ExLlamaV3 and HF readers accept padded and unpadded headers alike). A write() may span
+// several tensors; commit() without begin_data() is allowed when every tensor is empty.
 class SafetensorsWriter {
  public:
   explicit SafetensorsWriter(std::string path);
