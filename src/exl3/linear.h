@@ -22,7 +22,8 @@ struct Exl3LinearView {
   const void* bias = nullptr;    // [n] fp16, optional
 };
 
-// Decodes W_hat (k x n, row-major binary16), exact (spec 4.3 steps 1-4).
+// Decodes W_hat (k x n, row-major binary16), exact (spec 4.3 steps 1-4). Only needs trellis;
+// k and n may be any positive multiples of 16 here (whole tiles), e.g. for a slice.
 void decode_what(const Exl3LinearView& layer, uint16_t* what);
 
 // Reconstructs W (k x n, row-major fp32) in the model basis: W_hat in fp32, left Hadamard,
