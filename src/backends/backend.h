@@ -1,0 +1,129 @@
+// backends/backend.h: the one seam between portable code and devices.
+//
+// Portable code (src/model, src/runtime) drives a model through this interface only; a backend
+// implements it for one device kind (CPU, CUDA, Vulkan). Contract for every op:
+//   * Activations are row-major [rows, cols] DeviceTensors; `rows` is the number of tokens in the
+//     batch. Which dtype a backend keeps activations in is its choice (CPU: fp32); portable code
+//     only moves them through ops and reads results with download().
+//   * Ops are enqueued in order on the backend's one stream; download() and synchronize() wait.
+//   * Shapes are validated by the caller (the model), so a mismatch here is an internal error.
+// Non-goals: a general tensor library. The op set is what the Llama-family forward pass needs;
+// a new architecture adds the ops it needs here, with a CPU reference first.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "exl3/linear.h"
+
+namespace trellis {
+
+struct DeviceInfo {
+  std::string backend;          // "cpu", "cuda", "vulkan"
+  int index = 0;
+  std::string name;             // e.g. CPU model or GPU name
+  uint64_t memory_bytes = 0;    // total device memory (0 if unknown)
+  uint64_t free_bytes = 0;
+  int threads = 0;              // CPU worker threads / GPU SM count
+  int subgroup_size = 0;
+  std::vector<std::string> features;  // e.g. "avx2", "fp16", "cooperative_matrix"
+};
+
+// Backend-owned memory of one tensor. Opaque to portable code.
+class DeviceBuffer {
+ public:
+  virtual ~DeviceBuffer() = default;
+  virtual size_t size() const = 0;
+};
+
+// A typed, shaped view of (part of) a DeviceBuffer. Cheap to copy.
+struct DeviceTensor {
+  std::shared_ptr<DeviceBuffer> buffer;
+  size_t offset = 0;  // bytes
+  DType dtype = DType::kF32;
+  Shape shape;
+  int64_t rows() const { return shape.empty() ? 1 : shape[0]; }
+  int64_t cols() const { return shape.size() < 2 ? (shape.empty() ? 1 : shape[0]) : shape_numel(shape) / shape[0]; }
+  // The first `n` rows (a view: no copy).
+  DeviceTensor first_rows(int64_t n) const;
+};
+
+// Host-side description of one linear layer y = x·Wᵀ + b (Hugging Face orientation: weight is
+// (out, in)) handed to a backend to prepare. Exactly one of `dense` / `exl3` is set.
+struct LinearSource {
+  std::string name;
+  int64_t in_features = 0, out_features = 0;  // real (unpadded) sizes
+  std::optional<TensorView> dense;            // (out, in) fp16 / bf16 / fp32
+  std::optional<exl3::Exl3LinearView> exl3;   // padded k >= in, n >= out (spec 2.4)
+  std::optional<TensorView> bias;             // [out] (dense) or [n] (EXL3) fp16/bf16/fp32
+};
+
+// A linear layer in the backend's prepared form.
+class LinearWeights {
+ public:
+  virtual ~LinearWeights() = default;
+  int64_t in_features = 0, out_features = 0;
+  uint64_t device_bytes = 0;  // memory the backend holds for it
+};
+
+// Rotary embedding parameters resolved from config (src/model/rope.h): inverse frequencies for
+// the head_dim/2 pairs, and the factor cos/sin are multiplied by (YaRN attention scaling).
+struct RopeParams {
+  std::vector<float> inv_freq;
+  float attention_scaling = 1.0f;
+};
+
+struct AttentionParams {
+  int64_t n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  float scale = 0;              // usually 1/sqrt(head_dim)
+  int64_t sliding_window = 0;   // 0 = full causal attention
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const DeviceInfo& info() const = 0;
+
+  // Memory. alloc() zero-fills. upload() converts host data to `dtype` on the device.
+  virtual DeviceTensor alloc(DType dtype, const Shape& shape) = 0;
+  virtual DeviceTensor upload(const TensorView& host, DType dtype) = 0;
+  // Copies a tensor to host as fp32 (rows*cols floats).
+  virtual void download(const DeviceTensor& t, float* host) = 0;
+  virtual std::unique_ptr<LinearWeights> prepare_linear(const LinearSource& source) = 0;
+  virtual void synchronize() {}
+
+  // out[r] = table[ids[r]]; table [vocab, dim].
+  virtual void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) = 0;
+  // out = x / rms(x) * weight over groups of `group` columns (group = cols for a plain RMSNorm,
+  // head_dim for per-head q/k norms); weight has `group` elements.
+  virtual void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group,
+                        DeviceTensor& out) = 0;
+  // y [rows, out] = x [rows, in] · Wᵀ + b.
+  virtual void linear(const LinearWeights& w, const DeviceTensor& x, DeviceTensor& y) = 0;
+  // In place, Hugging Face rotate-half convention, heads of head_dim in each row; row r is at
+  // position positions[r].
+  virtual void rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_t> positions,
+                    const RopeParams& rope) = 0;
+  // Writes k, v [rows, n_kv_heads*head_dim] into the caches [max_ctx, n_kv_heads*head_dim] at
+  // rows positions[r].
+  virtual void kv_store(const DeviceTensor& k, const DeviceTensor& v, std::span<const int32_t> positions,
+                        DeviceTensor& k_cache, DeviceTensor& v_cache) = 0;
+  // out [rows, n_heads*head_dim] = softmax(q·Kᵀ·scale, causal: row r sees cache rows
+  // 0..positions[r]) · V, grouped-query (head h uses kv head h / (n_heads / n_kv_heads)).
+  virtual void attention(const DeviceTensor& q, const DeviceTensor& k_cache, const DeviceTensor& v_cache,
+                         std::span<const int32_t> positions, const AttentionParams& params, DeviceTensor& out) = 0;
+  // out = silu(gate) * up.
+  virtual void silu_mul(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out) = 0;
+  // x += y.
+  virtual void add(DeviceTensor& x, const DeviceTensor& y) = 0;
+};
+
+// The CPU backend (always available). `threads` = 0: all hardware threads.
+std::unique_ptr<Backend> make_cpu_backend(size_t threads = 0);
+
+}  // namespace trellis

@@ -1,0 +1,242 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "convert/linear_shapes.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "model/rope.h"
+
+namespace trellis {
+
+struct Model::Layer {
+  DeviceTensor attn_norm, mlp_norm, q_norm, k_norm;
+  std::unique_ptr<LinearWeights> q, k, v, o, gate, up, down;
+  DeviceTensor k_cache, v_cache;
+};
+
+Model::Model(Backend& backend) : backend_(backend) {}
+Model::~Model() = default;
+
+const std::vector<std::string>& Model::supported_architectures() {
+  static const std::vector<std::string> kArchs = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                                                  "Qwen3ForCausalLM"};
+  return kArchs;
+}
+
+std::unique_ptr<Model> Model::load(const std::string& dir, Backend& backend, const ModelOptions& options) {
+  std::unique_ptr<Model> m(new Model(backend));
+  m->dir_ = ModelDir::open(dir);
+  m->config_ = m->dir_->config();
+  const auto& archs = supported_architectures();
+  const std::string arch = m->config_.architectures.empty() ? "" : m->config_.architectures.front();
+  if (std::find(archs.begin(), archs.end(), arch) == archs.end()) {
+    std::string list;
+    for (const auto& a : archs) list += (list.empty() ? "" : ", ") + a;
+    fail(ErrorKind::kUnsupported, "{}: architecture '{}' is not supported (supported: {})", m->config_.path,
+         arch.empty() ? m->config_.model_type : arch, list);
+  }
+  m->load_weights(options);
+  return m;
+}
+
+DeviceTensor Model::load_vector(const std::string& name, int64_t length) {
+  const TensorStore& store = dir_->tensors();
+  if (!store.contains(name)) fail(ErrorKind::kFormat, "{}: missing tensor {}", dir_->dir(), name);
+  const TensorView v = store.view(name);
+  if (v.numel() != length)
+    fail(ErrorKind::kFormat, "{}: tensor {} has shape {}, expected [{}]", dir_->dir(), name, shape_to_string(v.shape),
+         length);
+  return backend_.upload(v, DType::kF32);
+}
+
+std::unique_ptr<LinearWeights> Model::load_linear(const std::string& key, int64_t in, int64_t out, bool required) {
+  LinearSource src;
+  src.name = key;
+  src.in_features = in;
+  src.out_features = out;
+  const TensorStore& store = dir_->tensors();
+  if (const Exl3Layer* layer = dir_->find_exl3_layer(key)) {
+    if (layer->k != round_up_128(in) || layer->n != round_up_128(out))
+      fail(ErrorKind::kFormat, "{}: EXL3 layer {} is {}x{} (padded in x out), expected {}x{} for a {}x{} linear",
+           dir_->dir(), key, layer->k, layer->n, round_up_128(in), round_up_128(out), in, out);
+    scratch_.emplace_back();
+    src.exl3 = dir_->exl3_view(*layer, scratch_.back());
+    if (layer->has_bias) src.bias = store.view(key + ".bias");
+  } else if (store.contains(key + ".weight")) {
+    const TensorView w = store.view(key + ".weight");
+    if (w.shape != Shape{out, in})
+      fail(ErrorKind::kFormat, "{}: tensor {}.weight has shape {}, expected [{}, {}]", dir_->dir(), key,
+           shape_to_string(w.shape), out, in);
+    if (w.dtype != DType::kF16 && w.dtype != DType::kBF16 && w.dtype != DType::kF32)
+      fail(ErrorKind::kUnsupported, "{}: tensor {}.weight has dtype {}; supported: F16, BF16, F32", dir_->dir(), key,
+           dtype_name(w.dtype));
+    src.dense = w;
+    if (store.contains(key + ".bias")) {
+      src.bias = store.view(key + ".bias");
+      if (src.bias->numel() != out)
+        fail(ErrorKind::kFormat, "{}: tensor {}.bias has shape {}, expected [{}]", dir_->dir(), key,
+             shape_to_string(src.bias->shape), out);
+    }
+  } else {
+    if (!required) return nullptr;
+    fail(ErrorKind::kFormat, "{}: missing weights for linear layer {} (neither EXL3 tensors nor {}.weight)",
+         dir_->dir(), key, key);
+  }
+  return backend_.prepare_linear(src);
+}
+
+void Model::load_weights(const ModelOptions& options) {
+  const ModelConfig& c = config_;
+  if (c.hidden_size <= 0 || c.num_attention_heads <= 0 || c.num_key_value_heads <= 0 || c.head_dim <= 0 ||
+      c.num_attention_heads % c.num_key_value_heads != 0 || c.head_dim % 2 != 0 || c.intermediate_size <= 0)
+    fail(ErrorKind::kFormat, "{}: inconsistent attention shape (hidden {}, heads {}, kv heads {}, head_dim {})", c.path,
+         c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+  if (c.hidden_act != "silu")
+    fail(ErrorKind::kUnsupported, "{}: hidden_act '{}' is not supported (only silu)", c.path, c.hidden_act);
+  const int64_t max_pos = c.max_position_embeddings > 0 ? c.max_position_embeddings : 8192;
+  max_context_ = options.max_context > 0 ? std::min(options.max_context, max_pos) : std::min<int64_t>(max_pos, 8192);
+  max_batch_ = std::max<int64_t>(1, std::min(options.max_batch, max_context_));
+  rope_ = make_rope_params(c);
+  attn_.n_heads = c.num_attention_heads;
+  attn_.n_kv_heads = c.num_key_value_heads;
+  attn_.head_dim = c.head_dim;
+  attn_.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  if (c.raw.contains("sliding_window") && c.raw["sliding_window"].is_number_integer() &&
+      c.raw.value("use_sliding_window", true))
+    attn_.sliding_window = c.raw["sliding_window"].get<int64_t>();
+
+  const TensorStore& store = dir_->tensors();
+  if (!store.contains("model.embed_tokens.weight"))
+    fail(ErrorKind::kFormat, "{}: missing tensor model.embed_tokens.weight", dir_->dir());
+  const TensorView embed = store.view("model.embed_tokens.weight");
+  if (embed.shape != Shape{c.vocab_size, c.hidden_size})
+    fail(ErrorKind::kFormat, "{}: model.embed_tokens.weight has shape {}, expected [{}, {}] (vocab_size, hidden_size)",
+         dir_->dir(), shape_to_string(embed.shape), c.vocab_size, c.hidden_size);
+  embed_ = backend_.upload(embed, DType::kF16);
+  final_norm_ = load_vector("model.norm.weight", c.hidden_size);
+
+  const int64_t q_width = c.num_attention_heads * c.head_dim, kv_width = c.num_key_value_heads * c.head_dim;
+  const bool qk_norm = c.architectures.front() == "Qwen3ForCausalLM";
+  layers_.resize(static_cast<size_t>(c.num_hidden_layers));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    Layer& l = layers_[static_cast<size_t>(i)];
+    const std::string p = fmt::format("model.layers.{}.", i);
+    l.attn_norm = load_vector(p + "input_layernorm.weight", c.hidden_size);
+    l.mlp_norm = load_vector(p + "post_attention_layernorm.weight", c.hidden_size);
+    if (qk_norm) {
+      l.q_norm = load_vector(p + "self_attn.q_norm.weight", c.head_dim);
+      l.k_norm = load_vector(p + "self_attn.k_norm.weight", c.head_dim);
+    }
+    l.q = load_linear(p + "self_attn.q_proj", c.hidden_size, q_width);
+    l.k = load_linear(p + "self_attn.k_proj", c.hidden_size, kv_width);
+    l.v = load_linear(p + "self_attn.v_proj", c.hidden_size, kv_width);
+    l.o = load_linear(p + "self_attn.o_proj", q_width, c.hidden_size);
+    l.gate = load_linear(p + "mlp.gate_proj", c.hidden_size, c.intermediate_size);
+    l.up = load_linear(p + "mlp.up_proj", c.hidden_size, c.intermediate_size);
+    l.down = load_linear(p + "mlp.down_proj", c.intermediate_size, c.hidden_size);
+    l.k_cache = backend_.alloc(DType::kF16, {max_context_, kv_width});
+    l.v_cache = backend_.alloc(DType::kF16, {max_context_, kv_width});
+  }
+  // A stored lm_head (EXL3 or dense) wins over tying (spec 2.13).
+  head_ = load_linear("lm_head", c.hidden_size, c.vocab_size, /*required=*/false);
+  if (!head_) {
+    if (!c.tie_word_embeddings)
+      fail(ErrorKind::kFormat, "{}: no lm_head tensors and tie_word_embeddings is false", dir_->dir());
+    LinearSource src;
+    src.name = "lm_head (tied to model.embed_tokens)";
+    src.in_features = c.hidden_size;
+    src.out_features = c.vocab_size;
+    src.dense = embed;
+    head_ = backend_.prepare_linear(src);
+  }
+  for (const std::string& name : store.names())
+    if (dir_->kind_of(name) == TensorKind::kUnknown) log_warn("{}: ignoring tensor {}", dir_->dir(), name);
+
+  const int64_t b = max_batch_;
+  x_ = backend_.alloc(DType::kF32, {b, c.hidden_size});
+  h_ = backend_.alloc(DType::kF32, {b, c.hidden_size});
+  tmp_ = backend_.alloc(DType::kF32, {b, c.hidden_size});
+  q_ = backend_.alloc(DType::kF32, {b, q_width});
+  o_ = backend_.alloc(DType::kF32, {b, q_width});
+  k_ = backend_.alloc(DType::kF32, {b, kv_width});
+  v_ = backend_.alloc(DType::kF32, {b, kv_width});
+  gate_ = backend_.alloc(DType::kF32, {b, c.intermediate_size});
+  up_ = backend_.alloc(DType::kF32, {b, c.intermediate_size});
+  logits_ = backend_.alloc(DType::kF32, {b, c.vocab_size});
+}
+
+void Model::forward(std::span<const int32_t> tokens, int64_t start, bool all_logits, std::vector<float>& logits) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) fail(ErrorKind::kInvalidArgument, "forward: no tokens");
+  if (start < 0 || start + n > max_context_)
+    fail(ErrorKind::kInvalidArgument, "forward: positions {}..{} exceed the context of {} tokens", start, start + n - 1,
+         max_context_);
+  for (int32_t t : tokens)
+    if (t < 0 || t >= config_.vocab_size)
+      fail(ErrorKind::kInvalidArgument, "forward: token id {} is outside the vocabulary (0..{})", t,
+           config_.vocab_size - 1);
+  const int64_t vocab = config_.vocab_size;
+  logits.resize(static_cast<size_t>((all_logits ? n : 1) * vocab));
+  for (int64_t done = 0; done < n; done += max_batch_) {
+    const int64_t rows = std::min(max_batch_, n - done);
+    const bool last_chunk = done + rows == n;
+    float* out = all_logits ? logits.data() + done * vocab : (last_chunk ? logits.data() : nullptr);
+    forward_chunk(tokens.subspan(static_cast<size_t>(done), static_cast<size_t>(rows)), start + done, all_logits, out);
+  }
+}
+
+void Model::forward_chunk(std::span<const int32_t> tokens, int64_t start, bool all_logits, float* logits) {
+  const int64_t rows = static_cast<int64_t>(tokens.size());
+  std::vector<int32_t> positions(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) positions[static_cast<size_t>(r)] = static_cast<int32_t>(start + r);
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  DeviceTensor x = x_.first_rows(rows), h = h_.first_rows(rows), tmp = tmp_.first_rows(rows);
+  DeviceTensor q = q_.first_rows(rows), k = k_.first_rows(rows), v = v_.first_rows(rows), o = o_.first_rows(rows);
+  DeviceTensor gate = gate_.first_rows(rows), up = up_.first_rows(rows);
+  Backend& be = backend_;
+  be.embedding(embed_, tokens, x);
+  for (Layer& l : layers_) {
+    be.rms_norm(x, l.attn_norm, eps, config_.hidden_size, h);
+    be.linear(*l.q, h, q);
+    be.linear(*l.k, h, k);
+    be.linear(*l.v, h, v);
+    if (l.q_norm.buffer) {
+      be.rms_norm(q, l.q_norm, eps, config_.head_dim, q);
+      be.rms_norm(k, l.k_norm, eps, config_.head_dim, k);
+    }
+    be.rope(q, config_.head_dim, positions, rope_);
+    be.rope(k, config_.head_dim, positions, rope_);
+    be.kv_store(k, v, positions, l.k_cache, l.v_cache);
+    be.attention(q, l.k_cache, l.v_cache, positions, attn_, o);
+    be.linear(*l.o, o, tmp);
+    be.add(x, tmp);
+    be.rms_norm(x, l.mlp_norm, eps, config_.hidden_size, h);
+    be.linear(*l.gate, h, gate);
+    be.linear(*l.up, h, up);
+    be.silu_mul(gate, up, gate);
+    be.linear(*l.down, gate, tmp);
+    be.add(x, tmp);
+  }
+  if (!logits) return;
+  if (all_logits) {
+    be.rms_norm(x, final_norm_, eps, config_.hidden_size, h);
+    DeviceTensor out = logits_.first_rows(rows);
+    be.linear(*head_, h, out);
+    be.download(out, logits);
+  } else {
+    // Only the last row's logits are needed: norm and project that row alone.
+    DeviceTensor last = x_;
+    last.offset += static_cast<size_t>((rows - 1) * config_.hidden_size) * dtype_size(last.dtype);
+    last.shape[0] = 1;
+    DeviceTensor hl = h_.first_rows(1), out = logits_.first_rows(1);
+    be.rms_norm(last, final_norm_, eps, config_.hidden_size, hl);
+    be.linear(*head_, hl, out);
+    be.download(out, logits);
+  }
+}
+
+}  // namespace trellis
