@@ -60,9 +60,8 @@ Tables build_table(Codebook cb) {
 
 const Tables& tables(Codebook cb) {
   // Function-local static: initialised exactly once, thread-safe (C++11 magic statics).
-  static const std::array<Tables, 3> all = {build_table(Codebook::k3Inst),
-                                            build_table(Codebook::kMcg),
-                                            build_table(Codebook::kMul1)};
+  static const std::array<Tables, 3> all = {
+      build_table(Codebook::k3Inst), build_table(Codebook::kMcg), build_table(Codebook::kMul1)};
   const auto index = static_cast<size_t>(cb);
   if (index >= all.size()) fail(ErrorKind::kInvalidArgument, "unknown EXL3 codebook id {}", index);
   return all[index];

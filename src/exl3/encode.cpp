@@ -6,12 +6,11 @@
 // then reduces over h for every out-edge; scanning h upwards and replacing only on "<" is the
 // spec's "first strict minimum" rule.
 //
-// Arithmetic (all results are binary16 values, held exactly in float/double):
+// Arithmetic (all results are binary16 values, held exactly in floats):
 //   d = fp16(dec(s) - w)       fp32 difference then RN16: exact, or the small operand is far
 //                              below half an fp16 ulp of the large one, so the result is right
-//   c = fp16(d*d + cost_prev)  d*d is exact in double; the double sum is exact, or it drops a
-//                              term far below half an fp16 ulp of the larger, fp16-exact one
-//                              (a finite d*d is below 2^32, a nonzero cost at least 2^-24)
+//   c = fp16(d*d + cost_prev)  one rounding, emulated exactly in fp32 by fp16_square_add
+//                              (round-to-odd; see exl3/fp16_round.h)
 // The first processed step of a pass is the same formula with cost_prev = 0 (pass 1) or
 // cost_prev = 0 at edge e* and +inf elsewhere (pass 2), which is what spec 5.7 prescribes.
 //
@@ -120,8 +119,7 @@ class Viterbi {
     const float* __restrict prev = cost_prev;
     for (int s = 0; s < kStates; ++s) {
       const float d = round_to_fp16_value(dec[s] - w);
-      const double sum = static_cast<double>(d) * d + prev[s >> K];
-      sc[s] = static_cast<float>(round_to_fp16_value_nonneg(sum));
+      sc[s] = fp16_square_add(d, prev[s >> K]);
     }
     // Minimum over h for each out-edge, keeping the first strict minimum (h = 0 first, then
     // replace only where a later h is strictly smaller). Costs are non-negative floats without

@@ -21,7 +21,9 @@ void check_len(size_t len) {
 
 // binary16 product of two binary16 values: the fp32 product of two 11-bit significands is exact,
 // so converting it once to binary16 is the correctly rounded fp16 multiply.
-uint16_t fp16_mul(uint16_t a, uint16_t b) { return fp32_to_fp16(fp16_to_fp32(a) * fp16_to_fp32(b)); }
+uint16_t fp16_mul(uint16_t a, uint16_t b) {
+  return fp32_to_fp16(fp16_to_fp32(a) * fp16_to_fp32(b));
+}
 
 }  // namespace
 

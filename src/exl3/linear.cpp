@@ -26,8 +26,8 @@ void check_layer(const Exl3LinearView& layer, int64_t granularity = kHadamardSiz
          "EXL3 layer shape {} x {}: both dimensions must be positive multiples of {}", layer.k,
          layer.n, granularity);
   if (layer.K < kMinK || layer.K > kMaxK)
-    fail(ErrorKind::kInvalidArgument, "EXL3 layer bits per weight K = {}; expected {}..{}",
-         layer.K, kMinK, kMaxK);
+    fail(ErrorKind::kInvalidArgument, "EXL3 layer bits per weight K = {}; expected {}..{}", layer.K,
+         kMinK, kMaxK);
   const auto cb = static_cast<int>(layer.codebook);
   if (cb < 0 || cb > static_cast<int>(Codebook::kMul1))
     fail(ErrorKind::kInvalidArgument, "EXL3 layer codebook id {} is unknown", cb);

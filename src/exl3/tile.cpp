@@ -65,8 +65,8 @@ void unpack_tile(const void* packed, int K, uint16_t states[kTileSize]) {
   }
   const int n_bits = kTileSize * K;
   for (int i = 0; i < kTileSize; ++i) {
-    const int e = (i + 1) * K;                                // window ends before stream bit e
-    const int i1 = (e - 1) / 32;                              // word holding the last bit
+    const int e = (i + 1) * K;                                    // window ends before stream bit e
+    const int i1 = (e - 1) / 32;                                  // word holding the last bit
     const int i0 = (((e - 16) % n_bits + n_bits) % n_bits) / 32;  // word holding the first bit
     const uint64_t pair = uint64_t{u[i0]} << 32 | u[i1];
     states[i] = static_cast<uint16_t>((pair >> (31 - (e - 1) % 32)) & 0xFFFFu);
@@ -77,8 +77,9 @@ bool is_tail_biting(const uint16_t states[kTileSize], int K) {
   check_k(K);
   const uint32_t edge_mask = (1u << (16 - K)) - 1;
   for (int i = 0; i < kTileSize; ++i) {
-    const uint16_t prev = states[(i + kTileSize - 1) % kTileSize];
-    if ((states[i] >> K) != (prev & edge_mask)) return false;
+    const uint32_t prev = states[(i + kTileSize - 1) % kTileSize];
+    const uint32_t in_edge = static_cast<uint32_t>(states[i]) >> K;
+    if (in_edge != (prev & edge_mask)) return false;
   }
   return true;
 }

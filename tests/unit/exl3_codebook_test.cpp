@@ -30,7 +30,7 @@ TEST(Exl3Codebook, WorkedExamplesOfTheSpec) {
   EXPECT_EQ(decode_state(0x1234, Codebook::k3Inst), 0xC066);  // -2.19970703125 rounded
   EXPECT_EQ(decode_state(0x0001, Codebook::kMcg), 0x304E);
   EXPECT_EQ(decode_state(0x0001, Codebook::kMul1), 0x3921);
-  EXPECT_EQ(decode_state(0x0000, Codebook::kMul1), 0xC2E8);   // -3.453125, the minimum
+  EXPECT_EQ(decode_state(0x0000, Codebook::kMul1), 0xC2E8);  // -3.453125, the minimum
 }
 
 // Spec 3.6: the MUL1 FMA is the integer (1024 + S) * 1774 - 2721792 times 2^-18, rounded once.

@@ -16,9 +16,13 @@ namespace {
 using trellis::test::SplitMix64;
 
 // H128[a][b] = (-1)^popcount(a AND b), unnormalised.
-double sylvester(int a, int b) { return (std::popcount(static_cast<unsigned>(a & b)) & 1) ? -1.0 : 1.0; }
+double sylvester(int a, int b) {
+  return (std::popcount(static_cast<unsigned>(a & b)) & 1) ? -1.0 : 1.0;
+}
 
-double uniform(SplitMix64& rng) { return static_cast<double>(rng.next() >> 11) * 0x1.0p-53 * 2 - 1; }
+double uniform(SplitMix64& rng) {
+  return static_cast<double>(rng.next() >> 11) * 0x1.0p-53 * 2 - 1;
+}
 
 TEST(Exl3Hadamard, Fwht128IsTheSylvesterMatrix) {
   SplitMix64 rng(0x4AD1ull);
@@ -49,7 +53,8 @@ TEST(Exl3Hadamard, BlockTransformIsAnInvolution) {
     // One application gives column i of Hk: +-1/sqrt(128) inside i's block, 0 elsewhere.
     for (size_t j = 0; j < len; ++j) {
       const bool same_block = j / kHadamardSize == i / kHadamardSize;
-      const double want = same_block ? sylvester(int(i % 128), int(j % 128)) / std::sqrt(128.0) : 0.0;
+      const double want =
+          same_block ? sylvester(int(i % 128), int(j % 128)) / std::sqrt(128.0) : 0.0;
       ASSERT_NEAR(e[j], want, 1e-7) << i << "," << j;
     }
     hadamard128_fp32(e.data(), len);

@@ -46,7 +46,8 @@ struct RandomLayer {
       uint16_t* s = &states[static_cast<size_t>(t * kTileSize)];
       for (int i = 0; i < kTileSize; ++i) {
         uint32_t v = 0;
-        for (int j = 0; j < (16 + K - 1) / K; ++j) v |= bits[(i - j + kTileSize) % kTileSize] << (K * j);
+        for (int j = 0; j < (16 + K - 1) / K; ++j)
+          v |= bits[(i - j + kTileSize) % kTileSize] << (K * j);
         s[i] = static_cast<uint16_t>(v);
       }
       pack_tile(s, K, &packed[static_cast<size_t>(t * tile_words16(K))]);
@@ -124,7 +125,11 @@ TEST(Exl3Linear, DecodeWhatPlacesStepsByTheTileOrder) {
 }
 
 TEST(Exl3Linear, ReconstructMatchesDenseReference) {
-  struct Case { int64_t k, n; int K; Codebook cb; };
+  struct Case {
+    int64_t k, n;
+    int K;
+    Codebook cb;
+  };
   for (const Case c : {Case{128, 128, 4, Codebook::kMul1}, Case{256, 384, 2, Codebook::k3Inst},
                        Case{384, 128, 7, Codebook::kMcg}}) {
     const RandomLayer layer(c.k, c.n, c.K, c.cb, 0x5EC0ull + c.K, false);
@@ -147,7 +152,8 @@ TEST(Exl3Linear, ReferenceMatmulMatchesDenseProduct) {
     const RandomLayer layer(k, n, 5, Codebook::kMul1, 0x3A7ull + with_bias, with_bias);
     SplitMix64 rng(0xC0FFEEull);
     std::vector<float> x(static_cast<size_t>(m * k)), y(static_cast<size_t>(m * n));
-    for (auto& v : x) v = static_cast<float>(static_cast<double>(rng.next() >> 40) / 8388608.0 - 1.0);
+    for (auto& v : x)
+      v = static_cast<float>(static_cast<double>(rng.next() >> 40) / 8388608.0 - 1.0);
     reference_matmul(layer.view, x.data(), m, y.data());
     const std::vector<double> w = layer.weight_reference();
     for (int64_t r = 0; r < m; ++r) {

@@ -34,6 +34,13 @@ struct VectorLine {
   bool list_ok = true;         // all list tokens parsed as 16-bit hex
 
   mutable std::set<std::string> consumed;
+  mutable bool list_read = false;
+
+  // The hex list; reading it marks it checked.
+  const std::vector<uint16_t>& get_list() const {
+    list_read = true;
+    return list;
+  }
 
   bool has(const std::string& key) const { return fields.count(key) != 0; }
   const std::string& get(const std::string& key) const {
@@ -57,10 +64,11 @@ struct VectorLine {
     const int decimals = dot == std::string::npos ? 0 : static_cast<int>(s.size() - dot - 1);
     return 0.5 * std::pow(10.0, -decimals) * (1.0 + 1e-6);
   }
-  // Every key=value field was read by the checker.
+  // Every key=value field and the list (if any) was read by the checker.
   void expect_all_consumed() const {
     for (const auto& [k, v] : fields)
       EXPECT_TRUE(consumed.count(k)) << "line " << line_no << ": field '" << k << "' not checked";
+    EXPECT_TRUE(label.empty() || list_read) << "line " << line_no << ": list not checked";
   }
 };
 

@@ -23,9 +23,9 @@ using trellis::test::have_shared;
 using trellis::test::SplitMix64;
 
 // Tags checked in this file and in exl3_viterbi_vectors_test.cpp.
-const std::set<std::string> kCheckedTags = {"DECODE", "DECODE_SAMPLE", "TRELLIS", "TRELLIS_TILE0",
-                                            "WHAT",   "HAD",           "HAD_SAMPLE",
-                                            "VITERBI", "VITERBI_TILE0"};
+const std::set<std::string> kCheckedTags = {"DECODE",        "DECODE_SAMPLE", "TRELLIS",
+                                            "TRELLIS_TILE0", "WHAT",          "HAD",
+                                            "HAD_SAMPLE",    "VITERBI",       "VITERBI_TILE0"};
 
 #define SKIP_WITHOUT_SHARED() \
   if (!have_shared()) GTEST_SKIP() << "../shared (spec test vectors) not available"
@@ -147,15 +147,16 @@ TEST(Exl3Vectors, TrellisTile0) {
     ASSERT_TRUE(K >= kMinK && K <= kMaxK) << l->text;
     const TrellisRecipe r = build_trellis_recipe(K);
     const ListLabel label = parse_label(l->label);
+    const std::vector<uint16_t>& list = l->get_list();
     if (label.name == "states") {
       ASSERT_EQ(label.last, -1) << l->text;
-      ASSERT_FALSE(l->list.empty());
-      ASSERT_LE(l->list.size(), static_cast<size_t>(kTileSize));
-      EXPECT_TRUE(std::equal(l->list.begin(), l->list.end(), r.states.begin())) << l->text;
+      ASSERT_FALSE(list.empty());
+      ASSERT_LE(list.size(), static_cast<size_t>(kTileSize));
+      EXPECT_TRUE(std::equal(list.begin(), list.end(), r.states.begin())) << l->text;
     } else if (label.name == "packed") {
       // The file lists all words of tile (0,0).
-      ASSERT_EQ(l->list.size(), static_cast<size_t>(tile_words16(K))) << l->text;
-      EXPECT_TRUE(std::equal(l->list.begin(), l->list.end(), r.packed.begin())) << l->text;
+      ASSERT_EQ(list.size(), static_cast<size_t>(tile_words16(K))) << l->text;
+      EXPECT_TRUE(std::equal(list.begin(), list.end(), r.packed.begin())) << l->text;
     } else {
       ADD_FAILURE() << "line " << l->line_no << ": unknown list '" << l->label << "'";
     }
@@ -173,7 +174,8 @@ TEST(Exl3Vectors, What) {
     const Codebook cb = codebook_of(*l);
     const std::vector<uint16_t> what = decode_recipe(build_trellis_recipe(K), K, cb);
     const ListLabel label = parse_label(l->label);
-    ASSERT_EQ(l->list.size(), static_cast<size_t>(label.last - label.first + 1)) << l->text;
+    const std::vector<uint16_t>& list = l->get_list();
+    ASSERT_EQ(list.size(), static_cast<size_t>(label.last - label.first + 1)) << l->text;
     ASSERT_GE(label.first, 0);
     for (int i = label.first; i <= label.last; ++i) {
       uint16_t got;
@@ -186,7 +188,7 @@ TEST(Exl3Vectors, What) {
       } else {
         FAIL() << "line " << l->line_no << ": unknown list '" << l->label << "'";
       }
-      EXPECT_EQ(got, l->list[i - label.first]) << l->text << " index " << i;
+      EXPECT_EQ(got, list[i - label.first]) << l->text << " index " << i;
     }
     l->expect_all_consumed();
   }
@@ -217,7 +219,8 @@ HadRecipe build_had_recipe() {
   for (int i = 0; i < HadRecipe::kLen; ++i) r.suh.push_back(recipe_scale(rng));
   for (int i = 0; i < HadRecipe::kLen; ++i) r.svh.push_back(recipe_scale(rng));
   for (int i = 0; i < total; ++i)
-    r.xf.push_back(static_cast<float>((static_cast<double>(rng.next() >> 40) - 8388608.0) / 1048576.0));
+    r.xf.push_back(
+        static_cast<float>((static_cast<double>(rng.next() >> 40) - 8388608.0) / 1048576.0));
   r.xh.resize(total);
   r.out_h.resize(total);
   r.out_f.resize(total);
@@ -254,15 +257,19 @@ TEST(Exl3Vectors, HadSample) {
   const HadRecipe r = build_had_recipe();
   for (const VectorLine* l : lines) {
     const ListLabel label = parse_label(l->label);
+    const std::vector<uint16_t>& list = l->get_list();
     const std::vector<uint16_t>* source = nullptr;
-    if (label.name == "x") source = &r.x;
-    else if (label.name == "suh") source = &r.suh;
-    else if (label.name == "xh") source = &r.xh;
+    if (label.name == "x")
+      source = &r.x;
+    else if (label.name == "suh")
+      source = &r.suh;
+    else if (label.name == "xh")
+      source = &r.xh;
     ASSERT_NE(source, nullptr) << "line " << l->line_no << ": unknown list '" << l->label << "'";
-    ASSERT_EQ(l->list.size(), static_cast<size_t>(label.last - label.first + 1)) << l->text;
+    ASSERT_EQ(list.size(), static_cast<size_t>(label.last - label.first + 1)) << l->text;
     ASSERT_TRUE(label.first >= 0 && static_cast<size_t>(label.last) < source->size());
     for (int i = label.first; i <= label.last; ++i)
-      EXPECT_EQ((*source)[i], l->list[i - label.first]) << l->text << " index " << i;
+      EXPECT_EQ((*source)[i], list[i - label.first]) << l->text << " index " << i;
     l->expect_all_consumed();
   }
 }

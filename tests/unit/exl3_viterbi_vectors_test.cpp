@@ -89,12 +89,13 @@ TEST(Exl3Vectors, ViterbiTile0) {
     const Codebook cb = codebook_of(*l);
     ASSERT_TRUE(K >= kMinK && K <= kMaxK) << l->text;
     const ListLabel label = parse_label(l->label);
+    const std::vector<uint16_t>& list = l->get_list();
     ASSERT_EQ(label.name, "idx") << l->text;
     ASSERT_TRUE(label.first >= 0 && label.last < kTileSize) << l->text;
-    ASSERT_EQ(l->list.size(), static_cast<size_t>(label.last - label.first + 1)) << l->text;
+    ASSERT_EQ(list.size(), static_cast<size_t>(label.last - label.first + 1)) << l->text;
     const std::vector<uint16_t>& states = encoded_recipe().at({K, cb});
     for (int i = label.first; i <= label.last; ++i)
-      EXPECT_EQ(states[i], l->list[i - label.first]) << l->text << " index " << i;
+      EXPECT_EQ(states[i], list[i - label.first]) << l->text << " index " << i;
     l->expect_all_consumed();
   }
 }
