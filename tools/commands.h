@@ -12,5 +12,8 @@ using Handler = std::function<int()>;
 
 Handler add_inspect(CLI::App& app);
 Handler add_dequantize(CLI::App& app);
+Handler add_ppl(CLI::App& app);
+Handler add_kld(CLI::App& app);
+Handler add_logits(CLI::App& app);
 
 }  // namespace trellis::cli

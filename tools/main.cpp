@@ -23,6 +23,9 @@ int main(int argc, char** argv) {
   std::vector<trellis::cli::Handler> handlers = {
       trellis::cli::add_inspect(app),
       trellis::cli::add_dequantize(app),
+      trellis::cli::add_ppl(app),
+      trellis::cli::add_kld(app),
+      trellis::cli::add_logits(app),
   };
 
   try {
