@@ -106,8 +106,14 @@ def prepare_messages(messages):
     return prepared
 
 
+_compiled = {}
+
+
 def render_one(env, request):
-    template = env.from_string(request["template"])
+    source = request["template"]
+    if source not in _compiled:
+        _compiled[source] = env.from_string(source)
+    template = _compiled[source]
     if request.get("mode", "render") == "render":
         return template.render(**request.get("context", {}))
     kwargs = {"bos_token": request.get("bos_token", ""), "eos_token": request.get("eos_token", "")}

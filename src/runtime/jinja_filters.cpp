@@ -48,11 +48,30 @@ Value get_attribute_path(Interpreter& in, const Value& item, const std::string& 
   }
 }
 
+// jinja2's generator-returning filters, computed eagerly: the items produced before an error are
+// kept and the error is raised only when a consumer reaches it, as iterating the generator would.
+// (Known difference: a generator used as the input of another filter's result that is never
+// consumed is still consumed here.)
+template <typename Produce>
+Value lazy_generator(Produce&& produce) {
+  std::vector<Value> out;
+  std::shared_ptr<const Error> deferred;
+  try {
+    produce(out);
+  } catch (const Error& e) {
+    deferred = std::make_shared<const Error>(e);
+  }
+  Value g = Value::view(std::move(out), SeqView::kIterator, "generator");
+  g.list_ptr()->deferred = std::move(deferred);
+  return g;
+}
+
 Value lower_if_string(const Value& v) { return v.is_string() ? Value(py_lower(v.as_string())) : v; }
 
 int64_t length_of(Interpreter& in, const Value& v, SourcePos pos) {
   if (v.is_undefined()) return 0;
   if (v.is_string()) return static_cast<int64_t>(utf8_length(v.as_string()));
+  if (v.is_iterator()) in.error(ErrorKind::kFormat, pos, "object of type 'generator' has no len()");
   if (v.is_list()) return static_cast<int64_t>(v.as_list().items.size());
   if (v.is_dict()) return static_cast<int64_t>(v.as_dict().entries.size());
   in.error(ErrorKind::kFormat, pos, fmt::format("object of type '{}' has no len()", v.type_name()));
@@ -218,55 +237,59 @@ Value round_value(Interpreter& in, const Value& v, const CallArgs& args) {
   return Value((method == "ceil" ? std::ceil(x) : std::floor(x)) / scale);
 }
 
-// select/reject (attr_mode false) and selectattr/rejectattr (true).
+// select/reject (attr_mode false) and selectattr/rejectattr (true). Like jinja2's generator,
+// nothing (not even the arguments) is looked at when the input is falsy, and errors surface only
+// when the result is consumed.
 Value select_items(Interpreter& in, const Value& v, const CallArgs& args, bool attr_mode, bool keep_if) {
-  std::optional<std::string> attr;
-  size_t test_index = 0;
-  if (attr_mode) {
-    attr = string_arg(in, args, 0, "attribute", "selectattr", true);
-    test_index = 1;
-  }
-  std::optional<std::string> test;
-  if (args.positional.size() > test_index) {
-    const Value& t = args.positional[test_index];
-    if (!t.is_string()) in.error(ErrorKind::kFormat, args.pos, "the test name must be a string");
-    test = t.as_string();
-    if (!is_jinja2_test(*test)) in.error(ErrorKind::kFormat, args.pos, fmt::format("no test named '{}'", *test));
-  }
-  const CallArgs test_args = shift_args(args, test_index + 1);
-  std::vector<Value> out;
-  for (const Value& item : in.iterate(v, args.pos)) {
-    const Value probe = attr ? get_attribute_path(in, item, *attr, args.pos) : item;
-    const bool pass = test ? apply_test(in, *test, probe, test_args) : probe.truthy();
-    if (pass == keep_if) out.push_back(item);
-  }
-  return Value::list(std::move(out));
+  return lazy_generator([&](std::vector<Value>& out) {
+    if (!v.truthy()) return;
+    std::optional<std::string> attr;
+    size_t test_index = 0;
+    if (attr_mode) {
+      attr = string_arg(in, args, 0, "attribute", "selectattr", true);
+      test_index = 1;
+    }
+    std::optional<std::string> test;
+    if (args.positional.size() > test_index) {
+      const Value& t = args.positional[test_index];
+      if (!t.is_string()) in.error(ErrorKind::kFormat, args.pos, "the test name must be a string");
+      test = t.as_string();
+      if (!is_jinja2_test(*test)) in.error(ErrorKind::kFormat, args.pos, fmt::format("no test named '{}'", *test));
+    }
+    const CallArgs test_args = shift_args(args, test_index + 1);
+    for (const Value& item : in.iterate(v, args.pos)) {
+      const Value probe = attr ? get_attribute_path(in, item, *attr, args.pos) : item;
+      const bool pass = test ? apply_test(in, *test, probe, test_args) : probe.truthy();
+      if (pass == keep_if) out.push_back(item);
+    }
+  });
 }
 
 Value map_items(Interpreter& in, const Value& v, const CallArgs& args) {
-  std::vector<Value> out;
-  const Value* attribute = nullptr;
-  const Value* dflt = nullptr;
-  for (const auto& [k, val] : args.keyword) {
-    if (k == "attribute") attribute = &val;
-    else if (k == "default") dflt = &val;
-  }
-  if (attribute) {
-    if (!attribute->is_string()) in.error(ErrorKind::kFormat, args.pos, "map attribute must be a string");
-    for (const Value& item : in.iterate(v, args.pos)) {
-      Value r = get_attribute_path(in, item, attribute->as_string(), args.pos);
-      if (r.is_undefined() && dflt) r = *dflt;
-      out.push_back(std::move(r));
+  return lazy_generator([&](std::vector<Value>& out) {
+    if (!v.truthy()) return;  // jinja2: `if value:` guards the whole generator
+    const Value* attribute = nullptr;
+    const Value* dflt = nullptr;
+    for (const auto& [k, val] : args.keyword) {
+      if (k == "attribute") attribute = &val;
+      else if (k == "default") dflt = &val;
     }
-    return Value::list(std::move(out));
-  }
-  if (args.positional.empty() || !args.positional[0].is_string())
-    in.error(ErrorKind::kFormat, args.pos, "map() needs a filter name or attribute=");
-  const std::string name = args.positional[0].as_string();
-  if (!is_jinja2_filter(name)) in.error(ErrorKind::kFormat, args.pos, fmt::format("no filter named '{}'", name));
-  const CallArgs rest = shift_args(args, 1);
-  for (const Value& item : in.iterate(v, args.pos)) out.push_back(apply_filter(in, name, item, rest));
-  return Value::list(std::move(out));
+    if (attribute) {
+      if (!attribute->is_string()) in.error(ErrorKind::kFormat, args.pos, "map attribute must be a string");
+      for (const Value& item : in.iterate(v, args.pos)) {
+        Value r = get_attribute_path(in, item, attribute->as_string(), args.pos);
+        if (r.is_undefined() && dflt) r = *dflt;
+        out.push_back(std::move(r));
+      }
+      return;
+    }
+    if (args.positional.empty() || !args.positional[0].is_string())
+      in.error(ErrorKind::kFormat, args.pos, "map() needs a filter name or attribute=");
+    const std::string name = args.positional[0].as_string();
+    if (!is_jinja2_filter(name)) in.error(ErrorKind::kFormat, args.pos, fmt::format("no filter named '{}'", name));
+    const CallArgs rest = shift_args(args, 1);
+    for (const Value& item : in.iterate(v, args.pos)) out.push_back(apply_filter(in, name, item, rest));
+  });
 }
 
 Value min_max(Interpreter& in, const Value& v, const CallArgs& args, bool want_max) {
@@ -314,7 +337,9 @@ Value apply_filter(Interpreter& in, const std::string& name, const Value& v, con
   if (name == "lower") return Value(py_lower(text(in, v, pos)));
   if (name == "capitalize") return Value(py_capitalize(text(in, v, pos)));
   if (name == "title") return Value(filter_title(text(in, v, pos)));
-  if (name == "safe") return v;
+  // jinja2 returns Markup (a str) here; trellis returns the plain str. The difference shows only
+  // where Markup escapes what is concatenated to it, which chat templates do not rely on.
+  if (name == "safe") return Value(text(in, v, pos));
   if (name == "e" || name == "escape" || name == "forceescape") return Value(html_escape(text(in, v, pos)));
   if (name == "default" || name == "d") {
     args.check(name, 2, {"default_value", "boolean"});
@@ -324,20 +349,27 @@ Value apply_filter(Interpreter& in, const std::string& name, const Value& v, con
     return v;
   }
   if (name == "first") {
+    if (v.is_iterator()) {  // next(iter(generator)) takes one item
+      List& l = *v.list_ptr();
+      if (l.cursor < l.items.size()) return l.items[l.cursor++];
+      if (l.deferred) throw *l.deferred;
+      return Value::undefined("No first item, sequence was empty.");
+    }
     std::vector<Value> items = in.iterate(v, pos);
     return items.empty() ? Value::undefined("No first item, sequence was empty.") : items.front();
   }
   if (name == "last") {
+    if (v.is_iterator()) in.error(ErrorKind::kFormat, pos, "'generator' object is not reversible");
     std::vector<Value> items = in.iterate(v, pos);
     return items.empty() ? Value::undefined("No last item, sequence was empty.") : items.back();
   }
   if (name == "list") return Value::list(in.iterate(v, pos));
   if (name == "items") {
-    if (v.is_undefined()) return Value::list({});
-    if (!v.is_dict()) in.error(ErrorKind::kFormat, pos, "Can only get item pairs from a mapping.");
-    std::vector<Value> pairs;
-    for (const auto& [k, val] : v.as_dict().entries) pairs.push_back(Value::list({k, val}, true));
-    return Value::list(std::move(pairs));
+    return lazy_generator([&](std::vector<Value>& pairs) {
+      if (v.is_undefined()) return;
+      if (!v.is_dict()) in.error(ErrorKind::kFormat, pos, "Can only get item pairs from a mapping.");
+      for (const auto& [k, val] : v.as_dict().entries) pairs.push_back(Value::list({k, val}, true));
+    });
   }
   if (name == "join") {
     args.check("join", 2, {"d", "attribute"});
@@ -363,22 +395,25 @@ Value apply_filter(Interpreter& in, const std::string& name, const Value& v, con
     args.check("int", 2, {"default", "base"});
     const Value dflt = args.get(0, "default") ? *args.get(0, "default") : Value(int64_t{0});
     const int64_t base = int_arg(in, args, 1, "base", "int").value_or(10);
-    if (v.is_int() || v.is_bool()) return Value(v.as_int());
-    if (v.is_float()) {
-      const double d = v.as_float();
-      if (!std::isfinite(d) || std::fabs(d) >= 9.2e18) return dflt;
+    if (v.is_undefined()) in.undefined_error(v, pos);  // int(Undefined) raises
+    auto from_float = [&](double d) {
+      if (std::isnan(d)) return dflt;
+      if (std::isinf(d)) in.error(ErrorKind::kFormat, pos, "cannot convert float infinity to integer");
+      if (std::fabs(d) >= 9.2e18) in.error(ErrorKind::kUnsupported, pos, "integer beyond 64 bits");
       return Value(static_cast<int64_t>(d));
-    }
+    };
+    if (v.is_int() || v.is_bool()) return Value(v.as_int());
+    if (v.is_float()) return from_float(v.as_float());
     if (v.is_string()) {
       if (auto i = parse_python_int(v.as_string(), static_cast<int>(base))) return Value(*i);
-      if (auto d = parse_python_float(v.as_string()); d && std::isfinite(*d) && std::fabs(*d) < 9.2e18)
-        return Value(static_cast<int64_t>(*d));
+      if (auto d = parse_python_float(v.as_string())) return from_float(*d);
     }
     return dflt;
   }
   if (name == "float") {
     args.check("float", 1, {"default"});
     const Value dflt = args.get(0, "default") ? *args.get(0, "default") : Value(0.0);
+    if (v.is_undefined()) in.undefined_error(v, pos);  // float(Undefined) raises
     if (v.is_number()) return Value(v.as_float());
     if (v.is_string())
       if (auto d = parse_python_float(v.as_string())) return Value(*d);
@@ -406,8 +441,13 @@ Value apply_filter(Interpreter& in, const std::string& name, const Value& v, con
       std::reverse(cps.begin(), cps.end());
       return Value(utf8_encode(cps));
     }
+    if (!v.is_list() && !v.is_dict() && !v.is_undefined())
+      in.error(ErrorKind::kFormat, pos, "argument must be iterable");
+    const bool reversible = !v.is_iterator();  // Undefined reverses to an empty iterator
     std::vector<Value> items = in.iterate(v, pos);
     std::reverse(items.begin(), items.end());
+    // reversed() gives an iterator; a generator is not reversible, so jinja2 makes a list.
+    if (reversible) return Value::view(std::move(items), SeqView::kIterator, "list_reverseiterator");
     return Value::list(std::move(items));
   }
   if (name == "sort") {
@@ -446,15 +486,16 @@ Value apply_filter(Interpreter& in, const std::string& name, const Value& v, con
     args.check("unique", 2, {"case_sensitive", "attribute"});
     const bool case_sensitive = bool_arg(args, 0, "case_sensitive", false);
     const std::optional<std::string> attribute = string_arg(in, args, 1, "attribute", "unique");
-    std::vector<Value> seen, out;
-    for (const Value& item : in.iterate(v, pos)) {
-      Value key = attribute ? get_attribute_path(in, item, *attribute, pos) : item;
-      if (!case_sensitive) key = lower_if_string(key);
-      if (std::any_of(seen.begin(), seen.end(), [&](const Value& s) { return py_equal(s, key); })) continue;
-      seen.push_back(key);
-      out.push_back(item);
-    }
-    return Value::list(std::move(out));
+    return lazy_generator([&](std::vector<Value>& out) {
+      std::vector<Value> seen;
+      for (const Value& item : in.iterate(v, pos)) {
+        Value key = attribute ? get_attribute_path(in, item, *attribute, pos) : item;
+        if (!case_sensitive) key = lower_if_string(key);
+        if (std::any_of(seen.begin(), seen.end(), [&](const Value& s) { return py_equal(s, key); })) continue;
+        seen.push_back(key);
+        out.push_back(item);
+      }
+    });
   }
   if (name == "min" || name == "max") return min_max(in, v, args, name == "max");
   if (name == "sum") {
@@ -483,7 +524,10 @@ Value apply_filter(Interpreter& in, const std::string& name, const Value& v, con
     if (width && width->is_string()) indention = width->as_string();
     else if (width && (width->is_int() || width->is_bool()))
       indention = std::string(static_cast<size_t>(std::max<int64_t>(0, width->as_int())), ' ');
-    return Value(filter_indent(text(in, v, pos), indention, bool_arg(args, 1, "first", false),
+    if (v.is_undefined()) in.undefined_error(v, pos);
+    if (!v.is_string())  // jinja2 appends "\n" to its argument, which only a str allows
+      in.error(ErrorKind::kFormat, pos, fmt::format("indent needs a string, not {}", v.type_name()));
+    return Value(filter_indent(v.as_string(), indention, bool_arg(args, 1, "first", false),
                                bool_arg(args, 2, "blank", false)));
   }
   if (name == "center") {
@@ -526,8 +570,10 @@ bool apply_test(Interpreter& in, const std::string& name, const Value& v, const 
   if (name == "number") return v.is_number();
   if (name == "string") return v.is_string();
   if (name == "mapping") return v.is_dict();
-  if (name == "iterable" || name == "sequence")
-    return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined();
+  if (name == "iterable") return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined();
+  if (name == "sequence")  // len() and __getitem__: not generators or dict views
+    return v.is_string() || v.is_plain_list() || v.is_dict() || v.is_undefined() ||
+           (v.is_list() && v.as_list().view == SeqView::kRange);
   if (name == "callable") return v.is_callable() || v.is_undefined();
   if (name == "escaped") return false;
   if (name == "lower") return py_is_cased_lower(text(in, v, pos));

@@ -52,6 +52,18 @@ double py_fmod(double a, double b) {
   return m;
 }
 
+// Whether an expression only combines literals (no variables, calls or filters).
+bool is_constant(const Expr& e) {
+  switch (e.kind) {
+    case ExprKind::kConst: return true;
+    case ExprKind::kName: case ExprKind::kCall: case ExprKind::kFilter: case ExprKind::kGetAttr: return false;
+    default:
+      for (const ExprPtr& c : e.children)
+        if (c && !is_constant(*c)) return false;
+      return true;
+  }
+}
+
 }  // namespace
 
 Interpreter::Interpreter(const Value& context) : context_(context), globals_(make_globals()) {
@@ -297,7 +309,15 @@ Value Interpreter::lookup(const std::string& name, const ScopePtr& scope) const 
 
 std::vector<Value> Interpreter::iterate(const Value& v, SourcePos pos) const {
   if (v.is_undefined()) return {};
-  if (v.is_list()) return v.as_list().items;
+  if (v.is_list()) {
+    List& l = *v.list_ptr();
+    if (l.view != SeqView::kIterator) return l.items;
+    // A generator: hand out what is left, then raise what its computation raised.
+    std::vector<Value> rest(l.items.begin() + static_cast<std::ptrdiff_t>(l.cursor), l.items.end());
+    l.cursor = l.items.size();
+    if (l.deferred) throw *l.deferred;
+    return rest;
+  }
   if (v.is_dict()) {
     std::vector<Value> keys;
     for (const auto& [k, val] : v.as_dict().entries) keys.push_back(k);
@@ -333,7 +353,9 @@ Value Interpreter::get_item(const Value& obj, const Value& key, SourcePos pos) {
   if (obj.is_undefined()) undefined_error(obj, pos);
   if (obj.is_dict()) {
     if (const Value* v = obj.as_dict().find(key)) return *v;
-  } else if ((obj.is_list() || obj.is_string()) && (key.is_int() || key.is_bool())) {
+  } else if (((obj.is_list() && (obj.is_plain_list() || obj.as_list().view == SeqView::kRange)) ||
+              obj.is_string()) &&
+             (key.is_int() || key.is_bool())) {
     int64_t i = key.as_int();
     if (obj.is_list()) {
       const auto& items = obj.as_list().items;
@@ -394,7 +416,7 @@ Value Interpreter::eval(const Expr& e, const ScopePtr& scope) {
       Value d = Value::dict();
       for (size_t i = 0; i + 1 < e.children.size(); i += 2) {
         Value k = eval(*e.children[i], scope);
-        if ((k.is_list() && !k.as_list().is_tuple) || k.is_dict() || k.is_undefined())
+        if (!py_hashable(k))
           error(ErrorKind::kFormat, e.children[i]->pos, fmt::format("unhashable type: '{}'", k.type_name()));
         d.mutable_dict().set(std::move(k), eval(*e.children[i + 1], scope));
       }
@@ -411,7 +433,7 @@ Value Interpreter::eval(const Expr& e, const ScopePtr& scope) {
       Value parts[3];
       for (int i = 0; i < 3; ++i)
         parts[i] = e.children[1 + i] ? eval(*e.children[1 + i], scope) : Value::none();
-      return eval_slice(obj, parts[0], parts[1], parts[2], e.pos);
+      return eval_slice(obj, parts[0], parts[1], parts[2], is_constant(*e.children[0]), e.pos);
     }
     case ExprKind::kCall: {
       const Value callee = eval(*e.children[0], scope);
@@ -493,7 +515,7 @@ Value Interpreter::eval_binary(const std::string& op, const Value& a, const Valu
     }
     if (nums) return Value(a.as_float() + b.as_float());
     if (a.is_string() && b.is_string()) return Value(a.as_string() + b.as_string());
-    if (a.is_list() && b.is_list() && a.as_list().is_tuple == b.as_list().is_tuple) {
+    if (a.is_plain_list() && b.is_plain_list() && a.as_list().is_tuple == b.as_list().is_tuple) {
       std::vector<Value> items = a.as_list().items;
       items.insert(items.end(), b.as_list().items.begin(), b.as_list().items.end());
       return Value::list(std::move(items), a.as_list().is_tuple);
@@ -518,7 +540,7 @@ Value Interpreter::eval_binary(const std::string& op, const Value& a, const Valu
       return Value(r);
     }
     if (nums) return Value(a.as_float() * b.as_float());
-    const Value* seq = (a.is_string() || a.is_list()) ? &a : (b.is_string() || b.is_list()) ? &b : nullptr;
+    const Value* seq = (a.is_string() || a.is_plain_list()) ? &a : (b.is_string() || b.is_plain_list()) ? &b : nullptr;
     const Value* count = seq == &a ? &b : &a;
     if (seq && (count->is_int() || count->is_bool())) {
       const int64_t n = count->as_int();
@@ -588,9 +610,15 @@ bool Interpreter::eval_compare(const std::string& op, const Value& a, const Valu
         error(ErrorKind::kFormat, pos, fmt::format("'in <string>' requires string as left operand, not {}",
                                                    a.type_name()));
       found = b.as_string().find(a.as_string()) != std::string::npos;
+    } else if (b.is_iterator()) {
+      // `in` consumes a generator up to the first match.
+      List& l = *b.list_ptr();
+      while (!found && l.cursor < l.items.size()) found = py_equal(l.items[l.cursor++], a);
+      if (!found && l.deferred) throw *l.deferred;
     } else if (b.is_list()) {
       for (const Value& item : b.as_list().items) found = found || py_equal(item, a);
     } else if (b.is_dict()) {
+      if (!py_hashable(a)) error(ErrorKind::kFormat, pos, fmt::format("unhashable type: '{}'", a.type_name()));
       found = b.as_dict().find(a) != nullptr;
     } else if (b.is_undefined()) {
       found = false;  // Undefined iterates as empty
@@ -614,12 +642,23 @@ bool Interpreter::eval_compare(const std::string& op, const Value& a, const Valu
 }
 
 Value Interpreter::eval_slice(const Value& obj, const Value& start, const Value& stop, const Value& step,
-                              SourcePos pos) {
+                              bool constant_obj, SourcePos pos) {
   if (obj.is_undefined()) undefined_error(obj, pos);
-  if (!obj.is_list() && !obj.is_string()) return Value::undefined("object is not sliceable");
-  for (const Value* v : {&start, &stop, &step})
+  // jinja2 compiles slices to a plain Python subscript (no getitem fallback), so anything but a
+  // sequence raises TypeError instead of giving Undefined.
+  const bool range = obj.is_list() && obj.as_list().view == SeqView::kRange;
+  if (!(obj.is_plain_list() || range) && !obj.is_string()) {
+    // On a literal, jinja2's compile-time constant folding may turn the TypeError into Undefined.
+    if (constant_obj)
+      error(ErrorKind::kUnsupported, pos, "slicing a literal that is not a sequence (jinja2 constant-folds it)");
+    if (obj.is_dict()) error(ErrorKind::kFormat, pos, "unhashable type: 'slice'");
+    error(ErrorKind::kFormat, pos, fmt::format("'{}' object is not subscriptable", obj.type_name()));
+  }
+  for (const Value* v : {&start, &stop, &step}) {
+    if (v->is_undefined()) undefined_error(*v, pos);
     if (!v->is_none() && !v->is_int() && !v->is_bool())
-      return Value::undefined("slice indices must be integers or None");
+      error(ErrorKind::kFormat, pos, "slice indices must be integers or None or have an __index__ method");
+  }
   const int64_t st = step.is_none() ? 1 : step.as_int();
   if (st == 0) error(ErrorKind::kFormat, pos, "slice step cannot be zero");
   std::u32string cps;
@@ -656,6 +695,7 @@ Value Interpreter::eval_slice(const Value& obj, const Value& start, const Value&
   }
   std::vector<Value> r;
   for (int64_t i : idx) r.push_back(obj.as_list().items[static_cast<size_t>(i)]);
+  if (range) return Value::view(std::move(r), SeqView::kRange, "range");
   return Value::list(std::move(r), obj.as_list().is_tuple);
 }
 

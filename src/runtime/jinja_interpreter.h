@@ -64,7 +64,7 @@ class Interpreter {
   Value eval_binary(const std::string& op, const Value& a, const Value& b, SourcePos pos);
   bool eval_compare(const std::string& op, const Value& a, const Value& b, SourcePos pos);
   Value eval_slice(const Value& obj, const Value& start, const Value& stop, const Value& step,
-                   SourcePos pos);
+                   bool constant_obj, SourcePos pos);
   CallArgs eval_args(const Expr& e, size_t first_arg, const ScopePtr& scope);
 
   Value context_;

@@ -112,6 +112,7 @@ void dump(std::string& out, const Value& v, const JsonDumpOptions& o, int level)
   } else if (v.is_string()) {
     dump_string(out, v.as_string(), o.ensure_ascii);
   } else if (v.is_list()) {
+    if (!v.is_plain_list()) fail(ErrorKind::kFormat, "Object of type {} is not JSON serializable", v.type_name());
     const auto& items = v.as_list().items;
     if (items.empty()) {
       out += "[]";

@@ -228,7 +228,9 @@ Value m_dict_view(Interpreter&, const Value& self, const CallArgs& args) {
     if (kKind == 0) out.push_back(Value::list({k, v}, true));
     else out.push_back(kKind == 1 ? k : v);
   }
-  return Value::list(std::move(out));
+  static const char* const kTypes[] = {"dict_items", "dict_keys", "dict_values"};
+  static const SeqView kViews[] = {SeqView::kDictItems, SeqView::kDictKeys, SeqView::kDictValues};
+  return Value::view(std::move(out), kViews[kKind], kTypes[kKind]);
 }
 
 Value m_copy(Interpreter&, const Value& self, const CallArgs&) {
@@ -320,7 +322,7 @@ Value g_range(Interpreter& in, const CallArgs& args) {
       in.error(ErrorKind::kFormat, args.pos, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
     out.emplace_back(i);
   }
-  return Value::list(std::move(out));
+  return Value::view(std::move(out), SeqView::kRange, "range");
 }
 
 // dict(...) and namespace(...): a mapping or list of pairs, then keyword arguments.
@@ -404,6 +406,9 @@ std::optional<Value> find_method(const Value& obj, const std::string& name) {
     return std::nullopt;
   }
   if (obj.is_list()) {
+    const SeqView view = obj.as_list().view;
+    if (view == SeqView::kRange && (name == "index" || name == "count")) return lookup_table(kListMethods, obj, name);
+    if (view != SeqView::kNone) return std::nullopt;
     if (auto m = lookup_table(kListMethods, obj, name)) return m;
     if (!obj.as_list().is_tuple)
       for (const char* u : kListMutators)

@@ -61,6 +61,14 @@ Value Value::list(std::vector<Value> items, bool is_tuple) {
   return Value(std::move(l));
 }
 
+Value Value::view(std::vector<Value> items, SeqView view, std::string type) {
+  auto l = std::make_shared<List>();
+  l->items = std::move(items);
+  l->view = view;
+  l->view_type = std::move(type);
+  return Value(std::move(l));
+}
+
 Value Value::dict() { return Value(std::make_shared<Dict>()); }
 
 Value Value::function(std::string name, NativeFunction fn) {
@@ -95,7 +103,7 @@ bool Value::truthy() const {
         } else if constexpr (std::is_same_v<T, std::string>) {
           return !x.empty();
         } else if constexpr (std::is_same_v<T, ListPtr>) {
-          return !x->items.empty();
+          return x->view == SeqView::kIterator || !x->items.empty();
         } else if constexpr (std::is_same_v<T, DictPtr>) {
           return !x->entries.empty();
         } else {
@@ -115,7 +123,10 @@ std::string Value::type_name() const {
         if constexpr (std::is_same_v<T, int64_t>) return "int";
         if constexpr (std::is_same_v<T, double>) return "float";
         if constexpr (std::is_same_v<T, std::string>) return "str";
-        if constexpr (std::is_same_v<T, ListPtr>) return x->is_tuple ? "tuple" : "list";
+        if constexpr (std::is_same_v<T, ListPtr>) {
+          if (x->view != SeqView::kNone) return x->view_type;
+          return x->is_tuple ? "tuple" : "list";
+        }
         if constexpr (std::is_same_v<T, DictPtr>) return "dict";
         if constexpr (std::is_same_v<T, ObjectPtr>) return x->type_name;
         if constexpr (std::is_same_v<T, CallablePtr>) return "function";
@@ -156,13 +167,29 @@ std::string text_of(const Value& v, bool repr) {
   if (v.is_int()) return std::to_string(v.as_int());
   if (v.is_float()) return py_format_float(v.as_float());
   if (v.is_string()) return repr ? py_repr_string(v.as_string()) : v.as_string();
-  if (v.is_list()) return repr_sequence(v.as_list());
+  if (v.is_list()) {
+    const List& l = v.as_list();
+    switch (l.view) {
+      case SeqView::kNone: return repr_sequence(l);
+      case SeqView::kDictItems:
+      case SeqView::kDictKeys:
+      case SeqView::kDictValues: {
+        List plain;
+        plain.items = l.items;
+        return l.view_type + "(" + repr_sequence(plain) + ")";
+      }
+      case SeqView::kIterator:
+      case SeqView::kRange:
+        break;  // Python prints an address / range(a, b[, c]); refuse below
+    }
+  }
   if (v.is_dict()) return repr_dict(v.as_dict());
   if (v.is_object() && v.as_object()->is_namespace)
     return "<Namespace " + repr_dict(v.as_object()->attrs) + ">";
   // Python prints these with a memory address, which no reimplementation can reproduce.
-  fail(ErrorKind::kUnsupported, "chat template prints a {} object ({}), whose text Python derives "
-       "from a memory address", v.type_name(), v.is_callable() ? v.as_callable().name : "object");
+  fail(ErrorKind::kUnsupported, "chat template prints a {} object ({}), whose text trellis does not "
+       "reproduce (Python shows a memory address or the object's constructor)", v.type_name(),
+       v.is_callable() ? v.as_callable().name : "object");
 }
 
 }  // namespace
@@ -181,6 +208,17 @@ bool py_equal(const Value& a, const Value& b) {
   if (a.is_list() && b.is_list()) {
     const List& x = a.as_list();
     const List& y = b.as_list();
+    if (x.view != y.view) return false;
+    if (x.view == SeqView::kIterator || x.view == SeqView::kDictValues) return &x == &y;  // identity
+    if (x.view == SeqView::kDictItems || x.view == SeqView::kDictKeys) {  // set semantics
+      if (x.items.size() != y.items.size()) return false;
+      for (const Value& item : x.items) {
+        bool found = false;
+        for (const Value& other : y.items) found = found || py_equal(item, other);
+        if (!found) return false;
+      }
+      return true;
+    }
     if (x.is_tuple != y.is_tuple || x.items.size() != y.items.size()) return false;
     for (size_t i = 0; i < x.items.size(); ++i)
       if (!py_equal(x.items[i], y.items[i])) return false;
@@ -201,6 +239,18 @@ bool py_equal(const Value& a, const Value& b) {
   return false;
 }
 
+bool py_hashable(const Value& v) {
+  if (v.is_dict()) return false;
+  if (v.is_list()) {
+    const List& l = v.as_list();
+    if (l.view == SeqView::kIterator || l.view == SeqView::kRange) return true;
+    if (l.view != SeqView::kNone || !l.is_tuple) return false;
+    for (const Value& item : l.items)
+      if (!py_hashable(item)) return false;
+  }
+  return true;
+}
+
 bool py_less(const Value& a, const Value& b, bool* ok) {
   *ok = true;
   if (a.is_number() && b.is_number()) {
@@ -208,7 +258,7 @@ bool py_less(const Value& a, const Value& b, bool* ok) {
     return a.as_int() < b.as_int();
   }
   if (a.is_string() && b.is_string()) return a.as_string() < b.as_string();  // UTF-8 keeps order
-  if (a.is_list() && b.is_list() && a.as_list().is_tuple == b.as_list().is_tuple) {
+  if (a.is_plain_list() && b.is_plain_list() && a.as_list().is_tuple == b.as_list().is_tuple) {
     const auto& x = a.as_list().items;
     const auto& y = b.as_list().items;
     for (size_t i = 0; i < x.size() && i < y.size(); ++i) {

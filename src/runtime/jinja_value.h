@@ -20,6 +20,8 @@
 #include <variant>
 #include <vector>
 
+#include "trellis/error.h"
+
 namespace trellis::jinja {
 
 class Value;
@@ -39,9 +41,22 @@ struct Undefined {
 };
 struct NoneType {};
 
+// What kind of Python sequence a List stands for. Beyond list and tuple, chat templates meet
+// objects that iterate like a list but differ in how they print, compare, index and test:
+// dict.items()/keys()/values() views, range objects, and the one-shot generators that jinja2's
+// map/select/reject/selectattr/rejectattr/unique/items/reverse filters return (always truthy, no
+// len(), printed with a memory address, exhausted after one pass).
+enum class SeqView { kNone, kIterator, kDictItems, kDictKeys, kDictValues, kRange };
+
 struct List {
   std::vector<Value> items;
   bool is_tuple = false;  // prints as (a, b) instead of [a, b]; otherwise identical
+  SeqView view = SeqView::kNone;
+  std::string view_type;  // Python's type name for views ("generator", "dict_items", "range")
+  size_t cursor = 0;      // kIterator: items before it have been consumed
+  // kIterator: the error the lazy computation raised after its last produced item; rethrown when a
+  // consumer reaches the end, as jinja2 raises it only when the generator is iterated.
+  std::shared_ptr<const Error> deferred;
 };
 
 // A Python dict: insertion-ordered, keys compared with Python equality (so 1 and True collide).
@@ -111,6 +126,8 @@ class Value {
   static Value undefined(std::string hint) { return Value(Storage(Undefined{std::move(hint)})); }
   static Value none() { return Value(NoneType{}); }
   static Value list(std::vector<Value> items, bool is_tuple = false);
+  // A dict view, range or generator (see SeqView); `type` is its Python type name.
+  static Value view(std::vector<Value> items, SeqView view, std::string type);
   static Value dict();
   static Value function(std::string name, NativeFunction fn);
 
@@ -131,6 +148,10 @@ class Value {
   double as_float() const;  // int, bool or float
   const std::string& as_string() const { return std::get<std::string>(v_); }
   const List& as_list() const { return *std::get<ListPtr>(v_); }
+  // Lists are shared like Python objects; iterators advance their cursor through this.
+  const ListPtr& list_ptr() const { return std::get<ListPtr>(v_); }
+  bool is_plain_list() const { return is_list() && as_list().view == SeqView::kNone; }
+  bool is_iterator() const { return is_list() && as_list().view == SeqView::kIterator; }
   const Dict& as_dict() const { return *std::get<DictPtr>(v_); }
   Dict& mutable_dict() { return *std::get<DictPtr>(v_); }
   const ObjectPtr& as_object() const { return std::get<ObjectPtr>(v_); }
@@ -156,6 +177,8 @@ std::string py_str(const Value& v);
 std::string py_repr(const Value& v);
 // Python's ==: 1 == 1.0 == True, deep for lists and dicts, Undefined equals only Undefined.
 bool py_equal(const Value& a, const Value& b);
+// Python's hash() succeeds (dict keys, `in` on a dict): not lists, dicts or dict views.
+bool py_hashable(const Value& v);
 // Python's <, for ints/floats/bools, strings (by code point) and lists (lexicographic). Returns
 // false with *ok = false when Python would raise TypeError.
 bool py_less(const Value& a, const Value& b, bool* ok);

@@ -9,82 +9,25 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 
 #include <nlohmann/json.hpp>
 
 #include "runtime/chat_template.h"
 #include "test_util.h"
+#include "unit/chat_template_oracle.h"
 #include "unit/jinja_cases.h"
 
 namespace trellis {
 namespace {
 
+using test::first_difference;
+using test::reference_python;
+using test::run_reference;
+using test::read_text;
+using test::source_dir;
 using ojson = nlohmann::ordered_json;
-
-std::string source_dir() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path().string();
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-std::string shell_quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-// The first Python with jinja2 >= 3.1, or "" when there is none.
-const std::string& reference_python() {
-  static const std::string python = [] {
-    std::vector<std::string> candidates;
-    if (const char* env = std::getenv("TRELLIS_PYTHON"); env && *env) candidates.push_back(env);
-    candidates.push_back(source_dir() + "/.cache/venv/bin/python");
-    candidates.push_back("python3");
-    for (const std::string& c : candidates) {
-      if (c.find('/') != std::string::npos && !std::filesystem::exists(c)) continue;
-      std::string out;
-      const int rc = test::run_command(
-          shell_quote(c) +
-              " -c 'import jinja2,sys; v=tuple(int(x) for x in jinja2.__version__.split(\".\")[:2]); "
-              "sys.exit(0 if v >= (3, 1) else 1)' 2>&1",
-          &out);
-      if (rc == 0) return c;
-    }
-    return std::string();
-  }();
-  return python;
-}
-
-// Runs the reference renderer over `requests`; returns its results (one per request).
-nlohmann::json run_reference(const ojson& requests) {
-  test::TempDir dir;
-  {
-    std::ofstream f(dir.file("requests.json"), std::ios::binary);
-    f << requests.dump();
-  }
-  std::string out;
-  const std::string cmd = shell_quote(reference_python()) + " " +
-                          shell_quote(source_dir() + "/scripts/chat_template_reference.py") + " " +
-                          shell_quote(dir.file("requests.json")) + " " + shell_quote(dir.file("results.json")) +
-                          " 2>&1";
-  const int rc = test::run_command(cmd, &out);
-  if (rc != 0) throw std::runtime_error("reference renderer failed: " + out);
-  return nlohmann::json::parse(read_text(dir.file("results.json")));
-}
-
-std::string first_difference(const std::string& a, const std::string& b) {
-  size_t i = 0;
-  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
-  auto around = [&](const std::string& s) {
-    const size_t from = i > 40 ? i - 40 : 0;
-    return nlohmann::json(s.substr(from, 80)).dump();
-  };
-  return "first difference at byte " + std::to_string(i) + "\n  trellis: " + around(a) + "\n  jinja2:  " + around(b);
-}
 
 ChatMessage msg(const char* role, const std::string& content, ojson extra = ojson::object()) {
   ChatMessage m{role, content};
@@ -207,6 +150,8 @@ TEST_F(ChatTemplateOracle, ModelTemplatesMatchJinja2) {
   const nlohmann::json results = run_reference(requests);
   ASSERT_EQ(results.size(), items.size());
   int matched = 0, both_failed = 0;
+  std::map<const TemplateUnderTest*, ChatTemplate> parsed;
+  for (const auto& t : tmpls) parsed.emplace(&t, ChatTemplate::parse(t.source));
   for (size_t i = 0; i < items.size(); ++i) {
     const Item& it = items[i];
     SCOPED_TRACE(it.t->name + " / " + it.c->name + (it.gen ? " / generation prompt" : ""));
@@ -216,7 +161,7 @@ TEST_F(ChatTemplateOracle, ModelTemplatesMatchJinja2) {
     std::optional<std::string> ours;
     std::string our_error;
     try {
-      ours = ChatTemplate::parse(it.t->source).apply(it.c->messages, it.gen, it.t->bos, it.t->eos, extra);
+      ours = parsed.at(it.t).apply(it.c->messages, it.gen, it.t->bos, it.t->eos, extra);
     } catch (const Error& e) {
       our_error = e.what();
     }

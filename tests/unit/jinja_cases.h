@@ -133,6 +133,16 @@ inline const JinjaCase kJinjaCases[] = {
   {"tojson_options", "{{ d|tojson(sort_keys=true) }} {{ d|tojson(separators=(',', ':')) }} {{ 'é'|tojson(ensure_ascii=true) }}",
    "{\"d\": {\"b\": 1, \"a\": 2}}", "{\"a\": 2, \"b\": 1} {\"b\":1,\"a\":2} \"\\u00e9\""},
   {"tojson_string_slice", "{% set out = {'name': 'f'}|tojson %}{{ out[:-1] }}, \"id\": 1}", "{}", "{\"name\": \"f\", \"id\": 1}"},
+  // --- generators and views (jinja2's lazy filter results, dict views, range) ---
+  {"generator_is_always_truthy", "{% if [2]|select('odd') %}T{% else %}F{% endif %}{% if []|map('upper') %}T{% endif %}", "{}", "TT"},
+  {"generator_is_single_pass", "{% set g = [1, 2]|map('string') %}{{ g|list }}{{ g|list }}", "{}", "['1', '2'][]"},
+  {"generator_first_consumes", "{% set g = [1, 2, 3]|select %}{{ g|first }}{{ g|list }}", "{}", "1[2, 3]"},
+  {"generator_errors_are_lazy", "{% set g = [1, 'a']|map('upper') %}{% set h = 5|select %}ok", "{}", "ok"},
+  {"dict_views_print", "{{ d.items() }} {{ d.keys() }} {{ d.values() }} {{ d.items() is sequence }}", "{\"d\": {\"a\": 1}}",
+   "dict_items([('a', 1)]) dict_keys(['a']) dict_values([1]) False"},
+  {"range_behaves_as_sequence", "{{ range(3)|length }} {{ range(5)[1] }} {{ range(3) is sequence }} {{ range(3)|list }}", "{}",
+   "3 1 True [0, 1, 2]"},
+  {"reverse_is_an_iterator", "{{ [1, 2]|reverse is sequence }} {{ ([1, 2]|reverse|list)[0] }}", "{}", "False 2"},
   // --- tests ---
   {"type_tests",
    "{{ 's' is string }}{{ 1 is number }}{{ 1 is integer }}{{ 1.0 is float }}{{ {} is mapping }}{{ [] is iterable }}{{ 's' is iterable }}{{ none is none }}{{ true is boolean }}",
@@ -184,6 +194,12 @@ inline const JinjaErrorCase kJinjaErrorCases[] = {
   {"printf_format_unsupported", "{{ '%s' % 1 }}", "{}", ErrorKind::kUnsupported, "printf", false},
   {"namespace_set_on_dict", "{% set d = {} %}{% set d.x = 1 %}", "{}", ErrorKind::kFormat, "non-namespace", true},
   {"break_outside_loop", "{% break %}", "{}", ErrorKind::kFormat, "outside", true},
+  {"generator_has_no_length", "{{ [1]|select|length }}", "{}", ErrorKind::kFormat, "len()", true},
+  {"deferred_generator_error", "{{ 5|select|list }}", "{}", ErrorKind::kFormat, "not iterable", true},
+  {"printing_a_generator", "{{ [1]|map('string') }}", "{}", ErrorKind::kUnsupported, "generator", false},
+  {"slice_of_none", "{{ n[1:] }}", "{\"n\": null}", ErrorKind::kFormat, "not subscriptable", true},
+  {"int_of_undefined", "{{ missing|int }}", "{}", ErrorKind::kFormat, "undefined", true},
+  {"unhashable_in_dict", "{{ [1] in {'a': 1} }}", "{}", ErrorKind::kFormat, "unhashable", true},
 };
 // clang-format on
 
