@@ -14,10 +14,6 @@ namespace {
 constexpr size_t kCacheMaxWordBytes = 256;   // longer words are not cached (as HF)
 constexpr size_t kCacheMaxEntries = 200000;  // the cache is cleared when it grows past this
 
-uint64_t pair_key(int32_t a, int32_t b) {
-  return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
-}
-
 std::optional<std::string> optional_string(const nlohmann::json& j, const char* key,
                                            std::string_view where) {
   auto it = j.find(key);
@@ -54,6 +50,47 @@ struct CandidateAfter {
 
 }  // namespace
 
+void MergeMap::reserve(size_t n) {
+  size_t cap = 16;
+  int bits = 4;
+  while (cap < n * 2) {
+    cap *= 2;
+    ++bits;
+  }
+  keys_.assign(cap, kEmpty);
+  values_.assign(cap, Value{0, 0});
+  mask_ = cap - 1;
+  shift_ = 64 - bits;
+  size_ = 0;
+}
+
+void MergeMap::insert(int32_t a, int32_t b, Value v) {
+  if ((size_ + 1) * 2 > keys_.size()) {
+    std::vector<uint64_t> old_keys = std::move(keys_);
+    std::vector<Value> old_values = std::move(values_);
+    reserve(std::max<size_t>(16, old_keys.size()));
+    for (size_t i = 0; i < old_keys.size(); ++i) {
+      if (old_keys[i] != kEmpty) {
+        insert(static_cast<int32_t>(old_keys[i] >> 32), static_cast<int32_t>(old_keys[i] & 0xFFFFFFFFu),
+               old_values[i]);
+      }
+    }
+  }
+  const uint64_t key = pack(a, b);
+  for (size_t i = slot(key);; i = (i + 1) & mask_) {
+    if (keys_[i] == key) {
+      values_[i] = v;
+      return;
+    }
+    if (keys_[i] == kEmpty) {
+      keys_[i] = key;
+      values_[i] = v;
+      ++size_;
+      return;
+    }
+  }
+}
+
 std::unique_ptr<BpeModel> BpeModel::from_json(const nlohmann::json& model, std::string_view where) {
   auto m = std::unique_ptr<BpeModel>(new BpeModel());
   auto vocab_it = model.find("vocab");
@@ -72,12 +109,8 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const nlohmann::json& model, std::
     m->vocab_[it.key()] = static_cast<int32_t>(id);
     max_id = std::max(max_id, id);
   }
-  m->id_to_token_.resize(static_cast<size_t>(max_id + 1));
-  m->id_present_.assign(static_cast<size_t>(max_id + 1), 0);
-  for (const auto& [token, id] : m->vocab_) {
-    m->id_to_token_[id] = token;
-    m->id_present_[id] = 1;
-  }
+  m->id_to_token_.assign(static_cast<size_t>(max_id + 1), nullptr);
+  for (const auto& [token, id] : m->vocab_) m->id_to_token_[id] = &token;
 
   m->unk_token_ = optional_string(model, "unk_token", where);
   m->prefix_ = optional_string(model, "continuing_subword_prefix", where);
@@ -101,6 +134,7 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const nlohmann::json& model, std::
     auto it = m->vocab_.find(fmt::format("<0x{:02X}>", b));
     m->byte_ids_[b] = it == m->vocab_.end() ? -1 : it->second;
   }
+  m->chunkable_ = !m->prefix_ && !m->suffix_;
   m->bmp_char_id_.assign(0x10000, -1);
   for (const auto& [token, id] : m->vocab_) {
     if (token.empty() || !utf8_is_valid(token)) continue;
@@ -116,11 +150,12 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const nlohmann::json& model, std::
   m->merges_.reserve(merges_it->size());
   const size_t prefix_len = m->prefix_ ? m->prefix_->size() : 0;
   uint32_t rank = 0;
-  std::string a, b, merged;
+  std::string_view a, b;
+  std::string merged;
   for (const auto& entry : *merges_it) {
     if (entry.is_string()) {
-      const std::string& line = entry.get_ref<const std::string&>();
-      if (line.rfind("#version", 0) == 0) continue;
+      const std::string_view line = entry.get_ref<const std::string&>();
+      if (line.substr(0, 8) == "#version") continue;
       const size_t sp = line.find(' ');
       if (sp == std::string::npos || line.find(' ', sp + 1) != std::string::npos) {
         fail(ErrorKind::kFormat, "{}: model.merges[{}] {} is not two tokens separated by one space",
@@ -129,8 +164,8 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const nlohmann::json& model, std::
       a = line.substr(0, sp);
       b = line.substr(sp + 1);
     } else if (entry.is_array() && entry.size() == 2 && entry[0].is_string() && entry[1].is_string()) {
-      a = entry[0].get<std::string>();
-      b = entry[1].get<std::string>();
+      a = entry[0].get_ref<const std::string&>();
+      b = entry[1].get_ref<const std::string&>();
     } else {
       fail(ErrorKind::kFormat, "{}: model.merges[{}] must be \"a b\" or [\"a\", \"b\"], got {}", where,
            rank, entry.dump());
@@ -139,16 +174,16 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const nlohmann::json& model, std::
     auto ib = m->vocab_.find(b);
     if (ia == m->vocab_.end() || ib == m->vocab_.end()) {
       fail(ErrorKind::kFormat, "{}: model.merges[{}] uses token {} that is not in the vocab", where,
-           rank, nlohmann::json(ia == m->vocab_.end() ? a : b).dump());
+           rank, nlohmann::json(std::string(ia == m->vocab_.end() ? a : b)).dump());
     }
-    merged = a;
-    merged.append(b, std::min(prefix_len, b.size()));
+    merged.assign(a);
+    merged.append(b.substr(std::min(prefix_len, b.size())));
     auto im = m->vocab_.find(merged);
     if (im == m->vocab_.end()) {
       fail(ErrorKind::kFormat, "{}: model.merges[{}] produces {} that is not in the vocab", where,
            rank, nlohmann::json(merged).dump());
     }
-    m->merges_[pair_key(ia->second, ib->second)] = MergeInfo{rank, im->second};
+    m->merges_.insert(ia->second, ib->second, MergeMap::Value{rank, im->second});
     ++rank;
   }
   return m;
@@ -161,8 +196,8 @@ std::optional<int32_t> BpeModel::token_to_id(std::string_view token) const {
 }
 
 const std::string* BpeModel::id_to_token(int32_t id) const {
-  if (id < 0 || id >= id_limit() || !id_present_[id]) return nullptr;
-  return &id_to_token_[id];
+  if (id < 0 || id >= id_limit()) return nullptr;
+  return id_to_token_[id];
 }
 
 std::optional<int32_t> BpeModel::char_id(std::string_view piece) const {
@@ -179,25 +214,87 @@ void BpeModel::tokenize(std::string_view word, std::vector<int32_t>* out) const 
       return;
     }
   }
-  const bool cacheable = word.size() < kCacheMaxWordBytes;
-  if (cacheable) {
-    std::lock_guard<std::mutex> lock(cache_mutex_);
-    if (auto it = cache_.find(word); it != cache_.end()) {
-      out->insert(out->end(), it->second.begin(), it->second.end());
-      return;
-    }
+  if (word.size() >= kCacheMaxWordBytes && chunkable_) {
+    tokenize_long(word, out);
+    return;
   }
-  const size_t before = out->size();
-  merge_word(word, out);
-  if (cacheable) {
-    std::vector<int32_t> ids(out->begin() + static_cast<ptrdiff_t>(before), out->end());
-    std::lock_guard<std::mutex> lock(cache_mutex_);
-    if (cache_.size() >= kCacheMaxEntries) cache_.clear();
-    cache_.emplace(std::string(word), std::move(ids));
-  }
+  const auto m = merged_cached(word);
+  out->insert(out->end(), m->ids.begin(), m->ids.end());
 }
 
-void BpeModel::merge_word(std::string_view word, std::vector<int32_t>* out) const {
+std::shared_ptr<const BpeModel::Merged> BpeModel::merged_cached(std::string_view word) const {
+  if (word.size() < kCacheMaxWordBytes) {
+    std::lock_guard<std::mutex> lock(cache_mutex_);
+    if (auto it = cache_.find(word); it != cache_.end()) return it->second;
+  }
+  auto merged = std::make_shared<Merged>();
+  merge_word(word, merged.get());
+  if (word.size() < kCacheMaxWordBytes) {
+    std::lock_guard<std::mutex> lock(cache_mutex_);
+    if (cache_.size() >= kCacheMaxEntries) cache_.clear();
+    cache_.emplace(std::string(word), merged);
+  }
+  return merged;
+}
+
+bool BpeModel::boundary_merges(const Merged& left, const Merged& right) const {
+  for (int32_t a : left.last_ids) {
+    for (int32_t b : right.first_ids) {
+      if (merges_.find(a, b)) return true;
+    }
+  }
+  return false;
+}
+
+void BpeModel::tokenize_long(std::string_view word, std::vector<int32_t>* out) const {
+  // Chunks start at a "▁" or whitespace character that is itself in the vocabulary (so it is
+  // never part of a fused unknown).
+  struct Chunk {
+    size_t begin, end;
+    std::shared_ptr<const Merged> merged;
+  };
+  std::vector<Chunk> chunks;
+  size_t begin = 0;
+  for (size_t i = 0; i < word.size();) {
+    size_t len;
+    const char32_t cp = utf8_decode(word, i, &len);
+    if (i > begin && (cp == 0x2581 || is_whitespace(cp)) && cp < 0x10000 && bmp_char_id_[cp] >= 0) {
+      chunks.push_back(Chunk{begin, i, {}});
+      begin = i;
+    }
+    i += len;
+  }
+  chunks.push_back(Chunk{begin, word.size(), {}});
+  for (Chunk& c : chunks) c.merged = merged_cached(word.substr(c.begin, c.end - c.begin));
+
+  // Join chunks across boundaries where a merge could happen, until none is left.
+  bool changed = true;
+  while (changed && chunks.size() > 1) {
+    changed = false;
+    std::vector<Chunk> next;
+    next.reserve(chunks.size());
+    for (size_t i = 0; i < chunks.size();) {
+      size_t j = i;
+      while (j + 1 < chunks.size() && boundary_merges(*chunks[j].merged, *chunks[j + 1].merged)) ++j;
+      if (j == i) {
+        next.push_back(std::move(chunks[i]));
+      } else {
+        Chunk joined{chunks[i].begin, chunks[j].end, {}};
+        joined.merged = merged_cached(word.substr(joined.begin, joined.end - joined.begin));
+        next.push_back(std::move(joined));
+        changed = true;
+      }
+      i = j + 1;
+    }
+    chunks.swap(next);
+  }
+  for (const Chunk& c : chunks) out->insert(out->end(), c.merged->ids.begin(), c.merged->ids.end());
+}
+
+void BpeModel::merge_word(std::string_view word, Merged* out) const {
+  out->ids.clear();
+  out->first_ids.clear();
+  out->last_ids.clear();
   std::vector<Symbol> symbols;
   symbols.reserve(word.size());
   auto add = [&](int32_t id, uint32_t len) {
@@ -261,15 +358,16 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>* out) cons
   }
   if (unk_pending_len >= 0) add(unk_id_, static_cast<uint32_t>(unk_pending_len));
 
+  if (!symbols.empty()) {
+    out->first_ids.push_back(symbols.front().id);
+    out->last_ids.push_back(symbols.back().id);
+  }
   if (symbols.size() > 1 && !merges_.empty()) {
     std::vector<MergeCandidate> heap;
     heap.reserve(symbols.size());
-    auto lookup = [&](int32_t a, int32_t b) -> const MergeInfo* {
-      auto it = merges_.find(pair_key(a, b));
-      return it == merges_.end() ? nullptr : &it->second;
-    };
+    auto lookup = [&](int32_t a, int32_t b) { return merges_.find(a, b); };
     for (size_t p = 0; p + 1 < symbols.size(); ++p) {
-      if (const MergeInfo* mi = lookup(symbols[p].id, symbols[p + 1].id)) {
+      if (const MergeMap::Value* mi = lookup(symbols[p].id, symbols[p + 1].id)) {
         heap.push_back(MergeCandidate{mi->rank, static_cast<uint32_t>(p), mi->new_id});
       }
     }
@@ -283,21 +381,23 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>* out) cons
       const int32_t next_pos = cur.next;
       const Symbol right = symbols[next_pos];
       // A stale entry: the pair at this position no longer produces this token.
-      const MergeInfo* now = lookup(cur.id, right.id);
+      const MergeMap::Value* now = lookup(cur.id, right.id);
       if (!now || now->new_id != top.new_id) continue;
       cur.id = top.new_id;
       cur.len += right.len;
       cur.next = right.next;
+      if (top.pos == 0) out->first_ids.push_back(cur.id);
+      if (right.next < 0) out->last_ids.push_back(cur.id);
       symbols[next_pos].len = 0;
       if (right.next >= 0) symbols[right.next].prev = static_cast<int32_t>(top.pos);
       if (cur.prev >= 0) {
-        if (const MergeInfo* mi = lookup(symbols[cur.prev].id, cur.id)) {
+        if (const MergeMap::Value* mi = lookup(symbols[cur.prev].id, cur.id)) {
           heap.push_back(MergeCandidate{mi->rank, static_cast<uint32_t>(cur.prev), mi->new_id});
           std::push_heap(heap.begin(), heap.end(), CandidateAfter{});
         }
       }
       if (cur.next >= 0) {
-        if (const MergeInfo* mi = lookup(cur.id, symbols[cur.next].id)) {
+        if (const MergeMap::Value* mi = lookup(cur.id, symbols[cur.next].id)) {
           heap.push_back(MergeCandidate{mi->rank, top.pos, mi->new_id});
           std::push_heap(heap.begin(), heap.end(), CandidateAfter{});
         }
@@ -305,7 +405,7 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>* out) cons
     }
   }
   for (const Symbol& s : symbols) {
-    if (s.len != 0) out->push_back(s.id);
+    if (s.len != 0) out->ids.push_back(s.id);
   }
 }
 

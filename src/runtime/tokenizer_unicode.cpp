@@ -210,22 +210,6 @@ std::string utf8_lossy(std::string_view s) {
   return out;
 }
 
-size_t utf8_complete_prefix_len(std::string_view s) {
-  // Only the last 3 bytes can hold the start of an incomplete sequence.
-  const size_t n = s.size();
-  for (size_t back = 1; back <= 3 && back <= n; ++back) {
-    const size_t pos = n - back;
-    const auto b = static_cast<unsigned char>(s[pos]);
-    if (b < 0x80) return n;
-    if (b >= 0xC0) {
-      size_t bad = 0;
-      if (utf8_sequence_len(s, pos, &bad) == 0 && bad == back) return pos;  // truncated
-      return n;
-    }
-  }
-  return n;
-}
-
 bool is_whitespace(char32_t cp) {
   if (cp < 0x80) return cp == 0x20 || (cp >= 0x09 && cp <= 0x0D);
   switch (cp) {

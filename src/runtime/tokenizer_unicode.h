@@ -48,10 +48,6 @@ bool utf8_is_valid(std::string_view s);
 // Python's bytes.decode(errors="replace")).
 std::string utf8_lossy(std::string_view s);
 
-// Length of the longest prefix of `s` that does not end inside an incomplete (but so far valid)
-// UTF-8 sequence. Ill-formed bytes count as complete (they become U+FFFD).
-size_t utf8_complete_prefix_len(std::string_view s);
-
 // Rust char::is_whitespace (the Unicode White_Space property).
 bool is_whitespace(char32_t cp);
 // Rust char::is_numeric (general categories Nd, Nl, No).
