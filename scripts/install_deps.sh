@@ -9,6 +9,7 @@ packages=(
   libgtest-dev libbenchmark-dev
   clang lld libclang-rt-dev
   libvulkan-dev glslc mesa-vulkan-drivers
+  python3 python3-venv python3-pip
 )
 
 missing=()

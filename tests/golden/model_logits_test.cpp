@@ -104,3 +104,46 @@ INSTANTIATE_TEST_SUITE_P(TinyLlama, GoldenLogits,
 
 }  // namespace
 }  // namespace trellis
+
+namespace trellis {
+namespace {
+
+// Each EXL3 fixture put through `trellis dequantize` and loaded as an ordinary fp16 model gives
+// ExLlamaV3's logits for the quantized model within the same tolerances.
+class GoldenDequantizedLogits : public ::testing::TestWithParam<Case> {};
+
+TEST_P(GoldenDequantizedLogits, Fp16DirectoryMatchesExllamaReference) {
+  if (!test::have_shared()) GTEST_SKIP() << "../shared not found";
+  const Case c = GetParam();
+  test::TempDir tmp;
+  std::string log;
+  ASSERT_EQ(test::run_command(test::trellis_binary() + " -q dequantize " +
+                                  test::shared_path(std::string("fixtures/tiny-llama/") + c.model) + " " + tmp.file("m"),
+                              &log),
+            0)
+      << log;
+  const Reference ref = load_reference(test::shared_path(std::string("fixtures/tiny-llama/reference/") + c.reference));
+  auto backend = make_cpu_backend();
+  auto model = Model::load(tmp.file("m"), *backend);
+  EXPECT_FALSE(model->dir().is_exl3());
+  std::vector<float> logits;
+  model->forward(ref.ids, 0, true, logits);
+  const Agreement a = compare(logits, ref);
+  EXPECT_LE(a.rel_rms, 1e-2) << c.model;
+  EXPECT_GE(a.top1, 0.99) << c.model;
+  std::printf("dequantized %s: rel_rms %.5f top1 %.4f\n", c.model, a.rel_rms, a.top1);
+}
+
+INSTANTIATE_TEST_SUITE_P(TinyLlama, GoldenDequantizedLogits,
+                         ::testing::Values(Case{"exl3-q3_mcg", "q3_mcg.safetensors"},
+                                           Case{"exl3-q25_mul1", "q25_mul1.safetensors"},
+                                           Case{"exl3-q6_mul1_h16", "q6_mul1_h16.safetensors"}),
+                         [](const auto& info) {
+                           std::string n = info.param.model;
+                           for (char& ch : n)
+                             if (ch == '-') ch = '_';
+                           return n;
+                         });
+
+}  // namespace
+}  // namespace trellis
