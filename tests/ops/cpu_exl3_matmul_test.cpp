@@ -199,7 +199,8 @@ TEST(CpuExl3Matmul, LargerShapesAndThreads) {
   uint64_t seed = 100;
   for (const Case& c : cases) {
     ThreadPool pool(c.threads);
-    RandomLayer layer(c.k, c.n, c.K, c.cb, seed % 2 == 0, ++seed);
+    ++seed;
+    RandomLayer layer(c.k, c.n, c.K, c.cb, seed % 2 == 0, seed);
     const double err = run_and_compare(layer.view, c.m, seed, pool);
     EXPECT_LE(err, kTolerance) << cpu::exl3_variant_name(c.K, c.cb) << " k=" << c.k << " n=" << c.n
                                << " m=" << c.m << " threads=" << c.threads;
