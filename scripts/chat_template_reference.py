@@ -14,9 +14,10 @@ REQUESTS.json is a list of {"template": str, "mode": "render" | "apply", ...}:
           through transformers' message preparation (None-valued keys dropped, reasoning fields
           aliased, tools=None and documents=None unless given in "extra").
 RESULTS.json gets one {"ok": true, "output": str} or {"ok": false, "error_type": str, "error": str}
-per request, in order.
+per request, in order; a request that renders for over 10 s reports error_type "Timeout".
 """
 import json
+import signal
 import sys
 from datetime import datetime
 
@@ -129,16 +130,31 @@ def render_one(env, request):
     )
 
 
+class _Timeout(Exception):
+    pass
+
+
+def _on_timeout(signum, frame):
+    raise _Timeout()
+
+
 def main():
     with open(sys.argv[1], encoding="utf-8") as f:
         requests = json.load(f)
     env = make_environment()
     results = []
+    signal.signal(signal.SIGALRM, _on_timeout)
     for request in requests:
+        # Python's unbounded integers can make a random expression (a huge power) run for ever.
+        signal.alarm(10)
         try:
             results.append({"ok": True, "output": render_one(env, request)})
+        except _Timeout:
+            results.append({"ok": False, "error_type": "Timeout", "error": "rendering took over 10 s"})
         except Exception as e:  # every failure is reported, the run goes on
             results.append({"ok": False, "error_type": type(e).__name__, "error": str(e)})
+        finally:
+            signal.alarm(0)
     with open(sys.argv[2], "w", encoding="utf-8") as f:
         json.dump(results, f, ensure_ascii=False)
 

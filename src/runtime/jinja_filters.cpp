@@ -337,10 +337,9 @@ Value apply_filter(Interpreter& in, const std::string& name, const Value& v, con
   if (name == "lower") return Value(py_lower(text(in, v, pos)));
   if (name == "capitalize") return Value(py_capitalize(text(in, v, pos)));
   if (name == "title") return Value(filter_title(text(in, v, pos)));
-  // jinja2 returns Markup (a str) here; trellis returns the plain str. The difference shows only
-  // where Markup escapes what is concatenated to it, which chat templates do not rely on.
-  if (name == "safe") return Value(text(in, v, pos));
-  if (name == "e" || name == "escape" || name == "forceescape") return Value(html_escape(text(in, v, pos)));
+  if (name == "safe") return Value::markup(text(in, v, pos));
+  if (name == "e" || name == "escape") return Value::markup(v.is_markup() ? v.as_string() : html_escape(text(in, v, pos)));
+  if (name == "forceescape") return Value::markup(html_escape(text(in, v, pos)));
   if (name == "default" || name == "d") {
     args.check(name, 2, {"default_value", "boolean"});
     const Value* dflt = args.get(0, "default_value");
@@ -559,6 +558,15 @@ bool apply_test(Interpreter& in, const std::string& name, const Value& v, const 
     if (args.positional.empty()) in.error(ErrorKind::kFormat, pos, fmt::format("test '{}' needs an argument", name));
     return args.positional[0];
   };
+  {
+    static const char* const kNoArg[] = {"defined", "undefined", "none", "boolean", "false", "true",
+                                         "integer", "float", "number", "string", "mapping", "iterable",
+                                         "sequence", "callable", "escaped", "lower", "upper", "odd", "even"};
+    const bool no_arg = std::any_of(std::begin(kNoArg), std::end(kNoArg), [&](const char* n) { return name == n; });
+    const size_t given = args.positional.size() + args.keyword.size();
+    if (given != (no_arg ? 0u : 1u))
+      in.error(ErrorKind::kFormat, pos, fmt::format("test '{}' takes {} argument(s), {} given", name, no_arg ? 0 : 1, given));
+  }
   if (name == "defined") return !v.is_undefined();
   if (name == "undefined") return v.is_undefined();
   if (name == "none") return v.is_none();

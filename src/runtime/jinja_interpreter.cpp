@@ -468,9 +468,21 @@ Value Interpreter::eval(const Expr& e, const ScopePtr& scope) {
       return eval_binary(e.name, a, b, e.pos);
     }
     case ExprKind::kConcat: {
+      std::vector<Value> parts;
+      bool markup = false;
+      for (const ExprPtr& c : e.children) {
+        parts.push_back(eval(*c, scope));
+        markup = markup || parts.back().is_markup();
+      }
       std::string s;
-      for (const ExprPtr& c : e.children) s += py_str(eval(*c, scope));
-      return Value(std::move(s));
+      for (const Value& p : parts) {
+        std::string piece = py_str(p);
+        // jinja2 joins with Markup when any part is Markup, escaping the plain parts.
+        if (markup && !p.is_markup() && piece.find_first_of("&<>\"'") != std::string::npos)
+          error(ErrorKind::kUnsupported, e.pos, "HTML auto-escaping of text joined to a |safe / |escape value");
+        s += piece;
+      }
+      return markup ? Value::markup(std::move(s)) : Value(std::move(s));
     }
     case ExprKind::kAnd: {
       Value a = eval(*e.children[0], scope);
@@ -514,7 +526,15 @@ Value Interpreter::eval_binary(const std::string& op, const Value& a, const Valu
       return Value(r);
     }
     if (nums) return Value(a.as_float() + b.as_float());
-    if (a.is_string() && b.is_string()) return Value(a.as_string() + b.as_string());
+    if (a.is_string() && b.is_string()) {
+      if (a.is_markup() || b.is_markup()) {
+        const Value& plain = a.is_markup() ? b : a;
+        if (!plain.is_markup() && plain.as_string().find_first_of("&<>\"'") != std::string::npos)
+          error(ErrorKind::kUnsupported, pos, "HTML auto-escaping of text added to a |safe / |escape value");
+        return Value::markup(a.as_string() + b.as_string());
+      }
+      return Value(a.as_string() + b.as_string());
+    }
     if (a.is_plain_list() && b.is_plain_list() && a.as_list().is_tuple == b.as_list().is_tuple) {
       std::vector<Value> items = a.as_list().items;
       items.insert(items.end(), b.as_list().items.begin(), b.as_list().items.end());
@@ -584,6 +604,13 @@ Value Interpreter::eval_binary(const std::string& op, const Value& a, const Valu
   }
   if (op == "**") {
     if (!nums) type_error();
+    if (a.as_float() < 0 && b.as_float() != std::floor(b.as_float()))
+      error(ErrorKind::kUnsupported, pos, "a negative number to a fractional power (Python gives a complex number)");
+    if (!ints) {
+      const double r = std::pow(a.as_float(), b.as_float());
+      if (std::isinf(r) && std::isfinite(a.as_float()) && std::isfinite(b.as_float()))
+        error(ErrorKind::kFormat, pos, "(34, 'Numerical result out of range')");
+    }
     if (ints && b.as_int() >= 0) {
       int64_t r = 1, base = a.as_int();
       for (int64_t e = b.as_int(); e > 0; --e) {

@@ -206,7 +206,6 @@ class Lexer {
   size_t lex_tag(size_t tag, bool block, bool* line_starting) {
     Token begin;
     begin.type = block ? TokenType::kBlockBegin : TokenType::kVariableBegin;
-    begin.text = block ? "{%" : "{{";
     begin.pos = pos_at(tag);
     tokens_.push_back(begin);
     size_t i = tag + 2;

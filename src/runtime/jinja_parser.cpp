@@ -686,7 +686,10 @@ class Parser {
       first = false;
       const SourcePos pos = cur().pos;
       std::string name = expect_name();
-      while (skip_op(".")) name += "." + expect_name();
+      while (skip_op(".")) {
+        name += '.';
+        name += expect_name();
+      }
       if (!is_jinja2_filter(name)) error_at(pos, fmt::format("no filter named '{}'", name));
       auto e = make(ExprKind::kFilter, pos);
       e->name = name;
@@ -702,7 +705,10 @@ class Parser {
     const SourcePos pos = next().pos;  // 'is'
     const bool negated = skip_name("not");
     std::string name = expect_name();
-    while (skip_op(".")) name += "." + expect_name();
+    while (skip_op(".")) {
+      name += '.';
+      name += expect_name();
+    }
     if (!is_jinja2_test(name)) error_at(pos, fmt::format("no test named '{}'", name));
     auto e = make(ExprKind::kTest, pos);
     e->name = name;

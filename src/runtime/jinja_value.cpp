@@ -166,7 +166,10 @@ std::string text_of(const Value& v, bool repr) {
   if (v.is_bool()) return v.as_bool() ? "True" : "False";
   if (v.is_int()) return std::to_string(v.as_int());
   if (v.is_float()) return py_format_float(v.as_float());
-  if (v.is_string()) return repr ? py_repr_string(v.as_string()) : v.as_string();
+  if (v.is_string()) {
+    if (!repr) return v.as_string();
+    return v.is_markup() ? "Markup(" + py_repr_string(v.as_string()) + ")" : py_repr_string(v.as_string());
+  }
   if (v.is_list()) {
     const List& l = v.as_list();
     switch (l.view) {

@@ -165,9 +165,19 @@ class Value {
 
   const Storage& storage() const { return v_; }
 
+  // jinja2's Markup (what |safe and |escape return): a str that prints the same but shows as
+  // Markup('...') inside a printed container and escapes plain text concatenated to it.
+  static Value markup(std::string s) {
+    Value v(std::move(s));
+    v.markup_ = true;
+    return v;
+  }
+  bool is_markup() const { return markup_ && is_string(); }
+
  private:
   explicit Value(Storage s) : v_(std::move(s)) {}
   Storage v_;
+  bool markup_ = false;
 };
 
 // Python's str(x) (what {{ x }} prints; Undefined prints as ""). Throws kUnsupported for values whose

@@ -87,7 +87,51 @@ class Gen {
 
   std::string primary(int depth) { return pick(2) ? atom() : "(" + expr(depth) + ")"; }
 
+  // Text, tags and comments with every whitespace-control marker, to exercise trim_blocks,
+  // lstrip_blocks, '-' and '+' against jinja2's lexer.
+  std::string whitespace_template() {
+    static const char* const kText[] = {"a", " ", "  ", "\n", "\t", "\n  ", " \n", "\n\n", "  \t\n ", "\u00a0", "b\n"};
+    static const char* const kOpen[] = {"{% if true %}", "{%- if true %}", "{% if true -%}", "{%+ if true %}",
+                                        "{% if true +%}", "{%- if true -%}", "{% for i in [1, 2] %}"};
+    static const char* const kClose[] = {"{% endif %}", "{%- endif %}", "{% endif -%}", "{%+ endif %}", "{%- endif -%}"};
+    static const char* const kLeaf[] = {"{{ 'x' }}", "{{- 'x' }}", "{{ 'x' -}}", "{# c #}", "{#- c #}", "{# c -#}",
+                                        "{%- raw %} r {% endraw -%}", "{% raw %}{{ r }}{% endraw %}", "{% set v = 1 %}",
+                                        "{%- set v = 1 -%}"};
+    std::string out;
+    int open_ifs = 0;
+    bool loop_open = false;
+    const size_t n = 4 + pick(10);
+    for (size_t i = 0; i < n; ++i) {
+      switch (pick(4)) {
+        case 0: case 1: out += one_of(kText); break;
+        case 2: out += one_of(kLeaf); break;
+        default:
+          if (open_ifs > 0 && pick(2)) {
+            out += loop_open && open_ifs == 1 ? "{% endfor %}" : one_of(kClose);
+            if (loop_open && open_ifs == 1) loop_open = false;
+            --open_ifs;
+          } else {
+            const char* o = one_of(kOpen);
+            if (std::string(o).find("for") != std::string::npos) {
+              if (open_ifs > 0 || loop_open) o = kOpen[0];
+              else loop_open = true;
+            }
+            out += o;
+            ++open_ifs;
+          }
+      }
+      out += one_of(kText);
+    }
+    while (open_ifs > 0) {
+      out += loop_open && open_ifs == 1 ? "{% endfor %}" : one_of(kClose);
+      out += one_of(kText);
+      --open_ifs;
+    }
+    return out;
+  }
+
   std::string statement_template() {
+    if (pick(4) == 0) return whitespace_template();
     switch (pick(6)) {
       case 0:
         return "{% for x in " + primary(1) + " %}{{ loop.index }}:{{ x }}{% if loop.last %}.{% endif %}{% else %}E{% endfor %}";
@@ -143,7 +187,9 @@ TEST(ChatTemplateFuzzOracle, RandomTemplatesMatchJinja2) {
       kind = e.kind();
       error = e.what();
     }
-    if (!ok && kind == ErrorKind::kUnsupported) {
+    if (ref.value("error_type", "") == "Timeout") {
+      ++refused;  // Python ran away (a huge integer power); nothing to compare
+    } else if (!ok && kind == ErrorKind::kUnsupported) {
       ++refused;
       if (show_refused) std::printf("refused: %s\n  %s\n  jinja2: %s\n", sources[i].c_str(), error.c_str(), ref.dump().c_str());
     } else if (ref["ok"].get<bool>() && ok && ours == ref["output"].get<std::string>()) {
