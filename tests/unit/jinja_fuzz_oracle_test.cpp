@@ -76,16 +76,16 @@ class Gen {
                                            ">", "<=", ">=", "in", "not in", "and", "or"};
         return expr(depth - 1) + " " + one_of(kOps) + " " + expr(depth - 1);
       }
-      case 6: return "not " + expr(depth - 1);
+      case 6: return std::string("not ") + expr(depth - 1);
       case 7: return expr(depth - 1) + " if " + expr(depth - 1) + " else " + expr(depth - 1);
-      case 8: return "[" + expr(depth - 1) + ", " + expr(depth - 1) + "]";
-      case 9: return "-" + primary(depth - 1);
-      case 10: return "(" + expr(depth - 1) + ")";
-      default: return "{'k': " + expr(depth - 1) + "}";
+      case 8: return std::string("[") + expr(depth - 1) + ", " + expr(depth - 1) + "]";
+      case 9: return std::string("-") + primary(depth - 1);
+      case 10: return std::string("(") + expr(depth - 1) + ")";
+      default: return std::string("{'k': ") + expr(depth - 1) + "}";
     }
   }
 
-  std::string primary(int depth) { return pick(2) ? atom() : "(" + expr(depth) + ")"; }
+  std::string primary(int depth) { return pick(2) ? atom() : std::string("(") + expr(depth) + ")"; }
 
   // Text, tags and comments with every whitespace-control marker, to exercise trim_blocks,
   // lstrip_blocks, '-' and '+' against jinja2's lexer.
@@ -134,17 +134,17 @@ class Gen {
     if (pick(4) == 0) return whitespace_template();
     switch (pick(6)) {
       case 0:
-        return "{% for x in " + primary(1) + " %}{{ loop.index }}:{{ x }}{% if loop.last %}.{% endif %}{% else %}E{% endfor %}";
+        return std::string("{% for x in ") + primary(1) + " %}{{ loop.index }}:{{ x }}{% if loop.last %}.{% endif %}{% else %}E{% endfor %}";
       case 1:
-        return "{% set ns = namespace(v=" + expr(1) + ") %}{% for m in msgs %}{% set ns.v = ns.v ~ m.role %}{% endfor %}{{ ns.v }}";
+        return std::string("{% set ns = namespace(v=") + expr(1) + ") %}{% for m in msgs %}{% set ns.v = ns.v ~ m.role %}{% endfor %}{{ ns.v }}";
       case 2:
-        return "{% if " + expr(2) + " %}A{% elif " + expr(1) + " %}B{% else %}C{% endif %}";
+        return std::string("{% if ") + expr(2) + " %}A{% elif " + expr(1) + " %}B{% else %}C{% endif %}";
       case 3:
-        return "{% for k, v in " + primary(1) + "|items %}{{ k }}={{ v }};{% endfor %}";
+        return std::string("{% for k, v in ") + primary(1) + "|items %}{{ k }}={{ v }};{% endfor %}";
       case 4:
-        return "  {%- set t = " + expr(2) + " %}\n  {{ t }}\n{% if t %}\n    yes {{- ' ' ~ t|string }}\n{% endif %}";
+        return std::string("  {%- set t = ") + expr(2) + " %}\n  {{ t }}\n{% if t %}\n    yes {{- ' ' ~ t|string }}\n{% endif %}";
       default:
-        return "{{ " + expr(3) + " }}";
+        return std::string("{{ ") + expr(3) + " }}";
     }
   }
 
@@ -168,7 +168,7 @@ TEST(ChatTemplateFuzzOracle, RandomTemplatesMatchJinja2) {
   std::vector<std::string> sources;
   ojson requests = ojson::array();
   for (int i = 0; i < cases; ++i) {
-    sources.push_back(i % 3 == 0 ? gen.statement_template() : "{{ " + gen.expr(3) + " }}");
+    sources.push_back(i % 3 == 0 ? gen.statement_template() : std::string("{{ ") + gen.expr(3) + " }}");
     requests.push_back({{"template", sources.back()}, {"mode", "render"}, {"context", context}});
   }
   const nlohmann::json results = test::run_reference(requests);
