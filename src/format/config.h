@@ -62,6 +62,16 @@ struct ModelConfig {
 };
 
 // Parses config.json text; `path` is used in error messages. Throws kFormat naming the field.
+// Details: JSON null counts as absent; duplicate keys anywhere are an error. Required:
+// architectures or model_type; hidden_size, num_hidden_layers, num_attention_heads, vocab_size
+// (integers in 1..2^30, as are all size fields). num_attention_heads must be a multiple of
+// num_key_value_heads; without head_dim, hidden_size must be a multiple of the heads. Rope:
+// `rope_parameters` (theta + type + scaling params) wins over top-level `rope_theta` and
+// `rope_scaling`; the type comes from `rope_type` or `type`; linear/dynamic/yarn/llama3 need
+// `factor`, llama3 also low/high_freq_factor and original_max_position_embeddings; yarn without
+// original_max_position_embeddings takes max_position_embeddings. `torch_dtype` falls back to
+// transformers 5's `dtype`. quantization_config fields are read (and type-checked) only when
+// quant_method is "exl3" or absent; for other methods only quant_method is kept.
 ModelConfig parse_model_config(const std::string& text, const std::string& path);
 ModelConfig load_model_config(const std::string& path);
 

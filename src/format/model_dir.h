@@ -41,15 +41,23 @@ class ModelDir {
   const std::string& dir() const { return dir_; }
   const ModelConfig& config() const { return config_; }
   const TensorStore& tensors() const { return *store_; }
+  // Classification of one tensor (every tensor of tensors() has one). Throws kInvalidArgument
+  // for a name the directory does not hold.
   TensorKind kind_of(const std::string& tensor_name) const;
+  // Sorted by key.
   const std::vector<Exl3Layer>& exl3_layers() const { return layers_; }
   const Exl3Layer* find_exl3_layer(const std::string& key) const;
   bool is_exl3() const { return !layers_.empty(); }
-  // Tokenizer and other auxiliary files present (tokenizer.json, tokenizer_config.json, ...).
+  // Tokenizer and other auxiliary files present (tokenizer.json, tokenizer_config.json, ...):
+  // base names, sorted, of every regular file except config.json, *.safetensors,
+  // *.safetensors.index.json and dot files (quantization_config.json is included).
   const std::vector<std::string>& aux_files() const { return aux_files_; }
 
   // Views of one EXL3 layer's tensors. Legacy su/sv are expanded to fp16 into `scratch`
-  // (caller-owned, resized as needed) so the view always has suh/svh.
+  // (caller-owned, resized as needed) so the view always has suh/svh. An F32/BF16 bias is
+  // likewise converted to fp16 into `scratch` (as ExLlamaV3 does at load). The view is valid
+  // while this ModelDir lives and `scratch` is neither resized nor destroyed. Only the layer's
+  // key is used; an unknown key gives kInvalidArgument.
   exl3::Exl3LinearView exl3_view(const Exl3Layer& layer, std::vector<uint16_t>& scratch) const;
 
  private:

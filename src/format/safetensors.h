@@ -9,6 +9,10 @@
 // [begin, end] with begin <= end <= data size and end - begin == numel * dtype size, no
 // overflow; ranges do not overlap; no duplicate names; "__metadata__" (optional) is an object of
 // strings.
+// Also: no duplicate keys in any JSON object, nesting at most 8 deep, tensor names non-empty.
+// Tolerated: gaps between tensors and bytes after the last one (the Rust reference reader
+// rejects both; nothing here depends on contiguity), trailing spaces in the header (padding),
+// extra keys inside an entry (ignored).
 //
 // Writer goals: produce files that ExLlamaV3 loads (minified JSON header, tensors back to back
 // in insertion order) and never leave a half-written file under the final name.
@@ -79,7 +83,9 @@ SafetensorsIndex parse_safetensors_index(const std::string& text, const std::str
 // All tensors of a model directory: a single `model.safetensors`, or the shards listed in
 // `model.safetensors.index.json` (validated: JSON shape, every listed file exists and holds the
 // tensors mapped to it, no tensor in two shards), or failing both every `*.safetensors` file in
-// the directory.
+// the directory. With an index, a tensor found in a shard but mapped to another shard is an
+// error; one the index does not list at all is used with a warning; shards the index does not
+// name are ignored. Without an index, a name in two files is an error.
 class TensorStore {
  public:
   static std::unique_ptr<TensorStore> open_dir(const std::string& dir);

@@ -280,6 +280,34 @@ TEST(FormatConfig, BadQuantizationConfig) {
   expect_bad(with_q({{"quant_method", "exl3"}, {"calibration", 250}}), {"'quantization_config.calibration'"});
 }
 
+TEST(FormatConfig, MutatedBytesNeverCrash) {
+  // Every byte of a realistic config replaced by a few interesting values: parse or Error.
+  json j = base();
+  j["rope_parameters"] = {{"rope_theta", 500000.0}, {"rope_type", "llama3"}, {"factor", 8.0},
+                          {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                          {"original_max_position_embeddings", 8192}};
+  j["eos_token_id"] = json::array({1, 2});
+  j["quantization_config"] = {{"quant_method", "exl3"}, {"bits", 3.0}, {"head_bits", 6},
+                              {"calibration", {{"rows", 250}, {"cols", 2048}}}};
+  const std::string text = j.dump();
+  size_t ok = 0, rejected = 0;
+  for (size_t pos = 0; pos < text.size(); ++pos) {
+    for (char c : {'\0', '"', '{', ']', '-', '9', 'e', '\xff'}) {
+      std::string t = text;
+      t[pos] = c;
+      try {
+        parse_model_config(t, "m/config.json");
+        ++ok;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("m/config.json"), std::string::npos) << e.what();
+        ++rejected;
+      }
+    }
+  }
+  EXPECT_GT(ok, 0u);
+  EXPECT_GT(rejected, 0u);
+}
+
 TEST(FormatConfig, LoadFromFile) {
   test::TempDir tmp;
   test::write_text(tmp.file("config.json"), base().dump(2));
