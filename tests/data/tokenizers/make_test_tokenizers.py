@@ -12,6 +12,7 @@ normalizer / pre-tokenizer / model / decoder / post-processor configuration:
   llama3_style   byte-level BPE with the Llama 3 split regex, ignore_merges, Llama 3 special
                  tokens and a BOS template
   qwen_style     NFC normalizer, the Qwen 2 split regex (single digits), ChatML added tokens
+  regex_dialect  Split regexes in Oniguruma's dialect (line anchors, \\w, \\h, (?m))
   features       byte-level BPE exercising the rarer paths: NFKC, Replace/Strip normalizers,
                  every Split behavior, invert, Digits, ByteLevel with add_prefix_space, added
                  tokens with lstrip / rstrip / single_word / normalized, a non-special added
@@ -189,6 +190,18 @@ def byte_level_family(austen_dir):
     tok.post_processor = processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")),
                                                    ("[CLS]", tok.token_to_id("[CLS]")))
     write(tok, "features")
+
+    # Oniguruma regex dialect: ^/$ as line anchors, \w, \h (hex digit), (?m) (dot matches newline).
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"(?m)<!--.*?-->"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r"^[ \t]+|[ \t]+$"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r"\h{4,}"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r"\w+|\W"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus(austen_dir), trainer)
+    write(tok, "regex_dialect")
 
     # Classic subword BPE with an unknown token.
     tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, continuing_subword_prefix="##",
