@@ -15,5 +15,9 @@ Handler add_dequantize(CLI::App& app);
 Handler add_ppl(CLI::App& app);
 Handler add_kld(CLI::App& app);
 Handler add_logits(CLI::App& app);
+Handler add_run(CLI::App& app);      // tools/cmd_run.cpp
+Handler add_chat(CLI::App& app);     // tools/cmd_run.cpp
+Handler add_quantize(CLI::App& app); // tools/cmd_quantize.cpp
+Handler add_devices(CLI::App& app);  // tools/cmd_devices.cpp
 
 }  // namespace trellis::cli

@@ -21,11 +21,15 @@ int main(int argc, char** argv) {
   app.fallthrough();
 
   std::vector<trellis::cli::Handler> handlers = {
+      trellis::cli::add_run(app),
+      trellis::cli::add_chat(app),
       trellis::cli::add_inspect(app),
       trellis::cli::add_dequantize(app),
       trellis::cli::add_ppl(app),
       trellis::cli::add_kld(app),
       trellis::cli::add_logits(app),
+      trellis::cli::add_quantize(app),
+      trellis::cli::add_devices(app),
   };
 
   try {

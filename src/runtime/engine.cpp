@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include "backends/backend.h"
+#include "backends/registry.h"
 #include "core/error.h"
 #include "core/progress.h"
 #include "model/model.h"
@@ -14,13 +15,6 @@ namespace trellis {
 
 Engine::Engine() : impl_(std::make_unique<Impl>()) {}
 Engine::~Engine() = default;
-
-std::unique_ptr<Backend> make_backend(const std::string& device) {
-  if (device == "auto" || device == "cpu") return make_cpu_backend();
-  if (device.rfind("cuda", 0) == 0 || device.rfind("vulkan", 0) == 0)
-    fail(ErrorKind::kUnsupported, "device '{}' is not available in this build (available: cpu)", device);
-  fail(ErrorKind::kInvalidArgument, "unknown device '{}' (expected auto, cpu, cuda[:N] or vulkan[:N])", device);
-}
 
 std::unique_ptr<Engine> Engine::open(const std::string& model_dir, const EngineOptions& options) {
   std::unique_ptr<Engine> e(new Engine());

@@ -16,6 +16,5 @@ struct Engine::Impl {
   std::unique_ptr<Tokenizer> tokenizer;
 };
 
-std::unique_ptr<Backend> make_backend(const std::string& device);
 
 }  // namespace trellis

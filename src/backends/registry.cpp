@@ -1,0 +1,104 @@
+// backends/registry.cpp: see registry.h.
+#include "backends/registry.h"
+
+#include <charconv>
+
+#include "core/error.h"
+
+#if TRELLIS_WITH_CUDA
+#include "backends/cuda/cuda_api.h"
+#endif
+#if TRELLIS_WITH_VULKAN
+#include "backends/vulkan/vulkan_api.h"
+#endif
+
+namespace trellis {
+namespace {
+
+// Splits "name[:N]" into name and index (default 0).
+std::pair<std::string, int> parse_device(const std::string& device) {
+  const size_t colon = device.find(':');
+  if (colon == std::string::npos) return {device, 0};
+  int index = -1;
+  const char* first = device.data() + colon + 1;
+  const char* last = device.data() + device.size();
+  const auto [ptr, ec] = std::from_chars(first, last, index);
+  if (ec != std::errc() || ptr != last || index < 0 || first == last)
+    fail(ErrorKind::kInvalidArgument, "bad device '{}': expected NAME or NAME:INDEX, e.g. cuda:0", device);
+  return {device.substr(0, colon), index};
+}
+
+std::string available() {
+  std::string s;
+  for (const DeviceInfo& d : list_devices()) {
+    if (!s.empty()) s += ", ";
+    s += d.backend == "cpu" ? "cpu" : d.backend + ":" + std::to_string(d.index);
+  }
+  return s;
+}
+
+}  // namespace
+
+std::vector<std::string> compiled_backends() {
+  std::vector<std::string> b = {"cpu"};
+#if TRELLIS_WITH_CUDA
+  b.push_back("cuda");
+#endif
+#if TRELLIS_WITH_VULKAN
+  b.push_back("vulkan");
+#endif
+  return b;
+}
+
+std::vector<DeviceInfo> list_devices() {
+  std::vector<DeviceInfo> out;
+  out.push_back(make_cpu_backend(0)->info());
+#if TRELLIS_WITH_CUDA
+  for (DeviceInfo& d : list_cuda_devices()) out.push_back(std::move(d));
+#endif
+#if TRELLIS_WITH_VULKAN
+  for (DeviceInfo& d : list_vulkan_devices()) out.push_back(std::move(d));
+#endif
+  return out;
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& device, size_t threads) {
+  const auto [name, index] = parse_device(device);
+  if (name == "auto") {
+#if TRELLIS_WITH_CUDA
+    if (!list_cuda_devices().empty()) return make_cuda_backend(0);
+#endif
+    return make_cpu_backend(threads);
+  }
+  if (name == "cpu") {
+    if (index != 0) fail(ErrorKind::kInvalidArgument, "device '{}': there is one CPU device, cpu", device);
+    return make_cpu_backend(threads);
+  }
+  if (name == "cuda") {
+#if TRELLIS_WITH_CUDA
+    const size_t n = list_cuda_devices().size();
+    if (static_cast<size_t>(index) >= n)
+      fail(ErrorKind::kUnsupported, "device '{}' does not exist ({} CUDA device{}; available: {})", device, n,
+           n == 1 ? "" : "s", available());
+    return make_cuda_backend(index);
+#else
+    fail(ErrorKind::kUnsupported, "device '{}': this build has no CUDA backend (available: {})", device,
+         available());
+#endif
+  }
+  if (name == "vulkan") {
+#if TRELLIS_WITH_VULKAN
+    const size_t n = list_vulkan_devices().size();
+    if (static_cast<size_t>(index) >= n)
+      fail(ErrorKind::kUnsupported, "device '{}' does not exist ({} Vulkan device{}; available: {})", device, n,
+           n == 1 ? "" : "s", available());
+    return make_vulkan_backend(index);
+#else
+    fail(ErrorKind::kUnsupported, "device '{}': this build has no Vulkan backend (available: {})", device,
+         available());
+#endif
+  }
+  fail(ErrorKind::kInvalidArgument, "unknown device '{}' (expected auto, cpu, cuda[:N] or vulkan[:N])", device);
+}
+
+}  // namespace trellis
