@@ -1,0 +1,230 @@
+// backends/vulkan/vk_backend.cpp: memory and the non-linear ops of the Vulkan backend
+// (vk_linear.cpp has the linear layers). Each op validates what the shader relies on, fills the
+// shader's push-constant block (field order = the `P` block in the .comp file) and records.
+#include "backends/vulkan/vk_backend.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "backends/vulkan/vulkan_api.h"
+#include "core/error.h"
+#include "core/fp16.h"
+#include "core/log.h"
+
+namespace trellis {
+namespace vk {
+
+Buffer& buffer_of(const DeviceTensor& t) {
+  TRELLIS_CHECK(t.buffer != nullptr);
+  return *static_cast<Buffer*>(t.buffer.get());
+}
+
+float load_float(const std::byte* p, DType dtype, size_t i) {
+  uint16_t h;
+  float f;
+  switch (dtype) {
+    case DType::kF32: std::memcpy(&f, p + 4 * i, 4); return f;
+    case DType::kF16: std::memcpy(&h, p + 2 * i, 2); return fp16_to_fp32(h);
+    case DType::kBF16: std::memcpy(&h, p + 2 * i, 2); return bf16_to_fp32(h);
+    default: fail(ErrorKind::kUnsupported, "Vulkan backend: cannot read dtype {} as float", dtype_name(dtype));
+  }
+}
+
+VulkanBackend::VulkanBackend(int index) : ctx_(Context::create(index)) {
+  log_info("Vulkan: using {} (subgroup size {})", ctx_->info().name, ctx_->info().subgroup_size);
+}
+
+VulkanBackend::~VulkanBackend() {
+  for (auto& s : scratch_) s.reset();
+  ctx_->shutdown();
+}
+
+std::shared_ptr<Buffer> VulkanBackend::upload_bytes(const void* data, size_t bytes) {
+  auto buf = ctx_->create_buffer(bytes);
+  if (buf->mapped()) {
+    std::memcpy(buf->mapped(), data, bytes);  // a fresh buffer: no recorded command uses it
+    return buf;
+  }
+  auto staging = ctx_->create_buffer(bytes, /*staging=*/true);
+  std::memcpy(staging->mapped(), data, bytes);
+  ctx_->copy(*staging, 0, *buf, 0, bytes);
+  ctx_->flush();  // weights are uploaded once; keep staging memory bounded
+  return buf;
+}
+
+Buffer& VulkanBackend::scratch(int slot, size_t bytes) {
+  auto& s = scratch_[slot];
+  if (!s || s->size() < bytes) s = ctx_->create_buffer(std::max(bytes, s ? 2 * s->size() : bytes));
+  return *s;
+}
+
+DeviceTensor VulkanBackend::alloc(DType dtype, const Shape& shape) {
+  if (dtype != DType::kF32 && dtype != DType::kF16)
+    fail(ErrorKind::kUnsupported, "Vulkan backend: tensors of {} are not supported (F32, F16)", dtype_name(dtype));
+  DeviceTensor t;
+  t.dtype = dtype;
+  t.shape = shape;
+  auto buf = ctx_->create_buffer(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype));
+  if (buf->mapped())
+    std::memset(buf->mapped(), 0, buf->size());
+  else
+    ctx_->fill_zero(*buf);
+  t.buffer = buf;
+  return t;
+}
+
+DeviceTensor VulkanBackend::upload(const TensorView& host, DType dtype) {
+  const size_t n = static_cast<size_t>(host.numel());
+  DeviceTensor t;
+  t.dtype = dtype;
+  t.shape = host.shape;
+  if (dtype == host.dtype && (dtype == DType::kF32 || dtype == DType::kF16)) {
+    t.buffer = upload_bytes(host.data, host.nbytes());
+  } else if (dtype == DType::kF32) {
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; ++i) v[i] = load_float(host.data, host.dtype, i);
+    t.buffer = upload_floats(v);
+  } else if (dtype == DType::kF16) {
+    std::vector<uint16_t> v(n);
+    for (size_t i = 0; i < n; ++i) v[i] = fp32_to_fp16(load_float(host.data, host.dtype, i));
+    t.buffer = upload_bytes(v.data(), n * 2);
+  } else {
+    fail(ErrorKind::kUnsupported, "Vulkan backend: cannot upload as {}", dtype_name(dtype));
+  }
+  return t;
+}
+
+void VulkanBackend::download(const DeviceTensor& t, float* host) {
+  const size_t n = static_cast<size_t>(shape_numel(t.shape));
+  const size_t bytes = n * dtype_size(t.dtype);
+  Buffer& src = buffer_of(t);
+  ctx_->flush();
+  const std::byte* p = src.mapped() ? src.mapped() + t.offset : nullptr;
+  std::shared_ptr<Buffer> staging;
+  if (!p) {
+    staging = ctx_->create_buffer(bytes, /*staging=*/true);
+    ctx_->copy(src, t.offset, *staging, 0, bytes);
+    ctx_->flush();
+    p = staging->mapped();
+  }
+  if (t.dtype == DType::kF32)
+    std::memcpy(host, p, bytes);
+  else if (t.dtype == DType::kF16)
+    fp16_to_fp32(reinterpret_cast<const uint16_t*>(p), host, n);  // p is at least 2-aligned
+  else
+    fail(ErrorKind::kInternal, "Vulkan backend: download of {}", dtype_name(t.dtype));
+}
+
+void VulkanBackend::embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) {
+  const int64_t dim = table.shape[1];
+  if (ids.empty()) return;
+  const Staged s = ctx_->stage(ids.data(), ids.size() * 4);
+  const bool f16 = table.dtype == DType::kF16;
+  struct {
+    uint32_t dim, table_off, ids_off, out_off, table_f16;
+  } pc{u32(dim), elem(table, f16 ? 2 : 4), u32(static_cast<int64_t>(s.offset / 4)), elem(out, 4), f16 ? 1u : 0u};
+  const Pipeline& p = ctx_->pipeline("embedding", "embedding", {wg_}, 3, sizeof(pc));
+  ctx_->dispatch(p, {&buffer_of(table), s.buffer, &buffer_of(out)}, &pc, ceil_div(dim, wg_),
+                 u32(static_cast<int64_t>(ids.size())));
+}
+
+void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group,
+                             DeviceTensor& out) {
+  const int64_t groups = x.rows() * (x.cols() / group);
+  struct {
+    uint32_t groups, group, x_off, w_off, out_off;
+    float eps;
+  } pc{u32(groups), u32(group), elem(x, 4), elem(weight, 4), elem(out, 4), eps};
+  const Pipeline& p = ctx_->pipeline("rms_norm", "rms_norm", {wg_}, 3, sizeof(pc));
+  ctx_->dispatch_flat(p, {&buffer_of(x), &buffer_of(weight), &buffer_of(out)}, &pc, static_cast<uint64_t>(groups));
+}
+
+void VulkanBackend::rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_t> positions,
+                         const RopeParams& rope) {
+  const int64_t half = head_dim / 2, heads = x.cols() / head_dim;
+  const int64_t rows = static_cast<int64_t>(positions.size());
+  if (rows == 0) return;
+  // cos/sin on the host in fp32, exactly as the CPU backend computes them.
+  std::vector<float> cs(static_cast<size_t>(2 * rows * half));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(positions[static_cast<size_t>(r)]) * rope.inv_freq[static_cast<size_t>(i)];
+      cs[static_cast<size_t>(r * half + i)] = std::cos(angle) * rope.attention_scaling;
+      cs[static_cast<size_t>(rows * half + r * half + i)] = std::sin(angle) * rope.attention_scaling;
+    }
+  const Staged s = ctx_->stage(cs.data(), cs.size() * 4);
+  struct {
+    uint32_t rows, heads, head_dim, cols, x_off, cs_off;
+  } pc{u32(rows), u32(heads), u32(head_dim), u32(x.cols()), elem(x, 4), u32(static_cast<int64_t>(s.offset / 4))};
+  const Pipeline& p = ctx_->pipeline("rope", "rope", {wg_}, 2, sizeof(pc));
+  ctx_->dispatch(p, {&buffer_of(x), s.buffer}, &pc, ceil_div(heads * half, wg_), u32(rows));
+}
+
+void VulkanBackend::kv_store(const DeviceTensor& k, const DeviceTensor& v, std::span<const int32_t> positions,
+                             DeviceTensor& k_cache, DeviceTensor& v_cache) {
+  const int64_t width = k.cols();
+  if (positions.empty()) return;
+  if (width % 2 != 0 || k_cache.offset % 4 != 0 || v_cache.offset % 4 != 0)
+    fail(ErrorKind::kUnsupported, "Vulkan backend: kv_store needs an even cache width (got {})", width);
+  const Staged s = ctx_->stage(positions.data(), positions.size() * 4);
+  struct {
+    uint32_t width, k_off, v_off, kc_off2, vc_off2, pos_off;
+  } pc{u32(width), elem(k, 4), elem(v, 4), elem(k_cache, 4), elem(v_cache, 4), u32(static_cast<int64_t>(s.offset / 4))};
+  const Pipeline& p = ctx_->pipeline("kv_store", "kv_store", {wg_}, 5, sizeof(pc));
+  ctx_->dispatch(p, {&buffer_of(k), &buffer_of(v), &buffer_of(k_cache), &buffer_of(v_cache), s.buffer}, &pc,
+                 ceil_div(width / 2, wg_), u32(static_cast<int64_t>(positions.size())));
+}
+
+void VulkanBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, const DeviceTensor& v_cache,
+                              std::span<const int32_t> positions, const AttentionParams& ap, DeviceTensor& out) {
+  constexpr uint32_t kWg = 64;
+  if (positions.empty()) return;
+  if (ap.head_dim > 4 * kWg)
+    fail(ErrorKind::kUnsupported, "Vulkan backend: attention supports head_dim <= {} (got {})", 4 * kWg, ap.head_dim);
+  const int64_t rows = static_cast<int64_t>(positions.size());
+  const Staged s = ctx_->stage(positions.data(), positions.size() * 4);
+  struct {
+    uint32_t items, n_heads, group, head_dim, kv_width, window;
+    uint32_t q_off, kc_off, vc_off, pos_off, out_off;
+    float scale;
+  } pc{u32(rows * ap.n_heads), u32(ap.n_heads),  u32(ap.n_heads / ap.n_kv_heads),
+       u32(ap.head_dim),        u32(ap.n_kv_heads * ap.head_dim), u32(ap.sliding_window),
+       elem(q, 4),              elem(k_cache, 2), elem(v_cache, 2),
+       u32(static_cast<int64_t>(s.offset / 4)), elem(out, 4), ap.scale};
+  const Pipeline& p = ctx_->pipeline("attention", "attention", {kWg}, 5, sizeof(pc));
+  ctx_->dispatch_flat(p, {&buffer_of(q), &buffer_of(k_cache), &buffer_of(v_cache), s.buffer, &buffer_of(out)}, &pc,
+                      static_cast<uint64_t>(rows * ap.n_heads));
+}
+
+void VulkanBackend::silu_mul(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out) {
+  const int64_t n = shape_numel(gate.shape);
+  struct {
+    uint32_t n, gate_off, up_off, out_off;
+  } pc{u32(n), elem(gate, 4), elem(up, 4), elem(out, 4)};
+  const Pipeline& p = ctx_->pipeline("silu_mul", "silu_mul", {wg_}, 3, sizeof(pc));
+  ctx_->dispatch_flat(p, {&buffer_of(gate), &buffer_of(up), &buffer_of(out)}, &pc, ceil_div(n, wg_));
+}
+
+void VulkanBackend::add(DeviceTensor& x, const DeviceTensor& y) {
+  const int64_t n = shape_numel(x.shape);
+  struct {
+    uint32_t n, x_off, y_off;
+  } pc{u32(n), elem(x, 4), elem(y, 4)};
+  const Pipeline& p = ctx_->pipeline("add", "add", {wg_}, 2, sizeof(pc));
+  ctx_->dispatch_flat(p, {&buffer_of(x), &buffer_of(y)}, &pc, ceil_div(n, wg_));
+}
+
+}  // namespace vk
+
+std::vector<DeviceInfo> list_vulkan_devices() {
+  try {
+    return vk::Context::list_devices();
+  } catch (const std::exception& e) {
+    log_warn("Vulkan: listing devices failed: {}", e.what());
+    return {};
+  }
+}
+
+std::unique_ptr<Backend> make_vulkan_backend(int index) { return std::make_unique<vk::VulkanBackend>(index); }
+
+}  // namespace trellis

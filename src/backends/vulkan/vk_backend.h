@@ -1,0 +1,100 @@
+// backends/vulkan/vk_backend.h: the Vulkan implementation of the Backend seam.
+//
+// Activations are fp32 and the KV cache fp16, as on the CPU backend, so every op can be checked
+// against the CPU reference. Dense weights live on the device as fp16 (bf16/fp32 converted once
+// at load); EXL3 layers keep their packed trellis (bit-exact decode in the shaders) with suh,
+// svh and bias widened to fp32. Op -> shader map (shaders/*.comp):
+//   embedding, rms_norm, rope, kv_store, attention, silu_mul, add: one shader each;
+//   dense linear: matmul_f16_gemv (m <= 8) or matmul_f16_tiled;
+//   EXL3 linear: exl3_hadamard_in, then exl3_gemv_k<K>_<cb> (m <= 8) or exl3_decode_k<K>_<cb> +
+//   matmul_f16_tiled (prefill: Ŵ decoded once per call into scratch, spec 6.7 "large batches"),
+//   then exl3_hadamard_out (svh, bias, padding dropped).
+#pragma once
+
+#include <memory>
+
+#include "backends/backend.h"
+#include "backends/vulkan/vk_context.h"
+#include "core/error.h"
+
+namespace trellis::vk {
+
+// Rows up to which the GEMV shaders are used; above it, the tiled GEMM.
+inline constexpr int64_t kGemvMaxRows = 8;
+
+class DenseLinear : public LinearWeights {
+ public:
+  std::shared_ptr<Buffer> weight;  // (out, in) fp16
+  std::shared_ptr<Buffer> bias;    // [out] fp32, or null
+};
+
+class Exl3Linear : public LinearWeights {
+ public:
+  int64_t k = 0, n = 0;
+  int K = 0;
+  exl3::Codebook codebook = exl3::Codebook::k3Inst;
+  std::shared_ptr<Buffer> trellis;  // packed tiles, file order
+  std::shared_ptr<Buffer> suh;      // [k] fp32
+  std::shared_ptr<Buffer> svh;      // [n] fp32
+  std::shared_ptr<Buffer> bias;     // [out] fp32, or null
+};
+
+class VulkanBackend : public Backend {
+ public:
+  explicit VulkanBackend(int index);
+  ~VulkanBackend() override;
+
+  const DeviceInfo& info() const override { return ctx_->info(); }
+  DeviceTensor alloc(DType dtype, const Shape& shape) override;
+  DeviceTensor upload(const TensorView& host, DType dtype) override;
+  void download(const DeviceTensor& t, float* host) override;
+  std::unique_ptr<LinearWeights> prepare_linear(const LinearSource& source) override;
+  void synchronize() override { ctx_->flush(); }
+
+  void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) override;
+  void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group, DeviceTensor& out) override;
+  void linear(const LinearWeights& w, const DeviceTensor& x, DeviceTensor& y) override;
+  void rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_t> positions, const RopeParams& rope) override;
+  void kv_store(const DeviceTensor& k, const DeviceTensor& v, std::span<const int32_t> positions,
+                DeviceTensor& k_cache, DeviceTensor& v_cache) override;
+  void attention(const DeviceTensor& q, const DeviceTensor& k_cache, const DeviceTensor& v_cache,
+                 std::span<const int32_t> positions, const AttentionParams& params, DeviceTensor& out) override;
+  void silu_mul(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out) override;
+  void add(DeviceTensor& x, const DeviceTensor& y) override;
+
+  // Test hooks (tests/ops/vulkan_exl3_test.cpp), bypassing the Hadamard passes:
+  // Ŵ (k x n binary16, row-major) through exl3_decode, and z = xh · Ŵ (m x n fp32) through
+  // exl3_gemv (m <= 8 per pass, any m) or the decode + tiled GEMM path (`gemm`).
+  std::vector<uint16_t> exl3_decode_what(const exl3::Exl3LinearView& view);
+  std::vector<float> exl3_raw_matmul(const exl3::Exl3LinearView& view, const float* xh, int64_t m, bool gemm);
+
+ private:
+  std::shared_ptr<Buffer> upload_bytes(const void* data, size_t bytes);
+  std::shared_ptr<Buffer> upload_floats(const std::vector<float>& v) { return upload_bytes(v.data(), v.size() * 4); }
+  // Scratch buffer `slot` of at least `bytes` (grown as needed; contents unspecified).
+  Buffer& scratch(int slot, size_t bytes);
+  void exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z);
+  uint32_t wg_size() const { return wg_; }
+
+  std::shared_ptr<Context> ctx_;
+  uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
+  std::shared_ptr<Buffer> scratch_[3];
+};
+
+Buffer& buffer_of(const DeviceTensor& t);
+
+// Helpers for filling push constants: a view's element offset in units of `unit` bytes (the
+// shader's array element), checked narrowing to uint32, ceil division.
+inline uint32_t u32(int64_t v) {
+  TRELLIS_CHECK(v >= 0 && v <= static_cast<int64_t>(UINT32_MAX));
+  return static_cast<uint32_t>(v);
+}
+inline uint32_t elem(const DeviceTensor& t, size_t unit) {
+  TRELLIS_CHECK(t.offset % unit == 0);
+  return u32(static_cast<int64_t>(t.offset / unit));
+}
+inline uint32_t ceil_div(int64_t a, int64_t b) { return u32((a + b - 1) / b); }
+// Element i of host data of dtype F32/F16/BF16 as float (any alignment).
+float load_float(const std::byte* p, DType dtype, size_t i);
+
+}  // namespace trellis::vk

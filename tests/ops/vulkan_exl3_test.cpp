@@ -1,0 +1,156 @@
+// tests/ops/vulkan_exl3_test.cpp: the Vulkan EXL3 shaders against src/exl3: Ŵ decode bit-exact
+// for every K and codebook (exl3_decode_k*_*), the fused GEMV and the decode + tiled GEMM paths
+// exact on one-hot rows and within fp32 tolerance of a double-precision product otherwise.
+#if TRELLIS_WITH_VULKAN
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/fp16.h"
+#include "exl3/codebook.h"
+#include "exl3/linear.h"
+#include "exl3/tile.h"
+#include "ops/vulkan_test_util.h"
+#include "test_util.h"
+
+namespace trellis {
+namespace {
+
+using exl3::Codebook;
+constexpr Codebook kCodebooks[] = {Codebook::k3Inst, Codebook::kMcg, Codebook::kMul1};
+
+// Random packed tiles: decode does not care whether the bits form a tail-biting chain.
+std::vector<uint8_t> random_trellis(int64_t k, int64_t n, int K, uint64_t seed) {
+  test::SplitMix64 rng(seed);
+  std::vector<uint8_t> bytes(static_cast<size_t>((k / 16) * (n / 16) * exl3::tile_bytes(K)));
+  for (auto& b : bytes) b = static_cast<uint8_t>(rng.next());
+  return bytes;
+}
+
+exl3::Exl3LinearView view_of(const std::vector<uint8_t>& trellis, int64_t k, int64_t n, int K, Codebook cb) {
+  exl3::Exl3LinearView v;
+  v.k = k;
+  v.n = n;
+  v.K = K;
+  v.codebook = cb;
+  v.trellis = trellis.data();
+  return v;
+}
+
+TEST(VulkanExl3, DecodeIsBitExactForEveryKAndCodebook) {
+  TRELLIS_VULKAN_OR_SKIP(be);
+  const int64_t k = 128, n = 256;  // 128 tiles = 32768 states per variant
+  for (int K = 1; K <= 8; ++K) {
+    for (Codebook cb : kCodebooks) {
+      const auto trellis = random_trellis(k, n, K, 1000 + static_cast<uint64_t>(K) * 7 + static_cast<uint64_t>(cb));
+      const auto view = view_of(trellis, k, n, K, cb);
+      std::vector<uint16_t> want(static_cast<size_t>(k * n));
+      exl3::decode_what(view, want.data());
+      const std::vector<uint16_t> got = be->exl3_decode_what(view);
+      size_t bad = 0;
+      for (size_t i = 0; i < want.size(); ++i) bad += got[i] != want[i];
+      EXPECT_EQ(bad, 0u) << "K=" << K << " cb=" << exl3::codebook_name(cb);
+    }
+  }
+}
+
+TEST(VulkanExl3, DecodeCoversEveryState) {
+  // K = 8: a state is a pair of consecutive stream bytes. Tile t alternates byte h = t % 256
+  // with bytes j = 0..127 (t < 256) or 128..255, so the windows (h, j) of the 512 tiles are
+  // all 65536 states, and every state of every codebook is decoded.
+  TRELLIS_VULKAN_OR_SKIP(be);
+  const int K = 8;
+  const int64_t k = 16 * 16, n = 16 * 32;  // 512 tiles
+  std::vector<uint8_t> trellis(static_cast<size_t>(512 * exl3::tile_bytes(K)));
+  for (int t = 0; t < 512; ++t) {
+    uint8_t* tile = trellis.data() + t * exl3::tile_bytes(K);
+    // The stream is MSB-first over little-endian uint32 words: stream byte q is byte 3 - q%4 of
+    // word q/4.
+    for (int q = 0; q < 256; ++q) {
+      const int hi = t & 255, lo = (q / 2) + ((t >> 8) << 7);
+      const uint8_t value = static_cast<uint8_t>(q % 2 == 0 ? hi : lo);
+      tile[(q / 4) * 4 + 3 - q % 4] = value;
+    }
+  }
+  for (Codebook cb : kCodebooks) {
+    const auto view = view_of(trellis, k, n, K, cb);
+    std::vector<uint16_t> want(static_cast<size_t>(k * n));
+    exl3::decode_what(view, want.data());
+    const std::vector<uint16_t> got = be->exl3_decode_what(view);
+    std::vector<bool> seen(65536);
+    for (int t = 0; t < 512; ++t) {
+      uint16_t states[256];
+      exl3::unpack_tile(trellis.data() + t * exl3::tile_bytes(K), K, states);
+      for (uint16_t s : states) seen[s] = true;
+    }
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), true), 65536);
+    EXPECT_TRUE(got == want) << exl3::codebook_name(cb);
+  }
+}
+
+// z = xh · Ŵ for one-hot rows of xh is a row of Ŵ, exactly, on both paths.
+TEST(VulkanExl3, GemvAndGemmAreExactOnOneHotRows) {
+  TRELLIS_VULKAN_OR_SKIP(be);
+  const int64_t k = 256, n = 128, m = 11;
+  for (int K : {1, 3, 4, 8}) {
+    for (Codebook cb : kCodebooks) {
+      const auto trellis = random_trellis(k, n, K, 77 + static_cast<uint64_t>(K));
+      const auto view = view_of(trellis, k, n, K, cb);
+      std::vector<uint16_t> what(static_cast<size_t>(k * n));
+      exl3::decode_what(view, what.data());
+      std::vector<float> xh(static_cast<size_t>(m * k), 0.0f);
+      std::vector<int64_t> hot(static_cast<size_t>(m));
+      for (int64_t r = 0; r < m; ++r) {
+        hot[static_cast<size_t>(r)] = (r * 97 + 5) % k;
+        xh[static_cast<size_t>(r * k + hot[static_cast<size_t>(r)])] = 1.0f;
+      }
+      for (bool gemm : {false, true}) {
+        const std::vector<float> z = be->exl3_raw_matmul(view, xh.data(), m, gemm);
+        size_t bad = 0;
+        for (int64_t r = 0; r < m; ++r)
+          for (int64_t c = 0; c < n; ++c)
+            bad += z[static_cast<size_t>(r * n + c)] != fp16_to_fp32(what[static_cast<size_t>(hot[static_cast<size_t>(r)] * n + c)]);
+        EXPECT_EQ(bad, 0u) << "K=" << K << " cb=" << exl3::codebook_name(cb) << (gemm ? " gemm" : " gemv");
+      }
+    }
+  }
+}
+
+TEST(VulkanExl3, GemvAndGemmMatchDoubleProduct) {
+  TRELLIS_VULKAN_OR_SKIP(be);
+  const int64_t k = 384, n = 256;
+  test::SplitMix64 rng(5);
+  for (int K : {2, 5, 6, 7}) {
+    for (Codebook cb : kCodebooks) {
+      const auto trellis = random_trellis(k, n, K, 300 + static_cast<uint64_t>(K));
+      const auto view = view_of(trellis, k, n, K, cb);
+      std::vector<uint16_t> what(static_cast<size_t>(k * n));
+      exl3::decode_what(view, what.data());
+      for (int64_t m : {1, 7, 9, 70}) {
+        std::vector<float> xh(static_cast<size_t>(m * k));
+        for (auto& v : xh) v = static_cast<float>(static_cast<double>(rng.next() >> 11) / 9007199254740992.0 * 2 - 1);
+        std::vector<float> want(static_cast<size_t>(m * n));
+        for (int64_t r = 0; r < m; ++r)
+          for (int64_t c = 0; c < n; ++c) {
+            double s = 0;
+            for (int64_t i = 0; i < k; ++i)
+              s += static_cast<double>(xh[static_cast<size_t>(r * k + i)]) * fp16_to_fp32(what[static_cast<size_t>(i * n + c)]);
+            want[static_cast<size_t>(r * n + c)] = static_cast<float>(s);
+          }
+        for (bool gemm : {false, true}) {
+          const std::vector<float> z = be->exl3_raw_matmul(view, xh.data(), m, gemm);
+          EXPECT_LT(test::rel_rms(z, want), 1e-5)
+              << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << (gemm ? " gemm" : " gemv");
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace trellis
+
+#endif  // TRELLIS_WITH_VULKAN
