@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "backends/cpu/cpu_common.h"
+#include "backends/cpu/attention.h"
 #include "backends/cpu/dense_matmul.h"
 #include "backends/cpu/exl3_matmul.h"
 #include "core/error.h"
@@ -237,46 +238,14 @@ class CpuBackend : public Backend {
 
   void attention(const DeviceTensor& q, const DeviceTensor& k_cache, const DeviceTensor& v_cache,
                  std::span<const int32_t> positions, const AttentionParams& p, DeviceTensor& out) override {
-    const int64_t rows = static_cast<int64_t>(positions.size());
-    const int64_t d = p.head_dim, group = p.n_heads / p.n_kv_heads, kv_width = p.n_kv_heads * d;
-    const float* qd = f32(q);
-    float* od = f32(out);
-    const uint16_t* kc = u16(k_cache);
-    const uint16_t* vc = u16(v_cache);
-    pool_.parallel_for(static_cast<size_t>(rows * p.n_heads), 1, [&](size_t b, size_t e) {
-      std::vector<float> scores, kf(static_cast<size_t>(d)), acc(static_cast<size_t>(d));
-      for (size_t item = b; item < e; ++item) {
-        const int64_t r = static_cast<int64_t>(item) / p.n_heads, h = static_cast<int64_t>(item) % p.n_heads;
-        const int64_t kvh = h / group;
-        const int64_t last = positions[static_cast<size_t>(r)];
-        const int64_t first = p.sliding_window > 0 ? std::max<int64_t>(0, last - p.sliding_window + 1) : 0;
-        const float* qv = qd + r * p.n_heads * d + h * d;
-        scores.resize(static_cast<size_t>(last - first + 1));
-        float mx = -INFINITY;
-        for (int64_t t = first; t <= last; ++t) {
-          fp16_to_fp32(kc + t * kv_width + kvh * d, kf.data(), static_cast<size_t>(d));
-          float s = 0;
-          for (int64_t i = 0; i < d; ++i) s += qv[i] * kf[static_cast<size_t>(i)];
-          s *= p.scale;
-          scores[static_cast<size_t>(t - first)] = s;
-          mx = std::max(mx, s);
-        }
-        double sum = 0;
-        for (float& s : scores) {
-          s = std::exp(s - mx);
-          sum += s;
-        }
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t t = first; t <= last; ++t) {
-          const float w = scores[static_cast<size_t>(t - first)];
-          const uint16_t* vv = vc + t * kv_width + kvh * d;
-          for (int64_t i = 0; i < d; ++i) acc[static_cast<size_t>(i)] += w * fp16_to_fp32(vv[i]);
-        }
-        float* o = od + r * p.n_heads * d + h * d;
-        const float inv = static_cast<float>(1.0 / sum);
-        for (int64_t i = 0; i < d; ++i) o[i] = acc[static_cast<size_t>(i)] * inv;
-      }
-    });
+    AttentionShape shape;
+    shape.rows = static_cast<int64_t>(positions.size());
+    shape.n_heads = p.n_heads;
+    shape.n_kv_heads = p.n_kv_heads;
+    shape.head_dim = p.head_dim;
+    shape.scale = p.scale;
+    shape.sliding_window = p.sliding_window;
+    attention_f16_cache(f32(q), u16(k_cache), u16(v_cache), positions.data(), shape, f32(out), pool_);
   }
 
   void silu_mul(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out) override {
