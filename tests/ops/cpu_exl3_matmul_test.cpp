@@ -231,7 +231,8 @@ TEST(CpuDenseMatmulF16, AgainstNaiveLoop) {
     test::SplitMix64 rng(77);
     struct Shape { int64_t m, k, n; };
     const Shape shapes[] = {{1, 1, 1},   {1, 7, 5},    {2, 33, 4},    {3, 200, 17},
-                            {5, 1000, 9}, {1, 4096, 64}, {4, 130, 130}, {17, 64, 33}};
+                            {5, 1000, 9}, {1, 4096, 64}, {4, 130, 130}, {17, 64, 33},
+                            {7, 48, 12},  {13, 256, 5},  {100, 70, 9}};
     for (const Shape& s : shapes) {
       std::vector<uint16_t> wbuf(static_cast<size_t>(s.n * s.k) + 1);
       uint16_t* w = wbuf.data() + 1;  // 2-byte misaligned relative to the allocation
