@@ -1,14 +1,40 @@
 #include "core/thread_pool.h"
 
 #include <algorithm>
-#include <atomic>
+#include <chrono>
 #include <memory>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace trellis {
 
 namespace {
 thread_local bool t_inside_pool = false;
 std::atomic<size_t> g_default_threads{0};
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Spins until pred() or about kSpinMicros have passed; returns pred().
+template <class Pred>
+bool spin_until(Pred pred) {
+  constexpr auto kSpin = std::chrono::microseconds(200);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (uint32_t i = 1;; ++i) {
+    if (pred()) return true;
+    cpu_relax();
+    if ((i & 63) == 0 && std::chrono::steady_clock::now() - t0 > kSpin) return pred();
+  }
+}
+
+constexpr uint64_t kChunkMask = 0xFFFFFFFFull;
 }  // namespace
 
 ThreadPool::ThreadPool(size_t threads) {
@@ -17,37 +43,51 @@ ThreadPool::ThreadPool(size_t threads) {
 }
 
 ThreadPool::~ThreadPool() {
+  stop_.store(true);
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
   }
   work_cv_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
+void ThreadPool::run_chunks(uint64_t gen) {
+  uint64_t v = next_.load(std::memory_order_acquire);
+  for (;;) {
+    if ((v >> 32) != gen) return;  // a later job was published: nothing of ours is left
+    const uint64_t c = v & kChunkMask;
+    if (c >= job_chunks_) return;
+    if (!next_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    // Chunk c of generation gen is ours; the job cannot change until pending_ reaches 0.
+    const size_t b = job_n_ * c / job_chunks_, e = job_n_ * (c + 1) / job_chunks_;
+    try {
+      (*job_)(b, e);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex_);
+      if (!error_) error_ = std::current_exception();
+    }
+    if (pending_.fetch_sub(1) == 1 && main_sleeping_.load()) {  // seq_cst: pairs with main_sleeping_
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_cv_.notify_all();
+    }
+    v = next_.load(std::memory_order_acquire);
+  }
+}
+
 void ThreadPool::worker_loop(size_t) {
   t_inside_pool = true;
   uint64_t seen = 0;
-  std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
-    work_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-    if (stop_) return;
-    seen = generation_;
-    while (next_chunk_ < job_chunks_) {
-      const size_t c = next_chunk_++;
-      const auto* job = job_;
-      const size_t b = job_n_ * c / job_chunks_, e = job_n_ * (c + 1) / job_chunks_;
-      lock.unlock();
-      try {
-        (*job)(b, e);
-      } catch (...) {
-        lock.lock();
-        if (!error_) error_ = std::current_exception();
-        lock.unlock();
-      }
-      lock.lock();
-      if (--pending_ == 0) done_cv_.notify_all();
+    auto published = [&] { return stop_.load() || (next_.load() >> 32) != seen; };  // seq_cst: pairs with sleepers_
+    if (!spin_until(published)) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      sleepers_.fetch_add(1);
+      work_cv_.wait(lock, published);
+      sleepers_.fetch_sub(1);
     }
+    if (stop_.load()) return;
+    seen = next_.load(std::memory_order_acquire) >> 32;
+    run_chunks(seen);
   }
 }
 
@@ -59,42 +99,36 @@ void ThreadPool::parallel_for(size_t n, size_t grain, const std::function<void(s
     fn(0, n);
     return;
   }
-  std::unique_lock<std::mutex> lock(mutex_);
-  // One job at a time; a second caller from another thread waits its turn.
-  done_cv_.wait(lock, [&] { return !busy_; });
-  busy_ = true;
+  std::lock_guard<std::mutex> submit(submit_mutex_);
   job_ = &fn;
   job_n_ = n;
   job_chunks_ = chunks;
-  next_chunk_ = 0;
-  pending_ = chunks;
+  pending_.store(chunks);
   error_ = nullptr;
-  ++generation_;
-  work_cv_.notify_all();
+  const uint64_t gen = (next_.load() >> 32) + 1;
+  next_.store(gen << 32);  // publishes the job (seq_cst: ordered before the sleepers_ check)
+  if (sleepers_.load() > 0) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    work_cv_.notify_all();
+  }
   // The caller works too.
   t_inside_pool = true;
-  while (next_chunk_ < job_chunks_) {
-    const size_t c = next_chunk_++;
-    const size_t b = n * c / chunks, e = n * (c + 1) / chunks;
-    lock.unlock();
-    try {
-      fn(b, e);
-    } catch (...) {
-      lock.lock();
-      if (!error_) error_ = std::current_exception();
-      lock.unlock();
-    }
-    lock.lock();
-    --pending_;
-  }
+  run_chunks(gen);
   t_inside_pool = false;
-  done_cv_.wait(lock, [&] { return pending_ == 0; });
+  auto done = [&] { return pending_.load() == 0; };
+  if (!spin_until(done)) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    main_sleeping_.store(true);
+    done_cv_.wait(lock, done);
+    main_sleeping_.store(false);
+  }
   job_ = nullptr;
-  busy_ = false;
-  std::exception_ptr err = error_;
-  error_ = nullptr;
-  done_cv_.notify_all();
-  lock.unlock();
+  std::exception_ptr err;
+  {
+    std::lock_guard<std::mutex> lock(error_mutex_);
+    err = error_;
+    error_ = nullptr;
+  }
   if (err) std::rethrow_exception(err);
 }
 

@@ -1,6 +1,9 @@
 // Core utilities: thread pool, memory-mapped files, atomic writer, tensor helpers.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
+
 #include <sys/resource.h>
 
 #include <atomic>
@@ -29,6 +32,29 @@ TEST(ThreadPool, CoversRangeExactlyOnce) {
     });
     for (size_t i = 0; i < n; ++i) EXPECT_EQ(hits[i].load(), 1) << n << " " << i;
   }
+}
+
+TEST(ThreadPool, BackToBackJobsSleepingWorkersAndTwoSubmitters) {
+  // Many short jobs back to back (workers spinning), jobs separated by sleeps longer than the
+  // spin (workers asleep on the condition variable), and two threads submitting at once: every
+  // job must still cover its range exactly once.
+  ThreadPool pool(4);
+  auto run_jobs = [&](int jobs, int sleep_every, uint64_t salt) {
+    for (int j = 0; j < jobs; ++j) {
+      const size_t n = 1 + (static_cast<size_t>(j) * 7919u + salt) % 64;
+      std::vector<std::atomic<int>> hits(n);
+      pool.parallel_for(n, 1, [&](size_t b, size_t e) {
+        for (size_t i = b; i < e; ++i) hits[i].fetch_add(1);
+      });
+      for (size_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "job " << j << " index " << i;
+      if (sleep_every && j % sleep_every == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  };
+  run_jobs(3000, 0, 1);
+  run_jobs(40, 1, 2);
+  std::thread other([&] { run_jobs(1000, 97, 3); });
+  run_jobs(1000, 89, 4);
+  other.join();
 }
 
 TEST(ThreadPool, RethrowsAndStaysUsable) {

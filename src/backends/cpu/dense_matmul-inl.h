@@ -119,8 +119,9 @@ inline void DenseMatmulF16(const uint16_t* w, const float* x, int64_t m, int64_t
   const auto* wh = reinterpret_cast<const hwy::float16_t*>(w);
   const size_t K = static_cast<size_t>(k), N = static_cast<size_t>(n), M = static_cast<size_t>(m);
   const size_t blocks = (N + 3) / 4;
-  // Grain: at least ~256 KiB of weights per chunk so short calls are not dominated by wake-ups.
-  const size_t grain = std::max<size_t>(1, (256u << 10) / (8 * K));
+  // Grain: at least ~32 KiB of weights per chunk (a few µs of streaming): small enough that a
+  // 576 x 576 projection spreads over 16+ threads, large enough to amortise claiming a chunk.
+  const size_t grain = std::max<size_t>(1, (32u << 10) / (8 * K));
   // Activation rows per pass: a pass streams every weight once while its rows (kRowsPerPass·k
   // floats) stay cache-resident, so large m does not re-stream x from memory per weight block.
   constexpr size_t kRowsPerPass = 16 * kMaxRX;
