@@ -118,10 +118,19 @@ DeviceInfo describe(VkPhysicalDevice d, int index) {
   vkGetPhysicalDeviceProperties2(d, &props);
   info.name = props.properties.deviceName;
   info.subgroup_size = static_cast<int>(subgroup.subgroupSize);
-  VkPhysicalDeviceMemoryProperties mem;
-  vkGetPhysicalDeviceMemoryProperties(d, &mem);
-  for (uint32_t i = 0; i < mem.memoryHeapCount; ++i)
-    if (mem.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) info.memory_bytes += mem.memoryHeaps[i].size;
+  // Total: the device-local heaps; free: their budget minus usage where VK_EXT_memory_budget
+  // reports it (0 = unknown otherwise).
+  const bool budget = has_extension(d, "VK_EXT_memory_budget");
+  VkPhysicalDeviceMemoryBudgetPropertiesEXT mb{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_BUDGET_PROPERTIES_EXT};
+  VkPhysicalDeviceMemoryProperties2 mem2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_PROPERTIES_2};
+  if (budget) mem2.pNext = &mb;
+  vkGetPhysicalDeviceMemoryProperties2(d, &mem2);
+  const VkPhysicalDeviceMemoryProperties& mem = mem2.memoryProperties;
+  for (uint32_t i = 0; i < mem.memoryHeapCount; ++i) {
+    if (!(mem.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)) continue;
+    info.memory_bytes += mem.memoryHeaps[i].size;
+    if (budget && mb.heapBudget[i] > mb.heapUsage[i]) info.free_bytes += mb.heapBudget[i] - mb.heapUsage[i];
+  }
   info.features.push_back(fmt::format("vulkan{}.{}", VK_API_VERSION_MAJOR(props.properties.apiVersion),
                                       VK_API_VERSION_MINOR(props.properties.apiVersion)));
   if (props.properties.apiVersion >= VK_API_VERSION_1_2) {
