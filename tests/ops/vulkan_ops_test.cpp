@@ -67,6 +67,44 @@ TEST(VulkanOps, UploadDownloadAndAlloc) {
   for (float f : fetch(*vk, z)) EXPECT_EQ(f, 0.0f);
 }
 
+// The staging-copy paths of discrete GPUs (uploads, zero-fills, downloads at an offset), forced
+// on a device whose memory is host-visible.
+TEST(VulkanOps, StagingPathsOfDiscreteGpus) {
+  TRELLIS_VULKAN_OR_SKIP(shared);
+  vk::VulkanBackend vk(0, /*staging_only=*/true);
+  Backend& cpu = cpu_backend();
+  const auto v = random_floats(41 * 6, 40);
+  for (DType dt : {DType::kF32, DType::kF16}) {
+    DeviceTensor t = vk.upload(f32_view(v, {41, 6}), dt);
+    t = t.first_rows(3);
+    t.offset = 6 * 5 * dtype_size(dt);
+    const auto got = fetch(vk, t);
+    for (size_t i = 0; i < got.size(); ++i)
+      EXPECT_EQ(got[i], dt == DType::kF32 ? v[30 + i] : fp16_to_fp32(fp32_to_fp16(v[30 + i])));
+  }
+  for (float f : fetch(vk, vk.alloc(DType::kF16, {7, 3}))) EXPECT_EQ(f, 0.0f);
+  // A dense linear and an add through device-only memory.
+  const int64_t in = 29, out = 13, m = 2;
+  const auto w = random_floats(static_cast<size_t>(in * out), 41);
+  LinearSource src;
+  src.name = "test.staging";
+  src.in_features = in;
+  src.out_features = out;
+  src.dense = f32_view(w, {out, in});
+  const auto wc = cpu.prepare_linear(src);
+  const auto wv = vk.prepare_linear(src);
+  const auto x = random_floats(static_cast<size_t>(m * in), 42);
+  std::vector<float> want, got;
+  for (Backend* be : {&cpu, static_cast<Backend*>(&vk)}) {
+    const DeviceTensor xt = be->upload(f32_view(x, {m, in}), DType::kF32);
+    DeviceTensor y = be->alloc(DType::kF32, {m, out});
+    be->linear(be == &cpu ? *wc : *wv, xt, y);
+    be->add(y, y);
+    (be == &cpu ? want : got) = fetch(*be, y);
+  }
+  EXPECT_LT(test::rel_rms(got, want), 1e-6);
+}
+
 TEST(VulkanOps, Embedding) {
   TRELLIS_VULKAN_OR_SKIP(vk);
   Backend& cpu = cpu_backend();

@@ -30,7 +30,7 @@ float load_float(const std::byte* p, DType dtype, size_t i) {
   }
 }
 
-VulkanBackend::VulkanBackend(int index) : ctx_(Context::create(index)) {
+VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::create(index, staging_only)) {
 
   log_info("Vulkan: using {} (subgroup size {})", ctx_->info().name, ctx_->info().subgroup_size);
 }

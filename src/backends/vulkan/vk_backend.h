@@ -41,7 +41,8 @@ class Exl3Linear : public LinearWeights {
 
 class VulkanBackend : public Backend {
  public:
-  explicit VulkanBackend(int index);
+  // `staging_only`: see Context::create's discrete_like (for tests).
+  explicit VulkanBackend(int index, bool staging_only = false);
   ~VulkanBackend() override;
 
   const DeviceInfo& info() const override { return ctx_->info(); }

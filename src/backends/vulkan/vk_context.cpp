@@ -163,8 +163,9 @@ std::vector<DeviceInfo> Context::list_devices() {
   return out;
 }
 
-std::shared_ptr<Context> Context::create(int index) {
+std::shared_ptr<Context> Context::create(int index, bool discrete_like) {
   std::shared_ptr<Context> ctx(new Context());
+  ctx->discrete_like_ = discrete_like;
   ctx->instance_ = create_instance();
   if (!ctx->instance_)
     fail(ErrorKind::kUnsupported, "Vulkan: no usable Vulkan loader or driver (vkCreateInstance failed)");
@@ -306,7 +307,8 @@ Buffer::Buffer(std::shared_ptr<Context> ctx, size_t bytes, bool staging) : ctx_(
            alloc_bytes);
     check(r, "vkAllocateMemory");
     check(vkBindBufferMemory(dev, buffer_, memory_, 0), "vkBindBufferMemory");
-    if (host_visible) check(vkMapMemory(dev, memory_, 0, VK_WHOLE_SIZE, 0, &mapped_), "vkMapMemory");
+    if (host_visible && (staging || !ctx_->discrete_like()))
+      check(vkMapMemory(dev, memory_, 0, VK_WHOLE_SIZE, 0, &mapped_), "vkMapMemory");
   } catch (...) {
     if (memory_) vkFreeMemory(dev, memory_, nullptr);
     vkDestroyBuffer(dev, buffer_, nullptr);

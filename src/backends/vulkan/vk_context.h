@@ -74,7 +74,10 @@ class Context : public std::enable_shared_from_this<Context> {
  public:
   // Opens Vulkan physical device `index` (order of list_devices()); throws kUnsupported with a
   // clear message when there is no loader, no such device or a required limit is missing.
-  static std::shared_ptr<Context> create(int index);
+  // `discrete_like`: never map tensor memory, so uploads, downloads and zero-fills take the
+  // staging-copy paths of a discrete GPU even where memory is host-visible (tests use it to
+  // cover those paths on lavapipe).
+  static std::shared_ptr<Context> create(int index, bool discrete_like = false);
   // Devices with a compute queue and Vulkan >= 1.1; empty (no throw) without a loader/driver.
   static std::vector<DeviceInfo> list_devices();
   ~Context();
@@ -82,6 +85,7 @@ class Context : public std::enable_shared_from_this<Context> {
   const DeviceInfo& info() const { return info_; }
   const VkPhysicalDeviceLimits& limits() const { return limits_; }
   bool is_cpu() const { return cpu_; }  // a CPU implementation (lavapipe, SwiftShader)
+  bool discrete_like() const { return discrete_like_; }
 
   std::shared_ptr<Buffer> create_buffer(size_t bytes, bool staging = false);
 
@@ -130,6 +134,7 @@ class Context : public std::enable_shared_from_this<Context> {
   VkPhysicalDeviceMemoryProperties memory_{};
   bool discrete_ = false;
   bool cpu_ = false;
+  bool discrete_like_ = false;
   VkDevice device_ = VK_NULL_HANDLE;
   VkQueue queue_ = VK_NULL_HANDLE;
   uint32_t queue_family_ = 0;
