@@ -21,6 +21,9 @@ namespace trellis::vk {
 
 // Rows up to which the GEMV shaders are used; above it, the tiled GEMM.
 inline constexpr int64_t kGemvMaxRows = 8;
+// EXL3 GEMV split-k: aim for this many workgroups, with at most this many partial sums.
+inline constexpr int64_t kGemvTargetGroups = 512;
+inline constexpr int64_t kGemvMaxSplits = 8;
 
 class DenseLinear : public LinearWeights {
  public:
@@ -74,7 +77,9 @@ class VulkanBackend : public Backend {
   std::shared_ptr<Buffer> upload_floats(const std::vector<float>& v) { return upload_bytes(v.data(), v.size() * 4); }
   // Scratch buffer `slot` of at least `bytes` (grown as needed; contents unspecified).
   Buffer& scratch(int slot, size_t bytes);
-  void exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm = false);
+  // z = xh · Ŵ; returns the number of split-k partials written at z + s * m * n.
+  uint32_t exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm = false);
+  uint32_t exl3_splits(const Exl3Linear& w) const;
   // y = x · Wᵀ + bias through matmul_f16_tiled (bias may be null).
   void gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
                 int64_t m, int64_t in, int64_t out);

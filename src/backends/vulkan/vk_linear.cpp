@@ -3,11 +3,13 @@
 // EXL3 dataflow (spec 4.4, fp32 activations like the CPU backend):
 //   xh = exl3_hadamard_in(x zero-padded to k, suh)          [m, k]   scratch 0
 //   z  = xh · Ŵ                                              [m, n]   scratch 1
-//        m <= kGemvMaxRows: exl3_gemv_k<K>_<cb> decoding the trellis on the fly
+//        m <= kGemvMaxRows: exl3_gemv_k<K>_<cb> decoding the trellis on the fly, split over
+//        k into up to kGemvMaxSplits partial sums when n alone gives too few workgroups
 //        otherwise: exl3_decode_k<K>_<cb> -> Ŵᵀ fp16 (scratch 2), matmul_f16_tiled
-//   y  = exl3_hadamard_out(z, svh) + bias, padded columns dropped
+//   y  = exl3_hadamard_out(sum of z partials, svh) + bias, padded columns dropped
 // The GEMM path decodes Ŵ once per call (k·n work) and is exact, so the product differs from the
 // GEMV path only by summation order.
+#include <algorithm>
 #include <cstring>
 
 #include "backends/vulkan/vk_backend.h"
@@ -107,15 +109,24 @@ void VulkanBackend::gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, c
   ctx_->dispatch(p, {&w, &x, &y, b}, &pc, ceil_div(out, 64), ceil_div(m, 64));
 }
 
-void VulkanBackend::exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm) {
+uint32_t VulkanBackend::exl3_splits(const Exl3Linear& w) const {
+  // Aim for >= kGemvTargetGroups workgroups; each split needs at least one tile row per slot.
+  const int64_t tiles_n = w.n / 16, slots = wg_ / 16, tiles_k = w.k / 16;
+  int64_t splits = std::max<int64_t>(1, kGemvTargetGroups / tiles_n);
+  splits = std::min<int64_t>({splits, kGemvMaxSplits, std::max<int64_t>(1, tiles_k / slots)});
+  return static_cast<uint32_t>(splits);
+}
+
+uint32_t VulkanBackend::exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm) {
   const uint32_t K = static_cast<uint32_t>(w.K), cb = static_cast<uint32_t>(w.codebook);
   if (m <= kGemvMaxRows && !force_gemm) {
+    const uint32_t splits = exl3_splits(w);
     struct {
-      uint32_t m, k, n, xh_off, z_off;
-    } pc{u32(m), u32(w.k), u32(w.n), 0, 0};
+      uint32_t m, k, n, xh_off, z_off, splits;
+    } pc{u32(m), u32(w.k), u32(w.n), 0, 0, splits};
     const Pipeline& p = ctx_->pipeline(variant("exl3_gemv", w.K, w.codebook), "exl3_gemv", {wg_, K, cb}, 3, sizeof(pc));
-    ctx_->dispatch_flat(p, {w.trellis.get(), &xh, &z}, &pc, static_cast<uint64_t>(w.n / 16));
-    return;
+    ctx_->dispatch_flat(p, {w.trellis.get(), &xh, &z}, &pc, static_cast<uint64_t>(w.n / 16) * splits);
+    return splits;
   }
   Buffer& what_t = scratch(2, static_cast<size_t>(w.k * w.n) * 2);
   struct {
@@ -125,6 +136,7 @@ void VulkanBackend::exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t 
   const Pipeline& d = ctx_->pipeline(variant("exl3_decode", w.K, w.codebook), "exl3_decode", {0, K, cb}, 2, sizeof(dc));
   ctx_->dispatch_flat(d, {w.trellis.get(), &what_t}, &dc, static_cast<uint64_t>((w.k / 16) * (w.n / 16)));
   gemm_f16(what_t, xh, 0, z, 0, nullptr, m, w.k, w.n);
+  return 1;
 }
 
 void VulkanBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceTensor& y) {
@@ -144,16 +156,16 @@ void VulkanBackend::linear(const LinearWeights& lw, const DeviceTensor& x, Devic
   }
   const auto& w = static_cast<const Exl3Linear&>(lw);
   Buffer& xh = scratch(0, static_cast<size_t>(m * w.k) * 4);
-  Buffer& z = scratch(1, static_cast<size_t>(m * w.n) * 4);
+  Buffer& z = scratch(1, static_cast<size_t>(m * w.n * kGemvMaxSplits) * 4);
   struct {
     uint32_t in_f, k, x_off, xh_off;
   } hi{u32(w.in_features), u32(w.k), elem(x, 4), 0};
   const Pipeline& pin = ctx_->pipeline("exl3_hadamard_in", "exl3_hadamard_in", {}, 3, sizeof(hi));
   ctx_->dispatch(pin, {&buffer_of(x), w.suh.get(), &xh}, &hi, u32(w.k / 128), u32(m));
-  exl3_product(w, xh, m, z);
+  const uint32_t splits = exl3_product(w, xh, m, z);
   struct {
-    uint32_t n, out_f, z_off, y_off, has_bias;
-  } ho{u32(w.n), u32(w.out_features), 0, elem(y, 4), w.bias ? 1u : 0u};
+    uint32_t n, out_f, z_off, y_off, has_bias, splits, split_stride;
+  } ho{u32(w.n), u32(w.out_features), 0, elem(y, 4), w.bias ? 1u : 0u, splits, u32(m * w.n)};
   const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out", "exl3_hadamard_out", {}, 4, sizeof(ho));
   ctx_->dispatch(pout, {&z, w.svh.get(), w.bias ? w.bias.get() : w.svh.get(), &buffer_of(y)}, &ho, u32(w.n / 128),
                  u32(m));
@@ -196,8 +208,8 @@ std::vector<float> VulkanBackend::exl3_raw_matmul(const exl3::Exl3LinearView& v,
     for (int64_t r0 = 0; r0 < m; r0 += kGemvMaxRows) {
       const int64_t rc = std::min(kGemvMaxRows, m - r0);
       struct {
-        uint32_t m, k, n, xh_off, z_off;
-      } pc{u32(rc), u32(v.k), u32(v.n), u32(r0 * v.k), u32(r0 * v.n)};
+        uint32_t m, k, n, xh_off, z_off, splits;
+      } pc{u32(rc), u32(v.k), u32(v.n), u32(r0 * v.k), u32(r0 * v.n), 1};
       const Pipeline& p = ctx_->pipeline(variant("exl3_gemv", v.K, v.codebook), "exl3_gemv",
                                          {wg_, static_cast<uint32_t>(v.K), static_cast<uint32_t>(v.codebook)}, 3,
                                          sizeof(pc));

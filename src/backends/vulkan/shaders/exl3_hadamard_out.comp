@@ -10,14 +10,16 @@ layout(binding = 0) readonly buffer Z { float z[]; };
 layout(binding = 1) readonly buffer Svh { float svh[]; };
 layout(binding = 2) readonly buffer B { float bias[]; };
 layout(binding = 3) writeonly buffer Y { float y[]; };
-layout(push_constant) uniform P { uint n, out_f, z_off, y_off, has_bias; } p;
+layout(push_constant) uniform P { uint n, out_f, z_off, y_off, has_bias, splits, split_stride; } p;
 
 shared float v[128];
 
 void main() {
   uint t = gl_LocalInvocationID.x, r = gl_WorkGroupID.y;
   uint c = gl_WorkGroupID.x * 128u + t;
-  v[t] = z[p.z_off + r * p.n + c];
+  float zv = 0.0;
+  for (uint s = 0u; s < p.splits; ++s) zv += z[p.z_off + s * p.split_stride + r * p.n + c];  // split-k partials
+  v[t] = zv;
   barrier();
   for (uint s = 1u; s < 128u; s <<= 1) {
     float a = v[t], b = v[t ^ s];
