@@ -242,6 +242,38 @@ TEST(VulkanOps, Exl3LinearEveryVariantMatchesCpu) {
   }
 }
 
+// A long, narrow EXL3 layer: the GEMV splits k over the maximum number of workgroups (8).
+TEST(VulkanOps, Exl3LinearSplitK) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  Backend& cpu = cpu_backend();
+  const int64_t k = 1024, n = 128, in = 1000, out = 100;
+  const int K = 3;
+  test::SplitMix64 rng(12);
+  std::vector<uint16_t> suh(static_cast<size_t>(k)), svh(static_cast<size_t>(n));
+  for (auto& s : suh) s = fp32_to_fp16(rng.next() & 1 ? 1.0f : -1.0f);
+  for (auto& s : svh) s = fp32_to_fp16(rng.next() & 1 ? 0.02f : -0.02f);
+  std::vector<uint8_t> trellis(static_cast<size_t>((k / 16) * (n / 16) * exl3::tile_bytes(K)));
+  for (auto& b : trellis) b = static_cast<uint8_t>(rng.next());
+  LinearSource src;
+  src.name = "test.splitk";
+  src.in_features = in;
+  src.out_features = out;
+  src.exl3 = exl3::Exl3LinearView{k, n, K, exl3::Codebook::kMcg, trellis.data(), suh.data(), svh.data(), nullptr};
+  const auto wc = cpu.prepare_linear(src);
+  const auto wv = vk->prepare_linear(src);
+  for (int64_t m : {1, 3}) {
+    const auto x = random_floats(static_cast<size_t>(m * in), 200 + static_cast<uint64_t>(m));
+    std::vector<float> want, got;
+    for (Backend* be : {&cpu, static_cast<Backend*>(vk)}) {
+      const DeviceTensor xt = be->upload(f32_view(x, {m, in}), DType::kF32);
+      DeviceTensor y = be->alloc(DType::kF32, {m, out});
+      be->linear(be == &cpu ? *wc : *wv, xt, y);
+      (be == &cpu ? want : got) = fetch(*be, y);
+    }
+    EXPECT_LT(test::rel_rms(got, want), 1e-5) << "m=" << m;
+  }
+}
+
 TEST(VulkanOps, Rope) {
   TRELLIS_VULKAN_OR_SKIP(vk);
   Backend& cpu = cpu_backend();
