@@ -156,7 +156,8 @@ void VulkanBackend::linear(const LinearWeights& lw, const DeviceTensor& x, Devic
   }
   const auto& w = static_cast<const Exl3Linear&>(lw);
   Buffer& xh = scratch(0, static_cast<size_t>(m * w.k) * 4);
-  Buffer& z = scratch(1, static_cast<size_t>(m * w.n * kGemvMaxSplits) * 4);
+  const int64_t partials = m <= kGemvMaxRows ? kGemvMaxSplits : 1;  // split-k only on the GEMV path
+  Buffer& z = scratch(1, static_cast<size_t>(m * w.n * partials) * 4);
   struct {
     uint32_t in_f, k, x_off, xh_off;
   } hi{u32(w.in_features), u32(w.k), elem(x, 4), 0};
