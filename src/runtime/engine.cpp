@@ -24,6 +24,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& model_dir, const EngineO
   mo.max_context = options.context;
   impl.model = Model::load(model_dir, *impl.backend, mo);
   impl.tokenizer = Tokenizer::load(model_dir);
+  impl.model_dir = model_dir;
   if (impl.tokenizer->vocab_size() > impl.model->vocab_size())
     fail(ErrorKind::kFormat, "{}: the tokenizer has {} tokens but the model's vocabulary is {}", model_dir,
          impl.tokenizer->vocab_size(), impl.model->vocab_size());
