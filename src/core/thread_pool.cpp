@@ -34,7 +34,11 @@ bool spin_until(Pred pred) {
   }
 }
 
-constexpr uint64_t kChunkMask = 0xFFFFFFFFull;
+// next_ packs generation (bits 63..32), the job's chunk count (31..16) and the next chunk to
+// claim (15..0), so a worker decides "is there a chunk of my job left" from one consistent
+// snapshot. (Reading the count from job_chunks_ instead would race with the next job's setup: a
+// late worker could then claim a chunk past the end of a finished job.)
+constexpr uint64_t kFieldMask = 0xFFFFull;
 }  // namespace
 
 ThreadPool::ThreadPool(size_t threads) {
@@ -55,8 +59,8 @@ void ThreadPool::run_chunks(uint64_t gen) {
   uint64_t v = next_.load(std::memory_order_acquire);
   for (;;) {
     if ((v >> 32) != gen) return;  // a later job was published: nothing of ours is left
-    const uint64_t c = v & kChunkMask;
-    if (c >= job_chunks_) return;
+    const uint64_t c = v & kFieldMask, chunks = (v >> 16) & kFieldMask;
+    if (c >= chunks) return;
     if (!next_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
     // Chunk c of generation gen is ours; the job cannot change until pending_ reaches 0.
     const size_t b = job_n_ * c / job_chunks_, e = job_n_ * (c + 1) / job_chunks_;
@@ -94,7 +98,7 @@ void ThreadPool::worker_loop(size_t) {
 void ThreadPool::parallel_for(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn) {
   if (n == 0) return;
   grain = std::max<size_t>(grain, 1);
-  const size_t chunks = std::min(size(), (n + grain - 1) / grain);
+  const size_t chunks = std::min({size(), (n + grain - 1) / grain, static_cast<size_t>(kFieldMask)});
   if (chunks <= 1 || t_inside_pool) {
     fn(0, n);
     return;
@@ -106,7 +110,7 @@ void ThreadPool::parallel_for(size_t n, size_t grain, const std::function<void(s
   pending_.store(chunks);
   error_ = nullptr;
   const uint64_t gen = (next_.load() >> 32) + 1;
-  next_.store(gen << 32);  // publishes the job (seq_cst: ordered before the sleepers_ check)
+  next_.store(gen << 32 | static_cast<uint64_t>(chunks) << 16);  // publishes the job (seq_cst: before the sleepers_ check)
   if (sleepers_.load() > 0) {
     std::lock_guard<std::mutex> lock(mutex_);
     work_cv_.notify_all();

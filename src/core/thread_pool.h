@@ -52,7 +52,7 @@ class ThreadPool {
   // after they claimed a chunk of that generation.
   const std::function<void(size_t, size_t)>* job_ = nullptr;
   size_t job_n_ = 0, job_chunks_ = 0;
-  std::atomic<uint64_t> next_{0};      // generation << 32 | next chunk index
+  std::atomic<uint64_t> next_{0};      // generation << 32 | chunk count << 16 | next chunk index
   std::atomic<size_t> pending_{0};     // chunks of the current job not yet finished
   std::atomic<int> sleepers_{0};       // workers blocked (or about to block) on work_cv_
   std::atomic<bool> main_sleeping_{false};

@@ -37,8 +37,11 @@ TEST(ThreadPool, CoversRangeExactlyOnce) {
 TEST(ThreadPool, BackToBackJobsSleepingWorkersAndTwoSubmitters) {
   // Many short jobs back to back (workers spinning), jobs separated by sleeps longer than the
   // spin (workers asleep on the condition variable), and two threads submitting at once: every
-  // job must still cover its range exactly once.
-  ThreadPool pool(4);
+  // job must still cover its range exactly once. More threads than this machine's cores, and
+  // chunk counts that change from job to job, so that workers are preempted between looking at a
+  // job and claiming from it (a late worker once claimed a chunk past the end of a finished job
+  // when the next job had more chunks).
+  ThreadPool pool(8);
   auto run_jobs = [&](int jobs, int sleep_every, uint64_t salt) {
     for (int j = 0; j < jobs; ++j) {
       const size_t n = 1 + (static_cast<size_t>(j) * 7919u + salt) % 64;
