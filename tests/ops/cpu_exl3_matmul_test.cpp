@@ -207,6 +207,27 @@ TEST(CpuExl3Matmul, LargerShapesAndThreads) {
   }
 }
 
+TEST(CpuExl3Matmul, SplitKDecodeOnManyThreads) {
+  // m = 1 with fewer 128-column blocks than threads splits k across threads (partial sums added
+  // per block afterwards): every variant, uneven splits (k/16 not a multiple of the split), bias,
+  // and n of one and three blocks.
+  ThreadPool pool(7);
+  for_each_target([&](bool thorough) {
+    uint64_t seed = 500;
+    for (int K = 1; K <= 8; ++K) {
+      for (Codebook cb : kCodebooks) {
+        for (const auto& [k, n] : {std::pair<int64_t, int64_t>{896, 128}, {1280, 384}}) {
+          if (!thorough && n == 384) continue;
+          ++seed;
+          RandomLayer layer(k, n, K, cb, seed % 2 == 0, seed);
+          const double err = run_and_compare(layer.view, 1, seed * 31, pool);
+          EXPECT_LE(err, kTolerance) << cpu::exl3_variant_name(K, cb) << " k=" << k << " n=" << n;
+        }
+      }
+    }
+  });
+}
+
 TEST(CpuExl3Matmul, RejectsBadArguments) {
   ThreadPool pool(1);
   RandomLayer layer(128, 128, 4, Codebook::kMul1, false, 9);

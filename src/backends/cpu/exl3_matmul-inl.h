@@ -592,6 +592,53 @@ inline void Exl3Matmul(const exl3::Exl3LinearView& w, const float* x, int64_t m,
   });
   (void)row_units;
 
+  // m = 1 on a layer with fewer 128-column blocks than threads (small models on many cores):
+  // split k as well. Each (block, k-range) item accumulates partial sums of its tile rows into
+  // its own slot; a second loop adds the slots of a block in a fixed order and applies the
+  // output transform. The split depends only on the pool size, so results are reproducible for
+  // a given thread count.
+  const size_t threads = pool.size();
+  if (m == 1 && threads > 1 && 2 * blocks_n < threads) {
+    const size_t splits = std::min(tiles_k / 8, (threads + blocks_n - 1) / blocks_n);
+    if (splits >= 2) {
+      const size_t items = blocks_n * splits;
+      constexpr size_t kSlot = 8 * kAccPerTile;  // one 128-column block's partial sums
+      float* partial = thread_scratch(2).reserve(items * kSlot);
+      const size_t row_bytes = tiles_n * 32 * static_cast<size_t>(w.K);
+      pool.parallel_for(items, 1, [&](size_t i0, size_t i1) {
+        for (size_t item = i0; item < i1; ++item) {
+          const size_t b = item / splits, sp = item % splits;
+          const size_t tk0 = tiles_k * sp / splits, tk1 = tiles_k * (sp + 1) / splits;
+          BandArgs args;
+          args.trellis = static_cast<const uint8_t*>(w.trellis) + tk0 * row_bytes;
+          args.row_bytes = row_bytes;
+          args.tiles_k = tk1 - tk0;
+          args.tn_begin = b * 8;
+          args.tn_count = 8;
+          args.m = 1;
+          args.xs = xs + tk0 * kXsPerSlab;
+          args.acc = partial + item * kSlot;
+          args.scratch = nullptr;
+          std::fill(args.acc, args.acc + kSlot, 0.0f);
+          variant.band(args);
+        }
+      });
+      pool.parallel_for(blocks_n, 1, [&](size_t b0, size_t b1) {
+        alignas(64) float z[128];
+        for (size_t b = b0; b < b1; ++b) {
+          float* acc = partial + b * splits * kSlot;
+          for (size_t sp = 1; sp < splits; ++sp) {
+            const float* p = acc + sp * kSlot;
+            for (size_t i = 0; i < kSlot; ++i) acc[i] += p[i];
+          }
+          FoldAcc(acc, 8, z);
+          OutputTransformRow(z, svh + b * 128, bias_f ? bias_f + b * 128 : nullptr, 128, y + b * 128);
+        }
+      });
+      return;
+    }
+  }
+
   // Bands of whole 128-column blocks; m = 1 takes wider bands (longer contiguous runs of tiles).
   const size_t band_blocks = m == 1 ? 2 : 1;
   pool.parallel_for(blocks_n, 1, [&](size_t b0, size_t b1) {
