@@ -1,0 +1,307 @@
+// backends/cpu/tile_encoder.cpp: Highway SIMD version of the spec 5.7 Viterbi tile encoder.
+//
+// Same search as exl3/encode.cpp (read that first), restructured for speed:
+// * One fused loop per step: for a vector of consecutive out-edges e, scan h = 0..2^K-1 over the
+//   states s = h·2^(16-K) + e, computing each state's cost and keeping the running first strict
+//   minimum in registers. No 65536-entry state-cost array round trip.
+// * The predecessor cost prev[s >> K] is one broadcast when 2^K >= lanes, else one load and a
+//   lane permutation (lane l takes element l >> K).
+// * Backpointers are stored as the best h (one byte) instead of the in-edge; the in-edge is
+//   (h << (16-2K)) | (e >> K). 256·2^(16-K) bytes per tile: 8 MiB at K = 1, 2 MiB at K = 3.
+// * Binary16 arithmetic on fp32 lanes: d = RN16(dec - w) is exact as in the scalar code.
+//   fp16(d² + p) needs a single rounding: s = fp32(d² + p) (d² is exact) rounds to the same
+//   binary16 value as the exact sum unless s is itself a binary16 midpoint (a midpoint strictly
+//   between s and the exact sum would be a closer fp32 number than s). Only then, rarely (one
+//   state in ~8000), the exact error of the sum (TwoSum) moves s one fp32 ulp towards the exact
+//   value, off the midpoint. The branch is taken once per ~1000 vectors.
+// * RN16 uses the F16C/AVX-512 conversion instructions where Highway targets x86 AVX2 or better
+//   (round to nearest even by immediate), else the branch-free bit manipulation of
+//   exl3/fp16_round.h.
+// Tiles are independent: the pool runs one tile per task, each thread with its own scratch.
+
+#ifndef HWY_DISABLED_TARGETS
+#define HWY_DISABLED_TARGETS HWY_SSSE3
+#endif
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "backends/cpu/tile_encoder.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+
+#include <hwy/highway.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "backends/cpu/tile_encoder.h"
+#include "core/error.h"
+#include "core/fp16.h"
+#include "exl3/codebook.h"
+#include "exl3/tile.h"
+
+#ifndef TRELLIS_TILE_ENCODER_SHARED_
+#define TRELLIS_TILE_ENCODER_SHARED_
+namespace trellis::cpu::encoder_detail {
+
+constexpr int kSteps = 256;
+
+inline uint32_t rev5(uint32_t v) {
+  return ((v & 1u) << 4) | ((v & 2u) << 2) | (v & 4u) | ((v & 8u) >> 2) | ((v & 16u) >> 4);
+}
+
+// ExLlamaV3's tie order for the start edge (spec 5.7): the smaller key wins.
+inline uint32_t tie_key(uint32_t e) {
+  const uint32_t t = e % 1024;
+  const uint32_t j = 16 * (t >= 512 ? 1 : 0) + (t % 512) / 32, l = t % 32;
+  return rev5(j) << 10 | rev5(l) << 5 | (e >> 10);
+}
+
+// Per-thread buffers, grown on demand and kept for the thread's life.
+struct Scratch {
+  std::vector<float> cost_a, cost_b, snapshot;
+  std::vector<uint8_t> best_h;  // [256][2^(16-K)]
+  void reserve(size_t edges) {
+    constexpr size_t kPad = 64;  // the permuted prev-cost load may read past the last edge
+    if (cost_a.size() < edges + kPad) {
+      cost_a.assign(edges + kPad, 0.0f);
+      cost_b.assign(edges + kPad, 0.0f);
+      snapshot.assign(edges, 0.0f);
+    }
+    if (best_h.size() < edges * kSteps) best_h.assign(edges * kSteps, 0);
+  }
+};
+
+inline Scratch& thread_scratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
+}  // namespace trellis::cpu::encoder_detail
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace trellis::cpu::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+namespace encoder_kernels {
+
+using namespace encoder_detail;
+using DF = hn::ScalableTag<float>;
+using DI = hn::RebindToSigned<DF>;
+using VF = hn::Vec<DF>;
+using VI = hn::Vec<DI>;
+
+// Nearest binary16 value of x (finite or infinite, not NaN), as a float.
+HWY_INLINE VF Round16(DF df, VF x) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+  const hn::Rebind<hwy::float16_t, DF> df16;
+  return hn::PromoteTo(df, hn::DemoteTo(df16, x));
+#else
+  const DI di;
+  const VI b = hn::BitCast(di, x);
+  const VI sign = hn::And(b, hn::Set(di, std::numeric_limits<int32_t>::min()));
+  const VI mag = hn::And(b, hn::Set(di, 0x7FFFFFFF));
+  const VI odd = hn::And(hn::ShiftRight<13>(b), hn::Set(di, 1));
+  const VI normal = hn::And(hn::Add(b, hn::Add(hn::Set(di, 0xFFF), odd)),
+                            hn::Set(di, static_cast<int32_t>(0xFFFFE000u)));
+  const VF k = hn::Set(df, 0.75f);
+  const VI sub = hn::Or(hn::BitCast(di, hn::Sub(hn::Add(x, k), k)), sign);
+  const VI inf = hn::Or(sign, hn::Set(di, 0x7F800000));
+  VI r = hn::IfThenElse(hn::Gt(mag, hn::Set(di, 0x387FFFFF)), normal, sub);
+  r = hn::IfThenElse(hn::Gt(mag, hn::Set(di, 0x477FEFFF)), inf, r);
+  return hn::BitCast(df, r);
+#endif
+}
+
+// fp16(d*d + p) with one rounding, for binary16 values d and p >= 0 (p may be +inf).
+HWY_INLINE VF SquareAdd(DF df, VF d, VF p) {
+  const DI di;
+  const VF sq = hn::Mul(d, d);
+  VF s = hn::Add(sq, p);
+  VI bits = hn::BitCast(di, s);
+  const auto mid = hn::Eq(hn::And(bits, hn::Set(di, 0x1FFF)), hn::Set(di, 0x1000));
+  if (HWY_UNLIKELY(!hn::AllFalse(di, mid))) {
+    const VF bv = hn::Sub(s, sq);
+    const VF err = hn::Add(hn::Sub(sq, hn::Sub(s, bv)), hn::Sub(p, bv));
+    const VI up = hn::VecFromMask(di, hn::RebindMask(di, hn::Gt(err, hn::Zero(df))));
+    const VI down = hn::VecFromMask(di, hn::RebindMask(di, hn::Lt(err, hn::Zero(df))));
+    bits = hn::Add(bits, hn::IfThenElseZero(mid, hn::Sub(down, up)));  // +1 up, -1 down
+    s = hn::BitCast(df, bits);
+  }
+  return Round16(df, s);
+}
+
+// One trellis step: next[e] = min over h of fp16(d(s)² + prev[s >> K]), s = h·2^(16-K) + e, the
+// first strict minimum; best_h[e] = its h.
+template <int K>
+HWY_NOINLINE void Step(const float* HWY_RESTRICT dec, float w, const float* HWY_RESTRICT prev,
+                       float* HWY_RESTRICT next, uint8_t* HWY_RESTRICT best_h) {
+  constexpr size_t kEdges = size_t{1} << (16 - K);
+  constexpr int kH = 1 << K;
+  const DF df;
+  const DI di;
+  const hn::Rebind<uint8_t, DI> du8;
+  const size_t N = hn::Lanes(df);
+  const VF wv = hn::Set(df, w);
+  const VF inf = hn::Set(df, std::numeric_limits<float>::infinity());
+  const bool broadcast = (size_t{1} << K) >= N;
+  HWY_ALIGN int32_t lane_idx[hn::MaxLanes(di)];
+  for (size_t l = 0; l < N; ++l) lane_idx[l] = static_cast<int32_t>(l >> K);
+  const auto idx = hn::SetTableIndices(df, lane_idx);
+  // Two vectors of out-edges per pass over h: independent chains for the out-of-order core.
+  const VI one = hn::Set(di, 1);
+  for (size_t e0 = 0; e0 < kEdges; e0 += 2 * N) {
+    VF best0 = inf, best1 = inf;
+    VI best_h0 = hn::Zero(di), best_h1 = hn::Zero(di), hv = hn::Zero(di);
+    for (int h = 0; h < kH; ++h) {
+      const size_t s0 = static_cast<size_t>(h) * kEdges + e0;
+      const VF d0 = Round16(df, hn::Sub(hn::LoadU(df, dec + s0), wv));
+      const VF d1 = Round16(df, hn::Sub(hn::LoadU(df, dec + s0 + N), wv));
+      VF p0, p1;
+      if (broadcast) {
+        p0 = hn::Set(df, prev[s0 >> K]);
+        p1 = hn::Set(df, prev[(s0 + N) >> K]);
+      } else {
+        p0 = hn::TableLookupLanes(hn::LoadU(df, prev + (s0 >> K)), idx);
+        p1 = hn::TableLookupLanes(hn::LoadU(df, prev + ((s0 + N) >> K)), idx);
+      }
+      const VF c0 = SquareAdd(df, d0, p0);
+      const VF c1 = SquareAdd(df, d1, p1);
+      const auto lt0 = hn::Lt(c0, best0);
+      const auto lt1 = hn::Lt(c1, best1);
+      best0 = hn::IfThenElse(lt0, c0, best0);
+      best1 = hn::IfThenElse(lt1, c1, best1);
+      best_h0 = hn::IfThenElse(hn::RebindMask(di, lt0), hv, best_h0);
+      best_h1 = hn::IfThenElse(hn::RebindMask(di, lt1), hv, best_h1);
+      hv = hn::Add(hv, one);
+    }
+    hn::StoreU(best0, df, next + e0);
+    hn::StoreU(best1, df, next + e0 + N);
+    hn::StoreU(hn::DemoteTo(du8, best_h0), du8, best_h + e0);
+    hn::StoreU(hn::DemoteTo(du8, best_h1), du8, best_h + e0 + N);
+  }
+}
+
+template <int K>
+HWY_INLINE uint32_t InEdge(const uint8_t* best_h_row, uint32_t e) {
+  return (static_cast<uint32_t>(best_h_row[e]) << (16 - 2 * K)) | (e >> K);
+}
+
+template <int K>
+void EncodeOne(const float* w, const float* dec, Scratch& sc, uint16_t* states, EncodeMode mode) {
+  constexpr size_t kEdges = size_t{1} << (16 - K);
+  sc.reserve(kEdges);
+  float* a = sc.cost_a.data();
+  float* b = sc.cost_b.data();
+  uint8_t* bh = sc.best_h.data();
+  auto row = [&](int step) { return bh + static_cast<size_t>(step) * kEdges; };
+  auto trace = [&](uint32_t e) {
+    for (int step = kSteps - 1; step >= 0; --step) {
+      const uint32_t e_prev = InEdge<K>(row(step), e);
+      states[step] = static_cast<uint16_t>(((e_prev << K) | e) & 0xFFFFu);
+      e = e_prev;
+    }
+  };
+
+  if (mode == EncodeMode::kEstimate) {
+    std::fill(a, a + kEdges, 0.0f);
+    for (int step = 0; step < kSteps; ++step) {
+      Step<K>(dec, w[step], a, b, row(step));
+      std::swap(a, b);
+    }
+    trace(static_cast<uint32_t>(std::min_element(a, a + kEdges) - a));
+    return;
+  }
+
+  // Pass 1: steps 128..255, 0..127 unconstrained; the start edge is the argmin after step 126
+  // in ExLlamaV3's tie order, traced back through steps 127..0.
+  std::fill(a, a + kEdges, 0.0f);
+  for (int q = 0; q < kSteps; ++q) {
+    const int step = (q + kSteps / 2) % kSteps;
+    Step<K>(dec, w[step], a, b, row(step));
+    std::swap(a, b);
+    if (step == kSteps / 2 - 2) std::copy(a, a + kEdges, sc.snapshot.data());
+  }
+  const float* snap = sc.snapshot.data();
+  const float best_cost = *std::min_element(snap, snap + kEdges);
+  uint32_t e = 0, best_key = UINT32_MAX;
+  for (uint32_t i = 0; i < kEdges; ++i) {
+    if (snap[i] == best_cost && tie_key(i) < best_key) {
+      best_key = tie_key(i);
+      e = i;
+    }
+  }
+  for (int step = kSteps / 2 - 1; step >= 0; --step) e = InEdge<K>(row(step), e);
+  const uint32_t start = e;
+
+  // Pass 2: from in-edge e* through steps 0..255, traced back from out-edge e*.
+  std::fill(a, a + kEdges, std::numeric_limits<float>::infinity());
+  a[start] = 0.0f;
+  for (int step = 0; step < kSteps; ++step) {
+    Step<K>(dec, w[step], a, b, row(step));
+    std::swap(a, b);
+  }
+  trace(start);
+}
+
+using EncodeFn = void (*)(const float*, const float*, Scratch&, uint16_t*, EncodeMode);
+inline constexpr EncodeFn kEncoders[8] = {EncodeOne<1>, EncodeOne<2>, EncodeOne<3>, EncodeOne<4>,
+                                          EncodeOne<5>, EncodeOne<6>, EncodeOne<7>, EncodeOne<8>};
+
+}  // namespace encoder_kernels
+
+inline void EncodeTiles(const float* w, size_t n_tiles, int K, exl3::Codebook cb, uint16_t* states,
+                        ThreadPool& pool, EncodeMode mode) {
+  using namespace encoder_kernels;
+  const float* dec = exl3::codebook_table_f32(cb);
+  const EncodeFn fn = kEncoders[K - 1];
+  pool.parallel_for(n_tiles, 1, [&](size_t begin, size_t end) {
+    Scratch& sc = thread_scratch();
+    for (size_t t = begin; t < end; ++t) fn(w + t * kSteps, dec, sc, states + t * kSteps, mode);
+  });
+}
+
+inline const char* EncoderTargetName() { return hwy::TargetName(HWY_TARGET); }
+
+}  // namespace trellis::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace trellis::cpu {
+
+HWY_EXPORT(EncodeTiles);
+HWY_EXPORT(EncoderTargetName);
+
+void encode_tiles(const uint16_t* x, size_t n_tiles, int K, exl3::Codebook cb, uint16_t* states,
+                  uint16_t* decoded, ThreadPool& pool, EncodeMode mode) {
+  if (K < exl3::kMinK || K > exl3::kMaxK)
+    fail(ErrorKind::kInvalidArgument, "encode_tiles: K = {}; expected {}..{}", K, exl3::kMinK,
+         exl3::kMaxK);
+  if (n_tiles == 0) return;
+  const size_t count = n_tiles * encoder_detail::kSteps;
+  std::vector<float> w(count);
+  for (size_t i = 0; i < count; ++i) {
+    w[i] = fp16_to_fp32(x[i]);
+    if (!std::isfinite(w[i]))
+      fail(ErrorKind::kInvalidArgument, "encode_tiles: tile {} input {} is not finite (bits {:04x})",
+           i / encoder_detail::kSteps, i % encoder_detail::kSteps, x[i]);
+  }
+  std::vector<uint16_t> own;
+  if (!states) {
+    own.resize(count);
+    states = own.data();
+  }
+  HWY_DYNAMIC_DISPATCH(EncodeTiles)(w.data(), n_tiles, K, cb, states, pool, mode);
+  if (decoded) {
+    const uint16_t* table = exl3::codebook_table(cb);
+    for (size_t i = 0; i < count; ++i) decoded[i] = table[states[i]];
+  }
+}
+
+const char* tile_encoder_target_name() { return HWY_DYNAMIC_DISPATCH(EncoderTargetName)(); }
+
+}  // namespace trellis::cpu
+#endif
