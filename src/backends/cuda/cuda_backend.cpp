@@ -1,11 +1,594 @@
-// backends/cuda/cuda_backend.cpp: the CUDA implementation of the Backend interface.
+// backends/cuda/cuda_backend.cpp: memory, the recorded-segment / CUDA-graph machinery and the ops
+// of the CUDA backend (design in cuda_backend.h; kernels in cuda_ops.cu, cuda_attention.cu).
+#include "backends/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
 #include "backends/cuda/cuda_api.h"
+#include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/cuda_util.h"
 #include "core/error.h"
+#include "core/fp16.h"
+#include "core/log.h"
+
+#if __has_include("backends/cuda/cuda_exl3.h")
+#include "backends/cuda/cuda_exl3.h"
+#define TRELLIS_CUDA_HAS_EXL3 1
+#else
+#define TRELLIS_CUDA_HAS_EXL3 0
+#endif
+
+namespace trellis::cuda {
+namespace {
+
+constexpr size_t kStageAlign = 16;
+constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+constexpr size_t kUploadChunkBytes = size_t{64} << 20;  // bound on the temporary of converting uploads
+constexpr size_t kGraphMinLaunches = 4;                 // smaller segments run eagerly
+
+enum Op : uint64_t { kEmbedding = 1, kRmsNorm, kGemv, kGemm, kExl3, kRope, kKvStore, kAttention, kSiluMul, kAdd };
+
+uint64_t addr(const void* p) { return reinterpret_cast<uint64_t>(p); }
+uint64_t bits(float f) { return float_bits(f); }
+
+CudaBuffer& buffer_of(const DeviceTensor& t) {
+  TRELLIS_CHECK(t.buffer != nullptr);
+  auto* b = dynamic_cast<CudaBuffer*>(t.buffer.get());
+  if (!b) fail(ErrorKind::kInvalidArgument, "CUDA backend: a tensor of another backend was passed to it");
+  return *b;
+}
+
+// Device address of a tensor view, checked to lie inside its buffer.
+std::byte* ptr(const DeviceTensor& t) {
+  CudaBuffer& b = buffer_of(t);
+  TRELLIS_CHECK(t.offset + static_cast<size_t>(shape_numel(t.shape)) * dtype_size(t.dtype) <= b.size());
+  return b.data() + t.offset;
+}
+float* f32(const DeviceTensor& t) {
+  if (t.dtype != DType::kF32)
+    fail(ErrorKind::kInternal, "CUDA backend: expected an F32 activation tensor, got {}", dtype_name(t.dtype));
+  return reinterpret_cast<float*>(ptr(t));
+}
+
+class DenseLinear : public LinearWeights {
+ public:
+  std::shared_ptr<CudaBuffer> weight;  // (out, in) fp16
+  std::shared_ptr<CudaBuffer> bias;    // [out] fp32, or null
+};
+
+#if TRELLIS_CUDA_HAS_EXL3
+class Exl3Linear : public LinearWeights {
+ public:
+  std::unique_ptr<CudaExl3Linear> impl;
+};
+#endif
+
+}  // namespace
+
+CudaBuffer::CudaBuffer(size_t bytes, const std::string& what)
+    : data_(static_cast<std::byte*>(device_malloc(bytes, what))), size_(bytes) {}
+
+CudaBuffer::~CudaBuffer() { cudaFree(data_); }
+
+CudaBackend::CudaBackend(int index) : device_(index) {
+  const std::vector<DeviceInfo> devices = list_cuda_devices();
+  if (index < 0 || static_cast<size_t>(index) >= devices.size())
+    fail(ErrorKind::kUnsupported, "cuda:{} does not exist ({} CUDA devices)", index, devices.size());
+  info_ = devices[static_cast<size_t>(index)];
+  sm_count_ = std::max(1, info_.threads);
+  set_device();
+  check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating the stream");
+  check(cudaEventCreateWithFlags(&stage_copied_, cudaEventDisableTiming), "creating an event");
+  check(cublasCreate(&cublas_), "cublasCreate");
+  check(cublasSetStream(cublas_, stream_), "cublasSetStream");
+  // A fixed workspace: cuBLAS then never allocates, which graph capture requires.
+  cublas_workspace_ = std::make_shared<CudaBuffer>(kCublasWorkspaceBytes, "the cuBLAS workspace");
+  check(cublasSetWorkspace(cublas_, cublas_workspace_->data(), kCublasWorkspaceBytes), "cublasSetWorkspace");
+  attention_prepare();
+  if (const char* env = std::getenv("TRELLIS_CUDA_GRAPHS"); env && std::string(env) == "0") graphs_ = false;
+  info_.features.push_back("cuda_graphs");
+  log_info("CUDA: using {} ({} SMs, {:.1f} GiB, graphs {})", info_.name, sm_count_,
+           static_cast<double>(info_.memory_bytes) / (1 << 30), graphs_ ? "on" : "off");
+}
+
+CudaBackend::~CudaBackend() {
+  set_device();
+  cudaStreamSynchronize(stream_);
+  release_graph();
+  if (host_stage_) cudaFreeHost(host_stage_);
+  if (cublas_) cublasDestroy(cublas_);
+  if (stage_copied_) cudaEventDestroy(stage_copied_);
+  if (stream_) cudaStreamDestroy(stream_);
+  cudaGetLastError();
+}
+
+void CudaBackend::set_device() const { check(cudaSetDevice(device_), "cudaSetDevice"); }
+
+void CudaBackend::set_graphs(bool on) {
+  flush();
+  graphs_ = on;
+  if (!on) release_graph();
+}
+
+void CudaBackend::release_graph() {
+  if (graph_) cudaGraphExecDestroy(graph_);
+  graph_ = nullptr;
+  graph_key_.clear();
+}
+
+// ---- staging and recording ----
+
+size_t CudaBackend::stage(const void* data, size_t bytes) {
+  for (const StagedSpan& s : stage_memo_)
+    if (s.data == data && s.bytes == bytes && std::memcmp(host_stage_ + s.offset, data, bytes) == 0) return s.offset;
+  if (stage_copy_in_flight_) {  // the previous segment's copy may still read the pinned bytes
+    check(cudaEventSynchronize(stage_copied_), "staging");
+    stage_copy_in_flight_ = false;
+  }
+  const size_t offset = (stage_used_ + kStageAlign - 1) / kStageAlign * kStageAlign;
+  if (offset + bytes > host_stage_cap_) {
+    const size_t cap = std::max<size_t>({offset + bytes, 2 * host_stage_cap_, 64 << 10});
+    void* p = nullptr;
+    check(cudaMallocHost(&p, cap), "allocating pinned staging memory");
+    if (host_stage_) {
+      std::memcpy(p, host_stage_, stage_used_);
+      cudaFreeHost(host_stage_);
+    }
+    host_stage_ = static_cast<std::byte*>(p);
+    host_stage_cap_ = cap;
+  }
+  std::memcpy(host_stage_ + offset, data, bytes);
+  stage_used_ = offset + bytes;
+  if (stage_memo_.size() == 4) stage_memo_.erase(stage_memo_.begin());
+  stage_memo_.push_back({data, bytes, offset});
+  return offset;
+}
+
+void CudaBackend::record(std::initializer_list<uint64_t> key, Launch launch) {
+  key_.insert(key_.end(), key);
+  key_.push_back(~uint64_t{0});  // op separator
+  launches_.push_back(std::move(launch));
+}
+
+void CudaBackend::run_eagerly() {
+  const std::byte* stage = device_stage_ ? device_stage_->data() : nullptr;
+  for (const Launch& l : launches_) l(stage);
+}
+
+bool CudaBackend::capture_graph() {
+  check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  cudaGraph_t g = nullptr;
+  try {
+    run_eagerly();
+  } catch (...) {
+    cudaStreamEndCapture(stream_, &g);
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError();
+    throw;
+  }
+  cudaError_t e = cudaStreamEndCapture(stream_, &g);
+  if (e == cudaSuccess) {
+    cudaGraphExecUpdateResultInfo info{};
+    if (!graph_ || cudaGraphExecUpdate(graph_, g, &info) != cudaSuccess) {
+      cudaGetLastError();
+      if (graph_) cudaGraphExecDestroy(graph_);
+      graph_ = nullptr;
+      e = cudaGraphInstantiate(&graph_, g, 0);
+    }
+  }
+  if (g) cudaGraphDestroy(g);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    graph_ = nullptr;
+    graphs_ = false;
+    log_warn("CUDA: graph capture failed ({}); running without graphs", cudaGetErrorString(e));
+    return false;
+  }
+  graph_key_ = key_;
+  ++stats_.graph_captures;
+  return true;
+}
+
+void CudaBackend::flush() {
+  if (launches_.empty()) return;
+  set_device();
+  if (stage_used_ > 0) {
+    if (!device_stage_ || device_stage_->size() < stage_used_) {
+      check(cudaStreamSynchronize(stream_), "staging");  // the old mirror may still be read
+      device_stage_ = std::make_shared<CudaBuffer>(std::max(stage_used_, host_stage_cap_), "the staging buffer");
+    }
+    check(cudaMemcpyAsync(device_stage_->data(), host_stage_, stage_used_, cudaMemcpyHostToDevice, stream_),
+          "copying staged ids and positions");
+    check(cudaEventRecord(stage_copied_, stream_), "staging");
+    stage_copy_in_flight_ = true;
+  }
+  key_.push_back(addr(device_stage_ ? device_stage_->data() : nullptr));
+  ++stats_.segments;
+  try {
+    const bool repeat = graphs_ && launches_.size() >= kGraphMinLaunches && key_ == prev_key_;
+    if (repeat && graph_ && key_ == graph_key_) {
+      check(cudaGraphLaunch(graph_, stream_), "cudaGraphLaunch");
+      ++stats_.graph_replays;
+    } else if (repeat && capture_graph()) {
+      check(cudaGraphLaunch(graph_, stream_), "cudaGraphLaunch");
+    } else {
+      run_eagerly();
+    }
+  } catch (...) {
+    launches_.clear();
+    key_.clear();
+    keep_.clear();
+    stage_used_ = 0;
+    stage_memo_.clear();
+    throw;
+  }
+  prev_key_.swap(key_);
+  key_.clear();
+  launches_.clear();
+  keep_.clear();
+  stage_used_ = 0;
+  stage_memo_.clear();
+}
+
+void CudaBackend::synchronize() {
+  flush();
+  check(cudaStreamSynchronize(stream_), "synchronize");
+}
+
+std::byte* CudaBackend::scratch(int slot, size_t bytes) {
+  auto& s = scratch_[slot];
+  if (!s || s->size() < bytes) {
+    flush();
+    check(cudaStreamSynchronize(stream_), "growing scratch");
+    const size_t grown = std::max(bytes, s ? 2 * s->size() : bytes);
+    s.reset();
+    s = std::make_shared<CudaBuffer>(grown, fmt::format("scratch buffer {}", slot));
+  }
+  return s->data();
+}
+
+// ---- memory ----
+
+DeviceTensor CudaBackend::alloc(DType dtype, const Shape& shape) {
+  set_device();
+  DeviceTensor t;
+  t.dtype = dtype;
+  t.shape = shape;
+  const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  auto buf = std::make_shared<CudaBuffer>(bytes, fmt::format("a {} tensor of shape {}", dtype_name(dtype),
+                                                             shape_to_string(shape)));
+  check(cudaMemsetAsync(buf->data(), 0, bytes, stream_), "alloc (zero fill)");
+  t.buffer = std::move(buf);
+  return t;
+}
+
+std::shared_ptr<CudaBuffer> CudaBackend::upload_as(const TensorView& host, DType dtype, const std::string& what) {
+  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16 && dtype != host.dtype)
+    fail(ErrorKind::kUnsupported, "CUDA backend: cannot upload {} as {} (F32, F16, BF16)", what, dtype_name(dtype));
+  set_device();
+  const size_t n = static_cast<size_t>(host.numel());
+  auto buf = std::make_shared<CudaBuffer>(n * dtype_size(dtype), what);
+  if (dtype == host.dtype) {
+    check(cudaMemcpyAsync(buf->data(), host.data, host.nbytes(), cudaMemcpyHostToDevice, stream_), "upload");
+  } else {
+    if (host.dtype != DType::kF32 && host.dtype != DType::kF16 && host.dtype != DType::kBF16)
+      fail(ErrorKind::kUnsupported, "CUDA backend: cannot convert {} from {} to {}", what, dtype_name(host.dtype),
+           dtype_name(dtype));
+    // Raw bytes through a bounded temporary, converted on the device.
+    const size_t src_size = dtype_size(host.dtype), chunk = kUploadChunkBytes / src_size;
+    CudaBuffer tmp(std::min(n, chunk) * src_size, "an upload staging buffer");
+    for (size_t i = 0; i < n; i += chunk) {
+      const size_t c = std::min(chunk, n - i);
+      check(cudaMemcpyAsync(tmp.data(), host.data + i * src_size, c * src_size, cudaMemcpyHostToDevice, stream_),
+            "upload");
+      convert(tmp.data(), host.dtype, buf->data() + i * dtype_size(dtype), dtype, static_cast<int64_t>(c), stream_);
+      check(cudaStreamSynchronize(stream_), "upload");  // tmp is reused by the next chunk
+    }
+  }
+  check(cudaStreamSynchronize(stream_), fmt::format("upload of {}", what));
+  return buf;
+}
+
+DeviceTensor CudaBackend::upload(const TensorView& host, DType dtype) {
+  DeviceTensor t;
+  t.dtype = dtype;
+  t.shape = host.shape;
+  t.buffer = upload_as(host, dtype, fmt::format("a {} tensor of shape {}", dtype_name(dtype), shape_to_string(host.shape)));
+  return t;
+}
+
+void CudaBackend::download(const DeviceTensor& t, float* host) {
+  flush();
+  const size_t n = static_cast<size_t>(shape_numel(t.shape));
+  const std::byte* src = ptr(t);
+  if (t.dtype == DType::kF32) {
+    check(cudaMemcpyAsync(host, src, n * 4, cudaMemcpyDeviceToHost, stream_), "download");
+    check(cudaStreamSynchronize(stream_), "download");
+    return;
+  }
+  if (t.dtype != DType::kF16 && t.dtype != DType::kBF16)
+    fail(ErrorKind::kInternal, "CUDA backend: download of {}", dtype_name(t.dtype));
+  std::vector<uint16_t> h(n);
+  check(cudaMemcpyAsync(h.data(), src, n * 2, cudaMemcpyDeviceToHost, stream_), "download");
+  check(cudaStreamSynchronize(stream_), "download");
+  if (t.dtype == DType::kF16)
+    fp16_to_fp32(h.data(), host, n);
+  else
+    bf16_to_fp32(h.data(), host, n);
+}
+
+// ---- linear layers ----
+
+std::unique_ptr<LinearWeights> CudaBackend::prepare_linear(const LinearSource& src) {
+  std::shared_ptr<CudaBuffer> bias;
+  if (src.bias && !src.exl3) {
+    if (src.bias->numel() < src.out_features)
+      fail(ErrorKind::kInvalidArgument, "linear {}: bias has {} elements, expected {}", src.name, src.bias->numel(),
+           src.out_features);
+    TensorView b = *src.bias;
+    b.shape = {src.out_features};
+    bias = upload_as(b, DType::kF32, src.name + ".bias");
+  }
+  if (src.exl3) {
+#if TRELLIS_CUDA_HAS_EXL3
+    set_device();
+    auto l = std::make_unique<Exl3Linear>();
+    l->in_features = src.in_features;
+    l->out_features = src.out_features;
+    l->impl = CudaExl3Linear::create(*src.exl3, src.bias, stream_);
+    check(cudaStreamSynchronize(stream_), fmt::format("preparing EXL3 layer {}", src.name));
+    l->device_bytes = l->impl->device_bytes();
+    return l;
+#else
+    fail(ErrorKind::kUnsupported,
+         "CUDA backend: EXL3 layer {} cannot run: this build has no CUDA EXL3 kernels yet (use --device cpu or vulkan)",
+         src.name);
+#endif
+  }
+  TRELLIS_CHECK(src.dense.has_value());
+  const TensorView& w = *src.dense;
+  if (w.numel() != src.in_features * src.out_features)
+    fail(ErrorKind::kInvalidArgument, "linear {}: weight has shape {}, expected [{}, {}]", src.name,
+         shape_to_string(w.shape), src.out_features, src.in_features);
+  auto l = std::make_unique<DenseLinear>();
+  l->in_features = src.in_features;
+  l->out_features = src.out_features;
+  if (w.dtype != DType::kF16)
+    log_warn_once("cuda-dense-convert", fmt::format("CUDA backend: converting {} weights to fp16", dtype_name(w.dtype)));
+  l->weight = upload_as(w, DType::kF16, src.name + ".weight");
+  l->bias = std::move(bias);
+  l->device_bytes = l->weight->size() + (l->bias ? l->bias->size() : 0);
+  return l;
+}
+
+void CudaBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceTensor& y) {
+  const int64_t m = x.rows();
+  if (m == 0) return;
+  if (x.cols() != lw.in_features || y.cols() != lw.out_features || y.rows() != m)
+    fail(ErrorKind::kInternal, "CUDA linear: x {} and y {} do not fit a {} -> {} layer", shape_to_string(x.shape),
+         shape_to_string(y.shape), lw.in_features, lw.out_features);
+  const float* xp = f32(x);
+  float* yp = f32(y);
+  keep(x);
+  keep(y);
+  const int64_t in = lw.in_features, out = lw.out_features;
+  if (const auto* d = dynamic_cast<const DenseLinear*>(&lw)) {
+    const auto* w = reinterpret_cast<const uint16_t*>(d->weight->data());
+    const float* bias = d->bias ? reinterpret_cast<const float*>(d->bias->data()) : nullptr;
+    cudaStream_t s = stream_;
+    if (m <= kGemvMaxRows) {
+      record({kGemv, addr(w), addr(xp), addr(yp), addr(bias), static_cast<uint64_t>(m), static_cast<uint64_t>(in),
+              static_cast<uint64_t>(out)},
+             [=](const std::byte*) { dense_gemv_f16(w, xp, bias, m, in, out, yp, s); });
+      return;
+    }
+    auto* xs = reinterpret_cast<uint16_t*>(scratch(0, static_cast<size_t>(2 * m * in) * 2));
+    cublasHandle_t h = cublas_;
+    record({kGemm, addr(w), addr(xp), addr(yp), addr(bias), addr(xs), static_cast<uint64_t>(m),
+            static_cast<uint64_t>(in), static_cast<uint64_t>(out)},
+           [=](const std::byte*) {
+             split_f16(xp, m, in, xs, s);
+             if (bias) fill_rows(yp, bias, m, out, s);
+             const float one = 1.0f, zero = 0.0f;
+             // Row-major y [m, out] = x · Wᵀ is column-major yᵀ [out, m] = W'ᵀ · x' with W' = the
+             // column-major (in, out) view of W.
+             for (int part = 0; part < 2; ++part)
+               check(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(m),
+                                  static_cast<int>(in), &one, w, CUDA_R_16F, static_cast<int>(in),
+                                  xs + part * m * in, CUDA_R_16F, static_cast<int>(in),
+                                  (part == 0 && !bias) ? &zero : &one, yp, CUDA_R_32F, static_cast<int>(out),
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                     "linear (cublasGemmEx)");
+           });
+    return;
+  }
+#if TRELLIS_CUDA_HAS_EXL3
+  if (const auto* e = dynamic_cast<const Exl3Linear*>(&lw)) {
+    CudaExl3Linear* impl = e->impl.get();
+    void* sc = scratch(2, std::max<size_t>(impl->scratch_bytes(m), 16));
+    cudaStream_t s = stream_;
+    record({kExl3, addr(impl), addr(xp), addr(yp), addr(sc), static_cast<uint64_t>(m)},
+           [=](const std::byte*) { impl->forward(xp, m, yp, s, sc); });
+    return;
+  }
+#endif
+  fail(ErrorKind::kInternal, "CUDA linear: weights were not prepared by the CUDA backend");
+}
+
+// ---- the other ops ----
+
+void CudaBackend::embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) {
+  if (ids.empty()) return;
+  if (table.shape.size() != 2)
+    fail(ErrorKind::kInternal, "CUDA embedding: table shape {} is not [vocab, dim]", shape_to_string(table.shape));
+  const int64_t dim = table.shape[1], rows = static_cast<int64_t>(ids.size());
+  const void* tp = ptr(table);
+  const DType tdt = table.dtype;
+  if (tdt != DType::kF32 && tdt != DType::kF16 && tdt != DType::kBF16)
+    fail(ErrorKind::kUnsupported, "CUDA embedding: table dtype {} (F32, F16, BF16)", dtype_name(tdt));
+  float* op = f32(out);
+  const size_t off = stage(ids.data(), ids.size() * 4);
+  keep(table);
+  keep(out);
+  cudaStream_t s = stream_;
+  record({kEmbedding, addr(tp), static_cast<uint64_t>(tdt), addr(op), static_cast<uint64_t>(rows),
+          static_cast<uint64_t>(dim), off},
+         [=](const std::byte* st) {
+           cuda::embedding(tp, tdt, reinterpret_cast<const int32_t*>(st + off), rows, dim, op, s);
+         });
+}
+
+void CudaBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group,
+                           DeviceTensor& out) {
+  if (group <= 0 || x.cols() % group != 0 || shape_numel(weight.shape) != group)
+    fail(ErrorKind::kInternal, "CUDA rms_norm: group {} does not fit x {} / weight {}", group,
+         shape_to_string(x.shape), shape_to_string(weight.shape));
+  const int64_t groups = x.rows() * (x.cols() / group);
+  const float* xp = f32(x);
+  const float* wp = f32(weight);
+  float* op = f32(out);
+  keep(x);
+  keep(weight);
+  keep(out);
+  cudaStream_t s = stream_;
+  record({kRmsNorm, addr(xp), addr(wp), addr(op), bits(eps), static_cast<uint64_t>(groups),
+          static_cast<uint64_t>(group)},
+         [=](const std::byte*) { cuda::rms_norm(xp, wp, eps, groups, group, op, s); });
+}
+
+void CudaBackend::rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_t> positions, const RopeParams& rp) {
+  const int64_t rows = static_cast<int64_t>(positions.size());
+  if (rows == 0) return;
+  if (head_dim <= 0 || head_dim % 2 != 0 || x.cols() % head_dim != 0 ||
+      static_cast<int64_t>(rp.inv_freq.size()) < head_dim / 2)
+    fail(ErrorKind::kInternal, "CUDA rope: head_dim {} does not fit x {} ({} frequencies)", head_dim,
+         shape_to_string(x.shape), rp.inv_freq.size());
+  float* xp = f32(x);
+  const int64_t cols = x.cols();
+  const float scaling = rp.attention_scaling;
+  const size_t pos_off = stage(positions.data(), positions.size() * 4);
+  const size_t freq_off = stage(rp.inv_freq.data(), static_cast<size_t>(head_dim / 2) * 4);
+  keep(x);
+  cudaStream_t s = stream_;
+  record({kRope, addr(xp), static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), static_cast<uint64_t>(head_dim),
+          bits(scaling), pos_off, freq_off},
+         [=](const std::byte* st) {
+           cuda::rope(xp, rows, cols, head_dim, reinterpret_cast<const int32_t*>(st + pos_off),
+                      reinterpret_cast<const float*>(st + freq_off), scaling, s);
+         });
+}
+
+void CudaBackend::kv_store(const DeviceTensor& k, const DeviceTensor& v, std::span<const int32_t> positions,
+                           DeviceTensor& k_cache, DeviceTensor& v_cache) {
+  const int64_t rows = static_cast<int64_t>(positions.size()), width = k.cols();
+  if (rows == 0) return;
+  if (k_cache.dtype != DType::kF16 || v_cache.dtype != DType::kF16 || k_cache.cols() != width ||
+      v_cache.cols() != width || v.cols() != width)
+    fail(ErrorKind::kInternal, "CUDA kv_store: k {} / caches {} {} do not match (fp16 caches of the same width)",
+         shape_to_string(k.shape), shape_to_string(k_cache.shape), dtype_name(k_cache.dtype));
+  for (int32_t p : positions)
+    if (p < 0 || p >= k_cache.rows())
+      fail(ErrorKind::kInvalidArgument, "CUDA kv_store: position {} is outside the cache of {} rows", p,
+           k_cache.rows());
+  const float* kp = f32(k);
+  const float* vp = f32(v);
+  auto* kc = reinterpret_cast<uint16_t*>(ptr(k_cache));
+  auto* vc = reinterpret_cast<uint16_t*>(ptr(v_cache));
+  const size_t off = stage(positions.data(), positions.size() * 4);
+  keep(k);
+  keep(v);
+  keep(k_cache);
+  keep(v_cache);
+  cudaStream_t s = stream_;
+  record({kKvStore, addr(kp), addr(vp), addr(kc), addr(vc), static_cast<uint64_t>(rows), static_cast<uint64_t>(width),
+          off},
+         [=](const std::byte* st) {
+           cuda::kv_store(kp, vp, reinterpret_cast<const int32_t*>(st + off), rows, width, kc, vc, s);
+         });
+}
+
+void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, const DeviceTensor& v_cache,
+                            std::span<const int32_t> positions, const AttentionParams& ap, DeviceTensor& out) {
+  const int64_t rows = static_cast<int64_t>(positions.size());
+  if (rows == 0) return;
+  if (ap.head_dim <= 0 || ap.head_dim % 2 != 0 || ap.head_dim > kAttentionMaxHeadDim)
+    fail(ErrorKind::kUnsupported, "CUDA attention: head_dim {} is not supported (even, at most {})", ap.head_dim,
+         kAttentionMaxHeadDim);
+  if (ap.n_kv_heads <= 0 || ap.n_heads % ap.n_kv_heads != 0 || q.cols() != ap.n_heads * ap.head_dim ||
+      k_cache.cols() != ap.n_kv_heads * ap.head_dim || k_cache.dtype != DType::kF16 || v_cache.dtype != DType::kF16)
+    fail(ErrorKind::kInternal, "CUDA attention: q {} / cache {} do not fit {} heads, {} kv heads of {}",
+         shape_to_string(q.shape), shape_to_string(k_cache.shape), ap.n_heads, ap.n_kv_heads, ap.head_dim);
+  if (k_cache.offset % 4 != 0 || v_cache.offset % 4 != 0)
+    fail(ErrorKind::kInternal, "CUDA attention: cache views must be 4-byte aligned");
+  for (int32_t p : positions)
+    if (p < 0 || p >= k_cache.rows())
+      fail(ErrorKind::kInvalidArgument, "CUDA attention: position {} is outside the cache of {} rows", p,
+           k_cache.rows());
+  AttentionArgs a;
+  a.q = f32(q);
+  a.k_cache = reinterpret_cast<const uint16_t*>(ptr(k_cache));
+  a.v_cache = reinterpret_cast<const uint16_t*>(ptr(v_cache));
+  a.out = f32(out);
+  a.rows = rows;
+  a.n_heads = ap.n_heads;
+  a.n_kv_heads = ap.n_kv_heads;
+  a.head_dim = ap.head_dim;
+  a.sliding_window = ap.sliding_window;
+  a.scale = ap.scale;
+  a.splits = attention_splits(rows, ap.n_heads, ap.n_kv_heads, sm_count_);
+  if (a.splits > 1)
+    a.partial = reinterpret_cast<float*>(scratch(1, static_cast<size_t>(attention_partial_floats(a)) * 4));
+  const size_t off = stage(positions.data(), positions.size() * 4);
+  keep(q);
+  keep(k_cache);
+  keep(v_cache);
+  keep(out);
+  cudaStream_t s = stream_;
+  record({kAttention, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial),
+          static_cast<uint64_t>(rows), static_cast<uint64_t>(a.n_heads), static_cast<uint64_t>(a.n_kv_heads),
+          static_cast<uint64_t>(a.head_dim), static_cast<uint64_t>(a.sliding_window), bits(a.scale),
+          static_cast<uint64_t>(a.splits), off},
+         [=](const std::byte* st) {
+           AttentionArgs b = a;
+           b.pos = reinterpret_cast<const int32_t*>(st + off);
+           cuda::attention(b, s);
+         });
+}
+
+void CudaBackend::silu_mul(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out) {
+  const int64_t n = shape_numel(gate.shape);
+  if (shape_numel(up.shape) != n || shape_numel(out.shape) != n)
+    fail(ErrorKind::kInternal, "CUDA silu_mul: shapes {} {} {} differ", shape_to_string(gate.shape),
+         shape_to_string(up.shape), shape_to_string(out.shape));
+  const float* g = f32(gate);
+  const float* u = f32(up);
+  float* o = f32(out);
+  keep(gate);
+  keep(up);
+  keep(out);
+  cudaStream_t s = stream_;
+  record({kSiluMul, addr(g), addr(u), addr(o), static_cast<uint64_t>(n)},
+         [=](const std::byte*) { cuda::silu_mul(g, u, o, n, s); });
+}
+
+void CudaBackend::add(DeviceTensor& x, const DeviceTensor& y) {
+  const int64_t n = shape_numel(x.shape);
+  if (shape_numel(y.shape) != n)
+    fail(ErrorKind::kInternal, "CUDA add: shapes {} and {} differ", shape_to_string(x.shape), shape_to_string(y.shape));
+  float* a = f32(x);
+  const float* b = f32(y);
+  keep(x);
+  keep(y);
+  cudaStream_t s = stream_;
+  record({kAdd, addr(a), addr(b), static_cast<uint64_t>(n)}, [=](const std::byte*) { cuda::add(a, b, n, s); });
+}
+
+}  // namespace trellis::cuda
 
 namespace trellis {
 
-std::unique_ptr<Backend> make_cuda_backend(int index) {
-  fail(ErrorKind::kUnsupported, "cuda:{}: the CUDA backend is not implemented yet", index);
-}
+std::unique_ptr<Backend> make_cuda_backend(int index) { return std::make_unique<cuda::CudaBackend>(index); }
 
 }  // namespace trellis

@@ -1,0 +1,132 @@
+// backends/cuda/cuda_backend.h: the CUDA implementation of the Backend seam.
+//
+// Goals: every op of backend.h on NVIDIA GPUs, equal to the CPU reference up to summation order
+// (fp32 activations and KV-cache fp16, as on the CPU backend), and batch-1 decode that is not
+// bound by kernel-launch overhead. Non-goals (for now): multi-GPU, fp16 activations, tuned
+// prefill attention.
+//
+// Execution model. Ops do not launch right away: each validates its arguments, copies the host
+// data it was given (token ids, positions, RoPE frequencies) into a pinned staging area and
+// records a launch. download() and synchronize() flush the recorded segment: one host-to-device
+// copy of the staging area, then the launches, all on one stream. A segment is keyed by its ops
+// and their arguments (shapes, device addresses; not the staged values). When a segment has the
+// same key as the one before it (decode steps; equal-sized prefill chunks), it is captured once
+// into a CUDA graph and later segments with that key replay the graph, so a decode step costs one
+// memcpy and one graph launch. Kernels read staged values from the device copy, so replays see the
+// new positions and ids. TRELLIS_CUDA_GRAPHS=0 turns graphs off (every segment runs eagerly).
+//
+// Op -> kernel map (cuda_ops.h): embedding, rms_norm, rope, kv_store, silu_mul, add: one kernel
+// each; dense linear: dense_gemv_f16 (m <= 8) or split_f16 + two cuBLAS fp16 GEMMs with fp32
+// accumulation (m > 8); attention: attention (+ merge of flash-decoding splits); EXL3 linear:
+// CudaExl3Linear (cuda_exl3.h) when that part is built in.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backends/backend.h"
+
+namespace trellis::cuda {
+
+// Device memory of one tensor or weight (cudaMalloc; freed on destruction).
+class CudaBuffer : public DeviceBuffer {
+ public:
+  CudaBuffer(size_t bytes, const std::string& what);
+  ~CudaBuffer() override;
+  CudaBuffer(const CudaBuffer&) = delete;
+  CudaBuffer& operator=(const CudaBuffer&) = delete;
+  size_t size() const override { return size_; }
+  std::byte* data() const { return data_; }
+
+ private:
+  std::byte* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+class CudaBackend : public Backend {
+ public:
+  explicit CudaBackend(int index);
+  ~CudaBackend() override;
+
+  const DeviceInfo& info() const override { return info_; }
+  DeviceTensor alloc(DType dtype, const Shape& shape) override;
+  DeviceTensor upload(const TensorView& host, DType dtype) override;
+  void download(const DeviceTensor& t, float* host) override;
+  std::unique_ptr<LinearWeights> prepare_linear(const LinearSource& source) override;
+  void synchronize() override;
+
+  void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) override;
+  void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group, DeviceTensor& out) override;
+  void linear(const LinearWeights& w, const DeviceTensor& x, DeviceTensor& y) override;
+  void rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_t> positions, const RopeParams& rope) override;
+  void kv_store(const DeviceTensor& k, const DeviceTensor& v, std::span<const int32_t> positions,
+                DeviceTensor& k_cache, DeviceTensor& v_cache) override;
+  void attention(const DeviceTensor& q, const DeviceTensor& k_cache, const DeviceTensor& v_cache,
+                 std::span<const int32_t> positions, const AttentionParams& params, DeviceTensor& out) override;
+  void silu_mul(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out) override;
+  void add(DeviceTensor& x, const DeviceTensor& y) override;
+
+  // Test and benchmark hooks: turn graph capture on or off, and count what flushes did.
+  void set_graphs(bool on);
+  struct Stats {
+    uint64_t segments = 0, graph_captures = 0, graph_replays = 0;
+  };
+  const Stats& stats() const { return stats_; }
+  cudaStream_t stream() const { return stream_; }
+
+ private:
+  // A recorded launch; `stage` is the device address of this segment's staged host data.
+  using Launch = std::function<void(const std::byte* stage)>;
+
+  // Copies `bytes` of host data into this segment's staging area; returns its offset there.
+  size_t stage(const void* data, size_t bytes);
+  // Records a launch; `key` holds everything that determines the launch except staged values.
+  void record(std::initializer_list<uint64_t> key, Launch launch);
+  void keep(const DeviceTensor& t) { keep_.push_back(t.buffer); }
+  // Runs the recorded segment (eagerly, by capturing a graph, or by replaying one).
+  void flush();
+  void run_eagerly();
+  bool capture_graph();
+  void release_graph();
+  // Scratch buffer `slot` of at least `bytes` (contents unspecified). Growing it flushes first:
+  // recorded launches hold its old address.
+  std::byte* scratch(int slot, size_t bytes);
+  std::shared_ptr<CudaBuffer> upload_as(const TensorView& host, DType dtype, const std::string& what);
+  void set_device() const;
+
+  int device_ = 0;
+  DeviceInfo info_;
+  int sm_count_ = 1;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  std::shared_ptr<CudaBuffer> cublas_workspace_;
+
+  // Staging: pinned host bytes of the current segment and their device mirror.
+  std::byte* host_stage_ = nullptr;
+  size_t host_stage_cap_ = 0, stage_used_ = 0;
+  std::shared_ptr<CudaBuffer> device_stage_;
+  cudaEvent_t stage_copied_ = nullptr;
+  bool stage_copy_in_flight_ = false;
+  struct StagedSpan {
+    const void* data;
+    size_t bytes, offset;
+  };
+  std::vector<StagedSpan> stage_memo_;  // recent spans, reused when the bytes are unchanged
+
+  std::vector<Launch> launches_;
+  std::vector<uint64_t> key_, prev_key_, graph_key_;
+  std::vector<std::shared_ptr<DeviceBuffer>> keep_;  // buffers the recorded launches use
+  cudaGraphExec_t graph_ = nullptr;
+  bool graphs_ = true;
+
+  std::shared_ptr<CudaBuffer> scratch_[3];
+  Stats stats_;
+};
+
+}  // namespace trellis::cuda

@@ -1,0 +1,300 @@
+// backends/cuda/cuda_ops.cu: the element-wise, normalization and dense-GEMV kernels of the CUDA
+// backend (contracts in cuda_ops.h). Each kernel mirrors the CPU reference's arithmetic (same
+// fp32 operation order where it matters: rms_norm's 1/sqrt, silu's division, rope's fp32 angle)
+// so results differ from the CPU only by summation order. Compiled without fast math on purpose:
+// sqrtf, expf, cosf and sinf are the accurate versions.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/cuda_util.h"
+
+namespace trellis::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline unsigned blocks_for(int64_t n, int64_t per_block = kThreads) {
+  const int64_t b = (n + per_block - 1) / per_block;
+  return static_cast<unsigned>(b < 1 ? 1 : (b > 0x7fffffff ? 0x7fffffff : b));
+}
+
+__device__ __forceinline__ float load_elem(const void* p, int dtype, int64_t i) {
+  switch (dtype) {
+    case 0: return static_cast<const float*>(p)[i];
+    case 1: return __half2float(static_cast<const __half*>(p)[i]);
+    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+  }
+}
+
+__device__ __forceinline__ void store_elem(void* p, int dtype, int64_t i, float v) {
+  switch (dtype) {
+    case 0: static_cast<float*>(p)[i] = v; break;
+    case 1: static_cast<__half*>(p)[i] = __float2half_rn(v); break;
+    default: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
+  }
+}
+
+int dtype_code(DType t, const char* op) {
+  switch (t) {
+    case DType::kF32: return 0;
+    case DType::kF16: return 1;
+    case DType::kBF16: return 2;
+    default:
+      raise(ErrorKind::kUnsupported,
+            std::string("CUDA ") + op + ": dtype " + std::string(dtype_name(t)) + " is not supported (F32, F16, BF16)");
+  }
+}
+
+__global__ void convert_kernel(const void* src, int src_t, void* dst, int dst_t, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    store_elem(dst, dst_t, i, load_elem(src, src_t, i));
+}
+
+__global__ void embedding_kernel(const void* table, int table_t, const int32_t* ids, int64_t dim, float* out) {
+  const int64_t r = blockIdx.y;
+  const int64_t base = static_cast<int64_t>(ids[r]) * dim;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < dim; i += int64_t{gridDim.x} * blockDim.x)
+    out[r * dim + i] = load_elem(table, table_t, base + i);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// One warp per group (small groups: per-head q/k norms).
+__global__ void rms_norm_warp_kernel(const float* x, const float* w, float eps, int64_t groups, int64_t group,
+                                     float* out) {
+  const int64_t g = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (g >= groups) return;
+  const float* v = x + g * group;
+  float ss = 0;
+  for (int64_t i = lane; i < group; i += 32) ss += v[i] * v[i];
+  ss = warp_sum(ss);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(group) + eps);
+  float* o = out + g * group;
+  for (int64_t i = lane; i < group; i += 32) o[i] = v[i] * inv * w[i];
+}
+
+// One block per group (whole rows).
+__global__ void rms_norm_block_kernel(const float* x, const float* w, float eps, int64_t group, float* out) {
+  __shared__ float partial[kThreads / 32];
+  const float* v = x + blockIdx.x * group;
+  float ss = 0;
+  for (int64_t i = threadIdx.x; i < group; i += blockDim.x) ss += v[i] * v[i];
+  ss = warp_sum(ss);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+  __syncthreads();
+  float total = 0;
+  for (int i = 0; i < kThreads / 32; ++i) total += partial[i];
+  const float inv = 1.0f / sqrtf(total / static_cast<float>(group) + eps);
+  float* o = out + blockIdx.x * group;
+  for (int64_t i = threadIdx.x; i < group; i += blockDim.x) o[i] = v[i] * inv * w[i];
+}
+
+__global__ void rope_kernel(float* x, int64_t cols, int64_t head_dim, const int32_t* pos, const float* inv_freq,
+                            float scaling) {
+  const int64_t r = blockIdx.y, half = head_dim / 2, pairs = (cols / head_dim) * half;
+  const float p = static_cast<float>(pos[r]);
+  for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < pairs; t += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t h = t / half, i = t % half;
+    const float angle = p * inv_freq[i];
+    const float c = cosf(angle) * scaling, s = sinf(angle) * scaling;
+    float* v = x + r * cols + h * head_dim;
+    const float x1 = v[i], x2 = v[i + half];
+    v[i] = x1 * c - x2 * s;
+    v[i + half] = x2 * c + x1 * s;
+  }
+}
+
+__global__ void kv_store_kernel(const float* k, const float* v, const int32_t* pos, int64_t width, __half* kc,
+                                __half* vc) {
+  const int64_t r = blockIdx.y, dst = static_cast<int64_t>(pos[r]) * width;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < width; i += int64_t{gridDim.x} * blockDim.x) {
+    kc[dst + i] = __float2half_rn(k[r * width + i]);
+    vc[dst + i] = __float2half_rn(v[r * width + i]);
+  }
+}
+
+__global__ void silu_mul_kernel(const float* g, const float* u, float* o, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+__global__ void add_kernel(float* x, const float* y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    x[i] += y[i];
+}
+
+constexpr int kGemvWarps = 8;
+
+// One warp per output row; M activation rows share each weight load.
+template <int M, bool kVec>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_f16_kernel(const __half* __restrict__ w,
+                                                                   const float* __restrict__ x,
+                                                                   const float* __restrict__ bias, int64_t in,
+                                                                   int64_t out, float* __restrict__ y) {
+  const int64_t row = blockIdx.x * int64_t{kGemvWarps} + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= out) return;
+  const __half* wr = w + row * in;
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0;
+  if constexpr (kVec) {
+#pragma unroll 4
+    for (int64_t i = lane * 8; i < in; i += 256) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(wr + i));
+      const __half2* h = reinterpret_cast<const __half2*>(&raw);
+      float wf[8];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = __half22float2(h[j]);
+        wf[2 * j] = f.x;
+        wf[2 * j + 1] = f.y;
+      }
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const float4 a = __ldg(reinterpret_cast<const float4*>(x + m * in + i));
+        const float4 b = __ldg(reinterpret_cast<const float4*>(x + m * in + i + 4));
+        acc[m] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z +
+                  wf[7] * b.w;
+      }
+    }
+  } else {
+    for (int64_t i = lane; i < in; i += 32) {
+      const float wv = __half2float(wr[i]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) acc[m] += wv * x[m * in + i];
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const float s = warp_sum(acc[m]);
+    if (lane == 0) y[m * out + row] = bias ? s + bias[row] : s;
+  }
+}
+
+template <int M>
+void launch_gemv(const uint16_t* w, const float* x, const float* bias, int64_t in, int64_t out, float* y, bool vec,
+                 cudaStream_t stream) {
+  const unsigned grid = blocks_for(out, kGemvWarps);
+  const auto* wh = reinterpret_cast<const __half*>(w);
+  if (vec)
+    gemv_f16_kernel<M, true><<<grid, kGemvWarps * 32, 0, stream>>>(wh, x, bias, in, out, y);
+  else
+    gemv_f16_kernel<M, false><<<grid, kGemvWarps * 32, 0, stream>>>(wh, x, bias, in, out, y);
+}
+
+__global__ void split_f16_kernel(const float* x, int64_t m, int64_t k, __half* xs) {
+  const int64_t n = m * k;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    const float v = x[i];
+    const __half hi = __float2half_rn(v);
+    xs[i] = hi;
+    xs[n + i] = __float2half_rn(v - __half2float(hi));
+  }
+}
+
+__global__ void fill_rows_kernel(float* y, const float* bias, int64_t m, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < m * n; i += int64_t{gridDim.x} * blockDim.x)
+    y[i] = bias[i % n];
+}
+
+// Grid-stride kernels: enough blocks to fill the GPU, no more.
+inline unsigned flat_blocks(int64_t n) {
+  const unsigned b = blocks_for(n);
+  return b < 4096 ? b : 4096;
+}
+
+}  // namespace
+
+void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  convert_kernel<<<flat_blocks(n), kThreads, 0, stream>>>(src, dtype_code(src_dtype, "convert"), dst,
+                                                          dtype_code(dst_dtype, "convert"), n);
+  check_launch("convert");
+}
+
+void embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t rows, int64_t dim, float* out,
+               cudaStream_t stream) {
+  if (rows <= 0) return;
+  const dim3 grid(blocks_for(dim) < 64 ? blocks_for(dim) : 64, static_cast<unsigned>(rows));
+  embedding_kernel<<<grid, kThreads, 0, stream>>>(table, dtype_code(table_dtype, "embedding"), ids, dim, out);
+  check_launch("embedding");
+}
+
+void rms_norm(const float* x, const float* weight, float eps, int64_t groups, int64_t group, float* out,
+              cudaStream_t stream) {
+  if (groups <= 0) return;
+  if (group <= 512)
+    rms_norm_warp_kernel<<<blocks_for(groups, kThreads / 32), kThreads, 0, stream>>>(x, weight, eps, groups, group,
+                                                                                     out);
+  else
+    rms_norm_block_kernel<<<static_cast<unsigned>(groups), kThreads, 0, stream>>>(x, weight, eps, group, out);
+  check_launch("rms_norm");
+}
+
+void rope(float* x, int64_t rows, int64_t cols, int64_t head_dim, const int32_t* pos, const float* inv_freq,
+          float scaling, cudaStream_t stream) {
+  if (rows <= 0) return;
+  const int64_t pairs = cols / 2;
+  const dim3 grid(blocks_for(pairs) < 64 ? blocks_for(pairs) : 64, static_cast<unsigned>(rows));
+  rope_kernel<<<grid, kThreads, 0, stream>>>(x, cols, head_dim, pos, inv_freq, scaling);
+  check_launch("rope");
+}
+
+void kv_store(const float* k, const float* v, const int32_t* pos, int64_t rows, int64_t width, uint16_t* k_cache,
+              uint16_t* v_cache, cudaStream_t stream) {
+  if (rows <= 0) return;
+  const dim3 grid(blocks_for(width) < 64 ? blocks_for(width) : 64, static_cast<unsigned>(rows));
+  kv_store_kernel<<<grid, kThreads, 0, stream>>>(k, v, pos, width, reinterpret_cast<__half*>(k_cache),
+                                                 reinterpret_cast<__half*>(v_cache));
+  check_launch("kv_store");
+}
+
+void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  silu_mul_kernel<<<flat_blocks(n), kThreads, 0, stream>>>(gate, up, out, n);
+  check_launch("silu_mul");
+}
+
+void add(float* x, const float* y, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  add_kernel<<<flat_blocks(n), kThreads, 0, stream>>>(x, y, n);
+  check_launch("add");
+}
+
+void dense_gemv_f16(const uint16_t* w, const float* x, const float* bias, int64_t m, int64_t in, int64_t out,
+                    float* y, cudaStream_t stream) {
+  if (m <= 0 || out <= 0) return;
+  const bool vec = in % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
+  switch (m) {
+    case 1: launch_gemv<1>(w, x, bias, in, out, y, vec, stream); break;
+    case 2: launch_gemv<2>(w, x, bias, in, out, y, vec, stream); break;
+    case 3: launch_gemv<3>(w, x, bias, in, out, y, vec, stream); break;
+    case 4: launch_gemv<4>(w, x, bias, in, out, y, vec, stream); break;
+    case 5: launch_gemv<5>(w, x, bias, in, out, y, vec, stream); break;
+    case 6: launch_gemv<6>(w, x, bias, in, out, y, vec, stream); break;
+    case 7: launch_gemv<7>(w, x, bias, in, out, y, vec, stream); break;
+    case 8: launch_gemv<8>(w, x, bias, in, out, y, vec, stream); break;
+    default: raise(ErrorKind::kInternal, "dense_gemv_f16: m = " + std::to_string(m) + " outside 1..8");
+  }
+  check_launch("dense_gemv_f16");
+}
+
+void split_f16(const float* x, int64_t m, int64_t k, uint16_t* xs, cudaStream_t stream) {
+  if (m * k <= 0) return;
+  split_f16_kernel<<<flat_blocks(m * k), kThreads, 0, stream>>>(x, m, k, reinterpret_cast<__half*>(xs));
+  check_launch("split_f16");
+}
+
+void fill_rows(float* y, const float* bias, int64_t m, int64_t n, cudaStream_t stream) {
+  if (m * n <= 0) return;
+  fill_rows_kernel<<<flat_blocks(m * n), kThreads, 0, stream>>>(y, bias, m, n);
+  check_launch("fill_rows");
+}
+
+}  // namespace trellis::cuda

@@ -1,0 +1,86 @@
+// backends/cuda/cuda_ops.h: host-side launchers of the CUDA backend's kernels (cuda_ops.cu,
+// cuda_attention.cu). Plain C++ so the backend's .cpp files can call them.
+//
+// Common contract: every pointer is a device pointer; activations are row-major fp32; each
+// launcher only enqueues on `stream` (no sync, no allocation) so it may run inside CUDA graph
+// capture; a launch error is raised as trellis::Error naming the op. Sizes are element counts.
+// Per-op integer data that comes from the host (token ids, positions) is passed as device
+// pointers to staged copies, so a captured graph can be replayed with new values.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace trellis::cuda {
+
+// dst[i] = convert(src[i]) for i < n; src/dst dtype F32, F16 or BF16 (round to nearest even).
+void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n, cudaStream_t stream);
+
+// out [rows, dim] fp32 = table [vocab, dim] (F32/F16/BF16) at rows ids[r]. ids are not range
+// checked (the model validates them).
+void embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t rows, int64_t dim, float* out,
+               cudaStream_t stream);
+
+// out = x / rms(x) * weight over each group of `group` consecutive elements; x and out [groups, group]
+// (may alias), weight [group] fp32. fp32 sum of squares in a fixed reduction order.
+void rms_norm(const float* x, const float* weight, float eps, int64_t groups, int64_t group, float* out,
+              cudaStream_t stream);
+
+// In place on x [rows, cols], heads of head_dim (even) per row, rotate-half; row r at position
+// pos[r]: angle = fp32(pos) * inv_freq[i] (fp32, as the CPU reference), cos/sin in full precision,
+// times `scaling`. inv_freq [head_dim / 2].
+void rope(float* x, int64_t rows, int64_t cols, int64_t head_dim, const int32_t* pos, const float* inv_freq,
+          float scaling, cudaStream_t stream);
+
+// k_cache[pos[r], :] = fp16(k[r, :]), same for v; width elements per row.
+void kv_store(const float* k, const float* v, const int32_t* pos, int64_t rows, int64_t width, uint16_t* k_cache,
+              uint16_t* v_cache, cudaStream_t stream);
+
+// out = silu(gate) * up = gate / (1 + exp(-gate)) * up (out may alias gate or up).
+void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream);
+// x += y.
+void add(float* x, const float* y, int64_t n, cudaStream_t stream);
+
+// Dense linear, decode shapes: y [m, out] = x [m, in] · Wᵀ (+ bias [out] fp32, may be null),
+// W (out, in) fp16. fp32 activations and accumulation. m in 1..kGemvMaxRows. One warp per output
+// row: the weight row streams once from DRAM while x stays in L1/L2. Vectorized (16-byte) loads
+// when in % 8 == 0 and x is 16-byte aligned, scalar otherwise.
+inline constexpr int64_t kGemvMaxRows = 8;
+void dense_gemv_f16(const uint16_t* w, const float* x, const float* bias, int64_t m, int64_t in, int64_t out,
+                    float* y, cudaStream_t stream);
+
+// For the cuBLAS path of dense linears: x [m, k] fp32 -> xs [2m, k] fp16 with rows 0..m-1 = hi =
+// fp16(x) and rows m..2m-1 = lo = fp16(x - hi), so hi + lo carries about 22 bits of x and two fp16
+// GEMMs with fp32 accumulation give fp32-activation accuracy (the GEMV path's).
+void split_f16(const float* x, int64_t m, int64_t k, uint16_t* xs, cudaStream_t stream);
+// y [m, n] = bias broadcast over rows.
+void fill_rows(float* y, const float* bias, int64_t m, int64_t n, cudaStream_t stream);
+
+// Attention over the fp16 KV cache (see backend.h): q [rows, n_heads*head_dim] fp32, caches
+// [max_ctx, n_kv_heads*head_dim] fp16, pos [rows] (device), out [rows, n_heads*head_dim].
+struct AttentionArgs {
+  const float* q = nullptr;
+  const uint16_t* k_cache = nullptr;
+  const uint16_t* v_cache = nullptr;
+  const int32_t* pos = nullptr;
+  float* out = nullptr;
+  int64_t rows = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, sliding_window = 0;
+  float scale = 0;
+  // Key-range splits per block (flash-decoding); > 1 needs `partial` of
+  // attention_partial_floats() floats. Chosen by attention_splits().
+  int splits = 1;
+  float* partial = nullptr;
+};
+inline constexpr int64_t kAttentionMaxHeadDim = 256;
+// Splits that fill the GPU for this shape (1 for prefill-sized batches).
+int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_count);
+int64_t attention_partial_floats(const AttentionArgs& a);
+// Raises kUnsupported for head_dim > kAttentionMaxHeadDim. Sets its kernels' shared-memory limit
+// on first use (outside any graph capture: call attention_prepare() once per device first).
+void attention(const AttentionArgs& a, cudaStream_t stream);
+void attention_prepare();
+
+}  // namespace trellis::cuda

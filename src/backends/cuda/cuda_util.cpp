@@ -1,0 +1,40 @@
+// backends/cuda/cuda_util.cpp: see cuda_util.h.
+#include "backends/cuda/cuda_util.h"
+
+#include "core/error.h"
+
+namespace trellis::cuda {
+
+void raise(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
+
+void check_failed(cudaError_t e, std::string_view what) {
+  cudaGetLastError();
+  fail(e == cudaErrorMemoryAllocation ? ErrorKind::kOutOfMemory : ErrorKind::kInternal, "CUDA error in {}: {}: {}",
+       what, cudaGetErrorName(e), cudaGetErrorString(e));
+}
+
+void check_failed(cublasStatus_t s, std::string_view what) {
+  fail(s == CUBLAS_STATUS_ALLOC_FAILED ? ErrorKind::kOutOfMemory : ErrorKind::kInternal, "cuBLAS error in {}: {}",
+       what, cublasGetStatusString(s));
+}
+
+void* device_malloc(size_t bytes, std::string_view what) {
+  void* p = nullptr;
+  if (bytes == 0) bytes = 1;
+  const cudaError_t e = cudaMalloc(&p, bytes);
+  if (e == cudaSuccess) return p;
+  cudaGetLastError();
+  size_t free_b = 0, total_b = 0;
+  cudaMemGetInfo(&free_b, &total_b);
+  cudaGetLastError();
+  constexpr double kMiB = 1 << 20;
+  if (e == cudaErrorMemoryAllocation)
+    fail(ErrorKind::kOutOfMemory,
+         "CUDA: out of memory allocating {}: {} bytes ({:.1f} MiB) needed, {} bytes ({:.1f} MiB) free of {:.1f} MiB",
+         what, bytes, static_cast<double>(bytes) / kMiB, free_b, static_cast<double>(free_b) / kMiB,
+         static_cast<double>(total_b) / kMiB);
+  fail(ErrorKind::kInternal, "CUDA error allocating {} ({} bytes): {}: {}", what, bytes, cudaGetErrorName(e),
+       cudaGetErrorString(e));
+}
+
+}  // namespace trellis::cuda

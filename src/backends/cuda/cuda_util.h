@@ -1,0 +1,43 @@
+// backends/cuda/cuda_util.h: CUDA / cuBLAS error checks that raise trellis::Error, and the one
+// device allocator of the backend (so every allocation failure says what it was for and how much
+// memory was free).
+//
+// Goals: no CUDA error aborts the process; every message names the op or tensor. Non-goals: a
+// caching allocator (weights and activations are allocated once per model; scratch grows rarely).
+// Usable from .cu files: nothing here includes fmt (nvcc's front end cannot compile fmt's
+// compile-time format strings in C++20 mode); the definitions live in cuda_util.cpp.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "trellis/error.h"
+
+namespace trellis::cuda {
+
+// Throws trellis::Error(kind, message).
+[[noreturn]] void raise(ErrorKind kind, const std::string& message);
+
+// Throws kInternal "CUDA error in <what>: <name>: <description>" when `e` is not cudaSuccess
+// (and clears the last error); kOutOfMemory for cudaErrorMemoryAllocation.
+void check_failed(cudaError_t e, std::string_view what);
+inline void check(cudaError_t e, std::string_view what) {
+  if (e != cudaSuccess) check_failed(e, what);
+}
+void check_failed(cublasStatus_t s, std::string_view what);
+inline void check(cublasStatus_t s, std::string_view what) {
+  if (s != CUBLAS_STATUS_SUCCESS) check_failed(s, what);
+}
+
+// A kernel launch's configuration error, checked right after the launch (cheap: no sync).
+inline void check_launch(std::string_view what) { check(cudaGetLastError(), what); }
+
+// cudaMalloc of `bytes` for `what` (a tensor or buffer name). On failure: kOutOfMemory naming
+// `what`, the bytes needed and the bytes free / total on the device.
+void* device_malloc(size_t bytes, std::string_view what);
+
+}  // namespace trellis::cuda
