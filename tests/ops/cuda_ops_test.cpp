@@ -1,0 +1,421 @@
+// tests/ops/cuda_ops_test.cpp: every CUDA backend op against the CPU backend (the reference for
+// every op) on odd sizes, offset views and guard rows after outputs: uploads and downloads in
+// every dtype pair, embedding of fp16/bf16/fp32 tables, RMSNorm (row and per-head groups, the
+// warp and the block kernel), dense fp16/bf16/fp32 linears on the GEMV (m <= 8) and cuBLAS paths,
+// RoPE, kv_store and GQA attention (prefill, decode with flash-decoding splits, sliding window,
+// head_dim 18..256), silu_mul, add; CUDA-graph replays equal to eager runs; out-of-memory and
+// unsupported-shape errors. Skips when there is no CUDA device.
+#if TRELLIS_WITH_CUDA
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/fp16.h"
+#include "trellis/error.h"
+#include "ops/cuda_test_util.h"
+#include "test_util.h"
+
+namespace trellis {
+namespace {
+
+using test::cuda_rel_rms;
+
+std::vector<float> random_floats(size_t n, uint64_t seed, float scale = 1.0f) {
+  test::SplitMix64 rng(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = scale * static_cast<float>(static_cast<double>(rng.next() >> 11) / 9007199254740992.0 * 2 - 1);
+  return v;
+}
+
+TensorView f32_view(const std::vector<float>& v, Shape shape) {
+  return TensorView{DType::kF32, std::move(shape), reinterpret_cast<const std::byte*>(v.data())};
+}
+
+std::vector<float> fetch(Backend& be, const DeviceTensor& t) {
+  std::vector<float> out(static_cast<size_t>(shape_numel(t.shape)));
+  be.download(t, out.data());
+  return out;
+}
+
+Backend& cpu_backend() {
+  static std::unique_ptr<Backend> cpu = make_cpu_backend(2);
+  return *cpu;
+}
+
+// Host data of `v` in dtype `dt` (rounded once).
+std::vector<uint16_t> narrow(const std::vector<float>& v, DType dt) {
+  std::vector<uint16_t> h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) h[i] = dt == DType::kF16 ? fp32_to_fp16(v[i]) : fp32_to_bf16(v[i]);
+  return h;
+}
+float round_to(float f, DType dt) {
+  if (dt == DType::kF16) return fp16_to_fp32(fp32_to_fp16(f));
+  if (dt == DType::kBF16) return bf16_to_fp32(fp32_to_bf16(f));
+  return f;
+}
+
+TEST(CudaOps, DeviceInfo) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  const DeviceInfo& info = cu->info();
+  EXPECT_EQ(info.backend, "cuda");
+  EXPECT_FALSE(info.name.empty());
+  EXPECT_EQ(info.subgroup_size, 32);
+  EXPECT_GT(info.threads, 0);
+  EXPECT_GT(info.memory_bytes, 0u);
+}
+
+TEST(CudaOps, UploadDownloadEveryDtypePairAndAlloc) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  const auto v = random_floats(37 * 3, 1, 3.0f);
+  for (DType src : {DType::kF32, DType::kF16, DType::kBF16}) {
+    std::vector<uint16_t> h;
+    TensorView view = f32_view(v, {37, 3});
+    std::vector<float> host_value(v);
+    if (src != DType::kF32) {
+      h = narrow(v, src);
+      view = TensorView{src, {37, 3}, reinterpret_cast<const std::byte*>(h.data())};
+      for (auto& f : host_value) f = round_to(f, src);
+    }
+    for (DType dst : {DType::kF32, DType::kF16, DType::kBF16}) {
+      DeviceTensor t = cu->upload(view, dst);
+      const auto got = fetch(*cu, t);
+      for (size_t i = 0; i < v.size(); ++i)
+        ASSERT_EQ(got[i], round_to(host_value[i], dst)) << dtype_name(src) << " -> " << dtype_name(dst) << " " << i;
+      // A view of rows 10..12 at an offset.
+      t = t.first_rows(3);
+      t.offset = 10 * 3 * dtype_size(dst);
+      const auto part = fetch(*cu, t);
+      for (size_t i = 0; i < part.size(); ++i) EXPECT_EQ(part[i], round_to(host_value[30 + i], dst));
+    }
+  }
+  for (DType dt : {DType::kF32, DType::kF16})
+    for (float f : fetch(*cu, cu->alloc(dt, {5, 7}))) EXPECT_EQ(f, 0.0f);
+}
+
+TEST(CudaOps, EmbeddingFp16Bf16Fp32Tables) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  const int64_t vocab = 37, dim = 19;
+  const auto table = random_floats(static_cast<size_t>(vocab * dim), 2);
+  const std::vector<int32_t> ids = {3, 0, 36, 5, 5};
+  for (DType dt : {DType::kF16, DType::kBF16, DType::kF32}) {
+    const DeviceTensor t = cu->upload(f32_view(table, {vocab, dim}), dt);
+    DeviceTensor out = cu->alloc(DType::kF32, {6, dim});
+    DeviceTensor first = out.first_rows(5);
+    cu->embedding(t, ids, first);
+    const auto got = fetch(*cu, out);
+    for (size_t r = 0; r < ids.size(); ++r)
+      for (int64_t i = 0; i < dim; ++i)
+        ASSERT_EQ(got[r * dim + static_cast<size_t>(i)], round_to(table[static_cast<size_t>(ids[r] * dim + i)], dt))
+            << dtype_name(dt);
+    for (int64_t i = 0; i < dim; ++i) EXPECT_EQ(got[static_cast<size_t>(5 * dim + i)], 0.0f) << "guard row written";
+  }
+}
+
+TEST(CudaOps, RmsNormPlainGroupedAndOffset) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  Backend& cpu = cpu_backend();
+  struct Shape2 {
+    int64_t rows, cols, group;
+  };
+  // Warp kernel (groups <= 512) and block kernel (rows of 1000 and 4100).
+  for (const Shape2 s : {Shape2{5, 72, 72}, Shape2{5, 72, 24}, Shape2{3, 1000, 1000}, Shape2{2, 4100, 4100},
+                         Shape2{4, 3 * 130, 130}}) {
+    const auto x = random_floats(static_cast<size_t>(s.rows * s.cols), 3, 4.0f);
+    const auto w = random_floats(static_cast<size_t>(s.group), 4);
+    for (bool last_row : {false, true}) {
+      std::vector<float> want, got;
+      for (Backend* be : {&cpu, static_cast<Backend*>(cu)}) {
+        DeviceTensor xt = be->upload(f32_view(x, {s.rows, s.cols}), DType::kF32);
+        const DeviceTensor wt = be->upload(f32_view(w, {s.group}), DType::kF32);
+        DeviceTensor out = be->alloc(DType::kF32, {s.rows, s.cols});
+        if (last_row) {  // a one-row view at an offset, as the model's final norm uses
+          xt = xt.first_rows(1);
+          xt.offset = static_cast<size_t>((s.rows - 1) * s.cols) * 4;
+          out = out.first_rows(1);
+          out.offset = 4 * 4;
+        }
+        be->rms_norm(xt, wt, 1e-5f, s.group, out);
+        (be == &cpu ? want : got) = fetch(*be, out);
+      }
+      EXPECT_LT(cuda_rel_rms(got, want), 1e-6) << s.cols << "/" << s.group << " last_row " << last_row;
+    }
+  }
+}
+
+TEST(CudaOps, DenseLinearAllDtypesAndRowCounts) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  Backend& cpu = cpu_backend();
+  struct Dims {
+    int64_t in, out;
+  };
+  // in 37: scalar GEMV loads; 64 and 2048: 16-byte loads.
+  for (const Dims d : {Dims{37, 51}, Dims{64, 33}, Dims{2048, 300}}) {
+    const auto w32 = random_floats(static_cast<size_t>(d.in * d.out), 5);
+    const auto bias = random_floats(static_cast<size_t>(d.out), 6);
+    const auto w16 = narrow(w32, DType::kF16), wbf = narrow(w32, DType::kBF16), b16 = narrow(bias, DType::kF16);
+    for (DType dt : {DType::kF16, DType::kBF16, DType::kF32}) {
+      LinearSource src;
+      src.name = "test.dense";
+      src.in_features = d.in;
+      src.out_features = d.out;
+      const void* data = dt == DType::kF16    ? static_cast<const void*>(w16.data())
+                         : dt == DType::kBF16 ? static_cast<const void*>(wbf.data())
+                                              : static_cast<const void*>(w32.data());
+      src.dense = TensorView{dt, {d.out, d.in}, static_cast<const std::byte*>(data)};
+      for (bool with_bias : {false, true}) {
+        src.bias.reset();
+        if (with_bias) src.bias = TensorView{DType::kF16, {d.out}, reinterpret_cast<const std::byte*>(b16.data())};
+        const auto wc = cpu.prepare_linear(src);
+        const auto wg = cu->prepare_linear(src);
+        EXPECT_EQ(wg->in_features, d.in);
+        EXPECT_GE(wg->device_bytes, static_cast<uint64_t>(d.in * d.out * 2));
+        for (int64_t m : {1, 3, 8, 9, 70}) {
+          const auto x = random_floats(static_cast<size_t>(m * d.in), 7 + static_cast<uint64_t>(m), 2.0f);
+          std::vector<float> want, got;
+          for (Backend* be : {&cpu, static_cast<Backend*>(cu)}) {
+            const DeviceTensor xt = be->upload(f32_view(x, {m, d.in}), DType::kF32);
+            DeviceTensor yfull = be->alloc(DType::kF32, {m + 1, d.out});
+            DeviceTensor y = yfull.first_rows(m);
+            be->linear(be == &cpu ? *wc : *wg, xt, y);
+            (be == &cpu ? want : got) = fetch(*be, yfull);
+          }
+          for (int64_t j = 0; j < d.out; ++j) EXPECT_EQ(got[static_cast<size_t>(m * d.out + j)], 0.0f) << "guard";
+          EXPECT_LT(cuda_rel_rms(got, want), 2e-6)
+              << dtype_name(dt) << " " << d.in << "x" << d.out << " m=" << m << " bias " << with_bias;
+        }
+      }
+    }
+  }
+}
+
+// An unaligned activation view (offset 4 bytes) takes the GEMV's scalar path and the GEMM's.
+TEST(CudaOps, DenseLinearUnalignedActivations) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  Backend& cpu = cpu_backend();
+  const int64_t in = 64, out = 40;
+  const auto w = random_floats(static_cast<size_t>(in * out), 50);
+  LinearSource src;
+  src.name = "test.unaligned";
+  src.in_features = in;
+  src.out_features = out;
+  src.dense = f32_view(w, {out, in});
+  const auto wc = cpu.prepare_linear(src);
+  const auto wg = cu->prepare_linear(src);
+  for (int64_t m : {2, 12}) {
+    const auto x = random_floats(static_cast<size_t>(m * in + 1), 51);
+    std::vector<float> want, got;
+    for (Backend* be : {&cpu, static_cast<Backend*>(cu)}) {
+      DeviceTensor xt = be->upload(f32_view(x, {m * in + 1}), DType::kF32);
+      xt.shape = {m, in};
+      xt.offset = 4;
+      DeviceTensor y = be->alloc(DType::kF32, {m, out});
+      be->linear(be == &cpu ? *wc : *wg, xt, y);
+      (be == &cpu ? want : got) = fetch(*be, y);
+    }
+    EXPECT_LT(cuda_rel_rms(got, want), 2e-6) << "m=" << m;
+  }
+}
+
+TEST(CudaOps, Rope) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  Backend& cpu = cpu_backend();
+  for (int64_t head_dim : {int64_t{18}, int64_t{128}}) {
+    const int64_t heads = 3, rows = 5;
+    RopeParams rp;
+    for (int64_t i = 0; i < head_dim / 2; ++i)
+      rp.inv_freq.push_back(std::pow(10000.0f, -2.0f * static_cast<float>(i) / static_cast<float>(head_dim)));
+    rp.attention_scaling = 1.25f;
+    const std::vector<int32_t> pos = {0, 7, 1000, 5, 8191};
+    const auto x = random_floats(static_cast<size_t>(rows * heads * head_dim), 12);
+    std::vector<float> want, got;
+    for (Backend* be : {&cpu, static_cast<Backend*>(cu)}) {
+      DeviceTensor xt = be->upload(f32_view(x, {rows, heads * head_dim}), DType::kF32);
+      be->rope(xt, head_dim, pos, rp);
+      (be == &cpu ? want : got) = fetch(*be, xt);
+    }
+    EXPECT_LT(cuda_rel_rms(got, want), 1e-6) << "head_dim " << head_dim;
+  }
+}
+
+struct AttnCase {
+  int64_t n_heads, n_kv_heads, head_dim, start, prefill, window;
+};
+
+// kv_store then attention: a prefill of `prefill` rows at positions start.. (over a cache whose
+// rows 0..start-1 were filled before), then one decode row at an offset view; the fp16 K cache
+// must be bit-identical to the CPU's.
+void check_attention(cuda::CudaBackend* cu, const AttnCase& c) {
+  Backend& cpu = cpu_backend();
+  AttentionParams ap;
+  ap.n_heads = c.n_heads;
+  ap.n_kv_heads = c.n_kv_heads;
+  ap.head_dim = c.head_dim;
+  ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  ap.sliding_window = c.window;
+  const int64_t total = c.start + c.prefill + 1, ctx = total + 7;
+  const int64_t kvw = c.n_kv_heads * c.head_dim, qw = c.n_heads * c.head_dim;
+  const auto q = random_floats(static_cast<size_t>(total * qw), 20, 2.0f);
+  const auto k = random_floats(static_cast<size_t>(total * kvw), 21, 2.0f);
+  const auto v = random_floats(static_cast<size_t>(total * kvw), 22);
+  std::vector<float> want[3], got[3];
+  for (Backend* be : {&cpu, static_cast<Backend*>(cu)}) {
+    auto& res = be == &cpu ? want : got;
+    DeviceTensor kc = be->alloc(DType::kF16, {ctx, kvw}), vc = be->alloc(DType::kF16, {ctx, kvw});
+    const DeviceTensor qt = be->upload(f32_view(q, {total, qw}), DType::kF32);
+    const DeviceTensor kt = be->upload(f32_view(k, {total, kvw}), DType::kF32);
+    const DeviceTensor vt = be->upload(f32_view(v, {total, kvw}), DType::kF32);
+    DeviceTensor out = be->alloc(DType::kF32, {total + 1, qw});
+    auto rows_at = [](const DeviceTensor& t, int64_t r0, int64_t n) {
+      DeviceTensor s = t.first_rows(n);
+      s.offset = static_cast<size_t>(r0 * t.cols()) * dtype_size(t.dtype);
+      return s;
+    };
+    if (c.start > 0) {
+      std::vector<int32_t> p0(static_cast<size_t>(c.start));
+      for (int64_t i = 0; i < c.start; ++i) p0[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+      be->kv_store(rows_at(kt, 0, c.start), rows_at(vt, 0, c.start), p0, kc, vc);
+    }
+    std::vector<int32_t> pos(static_cast<size_t>(c.prefill));
+    for (int64_t i = 0; i < c.prefill; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(c.start + i);
+    be->kv_store(rows_at(kt, c.start, c.prefill), rows_at(vt, c.start, c.prefill), pos, kc, vc);
+    DeviceTensor o1 = rows_at(out, c.start, c.prefill);
+    be->attention(rows_at(qt, c.start, c.prefill), kc, vc, pos, ap, o1);
+    res[0] = fetch(*be, o1);
+    const int64_t last = c.start + c.prefill;
+    const std::vector<int32_t> p1 = {static_cast<int32_t>(last)};
+    be->kv_store(rows_at(kt, last, 1), rows_at(vt, last, 1), p1, kc, vc);
+    DeviceTensor o2 = rows_at(out, last, 1);
+    be->attention(rows_at(qt, last, 1), kc, vc, p1, ap, o2);
+    res[1] = fetch(*be, out);  // with the guard row after the decode row
+    res[2] = fetch(*be, kc);
+  }
+  const std::string name = testing::PrintToString(std::vector<int64_t>{c.n_heads, c.n_kv_heads, c.head_dim, c.start,
+                                                                       c.prefill, c.window});
+  EXPECT_EQ(got[2], want[2]) << "fp16 K cache differs " << name;
+  EXPECT_LT(cuda_rel_rms(got[0], want[0]), 1e-5) << "prefill " << name;
+  EXPECT_LT(cuda_rel_rms(got[1], want[1]), 1e-5) << "decode " << name;
+  for (int64_t i = 0; i < c.n_heads * c.head_dim; ++i)
+    ASSERT_EQ(got[1][static_cast<size_t>(total * c.n_heads * c.head_dim + i)], 0.0f) << "guard row " << name;
+}
+
+TEST(CudaOps, KvStoreAndAttentionPrefillDecode) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  for (const AttnCase& c : {AttnCase{4, 2, 40, 0, 130, 0}, AttnCase{4, 2, 40, 0, 130, 17},
+                            AttnCase{8, 1, 128, 0, 300, 0},    // decode with flash-decoding splits
+                            AttnCase{8, 8, 256, 0, 45, 0},     // the largest head_dim
+                            AttnCase{6, 3, 18, 100, 37, 0},    // prefill over an earlier prefix
+                            AttnCase{6, 3, 18, 100, 37, 64},   // ... with a sliding window
+                            AttnCase{32, 8, 64, 0, 1030, 0},   // Llama-like GQA 4, long
+                            AttnCase{2, 2, 96, 0, 1, 0}})      // a one-token prompt
+    check_attention(cu, c);
+}
+
+TEST(CudaOps, SiluMulAndAdd) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  Backend& cpu = cpu_backend();
+  const int64_t n = 999;
+  const auto g = random_floats(static_cast<size_t>(n), 30, 6.0f), u = random_floats(static_cast<size_t>(n), 31);
+  std::vector<float> want[3], got[3];
+  for (Backend* be : {&cpu, static_cast<Backend*>(cu)}) {
+    auto& res = be == &cpu ? want : got;
+    DeviceTensor gt = be->upload(f32_view(g, {n}), DType::kF32), ut = be->upload(f32_view(u, {n}), DType::kF32);
+    DeviceTensor o = be->alloc(DType::kF32, {n});
+    be->silu_mul(gt, ut, o);
+    res[0] = fetch(*be, o);
+    be->silu_mul(gt, ut, gt);  // in place, as the model calls it
+    res[2] = fetch(*be, gt);
+    be->add(gt, ut);
+    res[1] = fetch(*be, gt);
+  }
+  EXPECT_LT(cuda_rel_rms(got[0], want[0]), 1e-6);
+  EXPECT_LT(cuda_rel_rms(got[2], want[2]), 1e-6);
+  EXPECT_LT(cuda_rel_rms(got[1], want[1]), 1e-6);
+}
+
+// A decode-like step (embedding, norm, linear, rope, kv_store, attention, add) repeated at new
+// positions: from the third step on it replays a CUDA graph; results equal the eager run bit for bit.
+TEST(CudaOps, GraphReplaysEqualEagerRuns) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  const int64_t dim = 64, vocab = 50, heads = 2, head_dim = 32, ctx = 16;
+  const auto table = random_floats(static_cast<size_t>(vocab * dim), 60);
+  const auto w = random_floats(static_cast<size_t>(dim * dim), 61);
+  const auto nw = random_floats(static_cast<size_t>(dim), 62);
+  LinearSource src;
+  src.name = "test.graph";
+  src.in_features = dim;
+  src.out_features = dim;
+  src.dense = f32_view(w, {dim, dim});
+  RopeParams rp;
+  for (int64_t i = 0; i < head_dim / 2; ++i) rp.inv_freq.push_back(std::pow(100.0f, -static_cast<float>(i) / 16));
+  AttentionParams ap{heads, heads, head_dim, 0.2f, 0};
+  auto run = [&](bool graphs) {
+    cu->set_graphs(graphs);
+    const auto before = cu->stats();
+    const DeviceTensor tt = cu->upload(f32_view(table, {vocab, dim}), DType::kF16);
+    const DeviceTensor nt = cu->upload(f32_view(nw, {dim}), DType::kF32);
+    const auto lin = cu->prepare_linear(src);
+    DeviceTensor x = cu->alloc(DType::kF32, {1, dim}), h = cu->alloc(DType::kF32, {1, dim});
+    DeviceTensor o = cu->alloc(DType::kF32, {1, dim});
+    DeviceTensor kc = cu->alloc(DType::kF16, {ctx, dim}), vc = cu->alloc(DType::kF16, {ctx, dim});
+    std::vector<float> all;
+    for (int32_t p = 0; p < 6; ++p) {
+      const std::vector<int32_t> id = {(p * 7) % static_cast<int32_t>(vocab)}, pos = {p};
+      cu->embedding(tt, id, x);
+      cu->rms_norm(x, nt, 1e-5f, dim, h);
+      cu->linear(*lin, h, o);
+      cu->rope(o, head_dim, pos, rp);
+      cu->kv_store(o, h, pos, kc, vc);
+      cu->attention(o, kc, vc, pos, ap, h);
+      cu->add(x, h);
+      const auto step = fetch(*cu, x);
+      all.insert(all.end(), step.begin(), step.end());
+    }
+    const auto after = cu->stats();
+    if (graphs) EXPECT_GE(after.graph_replays - before.graph_replays, 3u);
+    else EXPECT_EQ(after.graph_replays, before.graph_replays);
+    return all;
+  };
+  const auto eager = run(false);
+  const auto graphed = run(true);
+  EXPECT_EQ(graphed, eager);
+}
+
+TEST(CudaOps, OutOfMemoryNamesBytesNeededAndFree) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  try {
+    cu->alloc(DType::kF32, {int64_t{1} << 20, int64_t{1} << 20});  // 4 TiB
+    FAIL() << "expected an out-of-memory error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kOutOfMemory);
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("4398046511104 bytes"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("free"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("[1048576, 1048576]"), std::string::npos) << msg;
+  }
+  // The backend still works afterwards.
+  const auto v = random_floats(8, 70);
+  EXPECT_EQ(fetch(*cu, cu->upload(f32_view(v, {8}), DType::kF32)), v);
+}
+
+TEST(CudaOps, UnsupportedHeadDimIsAnError) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  AttentionParams ap{1, 1, 512, 0.1f, 0};
+  DeviceTensor q = cu->alloc(DType::kF32, {1, 512}), o = cu->alloc(DType::kF32, {1, 512});
+  DeviceTensor kc = cu->alloc(DType::kF16, {4, 512}), vc = cu->alloc(DType::kF16, {4, 512});
+  const std::vector<int32_t> pos = {0};
+  try {
+    cu->attention(q, kc, vc, pos, ap, o);
+    FAIL() << "expected kUnsupported";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("head_dim 512"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace trellis
+
+#endif  // TRELLIS_WITH_CUDA
