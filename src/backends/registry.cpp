@@ -5,8 +5,13 @@
 
 #include "core/error.h"
 
+#include "backends/cpu/tile_encoder.h"
 #if TRELLIS_WITH_CUDA
 #include "backends/cuda/cuda_api.h"
+#if __has_include("backends/cuda/cuda_encode.h")
+#include "backends/cuda/cuda_encode.h"
+#define TRELLIS_HAVE_CUDA_ENCODER 1
+#endif
 #endif
 #if TRELLIS_WITH_VULKAN
 #include "backends/vulkan/vulkan_api.h"
@@ -99,6 +104,33 @@ std::unique_ptr<Backend> make_backend(const std::string& device, size_t threads)
 #endif
   }
   fail(ErrorKind::kInvalidArgument, "unknown device '{}' (expected auto, cpu, cuda[:N] or vulkan[:N])", device);
+}
+
+TileEncodeFn make_tile_encoder(const std::string& device, ThreadPool& pool) {
+  const auto [name, index] = parse_device(device);
+  if (name == "cpu")
+    return [&pool](const uint16_t* x, size_t n, int K, exl3::Codebook cb, uint16_t* states, uint16_t* decoded,
+                   bool estimate) {
+      cpu::encode_tiles(x, n, K, cb, states, decoded, pool,
+                        estimate ? cpu::EncodeMode::kEstimate : cpu::EncodeMode::kExact);
+    };
+#if TRELLIS_HAVE_CUDA_ENCODER
+  if (name == "cuda") {
+    if (!cuda::encoder_available())
+      fail(ErrorKind::kUnsupported, "device '{}': no usable CUDA device for the tile encoder", device);
+    const int dev = index;
+    return [dev](const uint16_t* x, size_t n, int K, exl3::Codebook cb, uint16_t* states, uint16_t* decoded, bool) {
+      cuda::encode_tiles(x, n, K, cb, states, decoded, dev);
+    };
+  }
+#endif
+  fail(ErrorKind::kUnsupported, "device '{}': the tile encoder runs on: cpu{}", device,
+#if TRELLIS_HAVE_CUDA_ENCODER
+       ", cuda[:N]"
+#else
+       ""
+#endif
+  );
 }
 
 }  // namespace trellis

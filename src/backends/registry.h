@@ -6,11 +6,14 @@
 // kUnsupported / kInvalidArgument error naming what is available.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "backends/backend.h"
+#include "core/thread_pool.h"
+#include "exl3/codebook.h"
 
 namespace trellis {
 
@@ -23,5 +26,14 @@ std::vector<DeviceInfo> list_devices();
 
 // The backends compiled into this build, e.g. {"cpu", "cuda", "vulkan"}.
 std::vector<std::string> compiled_backends();
+
+// The quantizer's tile encoder (spec 5.7) on a device: encodes n_tiles tiles of 256 binary16
+// values (trellis order) with K bits, writing states and/or decoded values (either nullable);
+// `estimate`: one unconstrained pass, for scoring only (states not valid to store).
+using TileEncodeFn = std::function<void(const uint16_t* x, size_t n_tiles, int K, exl3::Codebook cb,
+                                        uint16_t* states, uint16_t* decoded, bool estimate)>;
+// "cpu" (SIMD, threads of `pool`) or "cuda[:N]" (bit-identical states). kUnsupported when the
+// device kind has no encoder in this build.
+TileEncodeFn make_tile_encoder(const std::string& device, ThreadPool& pool);
 
 }  // namespace trellis
