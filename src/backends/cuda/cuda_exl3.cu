@@ -1,0 +1,216 @@
+// backends/cuda/cuda_exl3.cu: CudaExl3Linear host side: upload, scratch layout, dispatch between
+// the fused GEMV (m <= 8) and decode + cuBLAS (m > 8). Kernels live in cuda_exl3_gemv.cu and
+// cuda_exl3_transform.cu. No fmt here (nvcc front end); errors go through cuda::raise.
+#include "backends/cuda/cuda_exl3.h"
+
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/cuda_exl3_kernels.cuh"
+#include "backends/cuda/cuda_util.h"
+#include "core/fp16.h"
+
+namespace trellis::cuda {
+namespace {
+
+constexpr size_t kAlign = 256;
+constexpr size_t kWhatBudgetBytes = size_t{64} << 20;  // fp16 Ŵ slice of the prefill path
+constexpr size_t kCublasWorkspaceBytes = size_t{4} << 20;
+constexpr int kMaxGridRows = 65535;
+
+size_t align_up(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+
+[[noreturn]] void bad(const std::string& what) { raise(ErrorKind::kInvalidArgument, "EXL3 linear (CUDA): " + what); }
+
+// One cuBLAS handle per device for all EXL3 layers, with a fixed workspace so that calls can be
+// captured into CUDA graphs. forward() sets the stream on every call: the handle is shared, so
+// concurrent forward() calls from several host threads on one device are not supported.
+cublasHandle_t cublas_for(int device) {
+  static std::mutex mu;
+  static std::array<cublasHandle_t, 64> handles{};
+  std::lock_guard<std::mutex> lock(mu);
+  if (device < 0 || device >= static_cast<int>(handles.size())) bad("device index out of range");
+  if (!handles[device]) {
+    cublasHandle_t h = nullptr;
+    check(cublasCreate(&h), "cublasCreate (EXL3)");
+    void* ws = device_malloc(kCublasWorkspaceBytes, "the EXL3 cuBLAS workspace");
+    check(cublasSetWorkspace(h, ws, kCublasWorkspaceBytes), "cublasSetWorkspace (EXL3)");
+    handles[device] = h;  // lives for the process, like the device context
+  }
+  return handles[device];
+}
+
+std::vector<float> fp16_vector(const void* p, int64_t n) {
+  std::vector<uint16_t> h(static_cast<size_t>(n));
+  std::memcpy(h.data(), p, h.size() * 2);
+  std::vector<float> f(h.size());
+  for (size_t i = 0; i < h.size(); ++i) f[i] = fp16_to_fp32(h[i]);
+  return f;
+}
+
+float* upload_floats(const std::vector<float>& v, cudaStream_t stream, const char* what) {
+  auto* d = static_cast<float*>(device_malloc(v.size() * sizeof(float), what));
+  // Pageable source: returns once the data is staged, so `v` may die right after.
+  check(cudaMemcpyAsync(d, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice, stream), what);
+  return d;
+}
+
+}  // namespace
+
+std::unique_ptr<CudaExl3Linear> CudaExl3Linear::create(const exl3::Exl3LinearView& view,
+                                                       std::optional<TensorView> bias, cudaStream_t stream) {
+  return create(view, bias, view.k, view.n, stream);
+}
+
+std::unique_ptr<CudaExl3Linear> CudaExl3Linear::create(const exl3::Exl3LinearView& view,
+                                                       std::optional<TensorView> bias, int64_t in_features,
+                                                       int64_t out_features, cudaStream_t stream) {
+  const std::string shape = std::to_string(view.k) + " x " + std::to_string(view.n);
+  if (view.k <= 0 || view.n <= 0 || view.k % 128 != 0 || view.n % 128 != 0)
+    bad("shape " + shape + " is not a positive multiple of 128 (spec 2.4)");
+  if (view.K < 1 || view.K > 8) bad("K = " + std::to_string(view.K) + "; expected 1..8");
+  if (static_cast<int>(view.codebook) > 2) bad("unknown codebook id " + std::to_string(static_cast<int>(view.codebook)));
+  if (!view.trellis || !view.suh || !view.svh) bad("trellis, suh and svh are required");
+  if (in_features <= 0 || in_features > view.k || out_features <= 0 || out_features > view.n)
+    bad("real size " + std::to_string(in_features) + " x " + std::to_string(out_features) + " does not fit padded " +
+        shape);
+  if (view.k / 16 > (int64_t{1} << 30) / 16 || view.n > (int64_t{1} << 24))
+    bad("shape " + shape + " is too large for the CUDA kernels");
+
+  std::unique_ptr<CudaExl3Linear> l(new CudaExl3Linear());
+  check(cudaGetDevice(&l->device_), "cudaGetDevice");
+  l->k_ = view.k;
+  l->n_ = view.n;
+  l->in_features_ = in_features;
+  l->out_features_ = out_features;
+  l->K_ = view.K;
+  l->codebook_ = view.codebook;
+
+  std::vector<float> b;
+  if (bias) {
+    if (bias->numel() < out_features)
+      bad("bias has " + std::to_string(bias->numel()) + " elements, expected " + std::to_string(out_features));
+    b.resize(static_cast<size_t>(out_features));
+    for (size_t i = 0; i < b.size(); ++i) {
+      if (bias->dtype == DType::kF32) {
+        std::memcpy(&b[i], bias->data + 4 * i, 4);
+      } else if (bias->dtype == DType::kF16 || bias->dtype == DType::kBF16) {
+        uint16_t h;
+        std::memcpy(&h, bias->data + 2 * i, 2);
+        b[i] = bias->dtype == DType::kF16 ? fp16_to_fp32(h) : bf16_to_fp32(h);
+      } else {
+        bad("bias dtype " + std::string(dtype_name(bias->dtype)) + " (expected F16, BF16 or F32)");
+      }
+    }
+  } else if (view.bias) {
+    b = fp16_vector(view.bias, out_features);
+  }
+
+  const size_t tbytes = static_cast<size_t>(view.k / 16) * static_cast<size_t>(view.n / 16) * 32 * view.K;
+  l->trellis_ = static_cast<uint32_t*>(device_malloc(tbytes, "an EXL3 trellis"));
+  check(cudaMemcpyAsync(l->trellis_, view.trellis, tbytes, cudaMemcpyHostToDevice, stream), "uploading an EXL3 trellis");
+  l->suh_ = upload_floats(fp16_vector(view.suh, view.k), stream, "EXL3 suh");
+  l->svh_ = upload_floats(fp16_vector(view.svh, view.n), stream, "EXL3 svh");
+  if (!b.empty()) l->bias_ = upload_floats(b, stream, "EXL3 bias");
+
+  // Split k until the grid has about three blocks per SM (the kernel keeps 2-3 resident).
+  int sms = 1;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, l->device_), "cudaDeviceGetAttribute");
+  const int64_t groups = view.n / 16 / exl3k::gemv_tiles(view.K);
+  const int64_t k_tiles = view.k / 16;
+  int64_t splits = (3 * static_cast<int64_t>(sms) + groups - 1) / groups;
+  splits = std::min<int64_t>({splits, kMaxGemvSplits, std::max<int64_t>(1, k_tiles / (2 * exl3k::kGemvWarps))});
+  l->gemv_splits_ = static_cast<int>(std::max<int64_t>(1, splits));
+  return l;
+}
+
+CudaExl3Linear::~CudaExl3Linear() {
+  cudaFree(trellis_);
+  cudaFree(suh_);
+  cudaFree(svh_);
+  cudaFree(bias_);
+}
+
+uint64_t CudaExl3Linear::device_bytes() const {
+  const uint64_t t = static_cast<uint64_t>(k_ / 16) * static_cast<uint64_t>(n_ / 16) * 32 * K_;
+  return t + static_cast<uint64_t>(k_ + n_) * 4 + (bias_ ? static_cast<uint64_t>(out_features_) * 4 : 0);
+}
+
+const char* CudaExl3Linear::gemv_variant_name() const { return exl3k::gemv_name(K_, static_cast<int>(codebook_)); }
+
+void CudaExl3Linear::set_gemv_splits(int splits) { gemv_splits_ = std::clamp(splits, 1, kMaxGemvSplits); }
+
+int64_t CudaExl3Linear::gemm_slice_cols() const {
+  const int64_t budget = static_cast<int64_t>(kWhatBudgetBytes / 2) / k_ / 128 * 128;
+  return std::clamp<int64_t>(budget, 128, n_);
+}
+
+CudaExl3Linear::ScratchLayout CudaExl3Linear::layout(int64_t m) const {
+  ScratchLayout s;
+  s.act = align_up(static_cast<size_t>(m * k_) * 4);  // fp16 hi + lo per element
+  const bool gemv = m <= kExl3GemvMaxRows;
+  s.part = align_up(static_cast<size_t>(m * n_) * 4 * (gemv ? gemv_splits_ : 2));
+  s.what = gemv ? 0 : align_up(static_cast<size_t>(k_ * gemm_slice_cols()) * 2);
+  s.total = s.act + s.part + s.what;
+  return s;
+}
+
+size_t CudaExl3Linear::scratch_bytes(int64_t m) const { return m <= 0 ? 0 : layout(m).total; }
+
+void CudaExl3Linear::product(int64_t m, cudaStream_t stream, std::byte* scratch, const ScratchLayout& s) const {
+  const auto* xa = reinterpret_cast<const uint16_t*>(scratch);
+  auto* part = reinterpret_cast<float*>(scratch + s.act);
+  const int cb = static_cast<int>(codebook_);
+  if (m <= kExl3GemvMaxRows) {
+    exl3k::gemv(K_, cb, trellis_, xa, m, k_, n_, gemv_splits_, part, stream);
+    return;
+  }
+  auto* what = reinterpret_cast<uint16_t*>(scratch + s.act + s.part);
+  cublasHandle_t h = cublas_for(device_);
+  check(cublasSetStream(h, stream), "cublasSetStream (EXL3)");
+  const float one = 1.0f, zero = 0.0f;
+  const int64_t slice = gemm_slice_cols();
+  for (int64_t c0 = 0; c0 < n_; c0 += slice) {
+    const int64_t cols = std::min(slice, n_ - c0);
+    exl3k::decode(K_, cb, trellis_, k_, n_, c0, cols, what, stream);
+    // Column-major view: part[2m, n]ᵀ (n x 2m) = Ŵ slice ᵀ (cols x k, lda cols) · xaᵀ (k x 2m).
+    check(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(2 * m),
+                       static_cast<int>(k_), &one, what, CUDA_R_16F, static_cast<int>(cols), xa, CUDA_R_16F,
+                       static_cast<int>(k_), &zero, part + c0, CUDA_R_32F, static_cast<int>(n_), CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT),
+          "EXL3 prefill GEMM (cublasGemmEx)");
+  }
+}
+
+void CudaExl3Linear::forward(const float* x, int64_t m, float* y, cudaStream_t stream, void* scratch) const {
+  if (m == 0) return;
+  if (m < 0 || m > kMaxGridRows) bad("m = " + std::to_string(m) + " (expected 0.." + std::to_string(kMaxGridRows) + ")");
+  if (!x || !y || !scratch) bad("null input, output or scratch");
+  const ScratchLayout s = layout(m);
+  auto* sc = static_cast<std::byte*>(scratch);
+  auto* xa = reinterpret_cast<uint16_t*>(sc);
+  const bool gemv = m <= kExl3GemvMaxRows;
+  exl3k::hadamard_in(x, m, in_features_, k_, suh_, xa,
+                     gemv ? exl3k::ActLayout::kGemvFragments : exl3k::ActLayout::kGemmRows, stream);
+  product(m, stream, sc, s);
+  // GEMV: one [m, n] partial per k-split; GEMM: the hi rows then the lo rows of [2m, n].
+  exl3k::hadamard_out(reinterpret_cast<const float*>(sc + s.act), gemv ? gemv_splits_ : 2, m * n_, m, n_,
+                      out_features_, svh_, bias_, y, stream);
+}
+
+void CudaExl3Linear::product_only(int64_t m, cudaStream_t stream, void* scratch) const {
+  if (m <= 0 || m > kMaxGridRows) bad("m = " + std::to_string(m) + " out of range");
+  product(m, stream, static_cast<std::byte*>(scratch), layout(m));
+}
+
+void CudaExl3Linear::decode_what(uint16_t* what, cudaStream_t stream) const {
+  exl3k::decode(K_, static_cast<int>(codebook_), trellis_, k_, n_, 0, n_, what, stream);
+}
+
+}  // namespace trellis::cuda

@@ -1,0 +1,99 @@
+// backends/cuda/cuda_exl3.h: one EXL3 linear layer on a CUDA device (spec 4.4 dataflow).
+//
+// Goals: decode (m <= kExl3GemvMaxRows) that streams the trellis once from HBM with the integer
+// decode work kept under the memory time; prefill (larger m) through an exact fp16 Ŵ and cuBLAS;
+// every K = 1..8 and codebook; fp32 activations in and out with fp32-level accuracy (activations
+// enter the fp16 tensor cores as a hi + lo pair of fp16 halves); deterministic results; no
+// allocation and no host sync in forward() (it can be captured into a CUDA graph).
+// Non-goals: ExLlamaV3's fp16-activation numerics bit for bit (spec 4.5: the product is not
+// reproducible anyway), multi-GPU splits, fused gate/up or MoE variants.
+//
+// Dataflow per call (scratch regions in brackets):
+//   xa = H(x ⊙ suh)·r as fp16 hi/lo                       [act]   exl3_hadamard_in
+//   m <= 8:  z_s = xa · Ŵ over k-range s, s < splits         [part]  exl3_gemv_k<K>_<cb>
+//   m > 8:   Ŵ slice -> fp16 [what]; cublasGemmEx            [part]  exl3_decode_k<K>_<cb>
+//   y = H(Σ z)·r ⊙ svh + bias, padded columns dropped                exl3_hadamard_out
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+
+#include "core/tensor.h"
+#include "exl3/linear.h"
+
+namespace trellis::cuda {
+
+// Rows up to which forward() runs the fused GEMV; larger batches decode Ŵ and call cuBLAS.
+inline constexpr int64_t kExl3GemvMaxRows = 8;
+
+class CudaExl3Linear {
+ public:
+  // Uploads trellis, suh, svh and the bias of one EXL3 linear to the current device, enqueued on
+  // `stream` (the caller synchronizes before freeing the host data). `view` holds padded k, n
+  // (positive multiples of 128), K 1..8 and the codebook; its pointers may be unaligned host
+  // pointers into a safetensors mapping. `bias` (fp16/bf16/fp32, at least out_features elements)
+  // overrides view.bias when given. in_features <= k and out_features <= n are the real sizes:
+  // x rows have in_features elements (zero-extended to k), y rows out_features (padding dropped).
+  // Bad shapes, K or codebook: trellis::Error kInvalidArgument; no memory: kOutOfMemory.
+  static std::unique_ptr<CudaExl3Linear> create(const exl3::Exl3LinearView& view, std::optional<TensorView> bias,
+                                                int64_t in_features, int64_t out_features, cudaStream_t stream);
+  // Same with in_features = view.k and out_features = view.n (unpadded layers).
+  static std::unique_ptr<CudaExl3Linear> create(const exl3::Exl3LinearView& view, std::optional<TensorView> bias,
+                                                cudaStream_t stream);
+  ~CudaExl3Linear();
+  CudaExl3Linear(const CudaExl3Linear&) = delete;
+  CudaExl3Linear& operator=(const CudaExl3Linear&) = delete;
+
+  // y [m, out_features] = x [m, in_features] · Wᵀ (+ bias), x and y device fp32 row-major
+  // (leading dimensions in_features and out_features, 4-byte aligned, y must not alias x).
+  // `scratch` is a device buffer of scratch_bytes(m) bytes, 256-byte aligned, not shared with a
+  // concurrent call. Only enqueues on `stream`; m == 0 is a no-op.
+  void forward(const float* x, int64_t m, float* y, cudaStream_t stream, void* scratch) const;
+  size_t scratch_bytes(int64_t m) const;
+  // Device memory held by this layer (trellis + channel vectors + bias).
+  uint64_t device_bytes() const;
+
+  int64_t k() const { return k_; }
+  int64_t n() const { return n_; }
+  int K() const { return K_; }
+  exl3::Codebook codebook() const { return codebook_; }
+  // "exl3_gemv_k<K>_<cb>": the fused kernel forward() runs for m <= kExl3GemvMaxRows.
+  const char* gemv_variant_name() const;
+
+  // ---- test and benchmark hooks ----
+  // Decodes Ŵ (k x n, row-major binary16, exact as exl3::decode_what) into device memory `what`.
+  void decode_what(uint16_t* what, cudaStream_t stream) const;
+  // k-range splits of the GEMV (chosen at create() from the shape and the SM count); tests set
+  // other values (1..kMaxGemvSplits) to cover the partial-sum path.
+  static constexpr int kMaxGemvSplits = 32;
+  int gemv_splits() const { return gemv_splits_; }
+  void set_gemv_splits(int splits);
+  // Only the product stage of forward() (GEMV kernel, or decode + cuBLAS), on whatever the
+  // activation region of `scratch` holds: what the GEMV benchmark times next to cuBLAS.
+  void product_only(int64_t m, cudaStream_t stream, void* scratch) const;
+
+ private:
+  CudaExl3Linear() = default;
+  struct ScratchLayout {
+    size_t act = 0, part = 0, what = 0, total = 0;
+  };
+  ScratchLayout layout(int64_t m) const;
+  int64_t gemm_slice_cols() const;
+  void product(int64_t m, cudaStream_t stream, std::byte* scratch, const ScratchLayout& s) const;
+
+  int device_ = 0;
+  int64_t k_ = 0, n_ = 0, in_features_ = 0, out_features_ = 0;
+  int K_ = 0;
+  exl3::Codebook codebook_ = exl3::Codebook::k3Inst;
+  int gemv_splits_ = 1;
+  uint32_t* trellis_ = nullptr;  // [k/16][n/16][8K] uint32, file order
+  float* suh_ = nullptr;         // [k]
+  float* svh_ = nullptr;         // [n]
+  float* bias_ = nullptr;        // [out_features] or null
+};
+
+}  // namespace trellis::cuda

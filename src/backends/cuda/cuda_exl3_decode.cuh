@@ -1,0 +1,119 @@
+// backends/cuda/cuda_exl3_decode.cuh: device functions that turn packed EXL3 tiles into fp16
+// values, one warp per tile, lane t owning trellis steps 8t .. 8t+7 (spec 2.7-2.9, 3).
+//
+// Why this shape: steps 8t+0..3 of a tile are exactly lane t's mma.m16n8k16 B fragment for tile
+// columns 0-7 and steps 8t+4..7 the one for columns 8-15 (spec 2.7), so a lane decodes straight
+// into fragments with no data exchange. The 8 windows of a lane cover 16 + 7K consecutive bits of
+// the tile's MSB-first bitstream; we read the (at most three) 32-bit words holding them once,
+// funnel-shift them so the lane's first window starts at bit 31 of a0 ("normalised"), and then
+// every window sits at a compile-time position of the 64-bit a0:a1. K <= 6 fits all 8 windows in
+// 64 bits (16 + 7·6 = 58); K = 7, 8 use two groups of 4 (16 + 3·8 = 40).
+//
+// Values are bit-exact with exl3::decode_state: 3INST/MCG add the two fp16 halves with one
+// f16x2 add (two weights per instruction), MUL1 forms 0x6400 + bytesum with dp4a and runs one
+// f16x2 FMA (spec 3.6).
+#pragma once
+
+#include <cstdint>
+
+namespace trellis::cuda::exl3k {
+
+// Bit offset inside its first word of the first window of a group (steps 8t + j0 ...), maximised
+// over the 32 lanes: decides at compile time whether a third word is needed.
+constexpr int max_group_offset(int K, int j0) {
+  int mx = 0;
+  for (int t = 0; t < 32; ++t) {
+    const int off = ((8 * t + j0 + 1) * K - 16 + 256 * K) % 32;
+    mx = off > mx ? off : mx;
+  }
+  return mx;
+}
+
+template <int K>
+__device__ __forceinline__ int wrap_word(int i) {
+  return i >= 8 * K ? i - 8 * K : i;
+}
+
+// States of steps 8·lane + J0 .. 8·lane + J0 + GS - 1 of the tile whose 8K words start at `tw`.
+template <int K, int J0, int GS, typename Ptr>
+__device__ __forceinline__ void group_states(Ptr tw, int lane, uint32_t* s) {
+  constexpr int kSpan = 16 + (GS - 1) * K;
+  static_assert(kSpan <= 64, "a group of windows must fit in 64 bits");
+  int start = (8 * lane + J0 + 1) * K - 16;  // first bit of the first window (cyclic)
+  if (start < 0) start += 256 * K;
+  const int w = start >> 5, off = start & 31;
+  const uint32_t w0 = tw[w];
+  const uint32_t w1 = tw[wrap_word<K>(w + 1)];
+  const uint32_t a0 = __funnelshift_l(w1, w0, off);  // stream bits [start, start + 32)
+  uint32_t a1 = 0;                                   // stream bits [start + 32, start + 64)
+  if constexpr (kSpan > 32) {
+    uint32_t w2 = 0;
+    if constexpr (max_group_offset(K, J0) + kSpan > 64) w2 = tw[wrap_word<K>(w + 2)];
+    a1 = __funnelshift_l(w2, w1, off);
+  }
+#pragma unroll
+  for (int j = 0; j < GS; ++j) {
+    const int p = j * K;  // window = bits [p, p + 16) of a0:a1
+    uint32_t v;
+    if (p + 16 <= 32)
+      v = a0 >> (16 - p);
+    else if (p >= 32)
+      v = a1 >> (48 - p);
+    else
+      v = __funnelshift_r(a1, a0, 48 - p);
+    s[j] = v & 0xFFFFu;
+  }
+}
+
+// The 8 states of lane `lane`, in step order.
+template <int K, typename Ptr>
+__device__ __forceinline__ void lane_states(Ptr tw, int lane, uint32_t s[8]) {
+  if constexpr (K <= 6) {
+    group_states<K, 0, 8>(tw, lane, s);
+  } else {
+    group_states<K, 0, 4>(tw, lane, s);
+    group_states<K, 4, 4>(tw, lane, s + 4);
+  }
+}
+
+__device__ __forceinline__ uint32_t hadd2_bits(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("add.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+
+__device__ __forceinline__ uint32_t hfma2_bits(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+// Two decoded weights as f16x2 bits (s0's value in the low half), codebook id CB (spec 2.10).
+template <int CB>
+__device__ __forceinline__ uint32_t decode_pair(uint32_t s0, uint32_t s1) {
+  if constexpr (CB == 2) {
+    // MUL1: h = 0x6400 + bytesum(s · 0x83DCD12D) is fp16 1024 + S; value = fma(h, k_inv, k_bias).
+    const uint32_t h0 = __dp4a(s0 * 0x83DCD12Du, 0x01010101u, 0x6400u);
+    const uint32_t h1 = __dp4a(s1 * 0x83DCD12Du, 0x01010101u, 0x6400u);
+    return hfma2_bits(h0 | (h1 << 16), 0x1EEE1EEEu, 0xC931C931u);
+  } else {
+    // 3INST (CB 0) / MCG (CB 1): y = (x & 0x8FFF8FFF) ^ 0x3B603B60 (one lop3), value = lo + hi.
+    const uint32_t x0 = CB == 0 ? s0 * 89226354u + 64248484u : s0 * 0xCBAC1FEDu;
+    const uint32_t x1 = CB == 0 ? s1 * 89226354u + 64248484u : s1 * 0xCBAC1FEDu;
+    const uint32_t y0 = (x0 & 0x8FFF8FFFu) ^ 0x3B603B60u;
+    const uint32_t y1 = (x1 & 0x8FFF8FFFu) ^ 0x3B603B60u;
+    return hadd2_bits(__byte_perm(y0, y1, 0x5410), __byte_perm(y0, y1, 0x7632));
+  }
+}
+
+// Lane `lane`'s 8 weights as 4 f16x2 words: {steps 0,1}, {2,3}, {4,5}, {6,7} of its 8 steps, i.e.
+// B fragments {b0, b1} for tile columns 0-7 and {b2, b3} for columns 8-15.
+template <int K, int CB, typename Ptr>
+__device__ __forceinline__ void decode_lane(Ptr tw, int lane, uint32_t b[4]) {
+  uint32_t s[8];
+  lane_states<K>(tw, lane, s);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) b[i] = decode_pair<CB>(s[2 * i], s[2 * i + 1]);
+}
+
+}  // namespace trellis::cuda::exl3k

@@ -1,0 +1,228 @@
+// backends/cuda/cuda_exl3_gemv.cu: the fused EXL3 GEMV (exl3_gemv_k<K>_<cb>) and the Ŵ decode
+// for the prefill path (exl3_decode_k<K>_<cb>); 24 variants each, one table per kernel.
+//
+// GEMV contract: z_s [m, n] fp32 for k-split s = Σ over the split's 16-row k-slabs of xa · Ŵ,
+// m in 1..8, xa in the fragment layout of cuda_exl3_kernels.cuh. Grid (n/16/G column groups of
+// G tiles, splits), 8 warps per block; warp w takes the slabs tk0 + w, tk0 + w + 8, ... of its
+// split. Deterministic: fixed slab-to-warp assignment, fixed-order reductions.
+//
+// Why it is memory-bound (the Hopper question, spec 6.8, perf/h100-anchors.md):
+// * Every trellis byte is read once, with 16-byte cp.async copies (L1 bypassed) of whole
+//   contiguous slabs (G tiles of one k-slab are adjacent in the file), into a 4-stage per-warp
+//   shared-memory ring: 3 slabs (1.5-4.5 KB) per warp, ~50 KB per SM in flight, enough to cover
+//   HBM latency at 3 TB/s without spending registers on prefetch.
+// * The dot products cost nothing on the integer/FP pipes: lanes decode straight into the
+//   mma.m16n8k16 B fragments (spec 2.7) and one MMA covers 128 weights for all 8 batch rows. The
+//   16 MMA rows carry fp16 hi (rows 0-7) and lo (rows 8-15) parts of the activations, so the
+//   otherwise idle rows buy fp32-level accuracy for free.
+// * What is left per weight is the decode itself: ~2 ops to cut a 16-bit window out of the
+//   normalised 64-bit lane word (one funnel shift + mask, fewer where byte-aligned), one IMAD,
+//   and per pair of weights lop3 x2 + prmt x2 + one f16x2 add (3INST/MCG) or dp4a x2 + one f16x2
+//   FMA (MUL1). At ~3.5 ALU-pipe ops per weight an H100 SM decodes ~18 weights per clock, which
+//   covers HBM bandwidth from K ~ 4 up; below that the kernel is integer-bound by construction.
+// * Split-k over blocks when n alone gives too few blocks; partial sums go to scratch and are
+//   summed in fixed order by the output transform.
+#include <cuda_fp16.h>
+
+#include <array>
+#include <string>
+#include <utility>
+
+#include "backends/cuda/cuda_exl3_decode.cuh"
+#include "backends/cuda/cuda_exl3_kernels.cuh"
+#include "backends/cuda/cuda_util.h"
+
+namespace trellis::cuda::exl3k {
+namespace {
+
+constexpr int kStages = 4;  // per-warp ring depth (slabs)
+constexpr int kActBytesMax = 8 * 64;
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void mma16816(float c[4], const uint4& a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
+}
+
+template <int K, int CB>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    gemv_kernel(const uint32_t* __restrict__ trellis, const uint16_t* __restrict__ xa, int m, int k_tiles, int n_tiles,
+                int splits, float* __restrict__ z) {
+  constexpr int G = gemv_tiles(K);
+  constexpr int kTileBytes = 32 * K;
+  constexpr int kChunksT = 2 * K * G;  // 16-byte chunks of trellis per slab
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int group = blockIdx.x, split = blockIdx.y;
+  const int chunks = kChunksT + 4 * m;
+  const int stage_bytes = chunks * 16;
+  unsigned char* ring = smem + warp * kStages * stage_bytes;
+
+  const int per = (k_tiles + splits - 1) / splits;
+  const int tk0 = split * per, tk1 = min(k_tiles, tk0 + per);
+  const int first = tk0 + warp;
+  const int iters = first < tk1 ? (tk1 - first + kGemvWarps - 1) / kGemvWarps : 0;
+
+  auto issue = [&](int it) {
+    if (it < iters) {
+      const int tk = first + it * kGemvWarps;
+      const char* src_t =
+          reinterpret_cast<const char*>(trellis) + (static_cast<size_t>(tk) * n_tiles + static_cast<size_t>(group) * G) * kTileBytes;
+      const char* src_a = reinterpret_cast<const char*>(xa) + static_cast<size_t>(tk) * m * 64;
+      unsigned char* dst = ring + (it % kStages) * stage_bytes;
+      for (int c = lane; c < chunks; c += 32)
+        cp_async16(dst + c * 16, c < kChunksT ? src_t + c * 16 : src_a + (c - kChunksT) * 16);
+    }
+    cp_async_commit();  // possibly empty: keeps the group count uniform
+  };
+
+  float acc[G][2][4];
+#pragma unroll
+  for (int i = 0; i < G; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][h][e] = 0.0f;
+
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) issue(s);
+  for (int it = 0; it < iters; ++it) {
+    issue(it + kStages - 1);
+    cp_async_wait<kStages - 1>();
+    __syncwarp();
+    const unsigned char* st = ring + (it % kStages) * stage_bytes;
+    uint4 a = make_uint4(0, 0, 0, 0);
+    if (g < m) a = *reinterpret_cast<const uint4*>(st + kChunksT * 16 + (g * 4 + q) * 16);
+    const uint32_t* tw = reinterpret_cast<const uint32_t*>(st);
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      uint32_t b[4];
+      decode_lane<K, CB>(tw + i * 8 * K, lane, b);
+      mma16816(acc[i][0], a, b[0], b[1]);
+      mma16816(acc[i][1], a, b[2], b[3]);
+    }
+    __syncwarp();  // every lane is done with this slot before it is refilled
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Rows 0-7 of D are the hi products, rows 8-15 the lo products of the same batch rows.
+  constexpr int kCols = 16 * G;
+  float* red = reinterpret_cast<float*>(smem);  // [warps][m][kCols]
+  if (g < m) {
+#pragma unroll
+    for (int i = 0; i < G; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float* r = red + (warp * m + g) * kCols + 16 * i + 8 * h + 2 * q;
+        r[0] = acc[i][h][0] + acc[i][h][2];
+        r[1] = acc[i][h][1] + acc[i][h][3];
+      }
+  }
+  __syncthreads();
+  const int64_t n = static_cast<int64_t>(n_tiles) * 16;
+  for (int idx = threadIdx.x; idx < m * kCols; idx += blockDim.x) {
+    const int row = idx / kCols, col = idx % kCols;
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kGemvWarps; ++w) sum += red[(w * m + row) * kCols + col];
+    z[(static_cast<int64_t>(split) * m + row) * n + static_cast<int64_t>(group) * kCols + col] = sum;
+  }
+}
+
+// One block per 16-row x 128-column strip of Ŵ (8 tiles, one warp each): decode into a shared
+// row-major strip, then 16-byte coalesced stores.
+template <int K, int CB>
+__global__ void __launch_bounds__(256) decode_kernel(const uint32_t* __restrict__ trellis, int n_tiles, int tn0, int cols,
+                                                     uint16_t* __restrict__ what) {
+  constexpr int kPitch = 128 + 8;  // halves; keeps 16-byte row alignment, staggers banks
+  __shared__ __align__(16) uint16_t strip[16 * kPitch];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tk = blockIdx.y, tn = tn0 + blockIdx.x * 8 + warp;
+  const uint32_t* tw = trellis + (static_cast<size_t>(tk) * n_tiles + tn) * (8 * K);
+  uint32_t b[4];
+  decode_lane<K, CB>(tw, lane, b);
+  const int r0 = 2 * (lane & 3), c0 = lane >> 2;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int row = r0 + (j & 1) + ((j & 2) ? 8 : 0), col = c0 + ((j & 4) ? 8 : 0);
+    const uint32_t word = b[j >> 1];
+    strip[row * kPitch + warp * 16 + col] = static_cast<uint16_t>((j & 1) ? word >> 16 : word & 0xFFFFu);
+  }
+  __syncthreads();
+  const int row = threadIdx.x >> 4, chunk = threadIdx.x & 15;  // 16 rows x 16 chunks of 8 halves
+  const uint4 v = *reinterpret_cast<const uint4*>(strip + row * kPitch + chunk * 8);
+  *reinterpret_cast<uint4*>(what + (static_cast<size_t>(tk) * 16 + row) * cols + blockIdx.x * 128 + chunk * 8) = v;
+}
+
+using GemvFn = void (*)(const uint32_t*, const uint16_t*, int, int, int, int, float*);
+using DecodeFn = void (*)(const uint32_t*, int, int, int, uint16_t*);
+
+template <int CB, int... Ks>
+constexpr auto gemv_row(std::integer_sequence<int, Ks...>) {
+  return std::array<GemvFn, 8>{&gemv_kernel<Ks + 1, CB>...};
+}
+template <int CB, int... Ks>
+constexpr auto decode_row(std::integer_sequence<int, Ks...>) {
+  return std::array<DecodeFn, 8>{&decode_kernel<Ks + 1, CB>...};
+}
+
+const std::array<std::array<GemvFn, 8>, 3> kGemvTable = {gemv_row<0>(std::make_integer_sequence<int, 8>{}),
+                                                         gemv_row<1>(std::make_integer_sequence<int, 8>{}),
+                                                         gemv_row<2>(std::make_integer_sequence<int, 8>{})};
+const std::array<std::array<DecodeFn, 8>, 3> kDecodeTable = {decode_row<0>(std::make_integer_sequence<int, 8>{}),
+                                                             decode_row<1>(std::make_integer_sequence<int, 8>{}),
+                                                             decode_row<2>(std::make_integer_sequence<int, 8>{})};
+
+const char* const kCbNames[3] = {"3inst", "mcg", "mul1"};
+
+}  // namespace
+
+size_t gemv_smem_bytes(int K, int64_t m) {
+  const size_t ring = static_cast<size_t>(kGemvWarps) * kStages * (2 * K * gemv_tiles(K) + 4 * m) * 16;
+  const size_t red = static_cast<size_t>(kGemvWarps) * m * 16 * gemv_tiles(K) * sizeof(float);
+  return ring > red ? ring : red;
+}
+
+const char* gemv_name(int K, int codebook) {
+  static const auto names = [] {
+    std::array<std::array<std::string, 8>, 3> n;
+    for (int cb = 0; cb < 3; ++cb)
+      for (int k = 1; k <= 8; ++k) n[cb][k - 1] = "exl3_gemv_k" + std::to_string(k) + "_" + kCbNames[cb];
+    return n;
+  }();
+  return names[codebook][K - 1].c_str();
+}
+
+void gemv(int K, int codebook, const uint32_t* trellis, const uint16_t* xa, int64_t m, int64_t k, int64_t n,
+          int splits, float* z, cudaStream_t stream) {
+  const int G = gemv_tiles(K);
+  const dim3 grid(static_cast<unsigned>(n / 16 / G), static_cast<unsigned>(splits));
+  static_assert(kActBytesMax == 512, "8 rows of 64 bytes");
+  kGemvTable[codebook][K - 1]<<<grid, kGemvWarps * 32, gemv_smem_bytes(K, m), stream>>>(
+      trellis, xa, static_cast<int>(m), static_cast<int>(k / 16), static_cast<int>(n / 16), splits, z);
+  check_launch(gemv_name(K, codebook));
+}
+
+void decode(int K, int codebook, const uint32_t* trellis, int64_t k, int64_t n, int64_t col0, int64_t cols,
+            uint16_t* what, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(cols / 128), static_cast<unsigned>(k / 16));
+  kDecodeTable[codebook][K - 1]<<<grid, 256, 0, stream>>>(trellis, static_cast<int>(n / 16),
+                                                          static_cast<int>(col0 / 16), static_cast<int>(cols), what);
+  check_launch("exl3_decode");
+}
+
+}  // namespace trellis::cuda::exl3k

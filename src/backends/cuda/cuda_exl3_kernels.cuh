@@ -1,0 +1,46 @@
+// backends/cuda/cuda_exl3_kernels.cuh: launchers of the EXL3 kernels (cuda_exl3_gemv.cu,
+// cuda_exl3_transform.cu), used by CudaExl3Linear (cuda_exl3.cu). Every pointer is a device
+// pointer; launchers only enqueue on `stream` and raise trellis::Error on a launch error.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace trellis::cuda::exl3k {
+
+// Warps per GEMV block; each warp owns a strided share of the block's k range.
+inline constexpr int kGemvWarps = 8;
+// Tiles (16 output columns each) per GEMV block, by K: enough that one k-slab of the block's
+// tiles is >= 256 bytes of trellis (a whole warp's 16-byte copies) without too many accumulators.
+constexpr int gemv_tiles(int K) { return K <= 2 ? 8 : 4; }
+
+// Activation layout for the GEMV (the mma.m16n8k16 A fragments, hi rows 0-7 and lo rows 8-15):
+// for k-slab tk (16 inputs), row r < m and quad q < 4, 16 bytes at ((tk·m + r)·4 + q)·16 hold
+// fp16 {hi, lo, hi, lo} pairs of elements 2q, 2q+1 (first two words) and 2q+8, 2q+9 (last two).
+// The GEMM layout is plain row-major fp16 [2m, k]: rows 0..m-1 hi, rows m..2m-1 lo.
+enum class ActLayout { kGemvFragments, kGemmRows };
+
+// xa = fp16 hi/lo of (H128(x ⊙ suh) · r) per 128-block, x [m, in_features] fp32 zero-extended to
+// k; fp32 butterflies in the order of spec 4.4 step 1. xa needs m·k·4 bytes.
+void hadamard_in(const float* x, int64_t m, int64_t in_features, int64_t k, const float* suh, uint16_t* xa,
+                 ActLayout layout, cudaStream_t stream);
+
+// y [m, out_features] = (H128(Σ_p z_p) · r) ⊙ svh (+ bias), z_p = z + p·part_stride, each
+// [m, n] fp32, summed in order p = 0..parts-1.
+void hadamard_out(const float* z, int parts, int64_t part_stride, int64_t m, int64_t n, int64_t out_features,
+                  const float* svh, const float* bias, float* y, cudaStream_t stream);
+
+// z_s [m, n] (z + s·m·n, s < splits) = Σ over k-slabs of split s of xa · Ŵ; m in 1..8,
+// n/16 a multiple of gemv_tiles(K), k/16 >= 1. Dynamic shared memory gemv_smem_bytes(K, m).
+void gemv(int K, int codebook, const uint32_t* trellis, const uint16_t* xa, int64_t m, int64_t k, int64_t n,
+          int splits, float* z, cudaStream_t stream);
+size_t gemv_smem_bytes(int K, int64_t m);
+const char* gemv_name(int K, int codebook);
+
+// what [k, cols] fp16 row-major = Ŵ[:, col0 .. col0+cols), exact (spec 4.3 steps 1-4); col0 and
+// cols multiples of 128, n the full width.
+void decode(int K, int codebook, const uint32_t* trellis, int64_t k, int64_t n, int64_t col0, int64_t cols,
+            uint16_t* what, cudaStream_t stream);
+
+}  // namespace trellis::cuda::exl3k

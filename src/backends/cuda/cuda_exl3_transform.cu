@@ -1,0 +1,113 @@
+// backends/cuda/cuda_exl3_transform.cu: the input and output Hadamard transforms of the EXL3
+// linear (exl3_hadamard_in / exl3_hadamard_out, spec 4.4 steps 1 and 3), fp32 throughout.
+//
+// One warp per (row, 128-block): lane t holds elements 4t .. 4t+3, a lane-local 4-point stage
+// then shuffles over lane bits 1, 2, 4, 8, 16 (the butterfly order of spec 4.4, as
+// exl3::fwht128). These kernels move m·(k + n) values, negligible next to the k·n/8·K trellis
+// bytes of the product, so they are written for clarity rather than speed.
+#include <cuda_fp16.h>
+
+#include "backends/cuda/cuda_exl3_kernels.cuh"
+#include "backends/cuda/cuda_util.h"
+
+namespace trellis::cuda::exl3k {
+namespace {
+
+constexpr float kScale = 0.0883883461356163f;  // fp32(1/sqrt(128)), exl3::kHadamardScale
+constexpr int kWarpsPerBlock = 4;
+
+__device__ __forceinline__ void fwht128(float v[4], int lane) {
+  const float s0 = v[0] + v[1], d0 = v[0] - v[1], s1 = v[2] + v[3], d1 = v[2] - v[3];
+  v[0] = s0 + s1;
+  v[1] = d0 + d1;
+  v[2] = s0 - s1;
+  v[3] = d0 - d1;
+#pragma unroll
+  for (int i = 1; i < 32; i <<= 1) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float o = __shfl_xor_sync(0xFFFFFFFFu, v[q], i);
+      v[q] = (lane & i) ? o - v[q] : v[q] + o;
+    }
+  }
+}
+
+__global__ void hadamard_in_kernel(const float* __restrict__ x, int m, int in_features, int k,
+                                   const float* __restrict__ suh, uint16_t* __restrict__ xa, int gemm_rows) {
+  const int lane = threadIdx.x & 31;
+  const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int row = blockIdx.y;
+  if (block * 128 >= k) return;  // whole warp
+  float v[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int e = block * 128 + 4 * lane + q;
+    v[q] = e < in_features ? x[static_cast<int64_t>(row) * in_features + e] * suh[e] : 0.0f;
+  }
+  fwht128(v, lane);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const float f = v[q] * kScale;
+    const __half hi = __float2half_rn(f);
+    const __half lo = __float2half_rn(f - __half2float(hi));
+    const int e = block * 128 + 4 * lane + q;
+    if (gemm_rows) {
+      xa[static_cast<int64_t>(row) * k + e] = __half_as_ushort(hi);
+      xa[static_cast<int64_t>(m + row) * k + e] = __half_as_ushort(lo);
+    } else {
+      const int tk = e >> 4, kr = e & 15;
+      const int64_t at = ((static_cast<int64_t>(tk) * m + row) * 4 + ((kr & 7) >> 1)) * 8 + ((kr & 8) ? 4 : 0) + (kr & 1);
+      xa[at] = __half_as_ushort(hi);
+      xa[at + 2] = __half_as_ushort(lo);
+    }
+  }
+}
+
+__global__ void hadamard_out_kernel(const float* __restrict__ z, int parts, int64_t part_stride, int n,
+                                    int out_features, const float* __restrict__ svh, const float* __restrict__ bias,
+                                    float* __restrict__ y) {
+  const int lane = threadIdx.x & 31;
+  const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int row = blockIdx.y;
+  if (block * 128 >= n) return;
+  const int e0 = block * 128 + 4 * lane;
+  float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int p = 0; p < parts; ++p) {
+    const float4 t = *reinterpret_cast<const float4*>(z + p * part_stride + static_cast<int64_t>(row) * n + e0);
+    v[0] += t.x;
+    v[1] += t.y;
+    v[2] += t.z;
+    v[3] += t.w;
+  }
+  fwht128(v, lane);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int e = e0 + q;
+    if (e < out_features) {
+      float r = v[q] * kScale * svh[e];
+      if (bias) r += bias[e];
+      y[static_cast<int64_t>(row) * out_features + e] = r;
+    }
+  }
+}
+
+}  // namespace
+
+void hadamard_in(const float* x, int64_t m, int64_t in_features, int64_t k, const float* suh, uint16_t* xa,
+                 ActLayout layout, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((k / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(m));
+  hadamard_in_kernel<<<grid, kWarpsPerBlock * 32, 0, stream>>>(x, static_cast<int>(m), static_cast<int>(in_features),
+                                                               static_cast<int>(k), suh, xa,
+                                                               layout == ActLayout::kGemmRows ? 1 : 0);
+  check_launch("exl3_hadamard_in");
+}
+
+void hadamard_out(const float* z, int parts, int64_t part_stride, int64_t m, int64_t n, int64_t out_features,
+                  const float* svh, const float* bias, float* y, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((n / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(m));
+  hadamard_out_kernel<<<grid, kWarpsPerBlock * 32, 0, stream>>>(z, parts, part_stride, static_cast<int>(n),
+                                                                static_cast<int>(out_features), svh, bias, y);
+  check_launch("exl3_hadamard_out");
+}
+
+}  // namespace trellis::cuda::exl3k
