@@ -1,0 +1,289 @@
+// tests/ops/cuda_exl3_test.cpp: CudaExl3Linear against src/exl3 (the scalar oracle): Ŵ decode
+// bit-exact for every K and codebook (and every one of the 65536 states), forward() for every K x
+// codebook x m in {1, 3, 8, 17, 100} on padded layers (real in/out smaller than k, n) against
+// exl3::reference_matmul, every k-split count, the sliced prefill path against the GEMV path on a
+// wide layer, guard words around outputs and scratch, and bad-input errors. Skips without a GPU.
+#if TRELLIS_WITH_CUDA
+
+#include <gtest/gtest.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "backends/cuda/cuda_api.h"
+#include "backends/cuda/cuda_exl3.h"
+#include "core/fp16.h"
+#include "exl3/codebook.h"
+#include "exl3/linear.h"
+#include "exl3/tile.h"
+#include "test_util.h"
+#include "trellis/error.h"
+
+namespace trellis {
+namespace {
+
+using cuda::CudaExl3Linear;
+using exl3::Codebook;
+constexpr Codebook kCodebooks[] = {Codebook::k3Inst, Codebook::kMcg, Codebook::kMul1};
+constexpr uint32_t kGuard = 0x7FBADBADu;  // a NaN no kernel writes
+constexpr size_t kGuardWords = 64;
+
+#define CUDA_OR_SKIP()                                             \
+  do {                                                             \
+    if (list_cuda_devices().empty()) GTEST_SKIP() << "no CUDA device"; \
+  } while (0)
+
+void ok(cudaError_t e) { ASSERT_EQ(e, cudaSuccess) << cudaGetErrorString(e); }
+
+// A random EXL3 layer (every bit string is a valid trellis, spec 2.9) with host storage.
+struct Layer {
+  int64_t k, n;
+  int K;
+  Codebook cb;
+  std::vector<uint8_t> trellis;
+  std::vector<uint16_t> suh, svh, bias;
+  exl3::Exl3LinearView view() const {
+    exl3::Exl3LinearView v;
+    v.k = k;
+    v.n = n;
+    v.K = K;
+    v.codebook = cb;
+    v.trellis = trellis.data();
+    v.suh = suh.data();
+    v.svh = svh.data();
+    v.bias = bias.empty() ? nullptr : bias.data();
+    return v;
+  }
+};
+
+double uniform(test::SplitMix64& rng) { return static_cast<double>(rng.next() >> 11) / 9007199254740992.0; }
+
+Layer random_layer(int64_t k, int64_t n, int K, Codebook cb, uint64_t seed, bool with_bias) {
+  test::SplitMix64 rng(seed);
+  Layer l{k, n, K, cb, {}, {}, {}, {}};
+  l.trellis.resize(static_cast<size_t>((k / 16) * (n / 16) * exl3::tile_bytes(K)));
+  for (auto& b : l.trellis) b = static_cast<uint8_t>(rng.next());
+  auto sign_scale = [&] {
+    const double v = (0.5 + uniform(rng)) * ((rng.next() & 1) ? -1 : 1);
+    return fp32_to_fp16(static_cast<float>(v * 0.05));
+  };
+  for (int64_t i = 0; i < k; ++i) l.suh.push_back(sign_scale());
+  for (int64_t j = 0; j < n; ++j) l.svh.push_back(sign_scale());
+  if (with_bias)
+    for (int64_t j = 0; j < n; ++j) l.bias.push_back(fp32_to_fp16(static_cast<float>(uniform(rng) * 2 - 1)));
+  return l;
+}
+
+std::vector<float> random_rows(int64_t m, int64_t cols, uint64_t seed) {
+  test::SplitMix64 rng(seed);
+  std::vector<float> x(static_cast<size_t>(m * cols));
+  for (auto& v : x) v = static_cast<float>(uniform(rng) * 4 - 2);
+  return x;
+}
+
+// Device buffer of `words` 4-byte words with kGuardWords guard words on each side.
+class Guarded {
+ public:
+  explicit Guarded(size_t words) : words_(words) {
+    ok(cudaMalloc(&base_, (words + 2 * kGuardWords) * 4));
+    std::vector<uint32_t> fill(words + 2 * kGuardWords, kGuard);
+    ok(cudaMemcpy(base_, fill.data(), fill.size() * 4, cudaMemcpyHostToDevice));
+  }
+  ~Guarded() { cudaFree(base_); }
+  Guarded(const Guarded&) = delete;
+  Guarded& operator=(const Guarded&) = delete;
+  // 256-byte aligned when `offset_words` is 0 (kGuardWords * 4 = 256).
+  template <typename T>
+  T* at(size_t offset_words = 0) {
+    return reinterpret_cast<T*>(static_cast<uint32_t*>(base_) + kGuardWords + offset_words);
+  }
+  void upload(const void* src, size_t bytes, size_t offset_words = 0) {
+    ok(cudaMemcpy(at<uint32_t>(offset_words), src, bytes, cudaMemcpyHostToDevice));
+  }
+  template <typename T>
+  std::vector<T> download(size_t count, size_t offset_words = 0) {
+    std::vector<T> out(count);
+    ok(cudaMemcpy(out.data(), at<uint32_t>(offset_words), count * sizeof(T), cudaMemcpyDeviceToHost));
+    return out;
+  }
+  // The guard words on both sides are untouched.
+  bool guards_intact() {
+    std::vector<uint32_t> all(words_ + 2 * kGuardWords);
+    if (cudaMemcpy(all.data(), base_, all.size() * 4, cudaMemcpyDeviceToHost) != cudaSuccess) return false;
+    for (size_t i = 0; i < all.size(); ++i)
+      if ((i < kGuardWords || i >= kGuardWords + words_) && all[i] != kGuard) return false;
+    return true;
+  }
+
+ private:
+  void* base_ = nullptr;
+  size_t words_;
+};
+
+double rel_rms(const std::vector<float>& a, const std::vector<float>& b) {
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    err += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    norm += static_cast<double>(b[i]) * b[i];
+  }
+  return norm == 0 ? std::sqrt(err) : std::sqrt(err / norm);
+}
+
+std::unique_ptr<CudaExl3Linear> upload(const Layer& l, int64_t in_f, int64_t out_f) {
+  auto d = CudaExl3Linear::create(l.view(), std::nullopt, in_f, out_f, nullptr);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  return d;
+}
+
+// forward() with x at a 4-byte (not 16-byte) offset, y and scratch between guard words.
+std::vector<float> run_forward(const CudaExl3Linear& d, const std::vector<float>& x, int64_t m, int64_t in_f,
+                               int64_t out_f) {
+  Guarded xb(x.size() + 1), yb(static_cast<size_t>(m * out_f)), sb(d.scratch_bytes(m) / 4 + 1);
+  xb.upload(x.data(), x.size() * 4, 1);
+  d.forward(xb.at<float>(1), m, yb.at<float>(), nullptr, sb.at<void>());
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_TRUE(yb.guards_intact()) << "output overrun";
+  EXPECT_TRUE(sb.guards_intact()) << "scratch overrun";
+  (void)in_f;
+  return yb.download<float>(static_cast<size_t>(m * out_f));
+}
+
+// The oracle on the padded layer, trimmed to the real columns.
+std::vector<float> reference(const Layer& l, const std::vector<float>& x, int64_t m, int64_t in_f, int64_t out_f) {
+  std::vector<float> xp(static_cast<size_t>(m * l.k), 0.0f), yp(static_cast<size_t>(m * l.n));
+  for (int64_t r = 0; r < m; ++r)
+    std::copy_n(x.begin() + r * in_f, in_f, xp.begin() + r * l.k);
+  exl3::reference_matmul(l.view(), xp.data(), m, yp.data());
+  std::vector<float> y(static_cast<size_t>(m * out_f));
+  for (int64_t r = 0; r < m; ++r) std::copy_n(yp.begin() + r * l.n, out_f, y.begin() + r * out_f);
+  return y;
+}
+
+TEST(CudaExl3, DecodeIsBitExactForEveryKAndCodebook) {
+  CUDA_OR_SKIP();
+  const int64_t k = 256, n = 384;
+  for (int K = 1; K <= 8; ++K)
+    for (Codebook cb : kCodebooks) {
+      const Layer l = random_layer(k, n, K, cb, 100 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(cb), false);
+      auto d = upload(l, k, n);
+      Guarded w(static_cast<size_t>(k * n / 2));
+      d->decode_what(w.at<uint16_t>(), nullptr);
+      ok(cudaDeviceSynchronize());
+      EXPECT_TRUE(w.guards_intact());
+      const auto got = w.download<uint16_t>(static_cast<size_t>(k * n));
+      std::vector<uint16_t> want(got.size());
+      exl3::decode_what(l.view(), want.data());
+      size_t bad = 0;
+      for (size_t i = 0; i < want.size(); ++i) bad += got[i] != want[i];
+      EXPECT_EQ(bad, 0u) << "K=" << K << " cb=" << exl3::codebook_name(cb);
+    }
+}
+
+TEST(CudaExl3, DecodeCoversEveryState) {
+  // K = 8: a state is two consecutive stream bytes; tile t pairs byte t % 256 with bytes
+  // 0..127 or 128..255, so the 512 tiles hold all 65536 states.
+  CUDA_OR_SKIP();
+  const int K = 8;
+  Layer l = random_layer(16 * 16, 16 * 32, K, Codebook::k3Inst, 7, false);
+  for (int t = 0; t < 512; ++t) {
+    uint8_t* tile = l.trellis.data() + t * exl3::tile_bytes(K);
+    for (int q = 0; q < 256; ++q) {
+      const int hi = t & 255, lo = (q / 2) + ((t >> 8) << 7);
+      tile[(q / 4) * 4 + 3 - q % 4] = static_cast<uint8_t>(q % 2 == 0 ? hi : lo);
+    }
+  }
+  for (Codebook cb : kCodebooks) {
+    l.cb = cb;
+    auto d = upload(l, l.k, l.n);
+    Guarded w(static_cast<size_t>(l.k * l.n / 2));
+    d->decode_what(w.at<uint16_t>(), nullptr);
+    ok(cudaDeviceSynchronize());
+    const auto got = w.download<uint16_t>(static_cast<size_t>(l.k * l.n));
+    std::vector<uint16_t> want(got.size());
+    exl3::decode_what(l.view(), want.data());
+    EXPECT_TRUE(got == want) << exl3::codebook_name(cb);
+  }
+}
+
+// Every K x codebook x m on a padded layer: GEMV for m <= 8, decode + cuBLAS above.
+TEST(CudaExl3, ForwardMatchesReferenceForEveryVariant) {
+  CUDA_OR_SKIP();
+  const int64_t k = 384, n = 256, in_f = 300, out_f = 200;
+  for (int K = 1; K <= 8; ++K)
+    for (Codebook cb : kCodebooks) {
+      const Layer l = random_layer(k, n, K, cb, 500 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(cb), true);
+      auto d = upload(l, in_f, out_f);
+      for (int64_t m : {1, 3, 8, 17, 100}) {
+        const auto x = random_rows(m, in_f, 900 + static_cast<uint64_t>(m));
+        const auto got = run_forward(*d, x, m, in_f, out_f);
+        const auto want = reference(l, x, m, in_f, out_f);
+        EXPECT_LT(rel_rms(got, want), 2e-5) << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m;
+      }
+    }
+}
+
+// k = 2048 (128 slabs) at every k-split count, and the automatic choice, m = 1 and 5.
+TEST(CudaExl3, GemvSplitsAgree) {
+  CUDA_OR_SKIP();
+  const int64_t k = 2048, n = 512;
+  for (int K : {2, 3, 5, 8}) {
+    const Codebook cb = kCodebooks[K % 3];
+    const Layer l = random_layer(k, n, K, cb, 40 + static_cast<uint64_t>(K), false);
+    auto d = upload(l, k, n);
+    const int automatic = d->gemv_splits();
+    EXPECT_GE(automatic, 1);
+    for (int64_t m : {1, 5}) {
+      const auto x = random_rows(m, k, 77);
+      const auto want = reference(l, x, m, k, n);
+      for (int splits : {automatic, 1, 2, 3, 7, 16, CudaExl3Linear::kMaxGemvSplits}) {
+        d->set_gemv_splits(splits);
+        const auto got = run_forward(*d, x, m, k, n);
+        EXPECT_LT(rel_rms(got, want), 2e-5) << "K=" << K << " m=" << m << " splits=" << splits;
+      }
+    }
+  }
+}
+
+// A layer wide enough that the prefill path decodes Ŵ in several column slices (the last one
+// narrower): rows of an m = 9 call equal the m = 8 GEMV's within fp32 rounding.
+TEST(CudaExl3, SlicedPrefillAgreesWithGemv) {
+  CUDA_OR_SKIP();
+  const int64_t k = 8192, n = 4224, in_f = 8000, out_f = 4200;
+  const Layer l = random_layer(k, n, 3, Codebook::kMul1, 3, true);
+  auto d = upload(l, in_f, out_f);
+  const auto x9 = random_rows(9, in_f, 11);
+  const std::vector<float> x8(x9.begin(), x9.begin() + 8 * in_f);
+  const auto y9 = run_forward(*d, x9, 9, in_f, out_f);
+  const auto y8 = run_forward(*d, x8, 8, in_f, out_f);
+  EXPECT_LT(rel_rms(std::vector<float>(y9.begin(), y9.begin() + 8 * out_f), y8), 2e-5);
+}
+
+TEST(CudaExl3, BadLayersAreErrors) {
+  CUDA_OR_SKIP();
+  Layer l = random_layer(128, 128, 4, Codebook::kMcg, 1, false);
+  auto bad = [&](exl3::Exl3LinearView v, int64_t in_f, int64_t out_f) {
+    EXPECT_THROW(CudaExl3Linear::create(v, std::nullopt, in_f, out_f, nullptr), Error);
+  };
+  auto v = l.view();
+  v.K = 9;
+  bad(v, 128, 128);
+  v = l.view();
+  v.k = 100;
+  bad(v, 100, 128);
+  v = l.view();
+  v.suh = nullptr;
+  bad(v, 128, 128);
+  bad(l.view(), 129, 128);
+  bad(l.view(), 128, 0);
+  v = l.view();
+  v.codebook = static_cast<Codebook>(7);
+  bad(v, 128, 128);
+}
+
+}  // namespace
+}  // namespace trellis
+
+#endif  // TRELLIS_WITH_CUDA
