@@ -335,6 +335,41 @@ TEST(CudaOps, SiluMulAndAdd) {
   EXPECT_LT(cuda_rel_rms(got[1], want[1]), 1e-6);
 }
 
+// add(x, y) then rms_norm(x) runs as one fused launch; x and the norm equal the CPU's. Also when
+// the add is the last op before a download (nothing to fuse with) and when the norm is per head.
+TEST(CudaOps, AddThenRmsNormFused) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  Backend& cpu = cpu_backend();
+  for (int64_t cols : {int64_t{72}, int64_t{1000}}) {
+    const int64_t rows = 3;
+    const auto x = random_floats(static_cast<size_t>(rows * cols), 80, 2.0f);
+    const auto y = random_floats(static_cast<size_t>(rows * cols), 81, 2.0f);
+    const auto w = random_floats(static_cast<size_t>(cols), 82);
+    std::vector<float> want[3], got[3];
+    for (Backend* be : {&cpu, static_cast<Backend*>(cu)}) {
+      auto& res = be == &cpu ? want : got;
+      DeviceTensor xt = be->upload(f32_view(x, {rows, cols}), DType::kF32);
+      const DeviceTensor yt = be->upload(f32_view(y, {rows, cols}), DType::kF32);
+      const DeviceTensor wt = be->upload(f32_view(w, {cols}), DType::kF32);
+      const DeviceTensor wh = be->upload(f32_view(w, {cols / 2}), DType::kF32);
+      DeviceTensor h = be->alloc(DType::kF32, {rows, cols});
+      be->add(xt, yt);
+      be->rms_norm(xt, wt, 1e-5f, cols, h);
+      res[1] = fetch(*be, h);
+      res[0] = fetch(*be, xt);
+      be->add(xt, yt);
+      be->rms_norm(xt, wh, 1e-6f, cols / 2, h);  // per-group norm after an add
+      be->add(xt, yt);                            // an add with nothing after it
+      res[2] = fetch(*be, h);
+      const auto x2 = fetch(*be, xt);
+      res[2].insert(res[2].end(), x2.begin(), x2.end());
+    }
+    EXPECT_EQ(got[0], want[0]) << cols;
+    EXPECT_LT(cuda_rel_rms(got[1], want[1]), 1e-6) << cols;
+    EXPECT_LT(cuda_rel_rms(got[2], want[2]), 1e-6) << cols;
+  }
+}
+
 // A decode-like step (embedding, norm, linear, rope, kv_store, attention, add) repeated at new
 // positions: from the third step on it replays a CUDA graph; results equal the eager run bit for bit.
 TEST(CudaOps, GraphReplaysEqualEagerRuns) {

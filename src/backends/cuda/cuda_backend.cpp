@@ -28,7 +28,9 @@ constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
 constexpr size_t kUploadChunkBytes = size_t{64} << 20;  // bound on the temporary of converting uploads
 constexpr size_t kGraphMinLaunches = 4;                 // smaller segments run eagerly
 
-enum Op : uint64_t { kEmbedding = 1, kRmsNorm, kGemv, kGemm, kExl3, kRope, kKvStore, kAttention, kSiluMul, kAdd };
+enum Op : uint64_t {
+  kEmbedding = 1, kRmsNorm, kGemv, kGemm, kExl3, kRope, kKvStore, kAttention, kSiluMul, kAdd, kAddRmsNorm
+};
 
 uint64_t addr(const void* p) { return reinterpret_cast<uint64_t>(p); }
 uint64_t bits(float f) { return float_bits(f); }
@@ -147,6 +149,7 @@ size_t CudaBackend::stage(const void* data, size_t bytes) {
 }
 
 void CudaBackend::record(std::initializer_list<uint64_t> key, Launch launch) {
+  last_add_.reset();
   key_.insert(key_.end(), key);
   key_.push_back(~uint64_t{0});  // op separator
   launches_.push_back(std::move(launch));
@@ -192,6 +195,7 @@ bool CudaBackend::capture_graph() {
 }
 
 void CudaBackend::flush() {
+  last_add_.reset();  // its launch is about to run: nothing left to fuse with
   if (launches_.empty()) return;
   set_device();
   if (stage_used_ > 0) {
@@ -446,13 +450,23 @@ void CudaBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, fl
     fail(ErrorKind::kInternal, "CUDA rms_norm: group {} does not fit x {} / weight {}", group,
          shape_to_string(x.shape), shape_to_string(weight.shape));
   const int64_t groups = x.rows() * (x.cols() / group);
-  const float* xp = f32(x);
+  float* xp = f32(x);
   const float* wp = f32(weight);
   float* op = f32(out);
   keep(x);
   keep(weight);
   keep(out);
   cudaStream_t s = stream_;
+  if (last_add_ && last_add_->x == xp && last_add_->n == groups * group && op != xp && op != last_add_->y) {
+    // add(x, y) was the last op: replace its launch by the fused one.
+    const float* y = last_add_->y;
+    launches_.pop_back();
+    key_.resize(last_add_->key_size);
+    record({kAddRmsNorm, addr(xp), addr(y), addr(wp), addr(op), bits(eps), static_cast<uint64_t>(groups),
+            static_cast<uint64_t>(group)},
+           [=](const std::byte*) { cuda::add_rms_norm(xp, y, wp, eps, groups, group, op, s); });
+    return;
+  }
   record({kRmsNorm, addr(xp), addr(wp), addr(op), bits(eps), static_cast<uint64_t>(groups),
           static_cast<uint64_t>(group)},
          [=](const std::byte*) { cuda::rms_norm(xp, wp, eps, groups, group, op, s); });
@@ -582,7 +596,9 @@ void CudaBackend::add(DeviceTensor& x, const DeviceTensor& y) {
   keep(x);
   keep(y);
   cudaStream_t s = stream_;
+  const size_t key_size = key_.size();
   record({kAdd, addr(a), addr(b), static_cast<uint64_t>(n)}, [=](const std::byte*) { cuda::add(a, b, n, s); });
+  last_add_ = LastAdd{a, b, n, key_size};
 }
 
 }  // namespace trellis::cuda

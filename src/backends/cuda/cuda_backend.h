@@ -17,7 +17,8 @@
 //
 // Op -> kernel map (cuda_ops.h): embedding, rms_norm, rope, kv_store, silu_mul, add: one kernel
 // each; dense linear: dense_gemv_f16 (m <= 8) or split_f16 + two cuBLAS fp16 GEMMs with fp32
-// accumulation (m > 8); attention: attention (+ merge of flash-decoding splits); EXL3 linear:
+// accumulation (m > 8); attention: attention (+ merge of flash-decoding splits); add followed by
+// rms_norm of the same rows: add_rms_norm (one launch; the model does this twice per layer); EXL3 linear:
 // CudaExl3Linear (cuda_exl3.h) when that part is built in.
 #pragma once
 
@@ -27,6 +28,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -118,6 +120,16 @@ class CudaBackend : public Backend {
     size_t bytes, offset;
   };
   std::vector<StagedSpan> stage_memo_;  // recent spans, reused when the bytes are unchanged
+
+  // Peephole fusion: add(x, y) recorded last and followed by rms_norm(x, ...) becomes one
+  // add_rms_norm launch (bit-identical). Set by add(), cleared by every other record().
+  struct LastAdd {
+    float* x;
+    const float* y;
+    int64_t n;
+    size_t key_size;
+  };
+  std::optional<LastAdd> last_add_;
 
   std::vector<Launch> launches_;
   std::vector<uint64_t> key_, prev_key_, graph_key_;

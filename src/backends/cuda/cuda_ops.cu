@@ -63,27 +63,43 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// One warp per group (small groups: per-head q/k norms).
-__global__ void rms_norm_warp_kernel(const float* x, const float* w, float eps, int64_t groups, int64_t group,
-                                     float* out) {
+// One warp per group (small groups: per-head q/k norms). With `residual` (fused add + norm):
+// x += residual first, element by element as add_kernel does, then the norm of the new x.
+__global__ void rms_norm_warp_kernel(float* x, const float* residual, const float* w, float eps, int64_t groups,
+                                     int64_t group, float* out) {
   const int64_t g = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (g >= groups) return;
-  const float* v = x + g * group;
+  float* v = x + g * group;
   float ss = 0;
-  for (int64_t i = lane; i < group; i += 32) ss += v[i] * v[i];
+  for (int64_t i = lane; i < group; i += 32) {
+    float e = v[i];
+    if (residual) {
+      e += residual[g * group + i];
+      v[i] = e;
+    }
+    ss += e * e;
+  }
   ss = warp_sum(ss);
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(group) + eps);
   float* o = out + g * group;
-  for (int64_t i = lane; i < group; i += 32) o[i] = v[i] * inv * w[i];
+  for (int64_t i = lane; i < group; i += 32) o[i] = v[i] * inv * w[i];  // each lane re-reads its own writes
 }
 
-// One block per group (whole rows).
-__global__ void rms_norm_block_kernel(const float* x, const float* w, float eps, int64_t group, float* out) {
+// One block per group (whole rows); `residual` as above.
+__global__ void rms_norm_block_kernel(float* x, const float* residual, const float* w, float eps, int64_t group,
+                                      float* out) {
   __shared__ float partial[kThreads / 32];
-  const float* v = x + blockIdx.x * group;
+  float* v = x + blockIdx.x * group;
   float ss = 0;
-  for (int64_t i = threadIdx.x; i < group; i += blockDim.x) ss += v[i] * v[i];
+  for (int64_t i = threadIdx.x; i < group; i += blockDim.x) {
+    float e = v[i];
+    if (residual) {
+      e += residual[blockIdx.x * group + i];
+      v[i] = e;
+    }
+    ss += e * e;
+  }
   ss = warp_sum(ss);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
   __syncthreads();
@@ -228,13 +244,19 @@ void embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t
 
 void rms_norm(const float* x, const float* weight, float eps, int64_t groups, int64_t group, float* out,
               cudaStream_t stream) {
+  add_rms_norm(const_cast<float*>(x), nullptr, weight, eps, groups, group, out, stream);  // x is only read
+}
+
+void add_rms_norm(float* x, const float* residual, const float* weight, float eps, int64_t groups, int64_t group,
+                  float* out, cudaStream_t stream) {
   if (groups <= 0) return;
   if (group <= 512)
-    rms_norm_warp_kernel<<<blocks_for(groups, kThreads / 32), kThreads, 0, stream>>>(x, weight, eps, groups, group,
-                                                                                     out);
+    rms_norm_warp_kernel<<<blocks_for(groups, kThreads / 32), kThreads, 0, stream>>>(x, residual, weight, eps, groups,
+                                                                                     group, out);
   else
-    rms_norm_block_kernel<<<static_cast<unsigned>(groups), kThreads, 0, stream>>>(x, weight, eps, group, out);
-  check_launch("rms_norm");
+    rms_norm_block_kernel<<<static_cast<unsigned>(groups), kThreads, 0, stream>>>(x, residual, weight, eps, group,
+                                                                                  out);
+  check_launch(residual ? "add + rms_norm" : "rms_norm");
 }
 
 void rope(float* x, int64_t rows, int64_t cols, int64_t head_dim, const int32_t* pos, const float* inv_freq,

@@ -29,6 +29,11 @@ void embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t
 void rms_norm(const float* x, const float* weight, float eps, int64_t groups, int64_t group, float* out,
               cudaStream_t stream);
 
+// Fused residual add + RMSNorm: x += residual (in place, exactly as add()), then out = the norm of
+// the new x (bit-identical to add() followed by rms_norm()). out must not alias x or residual.
+void add_rms_norm(float* x, const float* residual, const float* weight, float eps, int64_t groups, int64_t group,
+                  float* out, cudaStream_t stream);
+
 // In place on x [rows, cols], heads of head_dim (even) per row, rotate-half; row r at position
 // pos[r]: angle = fp32(pos) * inv_freq[i] (fp32, as the CPU reference), cos/sin in full precision,
 // times `scaling`. inv_freq [head_dim / 2].
