@@ -450,6 +450,8 @@ struct DeviceContext {
   size_t cap_tiles = 0;
   uint32_t* pred = nullptr;
   size_t pred_bytes = 0;
+  cudaEvent_t kernel_start = nullptr, kernel_end = nullptr;
+  double last_kernel_ms = 0;
 };
 
 DeviceContext& device_context(int device) {
@@ -522,6 +524,8 @@ void encode_tiles(const uint16_t* x, size_t n_tiles, int K, exl3::Codebook cb, u
           "cuda::encode_tiles: SM count");
     check(cudaDeviceGetAttribute(&ctx.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
           "cuda::encode_tiles: shared memory size");
+    check(cudaEventCreate(&ctx.kernel_start), "cuda::encode_tiles: event");
+    check(cudaEventCreate(&ctx.kernel_end), "cuda::encode_tiles: event");
     ctx.ready = true;
   }
   const Variant v = variant_for(K, cb);
@@ -567,6 +571,7 @@ void encode_tiles(const uint16_t* x, size_t n_tiles, int K, exl3::Codebook cb, u
   uint16_t* d_x = ctx.io;
   uint16_t* d_states = ctx.io + ctx.cap_tiles * kSteps;
   uint16_t* d_decoded = ctx.io + 2 * ctx.cap_tiles * kSteps;
+  ctx.last_kernel_ms = 0;
   for (size_t first = 0; first < n_tiles; first += chunk) {
     const size_t n = std::min(chunk, n_tiles - first);
     const size_t bytes = n * kSteps * sizeof(uint16_t);
@@ -574,8 +579,10 @@ void encode_tiles(const uint16_t* x, size_t n_tiles, int K, exl3::Codebook cb, u
           "cuda::encode_tiles: copy inputs");
     Params params{d_x, d_states, decoded ? d_decoded : nullptr, ctx.pred, static_cast<int>(n)};
     const unsigned blocks = static_cast<unsigned>(std::min(grid, (n + 1) / 2));
+    check(cudaEventRecord(ctx.kernel_start, ctx.stream), "cuda::encode_tiles: event");
     v.fn<<<blocks, kThreads, v.smem, ctx.stream>>>(params);
     check_launch("cuda::encode_tiles: encode kernel launch");
+    check(cudaEventRecord(ctx.kernel_end, ctx.stream), "cuda::encode_tiles: event");
     check(cudaMemcpyAsync(states + first * kSteps, d_states, bytes, cudaMemcpyDeviceToHost, ctx.stream),
           "cuda::encode_tiles: copy states");
     if (decoded)
@@ -583,7 +590,16 @@ void encode_tiles(const uint16_t* x, size_t n_tiles, int K, exl3::Codebook cb, u
                             ctx.stream),
             "cuda::encode_tiles: copy decoded");
     check(cudaStreamSynchronize(ctx.stream), "cuda::encode_tiles: encode kernel");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, ctx.kernel_start, ctx.kernel_end), "cuda::encode_tiles: event");
+    ctx.last_kernel_ms += ms;
   }
+}
+
+double last_encode_kernel_ms(int device) {
+  DeviceContext& ctx = device_context(device);
+  std::lock_guard<std::mutex> lock(ctx.mu);
+  return ctx.last_kernel_ms;
 }
 
 }  // namespace trellis::cuda

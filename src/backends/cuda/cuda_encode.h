@@ -27,4 +27,9 @@ bool encoder_available();
 void encode_tiles(const uint16_t* x, size_t n_tiles, int K, exl3::Codebook cb, uint16_t* states,
                   uint16_t* decoded, int device = 0);
 
+// Milliseconds the encode kernels of the last encode_tiles call on `device` took on the GPU
+// (CUDA events around each launch, summed; copies excluded). 0 before the first call. For
+// benchmarks.
+double last_encode_kernel_ms(int device = 0);
+
 }  // namespace trellis::cuda
