@@ -341,7 +341,7 @@ std::unique_ptr<LinearWeights> CudaBackend::prepare_linear(const LinearSource& s
     auto l = std::make_unique<Exl3Linear>();
     l->in_features = src.in_features;
     l->out_features = src.out_features;
-    l->impl = CudaExl3Linear::create(*src.exl3, src.bias, stream_);
+    l->impl = CudaExl3Linear::create(*src.exl3, src.bias, src.in_features, src.out_features, stream_);
     check(cudaStreamSynchronize(stream_), fmt::format("preparing EXL3 layer {}", src.name));
     l->device_bytes = l->impl->device_bytes();
     return l;
