@@ -81,8 +81,12 @@ AtomicFileWriter::~AtomicFileWriter() {
 
 void AtomicFileWriter::write(const void* data, size_t n) {
   if (!file_) fail(ErrorKind::kInternal, "{}: write after commit", path_);
-  if (n && std::fwrite(data, 1, n, file_) != n)
-    fail(ErrorKind::kIo, "{}: write failed after {} bytes: {}", tmp_path_, written_, std::strerror(errno));
+  if (n && std::fwrite(data, 1, n, file_) != n) {
+    // Full disk, quota, file-size limit: name the file the caller asked for (the temporary is
+    // removed when the writer is destroyed, so nothing is left under either name).
+    const int e = errno;
+    fail(ErrorKind::kIo, "{}: write failed after {} bytes: {}", path_, written_, std::strerror(e));
+  }
   written_ += n;
 }
 
@@ -94,7 +98,8 @@ void AtomicFileWriter::commit() {
   const int err = errno;
   if (std::fclose(f) != 0 || !ok) {
     std::remove(tmp_path_.c_str());
-    fail(ErrorKind::kIo, "{}: flush failed: {}", tmp_path_, std::strerror(ok ? errno : err));
+    fail(ErrorKind::kIo, "{}: write failed when flushing {} bytes: {}", path_, written_,
+         std::strerror(ok ? errno : err));
   }
   if (std::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
     const int e = errno;

@@ -656,6 +656,20 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
   if (!fs::create_directories(tmp, ec) || ec)
     fail(ErrorKind::kIo, "{}: cannot create output directory: {}", tmp.string(), ec.message());
   DirGuard guard(tmp);
+  // Every file of the output is written through `staged`: a failed write (full disk, quota) is
+  // reported under the file's name in the finished output, since the staging directory is
+  // removed (by `guard`) as the error propagates.
+  auto staged = [&](const std::function<void()>& write) {
+    try {
+      write();
+    } catch (const Error& e) {
+      std::string msg = e.what();
+      const std::string from = tmp.string(), to = out_path.string();
+      for (size_t at = msg.find(from); at != std::string::npos; at = msg.find(from, at + to.size()))
+        msg.replace(at, from.size(), to);
+      fail(e.kind(), "{} (the output was not written; nothing of it is left)", msg);
+    }
+  };
 
   // All tensors in module order: embedding, blocks (norms + linears), final norm, head.
   struct OutT {
@@ -730,20 +744,22 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
   for (size_t s = 0; s < shards.size(); ++s) {
     const std::string file = shards.size() == 1 ? "model.safetensors"
                                                 : fmt::format("model-{:05}-of-{:05}.safetensors", s + 1, shards.size());
-    SafetensorsWriter w((tmp / file).string());
-    for (const OutT* t : shards[s]) w.declare(t->name, t->dtype, t->shape);
-    w.begin_data();
-    for (const OutT* t : shards[s]) {
-      w.write(t->bytes);
-      weight_map[t->name] = file;
-    }
-    w.commit();
+    staged([&] {
+      SafetensorsWriter w((tmp / file).string());
+      for (const OutT* t : shards[s]) w.declare(t->name, t->dtype, t->shape);
+      w.begin_data();
+      for (const OutT* t : shards[s]) {
+        w.write(t->bytes);
+        weight_map[t->name] = file;
+      }
+      w.commit();
+    });
   }
   if (shards.size() > 1) {
     nlohmann::ordered_json index;
     index["metadata"] = {{"total_size", total}};
     index["weight_map"] = weight_map;
-    write_text_atomic(tmp / "model.safetensors.index.json", index.dump(2) + "\n");
+    staged([&] { write_text_atomic(tmp / "model.safetensors.index.json", index.dump(2) + "\n"); });
   }
 
   // config.json and quantization_config.json (spec 2.14).
@@ -758,7 +774,7 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
   nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(c.raw.dump());
   if (cfg.contains("quantization_config")) cfg["original_quantization_config"] = cfg["quantization_config"];
   cfg["quantization_config"] = qc;
-  write_text_atomic(tmp / "config.json", cfg.dump(2) + "\n");
+  staged([&] { write_text_atomic(tmp / "config.json", cfg.dump(2) + "\n"); });
   nlohmann::ordered_json qfile = qc;
   nlohmann::ordered_json storage = nlohmann::ordered_json::object();
   auto torch_name = [](DType d) {
@@ -782,7 +798,7 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
     }
   }
   qfile["tensor_storage"] = storage;
-  write_text_atomic(tmp / "quantization_config.json", qfile.dump(4) + "\n");
+  staged([&] { write_text_atomic(tmp / "quantization_config.json", qfile.dump(4) + "\n"); });
   for (const std::string& f : dir->aux_files()) {
     if (f == "quantization_config.json" || f.ends_with(".bin") || f.ends_with(".pt") || f.ends_with(".pth") ||
         f.ends_with(".ckpt"))
