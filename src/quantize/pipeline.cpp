@@ -258,14 +258,15 @@ class BlockRunner {
   std::vector<int32_t> positions_;
 };
 
-// Calibration rows (spec 5.2 in spirit): slices of the project's prose and code files, plus
-// uniformly random token rows, with fixed seeds.
+// Calibration rows (spec 5.2 in spirit): slices of the project's prose, code and multilingual
+// text files, plus uniformly random token rows, with fixed seeds.
 std::vector<std::vector<int32_t>> build_calibration(const Tokenizer& tok, int64_t vocab, int rows, int cols,
                                                     const std::string& dir) {
   std::vector<std::vector<int32_t>> out;
   const int random_rows = std::max(1, rows * 20 / 135);
   const int text_rows = std::max(0, rows - random_rows);
-  const std::vector<std::pair<std::string, double>> sources = {{"prose.txt", 0.6}, {"code.txt", 0.4}};
+  const std::vector<std::pair<std::string, double>> sources = {
+      {"prose.txt", 0.5}, {"code.txt", 0.3}, {"multilingual.txt", 0.2}};
   int assigned = 0;
   for (size_t si = 0; si < sources.size(); ++si) {
     const int want = si + 1 == sources.size() ? text_rows - assigned
