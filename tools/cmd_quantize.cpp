@@ -29,7 +29,7 @@ Handler add_quantize(CLI::App& app) {
   cmd->add_option("--cal-cols", job->cal_cols, "Tokens per calibration row")
       ->check(CLI::Range(16, 1 << 20))
       ->capture_default_str();
-  cmd->add_option("--cal-data", job->cal_data_dir, "Directory with prose.txt and code.txt (default: the project's)");
+  cmd->add_option("--cal-data", job->cal_data_dir, "Directory with prose.txt, code.txt and multilingual.txt (default: the project's)");
   cmd->add_option("--work-dir", job->work_dir, "Checkpoint directory (default: OUT_DIR.work)");
   cmd->add_flag("--resume", job->resume, "Continue an interrupted run from its work directory (same settings)");
   cmd->add_option("--device", job->device, "Tile encoder device: cpu or cuda[:N]")->capture_default_str();
