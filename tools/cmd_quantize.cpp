@@ -32,7 +32,7 @@ Handler add_quantize(CLI::App& app) {
   cmd->add_option("--cal-data", job->cal_data_dir, "Directory with prose.txt, code.txt and multilingual.txt (default: the project's)");
   cmd->add_option("--work-dir", job->work_dir, "Checkpoint directory (default: OUT_DIR.work)");
   cmd->add_flag("--resume", job->resume, "Continue an interrupted run from its work directory (same settings)");
-  cmd->add_option("--device", job->device, "Tile encoder device: cpu or cuda[:N]")->capture_default_str();
+  cmd->add_option("--device", job->device, "Device for calibration, Hessians and tile encoding: auto (the first CUDA GPU if there is one), cpu, cuda[:N]")->capture_default_str();
   cmd->add_option("-t,--threads", job->threads, "CPU threads (0 = all)")->capture_default_str();
   auto shard_gib = std::make_shared<double>(8.0);
   cmd->add_option("--shard-size", *shard_gib, "Start a new safetensors shard past this many GiB")

@@ -18,7 +18,7 @@ struct QuantizeJob {
   int cal_rows = 250;
   int cal_cols = 2048;
   std::string cal_data_dir;    // default: the project's data/calibration
-  std::string device = "cpu";  // tile encoder: cpu or cuda[:N]
+  std::string device = "auto";  // auto (CUDA device 0 when present), cpu or cuda[:N]
   size_t threads = 0;          // 0: all hardware threads
   bool resume = false;         // continue from work_dir's checkpoints
   uint64_t shard_bytes = 8192ull << 20;

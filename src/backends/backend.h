@@ -121,6 +121,12 @@ class Backend {
   virtual void silu_mul(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out) = 0;
   // x += y.
   virtual void add(DeviceTensor& x, const DeviceTensor& y) = 0;
+
+  // Quantizer calibration (spec 5.3): acc (k x k fp32, k >= cols of x) += xᵀ·x over the rows of
+  // x (fp32) whose values are all finite, into the top-left block, in the LOWER triangle only
+  // (the upper triangle is left as it is; readers mirror it). stats (2 fp32) += {rows added,
+  // rows skipped as non-finite}. Backends without it throw kUnsupported.
+  virtual void gram_accumulate(const DeviceTensor& x, DeviceTensor& acc, DeviceTensor& stats);
 };
 
 // The CPU backend (always available). `threads` = 0: all hardware threads.

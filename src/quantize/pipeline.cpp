@@ -49,6 +49,8 @@ namespace fs = std::filesystem;
 namespace trellis {
 namespace {
 
+constexpr size_t kRefRows = 5;  // calibration rows whose block outputs measure each block's error
+
 using quant::FinalHessian;
 using quant::HessianAccumulator;
 using quant::QuantizedLinear;
@@ -163,7 +165,26 @@ struct ModuleTensors {
   }
 };
 
-// Runs calibration rows through decoder blocks with the CPU backend.
+// A Hessian being accumulated on the backend (lower triangle of XᵀX, and row counts).
+struct DeviceHessian {
+  DeviceHessian(Backend& be, int64_t k)
+      : k(k), acc(be.alloc(DType::kF32, {k, k})), stats(be.alloc(DType::kF32, {1, 2})) {}
+  // Downloads it into a host accumulator.
+  HessianAccumulator fetch(Backend& be) const {
+    std::vector<float> lower(static_cast<size_t>(k * k)), st(2);
+    be.download(acc, lower.data());
+    be.download(stats, st.data());
+    HessianAccumulator h(k);
+    h.set_lower(lower.data(), static_cast<uint64_t>(st[0]), static_cast<uint64_t>(st[1]));
+    return h;
+  }
+  int64_t k;
+  DeviceTensor acc, stats;
+};
+
+// Runs calibration rows (backend tensors of cols x hidden fp32, one independent sequence each)
+// through decoder blocks on a backend, optionally accumulating the Hessians of the four linear
+// inputs on the way.
 class BlockRunner {
  public:
   BlockRunner(const ModelConfig& c, Backend& be, int64_t cols) : c_(c), be_(be), cols_(cols) {
@@ -177,9 +198,9 @@ class BlockRunner {
       attn_.sliding_window = c.raw["sliding_window"].get<int64_t>();
     qw_ = c.num_attention_heads * c.head_dim;
     kvw_ = c.num_key_value_heads * c.head_dim;
-    x_ = be.alloc(DType::kF32, {cols, c.hidden_size});
     h_ = be.alloc(DType::kF32, {cols, c.hidden_size});
-    tmp_ = be.alloc(DType::kF32, {cols, c.hidden_size});
+    a_ = be.alloc(DType::kF32, {cols, c.hidden_size});
+    d_ = be.alloc(DType::kF32, {cols, c.hidden_size});
     q_ = be.alloc(DType::kF32, {cols, qw_});
     o_ = be.alloc(DType::kF32, {cols, qw_});
     k_ = be.alloc(DType::kF32, {cols, kvw_});
@@ -197,17 +218,17 @@ class BlockRunner {
     std::unique_ptr<LinearWeights> q, k, v, o, gate, up, down;
   };
 
-  // Captured inputs of one row: attention input, o_proj input, MLP input, down_proj input.
-  struct Capture {
-    std::vector<float> attn_in, o_in, mlp_in, down_in;
+  // Hessians of the attention input (q/k/v), o_proj input, MLP input (gate/up), down_proj input.
+  struct Grams {
+    DeviceHessian *attn, *o, *mlp, *down;
   };
 
-  // x: cols x hidden, in place.
-  void run(const Weights& w, float* x, Capture* cap) {
+  // One row through one block. In place (x becomes the block's output), or not (x is left as it
+  // is and the output is returned in a scratch tensor, valid until the next call).
+  const DeviceTensor& run(const Weights& w, DeviceTensor& x, bool in_place, const Grams* g) {
     const float eps = static_cast<float>(c_.rms_norm_eps);
-    x_ = be_.upload(TensorView{DType::kF32, {cols_, c_.hidden_size}, reinterpret_cast<const std::byte*>(x)}, DType::kF32);
-    be_.rms_norm(x_, w.attn_norm, eps, c_.hidden_size, h_);
-    if (cap) download(h_, cap->attn_in);
+    be_.rms_norm(x, w.attn_norm, eps, c_.hidden_size, h_);
+    if (g) be_.gram_accumulate(h_, g->attn->acc, g->attn->stats);
     be_.linear(*w.q, h_, q_);
     be_.linear(*w.k, h_, k_);
     be_.linear(*w.v, h_, v_);
@@ -219,42 +240,45 @@ class BlockRunner {
     be_.rope(k_, c_.head_dim, positions_, rope_);
     be_.kv_store(k_, v_, positions_, kc_, vc_);
     be_.attention(q_, kc_, vc_, positions_, attn_, o_);
-    if (cap) download(o_, cap->o_in);
-    be_.linear(*w.o, o_, tmp_);
-    be_.add(x_, tmp_);
-    be_.rms_norm(x_, w.mlp_norm, eps, c_.hidden_size, h_);
-    if (cap) download(h_, cap->mlp_in);
+    if (g) be_.gram_accumulate(o_, g->o->acc, g->o->stats);
+    be_.linear(*w.o, o_, a_);
+    // The residual stream: x itself, or a_ = attention + x (the same sums either way).
+    DeviceTensor& r = in_place ? x : a_;
+    if (in_place)
+      be_.add(x, a_);
+    else
+      be_.add(a_, x);
+    be_.rms_norm(r, w.mlp_norm, eps, c_.hidden_size, h_);
+    if (g) be_.gram_accumulate(h_, g->mlp->acc, g->mlp->stats);
     be_.linear(*w.gate, h_, g_);
     be_.linear(*w.up, h_, u_);
     be_.silu_mul(g_, u_, g_);
-    if (cap) download(g_, cap->down_in);
-    be_.linear(*w.down, g_, tmp_);
-    be_.add(x_, tmp_);
-    be_.download(x_, x);
+    if (g) be_.gram_accumulate(g_, g->down->acc, g->down->stats);
+    be_.linear(*w.down, g_, d_);
+    be_.add(r, d_);
+    return r;
   }
 
-  // Final norm of a row (for the head's Hessian).
-  void final_norm(const DeviceTensor& weight, const float* x, std::vector<float>& out) {
-    x_ = be_.upload(TensorView{DType::kF32, {cols_, c_.hidden_size}, reinterpret_cast<const std::byte*>(x)}, DType::kF32);
-    be_.rms_norm(x_, weight, static_cast<float>(c_.rms_norm_eps), c_.hidden_size, h_);
-    download(h_, out);
+  // Final norm of a row, into the head's Hessian.
+  void final_norm(const DeviceTensor& weight, const DeviceTensor& x, DeviceHessian& head) {
+    be_.rms_norm(x, weight, static_cast<float>(c_.rms_norm_eps), c_.hidden_size, h_);
+    be_.gram_accumulate(h_, head.acc, head.stats);
   }
 
-  int64_t qw() const { return qw_; }
-  int64_t kvw() const { return kvw_; }
+  std::vector<float> download(const DeviceTensor& t) {
+    std::vector<float> out(static_cast<size_t>(t.rows() * t.cols()));
+    be_.download(t, out.data());
+    return out;
+  }
 
  private:
-  void download(const DeviceTensor& t, std::vector<float>& out) {
-    out.resize(static_cast<size_t>(t.rows() * t.cols()));
-    be_.download(t, out.data());
-  }
   const ModelConfig& c_;
   Backend& be_;
   int64_t cols_;
   RopeParams rope_;
   AttentionParams attn_;
   int64_t qw_ = 0, kvw_ = 0;
-  DeviceTensor x_, h_, tmp_, q_, o_, k_, v_, g_, u_, kc_, vc_;
+  DeviceTensor h_, a_, d_, q_, o_, k_, v_, g_, u_, kc_, vc_;
   std::vector<int32_t> positions_;
 };
 
@@ -434,31 +458,48 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
   const std::string head_source = has_head ? "lm_head.weight" : "model.embed_tokens.weight";
 
   ThreadPool pool(job.threads);
-  auto backend = make_cpu_backend(job.threads);
-  const TileEncodeFn encode_fn = make_tile_encoder(job.device, pool);
-  uint64_t tiles_encoded = 0;
+  // One device runs the calibration forward passes, the Hessians and the tile encoder; LDLQ and
+  // the rest of the per-tensor work run on the CPU threads.
+  auto backend = make_backend(job.device, job.threads);
+  const std::string device = backend->info().backend == "cpu"
+                                 ? std::string("cpu")
+                                 : fmt::format("{}:{}", backend->info().backend, backend->info().index);
+  const TileEncodeFn encode_fn = make_tile_encoder(device, pool);
+  uint64_t tiles_encoded = 0, tiles_total = 0, tiles_before = 0;
+  for (const quant::AllocTensor& t : alloc) tiles_total += static_cast<uint64_t>(t.numel / 256);
+  if (job.head_bits != 16) tiles_total += static_cast<uint64_t>(round_up_128(H) * round_up_128(c.vocab_size) / 256);
+  std::string stage;
+  ProgressBar bar("quantize", tiles_total, "tiles");
   quant::TileEncodeFn encode = [&](const uint16_t* x, size_t n, int K, exl3::Codebook cbk, uint16_t* st,
                                    uint16_t* dec, bool estimate) {
     encode_fn(x, n, K, cbk, st, dec, estimate);
-    if (!estimate) tiles_encoded += n;
+    if (!estimate) {
+      tiles_encoded += n;
+      bar.update(tiles_before + tiles_encoded, stage);
+    }
   };
 
   // Calibration state.
-  log_info("quantize {} -> {}: {} bits ({} recorded), head {}, codebook {}, out-scales {}, calibration {} x {}",
+  log_info("quantize {} -> {}: {} bits ({} recorded), head {}, codebook {}, out-scales {}, calibration {} x {}, "
+           "device {} ({})",
            job.input_dir, out_path.string(), job.bits, recorded_bits, job.head_bits, job.codebook, job.out_scales,
-           job.cal_rows, job.cal_cols);
+           job.cal_rows, job.cal_cols, device, backend->info().name);
   const auto cal = build_calibration(*tokenizer, c.vocab_size, job.cal_rows, job.cal_cols,
                                      job.cal_data_dir.empty() ? default_cal_dir() : job.cal_data_dir);
   const int64_t cols = job.cal_cols;
   const std::vector<float> embed = load_f32(store, "model.embed_tokens.weight");
-  std::vector<std::vector<float>> state(cal.size());
-  for (size_t r = 0; r < cal.size(); ++r) {
-    state[r].resize(static_cast<size_t>(cols * H));
-    for (int64_t t = 0; t < cols; ++t)
-      for (int64_t j = 0; j < H; ++j)
-        state[r][t * H + j] = fp16_to_fp32(fp32_to_fp16(embed[static_cast<size_t>(cal[r][t]) * H + j]));
+  // The calibration state lives on the device: rows x cols x hidden fp32.
+  std::vector<DeviceTensor> state(cal.size());
+  {
+    std::vector<float> row(static_cast<size_t>(cols * H));
+    for (size_t r = 0; r < cal.size(); ++r) {
+      for (int64_t t = 0; t < cols; ++t)
+        for (int64_t j = 0; j < H; ++j)
+          row[t * H + j] = fp16_to_fp32(fp32_to_fp16(embed[static_cast<size_t>(cal[r][t]) * H + j]));
+      state[r] = backend->upload(TensorView{DType::kF32, {cols, H}, reinterpret_cast<const std::byte*>(row.data())},
+                                 DType::kF32);
+    }
   }
-  std::vector<bool> alive(cal.size(), true);
   BlockRunner runner(c, *backend, cols);
   const bool qk_norm = arch == "Qwen3ForCausalLM";
 
@@ -497,31 +538,30 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
       w.k_norm = vec(p + "self_attn.k_norm.weight", c.head_dim);
     }
   };
-  auto live_rows = [&]() { return static_cast<size_t>(std::count(alive.begin(), alive.end(), true)); };
   auto advance = [&](const BlockRunner::Weights& w) {
-    for (size_t r = 0; r < state.size(); ++r) {
-      if (!alive[r]) continue;
-      runner.run(w, state[r].data(), nullptr);
-      for (float v : state[r])
-        if (!std::isfinite(v)) {
-          alive[r] = false;
-          break;
-        }
-    }
-    const size_t dead = state.size() - live_rows();
-    if (dead > 0) log_warn("{} calibration rows became non-finite and are excluded", dead);
-    if (dead * 10 > state.size())
-      fail(ErrorKind::kInternal, "more than 10% of the calibration rows became non-finite ({} of {}); aborting", dead,
-           state.size());
+    for (DeviceTensor& x : state) runner.run(w, x, true, nullptr);
+  };
+  // Tokens whose activations went non-finite are left out of every Hessian (rows skipped by
+  // gram_accumulate); too many of them means the model or its quantization diverged.
+  auto check_finite = [&](const HessianAccumulator& h, const std::string& where) {
+    if (h.skipped() == 0) return;
+    log_warn("{}: {} of {} calibration tokens are non-finite and were left out", where, h.skipped(),
+             h.skipped() + h.count());
+    if (h.skipped() * 10 > h.skipped() + h.count())
+      fail(ErrorKind::kInternal, "{}: more than 10% of the calibration tokens are non-finite ({} of {}); aborting",
+           where, h.skipped(), h.skipped() + h.count());
+  };
+  auto tiles_of = [](const LinearSpec& s) {
+    return static_cast<uint64_t>(round_up_128(s.in) * round_up_128(s.out) / 256);
   };
 
-  const size_t n_modules = blocks.size() + 1;
-  ProgressBar bar("quantize", n_modules, "modules");
   nlohmann::json report = nlohmann::json::object();
   for (size_t bi = 0; bi < blocks.size(); ++bi) {
     const BlockSpec& b = blocks[bi];
     const fs::path ckpt = work / fmt::format("layer-{:05}.safetensors", b.index);
     ModuleTensors qt;
+    uint64_t block_tiles = 0;
+    for (const LinearSpec* s : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down}) block_tiles += tiles_of(*s);
     if (fs::exists(ckpt)) {
       qt = ModuleTensors::load(ckpt.string());
     } else {
@@ -531,20 +571,26 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
       std::vector<float> wq, wk, wv, wo, wg, wu, wd;
       src.q = dense(b.q, wq); src.k = dense(b.k, wk); src.v = dense(b.v, wv); src.o = dense(b.o, wo);
       src.gate = dense(b.gate, wg); src.up = dense(b.up, wu); src.down = dense(b.down, wd);
-      HessianAccumulator h_attn(round_up_128(H)), h_o(round_up_128(qw)), h_mlp(round_up_128(H)), h_down(round_up_128(I));
       std::vector<std::vector<float>> ref_out;
-      for (size_t r = 0; r < state.size(); ++r) {
-        if (!alive[r]) continue;
-        std::vector<float> x = state[r];
-        BlockRunner::Capture cap;
-        runner.run(src, x.data(), &cap);
-        h_attn.add(cap.attn_in.data(), cols, H, pool);
-        h_o.add(cap.o_in.data(), cols, qw, pool);
-        h_mlp.add(cap.mlp_in.data(), cols, H, pool);
-        h_down.add(cap.down_in.data(), cols, I, pool);
-        if (ref_out.size() < 5) ref_out.push_back(std::move(x));
-        bar.update(bi, fmt::format("layer {} capture {}/{}", b.index, r + 1, state.size()));
+      HessianAccumulator h_attn(0), h_o(0), h_mlp(0), h_down(0);
+      {
+        DeviceHessian d_attn(*backend, round_up_128(H)), d_o(*backend, round_up_128(qw)),
+            d_mlp(*backend, round_up_128(H)), d_down(*backend, round_up_128(I));
+        const BlockRunner::Grams grams{&d_attn, &d_o, &d_mlp, &d_down};
+        for (size_t r = 0; r < state.size(); ++r) {
+          const DeviceTensor& y = runner.run(src, state[r], false, &grams);
+          if (ref_out.size() < kRefRows) ref_out.push_back(runner.download(y));
+          if (r % 8 == 7 || r + 1 == state.size()) {
+            stage = fmt::format("layer {}: capture {}/{}", b.index, r + 1, state.size());
+            bar.update(tiles_before, stage);
+          }
+        }
+        h_attn = d_attn.fetch(*backend);
+        h_o = d_o.fetch(*backend);
+        h_mlp = d_mlp.fetch(*backend);
+        h_down = d_down.fetch(*backend);
       }
+      check_finite(h_attn, fmt::format("layer {}", b.index));
       // 2. Quantize.
       const uint64_t seed = static_cast<uint64_t>(b.index) + 1;
       auto run_group = [&](const HessianAccumulator& acc, uint64_t hseed,
@@ -566,6 +612,7 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
             std::copy(&kn[i * widths[t]], &kn[i * widths[t]] + widths[t], &w[i * n + col0]);
           col0 += widths[t];
         }
+        stage = fmt::format("layer {}: {}", b.index, members[0].first->key.substr(members[0].first->key.rfind('.') + 1));
         quant::QuantizeOptions qo;
         qo.K = members[0].first->K;
         qo.codebook = cb;
@@ -588,16 +635,13 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
       qw_.q = quantized(qt, b.q); qw_.k = quantized(qt, b.k); qw_.v = quantized(qt, b.v); qw_.o = quantized(qt, b.o);
       qw_.gate = quantized(qt, b.gate); qw_.up = quantized(qt, b.up); qw_.down = quantized(qt, b.down);
       double num = 0, den = 0;
-      size_t ri = 0;
-      for (size_t r = 0; r < state.size() && ri < ref_out.size(); ++r) {
-        if (!alive[r]) continue;
-        std::vector<float> x = state[r];
-        runner.run(qw_, x.data(), nullptr);
+      for (size_t ri = 0; ri < ref_out.size(); ++ri) {
+        const std::vector<float> x = runner.download(runner.run(qw_, state[ri], false, nullptr));
         for (size_t j = 0; j < x.size(); ++j) {
+          if (!std::isfinite(ref_out[ri][j])) continue;
           num += std::pow(static_cast<double>(x[j]) - ref_out[ri][j], 2);
           den += std::pow(static_cast<double>(ref_out[ri][j]), 2);
         }
-        ++ri;
       }
       const double rel = den > 0 ? std::sqrt(num / den) : 0.0;
       double worst = 0;
@@ -613,22 +657,23 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
     norms(qw_, b);
     qw_.q = quantized(qt, b.q); qw_.k = quantized(qt, b.k); qw_.v = quantized(qt, b.v); qw_.o = quantized(qt, b.o);
     qw_.gate = quantized(qt, b.gate); qw_.up = quantized(qt, b.up); qw_.down = quantized(qt, b.down);
+    stage = fmt::format("layer {}: advance", b.index);
+    bar.update(tiles_before + tiles_encoded, stage);
     advance(qw_);
-    bar.update(bi + 1, fmt::format("layer {}", b.index));
+    tiles_before += block_tiles;
+    tiles_encoded = 0;
   }
 
   // Head.
   const LinearSpec head{"lm_head", H, c.vocab_size, job.head_bits};
   const fs::path head_ckpt = work / "head.safetensors";
   if (job.head_bits != 16 && !fs::exists(head_ckpt)) {
-    HessianAccumulator h_head(round_up_128(H));
+    stage = "lm_head";
     const DeviceTensor fnorm = vec("model.norm.weight", H);
-    std::vector<float> normed;
-    for (size_t r = 0; r < state.size(); ++r) {
-      if (!alive[r]) continue;
-      runner.final_norm(fnorm, state[r].data(), normed);
-      h_head.add(normed.data(), cols, H, pool);
-    }
+    DeviceHessian d_head(*backend, round_up_128(H));
+    for (DeviceTensor& x : state) runner.final_norm(fnorm, x, d_head);
+    const HessianAccumulator h_head = d_head.fetch(*backend);
+    check_finite(h_head, "lm_head");
     const std::vector<float> wh = load_f32(store, head_source);
     if (static_cast<int64_t>(wh.size()) != H * c.vocab_size)
       fail(ErrorKind::kFormat, "{}: {} has {} elements, expected {} x {}", store.dir(), head_source, wh.size(),
@@ -647,7 +692,7 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
     log_info("lm_head: proxy error {:.6f}", res[0].proxy_error);
     ht.save(head_ckpt.string(), report["lm_head"]);
   }
-  bar.update(n_modules, "compiling output");
+  bar.update(tiles_total, "writing output");
 
   // Compile the output directory.
   const fs::path parent = out_path.has_parent_path() ? out_path.parent_path() : fs::path(".");

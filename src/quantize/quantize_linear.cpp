@@ -6,6 +6,7 @@
 #include <numeric>
 #include <random>
 
+#include "backends/cpu/gram.h"
 #include "core/error.h"
 #include "core/fp16.h"
 #include "exl3/hadamard.h"
@@ -206,53 +207,20 @@ float search_global_scale(const float* w, int64_t k, int64_t n, int64_t stride, 
 HessianAccumulator::HessianAccumulator(int64_t k) : k_(k), sum_(static_cast<size_t>(k * k), 0.0f) {}
 
 void HessianAccumulator::add(const float* x, int64_t rows, int64_t cols, ThreadPool& pool) {
-  TRELLIS_CHECK(cols <= k_);
-  // Keep finite rows, zero-padded to k, in chunks of kChunk rows; H += XᵀX on the lower
-  // triangle in 4 x 16 register blocks, mirrored at the end of each call.
-  constexpr int64_t kChunk = 256;
-  std::vector<float> buf(static_cast<size_t>(kChunk * k_));
-  int64_t r = 0;
-  while (r < rows) {
-    int64_t filled = 0;
-    for (; r < rows && filled < kChunk; ++r) {
-      const float* src = x + r * cols;
-      bool finite = true;
-      for (int64_t c = 0; c < cols; ++c) finite &= std::isfinite(src[c]);
-      if (!finite) {
-        ++skipped_;
-        continue;
-      }
-      float* dst = &buf[static_cast<size_t>(filled * k_)];
-      std::copy(src, src + cols, dst);
-      std::fill(dst + cols, dst + k_, 0.0f);
-      ++filled;
-    }
-    if (filled == 0) continue;
-    count_ += static_cast<uint64_t>(filled);
-    const int64_t k = k_;
-    const int64_t iblocks = (k + 3) / 4;
-    pool.parallel_for(static_cast<size_t>(iblocks), 1, [&](size_t b0, size_t b1) {
-      for (size_t ib = b0; ib < b1; ++ib) {
-        const int64_t i0 = static_cast<int64_t>(ib) * 4;
-        const int64_t ni = std::min<int64_t>(4, k - i0);
-        for (int64_t j0 = 0; j0 < i0 + ni; j0 += 16) {
-          const int64_t nj = std::min<int64_t>(16, k - j0);
-          float acc[4][16] = {};
-          for (int64_t t = 0; t < filled; ++t) {
-            const float* row = &buf[static_cast<size_t>(t * k)];
-            float xi[4];
-            for (int a = 0; a < 4; ++a) xi[a] = a < ni ? row[i0 + a] : 0.0f;
-            float xj[16];
-            for (int b = 0; b < 16; ++b) xj[b] = b < nj ? row[j0 + b] : 0.0f;
-            for (int a = 0; a < 4; ++a)
-              for (int b = 0; b < 16; ++b) acc[a][b] += xi[a] * xj[b];
-          }
-          for (int64_t a = 0; a < ni; ++a)
-            for (int64_t b = 0; b < nj && j0 + b <= i0 + a; ++b) sum_[(i0 + a) * k + j0 + b] += acc[a][b];
-        }
-      }
-    });
-  }
+  const cpu::GramCount c = cpu::gram_accumulate(x, rows, cols, sum_.data(), k_, pool);
+  count_ += c.added;
+  skipped_ += c.skipped;
+  mirror();
+}
+
+void HessianAccumulator::set_lower(const float* lower, uint64_t count, uint64_t skipped) {
+  std::copy(lower, lower + k_ * k_, sum_.begin());
+  count_ = count;
+  skipped_ = skipped;
+  mirror();
+}
+
+void HessianAccumulator::mirror() {
   for (int64_t i = 0; i < k_; ++i)
     for (int64_t j = i + 1; j < k_; ++j) sum_[i * k_ + j] = sum_[j * k_ + i];
 }

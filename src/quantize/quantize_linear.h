@@ -33,11 +33,15 @@ class HessianAccumulator {
   // Adds `rows` rows of `cols` <= k floats (the rest are zero padding). Rows with a non-finite
   // value are skipped and counted.
   void add(const float* x, int64_t rows, int64_t cols, ThreadPool& pool);
+  // Replaces the sum with a k x k matrix whose lower triangle holds XᵀX (from a backend's
+  // gram_accumulate), with its row counts.
+  void set_lower(const float* lower, uint64_t count, uint64_t skipped);
   uint64_t count() const { return count_; }
   uint64_t skipped() const { return skipped_; }
   const std::vector<float>& sum() const { return sum_; }  // k x k, full symmetric
 
  private:
+  void mirror();
   int64_t k_;
   std::vector<float> sum_;
   uint64_t count_ = 0, skipped_ = 0;

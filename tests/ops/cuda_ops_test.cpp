@@ -372,6 +372,39 @@ TEST(CudaOps, AddThenRmsNormFused) {
 
 // A decode-like step (embedding, norm, linear, rope, kv_store, attention, add) repeated at new
 // positions: from the third step on it replays a CUDA graph; results equal the eager run bit for bit.
+// The quantizer's Hessian accumulation: lower triangle of xᵀx over finite rows, twice into the
+// same accumulator (k > cols: padding stays zero), against a double-precision sum.
+TEST(CudaOps, GramAccumulateSkipsNonFiniteRowsLowerTriangle) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  const int64_t rows = 301, cols = 77, k = 128;
+  auto x = random_floats(rows * cols, 41, 2.0f);
+  x[5 * cols + 3] = NAN;
+  x[200 * cols + 76] = INFINITY;
+  DeviceTensor xd = cu->upload(f32_view(x, {rows, cols}), DType::kF32);
+  DeviceTensor acc = cu->alloc(DType::kF32, {k, k}), stats = cu->alloc(DType::kF32, {1, 2});
+  cu->gram_accumulate(xd, acc, stats);
+  cu->gram_accumulate(xd, acc, stats);
+  const auto a = fetch(*cu, acc), st = fetch(*cu, stats);
+  EXPECT_EQ(st[0], 2.0f * (rows - 2));
+  EXPECT_EQ(st[1], 4.0f);
+  double err = 0, norm = 0;
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j) {
+      double ref = 0;
+      if (j <= i && i < cols)
+        for (int64_t r = 0; r < rows; ++r)
+          if (r != 5 && r != 200) ref += 2.0 * x[r * cols + i] * x[r * cols + j];
+      const float got = a[static_cast<size_t>(i * k + j)];
+      if (j > i || i >= cols) {
+        ASSERT_EQ(got, 0.0f) << i << "," << j;  // upper triangle and padding untouched
+      } else {
+        err += (got - ref) * (got - ref);
+        norm += ref * ref;
+      }
+    }
+  EXPECT_LT(std::sqrt(err / norm), 1e-6);
+}
+
 TEST(CudaOps, GraphReplaysEqualEagerRuns) {
   TRELLIS_CUDA_OR_SKIP(cu);
   const int64_t dim = 64, vocab = 50, heads = 2, head_dim = 32, ctx = 16;

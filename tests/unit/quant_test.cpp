@@ -116,3 +116,57 @@ TEST(QuantLinear, ReconstructsThroughTheReferenceDecoder) {
 
 }  // namespace
 }  // namespace trellis::quant
+
+namespace trellis {
+namespace {
+
+// Hessian accumulation (spec 5.3) on the CPU backend and in HessianAccumulator: XᵀX over the
+// finite rows against a double-precision sum; the backend fills the lower triangle only, the
+// accumulator mirrors it; non-finite rows are counted, not added.
+TEST(QuantHessian, GramAccumulateMatchesDoubleSumAndSkipsNonFiniteRows) {
+  const int64_t rows = 133, cols = 45, k = 64;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.5f);
+  std::vector<float> x(static_cast<size_t>(rows * cols));
+  for (auto& v : x) v = nd(rng);
+  x[7 * cols] = NAN;
+  x[100 * cols + 44] = -INFINITY;
+  auto ref = [&](int64_t i, int64_t j) {
+    double s = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      if (r != 7 && r != 100) s += static_cast<double>(x[r * cols + i]) * x[r * cols + j];
+    return s;
+  };
+  auto be = make_cpu_backend(2);
+  DeviceTensor xd = be->upload(TensorView{DType::kF32, {rows, cols}, reinterpret_cast<const std::byte*>(x.data())},
+                               DType::kF32);
+  DeviceTensor acc = be->alloc(DType::kF32, {k, k}), stats = be->alloc(DType::kF32, {1, 2});
+  be->gram_accumulate(xd, acc, stats);
+  std::vector<float> a(static_cast<size_t>(k * k)), st(2);
+  be->download(acc, a.data());
+  be->download(stats, st.data());
+  EXPECT_EQ(st[0], rows - 2);
+  EXPECT_EQ(st[1], 2);
+  ThreadPool pool(2);
+  quant::HessianAccumulator h(k);
+  h.add(x.data(), rows, cols, pool);
+  EXPECT_EQ(h.count(), static_cast<uint64_t>(rows - 2));
+  EXPECT_EQ(h.skipped(), 2u);
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j) {
+      const double want = i < cols && j < cols ? ref(std::max(i, j), std::min(i, j)) : 0.0;
+      const float lower = a[static_cast<size_t>(i * k + j)];
+      if (j <= i)
+        EXPECT_NEAR(lower, want, 1e-4 * (1 + std::abs(want))) << i << "," << j;
+      else
+        EXPECT_EQ(lower, 0.0f) << i << "," << j;
+      EXPECT_NEAR(h.sum()[static_cast<size_t>(i * k + j)], want, 1e-4 * (1 + std::abs(want))) << i << "," << j;
+    }
+  // The accumulator loaded from the backend's lower triangle equals the one that added on the host.
+  quant::HessianAccumulator from_device(k);
+  from_device.set_lower(a.data(), static_cast<uint64_t>(st[0]), static_cast<uint64_t>(st[1]));
+  EXPECT_EQ(from_device.sum(), h.sum());
+}
+
+}  // namespace
+}  // namespace trellis

@@ -8,6 +8,7 @@
 #include "backends/cpu/attention.h"
 #include "backends/cpu/dense_matmul.h"
 #include "backends/cpu/exl3_matmul.h"
+#include "backends/cpu/gram.h"
 #include "core/error.h"
 #include "core/fp16.h"
 #include "core/log.h"
@@ -18,6 +19,11 @@ DeviceTensor DeviceTensor::first_rows(int64_t n) const {
   DeviceTensor t = *this;
   if (!t.shape.empty()) t.shape[0] = n;
   return t;
+}
+
+void Backend::gram_accumulate(const DeviceTensor&, DeviceTensor&, DeviceTensor&) {
+  fail(ErrorKind::kUnsupported, "the {} backend cannot accumulate calibration Hessians (quantize with --device cpu or cuda)",
+       info().backend);
 }
 
 namespace cpu {
@@ -263,6 +269,18 @@ class CpuBackend : public Backend {
     float* a = f32(x);
     const float* b2 = f32(y);
     for (size_t i = 0; i < n; ++i) a[i] += b2[i];
+  }
+
+  void gram_accumulate(const DeviceTensor& x, DeviceTensor& acc, DeviceTensor& stats) override {
+    const int64_t k = acc.rows();
+    if (x.dtype != DType::kF32 || acc.dtype != DType::kF32 || stats.dtype != DType::kF32 || acc.cols() != k ||
+        x.cols() > k || shape_numel(stats.shape) < 2)
+      fail(ErrorKind::kInternal, "CPU gram_accumulate: bad shapes x {} acc {} stats {}", shape_to_string(x.shape),
+           shape_to_string(acc.shape), shape_to_string(stats.shape));
+    const GramCount c = cpu::gram_accumulate(f32(x), x.rows(), x.cols(), f32(acc), k, pool_);
+    float* st = f32(stats);
+    st[0] += static_cast<float>(c.added);
+    st[1] += static_cast<float>(c.skipped);
   }
 
  private:

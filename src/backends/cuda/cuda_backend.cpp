@@ -29,7 +29,7 @@ constexpr size_t kUploadChunkBytes = size_t{64} << 20;  // bound on the temporar
 constexpr size_t kGraphMinLaunches = 4;                 // smaller segments run eagerly
 
 enum Op : uint64_t {
-  kEmbedding = 1, kRmsNorm, kGemv, kGemm, kExl3, kRope, kKvStore, kAttention, kSiluMul, kAdd, kAddRmsNorm
+  kEmbedding = 1, kRmsNorm, kGemv, kGemm, kExl3, kRope, kKvStore, kAttention, kSiluMul, kAdd, kAddRmsNorm, kGram
 };
 
 uint64_t addr(const void* p) { return reinterpret_cast<uint64_t>(p); }
@@ -599,6 +599,35 @@ void CudaBackend::add(DeviceTensor& x, const DeviceTensor& y) {
   const size_t key_size = key_.size();
   record({kAdd, addr(a), addr(b), static_cast<uint64_t>(n)}, [=](const std::byte*) { cuda::add(a, b, n, s); });
   last_add_ = LastAdd{a, b, n, key_size};
+}
+
+void CudaBackend::gram_accumulate(const DeviceTensor& x, DeviceTensor& acc, DeviceTensor& stats) {
+  const int64_t k = acc.rows(), rows = x.rows(), cols = x.cols();
+  if (x.dtype != DType::kF32 || acc.dtype != DType::kF32 || stats.dtype != DType::kF32 || acc.cols() != k ||
+      cols > k || shape_numel(stats.shape) < 2)
+    fail(ErrorKind::kInternal, "CUDA gram_accumulate: bad shapes x {} acc {} stats {}", shape_to_string(x.shape),
+         shape_to_string(acc.shape), shape_to_string(stats.shape));
+  if (rows == 0) return;
+  const float* xp = f32(x);
+  float* ap = f32(acc);
+  float* sp = f32(stats);
+  keep(x);
+  keep(acc);
+  keep(stats);
+  auto* xs = reinterpret_cast<float*>(scratch(3, static_cast<size_t>(rows * cols) * 4));
+  cudaStream_t s = stream_;
+  cublasHandle_t h = cublas_;
+  record({kGram, addr(xp), addr(ap), addr(sp), addr(xs), static_cast<uint64_t>(rows), static_cast<uint64_t>(cols),
+          static_cast<uint64_t>(k)},
+         [=](const std::byte*) {
+           gram_filter(xp, rows, cols, xs, sp, s);
+           // Row-major xs [rows, cols] is column-major X [cols, rows]; X·Xᵀ into column-major
+           // acc's upper triangle = row-major acc's lower triangle.
+           const float one = 1.0f;
+           check(cublasSsyrk(h, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(rows),
+                             &one, xs, static_cast<int>(cols), &one, ap, static_cast<int>(k)),
+                 "gram_accumulate (cublasSsyrk)");
+         });
 }
 
 }  // namespace trellis::cuda

@@ -73,6 +73,7 @@ class CudaBackend : public Backend {
                  std::span<const int32_t> positions, const AttentionParams& params, DeviceTensor& out) override;
   void silu_mul(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out) override;
   void add(DeviceTensor& x, const DeviceTensor& y) override;
+  void gram_accumulate(const DeviceTensor& x, DeviceTensor& acc, DeviceTensor& stats) override;
 
   // Test and benchmark hooks: turn graph capture on or off, and count what flushes did.
   void set_graphs(bool on);
@@ -137,7 +138,7 @@ class CudaBackend : public Backend {
   cudaGraphExec_t graph_ = nullptr;
   bool graphs_ = true;
 
-  std::shared_ptr<CudaBuffer> scratch_[3];
+  std::shared_ptr<CudaBuffer> scratch_[4];
   Stats stats_;
 };
 

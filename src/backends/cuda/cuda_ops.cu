@@ -289,6 +289,27 @@ void add(float* x, const float* y, int64_t n, cudaStream_t stream) {
   check_launch("add");
 }
 
+// One warp per row: a finiteness vote, then the row or zeros.
+__global__ void gram_filter_kernel(const float* __restrict__ x, int64_t rows, int64_t cols, float* __restrict__ xs,
+                                   float* __restrict__ stats) {
+  const int lane = threadIdx.x % 32;
+  const int64_t r = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32;
+  if (r >= rows) return;
+  const float* src = x + r * cols;
+  float* dst = xs + r * cols;
+  bool finite = true;
+  for (int64_t c = lane; c < cols; c += 32) finite &= isfinite(src[c]);
+  finite = __all_sync(0xffffffffu, finite);
+  for (int64_t c = lane; c < cols; c += 32) dst[c] = finite ? src[c] : 0.0f;
+  if (lane == 0) atomicAdd(&stats[finite ? 0 : 1], 1.0f);
+}
+
+void gram_filter(const float* x, int64_t rows, int64_t cols, float* xs, float* stats, cudaStream_t stream) {
+  if (rows <= 0) return;
+  gram_filter_kernel<<<blocks_for(rows, kThreads / 32), kThreads, 0, stream>>>(x, rows, cols, xs, stats);
+  check_launch("gram_filter");
+}
+
 void dense_gemv_f16(const uint16_t* w, const float* x, const float* bias, int64_t m, int64_t in, int64_t out,
                     float* y, cudaStream_t stream) {
   if (m <= 0 || out <= 0) return;

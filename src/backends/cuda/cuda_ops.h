@@ -49,6 +49,10 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStr
 // x += y.
 void add(float* x, const float* y, int64_t n, cudaStream_t stream);
 
+// Quantizer calibration: xs [rows, cols] = x with every row that holds a non-finite value zeroed;
+// stats[0] += finite rows, stats[1] += zeroed rows (fp32 counts, exact below 2^24).
+void gram_filter(const float* x, int64_t rows, int64_t cols, float* xs, float* stats, cudaStream_t stream);
+
 // Dense linear, decode shapes: y [m, out] = x [m, in] · Wᵀ (+ bias [out] fp32, may be null),
 // W (out, in) fp16. fp32 activations and accumulation. m in 1..kGemvMaxRows. One warp per output
 // row: the weight row streams once from DRAM while x stays in L1/L2. Vectorized (16-byte) loads
