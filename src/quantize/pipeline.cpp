@@ -465,7 +465,8 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
                                  ? std::string("cpu")
                                  : fmt::format("{}:{}", backend->info().backend, backend->info().index);
   const TileEncodeFn encode_fn = make_tile_encoder(device, pool);
-  uint64_t tiles_encoded = 0, tiles_total = 0, tiles_before = 0;
+  // tiles_encoded: in the current module; tiles_run: by this process (not counting resumed work).
+  uint64_t tiles_encoded = 0, tiles_total = 0, tiles_before = 0, tiles_run = 0;
   for (const quant::AllocTensor& t : alloc) tiles_total += static_cast<uint64_t>(t.numel / 256);
   if (job.head_bits != 16) tiles_total += static_cast<uint64_t>(round_up_128(H) * round_up_128(c.vocab_size) / 256);
   std::string stage;
@@ -475,6 +476,7 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
     encode_fn(x, n, K, cbk, st, dec, estimate);
     if (!estimate) {
       tiles_encoded += n;
+      tiles_run += n;
       bar.update(tiles_before + tiles_encoded, stage);
     }
   };
@@ -863,7 +865,7 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
   QuantizeSummary sum;
   sum.bits = recorded_bits;
   sum.output_bytes = total;
-  sum.tiles = tiles_encoded;
+  sum.tiles = tiles_run;
   sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return sum;
 }
