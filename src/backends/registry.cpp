@@ -2,6 +2,8 @@
 #include "backends/registry.h"
 
 #include <charconv>
+#include <memory>
+#include <vector>
 
 #include "core/error.h"
 
@@ -119,7 +121,15 @@ TileEncodeFn make_tile_encoder(const std::string& device, ThreadPool& pool) {
     if (!cuda::encoder_available())
       fail(ErrorKind::kUnsupported, "device '{}': no usable CUDA device for the tile encoder", device);
     const int dev = index;
-    return [dev](const uint16_t* x, size_t n, int K, exl3::Codebook cb, uint16_t* states, uint16_t* decoded, bool) {
+    // The CUDA encoder always writes states (it has no estimate mode: estimates are exact
+    // encodes there); callers that only want decoded values pass states = nullptr.
+    auto scratch = std::make_shared<std::vector<uint16_t>>();
+    return [dev, scratch](const uint16_t* x, size_t n, int K, exl3::Codebook cb, uint16_t* states, uint16_t* decoded,
+                          bool) {
+      if (!states) {
+        scratch->resize(n * 256);
+        states = scratch->data();
+      }
       cuda::encode_tiles(x, n, K, cb, states, decoded, dev);
     };
   }

@@ -542,6 +542,8 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
   };
   auto advance = [&](const BlockRunner::Weights& w) {
     for (DeviceTensor& x : state) runner.run(w, x, true, nullptr);
+    // Backends may defer launches; they use the weights of `w`, which die with the caller's scope.
+    backend->synchronize();
   };
   // Tokens whose activations went non-finite are left out of every Hessian (rows skipped by
   // gram_accumulate); too many of them means the model or its quantization diverged.

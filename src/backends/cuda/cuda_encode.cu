@@ -68,6 +68,7 @@ struct Layout {
   static constexpr int F = 16 / K;     // backpointer fields per 16-bit half
   static constexpr int W = (P + F - 1) / F;  // backpointer words per thread and step
   static constexpr int BC = B < 8 ? B : 8;   // m chunk of one vector load
+  static constexpr int kChains = P >= 4 ? 1 : P == 2 ? 2 : 4;  // independent min chains per pair
   static_assert(A * B * C == kStatesPerThread);
   static_assert(MB * NB * R == kThreads);
   static_assert(R == 1 || P == 1);
@@ -213,22 +214,38 @@ struct Encoder {
         for (int cp = 0; cp < L::C / 2; ++cp) {
           const int j = bi * (L::C / 2) + cp;  // pair index
           const int shift = K * (j % L::F);
-          __half2 best;
-          uint32_t bh = 0;
+          // G independent minimum chains over contiguous h ranges (instruction-level
+          // parallelism when a thread has few pairs), merged in h order: a later range wins
+          // only when strictly smaller, which keeps the first strict minimum.
+          constexpr int G = L::kChains, AG = L::A / G;
+          __half2 bests[G];
+          uint32_t bhs[G];
 #pragma unroll
           for (int a = 0; a < L::A; ++a) {
+            const int g = a / AG;
             const __half2 d = __hsub2_rn(dec[a][bi][cp], w2);
             const __half2 c = __hfma2(d, d, __half2half2(pv[a][bc]));
-            if (a == 0) {
-              best = c;
+            const uint32_t code = (static_cast<uint32_t>(a) * 0x10001u) << shift;
+            if (a % AG == 0) {
+              bests[g] = c;
+              bhs[g] = code;
             } else {
               if constexpr (kTrack) {
-                const uint32_t lt = __hlt2_mask(c, best);
-                const uint32_t code = (static_cast<uint32_t>(a) * 0x10001u) << shift;
-                bh = (code & lt) | (bh & ~lt);
+                const uint32_t lt = __hlt2_mask(c, bests[g]);
+                bhs[g] = (code & lt) | (bhs[g] & ~lt);
               }
-              best = __hmin2(c, best);
+              bests[g] = __hmin2(c, bests[g]);
             }
+          }
+          __half2 best = bests[0];
+          uint32_t bh = bhs[0];
+#pragma unroll
+          for (int g = 1; g < G; ++g) {
+            if constexpr (kTrack) {
+              const uint32_t lt = __hlt2_mask(bests[g], best);
+              bh = (bhs[g] & lt) | (bh & ~lt);
+            }
+            best = __hmin2(bests[g], best);
           }
           if constexpr (L::R > 1) {
             if constexpr (kTrack) bh += (static_cast<uint32_t>(r * L::A) * 0x10001u);
@@ -248,25 +265,25 @@ struct Encoder {
           }
           out[j] = best;
           if constexpr (kTrack) words[j / L::F] |= bh;
+          // The thread's out-edges are contiguous: [mb*B .. +B) x [nb*C .. +C) with NB == 1 or
+          // B == 1; pair j is at 2*j. Stored as soon as a 16-byte chunk is complete.
+          __half* dst = next + ((mb * L::B) << K) + nb * L::C;
+          if constexpr (L::P % 4 == 0) {
+            if (j % 4 == 3) {
+              uint4 v;
+              memcpy(&v, &out[j - 3], 16);
+              *reinterpret_cast<uint4*>(dst + 2 * (j - 3)) = v;
+            }
+          } else if constexpr (L::P == 2) {
+            if (j == 1) {
+              uint2 v;
+              memcpy(&v, &out[0], 8);
+              *reinterpret_cast<uint2*>(dst) = v;
+            }
+          } else {
+            if (L::R == 1 || r == 0) *reinterpret_cast<__half2*>(dst) = out[0];
+          }
         }
-      }
-    }
-    // The thread's out-edges are contiguous: [mb*B .. +B) x [nb*C .. +C) with NB == 1 or B == 1.
-    if (r == 0) {
-      __half* dst = next + ((mb * L::B) << K) + nb * L::C;
-      if constexpr (L::P % 4 == 0) {
-#pragma unroll
-        for (int j = 0; j < L::P; j += 4) {
-          uint4 v;
-          memcpy(&v, &out[j], 16);
-          *reinterpret_cast<uint4*>(dst + 2 * j) = v;
-        }
-      } else if constexpr (L::P == 2) {
-        uint2 v;
-        memcpy(&v, &out[0], 8);
-        *reinterpret_cast<uint2*>(dst) = v;
-      } else {
-        *reinterpret_cast<__half2*>(dst) = out[0];
       }
     }
     if constexpr (kTrack) {
