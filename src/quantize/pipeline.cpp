@@ -594,7 +594,10 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
         h_mlp = d_mlp.fetch(*backend);
         h_down = d_down.fetch(*backend);
       }
-      check_finite(h_attn, fmt::format("layer {}", b.index));
+      check_finite(h_attn, fmt::format("layer {} attention input", b.index));
+      check_finite(h_o, fmt::format("layer {} o_proj input", b.index));
+      check_finite(h_mlp, fmt::format("layer {} MLP input", b.index));
+      check_finite(h_down, fmt::format("layer {} down_proj input", b.index));
       // 2. Quantize.
       const uint64_t seed = static_cast<uint64_t>(b.index) + 1;
       auto run_group = [&](const HessianAccumulator& acc, uint64_t hseed,
