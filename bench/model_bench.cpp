@@ -94,13 +94,15 @@ uint64_t weight_bytes_per_token(const trellis::Model& model) {
 int main(int argc, char** argv) {
   CLI::App app{"trellis_bench_model: prefill and decode tok/s of a model, with the memory roofline"};
   std::string dir, device = "cpu";
-  int prompt = 128, gen = 64, reps = 3, threads = 0;
+  int prompt = 128, gen = 64, reps = 3, threads = 0, ctx = 0;
   app.add_option("-m,--model", dir, "Model directory")->required();
   app.add_option("--device", device, "Backend device (cpu, cuda:0, vulkan:0)");
   app.add_option("--prompt", prompt, "Prompt tokens for the prefill measurement")->check(CLI::PositiveNumber);
   app.add_option("--gen", gen, "Decode steps after the prompt")->check(CLI::PositiveNumber);
   app.add_option("--reps", reps, "Repetitions (median reported)")->check(CLI::PositiveNumber);
   app.add_option("--threads", threads, "CPU threads (0 = all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--ctx", ctx, "KV cache length to allocate (default: prompt + gen + 1), for memory measurements")
+      ->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
   trellis::set_num_threads(static_cast<size_t>(threads));
   trellis::set_verbosity(0);
@@ -108,7 +110,7 @@ int main(int argc, char** argv) {
   try {
     auto backend = trellis::make_backend(device, static_cast<size_t>(threads));
     trellis::ModelOptions mo;
-    mo.max_context = prompt + gen + 1;
+    mo.max_context = std::max(ctx, prompt + gen + 1);
     auto model = trellis::Model::load(dir, *backend, mo);
     std::vector<int32_t> ids(static_cast<size_t>(prompt + gen));
     uint64_t s = 12345;
@@ -147,6 +149,7 @@ int main(int argc, char** argv) {
         {"exl3", model->dir().is_exl3()},
         {"prompt_tokens", prompt},
         {"gen_tokens", gen},
+        {"context_allocated", mo.max_context},
         {"prefill_tok_s", prefill_tps},
         {"decode_tok_s", decode_tps},
         {"weight_bytes_per_token", wbytes},

@@ -105,6 +105,10 @@ class Backend {
                         DeviceTensor& out) = 0;
   // y [rows, out] = x [rows, in] · Wᵀ + b.
   virtual void linear(const LinearWeights& w, const DeviceTensor& x, DeviceTensor& y) = 0;
+  // ys[i] = x · ws[i]ᵀ + b_i for linears that read the same x (q/k/v, gate/up): the same results
+  // as linear() on each (the default does exactly that); a backend may batch their launches.
+  virtual void linears(std::span<const LinearWeights* const> ws, const DeviceTensor& x,
+                       std::span<DeviceTensor* const> ys);
   // In place, Hugging Face rotate-half convention, heads of head_dim in each row; row r is at
   // position positions[r].
   virtual void rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_t> positions,

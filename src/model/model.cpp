@@ -201,9 +201,11 @@ void Model::forward_chunk(std::span<const int32_t> tokens, int64_t start, bool a
   be.embedding(embed_, tokens, x);
   for (Layer& l : layers_) {
     be.rms_norm(x, l.attn_norm, eps, config_.hidden_size, h);
-    be.linear(*l.q, h, q);
-    be.linear(*l.k, h, k);
-    be.linear(*l.v, h, v);
+    {
+      const LinearWeights* w[3] = {l.q.get(), l.k.get(), l.v.get()};
+      DeviceTensor* y[3] = {&q, &k, &v};
+      be.linears(w, h, y);
+    }
     if (l.q_norm.buffer) {
       be.rms_norm(q, l.q_norm, eps, config_.head_dim, q);
       be.rms_norm(k, l.k_norm, eps, config_.head_dim, k);
@@ -215,8 +217,11 @@ void Model::forward_chunk(std::span<const int32_t> tokens, int64_t start, bool a
     be.linear(*l.o, o, tmp);
     be.add(x, tmp);
     be.rms_norm(x, l.mlp_norm, eps, config_.hidden_size, h);
-    be.linear(*l.gate, h, gate);
-    be.linear(*l.up, h, up);
+    {
+      const LinearWeights* w[2] = {l.gate.get(), l.up.get()};
+      DeviceTensor* y[2] = {&gate, &up};
+      be.linears(w, h, y);
+    }
     be.silu_mul(gate, up, gate);
     be.linear(*l.down, gate, tmp);
     be.add(x, tmp);

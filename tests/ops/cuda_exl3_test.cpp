@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "backends/cuda/cuda_api.h"
@@ -223,6 +224,47 @@ TEST(CudaExl3, ForwardMatchesReferenceForEveryVariant) {
         EXPECT_LT(rel_rms(got, want), 2e-5) << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m;
       }
     }
+}
+
+// Linears sharing x (q/k/v-like: same k and in_features, different n, K, codebook and bias) run
+// as one group give bit-identical outputs to separate forward() calls, and stay inside their
+// buffers; groups outside the GEMV sizes are refused.
+TEST(CudaExl3, ForwardGroupEqualsSeparateForwards) {
+  CUDA_OR_SKIP();
+  const int64_t k = 384, in_f = 300;
+  const Layer la = random_layer(k, 256, 3, Codebook::kMcg, 71, true);
+  const Layer lb = random_layer(k, 128, 4, Codebook::kMul1, 72, false);
+  const Layer lc = random_layer(k, 384, 2, Codebook::k3Inst, 73, true);
+  auto da = upload(la, in_f, 200), db = upload(lb, in_f, 128), dc = upload(lc, in_f, 380);
+  const CudaExl3Linear* group[3] = {da.get(), db.get(), dc.get()};
+  const int64_t outs[3] = {200, 128, 380};
+  for (int64_t m : {1, 4, 8}) {
+    const auto x = random_rows(m, in_f, 300 + static_cast<uint64_t>(m));
+    Guarded xb(x.size()), sb(CudaExl3Linear::group_scratch_bytes(group, m) / 4 + 1);
+    xb.upload(x.data(), x.size() * 4);
+    std::vector<std::unique_ptr<Guarded>> yb;
+    float* ys[3];
+    for (int i = 0; i < 3; ++i) {
+      yb.push_back(std::make_unique<Guarded>(static_cast<size_t>(m * outs[i])));
+      ys[i] = yb.back()->at<float>();
+    }
+    CudaExl3Linear::forward_group(group, xb.at<float>(), m, ys, nullptr, sb.at<void>());
+    ok(cudaDeviceSynchronize());
+    EXPECT_TRUE(sb.guards_intact()) << "scratch overrun, m=" << m;
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_TRUE(yb[i]->guards_intact()) << "output " << i << " overrun, m=" << m;
+      const auto got = yb[i]->download<float>(static_cast<size_t>(m * outs[i]));
+      const auto want = run_forward(*group[i], x, m, in_f, outs[i]);
+      EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << "linear " << i << " m=" << m;
+    }
+  }
+  float* ys[3] = {nullptr, nullptr, nullptr};
+  EXPECT_THROW(CudaExl3Linear::forward_group(group, nullptr, 9, ys, nullptr, nullptr), Error);
+  auto other = upload(random_layer(512, 128, 3, Codebook::kMcg, 74, false), 512, 128);
+  const CudaExl3Linear* mixed[2] = {da.get(), other.get()};
+  Guarded sb(CudaExl3Linear::group_scratch_bytes(mixed, 1) / 4 + 1), xb(512), y0(200), y1(128);
+  float* ym[2] = {y0.at<float>(), y1.at<float>()};
+  EXPECT_THROW(CudaExl3Linear::forward_group(mixed, xb.at<float>(), 1, ym, nullptr, sb.at<void>()), Error);
 }
 
 // k = 2048 (128 slabs) at every k-split count, and the automatic choice, m = 1 and 5.

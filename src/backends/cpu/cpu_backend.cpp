@@ -21,6 +21,13 @@ DeviceTensor DeviceTensor::first_rows(int64_t n) const {
   return t;
 }
 
+void Backend::linears(std::span<const LinearWeights* const> ws, const DeviceTensor& x,
+                      std::span<DeviceTensor* const> ys) {
+  if (ws.size() != ys.size())
+    fail(ErrorKind::kInternal, "linears: {} weights for {} outputs", ws.size(), ys.size());
+  for (size_t i = 0; i < ws.size(); ++i) linear(*ws[i], x, *ys[i]);
+}
+
 void Backend::gram_accumulate(const DeviceTensor&, DeviceTensor&, DeviceTensor&) {
   fail(ErrorKind::kUnsupported, "the {} backend cannot accumulate calibration Hessians (quantize with --device cpu or cuda)",
        info().backend);

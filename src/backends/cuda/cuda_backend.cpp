@@ -29,7 +29,7 @@ constexpr size_t kUploadChunkBytes = size_t{64} << 20;  // bound on the temporar
 constexpr size_t kGraphMinLaunches = 4;                 // smaller segments run eagerly
 
 enum Op : uint64_t {
-  kEmbedding = 1, kRmsNorm, kGemv, kGemm, kExl3, kRope, kKvStore, kAttention, kSiluMul, kAdd, kAddRmsNorm, kGram
+  kEmbedding = 1, kRmsNorm, kGemv, kGemm, kExl3, kRope, kKvStore, kAttention, kSiluMul, kAdd, kAddRmsNorm, kGram, kExl3Group
 };
 
 uint64_t addr(const void* p) { return reinterpret_cast<uint64_t>(p); }
@@ -149,8 +149,12 @@ size_t CudaBackend::stage(const void* data, size_t bytes) {
 }
 
 void CudaBackend::record(std::initializer_list<uint64_t> key, Launch launch) {
+  record(std::span<const uint64_t>(key.begin(), key.size()), std::move(launch));
+}
+
+void CudaBackend::record(std::span<const uint64_t> key, Launch launch) {
   last_add_.reset();
-  key_.insert(key_.end(), key);
+  key_.insert(key_.end(), key.begin(), key.end());
   key_.push_back(~uint64_t{0});  // op separator
   launches_.push_back(std::move(launch));
 }
@@ -419,6 +423,40 @@ void CudaBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceT
   }
 #endif
   fail(ErrorKind::kInternal, "CUDA linear: weights were not prepared by the CUDA backend");
+}
+
+void CudaBackend::linears(std::span<const LinearWeights* const> ws, const DeviceTensor& x,
+                          std::span<DeviceTensor* const> ys) {
+#if TRELLIS_CUDA_HAS_EXL3
+  const int64_t m = x.rows();
+  std::vector<const CudaExl3Linear*> impls;
+  bool group = ws.size() == ys.size() && ws.size() >= 2 && ws.size() <= CudaExl3Linear::kMaxGroup && m >= 1 &&
+               m <= kExl3GemvMaxRows;
+  for (size_t i = 0; group && i < ws.size(); ++i) {
+    const auto* e = dynamic_cast<const Exl3Linear*>(ws[i]);
+    group = e && ws[i]->in_features == x.cols() && ys[i]->cols() == ws[i]->out_features && ys[i]->rows() == m &&
+            (impls.empty() || e->impl->k() == impls[0]->k());
+    if (group) impls.push_back(e->impl.get());
+  }
+  if (group) {
+    const float* xp = f32(x);
+    std::vector<float*> yps;
+    std::vector<uint64_t> key = {kExl3Group, addr(xp), static_cast<uint64_t>(m)};
+    keep(x);
+    for (size_t i = 0; i < ws.size(); ++i) {
+      yps.push_back(f32(*ys[i]));
+      keep(*ys[i]);
+      key.push_back(addr(impls[i]));
+      key.push_back(addr(yps.back()));
+    }
+    void* sc = scratch(2, std::max<size_t>(CudaExl3Linear::group_scratch_bytes(impls, m), 16));
+    key.push_back(addr(sc));
+    cudaStream_t s = stream_;
+    record(key, [=](const std::byte*) { CudaExl3Linear::forward_group(impls, xp, m, yps, s, sc); });
+    return;
+  }
+#endif
+  Backend::linears(ws, x, ys);
 }
 
 // ---- the other ops ----

@@ -66,6 +66,9 @@ class CudaBackend : public Backend {
   void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) override;
   void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group, DeviceTensor& out) override;
   void linear(const LinearWeights& w, const DeviceTensor& x, DeviceTensor& y) override;
+  // EXL3 linears at decode sizes share their Hadamard launches (CudaExl3Linear::forward_group).
+  void linears(std::span<const LinearWeights* const> ws, const DeviceTensor& x,
+               std::span<DeviceTensor* const> ys) override;
   void rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_t> positions, const RopeParams& rope) override;
   void kv_store(const DeviceTensor& k, const DeviceTensor& v, std::span<const int32_t> positions,
                 DeviceTensor& k_cache, DeviceTensor& v_cache) override;
@@ -91,6 +94,7 @@ class CudaBackend : public Backend {
   size_t stage(const void* data, size_t bytes);
   // Records a launch; `key` holds everything that determines the launch except staged values.
   void record(std::initializer_list<uint64_t> key, Launch launch);
+  void record(std::span<const uint64_t> key, Launch launch);
   void keep(const DeviceTensor& t) { keep_.push_back(t.buffer); }
   // Runs the recorded segment (eagerly, by capturing a graph, or by replaying one).
   void flush();

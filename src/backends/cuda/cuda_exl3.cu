@@ -124,7 +124,7 @@ std::unique_ptr<CudaExl3Linear> CudaExl3Linear::create(const exl3::Exl3LinearVie
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, l->device_), "cudaDeviceGetAttribute");
   const int64_t groups = view.n / 16 / exl3k::gemv_tiles(view.K);
   const int64_t k_tiles = view.k / 16;
-  int64_t splits = (3 * static_cast<int64_t>(sms) + groups - 1) / groups;
+  int64_t splits = (exl3k::kGemvBlocksPerSm * static_cast<int64_t>(sms) + groups - 1) / groups;
   splits = std::min<int64_t>({splits, kMaxGemvSplits, std::max<int64_t>(1, k_tiles / (2 * exl3k::kGemvWarps))});
   l->gemv_splits_ = static_cast<int>(std::max<int64_t>(1, splits));
   return l;
@@ -202,6 +202,46 @@ void CudaExl3Linear::forward(const float* x, int64_t m, float* y, cudaStream_t s
   // GEMV: one [m, n] partial per k-split; GEMM: the hi rows then the lo rows of [2m, n].
   exl3k::hadamard_out(reinterpret_cast<const float*>(sc + s.act), gemv ? gemv_splits_ : 2, m * n_, m, n_,
                       out_features_, svh_, bias_, y, stream);
+}
+
+static_assert(CudaExl3Linear::kMaxGroup == exl3k::kMaxGroup);
+
+size_t CudaExl3Linear::group_scratch_bytes(std::span<const CudaExl3Linear* const> ls, int64_t m) {
+  size_t total = 0;
+  for (const CudaExl3Linear* l : ls) total += l->scratch_bytes(m);
+  return total;
+}
+
+void CudaExl3Linear::forward_group(std::span<const CudaExl3Linear* const> ls, const float* x, int64_t m,
+                                   std::span<float* const> ys, cudaStream_t stream, void* scratch) {
+  auto bad_group = [](const std::string& why) { throw Error(ErrorKind::kInternal, "EXL3 linear group: " + why); };
+  if (ls.empty() || ls.size() > exl3k::kMaxGroup || ys.size() != ls.size())
+    bad_group(std::to_string(ls.size()) + " linears, " + std::to_string(ys.size()) + " outputs");
+  if (m < 1 || m > kExl3GemvMaxRows) bad_group("m = " + std::to_string(m));
+  if (!x || !scratch) bad_group("null input or scratch");
+  std::array<const float*, exl3k::kMaxGroup> suh{};
+  std::array<uint16_t*, exl3k::kMaxGroup> xa{};
+  std::array<exl3k::OutGroup::Item, exl3k::kMaxGroup> items{};
+  auto* sc = static_cast<std::byte*>(scratch);
+  std::array<std::byte*, exl3k::kMaxGroup> base{};
+  std::array<ScratchLayout, exl3k::kMaxGroup> lay{};
+  for (size_t i = 0; i < ls.size(); ++i) {
+    const CudaExl3Linear& l = *ls[i];
+    if (l.k_ != ls[0]->k_ || l.in_features_ != ls[0]->in_features_) bad_group("inputs of different widths");
+    if (!ys[i]) bad_group("null output");
+    lay[i] = l.layout(m);
+    base[i] = sc;
+    suh[i] = l.suh_;
+    xa[i] = reinterpret_cast<uint16_t*>(sc);
+    items[i] = {reinterpret_cast<const float*>(sc + lay[i].act), m * l.n_, l.gemv_splits_, static_cast<int>(l.n_),
+                static_cast<int>(l.out_features_), l.svh_, l.bias_, ys[i]};
+    sc += lay[i].total;
+  }
+  const size_t count = ls.size();
+  exl3k::hadamard_in_group(x, m, ls[0]->in_features_, ls[0]->k_, std::span(suh.data(), count),
+                           std::span(xa.data(), count), exl3k::ActLayout::kGemvFragments, stream);
+  for (size_t i = 0; i < count; ++i) ls[i]->product(m, stream, base[i], lay[i]);
+  exl3k::hadamard_out_group(std::span(items.data(), count), m, stream);
 }
 
 void CudaExl3Linear::product_only(int64_t m, cudaStream_t stream, void* scratch) const {

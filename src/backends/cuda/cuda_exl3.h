@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 
 #include "core/tensor.h"
 #include "exl3/linear.h"
@@ -54,6 +55,16 @@ class CudaExl3Linear {
   // concurrent call. Only enqueues on `stream`; m == 0 is a no-op.
   void forward(const float* x, int64_t m, float* y, cudaStream_t stream, void* scratch) const;
   size_t scratch_bytes(int64_t m) const;
+  // forward() of up to kMaxGroup linears that read the same x (same in_features and k),
+  // m in 1..kExl3GemvMaxRows, with one launch of each Hadamard transform for the whole group (the
+  // GEMVs stay one launch per linear). Results equal forward() of each bit for bit. `scratch`:
+  // group_scratch_bytes(ls, m) bytes, 256-byte aligned. Bad groups: trellis::Error kInternal.
+  static constexpr size_t kMaxGroup = 4;
+  static void forward_group(std::span<const CudaExl3Linear* const> ls, const float* x, int64_t m,
+                            std::span<float* const> ys, cudaStream_t stream, void* scratch);
+  static size_t group_scratch_bytes(std::span<const CudaExl3Linear* const> ls, int64_t m);
+  int64_t in_features() const { return in_features_; }
+  int64_t out_features() const { return out_features_; }
   // Device memory held by this layer (trellis + channel vectors + bias).
   uint64_t device_bytes() const;
 

@@ -29,13 +29,44 @@ constexpr int max_group_offset(int K, int j0) {
   return mx;
 }
 
+// Bits [P, P + 16) of the 64-bit a0:a1 (bit 0 = MSB of a0) as a 16-bit value. The ALU pipe
+// (shifts, lop3, prmt) is what limits the GEMV on Hopper, so a window inside one word is cut as
+// (a << P) >> 16, whose left shift ptxas can issue as IMAD.SHL on the otherwise idle FMA pipe,
+// rather than as a shift and a mask (two ALU ops).
+// The powers of two live in constant memory because ptxas turns a multiply by a known power of
+// two back into a shift; IMAD takes the constant-bank operand directly.
+__constant__ uint32_t kPow2[16] = {1u << 0, 1u << 1, 1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
+                                   1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
+
+template <int P, bool Imad>
+__device__ __forceinline__ uint32_t window(uint32_t a0, uint32_t a1) {
+  if constexpr (P == 0) return a0 >> 16;
+  else if constexpr (P < 16 && !Imad) return (a0 >> (16 - P)) & 0xFFFFu;
+  else if constexpr (P > 32 && P < 48 && !Imad) return (a1 >> (48 - P)) & 0xFFFFu;
+  else if constexpr (P < 16) return (a0 * kPow2[P]) >> 16;
+  else if constexpr (P == 16) return a0 & 0xFFFFu;
+  else if constexpr (P == 32) return a1 >> 16;
+  else if constexpr (P > 32 && P < 48) return (a1 * kPow2[P - 32]) >> 16;
+  else if constexpr (P == 48) return a1 & 0xFFFFu;
+  else return __funnelshift_r(a1, a0, 48 - P) & 0xFFFFu;  // straddles a0 and a1
+}
+
+// s[j] = window j·K of a0:a1 for j < GS.
+template <int K, int GS, bool Imad, int J = 0>
+__device__ __forceinline__ void windows(uint32_t a0, uint32_t a1, uint32_t* s) {
+  if constexpr (J < GS) {
+    s[J] = window<J * K, Imad>(a0, a1);
+    windows<K, GS, Imad, J + 1>(a0, a1, s);
+  }
+}
+
 template <int K>
 __device__ __forceinline__ int wrap_word(int i) {
   return i >= 8 * K ? i - 8 * K : i;
 }
 
 // States of steps 8·lane + J0 .. 8·lane + J0 + GS - 1 of the tile whose 8K words start at `tw`.
-template <int K, int J0, int GS, typename Ptr>
+template <int K, int J0, int GS, bool Imad, typename Ptr>
 __device__ __forceinline__ void group_states(Ptr tw, int lane, uint32_t* s) {
   constexpr int kSpan = 16 + (GS - 1) * K;
   static_assert(kSpan <= 64, "a group of windows must fit in 64 bits");
@@ -51,30 +82,22 @@ __device__ __forceinline__ void group_states(Ptr tw, int lane, uint32_t* s) {
     if constexpr (max_group_offset(K, J0) + kSpan > 64) w2 = tw[wrap_word<K>(w + 2)];
     a1 = __funnelshift_l(w2, w1, off);
   }
-#pragma unroll
-  for (int j = 0; j < GS; ++j) {
-    const int p = j * K;  // window = bits [p, p + 16) of a0:a1
-    uint32_t v;
-    if (p + 16 <= 32)
-      v = a0 >> (16 - p);
-    else if (p >= 32)
-      v = a1 >> (48 - p);
-    else
-      v = __funnelshift_r(a1, a0, 48 - p);
-    s[j] = v & 0xFFFFu;
+  windows<K, GS, Imad>(a0, a1, s);
+}
+
+// The 8 states of lane `lane`, in step order. Imad: cut windows with IMAD.SHL (FMA pipe) rather
+// than shift + mask (ALU pipe); pays for 3INST/MCG, whose pair step is ALU-heavy, not for MUL1,
+// whose dp4a already loads the FMA pipe.
+template <int K, bool Imad = true, typename Ptr>
+__device__ __forceinline__ void lane_states(Ptr tw, int lane, uint32_t s[8]) {
+  if constexpr (K <= 6) {
+    group_states<K, 0, 8, Imad>(tw, lane, s);
+  } else {
+    group_states<K, 0, 4, Imad>(tw, lane, s);
+    group_states<K, 4, 4, Imad>(tw, lane, s + 4);
   }
 }
 
-// The 8 states of lane `lane`, in step order.
-template <int K, typename Ptr>
-__device__ __forceinline__ void lane_states(Ptr tw, int lane, uint32_t s[8]) {
-  if constexpr (K <= 6) {
-    group_states<K, 0, 8>(tw, lane, s);
-  } else {
-    group_states<K, 0, 4>(tw, lane, s);
-    group_states<K, 4, 4>(tw, lane, s + 4);
-  }
-}
 
 __device__ __forceinline__ uint32_t hadd2_bits(uint32_t a, uint32_t b) {
   uint32_t d;
@@ -88,6 +111,14 @@ __device__ __forceinline__ uint32_t hfma2_bits(uint32_t a, uint32_t b, uint32_t 
   return d;
 }
 
+// (a & b) ^ c as one lop3. Written out because ptxas does not merge an and and an xor with two
+// immediate masks (a LOP3 takes one immediate), which costs an extra ALU op per weight.
+__device__ __forceinline__ uint32_t and_xor(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
 // Two decoded weights as f16x2 bits (s0's value in the low half), codebook id CB (spec 2.10).
 template <int CB>
 __device__ __forceinline__ uint32_t decode_pair(uint32_t s0, uint32_t s1) {
@@ -95,13 +126,13 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t s0, uint32_t s1) {
     // MUL1: h = 0x6400 + bytesum(s · 0x83DCD12D) is fp16 1024 + S; value = fma(h, k_inv, k_bias).
     const uint32_t h0 = __dp4a(s0 * 0x83DCD12Du, 0x01010101u, 0x6400u);
     const uint32_t h1 = __dp4a(s1 * 0x83DCD12Du, 0x01010101u, 0x6400u);
-    return hfma2_bits(h0 | (h1 << 16), 0x1EEE1EEEu, 0xC931C931u);
+    return hfma2_bits(__byte_perm(h0, h1, 0x5410), 0x1EEE1EEEu, 0xC931C931u);  // h < 2^16
   } else {
     // 3INST (CB 0) / MCG (CB 1): y = (x & 0x8FFF8FFF) ^ 0x3B603B60 (one lop3), value = lo + hi.
     const uint32_t x0 = CB == 0 ? s0 * 89226354u + 64248484u : s0 * 0xCBAC1FEDu;
     const uint32_t x1 = CB == 0 ? s1 * 89226354u + 64248484u : s1 * 0xCBAC1FEDu;
-    const uint32_t y0 = (x0 & 0x8FFF8FFFu) ^ 0x3B603B60u;
-    const uint32_t y1 = (x1 & 0x8FFF8FFFu) ^ 0x3B603B60u;
+    const uint32_t y0 = and_xor(x0, 0x8FFF8FFFu, 0x3B603B60u);
+    const uint32_t y1 = and_xor(x1, 0x8FFF8FFFu, 0x3B603B60u);
     return hadd2_bits(__byte_perm(y0, y1, 0x5410), __byte_perm(y0, y1, 0x7632));
   }
 }
@@ -111,7 +142,7 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t s0, uint32_t s1) {
 template <int K, int CB, typename Ptr>
 __device__ __forceinline__ void decode_lane(Ptr tw, int lane, uint32_t b[4]) {
   uint32_t s[8];
-  lane_states<K>(tw, lane, s);
+  lane_states<K, CB != 2>(tw, lane, s);
 #pragma unroll
   for (int i = 0; i < 4; ++i) b[i] = decode_pair<CB>(s[2 * i], s[2 * i + 1]);
 }

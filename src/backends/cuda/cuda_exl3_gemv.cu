@@ -2,29 +2,33 @@
 // for the prefill path (exl3_decode_k<K>_<cb>); 24 variants each, one table per kernel.
 //
 // GEMV contract: z_s [m, n] fp32 for k-split s = Σ over the split's 16-row k-slabs of xa · Ŵ,
-// m in 1..8, xa in the fragment layout of cuda_exl3_kernels.cuh. Grid (n/16/G column groups of
-// G tiles, splits), 8 warps per block; warp w takes the slabs tk0 + w, tk0 + w + 8, ... of its
-// split. Deterministic: fixed slab-to-warp assignment, fixed-order reductions.
+// m in 1..8, xa in the fragment layout of cuda_exl3_kernels.cuh. Grid (n/128 column groups of
+// 8 tiles, splits), kGemvWarps warps per block; warp w takes the slabs tk0 + w, tk0 + w + W, ...
+// of its split. Deterministic: fixed slab-to-warp assignment, fixed-order reductions.
 //
-// Why it is memory-bound (the Hopper question, spec 6.8, perf/h100-anchors.md):
+// How far it is from memory-bound on Hopper, and why (spec 6.8, perf/h100-anchors.md, the ncu
+// profile in docs/BENCHMARKS.md):
 // * Every trellis byte is read once, with 16-byte cp.async copies (L1 bypassed) of whole
-//   contiguous slabs (G tiles of one k-slab are adjacent in the file), into a 4-stage per-warp
-//   shared-memory ring: 3 slabs (1.5-4.5 KB) per warp, ~50 KB per SM in flight, enough to cover
-//   HBM latency at 3 TB/s without spending registers on prefetch.
-// * The dot products cost nothing on the integer/FP pipes: lanes decode straight into the
+//   contiguous slabs (the 8 tiles of one k-slab are adjacent in the file), into a 4-stage per-warp
+//   shared-memory ring; copy addresses are compile-time strides, so the copies cost ~1 op/lane.
+// * The dot products cost little on the integer/FP pipes: lanes decode straight into the
 //   mma.m16n8k16 B fragments (spec 2.7) and one MMA covers 128 weights for all 8 batch rows. The
 //   16 MMA rows carry fp16 hi (rows 0-7) and lo (rows 8-15) parts of the activations, so the
 //   otherwise idle rows buy fp32-level accuracy for free.
-// * What is left per weight is the decode itself: ~2 ops to cut a 16-bit window out of the
-//   normalised 64-bit lane word (one funnel shift + mask, fewer where byte-aligned), one IMAD,
-//   and per pair of weights lop3 x2 + prmt x2 + one f16x2 add (3INST/MCG) or dp4a x2 + one f16x2
-//   FMA (MUL1). At ~3.5 ALU-pipe ops per weight an H100 SM decodes ~18 weights per clock, which
-//   covers HBM bandwidth from K ~ 4 up; below that the kernel is integer-bound by construction.
-// * Split-k over blocks when n alone gives too few blocks; partial sums go to scratch and are
-//   summed in fixed order by the output transform.
+// * What is left per weight is the decode, and it is the wall: cutting the 16-bit window (IMAD.SHL
+//   + shift for 3INST/MCG, so that half of it runs on the FMA pipe; shift + mask for MUL1), one
+//   IMAD, then per pair of weights one lop3 x2 + prmt x2 + one f16x2 add (3INST/MCG) or dp4a x2 +
+//   prmt + one f16x2 FMA (MUL1): about 7-8 issued instructions per weight and lane with the loop.
+//   ncu (K=3 MCG, 8192x28672): the ALU pipe is the busiest (65% of peak) and issue slots are ~55%
+//   busy, so an H100/H200 SM decodes ~10-14 weights per clock: memory-bound only from K ~ 6-8 up.
+//   Closing the rest needs fewer integer ops per weight than the codebooks' definitions allow
+//   (every weight needs its own 16-bit window and 32-bit multiply).
+// * Split-k over blocks so that the grid holds about kGemvBlocksPerSm blocks per SM; partial sums
+//   go to scratch and are summed in fixed order by the output transform.
 #include <cuda_fp16.h>
 
 #include <array>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -35,7 +39,7 @@
 namespace trellis::cuda::exl3k {
 namespace {
 
-constexpr int kStages = 4;  // per-warp ring depth (slabs)
+constexpr int kStages = 4;  // per-warp ring depth (slabs); 6 measured no faster
 constexpr int kActBytesMax = 8 * 64;
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
@@ -66,8 +70,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int group = blockIdx.x, split = blockIdx.y;
-  const int chunks = kChunksT + 4 * m;
-  const int stage_bytes = chunks * 16;
+  const int stage_bytes = (kChunksT + 4 * m) * 16;
   unsigned char* ring = smem + warp * kStages * stage_bytes;
 
   const int per = (k_tiles + splits - 1) / splits;
@@ -75,16 +78,26 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   const int first = tk0 + warp;
   const int iters = first < tk1 ? (tk1 - first + kGemvWarps - 1) / kGemvWarps : 0;
 
-  auto issue = [&](int it) {
-    if (it < iters) {
-      const int tk = first + it * kGemvWarps;
-      const char* src_t =
-          reinterpret_cast<const char*>(trellis) + (static_cast<size_t>(tk) * n_tiles + static_cast<size_t>(group) * G) * kTileBytes;
-      const char* src_a = reinterpret_cast<const char*>(xa) + static_cast<size_t>(tk) * m * 64;
-      unsigned char* dst = ring + (it % kStages) * stage_bytes;
-      for (int c = lane; c < chunks; c += 32)
-        cp_async16(dst + c * 16, c < kChunksT ? src_t + c * 16 : src_a + (c - kChunksT) * 16);
+  // Each lane copies chunks lane, lane + 32, ... of the slab's trellis (a compile-time count) and
+  // at most one 16-byte chunk of activations; its source pointers step by a fixed stride per slab.
+  const size_t stride_t = static_cast<size_t>(kGemvWarps) * n_tiles * kTileBytes;
+  const size_t stride_a = static_cast<size_t>(kGemvWarps) * m * 64;
+  const char* src_t = reinterpret_cast<const char*>(trellis) +
+                      (static_cast<size_t>(first) * n_tiles + static_cast<size_t>(group) * G) * kTileBytes + lane * 16;
+  const char* src_a = reinterpret_cast<const char*>(xa) + static_cast<size_t>(first) * m * 64 + lane * 16;
+  const bool copies_act = lane < 4 * m;
+  int issued = 0;
+  auto issue = [&]() {
+    if (issued < iters) {
+      unsigned char* dst = ring + (issued % kStages) * stage_bytes + lane * 16;
+#pragma unroll
+      for (int c = 0; c < kChunksT; c += 32)
+        if (kChunksT % 32 == 0 || c + lane < kChunksT) cp_async16(dst + c * 16, src_t + c * 16);
+      if (copies_act) cp_async16(dst + kChunksT * 16, src_a);
+      src_t += stride_t;
+      src_a += stride_a;
     }
+    ++issued;
     cp_async_commit();  // possibly empty: keeps the group count uniform
   };
 
@@ -98,9 +111,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 
   const int g = lane >> 2, q = lane & 3;
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) issue(s);
+  for (int s = 0; s < kStages - 1; ++s) issue();
   for (int it = 0; it < iters; ++it) {
-    issue(it + kStages - 1);
+    issue();
     cp_async_wait<kStages - 1>();
     __syncwarp();
     const unsigned char* st = ring + (it % kStages) * stage_bytes;
@@ -212,7 +225,16 @@ void gemv(int K, int codebook, const uint32_t* trellis, const uint16_t* xa, int6
   const int G = gemv_tiles(K);
   const dim3 grid(static_cast<unsigned>(n / 16 / G), static_cast<unsigned>(splits));
   static_assert(kActBytesMax == 512, "8 rows of 64 bytes");
-  kGemvTable[codebook][K - 1]<<<grid, kGemvWarps * 32, gemv_smem_bytes(K, m), stream>>>(
+  const size_t smem = gemv_smem_bytes(K, m);
+  if (smem > 48 * 1024) {  // above the default dynamic shared memory limit: opt in once per kernel
+    static std::once_flag once[3][8];
+    std::call_once(once[codebook][K - 1], [&] {
+      check(cudaFuncSetAttribute(kGemvTable[codebook][K - 1], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(gemv_smem_bytes(K, 8))),
+            "cudaFuncSetAttribute (EXL3 GEMV shared memory)");
+    });
+  }
+  kGemvTable[codebook][K - 1]<<<grid, kGemvWarps * 32, smem, stream>>>(
       trellis, xa, static_cast<int>(m), static_cast<int>(k / 16), static_cast<int>(n / 16), splits, z);
   check_launch(gemv_name(K, codebook));
 }

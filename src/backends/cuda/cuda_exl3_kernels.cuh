@@ -5,15 +5,20 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <span>
 
 namespace trellis::cuda::exl3k {
 
-// Warps per GEMV block; each warp owns a strided share of the block's k range.
-inline constexpr int kGemvWarps = 8;
-// Tiles (16 output columns each) per GEMV block, by K: enough that one k-slab of the block's
-// tiles is >= 256 bytes of trellis (a whole warp's 16-byte copies) without too many accumulators.
-constexpr int gemv_tiles(int K) { return K <= 2 ? 8 : 4; }
+// GEMV block shape. Measured on the H200 (docs/BENCHMARKS.md, 2026-12-04): 2 warps x 8 tiles
+// per block with about 12 blocks per SM beat 8 warps x 4 tiles with 3 blocks per SM by 1.2-1.3x:
+// small blocks fill every SM evenly (no partial last wave) and leave more independent warps to
+// hide ALU latency. Each warp owns a strided share of the block's k range; a block covers 8 tiles
+// = 128 output columns.
+inline constexpr int kGemvWarps = 2;
+inline constexpr int kGemvBlocksPerSm = 12;
+constexpr int gemv_tiles(int /*K*/) { return 8; }
 
 // Activation layout for the GEMV (the mma.m16n8k16 A fragments, hi rows 0-7 and lo rows 8-15):
 // for k-slab tk (16 inputs), row r < m and quad q < 4, 16 bytes at ((tk·m + r)·4 + q)·16 hold
@@ -21,15 +26,40 @@ constexpr int gemv_tiles(int K) { return K <= 2 ? 8 : 4; }
 // The GEMM layout is plain row-major fp16 [2m, k]: rows 0..m-1 hi, rows m..2m-1 lo.
 enum class ActLayout { kGemvFragments, kGemmRows };
 
+// Up to this many linears that read the same x (q/k/v, gate/up) share one launch of each
+// transform kernel (blockIdx.z picks the linear): fewer launches per decode step.
+inline constexpr size_t kMaxGroup = 4;
+struct InGroup {
+  const float* suh[kMaxGroup];
+  uint16_t* xa[kMaxGroup];
+};
+struct OutGroup {
+  struct Item {
+    const float* z;
+    int64_t part_stride;
+    int parts, n, out_features;
+    const float* svh;
+    const float* bias;
+    float* y;
+  };
+  Item item[kMaxGroup];
+};
+
 // xa = fp16 hi/lo of (H128(x ⊙ suh) · r) per 128-block, x [m, in_features] fp32 zero-extended to
 // k; fp32 butterflies in the order of spec 4.4 step 1. xa needs m·k·4 bytes.
 void hadamard_in(const float* x, int64_t m, int64_t in_features, int64_t k, const float* suh, uint16_t* xa,
                  ActLayout layout, cudaStream_t stream);
 
+// The same for linears sharing x (same in_features and k): xa[i] from suh[i], one launch.
+void hadamard_in_group(const float* x, int64_t m, int64_t in_features, int64_t k, std::span<const float* const> suh,
+                       std::span<uint16_t* const> xa, ActLayout layout, cudaStream_t stream);
+
 // y [m, out_features] = (H128(Σ_p z_p) · r) ⊙ svh (+ bias), z_p = z + p·part_stride, each
 // [m, n] fp32, summed in order p = 0..parts-1.
 void hadamard_out(const float* z, int parts, int64_t part_stride, int64_t m, int64_t n, int64_t out_features,
                   const float* svh, const float* bias, float* y, cudaStream_t stream);
+// The same for up to kMaxGroup linears in one launch (item i: its own z, parts, n, svh, bias, y).
+void hadamard_out_group(std::span<const OutGroup::Item> items, int64_t m, cudaStream_t stream);
 
 // z_s [m, n] (z + s·m·n, s < splits) = Σ over k-slabs of split s of xa · Ŵ; m in 1..8,
 // n/16 a multiple of gemv_tiles(K), k/16 >= 1. Dynamic shared memory gemv_smem_bytes(K, m).

@@ -4,8 +4,12 @@
 // One warp per (row, 128-block): lane t holds elements 4t .. 4t+3, a lane-local 4-point stage
 // then shuffles over lane bits 1, 2, 4, 8, 16 (the butterfly order of spec 4.4, as
 // exl3::fwht128). These kernels move m·(k + n) values, negligible next to the k·n/8·K trellis
-// bytes of the product, so they are written for clarity rather than speed.
+// bytes of the product, so they are written for clarity rather than speed; what they do cost in
+// decode is a launch each, hence the group forms (blockIdx.z = linear) for q/k/v and gate/up.
 #include <cuda_fp16.h>
+
+#include <algorithm>
+#include <string>
 
 #include "backends/cuda/cuda_exl3_kernels.cuh"
 #include "backends/cuda/cuda_util.h"
@@ -32,8 +36,10 @@ __device__ __forceinline__ void fwht128(float v[4], int lane) {
   }
 }
 
-__global__ void hadamard_in_kernel(const float* __restrict__ x, int m, int in_features, int k,
-                                   const float* __restrict__ suh, uint16_t* __restrict__ xa, int gemm_rows) {
+__global__ void hadamard_in_kernel(const float* __restrict__ x, int m, int in_features, int k, InGroup group,
+                                   int gemm_rows) {
+  const float* __restrict__ suh = group.suh[blockIdx.z];
+  uint16_t* __restrict__ xa = group.xa[blockIdx.z];
   const int lane = threadIdx.x & 31;
   const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   const int row = blockIdx.y;
@@ -63,15 +69,21 @@ __global__ void hadamard_in_kernel(const float* __restrict__ x, int m, int in_fe
   }
 }
 
-__global__ void hadamard_out_kernel(const float* __restrict__ z, int parts, int64_t part_stride, int n,
-                                    int out_features, const float* __restrict__ svh, const float* __restrict__ bias,
-                                    float* __restrict__ y) {
+__global__ void hadamard_out_kernel(OutGroup group) {
+  const OutGroup::Item& it = group.item[blockIdx.z];
+  const float* __restrict__ z = it.z;
+  const int parts = it.parts, n = it.n, out_features = it.out_features;
+  const int64_t part_stride = it.part_stride;
+  const float* __restrict__ svh = it.svh;
+  const float* __restrict__ bias = it.bias;
+  float* __restrict__ y = it.y;
   const int lane = threadIdx.x & 31;
   const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   const int row = blockIdx.y;
   if (block * 128 >= n) return;
   const int e0 = block * 128 + 4 * lane;
   float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 8
   for (int p = 0; p < parts; ++p) {
     const float4 t = *reinterpret_cast<const float4*>(z + p * part_stride + static_cast<int64_t>(row) * n + e0);
     v[0] += t.x;
@@ -95,18 +107,46 @@ __global__ void hadamard_out_kernel(const float* __restrict__ z, int parts, int6
 
 void hadamard_in(const float* x, int64_t m, int64_t in_features, int64_t k, const float* suh, uint16_t* xa,
                  ActLayout layout, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((k / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(m));
+  const float* suhs[1] = {suh};
+  uint16_t* xas[1] = {xa};
+  hadamard_in_group(x, m, in_features, k, suhs, xas, layout, stream);
+}
+
+void hadamard_in_group(const float* x, int64_t m, int64_t in_features, int64_t k, std::span<const float* const> suh,
+                       std::span<uint16_t* const> xa, ActLayout layout, cudaStream_t stream) {
+  if (suh.empty() || suh.size() > kMaxGroup || xa.size() != suh.size())
+    throw Error(ErrorKind::kInternal, "exl3_hadamard_in: group of " + std::to_string(suh.size()) + " linears");
+  InGroup g{};
+  for (size_t i = 0; i < suh.size(); ++i) {
+    g.suh[i] = suh[i];
+    g.xa[i] = xa[i];
+  }
+  const dim3 grid(static_cast<unsigned>((k / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(m),
+                  static_cast<unsigned>(suh.size()));
   hadamard_in_kernel<<<grid, kWarpsPerBlock * 32, 0, stream>>>(x, static_cast<int>(m), static_cast<int>(in_features),
-                                                               static_cast<int>(k), suh, xa,
+                                                               static_cast<int>(k), g,
                                                                layout == ActLayout::kGemmRows ? 1 : 0);
   check_launch("exl3_hadamard_in");
 }
 
 void hadamard_out(const float* z, int parts, int64_t part_stride, int64_t m, int64_t n, int64_t out_features,
                   const float* svh, const float* bias, float* y, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((n / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(m));
-  hadamard_out_kernel<<<grid, kWarpsPerBlock * 32, 0, stream>>>(z, parts, part_stride, static_cast<int>(n),
-                                                                static_cast<int>(out_features), svh, bias, y);
+  const OutGroup::Item item{z, part_stride, parts, static_cast<int>(n), static_cast<int>(out_features), svh, bias, y};
+  hadamard_out_group(std::span<const OutGroup::Item>(&item, 1), m, stream);
+}
+
+void hadamard_out_group(std::span<const OutGroup::Item> items, int64_t m, cudaStream_t stream) {
+  if (items.empty() || items.size() > kMaxGroup)
+    throw Error(ErrorKind::kInternal, "exl3_hadamard_out: group of " + std::to_string(items.size()) + " linears");
+  OutGroup g{};
+  int max_n = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    g.item[i] = items[i];
+    max_n = std::max(max_n, items[i].n);
+  }
+  const dim3 grid(static_cast<unsigned>((max_n / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock),
+                  static_cast<unsigned>(m), static_cast<unsigned>(items.size()));
+  hadamard_out_kernel<<<grid, kWarpsPerBlock * 32, 0, stream>>>(g);
   check_launch("exl3_hadamard_out");
 }
 
