@@ -99,6 +99,11 @@ class Backend {
 
   // out[r] = table[ids[r]]; table [vocab, dim].
   virtual void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) = 0;
+  // The same with the table left in host memory (a mapped file; F32, F16 or BF16 [vocab, dim]),
+  // for backends whose device memory is worth more than the copy of a few rows per call: only
+  // those report host_embedding() true and override embedding_host (the default throws).
+  virtual bool host_embedding() const { return false; }
+  virtual void embedding_host(const TensorView& table, std::span<const int32_t> ids, DeviceTensor& out);
   // out = x / rms(x) * weight over groups of `group` columns (group = cols for a plain RMSNorm,
   // head_dim for per-head q/k norms); weight has `group` elements.
   virtual void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group,

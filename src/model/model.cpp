@@ -116,7 +116,6 @@ void Model::load_weights(const ModelOptions& options) {
   if (embed.shape != Shape{c.vocab_size, c.hidden_size})
     fail(ErrorKind::kFormat, "{}: model.embed_tokens.weight has shape {}, expected [{}, {}] (vocab_size, hidden_size)",
          dir_->dir(), shape_to_string(embed.shape), c.vocab_size, c.hidden_size);
-  embed_ = backend_.upload(embed, DType::kF16);
   final_norm_ = load_vector("model.norm.weight", c.hidden_size);
 
   const int64_t q_width = c.num_attention_heads * c.head_dim, kv_width = c.num_key_value_heads * c.head_dim;
@@ -143,6 +142,7 @@ void Model::load_weights(const ModelOptions& options) {
   }
   // A stored lm_head (EXL3 or dense) wins over tying (spec 2.13).
   head_ = load_linear("lm_head", c.hidden_size, c.vocab_size, /*required=*/false);
+  const bool untied = head_ != nullptr;
   if (!head_) {
     if (!c.tie_word_embeddings)
       fail(ErrorKind::kFormat, "{}: no lm_head tensors and tie_word_embeddings is false", dir_->dir());
@@ -153,6 +153,12 @@ void Model::load_weights(const ModelOptions& options) {
     src.dense = embed;
     head_ = backend_.prepare_linear(src);
   }
+  embed_on_host_ = untied && backend_.host_embedding() && (embed.dtype == DType::kF16 || embed.dtype == DType::kBF16 ||
+                                                           embed.dtype == DType::kF32);
+  if (embed_on_host_)
+    embed_host_ = embed;
+  else
+    embed_ = backend_.upload(embed, DType::kF16);
   for (const std::string& name : store.names())
     if (dir_->kind_of(name) == TensorKind::kUnknown) log_warn("{}: ignoring tensor {}", dir_->dir(), name);
 
@@ -198,7 +204,10 @@ void Model::forward_chunk(std::span<const int32_t> tokens, int64_t start, bool a
   DeviceTensor q = q_.first_rows(rows), k = k_.first_rows(rows), v = v_.first_rows(rows), o = o_.first_rows(rows);
   DeviceTensor gate = gate_.first_rows(rows), up = up_.first_rows(rows);
   Backend& be = backend_;
-  be.embedding(embed_, tokens, x);
+  if (embed_on_host_)
+    be.embedding_host(embed_host_, tokens, x);
+  else
+    be.embedding(embed_, tokens, x);
   for (Layer& l : layers_) {
     be.rms_norm(x, l.attn_norm, eps, config_.hidden_size, h);
     {

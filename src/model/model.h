@@ -57,6 +57,11 @@ class Model {
   int64_t max_context_ = 0, max_batch_ = 0;
   std::vector<std::vector<uint16_t>> scratch_;  // expanded legacy su/sv, kept alive for the views
   DeviceTensor embed_, final_norm_;
+  // The token embedding stays in the mapped file when the backend prefers that (host_embedding())
+  // and the head does not need it on the device (a stored lm_head): saves vocab x hidden x 2 bytes
+  // of device memory (1 GiB for a Llama-3-8B) for a copy of one row per token.
+  TensorView embed_host_;
+  bool embed_on_host_ = false;
   std::unique_ptr<LinearWeights> head_;
   std::vector<Layer> layers_;
   RopeParams rope_;

@@ -28,6 +28,10 @@ void Backend::linears(std::span<const LinearWeights* const> ws, const DeviceTens
   for (size_t i = 0; i < ws.size(); ++i) linear(*ws[i], x, *ys[i]);
 }
 
+void Backend::embedding_host(const TensorView&, std::span<const int32_t>, DeviceTensor&) {
+  fail(ErrorKind::kInternal, "the {} backend keeps no host-resident embedding tables", info().backend);
+}
+
 void Backend::gram_accumulate(const DeviceTensor&, DeviceTensor&, DeviceTensor&) {
   fail(ErrorKind::kUnsupported, "the {} backend cannot accumulate calibration Hessians (quantize with --device cpu or cuda)",
        info().backend);

@@ -29,7 +29,7 @@ constexpr size_t kUploadChunkBytes = size_t{64} << 20;  // bound on the temporar
 constexpr size_t kGraphMinLaunches = 4;                 // smaller segments run eagerly
 
 enum Op : uint64_t {
-  kEmbedding = 1, kRmsNorm, kGemv, kGemm, kExl3, kRope, kKvStore, kAttention, kSiluMul, kAdd, kAddRmsNorm, kGram, kExl3Group
+  kEmbedding = 1, kRmsNorm, kGemv, kGemm, kExl3, kRope, kKvStore, kAttention, kSiluMul, kAdd, kAddRmsNorm, kGram, kExl3Group, kEmbeddingHost
 };
 
 uint64_t addr(const void* p) { return reinterpret_cast<uint64_t>(p); }
@@ -90,6 +90,8 @@ CudaBackend::CudaBackend(int index) : device_(index) {
   check(cublasSetWorkspace(cublas_, cublas_workspace_->data(), kCublasWorkspaceBytes), "cublasSetWorkspace");
   attention_prepare();
   if (const char* env = std::getenv("TRELLIS_CUDA_GRAPHS"); env && std::string(env) == "0") graphs_ = false;
+  if (const char* env = std::getenv("TRELLIS_CUDA_HOST_EMBEDDING"); env && std::string(env) == "0")
+    host_embedding_ = false;
   info_.features.push_back("cuda_graphs");
   log_info("CUDA: using {} ({} SMs, {:.1f} GiB, graphs {})", info_.name, sm_count_,
            static_cast<double>(info_.memory_bytes) / (1 << 30), graphs_ ? "on" : "off");
@@ -480,6 +482,36 @@ void CudaBackend::embedding(const DeviceTensor& table, std::span<const int32_t> 
          [=](const std::byte* st) {
            cuda::embedding(tp, tdt, reinterpret_cast<const int32_t*>(st + off), rows, dim, op, s);
          });
+}
+
+void CudaBackend::embedding_host(const TensorView& table, std::span<const int32_t> ids, DeviceTensor& out) {
+  if (ids.empty()) return;
+  if (table.shape.size() != 2)
+    fail(ErrorKind::kInternal, "CUDA embedding: table shape {} is not [vocab, dim]", shape_to_string(table.shape));
+  const int64_t vocab = table.shape[0], dim = table.shape[1], rows = static_cast<int64_t>(ids.size());
+  if (out.cols() != dim || out.rows() != rows)
+    fail(ErrorKind::kInternal, "CUDA embedding: output {} for {} rows of {}", shape_to_string(out.shape), rows, dim);
+  const DType tdt = table.dtype;
+  if (tdt != DType::kF32 && tdt != DType::kF16 && tdt != DType::kBF16)
+    fail(ErrorKind::kUnsupported, "CUDA embedding: table dtype {} (F32, F16, BF16)", dtype_name(tdt));
+  // Raw rows (a memcpy each) into the staging buffer; the device widens them to fp32.
+  const size_t esize = dtype_size(tdt), row_bytes = static_cast<size_t>(dim) * esize;
+  std::vector<std::byte> gathered(static_cast<size_t>(rows) * row_bytes);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t id = ids[static_cast<size_t>(r)];
+    if (id < 0 || id >= vocab)
+      fail(ErrorKind::kInvalidArgument, "token id {} is outside the vocabulary (0..{})", id, vocab - 1);
+    std::memcpy(gathered.data() + static_cast<size_t>(r) * row_bytes, table.data + static_cast<size_t>(id) * row_bytes,
+                row_bytes);
+  }
+  float* op = f32(out);
+  const size_t off = stage(gathered.data(), gathered.size());
+  keep(out);
+  cudaStream_t s = stream_;
+  const int64_t n = rows * dim;
+  record({kEmbeddingHost, addr(op), static_cast<uint64_t>(tdt), static_cast<uint64_t>(rows), static_cast<uint64_t>(dim),
+          off},
+         [=](const std::byte* st) { cuda::convert(st + off, tdt, op, DType::kF32, n, s); });
 }
 
 void CudaBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group,

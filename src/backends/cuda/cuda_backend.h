@@ -64,6 +64,10 @@ class CudaBackend : public Backend {
   void synchronize() override;
 
   void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) override;
+  // Gathers the rows on the host into the staging buffer; one conversion kernel per call.
+  // TRELLIS_CUDA_HOST_EMBEDDING=0 keeps tables on the device instead.
+  bool host_embedding() const override { return host_embedding_; }
+  void embedding_host(const TensorView& table, std::span<const int32_t> ids, DeviceTensor& out) override;
   void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group, DeviceTensor& out) override;
   void linear(const LinearWeights& w, const DeviceTensor& x, DeviceTensor& y) override;
   // EXL3 linears at decode sizes share their Hadamard launches (CudaExl3Linear::forward_group).
@@ -141,6 +145,7 @@ class CudaBackend : public Backend {
   std::vector<std::shared_ptr<DeviceBuffer>> keep_;  // buffers the recorded launches use
   cudaGraphExec_t graph_ = nullptr;
   bool graphs_ = true;
+  bool host_embedding_ = true;
 
   std::shared_ptr<CudaBuffer> scratch_[4];
   Stats stats_;
