@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include <fmt/format.h>
 
@@ -89,6 +91,61 @@ std::unique_ptr<LinearWeights> Model::load_linear(const std::string& key, int64_
   return backend_.prepare_linear(src);
 }
 
+namespace {
+
+std::string human_bytes(uint64_t b) {
+  const double mib = static_cast<double>(b) / (1 << 20);
+  return mib >= 1024 ? fmt::format("{:.2f} GiB", mib / 1024) : fmt::format("{:.0f} MiB", mib);
+}
+
+// Device bytes the model will take before anything is uploaded (issue: plan memory up front and
+// say clearly when the model does not fit). Weights: every tensor as the backends store it (2-D
+// floats as fp16, vectors as fp32, EXL3 and other integer tensors as stored), less the embedding
+// when it stays on the host; KV cache: fp16 K and V per layer and position; buffers: the
+// activations of one chunk plus the EXL3 prefill scratch (at most the 64 MiB Ŵ slice and the
+// hi/lo activations and partial sums of the widest linear) and a margin for allocator slack.
+struct MemoryPlan {
+  uint64_t weights = 0, kv_per_token = 0, buffers = 0;
+  uint64_t total(int64_t ctx) const { return weights + kv_per_token * static_cast<uint64_t>(ctx) + buffers; }
+};
+
+MemoryPlan plan_memory(const ModelConfig& c, const TensorStore& store, int64_t max_batch, bool embed_on_host) {
+  MemoryPlan p;
+  for (const std::string& name : store.names()) {
+    if (embed_on_host && name == "model.embed_tokens.weight") continue;
+    const TensorView v = store.view(name);
+    const bool floating = v.dtype == DType::kF32 || v.dtype == DType::kF16 || v.dtype == DType::kBF16;
+    if (!floating)
+      p.weights += v.nbytes();
+    else
+      p.weights += static_cast<uint64_t>(v.numel()) * (v.shape.size() == 1 ? 4 : 2);
+  }
+  const auto kv_width = static_cast<uint64_t>(c.num_key_value_heads * c.head_dim);
+  p.kv_per_token = static_cast<uint64_t>(c.num_hidden_layers) * 2 * kv_width * 2;
+  const auto b = static_cast<uint64_t>(max_batch);
+  const auto q_width = static_cast<uint64_t>(c.num_attention_heads * c.head_dim);
+  const auto hidden = static_cast<uint64_t>(c.hidden_size), inter = static_cast<uint64_t>(c.intermediate_size);
+  const uint64_t widest = std::max({hidden, inter, q_width, static_cast<uint64_t>(c.vocab_size)});
+  p.buffers = b * (3 * hidden + 2 * q_width + 2 * kv_width + 2 * inter + static_cast<uint64_t>(c.vocab_size)) * 4 +
+              b * (std::max(hidden, inter) + 2 * widest) * 4 + (uint64_t{64} << 20);
+  p.buffers += (p.weights + p.buffers) / 50 + (uint64_t{64} << 20);  // 2% + 64 MiB of slack
+  return p;
+}
+
+// TRELLIS_MEMORY_LIMIT_MIB caps what a model may plan to use (to leave room for other programs,
+// and for tests); otherwise the device's free memory when the backend reports it (GPUs).
+uint64_t memory_budget(const DeviceInfo& info) {
+  if (const char* env = std::getenv("TRELLIS_MEMORY_LIMIT_MIB"); env && *env) {
+    char* end = nullptr;
+    const unsigned long long mib = std::strtoull(env, &end, 10);
+    if (end && *end == '\0' && mib > 0) return static_cast<uint64_t>(mib) << 20;
+    log_warn("ignoring TRELLIS_MEMORY_LIMIT_MIB='{}' (expected a positive number of MiB)", env);
+  }
+  return info.backend == "cpu" ? 0 : info.free_bytes;
+}
+
+}  // namespace
+
 void Model::load_weights(const ModelOptions& options) {
   const ModelConfig& c = config_;
   if (c.hidden_size <= 0 || c.num_attention_heads <= 0 || c.num_key_value_heads <= 0 || c.head_dim <= 0 ||
@@ -101,6 +158,29 @@ void Model::load_weights(const ModelOptions& options) {
   max_context_ = options.max_context > 0 ? std::min(options.max_context, max_pos) : std::min<int64_t>(max_pos, 8192);
   max_batch_ = std::max<int64_t>(1, std::min(options.max_batch, max_context_));
   rope_ = make_rope_params(c);
+  {
+    const TensorStore& st = dir_->tensors();
+    bool stored_head = false;
+    for (const std::string& name : st.names()) stored_head = stored_head || name.rfind("lm_head.", 0) == 0;
+    const MemoryPlan plan = plan_memory(c, st, max_batch_, stored_head && backend_.host_embedding());
+    const uint64_t budget = memory_budget(backend_.info());
+    const uint64_t need = plan.total(max_context_);
+    const uint64_t kv = plan.kv_per_token * static_cast<uint64_t>(max_context_);
+    const std::string breakdown = fmt::format("weights {}, KV cache {} for a context of {} tokens, buffers {}",
+                                              human_bytes(plan.weights), human_bytes(kv), max_context_,
+                                              human_bytes(plan.buffers));
+    log_info("{}: planned device memory {} ({})", dir_->dir(), human_bytes(need), breakdown);
+    if (budget > 0 && need > budget) {
+      const uint64_t fixed = plan.weights + plan.buffers;
+      const int64_t fit = fixed < budget ? static_cast<int64_t>((budget - fixed) / plan.kv_per_token) : 0;
+      const std::string hint =
+          fit >= 256 ? fmt::format("a context of up to {} tokens would fit (--ctx {})", fit, fit / 256 * 256)
+                     : std::string("even a short context does not fit: use a smaller quantization or another device");
+      fail(ErrorKind::kOutOfMemory, "{}: the model needs about {} on {} ({}; {}) but only {} {}; {}", dir_->dir(),
+           human_bytes(need), backend_.info().name, backend_.info().backend, breakdown, human_bytes(budget),
+           std::getenv("TRELLIS_MEMORY_LIMIT_MIB") ? "are allowed (TRELLIS_MEMORY_LIMIT_MIB)" : "are free", hint);
+    }
+  }
   attn_.n_heads = c.num_attention_heads;
   attn_.n_kv_heads = c.num_key_value_heads;
   attn_.head_dim = c.head_dim;
