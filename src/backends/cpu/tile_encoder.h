@@ -27,4 +27,10 @@ void encode_tiles(const uint16_t* x, size_t n_tiles, int K, exl3::Codebook cb, u
 // The Highway target the encoder dispatches to (for logs and benchmarks).
 const char* tile_encoder_target_name();
 
+// For tests: the binary16 arithmetic of the dispatched target's fast step (the one used where
+// every cost is +inf or in [2^-14, 65504]): cost[i] = fp16(RN16(dec[i] - w)² + p[i]) with a
+// single rounding, as a float, for n values. Returns false (cost untouched) on targets without
+// a fast step, which use the exact step of the scalar oracle's arithmetic everywhere.
+bool tile_encoder_fast_cost_for_test(const float* dec, float w, const float* p, size_t n, float* cost);
+
 }  // namespace trellis::cpu
