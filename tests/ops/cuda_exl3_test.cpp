@@ -235,29 +235,37 @@ TEST(CudaExl3, ForwardGroupEqualsSeparateForwards) {
   const Layer la = random_layer(k, 256, 3, Codebook::kMcg, 71, true);
   const Layer lb = random_layer(k, 128, 4, Codebook::kMul1, 72, false);
   const Layer lc = random_layer(k, 384, 2, Codebook::k3Inst, 73, true);
+  const Layer ld = random_layer(k, 128, 3, Codebook::kMcg, 75, false);
+  const Layer le = random_layer(k, 384, 3, Codebook::kMcg, 76, true);
   auto da = upload(la, in_f, 200), db = upload(lb, in_f, 128), dc = upload(lc, in_f, 380);
-  const CudaExl3Linear* group[3] = {da.get(), db.get(), dc.get()};
-  const int64_t outs[3] = {200, 128, 380};
-  for (int64_t m : {1, 4, 8}) {
-    const auto x = random_rows(m, in_f, 300 + static_cast<uint64_t>(m));
-    Guarded xb(x.size()), sb(CudaExl3Linear::group_scratch_bytes(group, m) / 4 + 1);
-    xb.upload(x.data(), x.size() * 4);
-    std::vector<std::unique_ptr<Guarded>> yb;
-    float* ys[3];
-    for (int i = 0; i < 3; ++i) {
-      yb.push_back(std::make_unique<Guarded>(static_cast<size_t>(m * outs[i])));
-      ys[i] = yb.back()->at<float>();
-    }
-    CudaExl3Linear::forward_group(group, xb.at<float>(), m, ys, nullptr, sb.at<void>());
-    ok(cudaDeviceSynchronize());
-    EXPECT_TRUE(sb.guards_intact()) << "scratch overrun, m=" << m;
-    for (int i = 0; i < 3; ++i) {
-      EXPECT_TRUE(yb[i]->guards_intact()) << "output " << i << " overrun, m=" << m;
-      const auto got = yb[i]->download<float>(static_cast<size_t>(m * outs[i]));
-      const auto want = run_forward(*group[i], x, m, in_f, outs[i]);
-      EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << "linear " << i << " m=" << m;
+  auto dd = upload(ld, in_f, 128), de = upload(le, in_f, 384);
+  // Mixed K and codebooks (one GEMV launch per linear), then one K and codebook (one launch).
+  for (int pass = 0; pass < 2; ++pass) {
+    const CudaExl3Linear* group[3] = {da.get(), pass ? dd.get() : db.get(), pass ? de.get() : dc.get()};
+    const int64_t outs[3] = {200, 128, pass ? 384 : 380};
+    for (int64_t m : {1, 4, 8}) {
+      const auto x = random_rows(m, in_f, 300 + static_cast<uint64_t>(m));
+      Guarded xb(x.size()), sb(CudaExl3Linear::group_scratch_bytes(group, m) / 4 + 1);
+      xb.upload(x.data(), x.size() * 4);
+      std::vector<std::unique_ptr<Guarded>> yb;
+      float* ys[3];
+      for (int i = 0; i < 3; ++i) {
+        yb.push_back(std::make_unique<Guarded>(static_cast<size_t>(m * outs[i])));
+        ys[i] = yb.back()->at<float>();
+      }
+      CudaExl3Linear::forward_group(group, xb.at<float>(), m, ys, nullptr, sb.at<void>());
+      ok(cudaDeviceSynchronize());
+      EXPECT_TRUE(sb.guards_intact()) << "scratch overrun, m=" << m;
+      for (int i = 0; i < 3; ++i) {
+        EXPECT_TRUE(yb[i]->guards_intact()) << "output " << i << " overrun, m=" << m;
+        const auto got = yb[i]->download<float>(static_cast<size_t>(m * outs[i]));
+        const auto want = run_forward(*group[i], x, m, in_f, outs[i]);
+        EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << "linear " << i << " m=" << m
+                                                                              << " pass " << pass;
+      }
     }
   }
+  const CudaExl3Linear* group[3] = {da.get(), db.get(), dc.get()};
   float* ys[3] = {nullptr, nullptr, nullptr};
   EXPECT_THROW(CudaExl3Linear::forward_group(group, nullptr, 9, ys, nullptr, nullptr), Error);
   auto other = upload(random_layer(512, 128, 3, Codebook::kMcg, 74, false), 512, 128);

@@ -240,7 +240,18 @@ void CudaExl3Linear::forward_group(std::span<const CudaExl3Linear* const> ls, co
   const size_t count = ls.size();
   exl3k::hadamard_in_group(x, m, ls[0]->in_features_, ls[0]->k_, std::span(suh.data(), count),
                            std::span(xa.data(), count), exl3k::ActLayout::kGemvFragments, stream);
-  for (size_t i = 0; i < count; ++i) ls[i]->product(m, stream, base[i], lay[i]);
+  bool one_launch = true;  // one GEMV launch when K and codebook agree (the usual q/k/v, gate/up)
+  for (size_t i = 1; i < count; ++i)
+    one_launch = one_launch && ls[i]->K_ == ls[0]->K_ && ls[i]->codebook_ == ls[0]->codebook_;
+  if (one_launch) {
+    std::array<exl3k::GemvItem, exl3k::kMaxGroup> gi{};
+    for (size_t i = 0; i < count; ++i)
+      gi[i] = {ls[i]->trellis_, xa[i], reinterpret_cast<float*>(base[i] + lay[i].act), static_cast<int>(ls[i]->n_ / 16),
+               ls[i]->gemv_splits_, 0};
+    exl3k::gemv_group(ls[0]->K_, static_cast<int>(ls[0]->codebook_), std::span(gi.data(), count), m, ls[0]->k_, stream);
+  } else {
+    for (size_t i = 0; i < count; ++i) ls[i]->product(m, stream, base[i], lay[i]);
+  }
   exl3k::hadamard_out_group(std::span(items.data(), count), m, stream);
 }
 

@@ -2,8 +2,8 @@
 // for the prefill path (exl3_decode_k<K>_<cb>); 24 variants each, one table per kernel.
 //
 // GEMV contract: z_s [m, n] fp32 for k-split s = Σ over the split's 16-row k-slabs of xa · Ŵ,
-// m in 1..8, xa in the fragment layout of cuda_exl3_kernels.cuh. Grid (n/128 column groups of
-// 8 tiles, splits), kGemvWarps warps per block; warp w takes the slabs tk0 + w, tk0 + w + W, ...
+// m in 1..8, xa in the fragment layout of cuda_exl3_kernels.cuh. Blocks: (n/128 column groups
+// of 8 tiles) x splits per linear, up to kMaxGroup linears per launch; kGemvWarps warps per block; warp w takes the slabs tk0 + w, tk0 + w + W, ...
 // of its split. Deterministic: fixed slab-to-warp assignment, fixed-order reductions.
 //
 // How far it is from memory-bound on Hopper, and why (spec 6.8, perf/h100-anchors.md, the ncu
@@ -29,6 +29,7 @@
 
 #include <array>
 #include <mutex>
+#include <span>
 #include <string>
 #include <utility>
 
@@ -60,16 +61,28 @@ __device__ __forceinline__ void mma16816(float c[4], const uint4& a, uint32_t b0
       : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
 }
 
+// Up to kMaxGroup linears with the same K, codebook and k in one launch: blocks [0, blocks_0) are
+// linear 0's (group-major within each split, as a 2-D grid would order them), and so on.
+struct GemvGroupArgs {
+  GemvItem item[kMaxGroup];
+  int count, m, k_tiles;
+};
+
 template <int K, int CB>
-__global__ void __launch_bounds__(kGemvWarps * 32)
-    gemv_kernel(const uint32_t* __restrict__ trellis, const uint16_t* __restrict__ xa, int m, int k_tiles, int n_tiles,
-                int splits, float* __restrict__ z) {
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvGroupArgs args) {
   constexpr int G = gemv_tiles(K);
   constexpr int kTileBytes = 32 * K;
   constexpr int kChunksT = 2 * K * G;  // 16-byte chunks of trellis per slab
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int group = blockIdx.x, split = blockIdx.y;
+  int b = static_cast<int>(blockIdx.x), li = 0;
+  while (li + 1 < args.count && b >= args.item[li].blocks) b -= args.item[li].blocks, ++li;
+  const GemvItem& item = args.item[li];
+  const uint32_t* __restrict__ trellis = item.trellis;
+  const uint16_t* __restrict__ xa = item.xa;
+  float* __restrict__ z = item.z;
+  const int m = args.m, k_tiles = args.k_tiles, n_tiles = item.n_tiles, splits = item.splits;
+  const int group = b % (n_tiles / G), split = b / (n_tiles / G);
   const int stage_bytes = (kChunksT + 4 * m) * 16;
   unsigned char* ring = smem + warp * kStages * stage_bytes;
 
@@ -181,7 +194,7 @@ __global__ void __launch_bounds__(256) decode_kernel(const uint32_t* __restrict_
   *reinterpret_cast<uint4*>(what + (static_cast<size_t>(tk) * 16 + row) * cols + blockIdx.x * 128 + chunk * 8) = v;
 }
 
-using GemvFn = void (*)(const uint32_t*, const uint16_t*, int, int, int, int, float*);
+using GemvFn = void (*)(GemvGroupArgs);
 using DecodeFn = void (*)(const uint32_t*, int, int, int, uint16_t*);
 
 template <int CB, int... Ks>
@@ -222,8 +235,23 @@ const char* gemv_name(int K, int codebook) {
 
 void gemv(int K, int codebook, const uint32_t* trellis, const uint16_t* xa, int64_t m, int64_t k, int64_t n,
           int splits, float* z, cudaStream_t stream) {
-  const int G = gemv_tiles(K);
-  const dim3 grid(static_cast<unsigned>(n / 16 / G), static_cast<unsigned>(splits));
+  const GemvItem item{trellis, xa, z, static_cast<int>(n / 16), splits, 0};
+  gemv_group(K, codebook, std::span<const GemvItem>(&item, 1), m, k, stream);
+}
+
+void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m, int64_t k, cudaStream_t stream) {
+  if (items.empty() || items.size() > kMaxGroup)
+    throw Error(ErrorKind::kInternal, "exl3_gemv: group of " + std::to_string(items.size()) + " linears");
+  GemvGroupArgs args{};
+  args.count = static_cast<int>(items.size());
+  args.m = static_cast<int>(m);
+  args.k_tiles = static_cast<int>(k / 16);
+  int64_t blocks = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    args.item[i] = items[i];
+    args.item[i].blocks = items[i].n_tiles / gemv_tiles(K) * items[i].splits;
+    blocks += args.item[i].blocks;
+  }
   static_assert(kActBytesMax == 512, "8 rows of 64 bytes");
   const size_t smem = gemv_smem_bytes(K, m);
   if (smem > 48 * 1024) {  // above the default dynamic shared memory limit: opt in once per kernel
@@ -234,8 +262,7 @@ void gemv(int K, int codebook, const uint32_t* trellis, const uint16_t* xa, int6
             "cudaFuncSetAttribute (EXL3 GEMV shared memory)");
     });
   }
-  kGemvTable[codebook][K - 1]<<<grid, kGemvWarps * 32, smem, stream>>>(
-      trellis, xa, static_cast<int>(m), static_cast<int>(k / 16), static_cast<int>(n / 16), splits, z);
+  kGemvTable[codebook][K - 1]<<<static_cast<unsigned>(blocks), kGemvWarps * 32, smem, stream>>>(args);
   check_launch(gemv_name(K, codebook));
 }
 

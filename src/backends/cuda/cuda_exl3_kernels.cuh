@@ -61,10 +61,21 @@ void hadamard_out(const float* z, int parts, int64_t part_stride, int64_t m, int
 // The same for up to kMaxGroup linears in one launch (item i: its own z, parts, n, svh, bias, y).
 void hadamard_out_group(std::span<const OutGroup::Item> items, int64_t m, cudaStream_t stream);
 
+// One linear of a grouped GEMV launch (blocks is filled in by gemv_group).
+struct GemvItem {
+  const uint32_t* trellis;
+  const uint16_t* xa;
+  float* z;
+  int n_tiles, splits, blocks;
+};
+
 // z_s [m, n] (z + s·m·n, s < splits) = Σ over k-slabs of split s of xa · Ŵ; m in 1..8,
 // n/16 a multiple of gemv_tiles(K), k/16 >= 1. Dynamic shared memory gemv_smem_bytes(K, m).
 void gemv(int K, int codebook, const uint32_t* trellis, const uint16_t* xa, int64_t m, int64_t k, int64_t n,
           int splits, float* z, cudaStream_t stream);
+// The same for up to kMaxGroup linears of one K, codebook and k (own trellis, xa, z, n, splits)
+// in one launch; results identical to separate gemv() calls.
+void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m, int64_t k, cudaStream_t stream);
 size_t gemv_smem_bytes(int K, int64_t m);
 const char* gemv_name(int K, int codebook);
 
