@@ -69,7 +69,7 @@ struct GemvGroupArgs {
 };
 
 template <int K, int CB>
-__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvGroupArgs args) {
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_constant__ GemvGroupArgs args) {
   constexpr int G = gemv_tiles(K);
   constexpr int kTileBytes = 32 * K;
   constexpr int kChunksT = 2 * K * G;  // 16-byte chunks of trellis per slab

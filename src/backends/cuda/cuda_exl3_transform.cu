@@ -36,8 +36,10 @@ __device__ __forceinline__ void fwht128(float v[4], int lane) {
   }
 }
 
-__global__ void hadamard_in_kernel(const float* __restrict__ x, int m, int in_features, int k, InGroup group,
-                                   int gemm_rows) {
+// __grid_constant__: the group is indexed by blockIdx.z straight from the parameter bank (without
+// it, nvcc copies the struct to local memory in every thread).
+__global__ void hadamard_in_kernel(const float* __restrict__ x, int m, int in_features, int k,
+                                   const __grid_constant__ InGroup group, int gemm_rows) {
   const float* __restrict__ suh = group.suh[blockIdx.z];
   uint16_t* __restrict__ xa = group.xa[blockIdx.z];
   const int lane = threadIdx.x & 31;
@@ -69,7 +71,7 @@ __global__ void hadamard_in_kernel(const float* __restrict__ x, int m, int in_fe
   }
 }
 
-__global__ void hadamard_out_kernel(OutGroup group) {
+__global__ void hadamard_out_kernel(const __grid_constant__ OutGroup group) {
   const OutGroup::Item& it = group.item[blockIdx.z];
   const float* __restrict__ z = it.z;
   const int parts = it.parts, n = it.n, out_features = it.out_features;
