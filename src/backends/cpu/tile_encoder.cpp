@@ -154,57 +154,47 @@ HWY_INLINE auto LaneIndices(DF df, DI di, int K) {
   return hn::SetTableIndices(df, lane_idx);
 }
 
-// Exact reference group: the out-edges e0 .. e0+2N-1 of one step, each state's cost through
-// SquareAdd (single rounding, midpoints resolved) and Round16, the first strict minimum kept.
-template <int K, class Idx>
-HWY_INLINE void ExactGroup(const float* HWY_RESTRICT dec, VF wv, const float* HWY_RESTRICT prev,
-                           float* HWY_RESTRICT next, uint8_t* HWY_RESTRICT best_h, size_t e0,
-                           Idx idx) {
-  constexpr size_t kEdges = size_t{1} << (16 - K);
-  constexpr int kH = 1 << K;
-  const DF df;
-  const DI di;
-  const hn::Rebind<uint8_t, DI> du8;
-  const size_t N = hn::Lanes(df);
-  const VF inf = hn::Set(df, std::numeric_limits<float>::infinity());
-  const VI one = hn::Set(di, 1);
-  VF best0 = inf, best1 = inf;
-  VI best_h0 = hn::Zero(di), best_h1 = hn::Zero(di), hv = hn::Zero(di);
-  for (int h = 0; h < kH; ++h) {
-    const size_t s0 = static_cast<size_t>(h) * kEdges + e0;
-    const VF d0 = Round16(df, hn::Sub(hn::LoadU(df, dec + s0), wv));
-    const VF d1 = Round16(df, hn::Sub(hn::LoadU(df, dec + s0 + N), wv));
-    const VF c0 = SquareAdd(df, d0, LoadPrev<K>(df, prev, s0, idx));
-    const VF c1 = SquareAdd(df, d1, LoadPrev<K>(df, prev, s0 + N, idx));
-    const auto lt0 = hn::Lt(c0, best0);
-    const auto lt1 = hn::Lt(c1, best1);
-    best0 = hn::IfThenElse(lt0, c0, best0);
-    best1 = hn::IfThenElse(lt1, c1, best1);
-    best_h0 = hn::IfThenElse(hn::RebindMask(di, lt0), hv, best_h0);
-    best_h1 = hn::IfThenElse(hn::RebindMask(di, lt1), hv, best_h1);
-    hv = hn::Add(hv, one);
-  }
-  hn::StoreU(best0, df, next + e0);
-  hn::StoreU(best1, df, next + e0 + N);
-  hn::StoreU(hn::DemoteTo(du8, best_h0), du8, best_h + e0);
-  hn::StoreU(hn::DemoteTo(du8, best_h1), du8, best_h + e0 + N);
-}
-
 // One trellis step, exact for any costs: next[e] = min over h of fp16(d(s)² + prev[s >> K]),
 // s = h·2^(16-K) + e, the first strict minimum; best_h[e] = its h.
 template <int K>
 HWY_NOINLINE void ExactStep(const float* HWY_RESTRICT dec, float w, const float* HWY_RESTRICT prev,
                             float* HWY_RESTRICT next, uint8_t* HWY_RESTRICT best_h) {
   constexpr size_t kEdges = size_t{1} << (16 - K);
+  constexpr int kH = 1 << K;
   const DF df;
   const DI di;
+  const hn::Rebind<uint8_t, DI> du8;
+  const size_t N = hn::Lanes(df);
   const auto idx = LaneIndices(df, di, K);
   const VF wv = hn::Set(df, w);
-  for (size_t e0 = 0; e0 < kEdges; e0 += 2 * hn::Lanes(df))
-    ExactGroup<K>(dec, wv, prev, next, best_h, e0, idx);
+  const VF inf = hn::Set(df, std::numeric_limits<float>::infinity());
+  const VI one = hn::Set(di, 1);
+  // Two vectors of out-edges per pass over h: independent chains for the out-of-order core.
+  for (size_t e0 = 0; e0 < kEdges; e0 += 2 * N) {
+    VF best0 = inf, best1 = inf;
+    VI best_h0 = hn::Zero(di), best_h1 = hn::Zero(di), hv = hn::Zero(di);
+    for (int h = 0; h < kH; ++h) {
+      const size_t s0 = static_cast<size_t>(h) * kEdges + e0;
+      const VF d0 = Round16(df, hn::Sub(hn::LoadU(df, dec + s0), wv));
+      const VF d1 = Round16(df, hn::Sub(hn::LoadU(df, dec + s0 + N), wv));
+      const VF c0 = SquareAdd(df, d0, LoadPrev<K>(df, prev, s0, idx));
+      const VF c1 = SquareAdd(df, d1, LoadPrev<K>(df, prev, s0 + N, idx));
+      const auto lt0 = hn::Lt(c0, best0);
+      const auto lt1 = hn::Lt(c1, best1);
+      best0 = hn::IfThenElse(lt0, c0, best0);
+      best1 = hn::IfThenElse(lt1, c1, best1);
+      best_h0 = hn::IfThenElse(hn::RebindMask(di, lt0), hv, best_h0);
+      best_h1 = hn::IfThenElse(hn::RebindMask(di, lt1), hv, best_h1);
+      hv = hn::Add(hv, one);
+    }
+    hn::StoreU(best0, df, next + e0);
+    hn::StoreU(best1, df, next + e0 + N);
+    hn::StoreU(hn::DemoteTo(du8, best_h0), du8, best_h + e0);
+    hn::StoreU(hn::DemoteTo(du8, best_h1), du8, best_h + e0 + N);
+  }
 }
 
-#if HWY_TARGET <= HWY_AVX3
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
 inline constexpr bool kHaveFastStep = true;
 
 // RN16 of x for |RN16(x)| <= 65504 and x = dec - w as computed by FastStep: (x + M) - M with
@@ -419,7 +409,7 @@ inline void EncodeTiles(const float* w, size_t n_tiles, int K, exl3::Codebook cb
 inline const char* EncoderTargetName() { return hwy::TargetName(HWY_TARGET); }
 
 inline bool FastCostForTest(const float* dec, float w, const float* p, size_t n, float* cost) {
-#if HWY_TARGET <= HWY_AVX3
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
   using namespace encoder_kernels;
   for (size_t i = 0; i < n; i += 16) {
     const __mmask16 m = static_cast<__mmask16>(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
