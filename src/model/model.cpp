@@ -109,16 +109,16 @@ struct MemoryPlan {
   uint64_t total(int64_t ctx) const { return weights + kv_per_token * static_cast<uint64_t>(ctx) + buffers; }
 };
 
-MemoryPlan plan_memory(const ModelConfig& c, const TensorStore& store, int64_t max_batch, bool embed_on_host) {
+MemoryPlan plan_memory(const ModelConfig& c, const TensorStore& store, int64_t max_batch, bool embed_on_host,
+                       bool tied_head) {
   MemoryPlan p;
   for (const std::string& name : store.names()) {
-    if (embed_on_host && name == "model.embed_tokens.weight") continue;
+    const bool embedding = name == "model.embed_tokens.weight";
+    if (embed_on_host && embedding) continue;
     const TensorView v = store.view(name);
     const bool floating = v.dtype == DType::kF32 || v.dtype == DType::kF16 || v.dtype == DType::kBF16;
-    if (!floating)
-      p.weights += v.nbytes();
-    else
-      p.weights += static_cast<uint64_t>(v.numel()) * (v.shape.size() == 1 ? 4 : 2);
+    const uint64_t bytes = floating ? static_cast<uint64_t>(v.numel()) * (v.shape.size() == 1 ? 4 : 2) : v.nbytes();
+    p.weights += embedding && tied_head ? 2 * bytes : bytes;  // a tied head holds its own copy
   }
   const auto kv_width = static_cast<uint64_t>(c.num_key_value_heads * c.head_dim);
   p.kv_per_token = static_cast<uint64_t>(c.num_hidden_layers) * 2 * kv_width * 2;
@@ -162,7 +162,7 @@ void Model::load_weights(const ModelOptions& options) {
     const TensorStore& st = dir_->tensors();
     bool stored_head = false;
     for (const std::string& name : st.names()) stored_head = stored_head || name.rfind("lm_head.", 0) == 0;
-    const MemoryPlan plan = plan_memory(c, st, max_batch_, stored_head && backend_.host_embedding());
+    const MemoryPlan plan = plan_memory(c, st, max_batch_, stored_head && backend_.host_embedding(), !stored_head);
     const uint64_t budget = memory_budget(backend_.info());
     const uint64_t need = plan.total(max_context_);
     const uint64_t kv = plan.kv_per_token * static_cast<uint64_t>(max_context_);
