@@ -7,27 +7,16 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <iostream>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "backends/cpu/tile_encoder.h"
-#include "core/fp16.h"
 #include "core/thread_pool.h"
+#include "encode_bench_util.h"
 #include "exl3/codebook.h"
-
-namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"CPU tile encoder benchmark (tiles/s per K and codebook), JSON on stdout"};
@@ -47,10 +36,8 @@ int main(int argc, char** argv) {
   const auto enc_mode =
       mode == "exact" ? trellis::cpu::EncodeMode::kExact : trellis::cpu::EncodeMode::kEstimate;
   trellis::ThreadPool pool(threads);
-  std::mt19937 rng(42);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<uint16_t> x(tiles * 256), states(x.size()), decoded(x.size());
-  for (auto& v : x) v = trellis::fp32_to_fp16(normal(rng));
+  const std::vector<uint16_t> x = trellis::bench::normal_tiles(tiles);
+  std::vector<uint16_t> states(x.size()), decoded(x.size());
 
   nlohmann::json out;
   out["bench"] = "cpu_encode";
@@ -79,20 +66,14 @@ int main(int argc, char** argv) {
         const auto t1 = std::chrono::steady_clock::now();
         wall_s.push_back(std::chrono::duration<double>(t1 - t0).count());
       }
-      double sq = 0;
-      for (size_t i = 0; i < x.size(); ++i) {
-        const double d = static_cast<double>(trellis::fp16_to_fp32(decoded[i])) -
-                         trellis::fp16_to_fp32(x[i]);
-        sq += d * d;
-      }
-      const double w = median(wall_s);
+      const double w = trellis::bench::median(wall_s);
       nlohmann::json r;
       r["codebook"] = name;
       r["K"] = K;
       r["wall_s"] = w;
       r["tiles_per_s"] = static_cast<double>(tiles) / w;
       r["tiles_per_s_per_thread"] = static_cast<double>(tiles) / w / static_cast<double>(pool.size());
-      r["mse"] = sq / static_cast<double>(x.size());
+      r["mse"] = trellis::bench::mse(decoded, x);
       out["results"].push_back(r);
       std::cerr << name << " K=" << K << ": " << r["tiles_per_s"] << " tiles/s, mse " << r["mse"]
                 << "\n";

@@ -9,26 +9,15 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <iostream>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "backends/cuda/cuda_encode.h"
-#include "core/fp16.h"
+#include "encode_bench_util.h"
 #include "exl3/codebook.h"
-
-namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   using trellis::exl3::Codebook;
@@ -48,10 +37,8 @@ int main(int argc, char** argv) {
     std::cerr << "no CUDA device\n";
     return 1;
   }
-  std::mt19937 rng(42);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<uint16_t> x(tiles * 256), states(x.size()), decoded(x.size());
-  for (auto& v : x) v = trellis::fp32_to_fp16(normal(rng));
+  const std::vector<uint16_t> x = trellis::bench::normal_tiles(tiles);
+  std::vector<uint16_t> states(x.size()), decoded(x.size());
 
   nlohmann::json out;
   out["bench"] = "cuda_encode";
@@ -76,19 +63,14 @@ int main(int argc, char** argv) {
         wall_s.push_back(std::chrono::duration<double>(t1 - t0).count());
         kernel_s.push_back(trellis::cuda::last_encode_kernel_ms(device) / 1e3);
       }
-      double sq = 0;
-      for (size_t i = 0; i < x.size(); ++i) {
-        const double d = static_cast<double>(trellis::fp16_to_fp32(decoded[i])) - trellis::fp16_to_fp32(x[i]);
-        sq += d * d;
-      }
-      const double k = median(kernel_s), w = median(wall_s);
+      const double k = trellis::bench::median(kernel_s), w = trellis::bench::median(wall_s);
       nlohmann::json r;
       r["codebook"] = name;
       r["K"] = K;
       r["kernel_s"] = k;
       r["kernel_tiles_per_s"] = std::round(static_cast<double>(tiles) / k);
       r["end_to_end_tiles_per_s"] = std::round(static_cast<double>(tiles) / w);
-      r["mse"] = sq / static_cast<double>(x.size());
+      r["mse"] = trellis::bench::mse(decoded, x);
       out["results"].push_back(r);
       std::cerr << name << " K=" << K << ": " << r["kernel_tiles_per_s"] << " tiles/s (kernel), "
                 << r["end_to_end_tiles_per_s"] << " end to end, mse " << r["mse"] << "\n";
