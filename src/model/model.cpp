@@ -158,11 +158,11 @@ void Model::load_weights(const ModelOptions& options) {
   max_context_ = options.max_context > 0 ? std::min(options.max_context, max_pos) : std::min<int64_t>(max_pos, 8192);
   max_batch_ = std::max<int64_t>(1, std::min(options.max_batch, max_context_));
   rope_ = make_rope_params(c);
+  bool stored_head = false;  // a stored lm_head (EXL3 or dense) wins over tying (spec 2.13)
+  for (const std::string& name : dir_->tensors().names()) stored_head = stored_head || name.rfind("lm_head.", 0) == 0;
+  embed_on_host_ = stored_head && backend_.host_embedding();
   {
-    const TensorStore& st = dir_->tensors();
-    bool stored_head = false;
-    for (const std::string& name : st.names()) stored_head = stored_head || name.rfind("lm_head.", 0) == 0;
-    const MemoryPlan plan = plan_memory(c, st, max_batch_, stored_head && backend_.host_embedding(), !stored_head);
+    const MemoryPlan plan = plan_memory(c, dir_->tensors(), max_batch_, embed_on_host_, !stored_head);
     const uint64_t budget = memory_budget(backend_.info());
     const uint64_t need = plan.total(max_context_);
     const uint64_t kv = plan.kv_per_token * static_cast<uint64_t>(max_context_);
@@ -220,9 +220,7 @@ void Model::load_weights(const ModelOptions& options) {
     l.k_cache = backend_.alloc(DType::kF16, {max_context_, kv_width});
     l.v_cache = backend_.alloc(DType::kF16, {max_context_, kv_width});
   }
-  // A stored lm_head (EXL3 or dense) wins over tying (spec 2.13).
   head_ = load_linear("lm_head", c.hidden_size, c.vocab_size, /*required=*/false);
-  const bool untied = head_ != nullptr;
   if (!head_) {
     if (!c.tie_word_embeddings)
       fail(ErrorKind::kFormat, "{}: no lm_head tensors and tie_word_embeddings is false", dir_->dir());
@@ -233,8 +231,6 @@ void Model::load_weights(const ModelOptions& options) {
     src.dense = embed;
     head_ = backend_.prepare_linear(src);
   }
-  embed_on_host_ = untied && backend_.host_embedding() && (embed.dtype == DType::kF16 || embed.dtype == DType::kBF16 ||
-                                                           embed.dtype == DType::kF32);
   if (embed_on_host_)
     embed_host_ = embed;
   else
