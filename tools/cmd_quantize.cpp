@@ -1,6 +1,9 @@
 // `trellis quantize -i HF_DIR -o OUT_DIR -b BITS ...`: Hugging Face model -> EXL3 (spec 5).
 #include <cstdio>
 #include <memory>
+#include <string>
+
+#include <fmt/format.h>
 
 #include "commands.h"
 #include "trellis/quantize.h"
@@ -31,6 +34,9 @@ Handler add_quantize(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--cal-data", job->cal_data_dir, "Directory with prose.txt, code.txt and multilingual.txt (default: the project's)");
   cmd->add_option("--work-dir", job->work_dir, "Checkpoint directory (default: OUT_DIR.work)");
+  cmd->add_option("--seed", job->seed,
+                  "Calibration-set and sign-vector seed; other seeds give other, equally good conversions")
+      ->capture_default_str();
   cmd->add_flag("--resume", job->resume, "Continue an interrupted run from its work directory (same settings)");
   cmd->add_option("--device", job->device, "Device for calibration, Hessians and tile encoding: auto (the first CUDA GPU if there is one), cpu, cuda[:N]")->capture_default_str();
   cmd->add_option("-t,--threads", job->threads, "CPU threads (0 = all)")->capture_default_str();
@@ -50,6 +56,10 @@ Handler add_quantize(CLI::App& app) {
     std::fprintf(stderr, "quantized to %s: %.2f bits per weight, %.1f MiB of tensors, %llu tiles in %.1f s (%.0f tiles/s)\n",
                  job->output_dir.c_str(), s.bits, static_cast<double>(s.output_bytes) / (1 << 20),
                  static_cast<unsigned long long>(s.tiles), s.seconds, s.seconds > 0 ? s.tiles / s.seconds : 0.0);
+    std::string stages;
+    for (const auto& [name, sec] : s.stages)
+      if (sec >= 0.05) stages += fmt::format("{}{} {:.1f} s", stages.empty() ? "" : ", ", name, sec);
+    std::fprintf(stderr, "time by stage: %s\n", stages.c_str());
     return 0;
   };
 }

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace trellis {
 
@@ -21,6 +23,7 @@ struct QuantizeJob {
   std::string device = "auto";  // auto (CUDA device 0 when present), cpu or cuda[:N]
   size_t threads = 0;          // 0: all hardware threads
   bool resume = false;         // continue from work_dir's checkpoints
+  uint64_t seed = 0;           // random calibration rows and sign vectors; 0 = the default set
   uint64_t shard_bytes = 8192ull << 20;
 };
 
@@ -29,6 +32,9 @@ struct QuantizeSummary {
   uint64_t output_bytes = 0;   // bytes of tensors written
   uint64_t tiles = 0;          // tiles encoded (final encodes, not the scale search)
   double seconds = 0;
+  // Wall time by stage (name, seconds). The stages are disjoint, so they add up to about
+  // `seconds`; the tile encoder's calls are their own stages, not part of their callers'.
+  std::vector<std::pair<std::string, double>> stages;
 };
 
 // Runs the job. Throws trellis::Error with a clear message on bad input (unsupported

@@ -55,6 +55,38 @@ using quant::FinalHessian;
 using quant::HessianAccumulator;
 using quant::QuantizedLinear;
 
+// Wall time per pipeline stage, for the summary. `Scope` charges its lifetime to one stage; the
+// encoder's calls are charged to their own stage and subtracted from the caller's.
+class StageClock {
+ public:
+  enum Stage { kSetup, kCapture, kHessian, kQuantHost, kEncodeSearch, kEncodeLdlq, kCheck, kAdvance, kOutput, kCount };
+  using clock = std::chrono::steady_clock;
+  double& at(Stage s) { return t_[s]; }
+  class Scope {
+   public:
+    Scope(StageClock& c, Stage s) : c_(c), s_(s), start_(clock::now()) {}
+    ~Scope() { c_.t_[s_] += std::chrono::duration<double>(clock::now() - start_).count(); }
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+
+   private:
+    StageClock& c_;
+    Stage s_;
+    clock::time_point start_;
+  };
+  std::vector<std::pair<std::string, double>> report() const {
+    static const char* names[kCount] = {"setup", "calibration forward + Hessians", "Hessian finalisation",
+                                        "regularisation + LDLQ (host)", "tile encoder (scale search)",
+                                        "tile encoder (LDLQ)", "reference check + checkpoint", "advance", "output"};
+    std::vector<std::pair<std::string, double>> out;
+    for (int i = 0; i < kCount; ++i) out.emplace_back(names[i], t_[i]);
+    return out;
+  }
+
+ private:
+  double t_[kCount] = {};
+};
+
 constexpr const char* kVersion = "1.4.1";  // the ExLlamaV3 format version our files follow
 constexpr uint32_t kMcgValue = 0xCBAC1FEDu, kMul1Value = 0x83DCD12Du;
 
@@ -285,7 +317,7 @@ class BlockRunner {
 // Calibration rows (spec 5.2 in spirit): slices of the project's prose, code and multilingual
 // text files, plus uniformly random token rows, with fixed seeds.
 std::vector<std::vector<int32_t>> build_calibration(const Tokenizer& tok, int64_t vocab, int rows, int cols,
-                                                    const std::string& dir) {
+                                                    const std::string& dir, uint64_t seed) {
   std::vector<std::vector<int32_t>> out;
   const int random_rows = std::max(1, rows * 20 / 135);
   const int text_rows = std::max(0, rows - random_rows);
@@ -301,6 +333,13 @@ std::vector<std::vector<int32_t>> build_calibration(const Tokenizer& tok, int64_
     std::ifstream in(path, std::ios::binary);
     if (!in) fail(ErrorKind::kIo, "{}: cannot read calibration text (set --cal-data)", path.string());
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (seed != 0 && !text.empty()) {
+      // Another calibration set: the text from a seed-dependent line onwards, wrapping around.
+      size_t off = static_cast<size_t>((seed * 0x9E3779B97F4A7C15ull) % text.size());
+      const size_t nl = text.find('\n', off);
+      off = nl == std::string::npos ? 0 : nl + 1;
+      std::rotate(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(off), text.end());
+    }
     // Tokenize only what is needed (about 8 bytes per token is generous).
     const size_t need_bytes = static_cast<size_t>(want) * cols * 8;
     if (text.size() > need_bytes) text.resize(need_bytes);
@@ -317,7 +356,7 @@ std::vector<std::vector<int32_t>> build_calibration(const Tokenizer& tok, int64_
       out.push_back(std::move(row));
     }
   }
-  std::mt19937_64 rng(0);
+  std::mt19937_64 rng(seed);
   for (int r = 0; r < rows - text_rows; ++r) {
     std::vector<int32_t> row(static_cast<size_t>(cols));
     for (auto& t : row) t = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
@@ -401,7 +440,8 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
                              {"codebook", job.codebook},
                              {"out_scales", job.out_scales},
                              {"cal_rows", job.cal_rows},
-                             {"cal_cols", job.cal_cols}};
+                             {"cal_cols", job.cal_cols},
+                             {"seed", job.seed}};
   if (fs::exists(work / "job.json")) {
     if (!job.resume)
       fail(ErrorKind::kInvalidArgument,
@@ -465,6 +505,17 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
                                  ? std::string("cpu")
                                  : fmt::format("{}:{}", backend->info().backend, backend->info().index);
   const TileEncodeFn encode_fn = make_tile_encoder(device, pool);
+  StageClock clock;
+  // Runs quantize_linears, charging the host part to its stage and the encoder to its own.
+  auto quantize_timed = [&](auto&& fn) {
+    const double enc0 = clock.at(StageClock::kEncodeSearch) + clock.at(StageClock::kEncodeLdlq);
+    const auto t0 = StageClock::clock::now();
+    auto res = fn();
+    const double enc1 = clock.at(StageClock::kEncodeSearch) + clock.at(StageClock::kEncodeLdlq);
+    clock.at(StageClock::kQuantHost) +=
+        std::chrono::duration<double>(StageClock::clock::now() - t0).count() - (enc1 - enc0);
+    return res;
+  };
   // tiles_encoded: in the current module; tiles_run: by this process (not counting resumed work).
   uint64_t tiles_encoded = 0, tiles_total = 0, tiles_before = 0, tiles_run = 0;
   for (const quant::AllocTensor& t : alloc) tiles_total += static_cast<uint64_t>(t.numel / 256);
@@ -473,6 +524,7 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
   ProgressBar bar("quantize", tiles_total, "tiles");
   quant::TileEncodeFn encode = [&](const uint16_t* x, size_t n, int K, exl3::Codebook cbk, uint16_t* st,
                                    uint16_t* dec, bool estimate) {
+    StageClock::Scope timed(clock, estimate ? StageClock::kEncodeSearch : StageClock::kEncodeLdlq);
     encode_fn(x, n, K, cbk, st, dec, estimate);
     if (!estimate) {
       tiles_encoded += n;
@@ -487,7 +539,7 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
            job.input_dir, out_path.string(), job.bits, recorded_bits, job.head_bits, job.codebook, job.out_scales,
            job.cal_rows, job.cal_cols, device, backend->info().name);
   const auto cal = build_calibration(*tokenizer, c.vocab_size, job.cal_rows, job.cal_cols,
-                                     job.cal_data_dir.empty() ? default_cal_dir() : job.cal_data_dir);
+                                     job.cal_data_dir.empty() ? default_cal_dir() : job.cal_data_dir, job.seed);
   const int64_t cols = job.cal_cols;
   const std::vector<float> embed = load_f32(store, "model.embed_tokens.weight");
   // The calibration state lives on the device: rows x cols x hidden fp32.
@@ -560,6 +612,7 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
   };
 
   nlohmann::json report = nlohmann::json::object();
+  clock.at(StageClock::kSetup) = std::chrono::duration<double>(StageClock::clock::now() - t_start).count();
   for (size_t bi = 0; bi < blocks.size(); ++bi) {
     const BlockSpec& b = blocks[bi];
     const fs::path ckpt = work / fmt::format("layer-{:05}.safetensors", b.index);
@@ -578,6 +631,7 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
       std::vector<std::vector<float>> ref_out;
       HessianAccumulator h_attn(0), h_o(0), h_mlp(0), h_down(0);
       {
+        StageClock::Scope timed(clock, StageClock::kCapture);
         DeviceHessian d_attn(*backend, round_up_128(H)), d_o(*backend, round_up_128(qw)),
             d_mlp(*backend, round_up_128(H)), d_down(*backend, round_up_128(I));
         const BlockRunner::Grams grams{&d_attn, &d_o, &d_mlp, &d_down};
@@ -599,10 +653,15 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
       check_finite(h_mlp, fmt::format("layer {} MLP input", b.index));
       check_finite(h_down, fmt::format("layer {} down_proj input", b.index));
       // 2. Quantize.
-      const uint64_t seed = static_cast<uint64_t>(b.index) + 1;
+      // Sign-vector seeds: per layer and group; --seed moves all of them (0 keeps the default set).
+      const uint64_t seed = static_cast<uint64_t>(b.index) + 1 + job.seed * 0x9E3779B97F4A7C15ull;
       auto run_group = [&](const HessianAccumulator& acc, uint64_t hseed,
                            std::vector<std::pair<const LinearSpec*, const std::vector<float>*>> members) {
-        const FinalHessian fh = quant::finalize_hessian(acc, hseed, pool);
+        FinalHessian fh;
+        {
+          StageClock::Scope timed(clock, StageClock::kHessian);
+          fh = quant::finalize_hessian(acc, hseed, pool);
+        }
         // Tensors of one group share K here (q/k/v and gate/up are allocated together).
         const int64_t k = round_up_128(members[0].first->in);
         std::vector<int64_t> widths;
@@ -625,7 +684,7 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
         qo.codebook = cb;
         qo.out_scales = out_scales;
         qo.seed = hseed;
-        auto res = quant::quantize_linears(std::move(w), k, widths, fh, qo, encode, pool);
+        auto res = quantize_timed([&] { return quant::quantize_linears(std::move(w), k, widths, fh, qo, encode, pool); });
         for (size_t t = 0; t < members.size(); ++t) {
           qt.add_linear(members[t].first->key, res[t]);
           report[members[t].first->key] = {{"K", res[t].K}, {"proxy_error", res[t].proxy_error},
@@ -642,6 +701,7 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
       qw_.q = quantized(qt, b.q); qw_.k = quantized(qt, b.k); qw_.v = quantized(qt, b.v); qw_.o = quantized(qt, b.o);
       qw_.gate = quantized(qt, b.gate); qw_.up = quantized(qt, b.up); qw_.down = quantized(qt, b.down);
       double num = 0, den = 0;
+      StageClock::Scope check_timed(clock, StageClock::kCheck);
       for (size_t ri = 0; ri < ref_out.size(); ++ri) {
         const std::vector<float> x = runner.download(runner.run(qw_, state[ri], false, nullptr));
         for (size_t j = 0; j < x.size(); ++j) {
@@ -666,7 +726,10 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
     qw_.gate = quantized(qt, b.gate); qw_.up = quantized(qt, b.up); qw_.down = quantized(qt, b.down);
     stage = fmt::format("layer {}: advance", b.index);
     bar.update(tiles_before + tiles_encoded, stage);
-    advance(qw_);
+    {
+      StageClock::Scope timed(clock, StageClock::kAdvance);
+      advance(qw_);
+    }
     tiles_before += block_tiles;
     tiles_encoded = 0;
   }
@@ -677,22 +740,31 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
   if (job.head_bits != 16 && !fs::exists(head_ckpt)) {
     stage = "lm_head";
     const DeviceTensor fnorm = vec("model.norm.weight", H);
-    DeviceHessian d_head(*backend, round_up_128(H));
-    for (DeviceTensor& x : state) runner.final_norm(fnorm, x, d_head);
-    const HessianAccumulator h_head = d_head.fetch(*backend);
+    HessianAccumulator h_head(0);
+    {
+      StageClock::Scope timed(clock, StageClock::kCapture);
+      DeviceHessian d_head(*backend, round_up_128(H));
+      for (DeviceTensor& x : state) runner.final_norm(fnorm, x, d_head);
+      h_head = d_head.fetch(*backend);
+    }
     check_finite(h_head, "lm_head");
     const std::vector<float> wh = load_f32(store, head_source);
     if (static_cast<int64_t>(wh.size()) != H * c.vocab_size)
       fail(ErrorKind::kFormat, "{}: {} has {} elements, expected {} x {}", store.dir(), head_source, wh.size(),
            c.vocab_size, H);
     const int64_t k = round_up_128(H), n = round_up_128(c.vocab_size);
-    const FinalHessian fh = quant::finalize_hessian(h_head, 0xEAD, pool);
+    FinalHessian fh;
+    {
+      StageClock::Scope timed(clock, StageClock::kHessian);
+      fh = quant::finalize_hessian(h_head, 0xEAD + job.seed * 0x9E3779B97F4A7C15ull, pool);
+    }
     quant::QuantizeOptions qo;
     qo.K = job.head_bits;
     qo.codebook = cb;
     qo.out_scales = out_scales;
-    qo.seed = 0xEAD;
-    auto res = quant::quantize_linears(to_kn(wh, c.vocab_size, H, k, n), k, {n}, fh, qo, encode, pool);
+    qo.seed = 0xEAD + job.seed * 0x9E3779B97F4A7C15ull;
+    auto res = quantize_timed(
+        [&] { return quant::quantize_linears(to_kn(wh, c.vocab_size, H, k, n), k, {n}, fh, qo, encode, pool); });
     ModuleTensors ht;
     ht.add_linear("lm_head", res[0]);
     report["lm_head"] = {{"K", res[0].K}, {"proxy_error", res[0].proxy_error}};
@@ -700,6 +772,7 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
     ht.save(head_ckpt.string(), report["lm_head"]);
   }
   bar.update(tiles_total, "writing output");
+  const auto t_output = StageClock::clock::now();
 
   // Compile the output directory.
   const fs::path parent = out_path.has_parent_path() ? out_path.parent_path() : fs::path(".");
@@ -872,6 +945,8 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
   sum.output_bytes = total;
   sum.tiles = tiles_run;
   sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  clock.at(StageClock::kOutput) = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_output).count();
+  sum.stages = clock.report();
   return sum;
 }
 
