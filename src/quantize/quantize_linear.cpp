@@ -63,9 +63,7 @@ bool cholesky(std::vector<float>& a, int64_t k, ThreadPool& pool) {
       for (size_t t = b; t < e; ++t) {
         const int64_t i = j + 1 + static_cast<int64_t>(t);
         float* ri = &a[i * k];
-        float s = 0;
-        for (int64_t p = 0; p < j; ++p) s += ri[p] * rj[p];
-        ri[j] = (ri[j] - s) / ljj;
+        ri[j] = (ri[j] - cpu::dot_f32(ri, rj, j)) / ljj;
       }
     });
   }
@@ -203,6 +201,30 @@ float search_global_scale(const float* w, int64_t k, int64_t n, int64_t stride, 
 }
 
 }  // namespace
+
+double trace_quadratic(const float* m, int64_t k, int64_t n, int64_t col0, int64_t nt, const std::vector<float>& hm,
+                       ThreadPool& pool) {
+  constexpr int64_t kChunk = 1024;
+  std::vector<float> g(static_cast<size_t>(k * k), 0.0f);
+  std::vector<float> xt(static_cast<size_t>(std::min(nt, kChunk) * k));
+  for (int64_t j0 = 0; j0 < nt; j0 += kChunk) {
+    const int64_t cols = std::min(kChunk, nt - j0);
+    pool.parallel_for(static_cast<size_t>(cols), 16, [&](size_t b, size_t e) {
+      for (size_t j = b; j < e; ++j)
+        for (int64_t i = 0; i < k; ++i) xt[j * k + i] = m[i * n + col0 + j0 + static_cast<int64_t>(j)];
+    });
+    cpu::gram_accumulate(xt.data(), cols, k, g.data(), k, pool);
+  }
+  std::vector<double> rows(static_cast<size_t>(k));
+  pool.parallel_for(static_cast<size_t>(k), 16, [&](size_t b, size_t e) {
+    for (size_t i = b; i < e; ++i) {
+      double s = 0.5 * static_cast<double>(g[i * k + i]) * hm[i * k + i];
+      for (size_t r = 0; r < i; ++r) s += static_cast<double>(g[i * k + r]) * hm[i * k + r];
+      rows[i] = 2 * s;
+    }
+  });
+  return std::accumulate(rows.begin(), rows.end(), 0.0);
+}
 
 HessianAccumulator::HessianAccumulator(int64_t k) : k_(k), sum_(static_cast<size_t>(k * k), 0.0f) {}
 
@@ -396,18 +418,14 @@ std::vector<QuantizedLinear> quantize_linears(std::vector<float> w, int64_t k, c
     const int64_t r0 = cb * 16;
     std::copy(&w[r0 * n], &w[(r0 + 16) * n], target.begin());
     if (!h.fallback && r0 + 16 < k) {
-      // target_c += Σ_{r > block} Lz[r][c-block]ᵀ · E[r]   (columns split over threads)
-      pool.parallel_for(static_cast<size_t>(n / 16), 4, [&](size_t b, size_t e) {
-        const int64_t j0 = static_cast<int64_t>(b) * 16, j1 = static_cast<int64_t>(e) * 16;
-        for (int64_t r = r0 + 16; r < k; ++r) {
-          const float* lz = &h.lz[r * k + r0];
-          const float* er = &err[r * n];
-          for (int i = 0; i < 16; ++i) {
-            const float coef = lz[i];
-            if (coef == 0.0f) continue;
-            float* tr = &target[i * n];
-            for (int64_t j = j0; j < j1; ++j) tr[j] += coef * er[j];
-          }
+      // target_c += Σ_{r > block} Lz[r][c-block]ᵀ · E[r]   (column chunks over threads)
+      constexpr int64_t kCols = 256;
+      const int64_t below = k - r0 - 16;
+      pool.parallel_for(static_cast<size_t>((n + kCols - 1) / kCols), 1, [&](size_t b, size_t e) {
+        for (size_t c = b; c < e; ++c) {
+          const int64_t j0 = static_cast<int64_t>(c) * kCols, nj = std::min(kCols, n - j0);
+          cpu::atb_accumulate(&h.lz[(r0 + 16) * k + r0], k, &err[(r0 + 16) * n + j0], n, below, 16, nj, &target[j0],
+                              n);
         }
       });
     }
@@ -425,6 +443,9 @@ std::vector<QuantizedLinear> quantize_linears(std::vector<float> w, int64_t k, c
   }
 
   // Proxy error (5.9) per tensor: tr(Eᵀ H' E) / tr(Wᵀ H' W), or the MSE for fallback tensors.
+  // tr(Mᵀ H M) = Σ_ir H_ir (M Mᵀ)_ir: M Mᵀ is the Gram matrix of the columns of M, which the
+  // blocked SYRK of the Hessian capture computes (over chunks of transposed columns), so the
+  // cost is two SYRKs instead of a pass over all of M for each row of H.
   col0 = 0;
   for (size_t t = 0; t < widths.size(); ++t) {
     const int64_t nt = widths[t];
@@ -434,29 +455,8 @@ std::vector<QuantizedLinear> quantize_linears(std::vector<float> w, int64_t k, c
         for (int64_t j = 0; j < nt; ++j) s += std::pow(err[i * n + col0 + j], 2);
       out[t].proxy_error = s / static_cast<double>(k * nt);
     } else {
-      std::vector<double> num(static_cast<size_t>(k), 0.0), den(static_cast<size_t>(k), 0.0);
-      pool.parallel_for(static_cast<size_t>(k), 8, [&](size_t b, size_t e) {
-        std::vector<double> he(static_cast<size_t>(nt)), hw(static_cast<size_t>(nt));
-        for (size_t i = b; i < e; ++i) {
-          std::fill(he.begin(), he.end(), 0.0);
-          std::fill(hw.begin(), hw.end(), 0.0);
-          for (int64_t r = 0; r < k; ++r) {
-            const double hir = h.rotated[i * k + r];
-            for (int64_t j = 0; j < nt; ++j) {
-              he[j] += hir * err[r * n + col0 + j];
-              hw[j] += hir * w[r * n + col0 + j];
-            }
-          }
-          double sn = 0, sd = 0;
-          for (int64_t j = 0; j < nt; ++j) {
-            sn += he[j] * err[i * n + col0 + j];
-            sd += hw[j] * w[i * n + col0 + j];
-          }
-          num[i] = sn;
-          den[i] = sd;
-        }
-      });
-      const double sn = std::accumulate(num.begin(), num.end(), 0.0), sd = std::accumulate(den.begin(), den.end(), 0.0);
+      const double sn = trace_quadratic(err.data(), k, n, col0, nt, h.rotated, pool);
+      const double sd = trace_quadratic(w.data(), k, n, col0, nt, h.rotated, pool);
       out[t].proxy_error = sd > 0 ? sn / sd : 0.0;
     }
     col0 += nt;

@@ -91,4 +91,10 @@ std::vector<QuantizedLinear> quantize_linears(std::vector<float> w, int64_t k, c
                                               const FinalHessian& h, const QuantizeOptions& options,
                                               const TileEncodeFn& encode, ThreadPool& pool);
 
+// tr(Mᵀ H M) for the k x nt block of columns [col0, col0 + nt) of m (k rows, row stride n), with
+// H k x k symmetric (row-major, both triangles stored): the numerator and denominator of the
+// proxy error (spec 5.9). Accumulates in fp32 over chunks of columns and in fp64 across them.
+double trace_quadratic(const float* m, int64_t k, int64_t n, int64_t col0, int64_t nt, const std::vector<float>& h,
+                       ThreadPool& pool);
+
 }  // namespace trellis::quant

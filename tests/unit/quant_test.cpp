@@ -30,6 +30,30 @@ std::vector<AllocTensor> llama_like(int layers) {
   return t;
 }
 
+// The proxy error's traces (spec 5.9) against the definition, Σ_j m_jᵀ H m_j in fp64, on a
+// column block inside a wider matrix, with a width that is not a multiple of the chunk size.
+TEST(QuantProxy, TraceQuadraticMatchesDirectFp64Sum) {
+  const int64_t k = 96, n = 1200, col0 = 37, nt = 1100;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> m(static_cast<size_t>(k * n)), a(static_cast<size_t>(k * k)), h(static_cast<size_t>(k * k));
+  for (auto& v : m) v = nd(rng);
+  for (auto& v : a) v = nd(rng);
+  for (int64_t i = 0; i < k; ++i)  // H = A Aᵀ / k + I: symmetric positive definite
+    for (int64_t j = 0; j < k; ++j) {
+      double s = i == j ? 1.0 : 0.0;
+      for (int64_t p = 0; p < k; ++p) s += static_cast<double>(a[i * k + p]) * a[j * k + p] / k;
+      h[i * k + j] = static_cast<float>(s);
+    }
+  double want = 0;
+  for (int64_t j = col0; j < col0 + nt; ++j)
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t r = 0; r < k; ++r) want += static_cast<double>(m[i * n + j]) * h[i * k + r] * m[r * n + j];
+  ThreadPool pool(2);
+  const double got = trace_quadratic(m.data(), k, n, col0, nt, h, pool);
+  EXPECT_NEAR(got, want, 1e-5 * want);
+}
+
 TEST(QuantAllocation, FractionalTargetsStayWithinBudgetAndFavourAttentionAndEnds) {
   for (double bits : {2.5, 3.25, 4.0, 7.9}) {
     auto t = llama_like(6);
@@ -124,7 +148,7 @@ namespace {
 // finite rows against a double-precision sum; the backend fills the lower triangle only, the
 // accumulator mirrors it; non-finite rows are counted, not added.
 TEST(QuantHessian, GramAccumulateMatchesDoubleSumAndSkipsNonFiniteRows) {
-  const int64_t rows = 133, cols = 45, k = 64;
+  const int64_t rows = 533, cols = 45, k = 64;  // three chunks of the CPU kernel
   std::mt19937 rng(3);
   std::normal_distribution<float> nd(0.0f, 1.5f);
   std::vector<float> x(static_cast<size_t>(rows * cols));
