@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "format/safetensors.h"
 
 namespace trellis {
@@ -46,11 +47,17 @@ PerplexityResult evaluate_perplexity(Model& model, std::span<const int32_t> ids,
   for (int64_t c = 0; c < chunks; ++c) {
     const auto window = ids.subspan(static_cast<size_t>(c * ctx), static_cast<size_t>(ctx));
     model.forward(window, 0, true, logits);
-    for (int64_t t = 0; t + 1 < ctx; ++t) {
-      const float* row = logits.data() + t * vocab;
-      nll += log_sum_exp(row, vocab) - row[window[static_cast<size_t>(t + 1)]];
-      ++scored;
-    }
+    // Rows in parallel (a large vocabulary makes this as costly as the forward pass), summed in
+    // row order so the result does not depend on the thread count.
+    std::vector<double> row_nll(static_cast<size_t>(ctx - 1));
+    ThreadPool::global().parallel_for(row_nll.size(), 8, [&](size_t b, size_t e) {
+      for (size_t t = b; t < e; ++t) {
+        const float* row = logits.data() + static_cast<int64_t>(t) * vocab;
+        row_nll[t] = log_sum_exp(row, vocab) - row[window[t + 1]];
+      }
+    });
+    for (const double v : row_nll) nll += v;
+    scored += ctx - 1;
     if (progress) progress(c + 1, chunks);
   }
   PerplexityResult r;
@@ -79,25 +86,36 @@ KldResult evaluate_kld(Model& model, Model& reference, std::span<const int32_t> 
     const auto window = ids.subspan(static_cast<size_t>(c * ctx), static_cast<size_t>(ctx));
     model.forward(window, 0, true, logits);
     reference.forward(window, 0, true, ref_logits);
-    for (int64_t t = 0; t + 1 < ctx; ++t) {
-      const float* p = ref_logits.data() + t * vocab;
-      const float* q = logits.data() + t * vocab;
-      const double lp = log_sum_exp(p, vocab), lq = log_sum_exp(q, vocab);
-      double k = 0;
-      int64_t ap = 0, aq = 0;
-      for (int64_t j = 0; j < vocab; ++j) {
-        const double log_p = p[j] - lp, log_q = q[j] - lq;
-        k += std::exp(log_p) * (log_p - log_q);
-        if (p[j] > p[ap]) ap = j;
-        if (q[j] > q[aq]) aq = j;
+    // Rows in parallel, summed in row order (see evaluate_perplexity).
+    struct Row {
+      double kld, nll, ref_nll;
+      bool agree;
+    };
+    std::vector<Row> rows(static_cast<size_t>(ctx - 1));
+    ThreadPool::global().parallel_for(rows.size(), 8, [&](size_t b, size_t e) {
+      for (size_t t = b; t < e; ++t) {
+        const float* p = ref_logits.data() + static_cast<int64_t>(t) * vocab;
+        const float* q = logits.data() + static_cast<int64_t>(t) * vocab;
+        const double lp = log_sum_exp(p, vocab), lq = log_sum_exp(q, vocab);
+        double k = 0;
+        int64_t ap = 0, aq = 0;
+        for (int64_t j = 0; j < vocab; ++j) {
+          const double log_p = p[j] - lp, log_q = q[j] - lq;
+          k += std::exp(log_p) * (log_p - log_q);
+          if (p[j] > p[ap]) ap = j;
+          if (q[j] > q[aq]) aq = j;
+        }
+        const int32_t next = window[t + 1];
+        rows[t] = {k, lq - q[next], lp - p[next], ap == aq};
       }
-      kld += k;
-      agree += ap == aq;
-      const int32_t next = window[static_cast<size_t>(t + 1)];
-      nll += lq - q[next];
-      ref_nll += lp - p[next];
-      ++scored;
+    });
+    for (const Row& r : rows) {
+      kld += r.kld;
+      nll += r.nll;
+      ref_nll += r.ref_nll;
+      agree += r.agree;
     }
+    scored += ctx - 1;
     if (progress) progress(c + 1, chunks);
   }
   KldResult r;
