@@ -73,6 +73,8 @@ TEST(Quantize, KilledResumedLoadsAndMatchesExllamaQuality) {
                               &log),
             0);
   EXPECT_NE(log.find("setting 'bits'"), std::string::npos) << log;
+  EXPECT_NE(test::run_command(cmd + " --seed 7 --resume", &log), 0);  // another calibration set
+  EXPECT_NE(log.find("setting 'seed'"), std::string::npos) << log;
 
   ASSERT_EQ(test::run_command(cmd + " --resume", &log), 0) << log;
   ASSERT_TRUE(fs::exists(out + "/model.safetensors"));
