@@ -195,7 +195,10 @@ TEST(CpuExl3Matmul, LargerShapesAndThreads) {
   const Case cases[] = {{1024, 128, 1, 4, Codebook::kMul1, 2},   {128, 1024, 3, 3, Codebook::k3Inst, 3},
                         {512, 768, 1, 2, Codebook::kMcg, 4},      {768, 512, 2, 5, Codebook::kMul1, 1},
                         {1024, 1024, 1, 8, Codebook::k3Inst, 2},  {640, 384, 33, 1, Codebook::kMcg, 2},
-                        {256, 2048, 4, 6, Codebook::kMul1, 2},    {2048, 256, 1, 7, Codebook::k3Inst, 2}};
+                        {256, 2048, 4, 6, Codebook::kMul1, 2},    {2048, 256, 1, 7, Codebook::k3Inst, 2},
+                        // m >= 16: Ŵ decoded per band, then the dense kernel
+                        {512, 384, 64, 3, Codebook::kMcg, 2},     {256, 256, 20, 8, Codebook::kMul1, 3},
+                        {384, 128, 16, 2, Codebook::k3Inst, 2}};
   uint64_t seed = 100;
   for (const Case& c : cases) {
     ThreadPool pool(c.threads);

@@ -24,6 +24,10 @@
 //   A 256 KiB gather table was slower on the target CPU (gathers from L2, see BENCHMARKS.md).
 // * m = 1 decodes and multiplies in registers (ProcessTileR1). m > 1 decodes each tile once into
 //   a 1 KiB buffer in L1 and applies it to all rows, 4 rows at a time.
+// * m >= kDenseMinRows (prefill, calibration): the band's tiles are decoded once into an fp16
+//   (128, k) buffer in natural order (lossless: decoded values are binary16) and multiplied with
+//   the dense fp16 kernel's register-blocked dot products, which reuse each weight vector over
+//   several rows; applying the step-ordered tile row by row reloaded it for every 4 rows.
 // * Work is split over bands of 128 output columns (whole Hadamard blocks) so each thread owns
 //   its outputs and applies the output transform itself; no reduction across threads.
 
@@ -35,6 +39,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -48,6 +53,7 @@
 #include "core/thread_pool.h"
 #include "exl3/codebook.h"
 #include "exl3/linear.h"
+#include "exl3/tile.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace trellis::cpu::HWY_NAMESPACE {
@@ -531,6 +537,32 @@ HWY_INLINE void InputTransformRow(const float* HWY_RESTRICT x, const float* HWY_
   }
 }
 
+// Input transform of one row in natural order: xn[i] = x'[i].
+HWY_INLINE void InputTransformRowNatural(const float* HWY_RESTRICT x, const float* HWY_RESTRICT suh, size_t k,
+                                         float* HWY_RESTRICT xn) {
+  const DF32 df;
+  const VF32 r = hn::Set(df, exl3_hadamard_scale());
+  for (size_t b = 0; b < k; b += 128) {
+    float* t = xn + b;
+    for (size_t i = 0; i < 128; i += kL) hn::StoreU(hn::Mul(hn::LoadU(df, x + b + i), hn::Load(df, suh + b + i)), df, t + i);
+    Fwht128(t);
+    for (size_t i = 0; i < 128; i += kL) hn::StoreU(hn::Mul(hn::LoadU(df, t + i), r), df, t + i);
+  }
+}
+
+// Rows from which a call decodes Ŵ once per band into natural order and runs the dense kernel.
+inline constexpr int64_t kDenseMinRows = 16;
+
+// (row, col) of each trellis step within its tile (spec 2.7), as row · 16 + col.
+inline const std::array<uint8_t, 256>& StepCells() {
+  static const std::array<uint8_t, 256> cells = [] {
+    std::array<uint8_t, 256> c{};
+    for (int p = 0; p < 256; ++p) c[static_cast<size_t>(p)] = static_cast<uint8_t>(exl3::step_row(p) * 16 + exl3::step_col(p));
+    return c;
+  }();
+  return cells;
+}
+
 // Folds a band's partial sums into z (16 columns per tile column) for one row.
 HWY_INLINE void FoldAcc(const float* HWY_RESTRICT acc, size_t tn_count, float* HWY_RESTRICT z) {
   for (size_t t = 0; t < tn_count; ++t, acc += kAccPerTile, z += 16) {
@@ -584,6 +616,44 @@ inline void Exl3Matmul(const exl3::Exl3LinearView& w, const float* x, int64_t m,
   HalfToFloat(w.svh, svh, n);
   if (w.bias) HalfToFloat(w.bias, bias, n);
   const float* bias_f = w.bias ? bias : nullptr;
+
+  if (m >= kDenseMinRows) {
+    // xs has room for m·k natural-order floats (it holds 2·m·k step-ordered ones).
+    float* xn = xs;
+    pool.parallel_for(static_cast<size_t>(m), std::max<size_t>(1, 4096 * 8 / k), [&](size_t r0, size_t r1) {
+      for (size_t r = r0; r < r1; ++r) InputTransformRowNatural(x + r * k, suh, k, xn + r * k);
+    });
+    const auto& cells = StepCells();
+    const size_t row_bytes = tiles_n * 32 * static_cast<size_t>(w.K);
+    pool.parallel_for(blocks_n, 1, [&](size_t b0, size_t b1) {
+      AlignedFloats& local = thread_scratch(1);
+      // wt: the band's Ŵᵀ, 128 x k fp16 (k/2 floats per column); z: m x 128; one decoded tile.
+      float* z = local.reserve(static_cast<size_t>(m) * 128 + 256 + 64 * k);
+      float* tile = z + static_cast<size_t>(m) * 128;
+      auto* wt = reinterpret_cast<uint16_t*>(tile + 256);
+      const DF32 df;
+      const hn::Rebind<hwy::float16_t, DF32> dh;
+      alignas(64) uint16_t half[256];
+      for (size_t b = b0; b < b1; ++b) {
+        for (size_t tk = 0; tk < tiles_k; ++tk) {
+          const uint8_t* row = static_cast<const uint8_t*>(w.trellis) + tk * row_bytes + b * 8 * 32 * w.K;
+          for (size_t t = 0; t < 8; ++t) {
+            variant.decode_tile(row + t * 32 * w.K, tile);
+            for (size_t i = 0; i < 256; i += kL)
+              hn::Store(hn::BitCast(hn::Rebind<uint16_t, DF32>(), hn::DemoteTo(dh, hn::Load(df, tile + i))),
+                        hn::Rebind<uint16_t, DF32>(), half + i);
+            uint16_t* col0 = wt + (16 * t) * k + 16 * tk;
+            for (size_t p = 0; p < 256; ++p) col0[(cells[p] & 15u) * k + (cells[p] >> 4)] = half[p];
+          }
+        }
+        DenseMatmulF16(wt, xn, m, static_cast<int64_t>(k), 128, z, pool);  // nested: runs inline
+        for (int64_t r = 0; r < m; ++r)
+          OutputTransformRow(z + r * 128, svh + b * 128, bias_f ? bias_f + b * 128 : nullptr, 128,
+                             y + r * n + b * 128);
+      }
+    });
+    return;
+  }
 
   const size_t row_units = static_cast<size_t>(m) * (k / 128);
   pool.parallel_for(static_cast<size_t>(m), std::max<size_t>(1, 4096 * 8 / k), [&](size_t r0, size_t r1) {

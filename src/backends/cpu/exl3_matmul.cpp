@@ -12,6 +12,7 @@
 
 #include <hwy/highway.h>
 
+#include "backends/cpu/dense_matmul-inl.h"
 #include "backends/cpu/exl3_matmul-inl.h"
 
 #if HWY_ONCE
