@@ -35,6 +35,27 @@ inline constexpr int64_t kGramRI = 8;
 inline constexpr int64_t kGramRI = 4;
 #endif
 
+using VF = hn::Vec<hn::ScalableTag<float>>;
+
+// The register tile both kernels share: c0[u], c1[u] = Σ_t a[t][u] · b[t][0 .. 2L) for u < kGramRI
+// (a and b already offset to the tile's first row and column).
+HWY_INLINE void TileAtB(const float* HWY_RESTRICT a, int64_t lda, const float* HWY_RESTRICT b, int64_t ldb,
+                        int64_t rows, VF* HWY_RESTRICT c0, VF* HWY_RESTRICT c1) {
+  const hn::ScalableTag<float> df;
+  const size_t L = hn::Lanes(df);
+  for (int64_t u = 0; u < kGramRI; ++u) c0[u] = c1[u] = hn::Zero(df);
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* bt = b + t * ldb;
+    const float* at = a + t * lda;
+    const VF x0 = hn::LoadU(df, bt), x1 = hn::LoadU(df, bt + L);
+    for (int64_t u = 0; u < kGramRI; ++u) {
+      const VF xi = hn::Set(df, at[u]);
+      c0[u] = hn::MulAdd(xi, x0, c0[u]);
+      c1[u] = hn::MulAdd(xi, x1, c1[u]);
+    }
+  }
+}
+
 // acc[i][j] += Σ_t buf[t][i] · buf[t][j] for i in [i0, i0 + RI) ∩ [0, cols), j <= i.
 void GramBand(const float* HWY_RESTRICT buf, int64_t rows, int64_t ld, int64_t cols, int64_t i0, float* acc,
               int64_t k) {
@@ -44,21 +65,11 @@ void GramBand(const float* HWY_RESTRICT buf, int64_t rows, int64_t ld, int64_t c
   const int64_t ni = std::min(kGramRI, cols - i0);
   HWY_ALIGN float tile[kGramRI * 2 * HWY_MAX_BYTES / sizeof(float)];
   for (int64_t j0 = 0; j0 < i0 + ni; j0 += jw) {
-    using V = hn::Vec<decltype(df)>;
-    V a0[kGramRI], a1[kGramRI];
-    for (int64_t u = 0; u < kGramRI; ++u) a0[u] = a1[u] = hn::Zero(df);
-    for (int64_t t = 0; t < rows; ++t) {
-      const float* row = buf + t * ld;
-      const V x0 = hn::LoadU(df, row + j0), x1 = hn::LoadU(df, row + j0 + L);
-      for (int64_t u = 0; u < kGramRI; ++u) {
-        const V xi = hn::Set(df, row[i0 + u]);  // the padding makes i0 + u < ld always
-        a0[u] = hn::MulAdd(xi, x0, a0[u]);
-        a1[u] = hn::MulAdd(xi, x1, a1[u]);
-      }
-    }
+    VF c0[kGramRI], c1[kGramRI];
+    TileAtB(buf + i0, ld, buf + j0, ld, rows, c0, c1);  // the padding makes i0 + u, j0 + jw <= ld
     for (int64_t u = 0; u < kGramRI; ++u) {
-      hn::Store(a0[u], df, tile + u * jw);
-      hn::Store(a1[u], df, tile + u * jw + L);
+      hn::Store(c0[u], df, tile + u * jw);
+      hn::Store(c1[u], df, tile + u * jw + L);
     }
     for (int64_t u = 0; u < ni; ++u) {
       const int64_t i = i0 + u, jend = std::min(j0 + jw, i + 1);
@@ -72,29 +83,18 @@ void GramBand(const float* HWY_RESTRICT buf, int64_t rows, int64_t ld, int64_t c
 void AtBAccumulate(const float* HWY_RESTRICT a, int64_t lda, const float* HWY_RESTRICT b, int64_t ldb, int64_t rows,
                    int64_t ni, int64_t nj, float* HWY_RESTRICT out, int64_t ldo) {
   const hn::ScalableTag<float> df;
-  using V = hn::Vec<decltype(df)>;
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
   const int64_t jw = 2 * L;
   for (int64_t i0 = 0; i0 < ni; i0 += kGramRI) {
     const int64_t nb = std::min(kGramRI, ni - i0);
     int64_t j0 = 0;
     for (; j0 + jw <= nj; j0 += jw) {
-      V a0[kGramRI], a1[kGramRI];
-      for (int64_t u = 0; u < kGramRI; ++u) a0[u] = a1[u] = hn::Zero(df);
-      for (int64_t t = 0; t < rows; ++t) {
-        const float* bt = b + t * ldb + j0;
-        const float* at = a + t * lda + i0;
-        const V x0 = hn::LoadU(df, bt), x1 = hn::LoadU(df, bt + L);
-        for (int64_t u = 0; u < kGramRI; ++u) {
-          const V xi = hn::Set(df, at[u]);
-          a0[u] = hn::MulAdd(xi, x0, a0[u]);
-          a1[u] = hn::MulAdd(xi, x1, a1[u]);
-        }
-      }
+      VF c0[kGramRI], c1[kGramRI];
+      TileAtB(a + i0, lda, b + j0, ldb, rows, c0, c1);
       for (int64_t u = 0; u < nb; ++u) {
         float* o = out + (i0 + u) * ldo + j0;
-        hn::StoreU(hn::Add(hn::LoadU(df, o), a0[u]), df, o);
-        hn::StoreU(hn::Add(hn::LoadU(df, o + L), a1[u]), df, o + L);
+        hn::StoreU(hn::Add(hn::LoadU(df, o), c0[u]), df, o);
+        hn::StoreU(hn::Add(hn::LoadU(df, o + L), c1[u]), df, o + L);
       }
     }
     for (int64_t u = 0; u < nb; ++u)  // column tail
