@@ -217,11 +217,13 @@ TEST(CudaExl3, ForwardMatchesReferenceForEveryVariant) {
     for (Codebook cb : kCodebooks) {
       const Layer l = random_layer(k, n, K, cb, 500 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(cb), true);
       auto d = upload(l, in_f, out_f);
-      for (int64_t m : {1, 3, 8, 17, 100}) {
+      for (int64_t m : {1, 3, 8, 17, 63, 100}) {
         const auto x = random_rows(m, in_f, 900 + static_cast<uint64_t>(m));
         const auto got = run_forward(*d, x, m, in_f, out_f);
         const auto want = reference(l, x, m, in_f, out_f);
-        EXPECT_LT(rel_rms(got, want), 2e-5) << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m;
+        // fp32-level (hi + lo activations) up to kSplitActMaxRows rows; above, activations are
+        // rounded once to fp16 (relative error <= 2^-11 each, ~2e-4 rms on the products).
+        EXPECT_LT(rel_rms(got, want), m > cuda::kSplitActMaxRows ? 5e-4 : 2e-5) << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m;
       }
     }
 }

@@ -204,7 +204,7 @@ TEST(CudaOps, DenseLinearAllDtypesAndRowCounts) {
         const auto wg = cu->prepare_linear(src);
         EXPECT_EQ(wg->in_features, d.in);
         EXPECT_GE(wg->device_bytes, static_cast<uint64_t>(d.in * d.out * 2));
-        for (int64_t m : {1, 3, 8, 9, 70}) {
+        for (int64_t m : {1, 3, 8, 9, 63, 70}) {
           const auto x = random_floats(static_cast<size_t>(m * d.in), 7 + static_cast<uint64_t>(m), 2.0f);
           std::vector<float> want, got;
           for (Backend* be : {&cpu, static_cast<Backend*>(cu)}) {
@@ -215,7 +215,9 @@ TEST(CudaOps, DenseLinearAllDtypesAndRowCounts) {
             (be == &cpu ? want : got) = fetch(*be, yfull);
           }
           for (int64_t j = 0; j < d.out; ++j) EXPECT_EQ(got[static_cast<size_t>(m * d.out + j)], 0.0f) << "guard";
-          EXPECT_LT(cuda_rel_rms(got, want), 2e-6)
+          // Above kSplitActMaxRows the activations enter the GEMM rounded once to fp16 (relative
+          // error <= 2^-11 per element, ~2e-4 rms on the products); below, hi + lo keep fp32 accuracy.
+          EXPECT_LT(cuda_rel_rms(got, want), m > cuda::kSplitActMaxRows ? 5e-4 : 2e-6)
               << dtype_name(dt) << " " << d.in << "x" << d.out << " m=" << m << " bias " << with_bias;
         }
       }

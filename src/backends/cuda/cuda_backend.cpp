@@ -403,8 +403,9 @@ void CudaBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceT
              if (bias) fill_rows(yp, bias, m, out, s);
              const float one = 1.0f, zero = 0.0f;
              // Row-major y [m, out] = x · Wᵀ is column-major yᵀ [out, m] = W'ᵀ · x' with W' = the
-             // column-major (in, out) view of W.
-             for (int part = 0; part < 2; ++part)
+             // column-major (in, out) view of W. The lo part only where it is cheap (cuda_util.h).
+             const int parts = gemm_act_parts(m);
+             for (int part = 0; part < parts; ++part)
                check(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(m),
                                   static_cast<int>(in), &one, w, CUDA_R_16F, static_cast<int>(in),
                                   xs + part * m * in, CUDA_R_16F, static_cast<int>(in),

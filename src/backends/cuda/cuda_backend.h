@@ -16,7 +16,7 @@
 // new positions and ids. TRELLIS_CUDA_GRAPHS=0 turns graphs off (every segment runs eagerly).
 //
 // Op -> kernel map (cuda_ops.h): embedding, rms_norm, rope, kv_store, silu_mul, add: one kernel
-// each; dense linear: dense_gemv_f16 (m <= 8) or split_f16 + two cuBLAS fp16 GEMMs with fp32
+// each; dense linear: dense_gemv_f16 (m <= 8) or split_f16 + one or two cuBLAS fp16 GEMMs (hi, lo: cuda_util.h) with fp32
 // accumulation (m > 8); attention: attention (+ merge of flash-decoding splits); add followed by
 // rms_norm of the same rows: add_rms_norm (one launch; the model does this twice per layer); EXL3 linear:
 // CudaExl3Linear (cuda_exl3.h) when that part is built in.

@@ -151,11 +151,14 @@ int64_t CudaExl3Linear::gemm_slice_cols() const {
   return std::clamp<int64_t>(budget, 128, n_);
 }
 
+int CudaExl3Linear::act_parts(int64_t m) { return gemm_act_parts(m); }
+
 CudaExl3Linear::ScratchLayout CudaExl3Linear::layout(int64_t m) const {
   ScratchLayout s;
-  s.act = align_up(static_cast<size_t>(m * k_) * 4);  // fp16 hi + lo per element
   const bool gemv = m <= kExl3GemvMaxRows;
-  s.part = align_up(static_cast<size_t>(m * n_) * 4 * (gemv ? gemv_splits_ : 2));
+  const int parts = act_parts(m);
+  s.act = align_up(static_cast<size_t>(m * k_) * 2 * parts);  // fp16 (hi, lo) per element
+  s.part = align_up(static_cast<size_t>(m * n_) * 4 * (gemv ? gemv_splits_ : parts));
   s.what = gemv ? 0 : align_up(static_cast<size_t>(k_ * gemm_slice_cols()) * 2);
   s.total = s.act + s.part + s.what;
   return s;
@@ -175,12 +178,12 @@ void CudaExl3Linear::product(int64_t m, cudaStream_t stream, std::byte* scratch,
   cublasHandle_t h = cublas_for(device_);
   check(cublasSetStream(h, stream), "cublasSetStream (EXL3)");
   const float one = 1.0f, zero = 0.0f;
-  const int64_t slice = gemm_slice_cols();
+  const int64_t slice = gemm_slice_cols(), rows = m * act_parts(m);
   for (int64_t c0 = 0; c0 < n_; c0 += slice) {
     const int64_t cols = std::min(slice, n_ - c0);
     exl3k::decode(K_, cb, trellis_, k_, n_, c0, cols, what, stream);
-    // Column-major view: part[2m, n]ᵀ (n x 2m) = Ŵ slice ᵀ (cols x k, lda cols) · xaᵀ (k x 2m).
-    check(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(2 * m),
+    // Column-major view: part[rows, n]ᵀ (n x rows) = Ŵ slice ᵀ (cols x k, lda cols) · xaᵀ (k x rows).
+    check(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(rows),
                        static_cast<int>(k_), &one, what, CUDA_R_16F, static_cast<int>(cols), xa, CUDA_R_16F,
                        static_cast<int>(k_), &zero, part + c0, CUDA_R_32F, static_cast<int>(n_), CUBLAS_COMPUTE_32F,
                        CUBLAS_GEMM_DEFAULT),
@@ -196,11 +199,15 @@ void CudaExl3Linear::forward(const float* x, int64_t m, float* y, cudaStream_t s
   auto* sc = static_cast<std::byte*>(scratch);
   auto* xa = reinterpret_cast<uint16_t*>(sc);
   const bool gemv = m <= kExl3GemvMaxRows;
+  const int parts = act_parts(m);
   exl3k::hadamard_in(x, m, in_features_, k_, suh_, xa,
-                     gemv ? exl3k::ActLayout::kGemvFragments : exl3k::ActLayout::kGemmRows, stream);
+                     gemv              ? exl3k::ActLayout::kGemvFragments
+                     : parts == 2      ? exl3k::ActLayout::kGemmRows
+                                       : exl3k::ActLayout::kGemmRowsHalf,
+                     stream);
   product(m, stream, sc, s);
-  // GEMV: one [m, n] partial per k-split; GEMM: the hi rows then the lo rows of [2m, n].
-  exl3k::hadamard_out(reinterpret_cast<const float*>(sc + s.act), gemv ? gemv_splits_ : 2, m * n_, m, n_,
+  // GEMV: one [m, n] partial per k-split; GEMM: the hi rows then (if split) the lo rows of [2m, n].
+  exl3k::hadamard_out(reinterpret_cast<const float*>(sc + s.act), gemv ? gemv_splits_ : parts, m * n_, m, n_,
                       out_features_, svh_, bias_, y, stream);
 }
 

@@ -2,14 +2,18 @@
 //
 // Goals: decode (m <= kExl3GemvMaxRows) that streams the trellis once from HBM with the integer
 // decode work kept under the memory time; prefill (larger m) through an exact fp16 Ŵ and cuBLAS;
-// every K = 1..8 and codebook; fp32 activations in and out with fp32-level accuracy (activations
-// enter the fp16 tensor cores as a hi + lo pair of fp16 halves); deterministic results; no
+// every K = 1..8 and codebook; fp32 activations in and out; deterministic results; no
 // allocation and no host sync in forward() (it can be captured into a CUDA graph).
+// Accuracy: up to kSplitActMaxRows rows (cuda_util.h), activations enter the fp16 tensor cores
+// as a hi + lo pair of fp16 halves, so the product has fp32-level accuracy at no cost (the GEMV's
+// MMA rows 8-15 are idle otherwise; small GEMMs are bound by reading Ŵ). Larger prefill batches
+// are bound by tensor-core work, which hi + lo would double, so there the activations are rounded
+// once to fp16 (ExLlamaV3's precision; TRELLIS_CUDA_EXACT_PREFILL=1 keeps hi + lo).
 // Non-goals: ExLlamaV3's fp16-activation numerics bit for bit (spec 4.5: the product is not
 // reproducible anyway), multi-GPU splits, fused gate/up or MoE variants.
 //
 // Dataflow per call (scratch regions in brackets):
-//   xa = H(x ⊙ suh)·r as fp16 hi/lo                       [act]   exl3_hadamard_in
+//   xa = H(x ⊙ suh)·r as fp16 hi/lo (hi only for large m)  [act]   exl3_hadamard_in
 //   m <= 8:  z_s = xa · Ŵ over k-range s, s < splits         [part]  exl3_gemv_k<K>_<cb>
 //   m > 8:   Ŵ slice -> fp16 [what]; cublasGemmEx            [part]  exl3_decode_k<K>_<cb>
 //   y = H(Σ z)·r ⊙ svh + bias, padded columns dropped                exl3_hadamard_out
@@ -93,6 +97,8 @@ class CudaExl3Linear {
     size_t act = 0, part = 0, what = 0, total = 0;
   };
   ScratchLayout layout(int64_t m) const;
+  // Activation parts the product carries for m rows: 2 (fp16 hi + lo) or 1 (fp16).
+  static int act_parts(int64_t m);
   int64_t gemm_slice_cols() const;
   void product(int64_t m, cudaStream_t stream, std::byte* scratch, const ScratchLayout& s) const;
 

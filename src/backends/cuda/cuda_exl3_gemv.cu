@@ -35,6 +35,7 @@
 
 #include "backends/cuda/cuda_exl3_decode.cuh"
 #include "backends/cuda/cuda_exl3_kernels.cuh"
+#include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_util.h"
 
 namespace trellis::cuda::exl3k {
@@ -74,6 +75,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
   constexpr int kTileBytes = 32 * K;
   constexpr int kChunksT = 2 * K * G;  // 16-byte chunks of trellis per slab
   extern __shared__ __align__(16) unsigned char smem[];
+  pdl_begin();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   int b = static_cast<int>(blockIdx.x), li = 0;
   while (li + 1 < args.count && b >= args.item[li].blocks) b -= args.item[li].blocks, ++li;
@@ -176,6 +178,7 @@ __global__ void __launch_bounds__(256) decode_kernel(const uint32_t* __restrict_
                                                      uint16_t* __restrict__ what) {
   constexpr int kPitch = 128 + 8;  // halves; keeps 16-byte row alignment, staggers banks
   __shared__ __align__(16) uint16_t strip[16 * kPitch];
+  pdl_begin();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int tk = blockIdx.y, tn = tn0 + blockIdx.x * 8 + warp;
   const uint32_t* tw = trellis + (static_cast<size_t>(tk) * n_tiles + tn) * (8 * K);
@@ -262,16 +265,15 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
             "cudaFuncSetAttribute (EXL3 GEMV shared memory)");
     });
   }
-  kGemvTable[codebook][K - 1]<<<static_cast<unsigned>(blocks), kGemvWarps * 32, smem, stream>>>(args);
-  check_launch(gemv_name(K, codebook));
+  launch(gemv_name(K, codebook), kGemvTable[codebook][K - 1], dim3(static_cast<unsigned>(blocks)),
+         dim3(kGemvWarps * 32), smem, stream, args);
 }
 
 void decode(int K, int codebook, const uint32_t* trellis, int64_t k, int64_t n, int64_t col0, int64_t cols,
             uint16_t* what, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(cols / 128), static_cast<unsigned>(k / 16));
-  kDecodeTable[codebook][K - 1]<<<grid, 256, 0, stream>>>(trellis, static_cast<int>(n / 16),
-                                                          static_cast<int>(col0 / 16), static_cast<int>(cols), what);
-  check_launch("exl3_decode");
+  launch("exl3_decode", kDecodeTable[codebook][K - 1], grid, dim3(256), 0, stream, trellis, static_cast<int>(n / 16),
+         static_cast<int>(col0 / 16), static_cast<int>(cols), what);
 }
 
 }  // namespace trellis::cuda::exl3k

@@ -23,8 +23,9 @@ constexpr int gemv_tiles(int /*K*/) { return 8; }
 // Activation layout for the GEMV (the mma.m16n8k16 A fragments, hi rows 0-7 and lo rows 8-15):
 // for k-slab tk (16 inputs), row r < m and quad q < 4, 16 bytes at ((tk·m + r)·4 + q)·16 hold
 // fp16 {hi, lo, hi, lo} pairs of elements 2q, 2q+1 (first two words) and 2q+8, 2q+9 (last two).
-// The GEMM layout is plain row-major fp16 [2m, k]: rows 0..m-1 hi, rows m..2m-1 lo.
-enum class ActLayout { kGemvFragments, kGemmRows };
+// The GEMM layout is plain row-major fp16 [2m, k]: rows 0..m-1 hi, rows m..2m-1 lo; the half
+// GEMM layout is row-major fp16 [m, k] (hi only: x rounded once to fp16).
+enum class ActLayout { kGemvFragments, kGemmRows, kGemmRowsHalf };
 
 // Up to this many linears that read the same x (q/k/v, gate/up) share one launch of each
 // transform kernel (blockIdx.z picks the linear): fewer launches per decode step.
@@ -46,7 +47,8 @@ struct OutGroup {
 };
 
 // xa = fp16 hi/lo of (H128(x ⊙ suh) · r) per 128-block, x [m, in_features] fp32 zero-extended to
-// k; fp32 butterflies in the order of spec 4.4 step 1. xa needs m·k·4 bytes.
+// k; fp32 butterflies in the order of spec 4.4 step 1. xa needs m·k·4 bytes (m·k·2 for
+// kGemmRowsHalf).
 void hadamard_in(const float* x, int64_t m, int64_t in_features, int64_t k, const float* suh, uint16_t* xa,
                  ActLayout layout, cudaStream_t stream);
 

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "backends/cuda/cuda_exl3_kernels.cuh"
+#include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_util.h"
 
 namespace trellis::cuda::exl3k {
@@ -39,7 +40,9 @@ __device__ __forceinline__ void fwht128(float v[4], int lane) {
 // __grid_constant__: the group is indexed by blockIdx.z straight from the parameter bank (without
 // it, nvcc copies the struct to local memory in every thread).
 __global__ void hadamard_in_kernel(const float* __restrict__ x, int m, int in_features, int k,
-                                   const __grid_constant__ InGroup group, int gemm_rows) {
+                                   const __grid_constant__ InGroup group,
+                                   int gemm_rows /* 0 fragments, 1 hi + lo rows, 2 hi rows */) {
+  pdl_begin();
   const float* __restrict__ suh = group.suh[blockIdx.z];
   uint16_t* __restrict__ xa = group.xa[blockIdx.z];
   const int lane = threadIdx.x & 31;
@@ -61,7 +64,7 @@ __global__ void hadamard_in_kernel(const float* __restrict__ x, int m, int in_fe
     const int e = block * 128 + 4 * lane + q;
     if (gemm_rows) {
       xa[static_cast<int64_t>(row) * k + e] = __half_as_ushort(hi);
-      xa[static_cast<int64_t>(m + row) * k + e] = __half_as_ushort(lo);
+      if (gemm_rows == 1) xa[static_cast<int64_t>(m + row) * k + e] = __half_as_ushort(lo);
     } else {
       const int tk = e >> 4, kr = e & 15;
       const int64_t at = ((static_cast<int64_t>(tk) * m + row) * 4 + ((kr & 7) >> 1)) * 8 + ((kr & 8) ? 4 : 0) + (kr & 1);
@@ -72,6 +75,7 @@ __global__ void hadamard_in_kernel(const float* __restrict__ x, int m, int in_fe
 }
 
 __global__ void hadamard_out_kernel(const __grid_constant__ OutGroup group) {
+  pdl_begin();
   const OutGroup::Item& it = group.item[blockIdx.z];
   const float* __restrict__ z = it.z;
   const int parts = it.parts, n = it.n, out_features = it.out_features;
@@ -125,10 +129,9 @@ void hadamard_in_group(const float* x, int64_t m, int64_t in_features, int64_t k
   }
   const dim3 grid(static_cast<unsigned>((k / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(m),
                   static_cast<unsigned>(suh.size()));
-  hadamard_in_kernel<<<grid, kWarpsPerBlock * 32, 0, stream>>>(x, static_cast<int>(m), static_cast<int>(in_features),
-                                                               static_cast<int>(k), g,
-                                                               layout == ActLayout::kGemmRows ? 1 : 0);
-  check_launch("exl3_hadamard_in");
+  const int mode = layout == ActLayout::kGemmRows ? 1 : layout == ActLayout::kGemmRowsHalf ? 2 : 0;
+  launch("exl3_hadamard_in", hadamard_in_kernel, grid, dim3(kWarpsPerBlock * 32), 0, stream, x, static_cast<int>(m),
+         static_cast<int>(in_features), static_cast<int>(k), g, mode);
 }
 
 void hadamard_out(const float* z, int parts, int64_t part_stride, int64_t m, int64_t n, int64_t out_features,
@@ -148,8 +151,7 @@ void hadamard_out_group(std::span<const OutGroup::Item> items, int64_t m, cudaSt
   }
   const dim3 grid(static_cast<unsigned>((max_n / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock),
                   static_cast<unsigned>(m), static_cast<unsigned>(items.size()));
-  hadamard_out_kernel<<<grid, kWarpsPerBlock * 32, 0, stream>>>(g);
-  check_launch("exl3_hadamard_out");
+  launch("exl3_hadamard_out", hadamard_out_kernel, grid, dim3(kWarpsPerBlock * 32), 0, stream, g);
 }
 
 }  // namespace trellis::cuda::exl3k

@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_util.h"
 
@@ -52,6 +53,7 @@ __global__ void convert_kernel(const void* src, int src_t, void* dst, int dst_t,
 }
 
 __global__ void embedding_kernel(const void* table, int table_t, const int32_t* ids, int64_t dim, float* out) {
+  pdl_begin();
   const int64_t r = blockIdx.y;
   const int64_t base = static_cast<int64_t>(ids[r]) * dim;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < dim; i += int64_t{gridDim.x} * blockDim.x)
@@ -67,6 +69,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 // x += residual first, element by element as add_kernel does, then the norm of the new x.
 __global__ void rms_norm_warp_kernel(float* x, const float* residual, const float* w, float eps, int64_t groups,
                                      int64_t group, float* out) {
+  pdl_begin();
   const int64_t g = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (g >= groups) return;
@@ -89,6 +92,7 @@ __global__ void rms_norm_warp_kernel(float* x, const float* residual, const floa
 // One block per group (whole rows); `residual` as above.
 __global__ void rms_norm_block_kernel(float* x, const float* residual, const float* w, float eps, int64_t group,
                                       float* out) {
+  pdl_begin();
   __shared__ float partial[kThreads / 32];
   float* v = x + blockIdx.x * group;
   float ss = 0;
@@ -112,6 +116,7 @@ __global__ void rms_norm_block_kernel(float* x, const float* residual, const flo
 
 __global__ void rope_kernel(float* x, int64_t cols, int64_t head_dim, const int32_t* pos, const float* inv_freq,
                             float scaling) {
+  pdl_begin();
   const int64_t r = blockIdx.y, half = head_dim / 2, pairs = (cols / head_dim) * half;
   const float p = static_cast<float>(pos[r]);
   for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < pairs; t += int64_t{gridDim.x} * blockDim.x) {
@@ -127,6 +132,7 @@ __global__ void rope_kernel(float* x, int64_t cols, int64_t head_dim, const int3
 
 __global__ void kv_store_kernel(const float* k, const float* v, const int32_t* pos, int64_t width, __half* kc,
                                 __half* vc) {
+  pdl_begin();
   const int64_t r = blockIdx.y, dst = static_cast<int64_t>(pos[r]) * width;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < width; i += int64_t{gridDim.x} * blockDim.x) {
     kc[dst + i] = __float2half_rn(k[r * width + i]);
@@ -135,11 +141,13 @@ __global__ void kv_store_kernel(const float* k, const float* v, const int32_t* p
 }
 
 __global__ void silu_mul_kernel(const float* g, const float* u, float* o, int64_t n) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
     o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 __global__ void add_kernel(float* x, const float* y, int64_t n) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
     x[i] += y[i];
 }
@@ -152,6 +160,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_f16_kernel(const __half*
                                                                    const float* __restrict__ x,
                                                                    const float* __restrict__ bias, int64_t in,
                                                                    int64_t out, float* __restrict__ y) {
+  pdl_begin();
   const int64_t row = blockIdx.x * int64_t{kGemvWarps} + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= out) return;
@@ -198,13 +207,12 @@ void launch_gemv(const uint16_t* w, const float* x, const float* bias, int64_t i
                  cudaStream_t stream) {
   const unsigned grid = blocks_for(out, kGemvWarps);
   const auto* wh = reinterpret_cast<const __half*>(w);
-  if (vec)
-    gemv_f16_kernel<M, true><<<grid, kGemvWarps * 32, 0, stream>>>(wh, x, bias, in, out, y);
-  else
-    gemv_f16_kernel<M, false><<<grid, kGemvWarps * 32, 0, stream>>>(wh, x, bias, in, out, y);
+  launch("dense_gemv_f16", vec ? gemv_f16_kernel<M, true> : gemv_f16_kernel<M, false>, dim3(grid),
+         dim3(kGemvWarps * 32), 0, stream, wh, x, bias, in, out, y);
 }
 
 __global__ void split_f16_kernel(const float* x, int64_t m, int64_t k, __half* xs) {
+  pdl_begin();
   const int64_t n = m * k;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
     const float v = x[i];
@@ -215,6 +223,7 @@ __global__ void split_f16_kernel(const float* x, int64_t m, int64_t k, __half* x
 }
 
 __global__ void fill_rows_kernel(float* y, const float* bias, int64_t m, int64_t n) {
+  pdl_begin();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < m * n; i += int64_t{gridDim.x} * blockDim.x)
     y[i] = bias[i % n];
 }
@@ -238,8 +247,8 @@ void embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t
                cudaStream_t stream) {
   if (rows <= 0) return;
   const dim3 grid(blocks_for(dim) < 64 ? blocks_for(dim) : 64, static_cast<unsigned>(rows));
-  embedding_kernel<<<grid, kThreads, 0, stream>>>(table, dtype_code(table_dtype, "embedding"), ids, dim, out);
-  check_launch("embedding");
+  launch("embedding", embedding_kernel, dim3(grid), dim3(kThreads), 0, stream, table,
+         dtype_code(table_dtype, "embedding"), ids, dim, out);
 }
 
 void rms_norm(const float* x, const float* weight, float eps, int64_t groups, int64_t group, float* out,
@@ -250,13 +259,13 @@ void rms_norm(const float* x, const float* weight, float eps, int64_t groups, in
 void add_rms_norm(float* x, const float* residual, const float* weight, float eps, int64_t groups, int64_t group,
                   float* out, cudaStream_t stream) {
   if (groups <= 0) return;
+  const char* what = residual ? "add + rms_norm" : "rms_norm";
   if (group <= 512)
-    rms_norm_warp_kernel<<<blocks_for(groups, kThreads / 32), kThreads, 0, stream>>>(x, residual, weight, eps, groups,
-                                                                                     group, out);
+    launch(what, rms_norm_warp_kernel, dim3(blocks_for(groups, kThreads / 32)), dim3(kThreads), 0, stream, x, residual,
+           weight, eps, groups, group, out);
   else
-    rms_norm_block_kernel<<<static_cast<unsigned>(groups), kThreads, 0, stream>>>(x, residual, weight, eps, group,
-                                                                                  out);
-  check_launch(residual ? "add + rms_norm" : "rms_norm");
+    launch(what, rms_norm_block_kernel, dim3(static_cast<unsigned>(groups)), dim3(kThreads), 0, stream, x, residual,
+           weight, eps, group, out);
 }
 
 void rope(float* x, int64_t rows, int64_t cols, int64_t head_dim, const int32_t* pos, const float* inv_freq,
@@ -264,34 +273,31 @@ void rope(float* x, int64_t rows, int64_t cols, int64_t head_dim, const int32_t*
   if (rows <= 0) return;
   const int64_t pairs = cols / 2;
   const dim3 grid(blocks_for(pairs) < 64 ? blocks_for(pairs) : 64, static_cast<unsigned>(rows));
-  rope_kernel<<<grid, kThreads, 0, stream>>>(x, cols, head_dim, pos, inv_freq, scaling);
-  check_launch("rope");
+  launch("rope", rope_kernel, dim3(grid), dim3(kThreads), 0, stream, x, cols, head_dim, pos, inv_freq, scaling);
 }
 
 void kv_store(const float* k, const float* v, const int32_t* pos, int64_t rows, int64_t width, uint16_t* k_cache,
               uint16_t* v_cache, cudaStream_t stream) {
   if (rows <= 0) return;
   const dim3 grid(blocks_for(width) < 64 ? blocks_for(width) : 64, static_cast<unsigned>(rows));
-  kv_store_kernel<<<grid, kThreads, 0, stream>>>(k, v, pos, width, reinterpret_cast<__half*>(k_cache),
-                                                 reinterpret_cast<__half*>(v_cache));
-  check_launch("kv_store");
+  launch("kv_store", kv_store_kernel, dim3(grid), dim3(kThreads), 0, stream, k, v, pos, width,
+         reinterpret_cast<__half*>(k_cache), reinterpret_cast<__half*>(v_cache));
 }
 
 void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
-  silu_mul_kernel<<<flat_blocks(n), kThreads, 0, stream>>>(gate, up, out, n);
-  check_launch("silu_mul");
+  launch("silu_mul", silu_mul_kernel, dim3(flat_blocks(n)), dim3(kThreads), 0, stream, gate, up, out, n);
 }
 
 void add(float* x, const float* y, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
-  add_kernel<<<flat_blocks(n), kThreads, 0, stream>>>(x, y, n);
-  check_launch("add");
+  launch("add", add_kernel, dim3(flat_blocks(n)), dim3(kThreads), 0, stream, x, y, n);
 }
 
 // One warp per row: a finiteness vote, then the row or zeros.
 __global__ void gram_filter_kernel(const float* __restrict__ x, int64_t rows, int64_t cols, float* __restrict__ xs,
                                    float* __restrict__ stats) {
+  pdl_begin();
   const int lane = threadIdx.x % 32;
   const int64_t r = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32;
   if (r >= rows) return;
@@ -306,8 +312,8 @@ __global__ void gram_filter_kernel(const float* __restrict__ x, int64_t rows, in
 
 void gram_filter(const float* x, int64_t rows, int64_t cols, float* xs, float* stats, cudaStream_t stream) {
   if (rows <= 0) return;
-  gram_filter_kernel<<<blocks_for(rows, kThreads / 32), kThreads, 0, stream>>>(x, rows, cols, xs, stats);
-  check_launch("gram_filter");
+  launch("gram_filter", gram_filter_kernel, dim3(blocks_for(rows, kThreads / 32)), dim3(kThreads), 0, stream, x, rows,
+         cols, xs, stats);
 }
 
 void dense_gemv_f16(const uint16_t* w, const float* x, const float* bias, int64_t m, int64_t in, int64_t out,
@@ -330,14 +336,13 @@ void dense_gemv_f16(const uint16_t* w, const float* x, const float* bias, int64_
 
 void split_f16(const float* x, int64_t m, int64_t k, uint16_t* xs, cudaStream_t stream) {
   if (m * k <= 0) return;
-  split_f16_kernel<<<flat_blocks(m * k), kThreads, 0, stream>>>(x, m, k, reinterpret_cast<__half*>(xs));
-  check_launch("split_f16");
+  launch("split_f16", split_f16_kernel, dim3(flat_blocks(m * k)), dim3(kThreads), 0, stream, x, m, k,
+         reinterpret_cast<__half*>(xs));
 }
 
 void fill_rows(float* y, const float* bias, int64_t m, int64_t n, cudaStream_t stream) {
   if (m * n <= 0) return;
-  fill_rows_kernel<<<flat_blocks(m * n), kThreads, 0, stream>>>(y, bias, m, n);
-  check_launch("fill_rows");
+  launch("fill_rows", fill_rows_kernel, dim3(flat_blocks(m * n)), dim3(kThreads), 0, stream, y, bias, m, n);
 }
 
 }  // namespace trellis::cuda

@@ -1,9 +1,36 @@
 // backends/cuda/cuda_util.cpp: see cuda_util.h.
 #include "backends/cuda/cuda_util.h"
 
+#include <atomic>
+#include <cstdlib>
+
 #include "core/error.h"
 
 namespace trellis::cuda {
+
+int gemm_act_parts(int64_t m) {
+  static const bool exact = [] {
+    const char* e = std::getenv("TRELLIS_CUDA_EXACT_PREFILL");
+    return e && *e && std::string_view(e) != "0";
+  }();
+  return m <= kSplitActMaxRows || exact ? 2 : 1;
+}
+
+bool pdl_enabled() {
+  static const bool allowed = [] {
+    const char* e = std::getenv("TRELLIS_CUDA_PDL");
+    return !(e && std::string_view(e) == "0");
+  }();
+  static std::atomic<int> cached[64] = {};  // 0 unknown, 1 off, 2 on
+  int device = 0;
+  if (!allowed || cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return false;
+  if (cached[device] == 0) {
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cached[device] = major >= 9 ? 2 : 1;
+  }
+  return cached[device] == 2;
+}
 
 void raise(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
 

@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -35,6 +36,18 @@ inline void check(cublasStatus_t s, std::string_view what) {
 
 // A kernel launch's configuration error, checked right after the launch (cheap: no sync).
 inline void check_launch(std::string_view what) { check(cudaGetLastError(), what); }
+
+// fp16 parts that fp32 activations enter a prefill GEMM (cuBLAS, fp32 accumulation) as, for m
+// rows: 2 (hi + lo: fp32-level accuracy, twice the tensor-core work) up to kSplitActMaxRows rows,
+// where the GEMM is bound by reading the weights and the second part is nearly free; 1 (rounded
+// once to fp16, relative error <= 2^-11 per element, the precision ExLlamaV3 runs at) above, where
+// tensor-core work is the bound. TRELLIS_CUDA_EXACT_PREFILL=1 keeps 2 at every size.
+inline constexpr int64_t kSplitActMaxRows = 63;
+int gemm_act_parts(int64_t m);
+
+// Whether launch() (cuda_launch.cuh) gives kernels on the current device the programmatic
+// dependent launch attribute: compute capability >= 9.0 and TRELLIS_CUDA_PDL not "0".
+bool pdl_enabled();
 
 // cudaMalloc of `bytes` for `what` (a tensor or buffer name). On failure: kOutOfMemory naming
 // `what`, the bytes needed and the bytes free / total on the device.
