@@ -16,6 +16,7 @@
 
 #include "backends/cuda/cuda_api.h"
 #include "backends/cuda/cuda_exl3.h"
+#include "backends/cuda/cuda_util.h"
 #include "core/fp16.h"
 #include "exl3/codebook.h"
 #include "exl3/linear.h"
