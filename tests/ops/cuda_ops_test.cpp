@@ -152,9 +152,10 @@ TEST(CudaOps, RmsNormPlainGroupedAndOffset) {
   struct Shape2 {
     int64_t rows, cols, group;
   };
-  // Warp kernel (groups <= 512) and block kernel (rows of 1000 and 4100).
+  // Warp kernel (groups <= 512), row kernel (float4 rows: 1000, 4100 with two chunks per thread,
+  // 16384 with four) and the generic block kernel (1030: not a multiple of 4).
   for (const Shape2 s : {Shape2{5, 72, 72}, Shape2{5, 72, 24}, Shape2{3, 1000, 1000}, Shape2{2, 4100, 4100},
-                         Shape2{4, 3 * 130, 130}}) {
+                         Shape2{2, 16384, 16384}, Shape2{3, 1030, 1030}, Shape2{4, 3 * 130, 130}}) {
     const auto x = random_floats(static_cast<size_t>(s.rows * s.cols), 3, 4.0f);
     const auto w = random_floats(static_cast<size_t>(s.group), 4);
     for (bool last_row : {false, true}) {
@@ -374,7 +375,7 @@ TEST(CudaOps, SiluMulAndAdd) {
 TEST(CudaOps, AddThenRmsNormFused) {
   TRELLIS_CUDA_OR_SKIP(cu);
   Backend& cpu = cpu_backend();
-  for (int64_t cols : {int64_t{72}, int64_t{1000}}) {
+  for (int64_t cols : {int64_t{72}, int64_t{1000}, int64_t{1030}, int64_t{8192}}) {
     const int64_t rows = 3;
     const auto x = random_floats(static_cast<size_t>(rows * cols), 80, 2.0f);
     const auto y = random_floats(static_cast<size_t>(rows * cols), 81, 2.0f);

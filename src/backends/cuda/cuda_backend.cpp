@@ -29,7 +29,8 @@ constexpr size_t kUploadChunkBytes = size_t{64} << 20;  // bound on the temporar
 constexpr size_t kGraphMinLaunches = 4;                 // smaller segments run eagerly
 
 enum Op : uint64_t {
-  kEmbedding = 1, kRmsNorm, kGemv, kGemm, kExl3, kRope, kKvStore, kAttention, kSiluMul, kAdd, kAddRmsNorm, kGram, kExl3Group, kEmbeddingHost
+  kEmbedding = 1, kRmsNorm, kGemv, kGemm, kExl3, kRope, kKvStore, kAttention, kSiluMul, kAdd, kAddRmsNorm, kGram, kExl3Group, kEmbeddingHost,
+  kRopeQk, kRopeQkStore, kExl3Silu
 };
 
 uint64_t addr(const void* p) { return reinterpret_cast<uint64_t>(p); }
@@ -156,6 +157,8 @@ void CudaBackend::record(std::initializer_list<uint64_t> key, Launch launch) {
 
 void CudaBackend::record(std::span<const uint64_t> key, Launch launch) {
   last_add_.reset();
+  last_rope_.reset();
+  last_silu_.reset();
   key_.insert(key_.end(), key.begin(), key.end());
   key_.push_back(~uint64_t{0});  // op separator
   launches_.push_back(std::move(launch));
@@ -420,6 +423,18 @@ void CudaBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceT
     CudaExl3Linear* impl = e->impl.get();
     void* sc = scratch(2, std::max<size_t>(impl->scratch_bytes(m), 16));
     cudaStream_t s = stream_;
+    if (last_silu_ && last_silu_->o == xp && last_silu_->n == m * in && yp != last_silu_->g && yp != last_silu_->u &&
+        yp != xp) {
+      const LastSilu ls = *last_silu_;
+      launches_.pop_back();
+      key_.resize(ls.key_size);
+      const float* g = ls.g;
+      const float* u = ls.u;
+      float* o = ls.o;
+      record({kExl3Silu, addr(impl), addr(g), addr(u), addr(o), addr(yp), addr(sc), static_cast<uint64_t>(m)},
+             [=](const std::byte*) { impl->forward(g, m, yp, s, sc, u, o); });
+      return;
+    }
     record({kExl3, addr(impl), addr(xp), addr(yp), addr(sc), static_cast<uint64_t>(m)},
            [=](const std::byte*) { impl->forward(xp, m, yp, s, sc); });
     return;
@@ -557,12 +572,35 @@ void CudaBackend::rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_
   const size_t freq_off = stage(rp.inv_freq.data(), static_cast<size_t>(head_dim / 2) * 4);
   keep(x);
   cudaStream_t s = stream_;
+  if (last_rope_ && !last_rope_->k && last_rope_->q != xp && last_rope_->rows == rows &&
+      last_rope_->head_dim == head_dim && last_rope_->scaling == scaling && last_rope_->pos_off == pos_off &&
+      last_rope_->freq_off == freq_off) {
+    // rope(q) was the last op: one launch rotates both.
+    LastRope lr = *last_rope_;
+    launches_.pop_back();
+    key_.resize(lr.key_size);
+    lr.k = xp;
+    lr.k_cols = cols;
+    float* qp = lr.q;
+    const int64_t q_cols = lr.q_cols;
+    record({kRopeQk, addr(qp), addr(xp), static_cast<uint64_t>(rows), static_cast<uint64_t>(q_cols),
+            static_cast<uint64_t>(cols), static_cast<uint64_t>(head_dim), bits(scaling), pos_off, freq_off},
+           [=](const std::byte* st) {
+             cuda::rope_qk_store(qp, q_cols, xp, cols, nullptr, rows, head_dim,
+                                 reinterpret_cast<const int32_t*>(st + pos_off),
+                                 reinterpret_cast<const float*>(st + freq_off), scaling, nullptr, nullptr, s);
+           });
+    last_rope_ = lr;
+    return;
+  }
+  const size_t key_size = key_.size();
   record({kRope, addr(xp), static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), static_cast<uint64_t>(head_dim),
           bits(scaling), pos_off, freq_off},
          [=](const std::byte* st) {
            cuda::rope(xp, rows, cols, head_dim, reinterpret_cast<const int32_t*>(st + pos_off),
                       reinterpret_cast<const float*>(st + freq_off), scaling, s);
          });
+  last_rope_ = LastRope{xp, nullptr, rows, cols, 0, head_dim, scaling, pos_off, freq_off, key_size};
 }
 
 void CudaBackend::kv_store(const DeviceTensor& k, const DeviceTensor& v, std::span<const int32_t> positions,
@@ -587,6 +625,26 @@ void CudaBackend::kv_store(const DeviceTensor& k, const DeviceTensor& v, std::sp
   keep(k_cache);
   keep(v_cache);
   cudaStream_t s = stream_;
+  if (last_rope_ && last_rope_->k == kp && last_rope_->rows == rows && last_rope_->k_cols == width &&
+      last_rope_->pos_off == off && vp != last_rope_->q && vp != last_rope_->k) {
+    // rope(q), rope(k) were the last ops: the fused launch also stores k and v.
+    const LastRope lr = *last_rope_;
+    launches_.pop_back();
+    key_.resize(lr.key_size);
+    float* qp = lr.q;
+    float* kr = lr.k;
+    const int64_t q_cols = lr.q_cols, head_dim = lr.head_dim;
+    const float scaling = lr.scaling;
+    const size_t freq_off = lr.freq_off;
+    record({kRopeQkStore, addr(qp), addr(kr), addr(vp), addr(kc), addr(vc), static_cast<uint64_t>(rows),
+            static_cast<uint64_t>(q_cols), static_cast<uint64_t>(width), static_cast<uint64_t>(head_dim), bits(scaling),
+            off, freq_off},
+           [=](const std::byte* st) {
+             cuda::rope_qk_store(qp, q_cols, kr, width, vp, rows, head_dim, reinterpret_cast<const int32_t*>(st + off),
+                                 reinterpret_cast<const float*>(st + freq_off), scaling, kc, vc, s);
+           });
+    return;
+  }
   record({kKvStore, addr(kp), addr(vp), addr(kc), addr(vc), static_cast<uint64_t>(rows), static_cast<uint64_t>(width),
           off},
          [=](const std::byte* st) {
@@ -654,8 +712,10 @@ void CudaBackend::silu_mul(const DeviceTensor& gate, const DeviceTensor& up, Dev
   keep(up);
   keep(out);
   cudaStream_t s = stream_;
+  const size_t key_size = key_.size();
   record({kSiluMul, addr(g), addr(u), addr(o), static_cast<uint64_t>(n)},
          [=](const std::byte*) { cuda::silu_mul(g, u, o, n, s); });
+  last_silu_ = LastSilu{g, u, o, n, key_size};
 }
 
 void CudaBackend::add(DeviceTensor& x, const DeviceTensor& y) {

@@ -17,9 +17,12 @@
 //
 // Op -> kernel map (cuda_ops.h): embedding, rms_norm, rope, kv_store, silu_mul, add: one kernel
 // each; dense linear: dense_gemv_f16 (m <= 8) or split_f16 + one or two cuBLAS fp16 GEMMs (hi, lo: cuda_util.h) with fp32
-// accumulation (m > 8); attention: attention (+ merge of flash-decoding splits); add followed by
-// rms_norm of the same rows: add_rms_norm (one launch; the model does this twice per layer); EXL3 linear:
-// CudaExl3Linear (cuda_exl3.h) when that part is built in.
+// accumulation (m > 8); attention: attention (+ merge of flash-decoding splits); EXL3 linear:
+// CudaExl3Linear (cuda_exl3.h) when that part is built in. Peephole fusions of ops recorded back to
+// back, each bit-identical to the separate launches: add + rms_norm of the same rows (add_rms_norm),
+// rope(q) + rope(k) [+ kv_store(k, v)] (rope_qk_store), silu_mul + the EXL3 linear that reads its
+// output (silu in the linear's input transform). Kernels launch with programmatic dependent
+// launch on sm_90+ (cuda_launch.cuh), so a kernel's launch overlaps its predecessor's tail.
 #pragma once
 
 #include <cublas_v2.h>
@@ -139,6 +142,26 @@ class CudaBackend : public Backend {
     size_t key_size;
   };
   std::optional<LastAdd> last_add_;
+  // rope(q) then rope(k) (same rows, positions, frequencies) become one launch, and a kv_store(k, v)
+  // right after joins it (cuda::rope_qk_store, bit-identical). Set by rope(), cleared by record().
+  struct LastRope {
+    float* q;
+    float* k;  // null until the second rope joins
+    int64_t rows, q_cols, k_cols, head_dim;
+    float scaling;
+    size_t pos_off, freq_off, key_size;
+  };
+  std::optional<LastRope> last_rope_;
+  // silu_mul(g, u, o) followed by an EXL3 linear reading o: the linear's input transform computes
+  // silu(g) · u itself (and still writes o). Set by silu_mul(), cleared by record().
+  struct LastSilu {
+    const float* g;
+    const float* u;
+    float* o;
+    int64_t n;
+    size_t key_size;
+  };
+  std::optional<LastSilu> last_silu_;
 
   std::vector<Launch> launches_;
   std::vector<uint64_t> key_, prev_key_, graph_key_;

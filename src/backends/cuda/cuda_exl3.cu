@@ -191,10 +191,11 @@ void CudaExl3Linear::product(int64_t m, cudaStream_t stream, std::byte* scratch,
   }
 }
 
-void CudaExl3Linear::forward(const float* x, int64_t m, float* y, cudaStream_t stream, void* scratch) const {
+void CudaExl3Linear::forward(const float* x, int64_t m, float* y, cudaStream_t stream, void* scratch, const float* up,
+                             float* silu_out) const {
   if (m == 0) return;
   if (m < 0 || m > kMaxGridRows) bad("m = " + std::to_string(m) + " (expected 0.." + std::to_string(kMaxGridRows) + ")");
-  if (!x || !y || !scratch) bad("null input, output or scratch");
+  if (!x || !y || !scratch || (up && !silu_out)) bad("null input, output or scratch");
   const ScratchLayout s = layout(m);
   auto* sc = static_cast<std::byte*>(scratch);
   auto* xa = reinterpret_cast<uint16_t*>(sc);
@@ -204,7 +205,7 @@ void CudaExl3Linear::forward(const float* x, int64_t m, float* y, cudaStream_t s
                      gemv              ? exl3k::ActLayout::kGemvFragments
                      : parts == 2      ? exl3k::ActLayout::kGemmRows
                                        : exl3k::ActLayout::kGemmRowsHalf,
-                     stream);
+                     stream, up, silu_out);
   product(m, stream, sc, s);
   // GEMV: one [m, n] partial per k-split; GEMM: the hi rows then (if split) the lo rows of [2m, n].
   exl3k::hadamard_out(reinterpret_cast<const float*>(sc + s.act), gemv ? gemv_splits_ : parts, m * n_, m, n_,

@@ -57,7 +57,10 @@ class CudaExl3Linear {
   // (leading dimensions in_features and out_features, 4-byte aligned, y must not alias x).
   // `scratch` is a device buffer of scratch_bytes(m) bytes, 256-byte aligned, not shared with a
   // concurrent call. Only enqueues on `stream`; m == 0 is a no-op.
-  void forward(const float* x, int64_t m, float* y, cudaStream_t stream, void* scratch) const;
+  // With `up` set (fused silu_mul): the input is silu(x) · up, bit-identical to cuda::silu_mul,
+  // and that product is also written to silu_out [m, in_features] (which may alias x).
+  void forward(const float* x, int64_t m, float* y, cudaStream_t stream, void* scratch, const float* up = nullptr,
+               float* silu_out = nullptr) const;
   size_t scratch_bytes(int64_t m) const;
   // forward() of up to kMaxGroup linears that read the same x (same in_features and k),
   // m in 1..kExl3GemvMaxRows, with one launch of each Hadamard transform for the whole group and

@@ -33,6 +33,8 @@ inline constexpr size_t kMaxGroup = 4;
 struct InGroup {
   const float* suh[kMaxGroup];
   uint16_t* xa[kMaxGroup];
+  const float* up;  // when set, the input is silu(x) * up (fused silu_mul), also written to silu_out
+  float* silu_out;
 };
 struct OutGroup {
   struct Item {
@@ -49,8 +51,10 @@ struct OutGroup {
 // xa = fp16 hi/lo of (H128(x ⊙ suh) · r) per 128-block, x [m, in_features] fp32 zero-extended to
 // k; fp32 butterflies in the order of spec 4.4 step 1. xa needs m·k·4 bytes (m·k·2 for
 // kGemmRowsHalf).
+// With `up` set, the input is silu(x) · up, computed as cuda::silu_mul does (bit-identical) and
+// also written to silu_out [m, in_features] (which may alias x).
 void hadamard_in(const float* x, int64_t m, int64_t in_features, int64_t k, const float* suh, uint16_t* xa,
-                 ActLayout layout, cudaStream_t stream);
+                 ActLayout layout, cudaStream_t stream, const float* up = nullptr, float* silu_out = nullptr);
 
 // The same for linears sharing x (same in_features and k): xa[i] from suh[i], one launch.
 void hadamard_in_group(const float* x, int64_t m, int64_t in_features, int64_t k, std::span<const float* const> suh,

@@ -39,7 +39,8 @@ __device__ __forceinline__ void fwht128(float v[4], int lane) {
 
 // __grid_constant__: the group is indexed by blockIdx.z straight from the parameter bank (without
 // it, nvcc copies the struct to local memory in every thread).
-__global__ void hadamard_in_kernel(const float* __restrict__ x, int m, int in_features, int k,
+__global__ void hadamard_in_kernel(const float* x,  // may alias group.silu_out
+                                    int m, int in_features, int k,
                                    const __grid_constant__ InGroup group,
                                    int gemm_rows /* 0 fragments, 1 hi + lo rows, 2 hi rows */) {
   pdl_begin();
@@ -53,7 +54,16 @@ __global__ void hadamard_in_kernel(const float* __restrict__ x, int m, int in_fe
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     const int e = block * 128 + 4 * lane + q;
-    v[q] = e < in_features ? x[static_cast<int64_t>(row) * in_features + e] * suh[e] : 0.0f;
+    float xv = 0.0f;
+    if (e < in_features) {
+      const int64_t at = static_cast<int64_t>(row) * in_features + e;
+      xv = x[at];
+      if (group.up) {  // silu_mul's expression, operation for operation
+        xv = xv / (1.0f + expf(-xv)) * group.up[at];
+        if (blockIdx.z == 0) group.silu_out[at] = xv;
+      }
+    }
+    v[q] = xv * suh[e < in_features ? e : 0];
   }
   fwht128(v, lane);
 #pragma unroll
@@ -109,13 +119,25 @@ __global__ void hadamard_out_kernel(const __grid_constant__ OutGroup group) {
   }
 }
 
+void launch_in(const float* x, int64_t m, int64_t in_features, int64_t k, const InGroup& g, size_t count,
+               ActLayout layout, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((k / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(m),
+                  static_cast<unsigned>(count));
+  const int mode = layout == ActLayout::kGemmRows ? 1 : layout == ActLayout::kGemmRowsHalf ? 2 : 0;
+  launch("exl3_hadamard_in", hadamard_in_kernel, grid, dim3(kWarpsPerBlock * 32), 0, stream, x, static_cast<int>(m),
+         static_cast<int>(in_features), static_cast<int>(k), g, mode);
+}
+
 }  // namespace
 
 void hadamard_in(const float* x, int64_t m, int64_t in_features, int64_t k, const float* suh, uint16_t* xa,
-                 ActLayout layout, cudaStream_t stream) {
-  const float* suhs[1] = {suh};
-  uint16_t* xas[1] = {xa};
-  hadamard_in_group(x, m, in_features, k, suhs, xas, layout, stream);
+                 ActLayout layout, cudaStream_t stream, const float* up, float* silu_out) {
+  InGroup g{};
+  g.suh[0] = suh;
+  g.xa[0] = xa;
+  g.up = up;
+  g.silu_out = silu_out;
+  launch_in(x, m, in_features, k, g, 1, layout, stream);
 }
 
 void hadamard_in_group(const float* x, int64_t m, int64_t in_features, int64_t k, std::span<const float* const> suh,
@@ -127,11 +149,7 @@ void hadamard_in_group(const float* x, int64_t m, int64_t in_features, int64_t k
     g.suh[i] = suh[i];
     g.xa[i] = xa[i];
   }
-  const dim3 grid(static_cast<unsigned>((k / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(m),
-                  static_cast<unsigned>(suh.size()));
-  const int mode = layout == ActLayout::kGemmRows ? 1 : layout == ActLayout::kGemmRowsHalf ? 2 : 0;
-  launch("exl3_hadamard_in", hadamard_in_kernel, grid, dim3(kWarpsPerBlock * 32), 0, stream, x, static_cast<int>(m),
-         static_cast<int>(in_features), static_cast<int>(k), g, mode);
+  launch_in(x, m, in_features, k, g, suh.size(), layout, stream);
 }
 
 void hadamard_out(const float* z, int parts, int64_t part_stride, int64_t m, int64_t n, int64_t out_features,

@@ -6,6 +6,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <cstdint>
+
 #include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_util.h"
@@ -14,6 +17,8 @@ namespace trellis::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 inline unsigned blocks_for(int64_t n, int64_t per_block = kThreads) {
   const int64_t b = (n + per_block - 1) / per_block;
@@ -114,6 +119,57 @@ __global__ void rms_norm_block_kernel(float* x, const float* residual, const flo
   for (int64_t i = threadIdx.x; i < group; i += blockDim.x) o[i] = v[i] * inv * w[i];
 }
 
+// One block per row for whole-row norms (group % 4 == 0, 16-byte aligned rows): every thread
+// loads its C float4 chunks (and the residual's) at once, so the row costs one memory round trip
+// instead of one per loop iteration (the loop above cannot overlap its loads with the stores to
+// x); values stay in registers between the sum of squares and the output.
+template <int C>
+__global__ void __launch_bounds__(1024) rms_norm_row_kernel(float* x, const float* residual, const float* w, float eps,
+                                                            int64_t group, float* out) {
+  pdl_begin();
+  __shared__ float partial[32];
+  const int64_t base = blockIdx.x * group;
+  const int64_t chunks = group / 4;
+  float4 v[C];
+  float ss = 0;
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int64_t i = threadIdx.x + int64_t{c} * blockDim.x;
+    v[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (i < chunks) {
+      v[c] = reinterpret_cast<const float4*>(x + base)[i];
+      if (residual) {
+        const float4 r = reinterpret_cast<const float4*>(residual + base)[i];
+        v[c].x += r.x;
+        v[c].y += r.y;
+        v[c].z += r.z;
+        v[c].w += r.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int64_t i = threadIdx.x + int64_t{c} * blockDim.x;
+    if (residual && i < chunks) reinterpret_cast<float4*>(x + base)[i] = v[c];
+    ss += v[c].x * v[c].x + v[c].y * v[c].y + v[c].z * v[c].z + v[c].w * v[c].w;
+  }
+  ss = warp_sum(ss);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+  __syncthreads();
+  float total = 0;
+  for (int i = 0; i < static_cast<int>(blockDim.x / 32); ++i) total += partial[i];
+  const float inv = 1.0f / sqrtf(total / static_cast<float>(group) + eps);
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int64_t i = threadIdx.x + int64_t{c} * blockDim.x;
+    if (i < chunks) {
+      const float4 wv = reinterpret_cast<const float4*>(w)[i];
+      reinterpret_cast<float4*>(out + base)[i] =
+          make_float4(v[c].x * inv * wv.x, v[c].y * inv * wv.y, v[c].z * inv * wv.z, v[c].w * inv * wv.w);
+    }
+  }
+}
+
 __global__ void rope_kernel(float* x, int64_t cols, int64_t head_dim, const int32_t* pos, const float* inv_freq,
                             float scaling) {
   pdl_begin();
@@ -127,6 +183,38 @@ __global__ void rope_kernel(float* x, int64_t cols, int64_t head_dim, const int3
     const float x1 = v[i], x2 = v[i + half];
     v[i] = x1 * c - x2 * s;
     v[i + half] = x2 * c + x1 * s;
+  }
+}
+
+// blockIdx.z: 0 rotates q, 1 rotates k (and stores it when kc is set), 2 stores v. Same
+// arithmetic per element as rope_kernel and kv_store_kernel.
+__global__ void rope_qk_store_kernel(float* q, int64_t q_cols, float* k, int64_t k_cols, const float* v,
+                                     int64_t head_dim, const int32_t* pos, const float* inv_freq, float scaling,
+                                     __half* kc, __half* vc) {
+  pdl_begin();
+  const int64_t r = blockIdx.y, half = head_dim / 2, z = blockIdx.z;
+  const int64_t step = int64_t{gridDim.x} * blockDim.x, first = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t dst = static_cast<int64_t>(pos[r]) * k_cols;
+  if (z == 2) {
+    for (int64_t i = first; i < k_cols; i += step) vc[dst + i] = __float2half_rn(v[r * k_cols + i]);
+    return;
+  }
+  const int64_t cols = z == 0 ? q_cols : k_cols, pairs = (cols / head_dim) * half;
+  float* x = z == 0 ? q : k;
+  const float p = static_cast<float>(pos[r]);
+  for (int64_t t = first; t < pairs; t += step) {
+    const int64_t h = t / half, i = t % half;
+    const float angle = p * inv_freq[i];
+    const float c = cosf(angle) * scaling, s = sinf(angle) * scaling;
+    float* row = x + r * cols + h * head_dim;
+    const float x1 = row[i], x2 = row[i + half];
+    const float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+    row[i] = y1;
+    row[i + half] = y2;
+    if (z == 1 && kc) {
+      kc[dst + h * head_dim + i] = __float2half_rn(y1);
+      kc[dst + h * head_dim + i + half] = __float2half_rn(y2);
+    }
   }
 }
 
@@ -263,7 +351,17 @@ void add_rms_norm(float* x, const float* residual, const float* weight, float ep
   if (group <= 512)
     launch(what, rms_norm_warp_kernel, dim3(blocks_for(groups, kThreads / 32)), dim3(kThreads), 0, stream, x, residual,
            weight, eps, groups, group, out);
-  else
+  else if (group % 4 == 0 && group <= 4 * 1024 * 8 && aligned16(x) && aligned16(residual) && aligned16(weight) &&
+           aligned16(out)) {
+    const int64_t chunks = group / 4;
+    const int c = static_cast<int>((chunks + 1023) / 1024);
+    const int threads = static_cast<int>(std::min<int64_t>(1024, (chunks + 31) / 32 * 32));
+    auto kernel = c == 1 ? rms_norm_row_kernel<1> : c == 2 ? rms_norm_row_kernel<2>
+                                              : c <= 4 ? rms_norm_row_kernel<4>
+                                                       : rms_norm_row_kernel<8>;
+    launch(what, kernel, dim3(static_cast<unsigned>(groups)), dim3(threads), 0, stream, x, residual, weight, eps, group,
+           out);
+  } else
     launch(what, rms_norm_block_kernel, dim3(static_cast<unsigned>(groups)), dim3(kThreads), 0, stream, x, residual,
            weight, eps, group, out);
 }
@@ -282,6 +380,16 @@ void kv_store(const float* k, const float* v, const int32_t* pos, int64_t rows, 
   const dim3 grid(blocks_for(width) < 64 ? blocks_for(width) : 64, static_cast<unsigned>(rows));
   launch("kv_store", kv_store_kernel, dim3(grid), dim3(kThreads), 0, stream, k, v, pos, width,
          reinterpret_cast<__half*>(k_cache), reinterpret_cast<__half*>(v_cache));
+}
+
+void rope_qk_store(float* q, int64_t q_cols, float* k, int64_t k_cols, const float* v, int64_t rows, int64_t head_dim,
+                   const int32_t* pos, const float* inv_freq, float scaling, uint16_t* k_cache, uint16_t* v_cache,
+                   cudaStream_t stream) {
+  if (rows <= 0) return;
+  const int64_t pairs = std::max(q_cols, k_cols) / 2;
+  const dim3 grid(blocks_for(pairs) < 64 ? blocks_for(pairs) : 64, static_cast<unsigned>(rows), k_cache ? 3u : 2u);
+  launch("rope + kv_store", rope_qk_store_kernel, grid, dim3(kThreads), 0, stream, q, q_cols, k, k_cols, v, head_dim,
+         pos, inv_freq, scaling, reinterpret_cast<__half*>(k_cache), reinterpret_cast<__half*>(v_cache));
 }
 
 void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream) {

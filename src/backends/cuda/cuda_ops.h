@@ -44,6 +44,14 @@ void rope(float* x, int64_t rows, int64_t cols, int64_t head_dim, const int32_t*
 void kv_store(const float* k, const float* v, const int32_t* pos, int64_t rows, int64_t width, uint16_t* k_cache,
               uint16_t* v_cache, cudaStream_t stream);
 
+// The attention block's rope(q), rope(k) and, when k_cache is not null, kv_store(k, v) in one
+// launch (the backend fuses them when recorded back to back): results bit-identical to the three
+// ops. q [rows, q_cols] and k [rows, k_cols] are rotated in place; v and the caches are
+// [rows / cache rows, k_cols].
+void rope_qk_store(float* q, int64_t q_cols, float* k, int64_t k_cols, const float* v, int64_t rows, int64_t head_dim,
+                   const int32_t* pos, const float* inv_freq, float scaling, uint16_t* k_cache, uint16_t* v_cache,
+                   cudaStream_t stream);
+
 // out = silu(gate) * up = gate / (1 + exp(-gate)) * up (out may alias gate or up).
 void silu_mul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream);
 // x += y.

@@ -8,11 +8,21 @@
 
 namespace trellis::cuda {
 
+namespace {
+std::atomic<int> g_exact_prefill{-1};  // -1: not read yet; then 0 or 1
+}  // namespace
+
+void set_exact_prefill(bool exact) { g_exact_prefill.store(exact ? 1 : 0); }
+
 int gemm_act_parts(int64_t m) {
-  static const bool exact = [] {
+  int exact = g_exact_prefill.load(std::memory_order_relaxed);
+  if (exact < 0) {
     const char* e = std::getenv("TRELLIS_CUDA_EXACT_PREFILL");
-    return e && *e && std::string_view(e) != "0";
-  }();
+    exact = e && *e && std::string_view(e) != "0" ? 1 : 0;
+    int expected = -1;
+    g_exact_prefill.compare_exchange_strong(expected, exact);
+    exact = g_exact_prefill.load();
+  }
   return m <= kSplitActMaxRows || exact ? 2 : 1;
 }
 

@@ -44,6 +44,8 @@ inline void check_launch(std::string_view what) { check(cudaGetLastError(), what
 // tensor-core work is the bound. TRELLIS_CUDA_EXACT_PREFILL=1 keeps 2 at every size.
 inline constexpr int64_t kSplitActMaxRows = 63;
 int gemm_act_parts(int64_t m);
+// Test hook: overrides TRELLIS_CUDA_EXACT_PREFILL for launches recorded after the call.
+void set_exact_prefill(bool exact);
 
 // Whether launch() (cuda_launch.cuh) gives kernels on the current device the programmatic
 // dependent launch attribute: compute capability >= 9.0 and TRELLIS_CUDA_PDL not "0".
