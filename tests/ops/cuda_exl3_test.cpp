@@ -16,6 +16,7 @@
 
 #include "backends/cuda/cuda_api.h"
 #include "backends/cuda/cuda_exl3.h"
+#include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_util.h"
 #include "core/fp16.h"
 #include "exl3/codebook.h"
@@ -276,6 +277,32 @@ TEST(CudaExl3, ForwardGroupEqualsSeparateForwards) {
   Guarded sb(CudaExl3Linear::group_scratch_bytes(mixed, 1) / 4 + 1), xb(512), y0(200), y1(128);
   float* ym[2] = {y0.at<float>(), y1.at<float>()};
   EXPECT_THROW(CudaExl3Linear::forward_group(mixed, xb.at<float>(), 1, ym, nullptr, sb.at<void>()), Error);
+}
+
+// forward() with `up` (the backend's silu_mul fusion) equals cuda::silu_mul then forward() bit for
+// bit, including the silu product it writes back in place of the gate, at GEMV and GEMM sizes.
+TEST(CudaExl3, FusedSiluInputEqualsSiluMulThenForward) {
+  CUDA_OR_SKIP();
+  const int64_t k = 384, in_f = 300, out_f = 200;
+  const Layer l = random_layer(k, 256, 3, Codebook::kMcg, 91, true);
+  auto d = upload(l, in_f, out_f);
+  for (int64_t m : {1, 5, 70}) {
+    const auto g = random_rows(m, in_f, 92), u = random_rows(m, in_f, 93);
+    const size_t n = g.size();
+    Guarded gb(n), ub(n), ob(n), fb(n), y1(static_cast<size_t>(m * out_f)), y2(static_cast<size_t>(m * out_f));
+    Guarded sb(d->scratch_bytes(m) / 4 + 1);
+    gb.upload(g.data(), n * 4);
+    fb.upload(g.data(), n * 4);  // the fused call reads the gate here and overwrites it with the product
+    ub.upload(u.data(), n * 4);
+    cuda::silu_mul(gb.at<float>(), ub.at<float>(), ob.at<float>(), static_cast<int64_t>(n), nullptr);
+    d->forward(ob.at<float>(), m, y1.at<float>(), nullptr, sb.at<void>());
+    d->forward(fb.at<float>(), m, y2.at<float>(), nullptr, sb.at<void>(), ub.at<float>(), fb.at<float>());
+    ok(cudaDeviceSynchronize());
+    EXPECT_TRUE(fb.guards_intact() && y2.guards_intact() && sb.guards_intact()) << "overrun, m=" << m;
+    EXPECT_EQ(ob.download<float>(n), fb.download<float>(n)) << "silu product, m=" << m;
+    const auto a = y1.download<float>(static_cast<size_t>(m * out_f)), b = y2.download<float>(static_cast<size_t>(m * out_f));
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << "m=" << m;
+  }
 }
 
 // k = 2048 (128 slabs) at every k-split count, and the automatic choice, m = 1 and 5.

@@ -275,6 +275,45 @@ TEST(CudaOps, Rope) {
   }
 }
 
+// rope(q), rope(k), kv_store(k, v) recorded back to back run as one launch whose results equal
+// the three ops run separately bit for bit (and the CPU's within rope's tolerance).
+TEST(CudaOps, RopeRopeKvStoreFusedEqualsSeparate) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  Backend& cpu = cpu_backend();
+  const int64_t head_dim = 64, rows = 3, qw = 4 * head_dim, kw = 2 * head_dim, ctx = 9000;
+  RopeParams rp;
+  for (int64_t i = 0; i < head_dim / 2; ++i)
+    rp.inv_freq.push_back(std::pow(500000.0f, -2.0f * static_cast<float>(i) / static_cast<float>(head_dim)));
+  rp.attention_scaling = 1.0f;
+  const std::vector<int32_t> pos = {5, 4000, 8191};
+  const auto q = random_floats(static_cast<size_t>(rows * qw), 31), k = random_floats(static_cast<size_t>(rows * kw), 32);
+  const auto v = random_floats(static_cast<size_t>(rows * kw), 33);
+  std::vector<float> res[3][4];  // cpu, cuda fused, cuda separate x (q, k, k cache, v cache)
+  for (int run = 0; run < 3; ++run) {
+    Backend& be = run == 0 ? cpu : *cu;
+    DeviceTensor qt = be.upload(f32_view(q, {rows, qw}), DType::kF32), kt = be.upload(f32_view(k, {rows, kw}), DType::kF32);
+    const DeviceTensor vt = be.upload(f32_view(v, {rows, kw}), DType::kF32);
+    DeviceTensor kc = be.alloc(DType::kF16, {ctx, kw}), vc = be.alloc(DType::kF16, {ctx, kw});
+    be.synchronize();
+    const uint64_t before = run == 0 ? 0 : cu->stats().launches;
+    be.rope(qt, head_dim, pos, rp);
+    if (run == 2) be.synchronize();
+    be.rope(kt, head_dim, pos, rp);
+    if (run == 2) be.synchronize();
+    be.kv_store(kt, vt, pos, kc, vc);
+    be.synchronize();
+    if (run > 0) EXPECT_EQ(cu->stats().launches - before, run == 1 ? 1u : 3u) << "run " << run;
+    res[run][0] = fetch(be, qt);
+    res[run][1] = fetch(be, kt);
+    res[run][2] = fetch(be, kc);
+    res[run][3] = fetch(be, vc);
+  }
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(res[1][i], res[2][i]) << "fused differs from separate, tensor " << i;
+  EXPECT_LT(cuda_rel_rms(res[1][0], res[0][0]), 1e-6);
+  EXPECT_LT(cuda_rel_rms(res[1][1], res[0][1]), 1e-6);
+  EXPECT_EQ(res[1][3], res[0][3]) << "v cache";
+}
+
 struct AttnCase {
   int64_t n_heads, n_kv_heads, head_dim, start, prefill, window;
 };

@@ -204,7 +204,9 @@ bool CudaBackend::capture_graph() {
 }
 
 void CudaBackend::flush() {
-  last_add_.reset();  // its launch is about to run: nothing left to fuse with
+  last_add_.reset();  // the recorded launches are about to run: nothing left to fuse with
+  last_rope_.reset();
+  last_silu_.reset();
   if (launches_.empty()) return;
   set_device();
   if (stage_used_ > 0) {
@@ -219,6 +221,7 @@ void CudaBackend::flush() {
   }
   key_.push_back(addr(device_stage_ ? device_stage_->data() : nullptr));
   ++stats_.segments;
+  stats_.launches += launches_.size();
   try {
     const bool repeat = graphs_ && launches_.size() >= kGraphMinLaunches && key_ == prev_key_;
     if (repeat && graph_ && key_ == graph_key_) {

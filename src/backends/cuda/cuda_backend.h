@@ -88,7 +88,7 @@ class CudaBackend : public Backend {
   // Test and benchmark hooks: turn graph capture on or off, and count what flushes did.
   void set_graphs(bool on);
   struct Stats {
-    uint64_t segments = 0, graph_captures = 0, graph_replays = 0;
+    uint64_t segments = 0, graph_captures = 0, graph_replays = 0, launches = 0;  // launches: recorded ops run
   };
   const Stats& stats() const { return stats_; }
   cudaStream_t stream() const { return stream_; }
