@@ -302,7 +302,9 @@ TEST(CudaOps, RopeRopeKvStoreFusedEqualsSeparate) {
     if (run == 2) be.synchronize();
     be.kv_store(kt, vt, pos, kc, vc);
     be.synchronize();
-    if (run > 0) EXPECT_EQ(cu->stats().launches - before, run == 1 ? 1u : 3u) << "run " << run;
+    if (run > 0) {
+      EXPECT_EQ(cu->stats().launches - before, run == 1 ? 1u : 3u) << "run " << run;
+    }
     res[run][0] = fetch(be, qt);
     res[run][1] = fetch(be, kt);
     res[run][2] = fetch(be, kc);
