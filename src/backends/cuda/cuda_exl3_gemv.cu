@@ -75,7 +75,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
   constexpr int kTileBytes = 32 * K;
   constexpr int kChunksT = 2 * K * G;  // 16-byte chunks of trellis per slab
   extern __shared__ __align__(16) unsigned char smem[];
-  pdl_begin();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   int b = static_cast<int>(blockIdx.x), li = 0;
   while (li + 1 < args.count && b >= args.item[li].blocks) b -= args.item[li].blocks, ++li;
@@ -125,8 +124,27 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
       for (int e = 0; e < 4; ++e) acc[i][h][e] = 0.0f;
 
   const int g = lane >> 2, q = lane & 3;
+  // Prologue. The first stages' trellis is constant data, so it is requested before pdl_begin()
+  // (while the previous kernel, e.g. the input transform, may still be running); the activations
+  // only after. Group 0 holds all of the prologue's trellis and stage 0's activations.
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) issue();
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < iters) {
+      unsigned char* dst = ring + s * stage_bytes + lane * 16;
+#pragma unroll
+      for (int c = 0; c < kChunksT; c += 32)
+        if (kChunksT % 32 == 0 || c + lane < kChunksT) cp_async16(dst + c * 16, src_t + s * stride_t + c * 16);
+    }
+  }
+  pdl_begin();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < iters && copies_act) cp_async16(ring + s * stage_bytes + lane * 16 + kChunksT * 16, src_a + s * stride_a);
+    cp_async_commit();
+  }
+  issued = kStages - 1;
+  src_t += (kStages - 1) * stride_t;
+  src_a += (kStages - 1) * stride_a;
   for (int it = 0; it < iters; ++it) {
     issue();
     cp_async_wait<kStages - 1>();
