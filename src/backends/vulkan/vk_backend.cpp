@@ -3,7 +3,9 @@
 // shader's push-constant block (field order = the `P` block in the .comp file) and records.
 #include "backends/vulkan/vk_backend.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "backends/vulkan/vulkan_api.h"
@@ -31,8 +33,21 @@ float load_float(const std::byte* p, DType dtype, size_t i) {
 }
 
 VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::create(index, staging_only)) {
+  const DeviceInfo& info = ctx_->info();
+  const int sg = info.subgroup_size;
+  gemv_subgroup_capable_ = std::find(info.features.begin(), info.features.end(), "subgroup_shuffle") != info.features.end() &&
+                           sg >= 4 && sg <= static_cast<int>(kGemvWg) && kGemvWg % static_cast<uint32_t>(sg) == 0;
+  const char* env = std::getenv("TRELLIS_VULKAN_SUBGROUP");
+  gemv_subgroup_ = gemv_subgroup_capable_ && !(env && std::strcmp(env, "0") == 0);
+  log_info("Vulkan: using {} (subgroup size {}; EXL3 GEMV reductions through {})", info.name, sg,
+           gemv_subgroup_ ? "subgroup shuffles" : "shared memory");
+}
 
-  log_info("Vulkan: using {} (subgroup size {})", ctx_->info().name, ctx_->info().subgroup_size);
+void VulkanBackend::set_gemv_subgroup(bool on) {
+  if (on && !gemv_subgroup_capable_)
+    fail(ErrorKind::kUnsupported, "Vulkan device '{}': no subgroup shuffle in compute shaders (or an unusable subgroup size {})",
+         ctx_->info().name, ctx_->info().subgroup_size);
+  gemv_subgroup_ = on;
 }
 
 VulkanBackend::~VulkanBackend() {

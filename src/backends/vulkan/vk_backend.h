@@ -25,6 +25,8 @@ inline constexpr int64_t kGemvMaxRows = 8;
 // EXL3 GEMV split-k: aim for this many workgroups, with at most this many partial sums.
 inline constexpr int64_t kGemvTargetGroups = 512;
 inline constexpr int64_t kGemvMaxSplits = 8;
+// EXL3 GEMV workgroup size (8 logical warps of 32; exl3_gemv.glsl).
+inline constexpr uint32_t kGemvWg = 256;
 // linears(): EXL3 layers of one group with their own scratch (q/k/v is 3).
 inline constexpr size_t kMaxLinearGroup = 4;
 
@@ -81,6 +83,12 @@ class VulkanBackend : public Backend {
   // Benchmark hooks: the EXL3 product alone (z = xh · Ŵ on the layer's scratch, as linear()
   // records it, without the Hadamard passes), and the context (timestamps, flush, stats).
   void bench_exl3_product(const LinearWeights& w, int64_t m);
+  // Whether exl3_gemv reduces through subgroup shuffles (exl3_gemv_sg) or shared memory only;
+  // defaults to the device's capability (TRELLIS_VULKAN_SUBGROUP=0 forces shared memory).
+  // Setting true on a device without the capability throws kUnsupported.
+  void set_gemv_subgroup(bool on);
+  bool gemv_subgroup() const { return gemv_subgroup_; }
+  bool gemv_subgroup_capable() const { return gemv_subgroup_capable_; }
   Context& context() { return *ctx_; }
 
  private:
@@ -91,6 +99,11 @@ class VulkanBackend : public Backend {
   // z = xh · Ŵ; returns the number of split-k partials written at z + s * m * n.
   uint32_t exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm = false);
   uint32_t exl3_splits(const Exl3Linear& w) const;
+  // Tile columns per exl3_gemv workgroup for an output width n.
+  uint32_t gemv_columns(int64_t n) const;
+  // Records exl3_gemv: z (+ z_off, split s at s·m·n) = xh (+ xh_off) · Ŵ for m <= kGemvMaxRows.
+  void record_gemv(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n, const Buffer& xh,
+                   uint32_t xh_off, int64_t m, const Buffer& z, uint32_t z_off, uint32_t splits);
   uint32_t exl3_product_splits(const Exl3Linear& w, int64_t m) const;
   void dense_linear(const DenseLinear& d, const DeviceTensor& x, DeviceTensor& y);
   // One phase of an EXL3 linear with scratch set `slot`: 0 input Hadamard, 1 product, 2 output
@@ -103,6 +116,8 @@ class VulkanBackend : public Backend {
 
   std::shared_ptr<Context> ctx_;
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
+  bool gemv_subgroup_capable_ = false;
+  bool gemv_subgroup_ = false;
   // Scratch: 0 = decoded Ŵ of the GEMM path, 1 + 2i / 2 + 2i = xh / z of group member i.
   std::shared_ptr<Buffer> scratch_[1 + 2 * kMaxLinearGroup];
 };

@@ -109,11 +109,17 @@ void VulkanBackend::gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, c
   ctx_->dispatch(p, {&w, &x, &y, b}, &pc, ceil_div(out, 64), ceil_div(m, 64));
 }
 
+uint32_t VulkanBackend::gemv_columns(int64_t n) const {
+  const int64_t tiles_n = n / 16;
+  return tiles_n % 4 == 0 ? 4u : tiles_n % 2 == 0 ? 2u : 1u;
+}
+
 uint32_t VulkanBackend::exl3_splits(const Exl3Linear& w) const {
-  // Aim for >= kGemvTargetGroups workgroups; each split needs at least one tile row per slot.
-  const int64_t tiles_n = w.n / 16, slots = wg_ / 16, tiles_k = w.k / 16;
-  int64_t splits = std::max<int64_t>(1, kGemvTargetGroups / tiles_n);
-  splits = std::min<int64_t>({splits, kGemvMaxSplits, std::max<int64_t>(1, tiles_k / slots)});
+  // Aim for >= kGemvTargetGroups workgroups; each split keeps every warp of a workgroup busy
+  // with at least one slab.
+  const int64_t groups = w.n / 16 / gemv_columns(w.n), warps = kGemvWg / 32, tiles_k = w.k / 16;
+  int64_t splits = std::max<int64_t>(1, kGemvTargetGroups / groups);
+  splits = std::min<int64_t>({splits, kGemvMaxSplits, std::max<int64_t>(1, tiles_k / warps)});
   return static_cast<uint32_t>(splits);
 }
 
@@ -121,15 +127,29 @@ uint32_t VulkanBackend::exl3_product_splits(const Exl3Linear& w, int64_t m) cons
   return m <= kGemvMaxRows ? exl3_splits(w) : 1;
 }
 
+void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n,
+                                const Buffer& xh, uint32_t xh_off, int64_t m, const Buffer& z, uint32_t z_off,
+                                uint32_t splits) {
+  TRELLIS_CHECK(m >= 1 && m <= kGemvMaxRows && k % 16 == 0 && n % 16 == 0);
+  const uint32_t G = gemv_columns(n), R = m == 1 ? 1u : static_cast<uint32_t>(kGemvMaxRows);
+  struct {
+    uint32_t m, k, n, xh_off, z_off, splits;
+  } pc{u32(m), u32(k), u32(n), xh_off, z_off, splits};
+  std::string name = variant("exl3_gemv", K, cb);
+  if (gemv_subgroup_) name += "_sg";
+  if (G != 4) name += fmt::format("_g{}", G);
+  if (R != 1) name += fmt::format("_r{}", R);
+  const Pipeline& p =
+      ctx_->pipeline(name, gemv_subgroup_ ? "exl3_gemv_sg" : "exl3_gemv",
+                     {kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R}, 3, sizeof(pc), 1u << 2);
+  ctx_->dispatch_flat(p, {&trellis, &xh, &z}, &pc, static_cast<uint64_t>(n / 16 / G) * splits);
+}
+
 uint32_t VulkanBackend::exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm) {
   const uint32_t K = static_cast<uint32_t>(w.K), cb = static_cast<uint32_t>(w.codebook);
   if (m <= kGemvMaxRows && !force_gemm) {
     const uint32_t splits = exl3_splits(w);
-    struct {
-      uint32_t m, k, n, xh_off, z_off, splits;
-    } pc{u32(m), u32(w.k), u32(w.n), 0, 0, splits};
-    const Pipeline& p = ctx_->pipeline(variant("exl3_gemv", w.K, w.codebook), "exl3_gemv", {wg_, K, cb}, 3, sizeof(pc), 1u << 2);
-    ctx_->dispatch_flat(p, {w.trellis.get(), &xh, &z}, &pc, static_cast<uint64_t>(w.n / 16) * splits);
+    record_gemv(*w.trellis, w.K, w.codebook, w.k, w.n, xh, 0, m, z, 0, splits);
     return splits;
   }
   Buffer& what_t = scratch(0, static_cast<size_t>(w.k * w.n) * 2);
@@ -249,13 +269,7 @@ std::vector<float> VulkanBackend::exl3_raw_matmul(const exl3::Exl3LinearView& v,
   } else {
     for (int64_t r0 = 0; r0 < m; r0 += kGemvMaxRows) {
       const int64_t rc = std::min(kGemvMaxRows, m - r0);
-      struct {
-        uint32_t m, k, n, xh_off, z_off, splits;
-      } pc{u32(rc), u32(v.k), u32(v.n), u32(r0 * v.k), u32(r0 * v.n), 1};
-      const Pipeline& p = ctx_->pipeline(variant("exl3_gemv", v.K, v.codebook), "exl3_gemv",
-                                         {wg_, static_cast<uint32_t>(v.K), static_cast<uint32_t>(v.codebook)}, 3,
-                                         sizeof(pc), 1u << 2);
-      ctx_->dispatch_flat(p, {w.trellis.get(), x.get(), z.get()}, &pc, static_cast<uint64_t>(v.n / 16));
+      record_gemv(*w.trellis, v.K, v.codebook, v.k, v.n, *x, u32(r0 * v.k), rc, *z, u32(r0 * v.n), 1);
     }
   }
   std::vector<float> out(static_cast<size_t>(m * v.n));
