@@ -152,6 +152,7 @@ int main(int argc, char** argv) {
   out["device"] = be->info().name;
   out["subgroup_size"] = be->info().subgroup_size;
   out["features"] = be->info().features;
+  out["gemv_reduction"] = be->gemv_subgroup() ? "subgroup" : "shared";
   out["clock"] = timer.gpu_clock ? "timestamps" : "wall";
   out["cold_bytes"] = cold;
   out["results"] = nlohmann::json::array();
@@ -234,7 +235,7 @@ int main(int argc, char** argv) {
                                   {"n", n},
                                   {"K", K},
                                   {"codebook", cbname},
-                                  {"variant", fmt::format("exl3_gemv_k{}_{}", K, cbname)},
+                                  {"variant", fmt::format("exl3_gemv_k{}_{}{}", K, cbname, be->gemv_subgroup() ? "_sg" : "")},
                                   {"copies", copies},
                                   {"gemv_us", gemv_s * 1e6},
                                   {"gemv_gbps", gbps},

@@ -119,7 +119,9 @@ TEST(VulkanExl3, GemvAndGemmAreExactOnOneHotRows) {
         xh[static_cast<size_t>(r * k + hot[static_cast<size_t>(r)])] = 1.0f;
       }
       for (int path : {0, 1, 2}) {  // GEMV (shared-memory reductions), GEMV (subgroup), GEMM
-        if (path == 1 && !be->gemv_subgroup_capable()) continue;
+        // The subgroup variant differs only in the final reduction: one K keeps CI's cold
+        // pipeline compiles (~1 s each on lavapipe) in check.
+        if (path == 1 && (!be->gemv_subgroup_capable() || K != 3)) continue;
         const SubgroupChoice choice(*be, path == 1);
         const std::vector<float> z = be->exl3_raw_matmul(view, xh.data(), m, path == 2);
         size_t bad = 0;

@@ -131,6 +131,11 @@ TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
       logits.push_back(o);
     }
     const auto after = be.context().stats();
+    std::printf("replay %s: per decode step %.1f dispatches, %.1f barriers per recorded step; %lu replayed, %lu recorded segments\n",
+                replay ? "on" : "off", static_cast<double>(after.dispatches - before.dispatches) / kSteps,
+                static_cast<double>(after.barriers - before.barriers) / static_cast<double>(std::max<uint64_t>(1, after.recorded - before.recorded)),
+                static_cast<unsigned long>(after.replayed - before.replayed),
+                static_cast<unsigned long>(after.recorded - before.recorded));
     return std::pair<uint64_t, uint64_t>(after.replayed - before.replayed, after.recorded - before.recorded);
   };
   std::vector<std::vector<float>> with, without;

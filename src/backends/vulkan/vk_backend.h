@@ -98,9 +98,9 @@ class VulkanBackend : public Backend {
   Buffer& scratch(int slot, size_t bytes);
   // z = xh · Ŵ; returns the number of split-k partials written at z + s * m * n.
   uint32_t exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm = false);
-  uint32_t exl3_splits(const Exl3Linear& w) const;
-  // Tile columns per exl3_gemv workgroup for an output width n.
-  uint32_t gemv_columns(int64_t n) const;
+  uint32_t exl3_splits(const Exl3Linear& w, int64_t m) const;
+  // Tile columns per exl3_gemv workgroup (specialization constant G) for n outputs and m rows.
+  uint32_t gemv_columns(int64_t n, int64_t m) const;
   // Records exl3_gemv: z (+ z_off, split s at s·m·n) = xh (+ xh_off) · Ŵ for m <= kGemvMaxRows.
   void record_gemv(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n, const Buffer& xh,
                    uint32_t xh_off, int64_t m, const Buffer& z, uint32_t z_off, uint32_t splits);

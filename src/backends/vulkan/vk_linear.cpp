@@ -109,29 +109,32 @@ void VulkanBackend::gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, c
   ctx_->dispatch(p, {&w, &x, &y, b}, &pc, ceil_div(out, 64), ceil_div(m, 64));
 }
 
-uint32_t VulkanBackend::gemv_columns(int64_t n) const {
-  const int64_t tiles_n = n / 16;
-  return tiles_n % 4 == 0 ? 4u : tiles_n % 2 == 0 ? 2u : 1u;
+uint32_t VulkanBackend::gemv_columns(int64_t n, int64_t m) const {
+  // 4 tiles per warp and slab for m = 1 (loads in flight, activations reused 4 times); 2 for the
+  // 8-row variant, whose 8 rows already reuse each decoded weight and whose registers (16
+  // accumulators and 8 activations per row and tile) and compile time grow with G.
+  const int64_t tiles_n = n / 16, want = m == 1 ? 4 : 2;
+  return tiles_n % want == 0 ? static_cast<uint32_t>(want) : tiles_n % 2 == 0 ? 2u : 1u;
 }
 
-uint32_t VulkanBackend::exl3_splits(const Exl3Linear& w) const {
+uint32_t VulkanBackend::exl3_splits(const Exl3Linear& w, int64_t m) const {
   // Aim for >= kGemvTargetGroups workgroups; each split keeps every warp of a workgroup busy
   // with at least one slab.
-  const int64_t groups = w.n / 16 / gemv_columns(w.n), warps = kGemvWg / 32, tiles_k = w.k / 16;
+  const int64_t groups = w.n / 16 / gemv_columns(w.n, m), warps = kGemvWg / 32, tiles_k = w.k / 16;
   int64_t splits = std::max<int64_t>(1, kGemvTargetGroups / groups);
   splits = std::min<int64_t>({splits, kGemvMaxSplits, std::max<int64_t>(1, tiles_k / warps)});
   return static_cast<uint32_t>(splits);
 }
 
 uint32_t VulkanBackend::exl3_product_splits(const Exl3Linear& w, int64_t m) const {
-  return m <= kGemvMaxRows ? exl3_splits(w) : 1;
+  return m <= kGemvMaxRows ? exl3_splits(w, m) : 1;
 }
 
 void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n,
                                 const Buffer& xh, uint32_t xh_off, int64_t m, const Buffer& z, uint32_t z_off,
                                 uint32_t splits) {
   TRELLIS_CHECK(m >= 1 && m <= kGemvMaxRows && k % 16 == 0 && n % 16 == 0);
-  const uint32_t G = gemv_columns(n), R = m == 1 ? 1u : static_cast<uint32_t>(kGemvMaxRows);
+  const uint32_t G = gemv_columns(n, m), R = m == 1 ? 1u : static_cast<uint32_t>(kGemvMaxRows);
   struct {
     uint32_t m, k, n, xh_off, z_off, splits;
   } pc{u32(m), u32(k), u32(n), xh_off, z_off, splits};
@@ -148,7 +151,7 @@ void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb,
 uint32_t VulkanBackend::exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm) {
   const uint32_t K = static_cast<uint32_t>(w.K), cb = static_cast<uint32_t>(w.codebook);
   if (m <= kGemvMaxRows && !force_gemm) {
-    const uint32_t splits = exl3_splits(w);
+    const uint32_t splits = exl3_splits(w, m);
     record_gemv(*w.trellis, w.K, w.codebook, w.k, w.n, xh, 0, m, z, 0, splits);
     return splits;
   }
