@@ -164,7 +164,9 @@ TEST(VulkanExl3, GemvAndGemmMatchDoubleProduct) {
               << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << " path " << path;
           // Both GEMV variants sum in the same order.
           if (path == 0) shared_z = z;
-          if (path == 1) EXPECT_TRUE(z == shared_z) << "K=" << K << " m=" << m;
+          if (path == 1) {
+            EXPECT_TRUE(z == shared_z) << "K=" << K << " m=" << m;
+          }
         }
       }
     }
