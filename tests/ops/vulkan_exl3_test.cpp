@@ -91,6 +91,17 @@ TEST(VulkanExl3, DecodeCoversEveryState) {
   }
 }
 
+// Selects the EXL3 GEMV variant for a scope, restoring the backend's choice after it.
+class SubgroupChoice {
+ public:
+  SubgroupChoice(vk::VulkanBackend& be, bool on) : be_(be), was_(be.gemv_subgroup()) { be_.set_gemv_subgroup(on); }
+  ~SubgroupChoice() { be_.set_gemv_subgroup(was_); }
+
+ private:
+  vk::VulkanBackend& be_;
+  bool was_;
+};
+
 // z = xh · Ŵ for one-hot rows of xh is a row of Ŵ, exactly, on both paths.
 TEST(VulkanExl3, GemvAndGemmAreExactOnOneHotRows) {
   TRELLIS_VULKAN_OR_SKIP(be);
@@ -107,13 +118,17 @@ TEST(VulkanExl3, GemvAndGemmAreExactOnOneHotRows) {
         hot[static_cast<size_t>(r)] = (r * 97 + 5) % k;
         xh[static_cast<size_t>(r * k + hot[static_cast<size_t>(r)])] = 1.0f;
       }
-      for (bool gemm : {false, true}) {
-        const std::vector<float> z = be->exl3_raw_matmul(view, xh.data(), m, gemm);
+      for (int path : {0, 1, 2}) {  // GEMV (shared-memory reductions), GEMV (subgroup), GEMM
+        // The subgroup variant differs only in the final reduction: one K keeps CI's cold
+        // pipeline compiles (~1 s each on lavapipe) in check.
+        if (path == 1 && (!be->gemv_subgroup_capable() || K != 3)) continue;
+        const SubgroupChoice choice(*be, path == 1);
+        const std::vector<float> z = be->exl3_raw_matmul(view, xh.data(), m, path == 2);
         size_t bad = 0;
         for (int64_t r = 0; r < m; ++r)
           for (int64_t c = 0; c < n; ++c)
             bad += z[static_cast<size_t>(r * n + c)] != fp16_to_fp32(what[static_cast<size_t>(hot[static_cast<size_t>(r)] * n + c)]);
-        EXPECT_EQ(bad, 0u) << "K=" << K << " cb=" << exl3::codebook_name(cb) << (gemm ? " gemm" : " gemv");
+        EXPECT_EQ(bad, 0u) << "K=" << K << " cb=" << exl3::codebook_name(cb) << " path " << path;
       }
     }
   }
@@ -140,10 +155,18 @@ TEST(VulkanExl3, GemvAndGemmMatchDoubleProduct) {
               s += static_cast<double>(xh[static_cast<size_t>(r * k + i)]) * fp16_to_fp32(what[static_cast<size_t>(i * n + c)]);
             want[static_cast<size_t>(r * n + c)] = static_cast<float>(s);
           }
-        for (bool gemm : {false, true}) {
-          const std::vector<float> z = be->exl3_raw_matmul(view, xh.data(), m, gemm);
+        std::vector<float> shared_z;
+        for (int path : {0, 1, 2}) {  // GEMV (shared-memory reductions), GEMV (subgroup), GEMM
+          if (path == 1 && !be->gemv_subgroup_capable()) continue;
+          const SubgroupChoice choice(*be, path == 1);
+          const std::vector<float> z = be->exl3_raw_matmul(view, xh.data(), m, path == 2);
           EXPECT_LT(test::rel_rms(z, want), 1e-5)
-              << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << (gemm ? " gemm" : " gemv");
+              << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << " path " << path;
+          // Both GEMV variants sum in the same order.
+          if (path == 0) shared_z = z;
+          if (path == 1) {
+            EXPECT_TRUE(z == shared_z) << "K=" << K << " m=" << m;
+          }
         }
       }
     }

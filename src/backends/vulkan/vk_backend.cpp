@@ -3,7 +3,9 @@
 // shader's push-constant block (field order = the `P` block in the .comp file) and records.
 #include "backends/vulkan/vk_backend.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "backends/vulkan/vulkan_api.h"
@@ -31,8 +33,21 @@ float load_float(const std::byte* p, DType dtype, size_t i) {
 }
 
 VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::create(index, staging_only)) {
+  const DeviceInfo& info = ctx_->info();
+  const int sg = info.subgroup_size;
+  gemv_subgroup_capable_ = std::find(info.features.begin(), info.features.end(), "subgroup_shuffle") != info.features.end() &&
+                           sg >= 4 && sg <= static_cast<int>(kGemvWg) && kGemvWg % static_cast<uint32_t>(sg) == 0;
+  const char* env = std::getenv("TRELLIS_VULKAN_SUBGROUP");
+  gemv_subgroup_ = gemv_subgroup_capable_ && !(env && std::strcmp(env, "0") == 0);
+  log_info("Vulkan: using {} (subgroup size {}; EXL3 GEMV reductions through {})", info.name, sg,
+           gemv_subgroup_ ? "subgroup shuffles" : "shared memory");
+}
 
-  log_info("Vulkan: using {} (subgroup size {})", ctx_->info().name, ctx_->info().subgroup_size);
+void VulkanBackend::set_gemv_subgroup(bool on) {
+  if (on && !gemv_subgroup_capable_)
+    fail(ErrorKind::kUnsupported, "Vulkan device '{}': no subgroup shuffle in compute shaders (or an unusable subgroup size {})",
+         ctx_->info().name, ctx_->info().subgroup_size);
+  gemv_subgroup_ = on;
 }
 
 VulkanBackend::~VulkanBackend() {
@@ -125,7 +140,7 @@ void VulkanBackend::embedding(const DeviceTensor& table, std::span<const int32_t
   struct {
     uint32_t dim, table_off, ids_off, out_off, table_f16;
   } pc{u32(dim), elem(table, f16 ? 2 : 4), u32(static_cast<int64_t>(s.offset / 4)), elem(out, 4), f16 ? 1u : 0u};
-  const Pipeline& p = ctx_->pipeline("embedding", "embedding", {wg_}, 3, sizeof(pc));
+  const Pipeline& p = ctx_->pipeline("embedding", "embedding", {wg_}, 3, sizeof(pc), 1u << 2);
   ctx_->dispatch(p, {&buffer_of(table), s.buffer, &buffer_of(out)}, &pc, ceil_div(dim, wg_),
                  u32(static_cast<int64_t>(ids.size())));
 }
@@ -137,7 +152,7 @@ void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, 
     uint32_t groups, group, x_off, w_off, out_off;
     float eps;
   } pc{u32(groups), u32(group), elem(x, 4), elem(weight, 4), elem(out, 4), eps};
-  const Pipeline& p = ctx_->pipeline("rms_norm", "rms_norm", {wg_}, 3, sizeof(pc));
+  const Pipeline& p = ctx_->pipeline("rms_norm", "rms_norm", {wg_}, 3, sizeof(pc), 1u << 2);
   ctx_->dispatch_flat(p, {&buffer_of(x), &buffer_of(weight), &buffer_of(out)}, &pc, static_cast<uint64_t>(groups));
 }
 
@@ -158,7 +173,7 @@ void VulkanBackend::rope(DeviceTensor& x, int64_t head_dim, std::span<const int3
   struct {
     uint32_t rows, heads, head_dim, cols, x_off, cs_off;
   } pc{u32(rows), u32(heads), u32(head_dim), u32(x.cols()), elem(x, 4), u32(static_cast<int64_t>(s.offset / 4))};
-  const Pipeline& p = ctx_->pipeline("rope", "rope", {wg_}, 2, sizeof(pc));
+  const Pipeline& p = ctx_->pipeline("rope", "rope", {wg_}, 2, sizeof(pc), 1u << 0);
   ctx_->dispatch(p, {&buffer_of(x), s.buffer}, &pc, ceil_div(heads * half, wg_), u32(rows));
 }
 
@@ -172,7 +187,7 @@ void VulkanBackend::kv_store(const DeviceTensor& k, const DeviceTensor& v, std::
   struct {
     uint32_t width, k_off, v_off, kc_off2, vc_off2, pos_off;
   } pc{u32(width), elem(k, 4), elem(v, 4), elem(k_cache, 4), elem(v_cache, 4), u32(static_cast<int64_t>(s.offset / 4))};
-  const Pipeline& p = ctx_->pipeline("kv_store", "kv_store", {wg_}, 5, sizeof(pc));
+  const Pipeline& p = ctx_->pipeline("kv_store", "kv_store", {wg_}, 5, sizeof(pc), (1u << 2) | (1u << 3));
   ctx_->dispatch(p, {&buffer_of(k), &buffer_of(v), &buffer_of(k_cache), &buffer_of(v_cache), s.buffer}, &pc,
                  ceil_div(width / 2, wg_), u32(static_cast<int64_t>(positions.size())));
 }
@@ -193,7 +208,7 @@ void VulkanBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache
        u32(ap.head_dim),        u32(ap.n_kv_heads * ap.head_dim), u32(ap.sliding_window),
        elem(q, 4),              elem(k_cache, 2), elem(v_cache, 2),
        u32(static_cast<int64_t>(s.offset / 4)), elem(out, 4), ap.scale};
-  const Pipeline& p = ctx_->pipeline("attention", "attention", {kWg}, 5, sizeof(pc));
+  const Pipeline& p = ctx_->pipeline("attention", "attention", {kWg}, 5, sizeof(pc), 1u << 4);
   ctx_->dispatch_flat(p, {&buffer_of(q), &buffer_of(k_cache), &buffer_of(v_cache), s.buffer, &buffer_of(out)}, &pc,
                       static_cast<uint64_t>(rows * ap.n_heads));
 }
@@ -203,7 +218,7 @@ void VulkanBackend::silu_mul(const DeviceTensor& gate, const DeviceTensor& up, D
   struct {
     uint32_t n, gate_off, up_off, out_off;
   } pc{u32(n), elem(gate, 4), elem(up, 4), elem(out, 4)};
-  const Pipeline& p = ctx_->pipeline("silu_mul", "silu_mul", {wg_}, 3, sizeof(pc));
+  const Pipeline& p = ctx_->pipeline("silu_mul", "silu_mul", {wg_}, 3, sizeof(pc), 1u << 2);
   ctx_->dispatch_flat(p, {&buffer_of(gate), &buffer_of(up), &buffer_of(out)}, &pc, ceil_div(n, wg_));
 }
 
@@ -212,7 +227,7 @@ void VulkanBackend::add(DeviceTensor& x, const DeviceTensor& y) {
   struct {
     uint32_t n, x_off, y_off;
   } pc{u32(n), elem(x, 4), elem(y, 4)};
-  const Pipeline& p = ctx_->pipeline("add", "add", {wg_}, 2, sizeof(pc));
+  const Pipeline& p = ctx_->pipeline("add", "add", {wg_}, 2, sizeof(pc), 1u << 0);
   ctx_->dispatch_flat(p, {&buffer_of(x), &buffer_of(y)}, &pc, ceil_div(n, wg_));
 }
 

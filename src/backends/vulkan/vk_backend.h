@@ -12,6 +12,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 
 #include "backends/backend.h"
 #include "backends/vulkan/vk_context.h"
@@ -24,6 +25,10 @@ inline constexpr int64_t kGemvMaxRows = 8;
 // EXL3 GEMV split-k: aim for this many workgroups, with at most this many partial sums.
 inline constexpr int64_t kGemvTargetGroups = 512;
 inline constexpr int64_t kGemvMaxSplits = 8;
+// EXL3 GEMV workgroup size (8 logical warps of 32; exl3_gemv.glsl).
+inline constexpr uint32_t kGemvWg = 256;
+// linears(): EXL3 layers of one group with their own scratch (q/k/v is 3).
+inline constexpr size_t kMaxLinearGroup = 4;
 
 class DenseLinear : public LinearWeights {
  public:
@@ -58,6 +63,10 @@ class VulkanBackend : public Backend {
   void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) override;
   void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group, DeviceTensor& out) override;
   void linear(const LinearWeights& w, const DeviceTensor& x, DeviceTensor& y) override;
+  // EXL3 layers of a group share no scratch and are recorded phase by phase, so their
+  // dispatches run without barriers between them.
+  void linears(std::span<const LinearWeights* const> ws, const DeviceTensor& x,
+               std::span<DeviceTensor* const> ys) override;
   void rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_t> positions, const RopeParams& rope) override;
   void kv_store(const DeviceTensor& k, const DeviceTensor& v, std::span<const int32_t> positions,
                 DeviceTensor& k_cache, DeviceTensor& v_cache) override;
@@ -71,6 +80,16 @@ class VulkanBackend : public Backend {
   // exl3_gemv (m <= 8 per pass, any m) or the decode + tiled GEMM path (`gemm`).
   std::vector<uint16_t> exl3_decode_what(const exl3::Exl3LinearView& view);
   std::vector<float> exl3_raw_matmul(const exl3::Exl3LinearView& view, const float* xh, int64_t m, bool gemm);
+  // Benchmark hooks: the EXL3 product alone (z = xh · Ŵ on the layer's scratch, as linear()
+  // records it, without the Hadamard passes), and the context (timestamps, flush, stats).
+  void bench_exl3_product(const LinearWeights& w, int64_t m);
+  // Whether exl3_gemv reduces through subgroup shuffles (exl3_gemv_sg) or shared memory only;
+  // defaults to the device's capability (TRELLIS_VULKAN_SUBGROUP=0 forces shared memory).
+  // Setting true on a device without the capability throws kUnsupported.
+  void set_gemv_subgroup(bool on);
+  bool gemv_subgroup() const { return gemv_subgroup_; }
+  bool gemv_subgroup_capable() const { return gemv_subgroup_capable_; }
+  Context& context() { return *ctx_; }
 
  private:
   std::shared_ptr<Buffer> upload_bytes(const void* data, size_t bytes);
@@ -79,7 +98,17 @@ class VulkanBackend : public Backend {
   Buffer& scratch(int slot, size_t bytes);
   // z = xh · Ŵ; returns the number of split-k partials written at z + s * m * n.
   uint32_t exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm = false);
-  uint32_t exl3_splits(const Exl3Linear& w) const;
+  uint32_t exl3_splits(const Exl3Linear& w, int64_t m) const;
+  // Tile columns per exl3_gemv workgroup (specialization constant G) for n outputs and m rows.
+  uint32_t gemv_columns(int64_t n, int64_t m) const;
+  // Records exl3_gemv: z (+ z_off, split s at s·m·n) = xh (+ xh_off) · Ŵ for m <= kGemvMaxRows.
+  void record_gemv(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n, const Buffer& xh,
+                   uint32_t xh_off, int64_t m, const Buffer& z, uint32_t z_off, uint32_t splits);
+  uint32_t exl3_product_splits(const Exl3Linear& w, int64_t m) const;
+  void dense_linear(const DenseLinear& d, const DeviceTensor& x, DeviceTensor& y);
+  // One phase of an EXL3 linear with scratch set `slot`: 0 input Hadamard, 1 product, 2 output
+  // Hadamard.
+  void exl3_stage(const Exl3Linear& w, const DeviceTensor& x, DeviceTensor& y, int slot, int phase);
   // y = x · Wᵀ + bias through matmul_f16_tiled (bias may be null).
   void gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
                 int64_t m, int64_t in, int64_t out);
@@ -87,7 +116,10 @@ class VulkanBackend : public Backend {
 
   std::shared_ptr<Context> ctx_;
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
-  std::shared_ptr<Buffer> scratch_[3];
+  bool gemv_subgroup_capable_ = false;
+  bool gemv_subgroup_ = false;
+  // Scratch: 0 = decoded Ŵ of the GEMM path, 1 + 2i / 2 + 2i = xh / z of group member i.
+  std::shared_ptr<Buffer> scratch_[1 + 2 * kMaxLinearGroup];
 };
 
 Buffer& buffer_of(const DeviceTensor& t);

@@ -2,6 +2,7 @@
 #include "backends/vulkan/vk_context.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -46,10 +47,32 @@ void check(VkResult r, const char* what) {
 
 namespace {
 
-constexpr uint32_t kMaxSets = 2048;
+constexpr uint32_t kSetsPerPool = 4096;
+// Cached descriptor sets beyond this are dropped (with the cached segments) at the next flush:
+// sets of dead buffers are never reused, so the cache would otherwise grow with every new buffer.
+constexpr size_t kMaxCachedSets = 32768;
 constexpr uint32_t kMaxBindings = 8;
-constexpr uint32_t kSetsPerOp = 8;
 constexpr size_t kArenaBytes = 1 << 20;
+// Segments shorter than this are recorded afresh every time (uploads, downloads).
+constexpr size_t kMinReplayCommands = 4;
+constexpr size_t kMaxSegments = 8;
+
+VkDescriptorPool create_descriptor_pool(VkDevice device) {
+  VkDescriptorPoolSize size{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, kSetsPerPool * kMaxBindings};
+  VkDescriptorPoolCreateInfo dpi{VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO};
+  dpi.maxSets = kSetsPerPool;
+  dpi.poolSizeCount = 1;
+  dpi.pPoolSizes = &size;
+  VkDescriptorPool pool = VK_NULL_HANDLE;
+  check(vkCreateDescriptorPool(device, &dpi, nullptr, &pool), "vkCreateDescriptorPool");
+  return pool;
+}
+
+bool env_flag(const char* name, bool fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  return std::strcmp(v, "0") != 0;
+}
 
 VkInstance create_instance() {
   VkApplicationInfo app{VK_STRUCTURE_TYPE_APPLICATION_INFO};
@@ -214,17 +237,28 @@ std::shared_ptr<Context> Context::create(int index, bool discrete_like) {
   VkFenceCreateInfo fci{VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
   check(vkCreateFence(ctx->device_, &fci, nullptr, &ctx->fence_), "vkCreateFence");
 
-  VkDescriptorPoolSize size{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, kMaxSets * kMaxBindings};
-  VkDescriptorPoolCreateInfo dpi{VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO};
-  dpi.maxSets = kMaxSets;
-  dpi.poolSizeCount = 1;
-  dpi.pPoolSizes = &size;
-  check(vkCreateDescriptorPool(ctx->device_, &dpi, nullptr, &ctx->descriptor_pool_), "vkCreateDescriptorPool");
+  ctx->descriptor_pools_.push_back(create_descriptor_pool(ctx->device_));
   VkPipelineCacheCreateInfo pcci{VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO};
   check(vkCreatePipelineCache(ctx->device_, &pcci, nullptr, &ctx->pipeline_cache_), "vkCreatePipelineCache");
+
+  // Timestamps, where the compute queue writes them.
+  uint32_t nq = 0;
+  vkGetPhysicalDeviceQueueFamilyProperties(ctx->physical_, &nq, nullptr);
+  std::vector<VkQueueFamilyProperties> qf(nq);
+  vkGetPhysicalDeviceQueueFamilyProperties(ctx->physical_, &nq, qf.data());
+  const uint32_t valid_bits = qf[ctx->queue_family_].timestampValidBits;
+  if (valid_bits > 0 && props.limits.timestampPeriod > 0) {
+    VkQueryPoolCreateInfo qpi{VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO};
+    qpi.queryType = VK_QUERY_TYPE_TIMESTAMP;
+    qpi.queryCount = kQueries;
+    if (vkCreateQueryPool(ctx->device_, &qpi, nullptr, &ctx->queries_) == VK_SUCCESS) {
+      ctx->timestamp_period_ns_ = props.limits.timestampPeriod;
+      ctx->timestamp_mask_ = valid_bits >= 64 ? ~0ull : (1ull << valid_bits) - 1;
+    }
+  }
   ctx->arena_ = ctx->create_buffer(kArenaBytes, /*staging=*/true);
-  const char* profile = std::getenv("TRELLIS_VULKAN_PROFILE");
-  ctx->profile_ = profile && *profile && std::strcmp(profile, "0") != 0;
+  ctx->profile_ = env_flag("TRELLIS_VULKAN_PROFILE", false);
+  ctx->replay_ = env_flag("TRELLIS_VULKAN_REPLAY", true);
   return ctx;
 }
 
@@ -241,7 +275,8 @@ Context::~Context() {
       vkDestroyDescriptorSetLayout(device_, p->set_layout, nullptr);
     }
     vkDestroyPipelineCache(device_, pipeline_cache_, nullptr);
-    vkDestroyDescriptorPool(device_, descriptor_pool_, nullptr);
+    for (VkDescriptorPool pool : descriptor_pools_) vkDestroyDescriptorPool(device_, pool, nullptr);
+    if (queries_) vkDestroyQueryPool(device_, queries_, nullptr);
     vkDestroyFence(device_, fence_, nullptr);
     vkDestroyCommandPool(device_, command_pool_, nullptr);
     vkDestroyDevice(device_, nullptr);
@@ -282,6 +317,8 @@ std::shared_ptr<Buffer> Context::create_buffer(size_t bytes, bool staging) {
 }
 
 Buffer::Buffer(std::shared_ptr<Context> ctx, size_t bytes, bool staging) : ctx_(std::move(ctx)), size_(bytes) {
+  static std::atomic<uint64_t> next_id{1};
+  id_ = next_id.fetch_add(1);
   const size_t alloc_bytes = std::max<size_t>(16, (bytes + 15) / 16 * 16);
   if (alloc_bytes > ctx_->limits().maxStorageBufferRange)
     fail(ErrorKind::kUnsupported,
@@ -328,7 +365,8 @@ void Context::retire(VkBuffer buffer, VkDeviceMemory memory) {
 }
 
 const Pipeline& Context::pipeline(const std::string& name, const std::string& shader,
-                                  const std::vector<uint32_t>& spec, uint32_t bindings, uint32_t push_bytes) {
+                                  const std::vector<uint32_t>& spec, uint32_t bindings, uint32_t push_bytes,
+                                  uint32_t writes) {
   std::string key = shader;
   for (uint32_t v : spec) key += fmt::format(":{}", v);
   auto it = pipelines_.find(key);
@@ -337,6 +375,7 @@ const Pipeline& Context::pipeline(const std::string& name, const std::string& sh
   auto p = std::make_unique<Pipeline>();
   p->name = name;
   p->bindings = bindings;
+  p->writes = writes;
   p->push_bytes = push_bytes;
   std::vector<VkDescriptorSetLayoutBinding> b(bindings);
   for (uint32_t i = 0; i < bindings; ++i) b[i] = {i, VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 1, VK_SHADER_STAGE_COMPUTE_BIT, nullptr};
@@ -375,68 +414,42 @@ const Pipeline& Context::pipeline(const std::string& name, const std::string& sh
   return *pipelines_.emplace(key, std::move(p)).first->second;
 }
 
-void Context::begin_if_needed() {
-  if (recording_) return;
-  VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
-  bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
-  check(vkBeginCommandBuffer(cmd_, &bi), "vkBeginCommandBuffer");
+void Context::append(Command c, std::span<const uint64_t> key_words) {
+  commands_.push_back(c);
+  key_.insert(key_.end(), key_words.begin(), key_words.end());
   recording_ = true;
-}
-
-namespace {
-
-void barrier(VkCommandBuffer cmd) {
-  VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
-  mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
-  mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT |
-                     VK_ACCESS_TRANSFER_WRITE_BIT;
-  const VkPipelineStageFlags stages = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
-  vkCmdPipelineBarrier(cmd, stages, stages, 0, 1, &mb, 0, nullptr, 0, nullptr);
-}
-
-}  // namespace
-
-VkDescriptorSet Context::allocate_set(const Pipeline& p) {
-  VkDescriptorSetAllocateInfo ai{VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO};
-  ai.descriptorPool = descriptor_pool_;
-  ai.descriptorSetCount = 1;
-  ai.pSetLayouts = &p.set_layout;
-  // The pool is recycled per submission; when it runs out, run what is recorded first. stage()
-  // flushes early enough that this never strands staged data (see there).
-  if (sets_used_ >= kMaxSets) {
-    flush();
-    begin_if_needed();
-  }
-  VkDescriptorSet set = VK_NULL_HANDLE;
-  const VkResult r = vkAllocateDescriptorSets(device_, &ai, &set);
-  ++sets_used_;
-  check(r, "vkAllocateDescriptorSets");
-  return set;
 }
 
 void Context::dispatch(const Pipeline& p, const std::vector<const Buffer*>& buffers, const void* push, uint32_t gx,
                        uint32_t gy, uint32_t gz) {
-  TRELLIS_CHECK(buffers.size() == p.bindings);
+  TRELLIS_CHECK(buffers.size() == p.bindings && p.bindings <= kMaxBindings);
   if (gx == 0 || gy == 0 || gz == 0) return;
-  begin_if_needed();
-  VkDescriptorSet set = allocate_set(p);
-  std::vector<VkDescriptorBufferInfo> infos(buffers.size());
-  std::vector<VkWriteDescriptorSet> writes(buffers.size());
-  for (size_t i = 0; i < buffers.size(); ++i) {
-    infos[i] = {buffers[i]->handle(), 0, VK_WHOLE_SIZE};
-    writes[i] = {VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET};
-    writes[i].dstSet = set;
-    writes[i].dstBinding = static_cast<uint32_t>(i);
-    writes[i].descriptorCount = 1;
-    writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
-    writes[i].pBufferInfo = &infos[i];
+  Command c;
+  c.kind = Command::Kind::kDispatch;
+  c.pipeline = &p;
+  c.nbuf = p.bindings;
+  uint64_t key[4 + kMaxBindings + 32];
+  size_t nk = 0;
+  key[nk++] = static_cast<uint64_t>(Command::Kind::kDispatch);
+  key[nk++] = reinterpret_cast<uintptr_t>(&p);
+  for (uint32_t i = 0; i < p.bindings; ++i) {
+    c.handles[i] = buffers[i]->handle();
+    c.ids[i] = buffers[i]->id();
+    key[nk++] = c.ids[i];
   }
-  vkUpdateDescriptorSets(device_, static_cast<uint32_t>(writes.size()), writes.data(), 0, nullptr);
-  vkCmdBindPipeline(cmd_, VK_PIPELINE_BIND_POINT_COMPUTE, p.pipeline);
-  vkCmdBindDescriptorSets(cmd_, VK_PIPELINE_BIND_POINT_COMPUTE, p.layout, 0, 1, &set, 0, nullptr);
-  if (p.push_bytes) vkCmdPushConstants(cmd_, p.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, p.push_bytes, push);
-  vkCmdDispatch(cmd_, gx, gy, gz);
-  barrier(cmd_);
+  c.groups[0] = gx;
+  c.groups[1] = gy;
+  c.groups[2] = gz;
+  key[nk++] = (static_cast<uint64_t>(gx) << 32) | gy;
+  key[nk++] = gz;
+  if (p.push_bytes) std::memcpy(c.push, push, p.push_bytes);
+  for (uint32_t w = 0; w < (p.push_bytes + 7) / 8; ++w) {
+    uint64_t v = 0;
+    std::memcpy(&v, c.push + 8 * w, 8);  // c.push is zero past push_bytes
+    key[nk++] = v;
+  }
+  append(c, std::span<const uint64_t>(key, nk));
+  ++stats_.dispatches;
   if (profile_) {
     const auto t0 = std::chrono::steady_clock::now();
     flush();
@@ -467,23 +480,53 @@ void Context::dispatch_flat(const Pipeline& p, const std::vector<const Buffer*>&
 
 void Context::copy(const Buffer& src, size_t src_offset, const Buffer& dst, size_t dst_offset, size_t bytes) {
   if (bytes == 0) return;
-  begin_if_needed();
-  VkBufferCopy region{src_offset, dst_offset, bytes};
-  vkCmdCopyBuffer(cmd_, src.handle(), dst.handle(), 1, &region);
-  barrier(cmd_);
+  Command c;
+  c.kind = Command::Kind::kCopy;
+  c.nbuf = 2;
+  c.handles[0] = src.handle();
+  c.ids[0] = src.id();
+  c.handles[1] = dst.handle();
+  c.ids[1] = dst.id();
+  c.src_offset = src_offset;
+  c.dst_offset = dst_offset;
+  c.bytes = bytes;
+  const uint64_t key[] = {static_cast<uint64_t>(Command::Kind::kCopy), src.id(), dst.id(), src_offset, dst_offset, bytes};
+  append(c, key);
 }
 
 void Context::fill_zero(const Buffer& dst) {
-  begin_if_needed();
-  vkCmdFillBuffer(cmd_, dst.handle(), 0, VK_WHOLE_SIZE, 0);
-  barrier(cmd_);
+  Command c;
+  c.kind = Command::Kind::kFill;
+  c.nbuf = 1;
+  c.handles[0] = dst.handle();
+  c.ids[0] = dst.id();
+  const uint64_t key[] = {static_cast<uint64_t>(Command::Kind::kFill), dst.id()};
+  append(c, key);
+}
+
+void Context::timestamp(uint32_t query) {
+  if (!has_timestamps()) fail(ErrorKind::kUnsupported, "Vulkan device '{}': no timestamp queries", info_.name);
+  TRELLIS_CHECK(query < kQueries);
+  Command c;
+  c.kind = Command::Kind::kTimestamp;
+  c.src_offset = query;
+  const uint64_t key[] = {static_cast<uint64_t>(Command::Kind::kTimestamp), query};
+  append(c, key);
+}
+
+double Context::elapsed_seconds(uint32_t a, uint32_t b) {
+  TRELLIS_CHECK(has_timestamps() && a < kQueries && b < kQueries);
+  uint64_t ta = 0, tb = 0;
+  const VkQueryResultFlags flags = VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT;
+  check(vkGetQueryPoolResults(device_, queries_, a, 1, 8, &ta, 8, flags), "vkGetQueryPoolResults");
+  check(vkGetQueryPoolResults(device_, queries_, b, 1, 8, &tb, 8, flags), "vkGetQueryPoolResults");
+  return static_cast<double>((tb - ta) & timestamp_mask_) * timestamp_period_ns_ * 1e-9;
 }
 
 Staged Context::stage(const void* data, size_t bytes) {
   const size_t need = (bytes + 15) / 16 * 16;
-  // An op stages its data, then records at most kSetsPerOp dispatches reading it; a flush in
-  // between would recycle the arena under a recorded command, so make room for them now.
-  if (arena_used_ + need > arena_->size() || sets_used_ + kSetsPerOp > kMaxSets) {
+  // Commands appended before this call may read the arena, so it is recycled only by a flush.
+  if (arena_used_ + need > arena_->size()) {
     flush();
     if (need > arena_->size()) arena_ = create_buffer(std::max(need, 2 * arena_->size()), /*staging=*/true);
   }
@@ -493,24 +536,182 @@ Staged Context::stage(const void* data, size_t bytes) {
   return s;
 }
 
+VkDescriptorSet Context::descriptor_set(const Command& c) {
+  std::vector<uint64_t> key(1 + c.nbuf);
+  key[0] = reinterpret_cast<uintptr_t>(c.pipeline);
+  std::copy(c.ids, c.ids + c.nbuf, key.begin() + 1);
+  auto it = sets_.find(key);
+  if (it != sets_.end()) return it->second;
+  if (sets_in_pool_ == kSetsPerPool) {
+    descriptor_pools_.push_back(create_descriptor_pool(device_));
+    sets_in_pool_ = 0;
+  }
+  VkDescriptorSetAllocateInfo ai{VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO};
+  ai.descriptorPool = descriptor_pools_.back();
+  ai.descriptorSetCount = 1;
+  ai.pSetLayouts = &c.pipeline->set_layout;
+  VkDescriptorSet set = VK_NULL_HANDLE;
+  check(vkAllocateDescriptorSets(device_, &ai, &set), "vkAllocateDescriptorSets");
+  ++sets_in_pool_;
+  VkDescriptorBufferInfo infos[kMaxBindings];
+  VkWriteDescriptorSet writes[kMaxBindings];
+  for (uint32_t i = 0; i < c.nbuf; ++i) {
+    infos[i] = {c.handles[i], 0, VK_WHOLE_SIZE};
+    writes[i] = {VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET};
+    writes[i].dstSet = set;
+    writes[i].dstBinding = i;
+    writes[i].descriptorCount = 1;
+    writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+    writes[i].pBufferInfo = &infos[i];
+  }
+  vkUpdateDescriptorSets(device_, c.nbuf, writes, 0, nullptr);
+  sets_.emplace(std::move(key), set);
+  return set;
+}
+
+namespace {
+
+constexpr VkPipelineStageFlags kDeviceStages = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+constexpr VkAccessFlags kDeviceWrites = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+constexpr VkAccessFlags kDeviceAccess =
+    VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+
+void barrier(VkCommandBuffer cmd) {
+  VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+  mb.srcAccessMask = kDeviceWrites;
+  mb.dstAccessMask = kDeviceAccess;
+  vkCmdPipelineBarrier(cmd, kDeviceStages, kDeviceStages, 0, 1, &mb, 0, nullptr, 0, nullptr);
+}
+
+bool contains(const std::vector<uint64_t>& v, uint64_t id) { return std::find(v.begin(), v.end(), id) != v.end(); }
+
+}  // namespace
+
+void Context::record(VkCommandBuffer cmd) {
+  bool timestamps = false;
+  for (const Command& c : commands_) timestamps |= c.kind == Command::Kind::kTimestamp;
+  if (timestamps) vkCmdResetQueryPool(cmd, queries_, 0, kQueries);
+  // Hazard tracker: buffers read / written since the last barrier.
+  std::vector<uint64_t> reads, writes;
+  const Pipeline* bound = nullptr;
+  for (const Command& c : commands_) {
+    uint64_t r[kMaxBindings], w[kMaxBindings];
+    uint32_t nr = 0, nw = 0;
+    switch (c.kind) {
+      case Command::Kind::kDispatch:
+        for (uint32_t i = 0; i < c.nbuf; ++i) {
+          if (c.pipeline->writes & (1u << i))
+            w[nw++] = c.ids[i];
+          else
+            r[nr++] = c.ids[i];
+        }
+        break;
+      case Command::Kind::kCopy: r[nr++] = c.ids[0]; w[nw++] = c.ids[1]; break;
+      case Command::Kind::kFill: w[nw++] = c.ids[0]; break;
+      case Command::Kind::kTimestamp: break;
+    }
+    bool hazard = false;
+    for (uint32_t i = 0; i < nr && !hazard; ++i) hazard = contains(writes, r[i]);
+    for (uint32_t i = 0; i < nw && !hazard; ++i) hazard = contains(writes, w[i]) || contains(reads, w[i]);
+    if (hazard) {
+      barrier(cmd);
+      ++stats_.barriers;
+      reads.clear();
+      writes.clear();
+    }
+    reads.insert(reads.end(), r, r + nr);
+    writes.insert(writes.end(), w, w + nw);
+    switch (c.kind) {
+      case Command::Kind::kDispatch: {
+        const VkDescriptorSet set = descriptor_set(c);
+        if (bound != c.pipeline) vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, c.pipeline->pipeline);
+        bound = c.pipeline;
+        vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, c.pipeline->layout, 0, 1, &set, 0, nullptr);
+        if (c.pipeline->push_bytes)
+          vkCmdPushConstants(cmd, c.pipeline->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, c.pipeline->push_bytes, c.push);
+        vkCmdDispatch(cmd, c.groups[0], c.groups[1], c.groups[2]);
+        break;
+      }
+      case Command::Kind::kCopy: {
+        const VkBufferCopy region{c.src_offset, c.dst_offset, c.bytes};
+        vkCmdCopyBuffer(cmd, c.handles[0], c.handles[1], 1, &region);
+        break;
+      }
+      case Command::Kind::kFill: vkCmdFillBuffer(cmd, c.handles[0], 0, VK_WHOLE_SIZE, 0); break;
+      case Command::Kind::kTimestamp:
+        vkCmdWriteTimestamp(cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, queries_, static_cast<uint32_t>(c.src_offset));
+        break;
+    }
+  }
+  // Device writes become visible to host reads of mapped memory after the fence, and to the
+  // next segment's commands (later in submission order on this queue).
+  VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+  mb.srcAccessMask = kDeviceWrites;
+  mb.dstAccessMask = kDeviceAccess | VK_ACCESS_HOST_READ_BIT;
+  vkCmdPipelineBarrier(cmd, kDeviceStages, kDeviceStages | VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, nullptr, 0,
+                       nullptr);
+}
+
+void Context::reset_caches() {
+  for (Segment& s : segments_) vkFreeCommandBuffers(device_, command_pool_, 1, &s.cmd);
+  segments_.clear();
+  for (VkDescriptorPool pool : descriptor_pools_) check(vkResetDescriptorPool(device_, pool, 0), "vkResetDescriptorPool");
+  sets_.clear();
+  sets_in_pool_ = 0;
+  // Keep one pool; the others were grown for sets that are gone now.
+  for (size_t i = 1; i < descriptor_pools_.size(); ++i) vkDestroyDescriptorPool(device_, descriptor_pools_[i], nullptr);
+  descriptor_pools_.resize(1);
+}
+
 void Context::flush() {
-  if (recording_) {
-    // Make device writes visible to host reads of mapped memory after the fence.
-    VkMemoryBarrier mb{VK_STRUCTURE_TYPE_MEMORY_BARRIER};
-    mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
-    mb.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
-    vkCmdPipelineBarrier(cmd_, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
-                         VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, nullptr, 0, nullptr);
-    check(vkEndCommandBuffer(cmd_), "vkEndCommandBuffer");
-    recording_ = false;
+  if (!commands_.empty()) {
+    ++stats_.segments;
+    if (sets_.size() > kMaxCachedSets) reset_caches();  // nothing is in flight here
+    const bool cacheable = replay_ && commands_.size() >= kMinReplayCommands;
+    VkCommandBuffer cmd = VK_NULL_HANDLE;
+    if (cacheable) {
+      for (Segment& s : segments_)
+        if (s.key == key_) {
+          cmd = s.cmd;
+          s.last_used = ++segment_clock_;
+          ++stats_.replayed;
+          break;
+        }
+    }
+    if (!cmd) {
+      ++stats_.recorded;
+      VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+      if (cacheable) {
+        if (segments_.size() >= kMaxSegments) {
+          auto lru = std::min_element(segments_.begin(), segments_.end(),
+                                      [](const Segment& a, const Segment& b) { return a.last_used < b.last_used; });
+          vkFreeCommandBuffers(device_, command_pool_, 1, &lru->cmd);
+          segments_.erase(lru);
+        }
+        VkCommandBufferAllocateInfo cai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
+        cai.commandPool = command_pool_;
+        cai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+        cai.commandBufferCount = 1;
+        check(vkAllocateCommandBuffers(device_, &cai, &cmd), "vkAllocateCommandBuffers");
+        segments_.push_back({key_, cmd, ++segment_clock_});
+      } else {
+        cmd = cmd_;
+        check(vkResetCommandBuffer(cmd_, 0), "vkResetCommandBuffer");
+        bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+      }
+      check(vkBeginCommandBuffer(cmd, &bi), "vkBeginCommandBuffer");
+      record(cmd);
+      check(vkEndCommandBuffer(cmd), "vkEndCommandBuffer");
+    }
+    commands_.clear();
+    key_.clear();
     VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
     si.commandBufferCount = 1;
-    si.pCommandBuffers = &cmd_;
+    si.pCommandBuffers = &cmd;
     check(vkQueueSubmit(queue_, 1, &si, fence_), "vkQueueSubmit");
     check(vkWaitForFences(device_, 1, &fence_, VK_TRUE, UINT64_MAX), "vkWaitForFences");
     check(vkResetFences(device_, 1, &fence_), "vkResetFences");
-    check(vkResetCommandBuffer(cmd_, 0), "vkResetCommandBuffer");
-    check(vkResetDescriptorPool(device_, descriptor_pool_, 0), "vkResetDescriptorPool");
+    recording_ = false;
   }
   for (auto& [buffer, memory] : retired_) {
     vkDestroyBuffer(device_, buffer, nullptr);
@@ -519,7 +720,6 @@ void Context::flush() {
   retired_.clear();
   keep_alive_.clear();
   arena_used_ = 0;
-  sets_used_ = 0;
 }
 
 }  // namespace trellis::vk

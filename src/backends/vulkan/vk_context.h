@@ -2,12 +2,27 @@
 // selection, memory, buffers, pipelines per shader variant, and the single command stream.
 //
 // Goals: everything the ops need and nothing more; errors as trellis::Error naming the Vulkan
-// call and result; no third-party code. Design:
-//   * One compute queue, one command buffer being recorded; every dispatch is followed by a
-//     full compute/transfer memory barrier (ops are ordered like the CPU backend's, and the
-//     forward pass is a chain of dependent ops anyway). flush() submits, waits and recycles.
+// call and result; no third-party code; batch-1 decode not bound by host submission work.
+// Design:
+//   * One compute queue. Ops do not record Vulkan commands right away: dispatch(), copy(),
+//     fill_zero() and timestamp() append to a host-side segment, and flush() turns the segment
+//     into a command buffer, submits it and waits.
+//   * Barriers only where needed: a buffer-granular hazard tracker knows which buffers each
+//     command reads and writes (Pipeline::writes names the bindings a shader writes) and puts a
+//     compute/transfer memory barrier before a command that reads a buffer written since the
+//     last barrier or writes one read or written since then (RAW, WAR, WAW). Independent
+//     dispatches (q, k, v projections) run without barriers between them.
+//   * Descriptor sets are cached per (pipeline, bound buffers) and reused across segments.
+//   * Segment replay: a segment is keyed by its commands and their arguments (pipelines, buffer
+//     ids, push constants, grids; not the bytes staged in the arena). A segment of at least
+//     kMinReplayCommands commands is recorded once into its own command buffer and kept (LRU,
+//     kMaxSegments); a later segment with the same key re-submits it without recording. Decode
+//     steps are such segments: token ids, positions and rotary tables travel through the arena
+//     at the same offsets every step, and the shaders read them from there, so a replay sees the
+//     new values. TRELLIS_VULKAN_REPLAY=0 records every segment afresh.
 //   * Every storage buffer is bound whole; shaders take element offsets in push constants, so
-//     DeviceTensor views at any offset need no descriptor alignment.
+//     DeviceTensor views at any offset need no descriptor alignment. Buffers carry a process-wide
+//     unique id, so a cached set or segment can never match a buffer that reuses a dead handle.
 //   * Memory: tensors in DEVICE_LOCAL memory; where that memory is also host-visible (lavapipe,
 //     integrated GPUs) it is mapped and written directly, otherwise through staging copies.
 //   * Small per-op host data (token ids, positions, rotary tables) goes into a host-visible
@@ -21,6 +36,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -44,6 +60,7 @@ class Buffer : public DeviceBuffer {
   Buffer& operator=(const Buffer&) = delete;
   size_t size() const override { return size_; }
   VkBuffer handle() const { return buffer_; }
+  uint64_t id() const { return id_; }  // unique for the process, never reused
   std::byte* mapped() const { return static_cast<std::byte*>(mapped_); }  // null unless host-visible
 
  private:
@@ -52,12 +69,14 @@ class Buffer : public DeviceBuffer {
   VkDeviceMemory memory_ = VK_NULL_HANDLE;
   void* mapped_ = nullptr;
   size_t size_ = 0;
+  uint64_t id_ = 0;
 };
 
 // A compute pipeline of one shader with fixed specialization constants.
 struct Pipeline {
   std::string name;  // e.g. "exl3_gemv_k3_mcg"
   uint32_t bindings = 0;
+  uint32_t writes = 0;  // bit i: the shader writes binding i (the others are only read)
   uint32_t push_bytes = 0;
   VkDescriptorSetLayout set_layout = VK_NULL_HANDLE;
   VkPipelineLayout layout = VK_NULL_HANDLE;
@@ -90,12 +109,13 @@ class Context : public std::enable_shared_from_this<Context> {
   std::shared_ptr<Buffer> create_buffer(size_t bytes, bool staging = false);
 
   // Pipeline of shader `shader` (embedded SPIR-V) with specialization constants spec[i] at
-  // constant_id i, `bindings` storage buffers at bindings 0.., `push_bytes` of push constants.
-  // Created once per (name, shader, spec) and cached.
+  // constant_id i, `bindings` storage buffers at bindings 0.., `push_bytes` of push constants;
+  // `writes` has bit i set when the shader writes binding i (the hazard tracker trusts it: a
+  // written binding missing here is a race). Created once per (shader, spec) and cached.
   const Pipeline& pipeline(const std::string& name, const std::string& shader, const std::vector<uint32_t>& spec,
-                           uint32_t bindings, uint32_t push_bytes);
+                           uint32_t bindings, uint32_t push_bytes, uint32_t writes);
 
-  // Records a dispatch (then a barrier). `buffers` are bound whole at bindings 0, 1, ...
+  // Appends a dispatch to the segment. `buffers` are bound whole at bindings 0, 1, ...
   void dispatch(const Pipeline& p, const std::vector<const Buffer*>& buffers, const void* push, uint32_t gx,
                 uint32_t gy = 1, uint32_t gz = 1);
   // Records a dispatch of `groups` workgroups folded into x and y (x <= 65535; shaders use
@@ -107,8 +127,24 @@ class Context : public std::enable_shared_from_this<Context> {
   // Copies `bytes` of host data into the arena (16-byte aligned) for the commands recorded next.
   Staged stage(const void* data, size_t bytes);
 
-  // Submits what was recorded and waits for it; recycles descriptor sets and the arena.
+  // GPU timestamps (for benchmarks): timestamp(i) appends a write of query i (< kQueries) after
+  // everything before it in the segment has finished; after flush(), elapsed_seconds(a, b) is
+  // the time between queries a and b. Null when the queue cannot write timestamps.
+  static constexpr uint32_t kQueries = 16;
+  bool has_timestamps() const { return timestamp_period_ns_ > 0; }
+  void timestamp(uint32_t query);
+  double elapsed_seconds(uint32_t a, uint32_t b);
+
+  // Submits the segment (replaying a cached command buffer when the key matches) and waits;
+  // recycles the arena.
   void flush();
+
+  // Counters for tests and benchmarks.
+  struct Stats {
+    uint64_t segments = 0, recorded = 0, replayed = 0, dispatches = 0, barriers = 0;
+  };
+  const Stats& stats() const { return stats_; }
+  void set_replay(bool on) { replay_ = on; }
   // Flushes and drops the context's own buffers (they keep the context alive); the backend
   // calls it when it dies, and the context goes when the last tensor does.
   void shutdown();
@@ -123,9 +159,30 @@ class Context : public std::enable_shared_from_this<Context> {
   uint32_t memory_type(uint32_t type_bits, bool staging, bool* host_visible) const;
 
  private:
+  // One command of a segment, deferred until flush().
+  struct Command {
+    enum class Kind : uint8_t { kDispatch, kCopy, kFill, kTimestamp } kind = Kind::kDispatch;
+    const Pipeline* pipeline = nullptr;
+    uint32_t nbuf = 0;
+    VkBuffer handles[8] = {};
+    uint64_t ids[8] = {};
+    uint32_t groups[3] = {};
+    uint64_t src_offset = 0, dst_offset = 0, bytes = 0;  // copy; query index in src_offset
+    uint8_t push[128] = {};
+  };
+  struct Segment {
+    std::vector<uint64_t> key;
+    VkCommandBuffer cmd = VK_NULL_HANDLE;
+    uint64_t last_used = 0;
+  };
+
   Context() = default;
-  void begin_if_needed();
-  VkDescriptorSet allocate_set(const Pipeline& p);
+  void append(Command c, std::span<const uint64_t> key_words);
+  // Records commands_ into `cmd` with barriers from the hazard tracker.
+  void record(VkCommandBuffer cmd);
+  VkDescriptorSet descriptor_set(const Command& c);
+  // Drops cached segments and descriptor sets (nothing may be in flight).
+  void reset_caches();
 
   DeviceInfo info_;
   VkInstance instance_ = VK_NULL_HANDLE;
@@ -141,9 +198,20 @@ class Context : public std::enable_shared_from_this<Context> {
   VkCommandPool command_pool_ = VK_NULL_HANDLE;
   VkCommandBuffer cmd_ = VK_NULL_HANDLE;
   VkFence fence_ = VK_NULL_HANDLE;
-  VkDescriptorPool descriptor_pool_ = VK_NULL_HANDLE;
+  std::vector<VkDescriptorPool> descriptor_pools_;
+  uint32_t sets_in_pool_ = 0;  // sets allocated from descriptor_pools_.back()
+  std::map<std::vector<uint64_t>, VkDescriptorSet> sets_;
   VkPipelineCache pipeline_cache_ = VK_NULL_HANDLE;
-  bool recording_ = false;
+  VkQueryPool queries_ = VK_NULL_HANDLE;
+  double timestamp_period_ns_ = 0;
+  uint64_t timestamp_mask_ = 0;
+  bool recording_ = false;  // commands_ is not empty
+  std::vector<Command> commands_;
+  std::vector<uint64_t> key_;  // the segment's key, built as commands are appended
+  std::vector<Segment> segments_;
+  uint64_t segment_clock_ = 0;
+  bool replay_ = true;
+  Stats stats_;
   std::map<std::string, std::unique_ptr<Pipeline>> pipelines_;
   std::vector<std::pair<VkBuffer, VkDeviceMemory>> retired_;
   std::shared_ptr<Buffer> arena_;
@@ -151,7 +219,7 @@ class Context : public std::enable_shared_from_this<Context> {
   uint32_t sets_used_ = 0;
   std::vector<std::shared_ptr<Buffer>> keep_alive_;
   bool profile_ = false;
-  std::map<std::string, std::pair<double, uint64_t>> profile_totals_;  // seconds, dispatches  // staging buffers of recorded copies
+  std::map<std::string, std::pair<double, uint64_t>> profile_totals_;  // seconds, dispatches
 };
 
 }  // namespace trellis::vk

@@ -105,71 +105,135 @@ void VulkanBackend::gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, c
                              const Buffer* bias, int64_t m, int64_t in, int64_t out) {
   MatmulPush pc{u32(m), u32(in), u32(out), 0, x_off, y_off, 0, bias ? 1u : 0u};
   const Buffer* b = bias ? bias : &w;  // bound but unread without a bias
-  const Pipeline& p = ctx_->pipeline("matmul_f16_tiled", "matmul_f16_tiled", {}, 4, sizeof(pc));
+  const Pipeline& p = ctx_->pipeline("matmul_f16_tiled", "matmul_f16_tiled", {}, 4, sizeof(pc), 1u << 2);
   ctx_->dispatch(p, {&w, &x, &y, b}, &pc, ceil_div(out, 64), ceil_div(m, 64));
 }
 
-uint32_t VulkanBackend::exl3_splits(const Exl3Linear& w) const {
-  // Aim for >= kGemvTargetGroups workgroups; each split needs at least one tile row per slot.
-  const int64_t tiles_n = w.n / 16, slots = wg_ / 16, tiles_k = w.k / 16;
-  int64_t splits = std::max<int64_t>(1, kGemvTargetGroups / tiles_n);
-  splits = std::min<int64_t>({splits, kGemvMaxSplits, std::max<int64_t>(1, tiles_k / slots)});
+uint32_t VulkanBackend::gemv_columns(int64_t n, int64_t m) const {
+  // 4 tiles per warp and slab for m = 1 (loads in flight, activations reused 4 times); 2 for the
+  // 8-row variant, whose 8 rows already reuse each decoded weight and whose registers (16
+  // accumulators and 8 activations per row and tile) and compile time grow with G.
+  const int64_t tiles_n = n / 16, want = m == 1 ? 4 : 2;
+  return tiles_n % want == 0 ? static_cast<uint32_t>(want) : tiles_n % 2 == 0 ? 2u : 1u;
+}
+
+uint32_t VulkanBackend::exl3_splits(const Exl3Linear& w, int64_t m) const {
+  // Aim for >= kGemvTargetGroups workgroups; each split keeps every warp of a workgroup busy
+  // with at least one slab.
+  const int64_t groups = w.n / 16 / gemv_columns(w.n, m), warps = kGemvWg / 32, tiles_k = w.k / 16;
+  int64_t splits = std::max<int64_t>(1, kGemvTargetGroups / groups);
+  splits = std::min<int64_t>({splits, kGemvMaxSplits, std::max<int64_t>(1, tiles_k / warps)});
   return static_cast<uint32_t>(splits);
+}
+
+uint32_t VulkanBackend::exl3_product_splits(const Exl3Linear& w, int64_t m) const {
+  return m <= kGemvMaxRows ? exl3_splits(w, m) : 1;
+}
+
+void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n,
+                                const Buffer& xh, uint32_t xh_off, int64_t m, const Buffer& z, uint32_t z_off,
+                                uint32_t splits) {
+  TRELLIS_CHECK(m >= 1 && m <= kGemvMaxRows && k % 16 == 0 && n % 16 == 0);
+  const uint32_t G = gemv_columns(n, m), R = m == 1 ? 1u : static_cast<uint32_t>(kGemvMaxRows);
+  struct {
+    uint32_t m, k, n, xh_off, z_off, splits;
+  } pc{u32(m), u32(k), u32(n), xh_off, z_off, splits};
+  std::string name = variant("exl3_gemv", K, cb);
+  if (gemv_subgroup_) name += "_sg";
+  if (G != 4) name += fmt::format("_g{}", G);
+  if (R != 1) name += fmt::format("_r{}", R);
+  const Pipeline& p =
+      ctx_->pipeline(name, gemv_subgroup_ ? "exl3_gemv_sg" : "exl3_gemv",
+                     {kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R}, 3, sizeof(pc), 1u << 2);
+  ctx_->dispatch_flat(p, {&trellis, &xh, &z}, &pc, static_cast<uint64_t>(n / 16 / G) * splits);
 }
 
 uint32_t VulkanBackend::exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm) {
   const uint32_t K = static_cast<uint32_t>(w.K), cb = static_cast<uint32_t>(w.codebook);
   if (m <= kGemvMaxRows && !force_gemm) {
-    const uint32_t splits = exl3_splits(w);
-    struct {
-      uint32_t m, k, n, xh_off, z_off, splits;
-    } pc{u32(m), u32(w.k), u32(w.n), 0, 0, splits};
-    const Pipeline& p = ctx_->pipeline(variant("exl3_gemv", w.K, w.codebook), "exl3_gemv", {wg_, K, cb}, 3, sizeof(pc));
-    ctx_->dispatch_flat(p, {w.trellis.get(), &xh, &z}, &pc, static_cast<uint64_t>(w.n / 16) * splits);
+    const uint32_t splits = exl3_splits(w, m);
+    record_gemv(*w.trellis, w.K, w.codebook, w.k, w.n, xh, 0, m, z, 0, splits);
     return splits;
   }
-  Buffer& what_t = scratch(2, static_cast<size_t>(w.k * w.n) * 2);
+  Buffer& what_t = scratch(0, static_cast<size_t>(w.k * w.n) * 2);
   struct {
     uint32_t k, n, out_off2;
   } dc{u32(w.k), u32(w.n), 0};
   // Constant 0 (workgroup size) is fixed at 128 in exl3_decode.comp; 0 is a placeholder.
-  const Pipeline& d = ctx_->pipeline(variant("exl3_decode", w.K, w.codebook), "exl3_decode", {0, K, cb}, 2, sizeof(dc));
+  const Pipeline& d = ctx_->pipeline(variant("exl3_decode", w.K, w.codebook), "exl3_decode", {0, K, cb}, 2, sizeof(dc), 1u << 1);
   ctx_->dispatch_flat(d, {w.trellis.get(), &what_t}, &dc, static_cast<uint64_t>((w.k / 16) * (w.n / 16)));
   gemm_f16(what_t, xh, 0, z, 0, nullptr, m, w.k, w.n);
   return 1;
 }
 
-void VulkanBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceTensor& y) {
+void VulkanBackend::dense_linear(const DenseLinear& d, const DeviceTensor& x, DeviceTensor& y) {
   const int64_t m = x.rows();
-  if (m == 0) return;
-  if (const auto* d = dynamic_cast<const DenseLinear*>(&lw)) {
-    if (m <= kGemvMaxRows) {
-      MatmulPush pc{u32(m), u32(d->in_features), u32(d->out_features), 0, elem(x, 4), elem(y, 4), 0, d->bias ? 1u : 0u};
-      const Pipeline& p = ctx_->pipeline("matmul_f16_gemv", "matmul_f16_gemv", {wg_}, 4, sizeof(pc));
-      ctx_->dispatch_flat(p, {d->weight.get(), &buffer_of(x), &buffer_of(y), d->bias ? d->bias.get() : d->weight.get()},
-                          &pc, static_cast<uint64_t>(d->out_features));
-    } else {
-      gemm_f16(*d->weight, buffer_of(x), elem(x, 4), buffer_of(y), elem(y, 4), d->bias.get(), m, d->in_features,
-               d->out_features);
-    }
-    return;
+  if (m <= kGemvMaxRows) {
+    MatmulPush pc{u32(m), u32(d.in_features), u32(d.out_features), 0, elem(x, 4), elem(y, 4), 0, d.bias ? 1u : 0u};
+    const Pipeline& p = ctx_->pipeline("matmul_f16_gemv", "matmul_f16_gemv", {wg_}, 4, sizeof(pc), 1u << 2);
+    ctx_->dispatch_flat(p, {d.weight.get(), &buffer_of(x), &buffer_of(y), d.bias ? d.bias.get() : d.weight.get()}, &pc,
+                        static_cast<uint64_t>(d.out_features));
+  } else {
+    gemm_f16(*d.weight, buffer_of(x), elem(x, 4), buffer_of(y), elem(y, 4), d.bias.get(), m, d.in_features,
+             d.out_features);
   }
-  const auto& w = static_cast<const Exl3Linear&>(lw);
-  Buffer& xh = scratch(0, static_cast<size_t>(m * w.k) * 4);
+}
+
+void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, DeviceTensor& y, int slot, int phase) {
+  const int64_t m = x.rows();
+  Buffer& xh = scratch(1 + 2 * slot, static_cast<size_t>(m * w.k) * 4);
   const int64_t partials = m <= kGemvMaxRows ? kGemvMaxSplits : 1;  // split-k only on the GEMV path
-  Buffer& z = scratch(1, static_cast<size_t>(m * w.n * partials) * 4);
-  struct {
-    uint32_t in_f, k, x_off, xh_off;
-  } hi{u32(w.in_features), u32(w.k), elem(x, 4), 0};
-  const Pipeline& pin = ctx_->pipeline("exl3_hadamard_in", "exl3_hadamard_in", {}, 3, sizeof(hi));
-  ctx_->dispatch(pin, {&buffer_of(x), w.suh.get(), &xh}, &hi, u32(w.k / 128), u32(m));
-  const uint32_t splits = exl3_product(w, xh, m, z);
-  struct {
-    uint32_t n, out_f, z_off, y_off, has_bias, splits, split_stride;
-  } ho{u32(w.n), u32(w.out_features), 0, elem(y, 4), w.bias ? 1u : 0u, splits, u32(m * w.n)};
-  const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out", "exl3_hadamard_out", {}, 4, sizeof(ho));
-  ctx_->dispatch(pout, {&z, w.svh.get(), w.bias ? w.bias.get() : w.svh.get(), &buffer_of(y)}, &ho, u32(w.n / 128),
-                 u32(m));
+  Buffer& z = scratch(2 + 2 * slot, static_cast<size_t>(m * w.n * partials) * 4);
+  if (phase == 0) {
+    struct {
+      uint32_t in_f, k, x_off, xh_off;
+    } hi{u32(w.in_features), u32(w.k), elem(x, 4), 0};
+    const Pipeline& pin = ctx_->pipeline("exl3_hadamard_in", "exl3_hadamard_in", {}, 3, sizeof(hi), 1u << 2);
+    ctx_->dispatch(pin, {&buffer_of(x), w.suh.get(), &xh}, &hi, u32(w.k / 128), u32(m));
+  } else if (phase == 1) {
+    exl3_product(w, xh, m, z);
+  } else {
+    struct {
+      uint32_t n, out_f, z_off, y_off, has_bias, splits, split_stride;
+    } ho{u32(w.n), u32(w.out_features), 0, elem(y, 4), w.bias ? 1u : 0u, exl3_product_splits(w, m), u32(m * w.n)};
+    const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out", "exl3_hadamard_out", {}, 4, sizeof(ho), 1u << 3);
+    ctx_->dispatch(pout, {&z, w.svh.get(), w.bias ? w.bias.get() : w.svh.get(), &buffer_of(y)}, &ho, u32(w.n / 128),
+                   u32(m));
+  }
+}
+
+void VulkanBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceTensor& y) {
+  if (x.rows() == 0) return;
+  if (const auto* d = dynamic_cast<const DenseLinear*>(&lw)) return dense_linear(*d, x, y);
+  const auto& w = static_cast<const Exl3Linear&>(lw);
+  for (int phase = 0; phase < 3; ++phase) exl3_stage(w, x, y, 0, phase);
+}
+
+void VulkanBackend::linears(std::span<const LinearWeights* const> ws, const DeviceTensor& x,
+                            std::span<DeviceTensor* const> ys) {
+  TRELLIS_CHECK(ws.size() == ys.size());
+  if (x.rows() == 0) return;
+  // Each EXL3 layer of the group gets its own scratch, and the group is recorded phase by phase
+  // (all input Hadamards, all products, all output Hadamards), so the hazard tracker puts two
+  // barriers in the group instead of two per layer.
+  std::vector<std::pair<const Exl3Linear*, DeviceTensor*>> exl3;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    if (const auto* d = dynamic_cast<const DenseLinear*>(ws[i]))
+      dense_linear(*d, x, *ys[i]);
+    else if (exl3.size() < kMaxLinearGroup)
+      exl3.emplace_back(static_cast<const Exl3Linear*>(ws[i]), ys[i]);
+    else
+      linear(*ws[i], x, *ys[i]);
+  }
+  for (int phase = 0; phase < 3; ++phase)
+    for (size_t i = 0; i < exl3.size(); ++i) exl3_stage(*exl3[i].first, x, *exl3[i].second, static_cast<int>(i), phase);
+}
+
+void VulkanBackend::bench_exl3_product(const LinearWeights& lw, int64_t m) {
+  const auto& w = dynamic_cast<const Exl3Linear&>(lw);
+  Buffer& xh = scratch(1, static_cast<size_t>(m * w.k) * 4);
+  Buffer& z = scratch(2, static_cast<size_t>(m * w.n * kGemvMaxSplits) * 4);
+  exl3_product(w, xh, m, z);
 }
 
 std::vector<uint16_t> VulkanBackend::exl3_decode_what(const exl3::Exl3LinearView& v) {
@@ -181,7 +245,7 @@ std::vector<uint16_t> VulkanBackend::exl3_decode_what(const exl3::Exl3LinearView
     uint32_t k, n, out_off2;
   } dc{u32(v.k), u32(v.n), 0};
   const Pipeline& d = ctx_->pipeline(variant("exl3_decode", v.K, v.codebook), "exl3_decode",
-                                     {0, static_cast<uint32_t>(v.K), static_cast<uint32_t>(v.codebook)}, 2, sizeof(dc));
+                                     {0, static_cast<uint32_t>(v.K), static_cast<uint32_t>(v.codebook)}, 2, sizeof(dc), 1u << 1);
   ctx_->dispatch_flat(d, {trellis.get(), out.get()}, &dc, static_cast<uint64_t>((v.k / 16) * (v.n / 16)));
   DeviceTensor t{out, 0, DType::kF16, {v.n, v.k}};
   std::vector<float> f(static_cast<size_t>(v.k * v.n));
@@ -208,13 +272,7 @@ std::vector<float> VulkanBackend::exl3_raw_matmul(const exl3::Exl3LinearView& v,
   } else {
     for (int64_t r0 = 0; r0 < m; r0 += kGemvMaxRows) {
       const int64_t rc = std::min(kGemvMaxRows, m - r0);
-      struct {
-        uint32_t m, k, n, xh_off, z_off, splits;
-      } pc{u32(rc), u32(v.k), u32(v.n), u32(r0 * v.k), u32(r0 * v.n), 1};
-      const Pipeline& p = ctx_->pipeline(variant("exl3_gemv", v.K, v.codebook), "exl3_gemv",
-                                         {wg_, static_cast<uint32_t>(v.K), static_cast<uint32_t>(v.codebook)}, 3,
-                                         sizeof(pc));
-      ctx_->dispatch_flat(p, {w.trellis.get(), x.get(), z.get()}, &pc, static_cast<uint64_t>(v.n / 16));
+      record_gemv(*w.trellis, v.K, v.codebook, v.k, v.n, *x, u32(r0 * v.k), rc, *z, u32(r0 * v.n), 1);
     }
   }
   std::vector<float> out(static_cast<size_t>(m * v.n));

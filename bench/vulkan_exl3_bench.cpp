@@ -1,0 +1,257 @@
+// bench/vulkan_exl3_bench.cpp: trellis_bench_vulkan_exl3, the Vulkan backend's EXL3 GEMV (m = 1)
+// for each K and codebook next to its own fp16 dense GEMV (matmul_f16_gemv, m = 1) on the same
+// shapes, in the same run. Prints one JSON object (progress lines on stderr).
+//
+// Modelled on bench/cuda_exl3_bench.cpp. Weights are random bits (every bit string is a valid
+// trellis). Each configuration rotates over enough copies of its weights to exceed --cold-mib
+// (default 160 MiB, several times the L2 of current GPUs), so weights stream from memory. One
+// timed repetition is one segment of `calls` calls (the backend replays the recorded command
+// buffer from the second repetition on, like a decode step); its GPU time comes from timestamp
+// queries around the calls when the device has them, else from the wall time of the submission
+// (reported as "clock"). Time per call = median repetition / calls. "gemv" times the product
+// shader alone (what the dense GEMV is compared with); "forward" adds the input and output
+// Hadamard passes (what a model pays). GB/s counts trellis bytes (k·n·K/8) for EXL3 and weight
+// bytes (2·k·n) for the dense GEMV. Consecutive calls write the same output, so the backend puts
+// a barrier between them, as between the dependent ops of a model.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backends/vulkan/vk_backend.h"
+#include "backends/vulkan/vulkan_api.h"
+#include "core/fp16.h"
+#include "exl3/codebook.h"
+#include "exl3/linear.h"
+
+namespace {
+
+using trellis::DeviceTensor;
+using trellis::DType;
+using trellis::LinearSource;
+using trellis::LinearWeights;
+using trellis::TensorView;
+using trellis::vk::VulkanBackend;
+
+struct Rng {
+  uint64_t s;
+  uint64_t next() {
+    s += 0x9E3779B97F4A7C15ull;
+    uint64_t z = s;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+};
+
+void fill_random(void* dst, size_t bytes, uint64_t seed) {
+  Rng rng{seed};
+  auto* p = static_cast<uint8_t*>(dst);
+  size_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {
+    const uint64_t v = rng.next();
+    std::memcpy(p + i, &v, 8);
+  }
+  for (; i < bytes; ++i) p[i] = static_cast<uint8_t>(rng.next());
+}
+
+std::vector<uint16_t> random_halves(size_t n, float scale, uint64_t seed) {
+  Rng rng{seed};
+  std::vector<uint16_t> out(n);
+  for (auto& h : out) {
+    const double u = static_cast<double>(rng.next() >> 11) / 9007199254740992.0;
+    h = trellis::fp32_to_fp16(static_cast<float>((u * 2 - 1) * scale));
+  }
+  return out;
+}
+
+int copies_for(size_t bytes, size_t cold) {
+  return static_cast<int>(std::clamp<size_t>((cold + bytes - 1) / bytes, 2, 256));
+}
+
+struct Timer {
+  VulkanBackend& be;
+  int warmup, reps;
+  bool gpu_clock;
+
+  // Median seconds per call of `calls` calls of body(i) recorded as one segment.
+  template <typename Body>
+  double operator()(int calls, Body body) {
+    auto& ctx = be.context();
+    ctx.flush();
+    std::vector<double> t;
+    for (int r = 0; r < warmup + reps; ++r) {
+      if (gpu_clock) ctx.timestamp(0);
+      for (int i = 0; i < calls; ++i) body(i);
+      if (gpu_clock) ctx.timestamp(1);
+      const auto t0 = std::chrono::steady_clock::now();
+      ctx.flush();
+      const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (r >= warmup) t.push_back((gpu_clock ? ctx.elapsed_seconds(0, 1) : wall) / calls);
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Vulkan EXL3 GEMV vs the backend's fp16 dense GEMV, JSON on stdout"};
+  std::vector<int> Ks{2, 3, 4, 5, 6, 8};
+  std::vector<std::string> codebooks{"mcg", "mul1"};
+  std::vector<std::string> shapes{"4096x4096", "4096x14336", "14336x4096", "8192x28672"};
+  int reps = 15, warmup = 2, min_calls = 32, device = 0;
+  size_t cold_mib = 160;
+  bool wall_clock = false;
+  app.add_option("--device", device, "Vulkan device index (trellis devices)");
+  app.add_option("--K", Ks, "bits per weight to run (1..8)");
+  app.add_option("--codebooks", codebooks, "codebooks to run (3inst, mcg, mul1)");
+  app.add_option("--shapes", shapes, "k x n shapes (input x output features, multiples of 128)");
+  app.add_option("--reps", reps, "timed repetitions (median reported)");
+  app.add_option("--warmup", warmup, "untimed repetitions");
+  app.add_option("--calls", min_calls, "calls per repetition (at least the number of copies)");
+  app.add_option("--cold-mib", cold_mib, "rotate over copies totalling at least this much");
+  app.add_flag("--wall-clock", wall_clock, "time submissions on the host even when timestamps exist");
+  CLI11_PARSE(app, argc, argv);
+  if (reps < 1 || warmup < 0 || min_calls < 1) {
+    std::fprintf(stderr, "--reps and --calls must be >= 1, --warmup >= 0\n");
+    return 1;
+  }
+  const size_t cold = cold_mib << 20;
+
+  if (trellis::list_vulkan_devices().empty()) {
+    std::fprintf(stderr, "no Vulkan device (install mesa-vulkan-drivers for lavapipe)\n");
+    return 77;  // "skipped" for CTest
+  }
+  std::unique_ptr<VulkanBackend> be;
+  try {
+    be = std::make_unique<VulkanBackend>(device);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "Vulkan device %d: %s\n", device, e.what());
+    return 1;
+  }
+  auto& ctx = be->context();
+  Timer timer{*be, warmup, reps, ctx.has_timestamps() && !wall_clock};
+
+  nlohmann::json out;
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d", std::gmtime(&now));
+  out["bench"] = "vulkan_exl3_gemv";
+  out["date"] = date;
+  out["device"] = be->info().name;
+  out["subgroup_size"] = be->info().subgroup_size;
+  out["features"] = be->info().features;
+  out["gemv_reduction"] = be->gemv_subgroup() ? "subgroup" : "shared";
+  out["clock"] = timer.gpu_clock ? "timestamps" : "wall";
+  out["cold_bytes"] = cold;
+  out["results"] = nlohmann::json::array();
+
+  for (const std::string& shape : shapes) {
+    int64_t k = 0, n = 0;
+    if (std::sscanf(shape.c_str(), "%ldx%ld", &k, &n) != 2 || k <= 0 || n <= 0 || k % 128 || n % 128) {
+      std::fprintf(stderr, "bad shape %s (expected KxN, multiples of 128)\n", shape.c_str());
+      return 1;
+    }
+    std::vector<uint16_t> xv = random_halves(static_cast<size_t>(k), 1.0f, 2);
+    const DeviceTensor x = be->upload(TensorView{DType::kF16, {1, k}, reinterpret_cast<const std::byte*>(xv.data())},
+                                      DType::kF32);
+    DeviceTensor y = be->alloc(DType::kF32, {1, n});
+
+    // Dense fp16 baseline: W (n, k) through the backend's matmul_f16_gemv.
+    const size_t wbytes = static_cast<size_t>(k * n) * 2;
+    const int wcopies = copies_for(wbytes, cold);
+    double dense_s = 0;
+    {
+      const auto vals = random_halves(static_cast<size_t>(k * n), 0.05f, 1);
+      std::vector<std::unique_ptr<LinearWeights>> ws;
+      for (int c = 0; c < wcopies; ++c) {
+        LinearSource src;
+        src.name = "dense";
+        src.in_features = k;
+        src.out_features = n;
+        src.dense = TensorView{DType::kF16, {n, k}, reinterpret_cast<const std::byte*>(vals.data())};
+        ws.push_back(be->prepare_linear(src));
+      }
+      const int calls = std::max(min_calls, wcopies);
+      dense_s = timer(calls, [&](int i) { be->linear(*ws[static_cast<size_t>(i % wcopies)], x, y); });
+    }
+    const double dense_gbps = static_cast<double>(wbytes) / dense_s * 1e-9;
+    out["dense_f16"][shape] = {{"us", dense_s * 1e6}, {"gbps", dense_gbps}, {"copies", wcopies}};
+
+    const auto suh = random_halves(static_cast<size_t>(k), 0.05f, 3);
+    const auto svh = random_halves(static_cast<size_t>(n), 1.0f, 4);
+    for (int K : Ks) {
+      if (K < 1 || K > 8) {
+        std::fprintf(stderr, "bad K %d (1..8)\n", K);
+        return 1;
+      }
+      const size_t tbytes = static_cast<size_t>(k * n) * static_cast<size_t>(K) / 8;
+      std::vector<uint8_t> trellis(tbytes);
+      fill_random(trellis.data(), tbytes, 100 + static_cast<uint64_t>(K));
+      const int copies = copies_for(tbytes, cold);
+      for (const std::string& cbname : codebooks) {
+        const auto cb = trellis::exl3::codebook_from_name(cbname);
+        if (!cb) {
+          std::fprintf(stderr, "bad codebook %s (3inst, mcg, mul1)\n", cbname.c_str());
+          return 1;
+        }
+        trellis::exl3::Exl3LinearView v;
+        v.k = k;
+        v.n = n;
+        v.K = K;
+        v.codebook = *cb;
+        v.trellis = trellis.data();
+        v.suh = suh.data();
+        v.svh = svh.data();
+        std::vector<std::unique_ptr<LinearWeights>> layers;
+        for (int c = 0; c < copies; ++c) {
+          LinearSource src;
+          src.name = "exl3";
+          src.in_features = k;
+          src.out_features = n;
+          src.exl3 = v;
+          layers.push_back(be->prepare_linear(src));
+        }
+        be->linear(*layers[0], x, y);  // fills the scratch the product-only calls read
+        const int calls = std::max(min_calls, copies);
+        const double gemv_s =
+            timer(calls, [&](int i) { be->bench_exl3_product(*layers[static_cast<size_t>(i % copies)], 1); });
+        const double fwd_s = timer(calls, [&](int i) { be->linear(*layers[static_cast<size_t>(i % copies)], x, y); });
+        const double gbps = static_cast<double>(tbytes) / gemv_s * 1e-9;
+        const double fgbps = static_cast<double>(tbytes) / fwd_s * 1e-9;
+        out["results"].push_back({{"shape", shape},
+                                  {"k", k},
+                                  {"n", n},
+                                  {"K", K},
+                                  {"codebook", cbname},
+                                  {"variant", fmt::format("exl3_gemv_k{}_{}{}", K, cbname, be->gemv_subgroup() ? "_sg" : "")},
+                                  {"copies", copies},
+                                  {"gemv_us", gemv_s * 1e6},
+                                  {"gemv_gbps", gbps},
+                                  {"forward_us", fwd_s * 1e6},
+                                  {"forward_gbps", fgbps},
+                                  {"dense_f16_us", dense_s * 1e6},
+                                  {"dense_f16_gbps", dense_gbps},
+                                  {"ratio_gemv", gbps / dense_gbps},
+                                  {"ratio_forward", fgbps / dense_gbps}});
+        std::fprintf(stderr, "%-11s K=%d %-5s gemv %9.2f us %7.1f GB/s  fwd %9.2f us  dense f16 %7.1f GB/s  ratio %.2f\n",
+                     shape.c_str(), K, cbname.c_str(), gemv_s * 1e6, gbps, fwd_s * 1e6, dense_gbps, gbps / dense_gbps);
+      }
+    }
+  }
+  const auto& st = ctx.stats();
+  out["segments"] = {{"recorded", st.recorded}, {"replayed", st.replayed}, {"barriers", st.barriers}};
+  std::cout << out.dump(1) << "\n";
+  return 0;
+}

@@ -1,0 +1,161 @@
+// shaders/exl3_gemv.glsl: body of exl3_gemv.comp (shared-memory reductions, any device) and
+// exl3_gemv_sg.comp (EXL3_GEMV_SUBGROUP: the 4-lane part of the reduction by subgroup shuffles).
+//
+// z[m, n] = xh[m, k] · Ŵ straight from the packed trellis, for small m (token generation). Ŵ is
+// decoded on the fly, bit-exact (exl3_decode.glsl's decode_state); Hadamards, suh/svh and bias are
+// the separate exl3_hadamard_* passes.
+//
+// Specialization: WG (id 0, multiple of 32), K (id 1), CODEBOOK (id 2), G (id 3: tile columns per
+// workgroup, divides n / 16), R (id 4: rows of xh per pass, 1..8; more rows loop, re-decoding).
+// One pipeline per (K, codebook, G, R), named exl3_gemv_k<K>_<codebook>[_r<R>].
+//
+// Shape (the CUDA kernel's, cuda_exl3_decode.cuh, without tensor cores): the workgroup owns G
+// adjacent tile columns (16·G outputs) and is split into WG / 32 "warps" of 32 lanes (logical:
+// nothing assumes the hardware subgroup size, except the subgroup variant, see below). Warp w
+// takes the 16-row slabs tk0 + w, tk0 + w + WG/32, ... of its k split; for each slab it reads the
+// G tiles, which are adjacent in the file (a contiguous G · 32K-byte span, so the warp's loads
+// coalesce), and lane t decodes the contiguous trellis steps 8t .. 8t+7 of each tile. Those 8
+// windows of K bits lie in 16 + 7K consecutive bits of the tile's MSB-first stream: the lane
+// loads the 3 words holding them once (two groups of 4 windows for K = 7, 8), funnel-shifts them
+// so the first window starts at the top of a0, and cuts every window at a compile-time position
+// of a0:a1. By the tile layout (spec 2.7) steps 8t+j are rows 2(t&3) + (j&1) + 8((j>>1)&1) of
+// columns (t>>2) + 8(j>>2), so a lane needs only 4 activations per row and slab and keeps 2·G
+// accumulators per row. At the end the 4 lanes of a column and the warps are summed (fixed order:
+// deterministic).
+// Split-k: workgroup (split, column group) takes slabs [split·per, (split+1)·per) and writes its
+// partial sums to z + split · m · n; exl3_hadamard_out adds the partials.
+#extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
+#ifdef EXL3_GEMV_SUBGROUP
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
+#endif
+layout(local_size_x_id = 0) in;
+layout(constant_id = 0) const uint WG = 256;
+layout(constant_id = 1) const uint K = 4;
+layout(constant_id = 2) const uint CODEBOOK = 0;
+layout(constant_id = 3) const uint G = 4;
+layout(constant_id = 4) const uint R = 1;
+
+layout(binding = 0) readonly buffer Trellis { uint trellis[]; };
+layout(binding = 1) readonly buffer Xh { float xh[]; };
+layout(binding = 2) writeonly buffer Z { float z[]; };
+layout(push_constant) uniform P { uint m, k, n, xh_off, z_off, splits; } p;
+
+#include "common.glsl"
+#define EXL3_TRELLIS trellis
+#include "exl3_decode.glsl"
+
+const uint SLOTS = WG / 32u;
+const uint GROUPS = K <= 6u ? 1u : 2u;         // window groups per lane
+const uint PER_GROUP = 8u / GROUPS;            // windows per group
+#ifdef EXL3_GEMV_SUBGROUP
+shared float red[SLOTS * G * 16u];
+#else
+shared float red[WG * G * 2u];
+#endif
+
+// Window j (0 <= j < PER_GROUP) of a group whose first window starts at bit 0 (MSB) of a0:a1.
+uint window(uint a0, uint a1, uint j) {
+  uint pos = j * K;  // a constant after unrolling
+  if (pos + 16u <= 32u) return (a0 >> (16u - pos)) & 0xFFFFu;
+  if (pos >= 32u) return (a1 >> (48u - pos)) & 0xFFFFu;
+  return ((a0 << (pos - 16u)) | (a1 >> (48u - pos))) & 0xFFFFu;
+}
+
+// Funnel shift: bits [off, off + 32) of the MSB-first pair hi:lo (off in 0..31).
+uint funnel(uint hi, uint lo, uint off) { return (hi << off) | ((lo >> 1) >> (31u - off)); }
+
+void main() {
+  uint g = flat_group();
+  uint tiles_n = p.n / 16u, tiles_k = p.k / 16u, groups_n = tiles_n / G;
+  if (g >= groups_n * p.splits) return;  // uniform per workgroup
+  uint tg = g % groups_n, split = g / groups_n;
+#ifdef EXL3_GEMV_SUBGROUP
+  uint inv = gl_SubgroupID * gl_SubgroupSize + gl_SubgroupInvocationID;
+#else
+  uint inv = gl_LocalInvocationID.x;
+#endif
+  uint t = inv & 31u, w = inv >> 5;
+  uint per = (tiles_k + p.splits - 1u) / p.splits;
+  uint tk0 = split * per, tk1 = min(tiles_k, tk0 + per);
+  uint row2 = 2u * (t & 3u);
+  const uint tile_words = 8u * K, stream_bits = 256u * K;
+  // Word index and bit offset of each window group's first bit, relative to a tile's first word.
+  uint gw[GROUPS], goff[GROUPS];
+  [[unroll]] for (uint q = 0u; q < GROUPS; ++q) {
+    uint start = ((8u * t + q * PER_GROUP + 1u) * K + stream_bits - 16u) % stream_bits;
+    gw[q] = start >> 5;
+    goff[q] = start & 31u;
+  }
+
+  for (uint r0 = 0u; r0 < p.m; r0 += R) {
+    uint rc = min(R, p.m - r0);
+    float acc[R][G][2];
+    [[unroll]] for (uint j = 0u; j < R; ++j)
+      [[unroll]] for (uint gi = 0u; gi < G; ++gi) acc[j][gi][0] = acc[j][gi][1] = 0.0;
+
+    for (uint tk = tk0 + w; tk < tk1; tk += SLOTS) {
+      // All G tiles' words first (G loads in flight per lane), then the activations, then decode.
+      uint base = (tk * tiles_n + tg * G) * tile_words;
+      uint wd[G][GROUPS][3];
+      [[unroll]] for (uint gi = 0u; gi < G; ++gi)
+        [[unroll]] for (uint q = 0u; q < GROUPS; ++q)
+          [[unroll]] for (uint i = 0u; i < 3u; ++i) {
+            uint wi = gw[q] + i;
+            wd[gi][q][i] = trellis[base + gi * tile_words + (wi >= tile_words ? wi - tile_words : wi)];
+          }
+      float xr[R][4];
+      uint xb = p.xh_off + r0 * p.k + 16u * tk + row2;
+      [[unroll]] for (uint j = 0u; j < R; ++j) {
+        uint e = j < rc ? xb + j * p.k : xb;  // rows past m: any valid element, never stored
+        xr[j][0] = xh[e];
+        xr[j][1] = xh[e + 1u];
+        xr[j][2] = xh[e + 8u];
+        xr[j][3] = xh[e + 9u];
+      }
+      [[unroll]] for (uint gi = 0u; gi < G; ++gi)
+        [[unroll]] for (uint q = 0u; q < GROUPS; ++q) {
+          uint a0 = funnel(wd[gi][q][0], wd[gi][q][1], goff[q]);
+          uint a1 = funnel(wd[gi][q][1], wd[gi][q][2], goff[q]);
+          [[unroll]] for (uint jj = 0u; jj < PER_GROUP; ++jj) {
+            uint step = q * PER_GROUP + jj;  // 0..7: row 2(t&3) + (step&1) + 8((step>>1)&1), column half step>>2
+            float v = decode_state(window(a0, a1, jj));
+            [[unroll]] for (uint j = 0u; j < R; ++j) acc[j][gi][step >> 2] += xr[j][step & 3u] * v;
+          }
+        }
+    }
+
+    // Sum the 4 lanes of each column and the warps; outputs (row j, tile gi, column c).
+    [[unroll]] for (uint j = 0u; j < R; ++j) {
+#ifdef EXL3_GEMV_SUBGROUP
+      [[unroll]] for (uint gi = 0u; gi < G; ++gi)
+        [[unroll]] for (uint h = 0u; h < 2u; ++h) {
+          float v = acc[j][gi][h];
+          v += subgroupShuffleXor(v, 1u);
+          v += subgroupShuffleXor(v, 2u);
+          if ((t & 3u) == 0u) red[w * G * 16u + gi * 16u + h * 8u + (t >> 2)] = v;
+        }
+      barrier();
+      if (inv < G * 16u && j < rc) {
+        float s = 0.0;
+        for (uint sl = 0u; sl < SLOTS; ++sl) s += red[sl * G * 16u + inv];
+        z[p.z_off + split * p.m * p.n + (r0 + j) * p.n + 16u * tg * G + inv] = s;
+      }
+#else
+      [[unroll]] for (uint gi = 0u; gi < G; ++gi)
+        [[unroll]] for (uint h = 0u; h < 2u; ++h) red[(gi * 2u + h) * WG + inv] = acc[j][gi][h];
+      barrier();
+      if (inv < G * 16u && j < rc) {
+        uint gi = inv / 16u, c = inv % 16u;
+        uint col = (gi * 2u + (c >> 3)) * WG + 4u * (c & 7u);
+        float s = 0.0;
+        for (uint sl = 0u; sl < SLOTS; ++sl)
+          s += (red[col + sl * 32u] + red[col + sl * 32u + 1u]) + (red[col + sl * 32u + 2u] + red[col + sl * 32u + 3u]);
+        z[p.z_off + split * p.m * p.n + (r0 + j) * p.n + 16u * tg * G + inv] = s;
+      }
+#endif
+      barrier();
+    }
+  }
+}
