@@ -3,12 +3,14 @@
 //
 // One warp per (row, 128-block): lane t holds elements 4t .. 4t+3, a lane-local 4-point stage
 // then shuffles over lane bits 1, 2, 4, 8, 16 (the butterfly order of spec 4.4, as
-// exl3::fwht128). These kernels move m·(k + n) values, negligible next to the k·n/8·K trellis
-// bytes of the product, so they are written for clarity rather than speed; what they do cost in
-// decode is a launch each, hence the group forms (blockIdx.z = linear) for q/k/v and gate/up.
+// exl3::fwht128). In decode they move m·(k + n) values, negligible next to the k·n/8·K trellis
+// bytes of the product; what they cost there is a launch each, hence the group forms
+// (blockIdx.z = linear) for q/k/v and gate/up. In prefill they are memory-bound passes over
+// [m, k] and [m, n], so each lane moves its 4 elements with 16-byte loads/stores where aligned.
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 
 #include "backends/cuda/cuda_exl3_kernels.cuh"
@@ -20,6 +22,8 @@ namespace {
 
 constexpr float kScale = 0.0883883461356163f;  // fp32(1/sqrt(128)), exl3::kHadamardScale
 constexpr int kWarpsPerBlock = 4;
+
+__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 __device__ __forceinline__ void fwht128(float v[4], int lane) {
   const float s0 = v[0] + v[1], d0 = v[0] - v[1], s1 = v[2] + v[3], d1 = v[2] - v[3];
@@ -50,36 +54,59 @@ __global__ void hadamard_in_kernel(const float* x,  // may alias group.silu_out
   const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   const int row = blockIdx.y;
   if (block * 128 >= k) return;  // whole warp
-  float v[4];
+  // Lane elements e0 .. e0+3: one 16-byte load (and silu store) when the row slice is aligned
+  // and inside in_features, element loads otherwise (padding, odd widths, offset views).
+  const int e0 = block * 128 + 4 * lane;
+  const int64_t at0 = static_cast<int64_t>(row) * in_features + e0;
+  float xv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const bool vec = e0 + 3 < in_features && aligned16(x + at0) && (!group.up || (aligned16(group.up + at0) &&
+                                                                                aligned16(group.silu_out + at0)));
+  if (vec) {
+    const float4 t = *reinterpret_cast<const float4*>(x + at0);
+    xv[0] = t.x, xv[1] = t.y, xv[2] = t.z, xv[3] = t.w;
+    if (group.up) {  // silu_mul's expression, operation for operation
+      const float4 u = *reinterpret_cast<const float4*>(group.up + at0);
+      const float uv[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    const int e = block * 128 + 4 * lane + q;
-    float xv = 0.0f;
-    if (e < in_features) {
-      const int64_t at = static_cast<int64_t>(row) * in_features + e;
-      xv = x[at];
-      if (group.up) {  // silu_mul's expression, operation for operation
-        xv = xv / (1.0f + expf(-xv)) * group.up[at];
-        if (blockIdx.z == 0) group.silu_out[at] = xv;
+      for (int q = 0; q < 4; ++q) xv[q] = xv[q] / (1.0f + expf(-xv[q])) * uv[q];
+      if (blockIdx.z == 0) *reinterpret_cast<float4*>(group.silu_out + at0) = make_float4(xv[0], xv[1], xv[2], xv[3]);
+    }
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      if (e0 + q < in_features) {
+        xv[q] = x[at0 + q];
+        if (group.up) {
+          xv[q] = xv[q] / (1.0f + expf(-xv[q])) * group.up[at0 + q];
+          if (blockIdx.z == 0) group.silu_out[at0 + q] = xv[q];
+        }
       }
     }
-    v[q] = xv * suh[e < in_features ? e : 0];
   }
+  const float4 sv = *reinterpret_cast<const float4*>(suh + e0);  // suh has k entries
+  float v[4] = {xv[0] * sv.x, xv[1] * sv.y, xv[2] * sv.z, xv[3] * sv.w};
   fwht128(v, lane);
+  uint16_t hi[4], lo[4];
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     const float f = v[q] * kScale;
-    const __half hi = __float2half_rn(f);
-    const __half lo = __float2half_rn(f - __half2float(hi));
-    const int e = block * 128 + 4 * lane + q;
-    if (gemm_rows) {
-      xa[static_cast<int64_t>(row) * k + e] = __half_as_ushort(hi);
-      if (gemm_rows == 1) xa[static_cast<int64_t>(m + row) * k + e] = __half_as_ushort(lo);
-    } else {
-      const int tk = e >> 4, kr = e & 15;
+    const __half h = __float2half_rn(f);
+    hi[q] = __half_as_ushort(h);
+    lo[q] = __half_as_ushort(__float2half_rn(f - __half2float(h)));
+  }
+  if (gemm_rows) {  // 4 consecutive halves: one 8-byte store per part (k is a multiple of 128)
+    auto pack = [](const uint16_t* h) {
+      return make_uint2(h[0] | (uint32_t{h[1]} << 16), h[2] | (uint32_t{h[3]} << 16));
+    };
+    *reinterpret_cast<uint2*>(xa + static_cast<int64_t>(row) * k + e0) = pack(hi);
+    if (gemm_rows == 1) *reinterpret_cast<uint2*>(xa + static_cast<int64_t>(m + row) * k + e0) = pack(lo);
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int e = e0 + q, tk = e >> 4, kr = e & 15;
       const int64_t at = ((static_cast<int64_t>(tk) * m + row) * 4 + ((kr & 7) >> 1)) * 8 + ((kr & 8) ? 4 : 0) + (kr & 1);
-      xa[at] = __half_as_ushort(hi);
-      xa[at + 2] = __half_as_ushort(lo);
+      xa[at] = hi[q];
+      xa[at + 2] = lo[q];
     }
   }
 }
@@ -108,14 +135,20 @@ __global__ void hadamard_out_kernel(const __grid_constant__ OutGroup group) {
     v[3] += t.w;
   }
   fwht128(v, lane);
+  float r[4];
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     const int e = e0 + q;
-    if (e < out_features) {
-      float r = v[q] * kScale * svh[e];
-      if (bias) r += bias[e];
-      y[static_cast<int64_t>(row) * out_features + e] = r;
-    }
+    r[q] = v[q] * kScale * svh[e];  // svh has n entries
+    if (bias && e < out_features) r[q] += bias[e];
+  }
+  float* yr = y + static_cast<int64_t>(row) * out_features + e0;
+  if (e0 + 3 < out_features && aligned16(yr)) {
+    *reinterpret_cast<float4*>(yr) = make_float4(r[0], r[1], r[2], r[3]);
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (e0 + q < out_features) yr[q] = r[q];
   }
 }
 
