@@ -39,8 +39,30 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
                            sg >= 4 && sg <= static_cast<int>(kGemvWg) && kGemvWg % static_cast<uint32_t>(sg) == 0;
   const char* env = std::getenv("TRELLIS_VULKAN_SUBGROUP");
   gemv_subgroup_ = gemv_subgroup_capable_ && !(env && std::strcmp(env, "0") == 0);
-  log_info("Vulkan: using {} (subgroup size {}; EXL3 GEMV reductions through {})", info.name, sg,
-           gemv_subgroup_ ? "subgroup shuffles" : "shared memory");
+  coop_ = ctx_->coop().khr ? CoopPath::kKhr : ctx_->coop().nv ? CoopPath::kNv : CoopPath::kOff;
+  log_info("Vulkan: using {} (subgroup size {}; EXL3 GEMV reductions through {}; prefill GEMM {}: cooperative "
+           "matrices {})",
+           info.name, sg, gemv_subgroup_ ? "subgroup shuffles" : "shared memory",
+           coop_ == CoopPath::kOff ? "matmul_f16_tiled" : "matmul_f16_coop", ctx_->coop().detail);
+}
+
+const char* coop_path_name(CoopPath p) {
+  switch (p) {
+    case CoopPath::kKhr: return "khr";
+    case CoopPath::kNv: return "nv";
+    default: return "off";
+  }
+}
+
+bool VulkanBackend::coop_capable(CoopPath p) const {
+  return p == CoopPath::kOff || (p == CoopPath::kKhr && ctx_->coop().khr) || (p == CoopPath::kNv && ctx_->coop().nv);
+}
+
+void VulkanBackend::set_coop_path(CoopPath p) {
+  if (!coop_capable(p))
+    fail(ErrorKind::kUnsupported, "Vulkan device '{}': no {} cooperative-matrix path ({})", ctx_->info().name,
+         coop_path_name(p), ctx_->coop().detail);
+  coop_ = p;
 }
 
 void VulkanBackend::set_gemv_subgroup(bool on) {

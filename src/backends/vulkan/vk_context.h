@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "backends/backend.h"
+#include "backends/vulkan/vk_coop.h"
 
 namespace trellis::vk {
 
@@ -104,6 +105,8 @@ class Context : public std::enable_shared_from_this<Context> {
   const DeviceInfo& info() const { return info_; }
   const VkPhysicalDeviceLimits& limits() const { return limits_; }
   bool is_cpu() const { return cpu_; }  // a CPU implementation (lavapipe, SwiftShader)
+  // Cooperative-matrix support enabled on this device (vk_coop.h).
+  const CoopSupport& coop() const { return coop_; }
   bool discrete_like() const { return discrete_like_; }
 
   std::shared_ptr<Buffer> create_buffer(size_t bytes, bool staging = false);
@@ -112,6 +115,7 @@ class Context : public std::enable_shared_from_this<Context> {
   // constant_id i, `bindings` storage buffers at bindings 0.., `push_bytes` of push constants;
   // `writes` has bit i set when the shader writes binding i (the hazard tracker trusts it: a
   // written binding missing here is a race). Created once per (shader, spec) and cached.
+  // `shader` "<name>+khr" takes <name>'s NV cooperative-matrix module rewritten to KHR.
   const Pipeline& pipeline(const std::string& name, const std::string& shader, const std::vector<uint32_t>& spec,
                            uint32_t bindings, uint32_t push_bytes, uint32_t writes);
 
@@ -192,6 +196,7 @@ class Context : public std::enable_shared_from_this<Context> {
   bool discrete_ = false;
   bool cpu_ = false;
   bool discrete_like_ = false;
+  CoopSupport coop_;
   VkDevice device_ = VK_NULL_HANDLE;
   VkQueue queue_ = VK_NULL_HANDLE;
   uint32_t queue_family_ = 0;
