@@ -105,6 +105,11 @@ class VulkanBackend : public Backend {
   // (TRELLIS_VULKAN_COOPMAT=0 / nv / khr restrict the choice when the device is opened).
   // Choosing a path the device lacks throws kUnsupported; kOff is always possible.
   void set_coop_path(CoopPath p);
+  // Decode fusions recorded as peepholes (bit-identical to the separate ops): add(x, y) followed
+  // by rms_norm(x) becomes one rms_norm_add dispatch, rope(q), rope(k), kv_store(k, v) one
+  // rope_kv_store dispatch. On by default; TRELLIS_VULKAN_FUSE=0 turns them off.
+  void set_fusion(bool on) { fuse_ = on; }
+  bool fusion() const { return fuse_; }
   CoopPath coop_path() const { return coop_; }
   bool coop_capable(CoopPath p) const;
   Context& context() { return *ctx_; }
@@ -137,7 +142,30 @@ class VulkanBackend : public Backend {
   bool gemm_coop(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
                  int64_t m, int64_t in, int64_t out);
 
+  // The last add / ropes recorded, for the fusion peepholes; valid only while their command
+  // is still the last one of the segment (Context::serial_back).
+  struct PendingAdd {
+    uint64_t serial = 0;
+    std::shared_ptr<DeviceBuffer> x, y;
+    uint32_t x_off = 0, y_off = 0;
+    int64_t n = 0;
+  };
+  struct PendingRope {
+    uint64_t serial = 0;
+    std::shared_ptr<DeviceBuffer> x;
+    uint32_t x_off = 0;
+    int64_t rows = 0, cols = 0, head_dim = 0;
+    Staged cs;
+    std::vector<float> table;  // the staged cos/sin values
+  };
+  // rope(q), rope(k), kv_store(k, v) as one dispatch when the two ropes are the last commands.
+  bool fuse_rope_kv_store(const DeviceTensor& k, const DeviceTensor& v, const Staged& pos, int64_t rows,
+                          DeviceTensor& k_cache, DeviceTensor& v_cache);
+
   std::shared_ptr<Context> ctx_;
+  bool fuse_ = true;
+  PendingAdd last_add_;
+  PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
   bool gemv_subgroup_capable_ = false;
   bool gemv_subgroup_ = false;

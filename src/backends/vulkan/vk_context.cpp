@@ -441,6 +441,8 @@ const Pipeline& Context::pipeline(const std::string& name, const std::string& sh
 }
 
 void Context::append(Command c, std::span<const uint64_t> key_words) {
+  c.serial = next_serial_++;
+  c.key_at = key_.size();
   commands_.push_back(c);
   key_.insert(key_.end(), key_words.begin(), key_words.end());
   recording_ = true;
@@ -483,6 +485,21 @@ void Context::dispatch(const Pipeline& p, const std::vector<const Buffer*>& buff
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ++count;
   }
+}
+
+uint64_t Context::serial_back(size_t i) const {
+  return i < commands_.size() ? commands_[commands_.size() - 1 - i].serial : 0;
+}
+
+bool Context::pop_last(const Pipeline& p, uint64_t serial) {
+  if (commands_.empty()) return false;
+  const Command& c = commands_.back();
+  if (c.kind != Command::Kind::kDispatch || c.pipeline != &p || c.serial != serial) return false;
+  key_.resize(c.key_at);
+  commands_.pop_back();
+  --stats_.dispatches;
+  recording_ = !commands_.empty();
+  return true;
 }
 
 void Context::report() const {
