@@ -171,6 +171,7 @@ DeviceInfo describe(VkPhysicalDevice d, int index) {
   if ((subgroup.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) && (ops & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT))
     info.features.push_back("subgroup_arithmetic");
   if (has_extension(d, "VK_KHR_cooperative_matrix")) info.features.push_back("cooperative_matrix");
+  if (has_extension(d, "VK_NV_cooperative_matrix")) info.features.push_back("cooperative_matrix_nv");
   if (has_extension(d, "VK_EXT_subgroup_size_control")) info.features.push_back("subgroup_size_control");
   return info;
 }
