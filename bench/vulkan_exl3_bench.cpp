@@ -13,6 +13,11 @@
 // Hadamard passes (what a model pays). GB/s counts trellis bytes (k·n·K/8) for EXL3 and weight
 // bytes (2·k·n) for the dense GEMV. Consecutive calls write the same output, so the backend puts
 // a barrier between them, as between the dependent ops of a model.
+// --gemm-m M (M > 0) adds the prefill products at M rows per shape ("gemm" in the JSON, TFLOP/s
+// = 2·M·k·n / time): the dense fp16 linear and the EXL3 linear (first K and codebook) through
+// each GEMM path the device has: "tiled" (matmul_f16_tiled, fp32 activations) and "coop_khr" /
+// "coop_nv" (convert_f16 + matmul_f16_coop). One weight copy (compute-bound), --gemm-calls calls
+// per repetition.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -113,6 +118,8 @@ int main(int argc, char** argv) {
   int reps = 15, warmup = 2, min_calls = 32, device = 0;
   size_t cold_mib = 160;
   bool wall_clock = false;
+  int64_t gemm_m = 0;
+  int gemm_calls = 4;
   app.add_option("--device", device, "Vulkan device index (trellis devices)");
   app.add_option("--K", Ks, "bits per weight to run (1..8)");
   app.add_option("--codebooks", codebooks, "codebooks to run (3inst, mcg, mul1)");
@@ -121,6 +128,8 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed repetitions");
   app.add_option("--calls", min_calls, "calls per repetition (at least the number of copies)");
   app.add_option("--cold-mib", cold_mib, "rotate over copies totalling at least this much");
+  app.add_option("--gemm-m", gemm_m, "also time the prefill GEMM paths at this many rows (0: off)");
+  app.add_option("--gemm-calls", gemm_calls, "calls per repetition of the GEMM timings");
   app.add_flag("--wall-clock", wall_clock, "time submissions on the host even when timestamps exist");
   CLI11_PARSE(app, argc, argv);
   if (reps < 1 || warmup < 0 || min_calls < 1) {
@@ -153,6 +162,7 @@ int main(int argc, char** argv) {
   out["subgroup_size"] = be->info().subgroup_size;
   out["features"] = be->info().features;
   out["gemv_reduction"] = be->gemv_subgroup() ? "subgroup" : "shared";
+  out["coop"] = be->context().coop().detail;
   out["clock"] = timer.gpu_clock ? "timestamps" : "wall";
   out["cold_bytes"] = cold;
   out["results"] = nlohmann::json::array();
@@ -248,6 +258,61 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "%-11s K=%d %-5s gemv %9.2f us %7.1f GB/s  fwd %9.2f us  dense f16 %7.1f GB/s  ratio %.2f\n",
                      shape.c_str(), K, cbname.c_str(), gemv_s * 1e6, gbps, fwd_s * 1e6, dense_gbps, gbps / dense_gbps);
       }
+    }
+  }
+  if (gemm_m > 0) {
+    out["gemm"] = nlohmann::json::array();
+    std::vector<trellis::vk::CoopPath> paths = {trellis::vk::CoopPath::kOff};
+    for (auto p : {trellis::vk::CoopPath::kKhr, trellis::vk::CoopPath::kNv})
+      if (be->coop_capable(p)) paths.push_back(p);
+    const trellis::vk::CoopPath saved = be->coop_path();
+    for (const std::string& shape : shapes) {
+      int64_t k = 0, n = 0;
+      std::sscanf(shape.c_str(), "%ldx%ld", &k, &n);
+      const auto xv = random_halves(static_cast<size_t>(gemm_m * k), 1.0f, 5);
+      const DeviceTensor x = be->upload(
+          TensorView{DType::kF16, {gemm_m, k}, reinterpret_cast<const std::byte*>(xv.data())}, DType::kF32);
+      DeviceTensor y = be->alloc(DType::kF32, {gemm_m, n});
+      const auto vals = random_halves(static_cast<size_t>(k * n), 0.05f, 1);
+      LinearSource dsrc;
+      dsrc.name = "dense";
+      dsrc.in_features = k;
+      dsrc.out_features = n;
+      dsrc.dense = TensorView{DType::kF16, {n, k}, reinterpret_cast<const std::byte*>(vals.data())};
+      const auto dense = be->prepare_linear(dsrc);
+      const int K = Ks.empty() ? 3 : Ks[0];
+      const auto cb = trellis::exl3::codebook_from_name(codebooks.empty() ? "mcg" : codebooks[0]);
+      std::vector<uint8_t> trellis(static_cast<size_t>(k * n) * static_cast<size_t>(K) / 8);
+      fill_random(trellis.data(), trellis.size(), 200);
+      const auto suh = random_halves(static_cast<size_t>(k), 0.05f, 3), svh = random_halves(static_cast<size_t>(n), 1.0f, 4);
+      trellis::exl3::Exl3LinearView v;
+      v.k = k;
+      v.n = n;
+      v.K = K;
+      v.codebook = cb ? *cb : trellis::exl3::Codebook::kMcg;
+      v.trellis = trellis.data();
+      v.suh = suh.data();
+      v.svh = svh.data();
+      LinearSource esrc;
+      esrc.name = "exl3";
+      esrc.in_features = k;
+      esrc.out_features = n;
+      esrc.exl3 = v;
+      const auto exl3 = be->prepare_linear(esrc);
+      const double flop = 2.0 * static_cast<double>(gemm_m) * static_cast<double>(k) * static_cast<double>(n);
+      for (auto path : paths) {
+        be->set_coop_path(path);
+        const std::string name = path == trellis::vk::CoopPath::kOff ? "tiled" : fmt::format("coop_{}", trellis::vk::coop_path_name(path));
+        const double ds = timer(gemm_calls, [&](int) { be->linear(*dense, x, y); });
+        const double es = timer(gemm_calls, [&](int) { be->linear(*exl3, x, y); });
+        out["gemm"].push_back({{"shape", shape}, {"m", gemm_m}, {"path", name}, {"dense_us", ds * 1e6},
+                               {"dense_tflops", flop / ds * 1e-12}, {"exl3_K", K}, {"exl3_us", es * 1e6},
+                               {"exl3_tflops", flop / es * 1e-12}});
+        std::fprintf(stderr, "gemm %-11s m=%ld %-8s dense %10.1f us %7.2f TFLOP/s  exl3 K=%d %10.1f us %7.2f TFLOP/s\n",
+                     shape.c_str(), static_cast<long>(gemm_m), name.c_str(), ds * 1e6, flop / ds * 1e-12, K, es * 1e6,
+                     flop / es * 1e-12);
+      }
+      be->set_coop_path(saved);
     }
   }
   const auto& st = ctx.stats();

@@ -5,7 +5,9 @@
 #   BIN_DIR    a build's bin directory (trellis, trellis_tests, trellis_bench_vulkan_exl3,
 #              trellis_bench_model), e.g. build-vk/bin
 #   OUT_DIR    created if missing; receives devices.txt, tests.xml + tests.log, gemv.json +
-#              gemv.log, gemv_shared.json (shared-memory reductions forced), model_*.json
+#              gemv.log, gemv_shared.json (shared-memory reductions forced), gemm.json (prefill
+#              GEMM paths at 2048 rows), model_*.json (incl. prefill without cooperative
+#              matrices and decode without fusions)
 #   MODEL_DIR  optional: an EXL3 model directory (e.g. Llama-3.1-8B-shaped 3 bpw) for
 #              trellis_bench_model at context 256 (decode) and 2048-token prefill
 #   DEVICE_INDEX  Vulkan device index (default 0; see devices.txt)
@@ -37,6 +39,9 @@ step tests bash -c "'$bin/trellis_tests' --gtest_filter='*Vulkan*' --gtest_outpu
 shapes=(4096x4096 4096x14336 14336x4096 8192x28672)
 step gemv bash -c "'$bin/trellis_bench_vulkan_exl3' --device $dev --K 2 3 4 5 6 7 8 --codebooks mcg mul1 \
   --shapes ${shapes[*]} > '$out/gemv.json' 2> '$out/gemv.log'"
+# Prefill GEMM at 2048 rows through every path the device has (tiled, coop_khr, coop_nv).
+step gemm bash -c "'$bin/trellis_bench_vulkan_exl3' --device $dev --K 3 --codebooks mcg \
+  --shapes 4096x4096 4096x14336 14336x4096 --gemm-m 2048 --reps 5 > '$out/gemm.json' 2> '$out/gemm.log'"
 # The shared-memory fallback on the same device (what devices without subgroup shuffles run).
 step gemv_shared bash -c "TRELLIS_VULKAN_SUBGROUP=0 '$bin/trellis_bench_vulkan_exl3' --device $dev --K 3 \
   --codebooks mcg --shapes ${shapes[*]} > '$out/gemv_shared.json' 2> '$out/gemv_shared.log'"
@@ -47,6 +52,13 @@ if [ -n "$model" ]; then
     --reps 3 > '$out/model_decode.json' 2> '$out/model_decode.log'"
   step model_prefill bash -c "'$bin/trellis_bench_model' -m '$model' --device vulkan:$dev --prompt 2048 --gen 16 \
     --reps 3 > '$out/model_prefill.json' 2> '$out/model_prefill.log'"
+  # Prefill without cooperative matrices, decode without the fusions (before/after of this round).
+  step model_prefill_nocoop bash -c "TRELLIS_VULKAN_COOPMAT=0 '$bin/trellis_bench_model' -m '$model' \
+    --device vulkan:$dev --prompt 2048 --gen 16 --reps 3 > '$out/model_prefill_nocoop.json' \
+    2> '$out/model_prefill_nocoop.log'"
+  step model_decode_nofuse bash -c "TRELLIS_VULKAN_FUSE=0 '$bin/trellis_bench_model' -m '$model' \
+    --device vulkan:$dev --prompt 256 --gen 128 --reps 3 > '$out/model_decode_nofuse.json' \
+    2> '$out/model_decode_nofuse.log'"
   # Replay off (every segment recorded afresh) and a per-pipeline profile of decode.
   step model_noreplay bash -c "TRELLIS_VULKAN_REPLAY=0 '$bin/trellis_bench_model' -m '$model' --device vulkan:$dev \
     --prompt 256 --gen 64 --reps 1 > '$out/model_noreplay.json' 2> '$out/model_noreplay.log'"

@@ -68,12 +68,20 @@ TEST_P(VulkanModel, LogitsMatchReference) {
   EXPECT_GE(top1, 0.99);
 
   // Incremental decoding (GEMV paths, m = 1) agrees with the one-pass logits (GEMM paths). The
-  // one-pass forward left positions 0..n-1 in the cache, so step t reuses 0..t-1 from it.
+  // one-pass forward left positions 0..n-1 in the cache, so step t reuses 0..t-1 from it. Both
+  // are fp32 paths (1e-4) unless the prefill GEMM ran on cooperative matrices (n >= 64 rows):
+  // then the one-pass activations were rounded to fp16 once per linear, and the cache the steps
+  // read was filled that way, so the bound is the golden one.
+  const auto* vkb = dynamic_cast<const vk::VulkanBackend*>(vk);
+  const bool coop = vkb && vkb->coop_path() != vk::CoopPath::kOff && n >= vk::kCoopMinRows;
   std::vector<float> step;
   for (int64_t t = n - 3; t < n; ++t) {
     model->forward(std::span<const int32_t>(ids).subspan(static_cast<size_t>(t), 1), t, false, step);
     std::vector<float> one(logits.begin() + t * vocab, logits.begin() + (t + 1) * vocab);
-    EXPECT_LT(test::rel_rms(step, one), 1e-4) << "position " << t;
+    const double r = test::rel_rms(step, one);
+    if (coop) std::printf("vulkan %s: position %ld, incremental vs one-pass (coop prefill) rel_rms %.5f\n", c.model,
+                          static_cast<long>(t), r);
+    EXPECT_LT(r, coop ? 1e-2 : 1e-4) << "position " << t;
   }
   if (!c.greedy) return;
 

@@ -39,8 +39,31 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
                            sg >= 4 && sg <= static_cast<int>(kGemvWg) && kGemvWg % static_cast<uint32_t>(sg) == 0;
   const char* env = std::getenv("TRELLIS_VULKAN_SUBGROUP");
   gemv_subgroup_ = gemv_subgroup_capable_ && !(env && std::strcmp(env, "0") == 0);
-  log_info("Vulkan: using {} (subgroup size {}; EXL3 GEMV reductions through {})", info.name, sg,
-           gemv_subgroup_ ? "subgroup shuffles" : "shared memory");
+  fuse_ = !(std::getenv("TRELLIS_VULKAN_FUSE") && std::strcmp(std::getenv("TRELLIS_VULKAN_FUSE"), "0") == 0);
+  coop_ = ctx_->coop().khr ? CoopPath::kKhr : ctx_->coop().nv ? CoopPath::kNv : CoopPath::kOff;
+  log_info("Vulkan: using {} (subgroup size {}; EXL3 GEMV reductions through {}; prefill GEMM {}: cooperative "
+           "matrices {})",
+           info.name, sg, gemv_subgroup_ ? "subgroup shuffles" : "shared memory",
+           coop_ == CoopPath::kOff ? "matmul_f16_tiled" : "matmul_f16_coop", ctx_->coop().detail);
+}
+
+const char* coop_path_name(CoopPath p) {
+  switch (p) {
+    case CoopPath::kKhr: return "khr";
+    case CoopPath::kNv: return "nv";
+    default: return "off";
+  }
+}
+
+bool VulkanBackend::coop_capable(CoopPath p) const {
+  return p == CoopPath::kOff || (p == CoopPath::kKhr && ctx_->coop().khr) || (p == CoopPath::kNv && ctx_->coop().nv);
+}
+
+void VulkanBackend::set_coop_path(CoopPath p) {
+  if (!coop_capable(p))
+    fail(ErrorKind::kUnsupported, "Vulkan device '{}': no {} cooperative-matrix path ({})", ctx_->info().name,
+         coop_path_name(p), ctx_->coop().detail);
+  coop_ = p;
 }
 
 void VulkanBackend::set_gemv_subgroup(bool on) {
@@ -151,9 +174,27 @@ void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, 
   struct {
     uint32_t groups, group, x_off, w_off, out_off;
     float eps;
-  } pc{u32(groups), u32(group), elem(x, 4), elem(weight, 4), elem(out, 4), eps};
-  const Pipeline& p = ctx_->pipeline("rms_norm", "rms_norm", {wg_}, 3, sizeof(pc), 1u << 2);
-  ctx_->dispatch_flat(p, {&buffer_of(x), &buffer_of(weight), &buffer_of(out)}, &pc, static_cast<uint64_t>(groups));
+    uint32_t y_off;
+  } pc{u32(groups), u32(group), elem(x, 4), elem(weight, 4), elem(out, 4), eps, 0};
+  Buffer& xb = buffer_of(x);
+  Buffer& ob = buffer_of(out);
+  const PendingAdd& a = last_add_;
+  if (fuse_ && a.x && a.serial != 0 && a.serial == ctx_->serial_back(0) && a.x.get() == &xb && a.x_off == pc.x_off &&
+      a.n == groups * group && &ob != &xb && &ob != a.y.get()) {
+    // add(x, y) was the last command: x += y and the norm in one dispatch (rms_norm.comp ADD = 1).
+    const Pipeline& pa = ctx_->pipeline("add", "add", {wg_}, 2, 12, 1u << 0);
+    if (ctx_->pop_last(pa, a.serial)) {
+      pc.y_off = a.y_off;
+      const Buffer& yb = *static_cast<const Buffer*>(a.y.get());
+      const Pipeline& p =
+          ctx_->pipeline("rms_norm_add", "rms_norm", {wg_, 1}, 4, sizeof(pc), (1u << 0) | (1u << 2));
+      ctx_->dispatch_flat(p, {&xb, &buffer_of(weight), &ob, &yb}, &pc, static_cast<uint64_t>(groups));
+      last_add_ = {};
+      return;
+    }
+  }
+  const Pipeline& p = ctx_->pipeline("rms_norm", "rms_norm", {wg_, 0}, 4, sizeof(pc), 1u << 2);
+  ctx_->dispatch_flat(p, {&xb, &buffer_of(weight), &ob, &xb}, &pc, static_cast<uint64_t>(groups));
 }
 
 void VulkanBackend::rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_t> positions,
@@ -175,6 +216,47 @@ void VulkanBackend::rope(DeviceTensor& x, int64_t head_dim, std::span<const int3
   } pc{u32(rows), u32(heads), u32(head_dim), u32(x.cols()), elem(x, 4), u32(static_cast<int64_t>(s.offset / 4))};
   const Pipeline& p = ctx_->pipeline("rope", "rope", {wg_}, 2, sizeof(pc), 1u << 0);
   ctx_->dispatch(p, {&buffer_of(x), s.buffer}, &pc, ceil_div(heads * half, wg_), u32(rows));
+  if (heads * half == 0) return;  // nothing was recorded
+  ropes_[0] = std::move(ropes_[1]);
+  ropes_[1] = PendingRope{ctx_->serial_back(0), x.buffer, pc.x_off, rows, x.cols(), head_dim, s, std::move(cs)};
+}
+
+bool VulkanBackend::fuse_rope_kv_store(const DeviceTensor& k, const DeviceTensor& v, const Staged& pos, int64_t rows,
+                                       DeviceTensor& k_cache, DeviceTensor& v_cache) {
+  const PendingRope& rq = ropes_[0];
+  const PendingRope& rk = ropes_[1];
+  if (!fuse_ || !rq.x || !rk.x || rk.serial == 0 || rq.serial == 0 || rk.serial != ctx_->serial_back(0) ||
+      rq.serial != ctx_->serial_back(1))
+    return false;
+  const Buffer& qb = *static_cast<const Buffer*>(rq.x.get());
+  const Buffer& kb = buffer_of(k);
+  const Buffer& vb = buffer_of(v);
+  const Buffer& kcb = buffer_of(k_cache);
+  const Buffer& vcb = buffer_of(v_cache);
+  const int64_t width = k.cols(), hd = rk.head_dim;
+  // Same rows, rotary table and head size; rope(k) rotated exactly the k being stored; q, k, v
+  // and both caches in distinct buffers (no aliasing between what one item reads and writes);
+  // half the head even (an item owns two adjacent pairs); the table and positions in one arena.
+  if (rk.x.get() != &kb || rk.x_off != elem(k, 4) || rk.cols != width || rk.rows != rows || rq.rows != rows ||
+      rq.head_dim != hd || rq.table != rk.table || hd % 4 != 0 || rq.cols % hd != 0 || width % hd != 0 ||
+      &qb == &kb || &vb == &qb || &vb == &kb || &kcb == &qb || &kcb == &kb || &kcb == &vb || &vcb == &qb ||
+      &vcb == &kb || &vcb == &vb || &kcb == &vcb || pos.buffer != rq.cs.buffer)
+    return false;
+  const Pipeline& pr = ctx_->pipeline("rope", "rope", {wg_}, 2, 24, 1u << 0);
+  if (!ctx_->pop_last(pr, rk.serial)) return false;
+  if (!ctx_->pop_last(pr, rq.serial)) fail(ErrorKind::kInternal, "Vulkan: rope fusion lost the rope of q");
+  struct {
+    uint32_t rows, q_heads, k_heads, head_dim, q_cols, width, q_off, k_off, v_off, kc_off2, vc_off2, cs_off, pos_off;
+  } pc{u32(rows),     u32(rq.cols / hd), u32(width / hd),   u32(hd),           u32(rq.cols),
+       u32(width),    rq.x_off,          elem(k, 4),        elem(v, 4),        elem(k_cache, 4),
+       elem(v_cache, 4), u32(static_cast<int64_t>(rq.cs.offset / 4)), u32(static_cast<int64_t>(pos.offset / 4))};
+  const Pipeline& p = ctx_->pipeline("rope_kv_store", "rope_kv_store", {wg_}, 6, sizeof(pc),
+                                     (1u << 0) | (1u << 1) | (1u << 3) | (1u << 4));
+  const int64_t items = (rq.cols / hd + width / hd) * (hd / 4);
+  ctx_->dispatch(p, {&qb, &kb, &vb, &kcb, &vcb, pos.buffer}, &pc, ceil_div(items, wg_), u32(rows));
+  ropes_[0] = {};
+  ropes_[1] = {};
+  return true;
 }
 
 void VulkanBackend::kv_store(const DeviceTensor& k, const DeviceTensor& v, std::span<const int32_t> positions,
@@ -184,6 +266,7 @@ void VulkanBackend::kv_store(const DeviceTensor& k, const DeviceTensor& v, std::
   if (width % 2 != 0 || k_cache.offset % 4 != 0 || v_cache.offset % 4 != 0)
     fail(ErrorKind::kUnsupported, "Vulkan backend: kv_store needs an even cache width (got {})", width);
   const Staged s = ctx_->stage(positions.data(), positions.size() * 4);
+  if (fuse_rope_kv_store(k, v, s, static_cast<int64_t>(positions.size()), k_cache, v_cache)) return;
   struct {
     uint32_t width, k_off, v_off, kc_off2, vc_off2, pos_off;
   } pc{u32(width), elem(k, 4), elem(v, 4), elem(k_cache, 4), elem(v_cache, 4), u32(static_cast<int64_t>(s.offset / 4))};
@@ -229,6 +312,7 @@ void VulkanBackend::add(DeviceTensor& x, const DeviceTensor& y) {
   } pc{u32(n), elem(x, 4), elem(y, 4)};
   const Pipeline& p = ctx_->pipeline("add", "add", {wg_}, 2, sizeof(pc), 1u << 0);
   ctx_->dispatch_flat(p, {&buffer_of(x), &buffer_of(y)}, &pc, ceil_div(n, wg_));
+  if (n > 0) last_add_ = PendingAdd{ctx_->serial_back(0), x.buffer, y.buffer, pc.x_off, pc.y_off, n};
 }
 
 }  // namespace vk

@@ -5,7 +5,8 @@
 // at load); EXL3 layers keep their packed trellis (bit-exact decode in the shaders) with suh,
 // svh and bias widened to fp32. Op -> shader map (shaders/*.comp):
 //   embedding, rms_norm, rope, kv_store, attention, silu_mul, add: one shader each;
-//   dense linear: matmul_f16_gemv (m <= 8) or matmul_f16_tiled;
+//   dense linear: matmul_f16_gemv (m <= 8), matmul_f16_tiled, or for m >= kCoopMinRows on
+//   devices with cooperative matrices convert_f16 + matmul_f16_coop (fp16 activations);
 //   EXL3 linear: exl3_hadamard_in, then exl3_gemv_k<K>_<cb> (m <= 8) or exl3_decode_k<K>_<cb> +
 //   matmul_f16_tiled (prefill: Ŵ decoded once per call into scratch, spec 6.7 "large batches"),
 //   then exl3_hadamard_out (svh, bias, padding dropped).
@@ -29,6 +30,14 @@ inline constexpr int64_t kGemvMaxSplits = 8;
 inline constexpr uint32_t kGemvWg = 256;
 // linears(): EXL3 layers of one group with their own scratch (q/k/v is 3).
 inline constexpr size_t kMaxLinearGroup = 4;
+// Rows from which the prefill GEMM takes cooperative matrices where the device has them: the
+// activations are rounded once to fp16 (fp32 accumulation), the CUDA backend's policy above 63
+// rows. Below, matmul_f16_tiled keeps fp32 activations.
+inline constexpr int64_t kCoopMinRows = 64;
+
+// Which cooperative-matrix extension runs matmul_f16_coop (vk_coop.h).
+enum class CoopPath : uint8_t { kOff, kKhr, kNv };
+const char* coop_path_name(CoopPath p);
 
 class DenseLinear : public LinearWeights {
  public:
@@ -80,6 +89,9 @@ class VulkanBackend : public Backend {
   // exl3_gemv (m <= 8 per pass, any m) or the decode + tiled GEMM path (`gemm`).
   std::vector<uint16_t> exl3_decode_what(const exl3::Exl3LinearView& view);
   std::vector<float> exl3_raw_matmul(const exl3::Exl3LinearView& view, const float* xh, int64_t m, bool gemm);
+  // fp16 activations of matmul_f16_coop (convert_f16: RNE, rows padded to even length with
+  // zeros), m x round_up(k, 2) binary16; runs on any device.
+  std::vector<uint16_t> convert_f16_rows(const float* x, int64_t m, int64_t k);
   // Benchmark hooks: the EXL3 product alone (z = xh · Ŵ on the layer's scratch, as linear()
   // records it, without the Hadamard passes), and the context (timestamps, flush, stats).
   void bench_exl3_product(const LinearWeights& w, int64_t m);
@@ -89,6 +101,17 @@ class VulkanBackend : public Backend {
   void set_gemv_subgroup(bool on);
   bool gemv_subgroup() const { return gemv_subgroup_; }
   bool gemv_subgroup_capable() const { return gemv_subgroup_capable_; }
+  // The prefill GEMM's cooperative-matrix path: KHR where the device has it, else NV, else off
+  // (TRELLIS_VULKAN_COOPMAT=0 / nv / khr restrict the choice when the device is opened).
+  // Choosing a path the device lacks throws kUnsupported; kOff is always possible.
+  void set_coop_path(CoopPath p);
+  // Decode fusions recorded as peepholes (bit-identical to the separate ops): add(x, y) followed
+  // by rms_norm(x) becomes one rms_norm_add dispatch, rope(q), rope(k), kv_store(k, v) one
+  // rope_kv_store dispatch. On by default; TRELLIS_VULKAN_FUSE=0 turns them off.
+  void set_fusion(bool on) { fuse_ = on; }
+  bool fusion() const { return fuse_; }
+  CoopPath coop_path() const { return coop_; }
+  bool coop_capable(CoopPath p) const;
   Context& context() { return *ctx_; }
 
  private:
@@ -113,13 +136,44 @@ class VulkanBackend : public Backend {
   void gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
                 int64_t m, int64_t in, int64_t out);
   uint32_t wg_size() const { return wg_; }
+  void record_convert_f16(const Buffer& x, uint32_t x_off, const Buffer& a16, int64_t m, int64_t k);
+  // y = x · Wᵀ + bias through convert_f16 + matmul_f16_coop; false when the pipeline cannot be
+  // created (the path is then switched off with a warning and the caller falls back).
+  bool gemm_coop(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
+                 int64_t m, int64_t in, int64_t out);
+
+  // The last add / ropes recorded, for the fusion peepholes; valid only while their command
+  // is still the last one of the segment (Context::serial_back).
+  struct PendingAdd {
+    uint64_t serial = 0;
+    std::shared_ptr<DeviceBuffer> x, y;
+    uint32_t x_off = 0, y_off = 0;
+    int64_t n = 0;
+  };
+  struct PendingRope {
+    uint64_t serial = 0;
+    std::shared_ptr<DeviceBuffer> x;
+    uint32_t x_off = 0;
+    int64_t rows = 0, cols = 0, head_dim = 0;
+    Staged cs;
+    std::vector<float> table;  // the staged cos/sin values
+  };
+  // rope(q), rope(k), kv_store(k, v) as one dispatch when the two ropes are the last commands.
+  bool fuse_rope_kv_store(const DeviceTensor& k, const DeviceTensor& v, const Staged& pos, int64_t rows,
+                          DeviceTensor& k_cache, DeviceTensor& v_cache);
 
   std::shared_ptr<Context> ctx_;
+  bool fuse_ = true;
+  PendingAdd last_add_;
+  PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
   bool gemv_subgroup_capable_ = false;
   bool gemv_subgroup_ = false;
-  // Scratch: 0 = decoded Ŵ of the GEMM path, 1 + 2i / 2 + 2i = xh / z of group member i.
-  std::shared_ptr<Buffer> scratch_[1 + 2 * kMaxLinearGroup];
+  CoopPath coop_ = CoopPath::kOff;
+  // Scratch: 0 = decoded Ŵ of the GEMM path, 1 + 2i / 2 + 2i = xh / z of group member i,
+  // kScratchA16 = fp16 activations of matmul_f16_coop.
+  static constexpr int kScratchA16 = 1 + 2 * kMaxLinearGroup;
+  std::shared_ptr<Buffer> scratch_[kScratchA16 + 1];
 };
 
 Buffer& buffer_of(const DeviceTensor& t);

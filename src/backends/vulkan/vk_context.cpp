@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "backends/vulkan/vk_shaders.h"
+#include "backends/vulkan/vk_spirv.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -170,6 +171,7 @@ DeviceInfo describe(VkPhysicalDevice d, int index) {
   if ((subgroup.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) && (ops & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT))
     info.features.push_back("subgroup_arithmetic");
   if (has_extension(d, "VK_KHR_cooperative_matrix")) info.features.push_back("cooperative_matrix");
+  if (has_extension(d, "VK_NV_cooperative_matrix")) info.features.push_back("cooperative_matrix_nv");
   if (has_extension(d, "VK_EXT_subgroup_size_control")) info.features.push_back("subgroup_size_control");
   return info;
 }
@@ -222,7 +224,24 @@ std::shared_ptr<Context> Context::create(int index, bool discrete_like) {
   VkDeviceCreateInfo dci{VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO};
   dci.queueCreateInfoCount = 1;
   dci.pQueueCreateInfos = &qci;
-  check(vkCreateDevice(ctx->physical_, &dci, nullptr, &ctx->device_), "vkCreateDevice");
+  // Cooperative matrices (optional): extensions and features only where the device has them.
+  ctx->coop_ = probe_coop(ctx->instance_, ctx->physical_);
+  const CoopEnable coop(ctx->coop_);
+  dci.pNext = coop.chain();
+  dci.enabledExtensionCount = static_cast<uint32_t>(coop.extensions().size());
+  dci.ppEnabledExtensionNames = coop.extensions().empty() ? nullptr : coop.extensions().data();
+  VkResult created = vkCreateDevice(ctx->physical_, &dci, nullptr, &ctx->device_);
+  if (created != VK_SUCCESS && coop.chain()) {
+    log_warn("Vulkan: creating '{}' with cooperative matrices failed ({}); continuing without them", ctx->info_.name,
+             result_name(created));
+    ctx->coop_ = CoopSupport{};
+    ctx->coop_.detail = "device creation with it failed";
+    dci.pNext = nullptr;
+    dci.enabledExtensionCount = 0;
+    dci.ppEnabledExtensionNames = nullptr;
+    created = vkCreateDevice(ctx->physical_, &dci, nullptr, &ctx->device_);
+  }
+  check(created, "vkCreateDevice");
   vkGetDeviceQueue(ctx->device_, ctx->queue_family_, 0, &ctx->queue_);
 
   VkCommandPoolCreateInfo pci{VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO};
@@ -391,7 +410,15 @@ const Pipeline& Context::pipeline(const std::string& name, const std::string& sh
   pl.pPushConstantRanges = &range;
   check(vkCreatePipelineLayout(device_, &pl, nullptr, &p->layout), "vkCreatePipelineLayout");
 
-  const std::span<const uint32_t> code = shader_spirv(shader);
+  // "<shader>+khr": the NV cooperative-matrix module rewritten to SPV_KHR_cooperative_matrix.
+  std::vector<uint32_t> rewritten;
+  std::span<const uint32_t> code;
+  if (shader.size() > 4 && shader.compare(shader.size() - 4, 4, "+khr") == 0) {
+    rewritten = coop_nv_to_khr(shader_spirv(shader.substr(0, shader.size() - 4)), coop_shader_use);
+    code = rewritten;
+  } else {
+    code = shader_spirv(shader);
+  }
   VkShaderModuleCreateInfo smi{VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO};
   smi.codeSize = code.size() * 4;
   smi.pCode = code.data();
@@ -415,6 +442,8 @@ const Pipeline& Context::pipeline(const std::string& name, const std::string& sh
 }
 
 void Context::append(Command c, std::span<const uint64_t> key_words) {
+  c.serial = next_serial_++;
+  c.key_at = key_.size();
   commands_.push_back(c);
   key_.insert(key_.end(), key_words.begin(), key_words.end());
   recording_ = true;
@@ -457,6 +486,21 @@ void Context::dispatch(const Pipeline& p, const std::vector<const Buffer*>& buff
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ++count;
   }
+}
+
+uint64_t Context::serial_back(size_t i) const {
+  return i < commands_.size() ? commands_[commands_.size() - 1 - i].serial : 0;
+}
+
+bool Context::pop_last(const Pipeline& p, uint64_t serial) {
+  if (commands_.empty()) return false;
+  const Command& c = commands_.back();
+  if (c.kind != Command::Kind::kDispatch || c.pipeline != &p || c.serial != serial) return false;
+  key_.resize(c.key_at);
+  commands_.pop_back();
+  --stats_.dispatches;
+  recording_ = !commands_.empty();
+  return true;
 }
 
 void Context::report() const {

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "backends/backend.h"
+#include "backends/vulkan/vk_coop.h"
 
 namespace trellis::vk {
 
@@ -104,6 +105,8 @@ class Context : public std::enable_shared_from_this<Context> {
   const DeviceInfo& info() const { return info_; }
   const VkPhysicalDeviceLimits& limits() const { return limits_; }
   bool is_cpu() const { return cpu_; }  // a CPU implementation (lavapipe, SwiftShader)
+  // Cooperative-matrix support enabled on this device (vk_coop.h).
+  const CoopSupport& coop() const { return coop_; }
   bool discrete_like() const { return discrete_like_; }
 
   std::shared_ptr<Buffer> create_buffer(size_t bytes, bool staging = false);
@@ -112,6 +115,7 @@ class Context : public std::enable_shared_from_this<Context> {
   // constant_id i, `bindings` storage buffers at bindings 0.., `push_bytes` of push constants;
   // `writes` has bit i set when the shader writes binding i (the hazard tracker trusts it: a
   // written binding missing here is a race). Created once per (shader, spec) and cached.
+  // `shader` "<name>+khr" takes <name>'s NV cooperative-matrix module rewritten to KHR.
   const Pipeline& pipeline(const std::string& name, const std::string& shader, const std::vector<uint32_t>& spec,
                            uint32_t bindings, uint32_t push_bytes, uint32_t writes);
 
@@ -121,6 +125,13 @@ class Context : public std::enable_shared_from_this<Context> {
   // Records a dispatch of `groups` workgroups folded into x and y (x <= 65535; shaders use
   // flat_group() and ignore the excess).
   void dispatch_flat(const Pipeline& p, const std::vector<const Buffer*>& buffers, const void* push, uint64_t groups);
+  // Peephole support for the backend's fusions. Every appended command gets a serial, unique
+  // for the context; serial_back(i) is that of the i-th command from the end of the segment
+  // (0 when there is none: after a flush, nothing can be fused with what came before).
+  // pop_last(p, serial) removes the last command when it is a dispatch of `p` with that serial
+  // (as if it had never been appended) and says whether it did.
+  uint64_t serial_back(size_t i) const;
+  bool pop_last(const Pipeline& p, uint64_t serial);
   void copy(const Buffer& src, size_t src_offset, const Buffer& dst, size_t dst_offset, size_t bytes);
   void fill_zero(const Buffer& dst);
 
@@ -169,6 +180,8 @@ class Context : public std::enable_shared_from_this<Context> {
     uint32_t groups[3] = {};
     uint64_t src_offset = 0, dst_offset = 0, bytes = 0;  // copy; query index in src_offset
     uint8_t push[128] = {};
+    uint64_t serial = 0;
+    size_t key_at = 0;  // size of the segment key before this command's words
   };
   struct Segment {
     std::vector<uint64_t> key;
@@ -192,6 +205,7 @@ class Context : public std::enable_shared_from_this<Context> {
   bool discrete_ = false;
   bool cpu_ = false;
   bool discrete_like_ = false;
+  CoopSupport coop_;
   VkDevice device_ = VK_NULL_HANDLE;
   VkQueue queue_ = VK_NULL_HANDLE;
   uint32_t queue_family_ = 0;
@@ -208,6 +222,7 @@ class Context : public std::enable_shared_from_this<Context> {
   bool recording_ = false;  // commands_ is not empty
   std::vector<Command> commands_;
   std::vector<uint64_t> key_;  // the segment's key, built as commands are appended
+  uint64_t next_serial_ = 1;
   std::vector<Segment> segments_;
   uint64_t segment_clock_ = 0;
   bool replay_ = true;

@@ -98,11 +98,61 @@ namespace {
 struct MatmulPush {
   uint32_t m, in_f, out_f, w_off, x_off, y_off, b_off, has_bias;
 };
+struct MatmulCoopPush {  // matmul_f16_coop.comp's P
+  uint32_t m, in_f, out_f, w_off, a_off, a_stride, y_off, b_off, has_bias;
+};
 
 }  // namespace
 
+void VulkanBackend::record_convert_f16(const Buffer& x, uint32_t x_off, const Buffer& a16, int64_t m, int64_t k) {
+  if (m > static_cast<int64_t>(ctx_->limits().maxComputeWorkGroupCount[1]))
+    fail(ErrorKind::kUnsupported, "Vulkan: {} rows exceed the device's grid for convert_f16", m);
+  const int64_t stride = (k + 1) / 2 * 2;
+  struct {
+    uint32_t k, stride, x_off, a_off2;
+  } cv{u32(k), u32(stride), x_off, 0};
+  const Pipeline& c = ctx_->pipeline("convert_f16", "convert_f16", {wg_}, 2, sizeof(cv), 1u << 1);
+  ctx_->dispatch(c, {&x, &a16}, &cv, ceil_div(stride / 2, wg_), u32(m));
+}
+
+std::vector<uint16_t> VulkanBackend::convert_f16_rows(const float* x, int64_t m, int64_t k) {
+  const int64_t stride = (k + 1) / 2 * 2;
+  auto xb = upload_bytes(x, static_cast<size_t>(m * k) * 4);
+  auto a16 = ctx_->create_buffer(static_cast<size_t>(m * stride) * 2);
+  record_convert_f16(*xb, 0, *a16, m, k);
+  std::vector<float> f(static_cast<size_t>(m * stride));
+  download(DeviceTensor{a16, 0, DType::kF16, {m, stride}}, f.data());
+  std::vector<uint16_t> h(f.size());
+  for (size_t i = 0; i < f.size(); ++i) h[i] = fp32_to_fp16(f[i]);  // exact: f holds fp16 values
+  return h;
+}
+
+bool VulkanBackend::gemm_coop(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off,
+                              const Buffer* bias, int64_t m, int64_t in, int64_t out) {
+  const Pipeline* p = nullptr;
+  const uint32_t wg = ctx_->coop().workgroup;
+  try {
+    p = coop_ == CoopPath::kKhr
+            ? &ctx_->pipeline("matmul_f16_coop_khr", "matmul_f16_coop+khr", {wg}, 4, sizeof(MatmulCoopPush), 1u << 2)
+            : &ctx_->pipeline("matmul_f16_coop_nv", "matmul_f16_coop", {wg}, 4, sizeof(MatmulCoopPush), 1u << 2);
+  } catch (const Error& e) {
+    log_warn("Vulkan: the {} cooperative-matrix GEMM is unusable on '{}' ({}); prefill uses matmul_f16_tiled",
+             coop_path_name(coop_), ctx_->info().name, e.what());
+    coop_ = CoopPath::kOff;
+    return false;
+  }
+  // Activations to fp16 once (RNE), rows padded to an even length with zeros.
+  const int64_t stride = (in + 1) / 2 * 2;
+  Buffer& a16 = scratch(kScratchA16, static_cast<size_t>(m * stride) * 2);
+  record_convert_f16(x, x_off, a16, m, in);
+  MatmulCoopPush pc{u32(m), u32(in), u32(out), 0, 0, u32(stride), y_off, 0, bias ? 1u : 0u};
+  ctx_->dispatch(*p, {&w, &a16, &y, bias ? bias : &w}, &pc, ceil_div(out, 128), ceil_div(m, 128));
+  return true;
+}
+
 void VulkanBackend::gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off,
                              const Buffer* bias, int64_t m, int64_t in, int64_t out) {
+  if (coop_ != CoopPath::kOff && m >= kCoopMinRows && gemm_coop(w, x, x_off, y, y_off, bias, m, in, out)) return;
   MatmulPush pc{u32(m), u32(in), u32(out), 0, x_off, y_off, 0, bias ? 1u : 0u};
   const Buffer* b = bias ? bias : &w;  // bound but unread without a bias
   const Pipeline& p = ctx_->pipeline("matmul_f16_tiled", "matmul_f16_tiled", {}, 4, sizeof(pc), 1u << 2);

@@ -41,3 +41,7 @@ float round_to_f16_precision(float v) {
   b += 0xFFFu + ((b >> 13) & 1u);
   return uintBitsToFloat(b & 0xFFFFE000u);
 }
+
+// Rotate-half rotary embedding of the pair (x1, x2) = (x[i], x[i + half]) by (cos, sin): shared by
+// rope.comp and rope_kv_store.comp so both round identically.
+vec2 rope_rotate(float x1, float x2, float c, float s) { return vec2(x1 * c - x2 * s, x2 * c + x1 * s); }

@@ -19,6 +19,7 @@ void main() {
   float s = cs[p.cs_off + p.rows * half_dim + r * half_dim + i];
   uint e = p.x_off + r * p.cols + h * p.head_dim + i;
   float x1 = x[e], x2 = x[e + half_dim];
-  x[e] = x1 * c - x2 * s;
-  x[e + half_dim] = x2 * c + x1 * s;
+  vec2 r2 = rope_rotate(x1, x2, c, s);
+  x[e] = r2.x;
+  x[e + half_dim] = r2.y;
 }

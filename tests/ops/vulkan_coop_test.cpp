@@ -1,0 +1,197 @@
+// tests/ops/vulkan_coop_test.cpp: the cooperative-matrix prefill GEMM (matmul_f16_coop) and the
+// NV -> KHR SPIR-V rewrite it is loaded through.
+//
+// The rewrite test runs anywhere (it only reads the embedded SPIR-V). The GEMM tests need a
+// device with VK_KHR_cooperative_matrix or VK_NV_cooperative_matrix and the 16x16x16 fp16 ->
+// fp32 shape (NVIDIA, AMD RDNA3+); elsewhere (lavapipe in CI) they skip and say why. Each path the
+// device has is run. Reference: the product of the fp16-rounded activations (the path's one
+// rounding, RNE) with the fp16 weights, in double; the fp32 accumulation may differ from it by
+// summation order only, so the bound is relative to the sum of |terms|.
+#if TRELLIS_WITH_VULKAN
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "backends/vulkan/vk_shaders.h"
+#include "backends/vulkan/vk_spirv.h"
+#include "core/fp16.h"
+#include "exl3/linear.h"
+#include "ops/vulkan_test_util.h"
+#include "test_util.h"
+
+namespace trellis {
+namespace {
+
+std::vector<float> random_floats(size_t n, uint64_t seed, float scale = 1.0f) {
+  test::SplitMix64 rng(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = scale * static_cast<float>(static_cast<double>(rng.next() >> 11) / 9007199254740992.0 * 2 - 1);
+  return v;
+}
+
+// Instruction `i` of kind `opcode`: its words (empty when there are fewer).
+std::vector<uint32_t> nth_instruction(std::span<const uint32_t> m, uint32_t opcode, size_t i) {
+  for (size_t w = 5; w < m.size();) {
+    const uint32_t wc = m[w] >> 16;
+    if ((m[w] & 0xFFFFu) == opcode && i-- == 0) return {m.begin() + static_cast<ptrdiff_t>(w), m.begin() + static_cast<ptrdiff_t>(w + wc)};
+    w += wc;
+  }
+  return {};
+}
+
+TEST(VulkanCoop, SpirvRewriteNvToKhr) {
+  const std::span<const uint32_t> nv = vk::shader_spirv("matmul_f16_coop");
+  const std::vector<uint32_t> khr = vk::coop_nv_to_khr(nv, vk::coop_shader_use);
+  EXPECT_EQ(khr[3], nv[3] + 3) << "bound";
+  for (uint32_t op : {5358u, 5359u, 5360u, 5361u, 5362u}) EXPECT_EQ(vk::count_opcode(khr, op), 0u) << "NV opcode " << op;
+  EXPECT_EQ(vk::count_opcode(nv, 5358), 3u) << "matmul_f16_coop declares A, B and accumulator types";
+  EXPECT_EQ(vk::count_opcode(khr, 4456), 3u);
+  EXPECT_EQ(vk::count_opcode(khr, 4457), vk::count_opcode(nv, 5359));
+  EXPECT_EQ(vk::count_opcode(khr, 4458), vk::count_opcode(nv, 5360));
+  EXPECT_EQ(vk::count_opcode(khr, 4459), vk::count_opcode(nv, 5361));
+  // Capabilities: CooperativeMatrixKHR, no CooperativeMatrixNV.
+  bool cap_khr = false, cap_nv = false;
+  for (size_t i = 0; i < vk::count_opcode(khr, 17); ++i) {
+    const auto ins = nth_instruction(khr, 17, i);
+    cap_khr |= ins[1] == 6022;
+    cap_nv |= ins[1] == 5357;
+  }
+  EXPECT_TRUE(cap_khr);
+  EXPECT_FALSE(cap_nv);
+  // Each KHR type's use operand is one of the three new constants, all three used once.
+  bool used[3] = {};
+  for (size_t i = 0; i < 3; ++i) {
+    const auto t = nth_instruction(khr, 4456, i);
+    ASSERT_EQ(t.size(), 7u);
+    ASSERT_GE(t[6], nv[3]);
+    ASSERT_LT(t[6], nv[3] + 3);
+    used[t[6] - nv[3]] = true;
+  }
+  EXPECT_TRUE(used[0] && used[1] && used[2]);
+  // Loads: layout operand is a new constant (0 / 1), stride moved after it.
+  for (size_t i = 0; i < vk::count_opcode(khr, 4457); ++i) {
+    const auto l = nth_instruction(khr, 4457, i);
+    EXPECT_TRUE(l[4] == nv[3] || l[4] == nv[3] + 1) << "load " << i;
+  }
+  // A module whose matrix rows are not the known specialization constants is refused.
+  EXPECT_THROW(vk::coop_nv_to_khr(nv, [](uint32_t) { return -1; }), Error);
+}
+
+// convert_f16 (the coop path's activation rounding) is bit-exact with core/fp16's RNE over
+// normal, subnormal, tie, overflow, infinite and NaN inputs, odd k padded with zero. Any device.
+TEST(VulkanCoop, ConvertF16MatchesCpuRounding) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  const int64_t m = 3, k = 37;
+  std::vector<float> x = random_floats(static_cast<size_t>(m * k), 50, 70000.0f);
+  const float specials[] = {0.0f, -0.0f, 1e-8f, -3e-6f, 6.1e-5f, 65504.0f, 65520.0f, -65519.0f, 1e30f,
+                            INFINITY, -INFINITY, NAN, 1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048, 2.98e-8f, 5.96e-8f};
+  for (size_t i = 0; i < std::size(specials); ++i) x[i * 2] = specials[i];
+  const std::vector<uint16_t> got = vk->convert_f16_rows(x.data(), m, k);
+  ASSERT_EQ(got.size(), static_cast<size_t>(m * (k + 1)));
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t i = 0; i < k; ++i) {
+      const uint16_t want = fp32_to_fp16(x[static_cast<size_t>(r * k + i)]);
+      const uint16_t g = got[static_cast<size_t>(r * (k + 1) + i)];
+      if (std::isnan(x[static_cast<size_t>(r * k + i)]))
+        EXPECT_TRUE((g & 0x7C00u) == 0x7C00u && (g & 0x3FFu) != 0) << "NaN stays NaN";
+      else
+        EXPECT_EQ(g, want) << "x = " << x[static_cast<size_t>(r * k + i)];
+    }
+    EXPECT_EQ(got[static_cast<size_t>(r * (k + 1) + k)], 0u) << "padding";
+  }
+}
+
+struct Case {
+  int64_t m, in, out;
+  bool bias;
+};
+
+TEST(VulkanCoop, GemmMatchesReference) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  std::vector<vk::CoopPath> paths;
+  for (vk::CoopPath p : {vk::CoopPath::kKhr, vk::CoopPath::kNv})
+    if (vk->coop_capable(p)) paths.push_back(p);
+  if (paths.empty())
+    GTEST_SKIP() << "device '" << vk->info().name << "' has no usable cooperative matrices: "
+                 << vk->context().coop().detail;
+  const vk::CoopPath saved = vk->coop_path();
+  // m >= kCoopMinRows; in and out multiples of 16 and not, odd `in` (W read element-wise).
+  const Case cases[] = {{64, 256, 384, false}, {100, 80, 200, true}, {300, 1000, 130, false},
+                        {130, 37, 51, true},   {257, 4096, 136, false}};
+  for (vk::CoopPath path : paths) {
+    vk->set_coop_path(path);
+    for (const Case& c : cases) {
+      const auto x = random_floats(static_cast<size_t>(c.m * c.in), 40 + static_cast<uint64_t>(c.in), 3.0f);
+      const auto w32 = random_floats(static_cast<size_t>(c.in * c.out), 41 + static_cast<uint64_t>(c.out));
+      const auto b32 = random_floats(static_cast<size_t>(c.out), 42);
+      std::vector<uint16_t> w16(w32.size()), b16(b32.size());
+      for (size_t i = 0; i < w32.size(); ++i) w16[i] = fp32_to_fp16(w32[i]);
+      for (size_t i = 0; i < b32.size(); ++i) b16[i] = fp32_to_fp16(b32[i]);
+      LinearSource src;
+      src.name = "test.coop";
+      src.in_features = c.in;
+      src.out_features = c.out;
+      src.dense = TensorView{DType::kF16, {c.out, c.in}, reinterpret_cast<const std::byte*>(w16.data())};
+      if (c.bias) src.bias = TensorView{DType::kF16, {c.out}, reinterpret_cast<const std::byte*>(b16.data())};
+      const auto lw = vk->prepare_linear(src);
+      const DeviceTensor xt =
+          vk->upload(TensorView{DType::kF32, {c.m, c.in}, reinterpret_cast<const std::byte*>(x.data())}, DType::kF32);
+      DeviceTensor y = vk->alloc(DType::kF32, {c.m, c.out});
+      vk->linear(*lw, xt, y);
+      std::vector<float> got(static_cast<size_t>(c.m * c.out));
+      vk->download(y, got.data());
+      int bad = 0;
+      for (int64_t r = 0; r < c.m; ++r)
+        for (int64_t j = 0; j < c.out; ++j) {
+          double sum = 0, mag = 0;
+          for (int64_t i = 0; i < c.in; ++i) {
+            const double t = static_cast<double>(fp16_to_fp32(fp32_to_fp16(x[static_cast<size_t>(r * c.in + i)]))) *
+                             fp16_to_fp32(w16[static_cast<size_t>(j * c.in + i)]);
+            sum += t;
+            mag += std::fabs(t);
+          }
+          if (c.bias) sum += fp16_to_fp32(b16[static_cast<size_t>(j)]);
+          const double g = got[static_cast<size_t>(r * c.out + j)];
+          if (!(std::fabs(g - sum) <= 1e-5 * mag + 1e-6) && bad++ < 5)
+            ADD_FAILURE() << vk::coop_path_name(path) << " m=" << c.m << " in=" << c.in << " out=" << c.out << " y[" << r
+                          << "," << j << "] = " << g << ", want " << sum;
+        }
+      EXPECT_EQ(bad, 0) << vk::coop_path_name(path) << " m=" << c.m << " in=" << c.in << " out=" << c.out;
+    }
+  }
+  vk->set_coop_path(saved);
+}
+
+// The EXL3 prefill product (Ŵ decoded, then the GEMM) on the coop path against the fp32 tiled
+// path: the same Ŵ, activations rounded once to fp16, so within fp16 input rounding.
+TEST(VulkanCoop, Exl3GemmAgreesWithTiledPath) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  if (vk->coop_path() == vk::CoopPath::kOff)
+    GTEST_SKIP() << "device '" << vk->info().name << "' has no usable cooperative matrices: "
+                 << vk->context().coop().detail;
+  const int64_t k = 256, n = 384, m = 100;
+  const int K = 3;
+  test::SplitMix64 rng(77);
+  std::vector<uint8_t> trellis(static_cast<size_t>((k / 16) * (n / 16) * 32 * K));
+  for (auto& b : trellis) b = static_cast<uint8_t>(rng.next());
+  exl3::Exl3LinearView v;
+  v.k = k;
+  v.n = n;
+  v.K = K;
+  v.codebook = exl3::Codebook::kMcg;
+  v.trellis = trellis.data();
+  const auto xh = random_floats(static_cast<size_t>(m * k), 78);
+  const vk::CoopPath saved = vk->coop_path();
+  const auto coop = vk->exl3_raw_matmul(v, xh.data(), m, /*gemm=*/true);
+  vk->set_coop_path(vk::CoopPath::kOff);
+  const auto tiled = vk->exl3_raw_matmul(v, xh.data(), m, /*gemm=*/true);
+  vk->set_coop_path(saved);
+  EXPECT_LT(test::rel_rms(coop, tiled), 2e-3);
+}
+
+}  // namespace
+}  // namespace trellis
+
+#endif  // TRELLIS_WITH_VULKAN

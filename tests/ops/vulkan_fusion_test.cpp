@@ -1,0 +1,137 @@
+// tests/ops/vulkan_fusion_test.cpp: the Vulkan backend's decode fusions (peepholes in the
+// recorder): add(x, y) + rms_norm(x) as rms_norm_add, rope(q) + rope(k) + kv_store(k, v) as
+// rope_kv_store. Each is bit-identical to the separate ops (fusion off), records fewer
+// dispatches, and matches the CPU backend; shapes the fusion does not cover fall back.
+#if TRELLIS_WITH_VULKAN
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "ops/vulkan_test_util.h"
+#include "test_util.h"
+
+namespace trellis {
+namespace {
+
+std::vector<float> random_floats(size_t n, uint64_t seed, float scale = 1.0f) {
+  test::SplitMix64 rng(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = scale * static_cast<float>(static_cast<double>(rng.next() >> 11) / 9007199254740992.0 * 2 - 1);
+  return v;
+}
+
+TensorView f32_view(const std::vector<float>& v, Shape shape) {
+  return TensorView{DType::kF32, std::move(shape), reinterpret_cast<const std::byte*>(v.data())};
+}
+
+std::vector<float> fetch(Backend& be, const DeviceTensor& t) {
+  std::vector<float> out(static_cast<size_t>(shape_numel(t.shape)));
+  be.download(t, out.data());
+  return out;
+}
+
+Backend& cpu_backend() {
+  static std::unique_ptr<Backend> cpu = make_cpu_backend(1);
+  return *cpu;
+}
+
+// Restores the backend's fusion switch when a test ends.
+struct FusionGuard {
+  vk::VulkanBackend* be;
+  bool saved;
+  explicit FusionGuard(vk::VulkanBackend* b) : be(b), saved(b->fusion()) {}
+  ~FusionGuard() { be->set_fusion(saved); }
+};
+
+TEST(VulkanFusion, AddRmsNormBitIdenticalToSeparateOps) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  FusionGuard guard(vk);
+  const int64_t rows = 3, cols = 300;
+  const auto x = random_floats(static_cast<size_t>(rows * cols), 60, 3.0f);
+  const auto y = random_floats(static_cast<size_t>(rows * cols), 61);
+  const auto w = random_floats(static_cast<size_t>(cols), 62);
+  std::vector<float> out[3], xs[3];
+  uint64_t dispatches[2] = {};
+  for (int run = 0; run < 3; ++run) {  // 0: fused, 1: separate, 2: CPU
+    Backend& be = run == 2 ? cpu_backend() : *vk;
+    if (run < 2) vk->set_fusion(run == 0);
+    DeviceTensor xt = be.upload(f32_view(x, {rows, cols}), DType::kF32);
+    const DeviceTensor yt = be.upload(f32_view(y, {rows, cols}), DType::kF32);
+    const DeviceTensor wt = be.upload(f32_view(w, {cols}), DType::kF32);
+    DeviceTensor o = be.alloc(DType::kF32, {rows, cols});
+    if (run < 2) vk->synchronize();
+    const uint64_t d0 = run < 2 ? vk->context().stats().dispatches : 0;
+    be.add(xt, yt);
+    be.rms_norm(xt, wt, 1e-5f, cols, o);
+    if (run < 2) dispatches[run] = vk->context().stats().dispatches - d0;
+    out[run] = fetch(be, o);
+    xs[run] = fetch(be, xt);
+  }
+  EXPECT_EQ(dispatches[0], 1u);
+  EXPECT_EQ(dispatches[1], 2u);
+  EXPECT_EQ(out[0], out[1]) << "fused norm differs from add + rms_norm";
+  EXPECT_EQ(xs[0], xs[1]) << "fused residual differs from add";
+  EXPECT_EQ(xs[0], xs[2]) << "residual differs from the CPU backend";
+  EXPECT_LT(test::rel_rms(out[0], out[2]), 1e-6);
+}
+
+// rope(q), rope(k), kv_store(k, v) for prefill rows and a decode row at an offset view, GQA
+// 4:2; head_dim 16 fuses, head_dim 18 (half odd) falls back to the separate ops.
+TEST(VulkanFusion, RopeKvStoreBitIdenticalToSeparateOps) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  FusionGuard guard(vk);
+  for (int64_t head_dim : {int64_t{16}, int64_t{18}}) {
+    const int64_t qh = 4, kh = 2, rows = 5, ctx = 12, qw = qh * head_dim, kw = kh * head_dim;
+    RopeParams rp;
+    for (int64_t i = 0; i < head_dim / 2; ++i)
+      rp.inv_freq.push_back(std::pow(10000.0f, -2.0f * static_cast<float>(i) / static_cast<float>(head_dim)));
+    rp.attention_scaling = 1.1f;
+    const auto q = random_floats(static_cast<size_t>(rows * qw), 70, 2.0f);
+    const auto k = random_floats(static_cast<size_t>(rows * kw), 71, 2.0f);
+    const auto v = random_floats(static_cast<size_t>(rows * kw), 72);
+    const std::vector<int32_t> pos = {3, 4, 5, 6, 7};
+    std::vector<float> res[3][4];
+    uint64_t dispatches[2] = {};
+    for (int run = 0; run < 3; ++run) {
+      Backend& be = run == 2 ? cpu_backend() : *vk;
+      if (run < 2) vk->set_fusion(run == 0);
+      DeviceTensor qt = be.upload(f32_view(q, {rows, qw}), DType::kF32);
+      DeviceTensor kt = be.upload(f32_view(k, {rows, kw}), DType::kF32);
+      const DeviceTensor vt = be.upload(f32_view(v, {rows, kw}), DType::kF32);
+      DeviceTensor kc = be.alloc(DType::kF16, {ctx, kw}), vc = be.alloc(DType::kF16, {ctx, kw});
+      if (run < 2) vk->synchronize();
+      const uint64_t d0 = run < 2 ? vk->context().stats().dispatches : 0;
+      // Prefill of rows 0..3, then a decode row (row 4) as one-row views at an offset.
+      const std::vector<int32_t> p4(pos.begin(), pos.begin() + 4), p1 = {pos[4]};
+      DeviceTensor q4 = qt.first_rows(4), k4 = kt.first_rows(4);
+      be.rope(q4, head_dim, p4, rp);
+      be.rope(k4, head_dim, p4, rp);
+      be.kv_store(k4, vt.first_rows(4), p4, kc, vc);
+      DeviceTensor q1 = qt.first_rows(1), k1 = kt.first_rows(1), v1 = vt.first_rows(1);
+      q1.offset = static_cast<size_t>(4 * qw) * 4;
+      k1.offset = v1.offset = static_cast<size_t>(4 * kw) * 4;
+      be.rope(q1, head_dim, p1, rp);
+      be.rope(k1, head_dim, p1, rp);
+      be.kv_store(k1, v1, p1, kc, vc);
+      if (run < 2) dispatches[run] = vk->context().stats().dispatches - d0;
+      res[run][0] = fetch(be, qt);
+      res[run][1] = fetch(be, kt);
+      res[run][2] = fetch(be, kc);
+      res[run][3] = fetch(be, vc);
+    }
+    EXPECT_EQ(dispatches[0], head_dim % 4 == 0 ? 2u : 6u) << "head_dim " << head_dim;
+    EXPECT_EQ(dispatches[1], 6u);
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(res[0][i], res[1][i]) << "head_dim " << head_dim << " output " << i;
+    EXPECT_LT(test::rel_rms(res[0][0], res[2][0]), 1e-6) << "q vs CPU";
+    EXPECT_LT(test::rel_rms(res[0][1], res[2][1]), 1e-6) << "k vs CPU";
+    EXPECT_EQ(res[0][3], res[2][3]) << "V cache vs CPU";
+    EXPECT_LT(test::rel_rms(res[0][2], res[2][2]), 1e-3) << "K cache vs CPU";
+  }
+}
+
+}  // namespace
+}  // namespace trellis
+
+#endif  // TRELLIS_WITH_VULKAN
