@@ -14,11 +14,31 @@
 //     with splits > 1 each writes (acc, m, l) to `partial` and a second kernel merges them. The
 //     range is computed on the device from the staged positions, so a captured CUDA graph stays
 //     valid as the context grows (empty chunks just write m = -inf).
-// Non-goals: tensor-core QKᵀ (the models this serves are small or decode-bound), head_dim > 256.
+//
+// Prefill on tensor cores (attention_tc_kernel, head_dim 64 or 128, no splits, at least one full
+// block of 64 flat queries; TRELLIS_CUDA_TC_ATTENTION=0 forces the kernel above): FlashAttention-2
+// style with mma.sync.m16n8k16 (fp16 inputs, fp32 accumulation).
+//   * A block is 4 warps x 16 flat queries of one kv head; blocks run heaviest (latest rows) first.
+//   * Q is read once into A fragments as fp16 with scale·log2(e) folded in; key tiles of 64 are
+//     staged as fp16, K row-major and V transposed (both padded so the fragment loads are
+//     bank-conflict free), zero beyond the last valid key.
+//   * S = QKᵀ in fp32 registers; the causal / sliding-window mask per element from the row's
+//     position; online softmax in base 2 on the accumulator fragments (row max over the 4 lanes of
+//     a quad; the row sum stays per lane until the end); P is rounded to fp16 and reused in
+//     registers as the A fragments of P·V; O is rescaled per tile and divided by l at the end.
+//   * Accuracy: Q and P rounded once to fp16 (relative 2^-11 each), everything else fp32. Against
+//     the fp32 kernel this moves outputs by ~1e-3 relative (measured in the tests), the precision
+//     fp16 attention kernels such as ExLlamaV3's run at.
+// Non-goals: head_dim > 256; tensor cores for decode (one query row per head: memory-bound).
 #include <cuda_fp16.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
 
+#include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_util.h"
 
@@ -48,6 +68,7 @@ size_t smem_bytes(int64_t d) {
 template <int DPL>
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a) {
   extern __shared__ float smem[];
+  pdl_begin();
   const int d = static_cast<int>(a.head_dim);
   const int64_t group = a.n_heads / a.n_kv_heads, q_width = a.n_heads * d, kv_width = a.n_kv_heads * d;
   const int kvh = blockIdx.y, split = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -191,6 +212,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a)
 
 // One block per (row, head): merges the splits' partial (acc, m, l).
 __global__ void attention_merge_kernel(AttentionArgs a) {
+  pdl_begin();
   const int64_t qi = blockIdx.x, n_q = a.rows * a.n_heads, d = a.head_dim;
   const int64_t r = qi / a.n_heads, h = qi % a.n_heads;
   float mx = -INFINITY;
@@ -212,11 +234,224 @@ __global__ void attention_merge_kernel(AttentionArgs a) {
 }
 
 template <int DPL>
-void launch(const AttentionArgs& a, cudaStream_t stream) {
+void launch_fp32(const AttentionArgs& a, cudaStream_t stream) {
   const int64_t group = a.n_heads / a.n_kv_heads;
   const dim3 grid(static_cast<unsigned>((a.rows * group + kQPerBlock - 1) / kQPerBlock),
                   static_cast<unsigned>(a.n_kv_heads), static_cast<unsigned>(a.splits));
-  attention_kernel<DPL><<<grid, kWarps * 32, smem_bytes(a.head_dim), stream>>>(a);
+  launch("attention", attention_kernel<DPL>, grid, dim3(kWarps * 32), smem_bytes(a.head_dim), stream, a);
+}
+
+// ---- tensor-core prefill ----
+
+constexpr int kTcWarps = 4, kTcRows = 16 * kTcWarps, kTcKeys = 64;
+
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ void mma_f16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <int D>
+constexpr size_t tc_smem_bytes() {
+  return static_cast<size_t>(kTcKeys * (D + 8) + D * (kTcKeys + 8)) * 2;
+}
+
+// Fragment layout of m16n8k16 (g = lane / 4, t = lane % 4): A a0 = (row g, k 2t..2t+1),
+// a1 = (g + 8, 2t..), a2 = (g, 2t+8..), a3 = (g + 8, 2t+8..); B b0 = (k 2t..2t+1, n g),
+// b1 = (k 2t+8.., n g); C c0,c1 = (row g, n 2t..2t+1), c2,c3 = (row g + 8, n 2t..).
+template <int D>
+__global__ void __launch_bounds__(kTcWarps * 32) attention_tc_kernel(AttentionArgs a) {
+  constexpr int KS = D + 8;        // K row stride (halves)
+  constexpr int VS = kTcKeys + 8;  // Vᵀ row stride (halves)
+  __shared__ __align__(16) __half ks[kTcKeys * KS];
+  __shared__ __align__(16) __half vt[D * VS];
+  pdl_begin();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int64_t group = a.n_heads / a.n_kv_heads, q_width = a.n_heads * D, kv_width = a.n_kv_heads * D;
+  const int64_t nflat = a.rows * group;
+  const int kvh = blockIdx.y;
+  const int64_t q0 = (static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x) * kTcRows;  // heaviest blocks first
+  const int64_t wq0 = q0 + warp * 16;
+
+  // Block key range [lo, hi] and this warp's rows.
+  const int64_t nq = min(int64_t{kTcRows}, nflat - q0);
+  int64_t lo = INT64_MAX, hi = -1;
+  for (int64_t r = q0 / group; r <= (q0 + nq - 1) / group; ++r) {
+    const int64_t last = a.pos[r];
+    lo = min(lo, a.sliding_window > 0 ? max(int64_t{0}, last - a.sliding_window + 1) : int64_t{0});
+    hi = max(hi, last);
+  }
+  int64_t rlast[2], rfirst[2], rrow[2], rhead[2];
+  int64_t warp_hi = -1;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t f = wq0 + g + 8 * h;
+    rlast[h] = -1;
+    rfirst[h] = 0;
+    rrow[h] = 0;
+    rhead[h] = 0;
+    if (f < nflat) {
+      rrow[h] = f / group;
+      rhead[h] = kvh * group + f % group;
+      rlast[h] = a.pos[rrow[h]];
+      rfirst[h] = a.sliding_window > 0 ? max(int64_t{0}, rlast[h] - a.sliding_window + 1) : 0;
+    }
+  }
+  for (int j = 0; j < 16; ++j) {
+    const int64_t f = wq0 + j;
+    if (f < nflat) warp_hi = max(warp_hi, static_cast<int64_t>(a.pos[f / group]));
+  }
+
+  // Q fragments, scaled by scale·log2(e), fp16.
+  const float qscale = a.scale * 1.4426950408889634f;
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kc = 0; kc < D / 16; ++kc) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int h = i & 1, col = kc * 16 + 2 * t + ((i & 2) ? 8 : 0);
+      float x0 = 0.0f, x1 = 0.0f;
+      if (rlast[h] >= 0) {
+        const float* qp = a.q + rrow[h] * q_width + rhead[h] * D + col;
+        x0 = qp[0] * qscale;
+        x1 = qp[1] * qscale;
+      }
+      qf[kc][i] = pack_half2(x0, x1);
+    }
+  }
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int nb = 0; nb < D / 8; ++nb) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.0f;
+  float mx[2] = {-INFINITY, -INFINITY}, lsum[2] = {0.0f, 0.0f};
+
+  const int64_t tiles = hi >= lo ? (hi - lo) / kTcKeys + 1 : 0;
+  for (int64_t ti = 0; ti < tiles; ++ti) {
+    const int64_t t0 = lo + ti * kTcKeys;
+    __syncthreads();  // the previous tile is consumed
+    // Stage keys t0 .. t0+63: 16-byte chunks (8 halves) of K rows, and of V rows transposed.
+    for (int idx = threadIdx.x; idx < kTcKeys * (D / 8); idx += kTcWarps * 32) {
+      const int key = idx % kTcKeys, c8 = idx / kTcKeys;
+      uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+      if (t0 + key <= hi) {
+        const int64_t off = (t0 + key) * kv_width + int64_t{kvh} * D + c8 * 8;
+        kv = *reinterpret_cast<const uint4*>(a.k_cache + off);
+        vv = *reinterpret_cast<const uint4*>(a.v_cache + off);
+      }
+      *reinterpret_cast<uint4*>(ks + key * KS + c8 * 8) = kv;
+      const __half* vh = reinterpret_cast<const __half*>(&vv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) vt[(c8 * 8 + i) * VS + key] = vh[i];
+    }
+    __syncthreads();
+    if (t0 > warp_hi) continue;  // every key of the tile is after this warp's rows (warp-uniform)
+
+    // S = Q Kᵀ for 8 blocks of 8 keys.
+    float sc[kTcKeys / 8][4];
+#pragma unroll
+    for (int nb = 0; nb < kTcKeys / 8; ++nb) {
+      sc[nb][0] = sc[nb][1] = sc[nb][2] = sc[nb][3] = 0.0f;
+      const __half* krow = ks + (nb * 8 + g) * KS + 2 * t;
+#pragma unroll
+      for (int kc = 0; kc < D / 16; ++kc) {
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + kc * 16);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + kc * 16 + 8);
+        mma_f16(sc[nb], qf[kc][0], qf[kc][1], qf[kc][2], qf[kc][3], b0, b1);
+      }
+    }
+    // Mask, row max, rescale.
+    float tmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nb = 0; nb < kTcKeys / 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e >> 1;
+        const int64_t key = t0 + nb * 8 + 2 * t + (e & 1);
+        const bool valid = key >= rfirst[h] && key <= rlast[h];
+        sc[nb][e] = valid ? sc[nb][e] : -INFINITY;
+        tmax[h] = fmaxf(tmax[h], sc[nb][e]);
+      }
+    float corr[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 1));
+      tmax[h] = fmaxf(tmax[h], __shfl_xor_sync(0xffffffffu, tmax[h], 2));
+      const float m_new = fmaxf(mx[h], tmax[h]);
+      corr[h] = m_new == -INFINITY ? 1.0f : exp2f(mx[h] - m_new);  // mx = -inf: nothing to rescale
+      mx[h] = m_new;
+      lsum[h] *= corr[h];
+    }
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb) {
+      o[nb][0] *= corr[0];
+      o[nb][1] *= corr[0];
+      o[nb][2] *= corr[1];
+      o[nb][3] *= corr[1];
+    }
+    // P = exp2(S - m), summed per lane; fp16 A fragments for P·V (two key blocks per k-chunk).
+    uint32_t pf[kTcKeys / 16][4];
+#pragma unroll
+    for (int nb = 0; nb < kTcKeys / 8; ++nb) {
+      float p[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e >> 1;
+        p[e] = sc[nb][e] == -INFINITY ? 0.0f : exp2f(sc[nb][e] - mx[h]);
+        lsum[h] += p[e];
+      }
+      pf[nb / 2][(nb & 1) * 2 + 0] = pack_half2(p[0], p[1]);  // rows g: a0 (even block) / a2 (odd)
+      pf[nb / 2][(nb & 1) * 2 + 1] = pack_half2(p[2], p[3]);  // rows g + 8: a1 / a3
+    }
+    // O += P V: B fragments from Vᵀ rows (dims), k = keys.
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb) {
+      const __half* vrow = vt + (nb * 8 + g) * VS + 2 * t;
+#pragma unroll
+      for (int kc = 0; kc < kTcKeys / 16; ++kc) {
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(vrow + kc * 16);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(vrow + kc * 16 + 8);
+        mma_f16(o[nb], pf[kc][0], pf[kc][1], pf[kc][2], pf[kc][3], b0, b1);
+      }
+    }
+  }
+
+  // l = the quad's sum; out = O / l (0 for rows with no valid key).
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    lsum[h] += __shfl_xor_sync(0xffffffffu, lsum[h], 1);
+    lsum[h] += __shfl_xor_sync(0xffffffffu, lsum[h], 2);
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (rlast[h] < 0) continue;
+    const float inv = lsum[h] > 0 ? 1.0f / lsum[h] : 0.0f;
+    float* orow = a.out + rrow[h] * q_width + rhead[h] * D + 2 * t;
+#pragma unroll
+    for (int nb = 0; nb < D / 8; ++nb) {
+      orow[nb * 8] = o[nb][2 * h] * inv;
+      orow[nb * 8 + 1] = o[nb][2 * h + 1] * inv;
+    }
+  }
+}
+
+std::atomic<int> g_tc{-1};  // -1: TRELLIS_CUDA_TC_ATTENTION not read yet
+
+bool tc_enabled() {
+  int v = g_tc.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* e = std::getenv("TRELLIS_CUDA_TC_ATTENTION");
+    int expected = -1;
+    g_tc.compare_exchange_strong(expected, e && std::string(e) == "0" ? 0 : 1);
+    v = g_tc.load();
+  }
+  return v == 1;
 }
 
 }  // namespace
@@ -238,21 +473,38 @@ void attention_prepare() {
         "attention (shared memory limit)");
 }
 
+void set_tensor_core_attention(bool on) { g_tc.store(on ? 1 : 0); }
+
+bool attention_uses_tensor_cores(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int splits) {
+  return tc_enabled() && splits == 1 && (head_dim == 64 || head_dim == 128) && n_kv_heads > 0 &&
+         rows * (n_heads / n_kv_heads) >= kTcRows;
+}
+
 void attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.rows <= 0) return;
   if (a.head_dim > kAttentionMaxHeadDim || a.head_dim % 2 != 0)
     raise(ErrorKind::kUnsupported, "CUDA attention: head_dim " + std::to_string(a.head_dim) +
                                        " is not supported (even, at most 256)");
+  const bool aligned = (reinterpret_cast<uintptr_t>(a.k_cache) | reinterpret_cast<uintptr_t>(a.v_cache)) % 16 == 0;
+  if (aligned && attention_uses_tensor_cores(a.rows, a.n_heads, a.n_kv_heads, a.head_dim, a.splits)) {
+    const dim3 grid(static_cast<unsigned>((a.rows * (a.n_heads / a.n_kv_heads) + kTcRows - 1) / kTcRows),
+                    static_cast<unsigned>(a.n_kv_heads));
+    if (a.head_dim == 64)
+      launch("attention (tensor cores)", attention_tc_kernel<64>, grid, dim3(kTcWarps * 32), 0, stream, a);
+    else
+      launch("attention (tensor cores)", attention_tc_kernel<128>, grid, dim3(kTcWarps * 32), 0, stream, a);
+    return;
+  }
   if (a.head_dim <= 64)
-    launch<2>(a, stream);
+    launch_fp32<2>(a, stream);
   else if (a.head_dim <= 128)
-    launch<4>(a, stream);
+    launch_fp32<4>(a, stream);
   else
-    launch<8>(a, stream);
+    launch_fp32<8>(a, stream);
   check_launch("attention");
   if (a.splits > 1) {
-    attention_merge_kernel<<<static_cast<unsigned>(a.rows * a.n_heads), 128, 0, stream>>>(a);
-    check_launch("attention (merge of splits)");
+    launch("attention (merge of splits)", attention_merge_kernel, dim3(static_cast<unsigned>(a.rows * a.n_heads)),
+           dim3(128), 0, stream, a);
   }
 }
 

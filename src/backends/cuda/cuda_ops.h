@@ -95,6 +95,12 @@ inline constexpr int64_t kAttentionMaxHeadDim = 256;
 // Splits that fill the GPU for this shape (1 for prefill-sized batches).
 int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_count);
 int64_t attention_partial_floats(const AttentionArgs& a);
+// Whether attention() runs this shape on the tensor-core prefill kernel (fp16 Q and P; see
+// cuda_attention.cu): head_dim 64 or 128, no splits, rows·group >= 64, not disabled by
+// TRELLIS_CUDA_TC_ATTENTION=0.
+bool attention_uses_tensor_cores(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int splits);
+// Test hook: overrides TRELLIS_CUDA_TC_ATTENTION for launches recorded after the call.
+void set_tensor_core_attention(bool on);
 // Raises kUnsupported for head_dim > kAttentionMaxHeadDim. Sets its kernels' shared-memory limit
 // on first use (outside any graph capture: call attention_prepare() once per device first).
 void attention(const AttentionArgs& a, cudaStream_t stream);
