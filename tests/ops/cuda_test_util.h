@@ -11,6 +11,7 @@
 
 #include "backends/cuda/cuda_api.h"
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_util.h"
 
 namespace trellis::test {
