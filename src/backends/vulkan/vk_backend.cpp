@@ -40,7 +40,16 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   const char* env = std::getenv("TRELLIS_VULKAN_SUBGROUP");
   gemv_subgroup_ = gemv_subgroup_capable_ && !(env && std::strcmp(env, "0") == 0);
   fuse_ = !(std::getenv("TRELLIS_VULKAN_FUSE") && std::strcmp(std::getenv("TRELLIS_VULKAN_FUSE"), "0") == 0);
-  coop_ = ctx_->coop().khr ? CoopPath::kKhr : ctx_->coop().nv ? CoopPath::kNv : CoopPath::kOff;
+  // The cooperative-matrix GEMM is correct on the H200 but measured slower than the tiled shader
+  // there (15 against 23 TFLOP/s at m = 2048, docs/BENCHMARKS.md, 2026-12-04), so the prefill uses
+  // it only on request (TRELLIS_VULKAN_COOPMAT=1, khr or nv) until it is tuned; the extension is
+  // still enabled when present, so the tests and set_coop_path() can run it.
+  const char* coop_env = std::getenv("TRELLIS_VULKAN_COOPMAT");
+  const bool coop_wanted = coop_env && std::strcmp(coop_env, "0") != 0;
+  coop_ = !coop_wanted ? CoopPath::kOff
+          : ctx_->coop().khr ? CoopPath::kKhr
+          : ctx_->coop().nv  ? CoopPath::kNv
+                             : CoopPath::kOff;
   log_info("Vulkan: using {} (subgroup size {}; EXL3 GEMV reductions through {}; prefill GEMM {}: cooperative "
            "matrices {})",
            info.name, sg, gemv_subgroup_ ? "subgroup shuffles" : "shared memory",
