@@ -103,6 +103,9 @@ class Backend {
   // for backends whose device memory is worth more than the copy of a few rows per call: only
   // those report host_embedding() true and override embedding_host (the default throws).
   virtual bool host_embedding() const { return false; }
+  // Rows per prefill chunk the model uses when ModelOptions::max_batch is 0: larger chunks amortise
+  // per-chunk work (e.g. decoding EXL3 weights for a GEMM) at the price of activation memory.
+  virtual int64_t preferred_batch() const { return 512; }
   virtual void embedding_host(const TensorView& table, std::span<const int32_t> ids, DeviceTensor& out);
   // out = x / rms(x) * weight over groups of `group` columns (group = cols for a plain RMSNorm,
   // head_dim for per-head q/k norms); weight has `group` elements.

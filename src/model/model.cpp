@@ -93,6 +93,10 @@ std::unique_ptr<LinearWeights> Model::load_linear(const std::string& key, int64_
 
 namespace {
 
+// Rows of logits computed per head call when every row's logits are wanted (perplexity): bounds
+// the logits buffer independently of the prefill chunk (a 128K vocabulary costs 0.5 MiB a row).
+constexpr int64_t kLogitsRows = 512;
+
 std::string human_bytes(uint64_t b) {
   const double mib = static_cast<double>(b) / (1 << 20);
   return mib >= 1024 ? fmt::format("{:.2f} GiB", mib / 1024) : fmt::format("{:.0f} MiB", mib);
@@ -123,11 +127,13 @@ MemoryPlan plan_memory(const ModelConfig& c, const TensorStore& store, int64_t m
   const auto kv_width = static_cast<uint64_t>(c.num_key_value_heads * c.head_dim);
   p.kv_per_token = static_cast<uint64_t>(c.num_hidden_layers) * 2 * kv_width * 2;
   const auto b = static_cast<uint64_t>(max_batch);
+  const auto lb = static_cast<uint64_t>(std::min(max_batch, kLogitsRows));  // head rows per call
   const auto q_width = static_cast<uint64_t>(c.num_attention_heads * c.head_dim);
   const auto hidden = static_cast<uint64_t>(c.hidden_size), inter = static_cast<uint64_t>(c.intermediate_size);
-  const uint64_t widest = std::max({hidden, inter, q_width, static_cast<uint64_t>(c.vocab_size)});
-  p.buffers = b * (3 * hidden + 2 * q_width + 2 * kv_width + 2 * inter + static_cast<uint64_t>(c.vocab_size)) * 4 +
-              b * (std::max(hidden, inter) + 2 * widest) * 4 + (uint64_t{64} << 20);
+  const auto vocab = static_cast<uint64_t>(c.vocab_size);
+  const uint64_t widest = std::max({hidden, inter, q_width});
+  p.buffers = b * (3 * hidden + 2 * q_width + 2 * kv_width + 2 * inter) * 4 + lb * vocab * 4 +
+              b * (std::max(hidden, inter) + 2 * widest) * 4 + lb * (hidden + 2 * vocab) * 4 + (uint64_t{64} << 20);
   p.buffers += (p.weights + p.buffers) / 50 + (uint64_t{64} << 20);  // 2% + 64 MiB of slack
   return p;
 }
@@ -156,7 +162,8 @@ void Model::load_weights(const ModelOptions& options) {
     fail(ErrorKind::kUnsupported, "{}: hidden_act '{}' is not supported (only silu)", c.path, c.hidden_act);
   const int64_t max_pos = c.max_position_embeddings > 0 ? c.max_position_embeddings : 8192;
   max_context_ = options.max_context > 0 ? std::min(options.max_context, max_pos) : std::min<int64_t>(max_pos, 8192);
-  max_batch_ = std::max<int64_t>(1, std::min(options.max_batch, max_context_));
+  const int64_t batch = options.max_batch > 0 ? options.max_batch : backend_.preferred_batch();
+  max_batch_ = std::max<int64_t>(1, std::min(batch, max_context_));
   rope_ = make_rope_params(c);
   bool stored_head = false;  // a stored lm_head (EXL3 or dense) wins over tying (spec 2.13)
   for (const std::string& name : dir_->tensors().names()) stored_head = stored_head || name.rfind("lm_head.", 0) == 0;
@@ -248,7 +255,7 @@ void Model::load_weights(const ModelOptions& options) {
   v_ = backend_.alloc(DType::kF32, {b, kv_width});
   gate_ = backend_.alloc(DType::kF32, {b, c.intermediate_size});
   up_ = backend_.alloc(DType::kF32, {b, c.intermediate_size});
-  logits_ = backend_.alloc(DType::kF32, {b, c.vocab_size});
+  logits_ = backend_.alloc(DType::kF32, {std::min(b, kLogitsRows), c.vocab_size});
 }
 
 void Model::forward(std::span<const int32_t> tokens, int64_t start, bool all_logits, std::vector<float>& logits) {
@@ -313,10 +320,17 @@ void Model::forward_chunk(std::span<const int32_t> tokens, int64_t start, bool a
   }
   if (!logits) return;
   if (all_logits) {
+    // The head in slices of at most kLogitsRows rows: the logits buffer (rows x vocab) need not
+    // grow with the prefill chunk.
     be.rms_norm(x, final_norm_, eps, config_.hidden_size, h);
-    DeviceTensor out = logits_.first_rows(rows);
-    be.linear(*head_, h, out);
-    be.download(out, logits);
+    for (int64_t r0 = 0; r0 < rows; r0 += kLogitsRows) {
+      const int64_t n = std::min(kLogitsRows, rows - r0);
+      DeviceTensor hs = h.first_rows(n);
+      hs.offset += static_cast<size_t>(r0 * config_.hidden_size) * dtype_size(hs.dtype);
+      DeviceTensor out = logits_.first_rows(n);
+      be.linear(*head_, hs, out);
+      be.download(out, logits + r0 * config_.vocab_size);
+    }
   } else {
     // Only the last row's logits are needed: norm and project that row alone.
     DeviceTensor last = x_;

@@ -19,7 +19,8 @@ namespace trellis {
 
 struct ModelOptions {
   int64_t max_context = 0;     // KV cache length; 0 = min(max_position_embeddings, 8192)
-  int64_t max_batch = 512;     // rows per forward chunk (prefill is split into chunks this size)
+  int64_t max_batch = 0;       // rows per forward chunk (prefill is split into chunks this size);
+                               // 0 = the backend's preferred_batch() (512 on the CPU, 2048 on CUDA)
 };
 
 class Model {
