@@ -147,3 +147,41 @@ INSTANTIATE_TEST_SUITE_P(TinyLlama, GoldenDequantizedLogits,
 
 }  // namespace
 }  // namespace trellis
+
+namespace trellis {
+namespace {
+
+// The prefill chunk (ModelOptions::max_batch) does not change the logits: 700 positions in one
+// chunk (so the head runs in two slices of the logits buffer) and in chunks of 96 rows, on the
+// CPU backend, against each other and against the reference where it has positions.
+TEST(ModelChunks, ChunkSizeAndLogitsSlicesDoNotChangeLogits) {
+  if (!test::have_shared()) GTEST_SKIP() << "../shared not found";
+  const Reference ref = load_reference(test::shared_path("fixtures/tiny-llama/reference/q3_mcg.safetensors"));
+  std::vector<int32_t> ids;
+  while (ids.size() < 700) ids.insert(ids.end(), ref.ids.begin(), ref.ids.end());
+  ids.resize(700);
+  auto backend = make_cpu_backend();
+  std::vector<float> logits[2];
+  for (int i = 0; i < 2; ++i) {
+    ModelOptions opt;
+    opt.max_context = 1024;
+    opt.max_batch = i == 0 ? 700 : 96;
+    auto model = Model::load(test::shared_path("fixtures/tiny-llama/exl3-q3_mcg"), *backend, opt);
+    model->forward(ids, 0, /*all_logits=*/true, logits[i]);
+    ASSERT_EQ(logits[i].size(), ids.size() * static_cast<size_t>(ref.vocab));
+  }
+  double err = 0, norm = 0;
+  for (size_t j = 0; j < logits[0].size(); ++j) {
+    err += (logits[0][j] - logits[1][j]) * static_cast<double>(logits[0][j] - logits[1][j]);
+    norm += static_cast<double>(logits[1][j]) * logits[1][j];
+  }
+  EXPECT_LT(std::sqrt(err / norm), 1e-6);
+  // Rows past the first slice of 512 are real logits, not a stale or zero buffer.
+  const std::vector<float> first(logits[0].begin(), logits[0].begin() + static_cast<std::ptrdiff_t>(ref.logits.size()));
+  EXPECT_LE(compare(first, ref).rel_rms, 1e-2);
+  const float* row600 = logits[0].data() + 600 * ref.vocab;
+  EXPECT_GT(*std::max_element(row600, row600 + ref.vocab), *std::min_element(row600, row600 + ref.vocab));
+}
+
+}  // namespace
+}  // namespace trellis
