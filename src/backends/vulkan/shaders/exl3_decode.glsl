@@ -77,7 +77,10 @@ uint mul1_byte_sum(uint x) {
 // CUDA kernel's single f16x2 FMA is not used: Vulkan does not promise that fma() is fused.)
 vec2 decode_pair(uint s0, uint s1) {
   if (CODEBOOK == 2u) {
-    vec2 f = vec2(float(1024u + mul1_byte_sum(s0 * 0x83DCD12Du)), float(1024u + mul1_byte_sum(s1 * 0x83DCD12Du)));
+    // 1024 + S as fp32 without an int->float conversion (a slow pipe on NVIDIA): the float with
+    // bits 0x4B000400 + S is 2^23 + 1024 + S exactly; subtracting 2^23 is exact.
+    uvec2 b = uvec2(0x4B000400u) + uvec2(mul1_byte_sum(s0 * 0x83DCD12Du), mul1_byte_sum(s1 * 0x83DCD12Du));
+    vec2 f = uintBitsToFloat(b) - 8388608.0;
     return vec2(f16vec2(f * 0.00676727294921875 + (-10.3828125)));
   }
   uint x0 = CODEBOOK == 0u ? s0 * 89226354u + 64248484u : s0 * 0xCBAC1FEDu;

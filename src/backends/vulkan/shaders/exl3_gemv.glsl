@@ -82,10 +82,12 @@ shared float red[WG * G * 2u];
 #endif
 
 // Window j (0 <= j < PER_GROUP) of a group whose first window starts at bit 0 (MSB) of a0:a1.
+// A window inside one word is a bitfieldExtract: one instruction where the ISA has it (AMD
+// v_bfe_u32), a shift and a mask elsewhere.
 uint window(uint a0, uint a1, uint j) {
   uint pos = j * K;  // a constant after unrolling
-  if (pos + 16u <= 32u) return (a0 >> (16u - pos)) & 0xFFFFu;
-  if (pos >= 32u) return (a1 >> (48u - pos)) & 0xFFFFu;
+  if (pos + 16u <= 32u) return bitfieldExtract(a0, int(16u - pos), 16);
+  if (pos >= 32u) return bitfieldExtract(a1, int(48u - pos), 16);
   return ((a0 << (pos - 16u)) | (a1 >> (48u - pos))) & 0xFFFFu;
 }
 
