@@ -74,31 +74,6 @@ bool env_flag(const char* name, bool fallback) {
   return std::strcmp(v, "0") != 0;
 }
 
-// The optional shader features of Context::ShaderFeatures. fp16 arithmetic counts only with
-// RTE rounding control for 16-bit results: the exact decode relies on RNE binary16 results and
-// the shaders declare that rounding mode instead of trusting the driver's default.
-Context::ShaderFeatures probe_shader_features(VkPhysicalDevice d, uint32_t api_version) {
-  Context::ShaderFeatures sf;
-  if (api_version < VK_API_VERSION_1_2) return sf;
-  const bool dot_ext = has_extension(d, VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME);
-  VkPhysicalDeviceVulkan12Features f12{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
-  VkPhysicalDeviceShaderIntegerDotProductFeatures fdot{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};
-  if (dot_ext) f12.pNext = &fdot;
-  VkPhysicalDeviceFeatures2 f{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
-  f.pNext = &f12;
-  vkGetPhysicalDeviceFeatures2(d, &f);
-  VkPhysicalDeviceVulkan12Properties p12{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_PROPERTIES};
-  VkPhysicalDeviceShaderIntegerDotProductProperties pdot{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_PROPERTIES};
-  if (dot_ext) p12.pNext = &pdot;
-  VkPhysicalDeviceProperties2 p{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
-  p.pNext = &p12;
-  vkGetPhysicalDeviceProperties2(d, &p);
-  sf.float16 = f12.shaderFloat16 && p12.shaderRoundingModeRTEFloat16;
-  sf.int_dot = dot_ext && fdot.shaderIntegerDotProduct;
-  sf.int_dot_accelerated = sf.int_dot && pdot.integerDotProduct4x8BitPackedUnsignedAccelerated;
-  return sf;
-}
-
 VkInstance create_instance() {
   VkApplicationInfo app{VK_STRUCTURE_TYPE_APPLICATION_INFO};
   app.pApplicationName = "trellis";
@@ -154,6 +129,31 @@ bool has_extension(VkPhysicalDevice d, const char* name) {
   for (const auto& e : ext)
     if (std::strcmp(e.extensionName, name) == 0) return true;
   return false;
+}
+
+// The optional shader features of Context::ShaderFeatures. fp16 arithmetic counts only with
+// RTE rounding control for 16-bit results: the exact decode relies on RNE binary16 results and
+// the shaders declare that rounding mode instead of trusting the driver's default.
+Context::ShaderFeatures probe_shader_features(VkPhysicalDevice d, uint32_t api_version) {
+  Context::ShaderFeatures sf;
+  if (api_version < VK_API_VERSION_1_2) return sf;
+  const bool dot_ext = has_extension(d, VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME);
+  VkPhysicalDeviceVulkan12Features f12{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
+  VkPhysicalDeviceShaderIntegerDotProductFeatures fdot{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};
+  if (dot_ext) f12.pNext = &fdot;
+  VkPhysicalDeviceFeatures2 f{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
+  f.pNext = &f12;
+  vkGetPhysicalDeviceFeatures2(d, &f);
+  VkPhysicalDeviceVulkan12Properties p12{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_PROPERTIES};
+  VkPhysicalDeviceShaderIntegerDotProductProperties pdot{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_PROPERTIES};
+  if (dot_ext) p12.pNext = &pdot;
+  VkPhysicalDeviceProperties2 p{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+  p.pNext = &p12;
+  vkGetPhysicalDeviceProperties2(d, &p);
+  sf.float16 = f12.shaderFloat16 && p12.shaderRoundingModeRTEFloat16;
+  sf.int_dot = dot_ext && fdot.shaderIntegerDotProduct;
+  sf.int_dot_accelerated = sf.int_dot && pdot.integerDotProduct4x8BitPackedUnsignedAccelerated;
+  return sf;
 }
 
 DeviceInfo describe(VkPhysicalDevice d, int index) {
