@@ -47,6 +47,47 @@ exl3::Exl3LinearView view_of(const std::vector<uint8_t>& trellis, int64_t k, int
   return v;
 }
 
+// Selects the EXL3 GEMV arithmetic for a scope (fp16 decode, MUL1 dot product), restoring the
+// context's choice after it.
+class ArithChoice {
+ public:
+  ArithChoice(vk::VulkanBackend& be, bool f16, bool dot)
+      : ctx_(be.context()), f16_(ctx_.use_f16()), dot_(ctx_.use_int_dot()) {
+    ctx_.set_use_f16(f16);
+    ctx_.set_use_int_dot(dot);
+  }
+  ~ArithChoice() {
+    ctx_.set_use_f16(f16_);
+    ctx_.set_use_int_dot(dot_);
+  }
+
+ private:
+  vk::Context& ctx_;
+  bool f16_, dot_;
+};
+
+// The GEMV arithmetic variants this device can run: {fp16 decode, dot product}.
+std::vector<std::pair<bool, bool>> arith_variants(vk::VulkanBackend& be) {
+  const auto& sf = be.context().shader_features();
+  std::vector<std::pair<bool, bool>> v{{false, false}};
+  if (sf.float16) v.emplace_back(true, false);
+  if (sf.float16 && sf.int_dot) v.emplace_back(true, true);
+  return v;
+}
+
+// Ŵ through the GEMV: z = I · Ŵ with one-hot rows (m = k, in chunks of 8 rows), as fp16 bits.
+std::vector<uint16_t> what_by_gemv(vk::VulkanBackend& be, const exl3::Exl3LinearView& view) {
+  std::vector<float> eye(static_cast<size_t>(view.k * view.k), 0.0f);
+  for (int64_t r = 0; r < view.k; ++r) eye[static_cast<size_t>(r * view.k + r)] = 1.0f;
+  const std::vector<float> z = be.exl3_raw_matmul(view, eye.data(), view.k, /*gemm=*/false);
+  std::vector<uint16_t> out(z.size());
+  for (size_t i = 0; i < z.size(); ++i) {
+    out[i] = fp32_to_fp16(z[i]);
+    if (fp16_to_fp32(out[i]) != z[i]) out[i] = 0x7E01;  // not a binary16 value: never matches
+  }
+  return out;
+}
+
 TEST(VulkanExl3, DecodeIsBitExactForEveryKAndCodebook) {
   TRELLIS_VULKAN_OR_SKIP(be);
   const int64_t k = 128, n = 256;  // 128 tiles = 32768 states per variant
@@ -114,47 +155,6 @@ class SubgroupChoice {
   vk::VulkanBackend& be_;
   bool was_;
 };
-
-// Selects the EXL3 GEMV arithmetic for a scope (fp16 decode, MUL1 dot product), restoring the
-// context's choice after it.
-class ArithChoice {
- public:
-  ArithChoice(vk::VulkanBackend& be, bool f16, bool dot)
-      : ctx_(be.context()), f16_(ctx_.use_f16()), dot_(ctx_.use_int_dot()) {
-    ctx_.set_use_f16(f16);
-    ctx_.set_use_int_dot(dot);
-  }
-  ~ArithChoice() {
-    ctx_.set_use_f16(f16_);
-    ctx_.set_use_int_dot(dot_);
-  }
-
- private:
-  vk::Context& ctx_;
-  bool f16_, dot_;
-};
-
-// The GEMV arithmetic variants this device can run: {fp16 decode, dot product}.
-std::vector<std::pair<bool, bool>> arith_variants(vk::VulkanBackend& be) {
-  const auto& sf = be.context().shader_features();
-  std::vector<std::pair<bool, bool>> v{{false, false}};
-  if (sf.float16) v.emplace_back(true, false);
-  if (sf.float16 && sf.int_dot) v.emplace_back(true, true);
-  return v;
-}
-
-// Ŵ through the GEMV: z = I · Ŵ with one-hot rows (m = k, in chunks of 8 rows), as fp16 bits.
-std::vector<uint16_t> what_by_gemv(vk::VulkanBackend& be, const exl3::Exl3LinearView& view) {
-  std::vector<float> eye(static_cast<size_t>(view.k * view.k), 0.0f);
-  for (int64_t r = 0; r < view.k; ++r) eye[static_cast<size_t>(r * view.k + r)] = 1.0f;
-  const std::vector<float> z = be.exl3_raw_matmul(view, eye.data(), view.k, /*gemm=*/false);
-  std::vector<uint16_t> out(z.size());
-  for (size_t i = 0; i < z.size(); ++i) {
-    out[i] = fp32_to_fp16(z[i]);
-    if (fp16_to_fp32(out[i]) != z[i]) out[i] = 0x7E01;  // not a binary16 value: never matches
-  }
-  return out;
-}
 
 TEST(VulkanExl3, Fp16FeatureSwitchFollowsEnvironment) {
   TRELLIS_VULKAN_OR_SKIP(be);
