@@ -132,6 +132,31 @@ bool has_extension(VkPhysicalDevice d, const char* name) {
   return false;
 }
 
+// The optional shader features of Context::ShaderFeatures. fp16 arithmetic counts only with
+// RTE rounding control for 16-bit results: the exact decode relies on RNE binary16 results and
+// the shaders declare that rounding mode instead of trusting the driver's default.
+Context::ShaderFeatures probe_shader_features(VkPhysicalDevice d, uint32_t api_version) {
+  Context::ShaderFeatures sf;
+  if (api_version < VK_API_VERSION_1_2) return sf;
+  const bool dot_ext = has_extension(d, VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME);
+  VkPhysicalDeviceVulkan12Features f12{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
+  VkPhysicalDeviceShaderIntegerDotProductFeatures fdot{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};
+  if (dot_ext) f12.pNext = &fdot;
+  VkPhysicalDeviceFeatures2 f{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
+  f.pNext = &f12;
+  vkGetPhysicalDeviceFeatures2(d, &f);
+  VkPhysicalDeviceVulkan12Properties p12{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_PROPERTIES};
+  VkPhysicalDeviceShaderIntegerDotProductProperties pdot{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_PROPERTIES};
+  if (dot_ext) p12.pNext = &pdot;
+  VkPhysicalDeviceProperties2 p{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+  p.pNext = &p12;
+  vkGetPhysicalDeviceProperties2(d, &p);
+  sf.float16 = f12.shaderFloat16 && p12.shaderRoundingModeRTEFloat16;
+  sf.int_dot = dot_ext && fdot.shaderIntegerDotProduct;
+  sf.int_dot_accelerated = sf.int_dot && pdot.integerDotProduct4x8BitPackedUnsignedAccelerated;
+  return sf;
+}
+
 DeviceInfo describe(VkPhysicalDevice d, int index) {
   DeviceInfo info;
   info.backend = "vulkan";
@@ -170,6 +195,7 @@ DeviceInfo describe(VkPhysicalDevice d, int index) {
     info.features.push_back("subgroup_shuffle");
   if ((subgroup.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) && (ops & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT))
     info.features.push_back("subgroup_arithmetic");
+  if (has_extension(d, VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME)) info.features.push_back("integer_dot_product");
   if (has_extension(d, "VK_KHR_cooperative_matrix")) info.features.push_back("cooperative_matrix");
   if (has_extension(d, "VK_NV_cooperative_matrix")) info.features.push_back("cooperative_matrix_nv");
   if (has_extension(d, "VK_EXT_subgroup_size_control")) info.features.push_back("subgroup_size_control");
@@ -224,24 +250,53 @@ std::shared_ptr<Context> Context::create(int index, bool discrete_like) {
   VkDeviceCreateInfo dci{VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO};
   dci.queueCreateInfoCount = 1;
   dci.pQueueCreateInfos = &qci;
-  // Cooperative matrices (optional): extensions and features only where the device has them.
+  // Optional features, enabled only where the device has them (their shaders have fallbacks):
+  // cooperative matrices (vk_coop.h; their Vulkan 1.2 feature struct already asks for
+  // shaderFloat16), else shaderFloat16 alone, and the integer dot product.
   ctx->coop_ = probe_coop(ctx->instance_, ctx->physical_);
   const CoopEnable coop(ctx->coop_);
-  dci.pNext = coop.chain();
-  dci.enabledExtensionCount = static_cast<uint32_t>(coop.extensions().size());
-  dci.ppEnabledExtensionNames = coop.extensions().empty() ? nullptr : coop.extensions().data();
+  const ShaderFeatures sf = probe_shader_features(ctx->physical_, props.apiVersion);
+  VkPhysicalDeviceVulkan12Features enable12{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
+  VkPhysicalDeviceShaderIntegerDotProductFeatures enable_dot{
+      VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};
+  std::vector<const char*> device_extensions;
+  auto build_chain = [&](bool with_coop) {
+    const void* chain = nullptr;
+    device_extensions.clear();
+    if (with_coop && coop.chain()) {
+      chain = coop.chain();
+      device_extensions = coop.extensions();
+    } else if (sf.float16) {
+      enable12.shaderFloat16 = VK_TRUE;
+      enable12.pNext = nullptr;
+      chain = &enable12;
+    }
+    if (sf.int_dot) {
+      enable_dot.shaderIntegerDotProduct = VK_TRUE;
+      enable_dot.pNext = const_cast<void*>(chain);
+      chain = &enable_dot;
+      device_extensions.push_back(VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME);
+    }
+    dci.pNext = chain;
+    dci.enabledExtensionCount = static_cast<uint32_t>(device_extensions.size());
+    dci.ppEnabledExtensionNames = device_extensions.empty() ? nullptr : device_extensions.data();
+  };
+  build_chain(true);
   VkResult created = vkCreateDevice(ctx->physical_, &dci, nullptr, &ctx->device_);
   if (created != VK_SUCCESS && coop.chain()) {
     log_warn("Vulkan: creating '{}' with cooperative matrices failed ({}); continuing without them", ctx->info_.name,
              result_name(created));
     ctx->coop_ = CoopSupport{};
     ctx->coop_.detail = "device creation with it failed";
-    dci.pNext = nullptr;
-    dci.enabledExtensionCount = 0;
-    dci.ppEnabledExtensionNames = nullptr;
+    build_chain(false);
     created = vkCreateDevice(ctx->physical_, &dci, nullptr, &ctx->device_);
   }
   check(created, "vkCreateDevice");
+  ctx->shader_features_ = sf;
+  ctx->use_f16_ = sf.float16 && env_flag("TRELLIS_VULKAN_F16", true);
+  ctx->use_int_dot_ = sf.int_dot && env_flag("TRELLIS_VULKAN_DOT", sf.int_dot_accelerated);
+  log_debug("Vulkan: shader fp16 {} (in use: {}), integer dot product {}{} (in use: {})", sf.float16, ctx->use_f16_,
+            sf.int_dot, sf.int_dot_accelerated ? ", accelerated" : "", ctx->use_int_dot_);
   vkGetDeviceQueue(ctx->device_, ctx->queue_family_, 0, &ctx->queue_);
 
   VkCommandPoolCreateInfo pci{VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO};
@@ -301,6 +356,19 @@ Context::~Context() {
     vkDestroyDevice(device_, nullptr);
   }
   if (instance_) vkDestroyInstance(instance_, nullptr);
+}
+
+void Context::set_use_f16(bool on) {
+  if (on && !shader_features_.float16)
+    fail(ErrorKind::kUnsupported, "Vulkan device '{}': no shaderFloat16 with RTE rounding control for fp16", info_.name);
+  use_f16_ = on;
+}
+
+void Context::set_use_int_dot(bool on) {
+  if (on && !shader_features_.int_dot)
+    fail(ErrorKind::kUnsupported, "Vulkan device '{}': no shaderIntegerDotProduct (VK_KHR_shader_integer_dot_product)",
+         info_.name);
+  use_int_dot_ = on;
 }
 
 void Context::shutdown() {

@@ -104,6 +104,22 @@ class Context : public std::enable_shared_from_this<Context> {
 
   const DeviceInfo& info() const { return info_; }
   const VkPhysicalDeviceLimits& limits() const { return limits_; }
+
+  // Optional shader features, probed and enabled at device creation; shaders that use them have
+  // a portable fallback (exl3_gemv's _f16 and _f16_dot variants).
+  struct ShaderFeatures {
+    bool float16 = false;              // shaderFloat16 with shaderRoundingModeRTEFloat16 (Vulkan 1.2)
+    bool int_dot = false;              // shaderIntegerDotProduct (VK_KHR_shader_integer_dot_product)
+    bool int_dot_accelerated = false;  // 4x8 packed unsigned dot products are native instructions
+  };
+  const ShaderFeatures& shader_features() const { return shader_features_; }
+  // Whether those shaders use the features: fp16 where supported unless TRELLIS_VULKAN_F16=0;
+  // the dot product where accelerated, TRELLIS_VULKAN_DOT=0/1 overrides (1 still needs support).
+  // The setters (tests, benchmarks) throw kUnsupported for a feature the device lacks.
+  bool use_f16() const { return use_f16_; }
+  bool use_int_dot() const { return use_int_dot_; }
+  void set_use_f16(bool on);
+  void set_use_int_dot(bool on);
   bool is_cpu() const { return cpu_; }  // a CPU implementation (lavapipe, SwiftShader)
   // Cooperative-matrix support enabled on this device (vk_coop.h).
   const CoopSupport& coop() const { return coop_; }
@@ -206,6 +222,9 @@ class Context : public std::enable_shared_from_this<Context> {
   bool cpu_ = false;
   bool discrete_like_ = false;
   CoopSupport coop_;
+  ShaderFeatures shader_features_;
+  bool use_f16_ = false;
+  bool use_int_dot_ = false;
   VkDevice device_ = VK_NULL_HANDLE;
   VkQueue queue_ = VK_NULL_HANDLE;
   uint32_t queue_family_ = 0;

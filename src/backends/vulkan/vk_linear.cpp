@@ -188,13 +188,20 @@ void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb,
   struct {
     uint32_t m, k, n, xh_off, z_off, splits;
   } pc{u32(m), u32(k), u32(n), xh_off, z_off, splits};
+  // Module: exl3_gemv[_sg][_f16[_dot]] (exl3_gemv.glsl): the fp16 decode where the device has
+  // exact fp16 arithmetic (Context::use_f16), the dot-product byte sum for MUL1 on top where
+  // enabled (Context::use_int_dot); all give bitwise the same z.
+  std::string shader = gemv_subgroup_ ? "exl3_gemv_sg" : "exl3_gemv";
+  if (ctx_->use_f16()) {
+    shader += "_f16";
+    if (cb == exl3::Codebook::kMul1 && ctx_->use_int_dot()) shader += "_dot";
+  }
   std::string name = variant("exl3_gemv", K, cb);
-  if (gemv_subgroup_) name += "_sg";
+  name += shader.substr(std::strlen("exl3_gemv"));
   if (G != 4) name += fmt::format("_g{}", G);
   if (R != 1) name += fmt::format("_r{}", R);
-  const Pipeline& p =
-      ctx_->pipeline(name, gemv_subgroup_ ? "exl3_gemv_sg" : "exl3_gemv",
-                     {kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R}, 3, sizeof(pc), 1u << 2);
+  const Pipeline& p = ctx_->pipeline(name, shader, {kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R},
+                                     3, sizeof(pc), 1u << 2);
   ctx_->dispatch_flat(p, {&trellis, &xh, &z}, &pc, static_cast<uint64_t>(n / 16 / G) * splits);
 }
 

@@ -4,6 +4,13 @@
 // Needs: `EXL3_TRELLIS` naming a uint[] buffer holding packed tiles (8K little-endian words each,
 // file order, spec 2.8), and specialization constants K (1..8) and CODEBOOK (0 3INST, 1 MCG,
 // 2 MUL1) declared by the including shader.
+// Optional: EXL3_DECODE_F16 adds decode_pair() with hardware binary16 arithmetic; the including
+// shader must enable GL_EXT_shader_explicit_arithmetic_types(_float16) and declare the
+// RoundingModeRTE execution mode for 16-bit results (exl3_gemv.glsl does), which the host
+// allows only on devices reporting shaderFloat16 and shaderRoundingModeRTEFloat16.
+// EXL3_DECODE_DOT (with EXL3_DECODE_F16) forms the MUL1 byte sum with one 4x8 packed dot product
+// (SPV_KHR_integer_dot_product; the host allows it where the device reports
+// shaderIntegerDotProduct).
 
 // Tile element (row r, col c) -> trellis step (spec 2.7).
 uint step_of(uint r, uint c) {
@@ -40,3 +47,48 @@ float decode_state(uint state) {
   vec2 h = unpackHalf2x16(y);
   return round_to_f16_precision(h.x + h.y);
 }
+
+#ifdef EXL3_DECODE_F16
+#ifdef EXL3_DECODE_DOT
+// OpUDot (SPV_KHR_integer_dot_product) with PackedVectorFormat4x8Bit (0): the sum of the four
+// byte products of a and b. glslang 11 has no GL_EXT_integer_dot_product, so it is declared
+// through GL_EXT_spirv_intrinsics (opcode 4451, capabilities DotProduct and
+// DotProductInput4x8BitPacked).
+spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [6019, 6018], id = 4451)
+uint exl3_udot4x8(uint a, uint b, spirv_literal int packed_vector_format);
+#endif
+
+// Byte sum of x (0..1020).
+uint mul1_byte_sum(uint x) {
+#ifdef EXL3_DECODE_DOT
+  return exl3_udot4x8(x, 0x01010101u, 0);
+#else
+  uint t = (x & 0x00FF00FFu) + ((x >> 8) & 0x00FF00FFu);
+  return (t + (t >> 16)) & 0xFFFFu;
+#endif
+}
+
+// Codebook values of two states (bit-exact with decode_state), as fp32 (exactly binary16 values).
+// 3INST/MCG: the low halves of the two words and their high halves are gathered into two f16x2
+// words and summed with ONE f16vec2 addition: a correctly rounded binary16 add under the
+// shader's RoundingModeRTE, i.e. exactly __hadd (spec 3.6), with no software rounding.
+// MUL1: (1024 + S) · k_inv + k_bias is exact in fp32 for every S (spec 3.6, whether or not the
+// compiler fuses it), and the f16vec2 conversion rounds it once, RNE by the execution mode. (The
+// CUDA kernel's single f16x2 FMA is not used: Vulkan does not promise that fma() is fused.)
+vec2 decode_pair(uint s0, uint s1) {
+  if (CODEBOOK == 2u) {
+    // 1024 + S as fp32 without an int->float conversion (a slow pipe on NVIDIA): the float with
+    // bits 0x4B000400 + S is 2^23 + 1024 + S exactly; subtracting 2^23 is exact.
+    uvec2 b = uvec2(0x4B000400u) + uvec2(mul1_byte_sum(s0 * 0x83DCD12Du), mul1_byte_sum(s1 * 0x83DCD12Du));
+    vec2 f = uintBitsToFloat(b) - 8388608.0;
+    return vec2(f16vec2(f * 0.00676727294921875 + (-10.3828125)));
+  }
+  uint x0 = CODEBOOK == 0u ? s0 * 89226354u + 64248484u : s0 * 0xCBAC1FEDu;
+  uint x1 = CODEBOOK == 0u ? s1 * 89226354u + 64248484u : s1 * 0xCBAC1FEDu;
+  uint y0 = (x0 & 0x8FFF8FFFu) ^ 0x3B603B60u;
+  uint y1 = (x1 & 0x8FFF8FFFu) ^ 0x3B603B60u;
+  f16vec2 lo = unpackFloat2x16(bitfieldInsert(y0, y1, 16, 16));        // (y0.lo, y1.lo)
+  f16vec2 hi = unpackFloat2x16(bitfieldInsert(y1, y0 >> 16, 0, 16));  // (y0.hi, y1.hi)
+  return vec2(lo + hi);
+}
+#endif

@@ -24,11 +24,37 @@
 // deterministic).
 // Split-k: workgroup (split, column group) takes slabs [split·per, (split+1)·per) and writes its
 // partial sums to z + split · m · n; exl3_hadamard_out adds the partials.
+//
+// Arithmetic variants (separate SPIR-V modules, chosen by the host, vk_linear.cpp):
+//   plain (exl3_gemv, exl3_gemv_sg): fp32 decode with software rounding to binary16
+//     (decode_state); needs nothing beyond Vulkan 1.1.
+//   EXL3_GEMV_F16 (exl3_gemv[_sg]_f16): decode_pair, two weights per step: 3INST/MCG sum their
+//     fp16 halves with one f16vec2 add, MUL1 rounds with one f16vec2 conversion; needs
+//     shaderFloat16 and shaderRoundingModeRTEFloat16, and declares RoundingModeRTE for 16-bit
+//     results so every binary16 result is RNE, as the spec requires (no driver default assumed).
+//   EXL3_GEMV_DOT (exl3_gemv[_sg]_f16_dot, MUL1 only): as _f16, with the MUL1 byte sum as one
+//     4x8 packed dot product; needs shaderIntegerDotProduct.
+// All variants produce the same binary16 weights, widen them exactly to fp32 and accumulate in
+// fp32 in the same order, so their outputs are bitwise identical (the tests check this). The
+// dot products stay fp32 on purpose: f16vec2 FMAs with activations would halve the FMA count but
+// round the activations and partial sums to 11 bits, far outside the 1e-5 relative error the
+// GEMV is held to; the decode, not the FMAs, is what limits this kernel.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 #ifdef EXL3_GEMV_SUBGROUP
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
+#endif
+#ifdef EXL3_GEMV_F16
+#extension GL_EXT_shader_explicit_arithmetic_types : require
+#extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
+#extension GL_EXT_spirv_intrinsics : require
+// OpExecutionMode RoundingModeRTE (4462) for 16-bit floats (capability RoundingModeRTE, 4467).
+spirv_execution_mode(extensions = ["SPV_KHR_float_controls"], capabilities = [4467], 4462, 16);
+#define EXL3_DECODE_F16 1
+#ifdef EXL3_GEMV_DOT
+#define EXL3_DECODE_DOT 1
+#endif
 #endif
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 256;
@@ -56,10 +82,12 @@ shared float red[WG * G * 2u];
 #endif
 
 // Window j (0 <= j < PER_GROUP) of a group whose first window starts at bit 0 (MSB) of a0:a1.
+// A window inside one word is a bitfieldExtract: one instruction where the ISA has it (AMD
+// v_bfe_u32), a shift and a mask elsewhere.
 uint window(uint a0, uint a1, uint j) {
   uint pos = j * K;  // a constant after unrolling
-  if (pos + 16u <= 32u) return (a0 >> (16u - pos)) & 0xFFFFu;
-  if (pos >= 32u) return (a1 >> (48u - pos)) & 0xFFFFu;
+  if (pos + 16u <= 32u) return bitfieldExtract(a0, int(16u - pos), 16);
+  if (pos >= 32u) return bitfieldExtract(a1, int(48u - pos), 16);
   return ((a0 << (pos - 16u)) | (a1 >> (48u - pos))) & 0xFFFFu;
 }
 
@@ -118,11 +146,22 @@ void main() {
         [[unroll]] for (uint q = 0u; q < GROUPS; ++q) {
           uint a0 = funnel(wd[gi][q][0], wd[gi][q][1], goff[q]);
           uint a1 = funnel(wd[gi][q][1], wd[gi][q][2], goff[q]);
+#ifdef EXL3_GEMV_F16
+          [[unroll]] for (uint jj = 0u; jj < PER_GROUP; jj += 2u) {
+            uint step = q * PER_GROUP + jj;  // even: steps step and step + 1 share the column half
+            vec2 v = decode_pair(window(a0, a1, jj), window(a0, a1, jj + 1u));
+            [[unroll]] for (uint j = 0u; j < R; ++j) {
+              acc[j][gi][step >> 2] += xr[j][step & 3u] * v.x;
+              acc[j][gi][step >> 2] += xr[j][(step & 3u) + 1u] * v.y;
+            }
+          }
+#else
           [[unroll]] for (uint jj = 0u; jj < PER_GROUP; ++jj) {
             uint step = q * PER_GROUP + jj;  // 0..7: row 2(t&3) + (step&1) + 8((step>>1)&1), column half step>>2
             float v = decode_state(window(a0, a1, jj));
             [[unroll]] for (uint j = 0u; j < R; ++j) acc[j][gi][step >> 2] += xr[j][step & 3u] * v;
           }
+#endif
         }
     }
 
