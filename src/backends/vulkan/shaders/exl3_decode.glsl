@@ -73,7 +73,7 @@ uint mul1_byte_sum(uint x) {
 // words and summed with ONE f16vec2 addition: a correctly rounded binary16 add under the
 // shader's RoundingModeRTE, i.e. exactly __hadd (spec 3.6), with no software rounding.
 // MUL1: (1024 + S) · k_inv + k_bias is exact in fp32 for every S (spec 3.6, whether or not the
-// compiler fuses it), and the f16vec2 conversion rounds it once, RNE by the execution mode. (The
+// compiler fuses it), then rounded once to binary16 precision in software (see below). (The
 // CUDA kernel's single f16x2 FMA is not used: Vulkan does not promise that fma() is fused.)
 vec2 decode_pair(uint s0, uint s1) {
   if (CODEBOOK == 2u) {
@@ -81,7 +81,11 @@ vec2 decode_pair(uint s0, uint s1) {
     // bits 0x4B000400 + S is 2^23 + 1024 + S exactly; subtracting 2^23 is exact.
     uvec2 b = uvec2(0x4B000400u) + uvec2(mul1_byte_sum(s0 * 0x83DCD12Du), mul1_byte_sum(s1 * 0x83DCD12Du));
     vec2 f = uintBitsToFloat(b) - 8388608.0;
-    return vec2(f16vec2(f * 0.00676727294921875 + (-10.3828125)));
+    // Rounded in software, as decode_state does: on the NVIDIA driver (H200, 2026-12-04) the
+    // f16vec2 conversion of this value did not reproduce round-to-nearest-even despite the
+    // RoundingModeRTE execution mode, so the MUL1 results were not bit-exact.
+    vec2 v = f * 0.00676727294921875 + (-10.3828125);
+    return vec2(round_to_f16_precision(v.x), round_to_f16_precision(v.y));
   }
   uint x0 = CODEBOOK == 0u ? s0 * 89226354u + 64248484u : s0 * 0xCBAC1FEDu;
   uint x1 = CODEBOOK == 0u ? s1 * 89226354u + 64248484u : s1 * 0xCBAC1FEDu;
