@@ -79,7 +79,6 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a)
   __half* vs = ks + kTile * (d + 2);                                       // [kTile][d]
   const int kstride = d + 2;
 
-#pragma unroll 4
   for (int idx = threadIdx.x; idx < nq * d; idx += blockDim.x) {
     const int j = idx / d, i = idx % d;
     const int64_t f = q0 + j, r = f / group, g = f % group;
@@ -126,9 +125,6 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a)
     const int64_t t0 = lo + t * kTile;
     __syncthreads();  // previous tile fully consumed (and qs written, on the first pass)
     const int half_d = d / 2;
-    // Unrolled so that the loads of several iterations are in flight together: a decode block
-    // stages one or two tiles, and one global round trip per iteration dominated its time.
-#pragma unroll 8
     for (int idx = threadIdx.x; idx < kTile * half_d; idx += blockDim.x) {
       const int key = idx / half_d, c2 = idx % half_d;
       __half2 kv = __floats2half2_rn(0.f, 0.f), vv = kv;
