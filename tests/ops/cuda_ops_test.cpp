@@ -15,30 +15,18 @@
 
 #include "core/fp16.h"
 #include "trellis/error.h"
+#include "ops/ops_test_util.h"
 #include "ops/cuda_test_util.h"
 #include "test_util.h"
 
 namespace trellis {
 namespace {
 
+using test::random_floats;
+using test::f32_view;
+using test::fetch;
+
 using test::cuda_rel_rms;
-
-std::vector<float> random_floats(size_t n, uint64_t seed, float scale = 1.0f) {
-  test::SplitMix64 rng(seed);
-  std::vector<float> v(n);
-  for (auto& x : v) x = scale * static_cast<float>(static_cast<double>(rng.next() >> 11) / 9007199254740992.0 * 2 - 1);
-  return v;
-}
-
-TensorView f32_view(const std::vector<float>& v, Shape shape) {
-  return TensorView{DType::kF32, std::move(shape), reinterpret_cast<const std::byte*>(v.data())};
-}
-
-std::vector<float> fetch(Backend& be, const DeviceTensor& t) {
-  std::vector<float> out(static_cast<size_t>(shape_numel(t.shape)));
-  be.download(t, out.data());
-  return out;
-}
 
 Backend& cpu_backend() {
   static std::unique_ptr<Backend> cpu = make_cpu_backend(2);

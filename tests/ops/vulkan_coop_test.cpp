@@ -18,18 +18,14 @@
 #include "backends/vulkan/vk_spirv.h"
 #include "core/fp16.h"
 #include "exl3/linear.h"
+#include "ops/ops_test_util.h"
 #include "ops/vulkan_test_util.h"
 #include "test_util.h"
 
 namespace trellis {
 namespace {
 
-std::vector<float> random_floats(size_t n, uint64_t seed, float scale = 1.0f) {
-  test::SplitMix64 rng(seed);
-  std::vector<float> v(n);
-  for (auto& x : v) x = scale * static_cast<float>(static_cast<double>(rng.next() >> 11) / 9007199254740992.0 * 2 - 1);
-  return v;
-}
+using test::random_floats;
 
 // Instruction `i` of kind `opcode`: its words (empty when there are fewer).
 std::vector<uint32_t> nth_instruction(std::span<const uint32_t> m, uint32_t opcode, size_t i) {

@@ -122,16 +122,6 @@ std::vector<Candidate> candidates(VkInstance instance) {
   return out;
 }
 
-bool has_extension(VkPhysicalDevice d, const char* name) {
-  uint32_t n = 0;
-  vkEnumerateDeviceExtensionProperties(d, nullptr, &n, nullptr);
-  std::vector<VkExtensionProperties> ext(n);
-  vkEnumerateDeviceExtensionProperties(d, nullptr, &n, ext.data());
-  for (const auto& e : ext)
-    if (std::strcmp(e.extensionName, name) == 0) return true;
-  return false;
-}
-
 // The optional shader features of Context::ShaderFeatures. fp16 arithmetic counts only with
 // RTE rounding control for 16-bit results: the exact decode relies on RNE binary16 results and
 // the shaders declare that rounding mode instead of trusting the driver's default.

@@ -28,16 +28,6 @@ using PfnCoopPropertiesKhr = VkResult(VKAPI_PTR*)(VkPhysicalDevice, uint32_t*, C
 
 constexpr int32_t kFloat16 = 0, kFloat32 = 1, kScopeSubgroup = 3;  // same values for KHR and NV
 
-bool has_extension(VkPhysicalDevice d, const char* name) {
-  uint32_t n = 0;
-  vkEnumerateDeviceExtensionProperties(d, nullptr, &n, nullptr);
-  std::vector<VkExtensionProperties> ext(n);
-  vkEnumerateDeviceExtensionProperties(d, nullptr, &n, ext.data());
-  for (const auto& e : ext)
-    if (std::strcmp(e.extensionName, name) == 0) return true;
-  return false;
-}
-
 bool wanted_shape(uint32_t m, uint32_t n, uint32_t k, int32_t a, int32_t b, int32_t c, int32_t r, int32_t scope) {
   return m == 16 && n == 16 && k == 16 && a == kFloat16 && b == kFloat16 && c == kFloat32 && r == kFloat32 &&
          scope == kScopeSubgroup;
@@ -72,6 +62,16 @@ bool nv_has_shape(VkInstance instance, VkPhysicalDevice d) {
 }
 
 }  // namespace
+
+bool has_extension(VkPhysicalDevice d, const char* name) {
+  uint32_t n = 0;
+  vkEnumerateDeviceExtensionProperties(d, nullptr, &n, nullptr);
+  std::vector<VkExtensionProperties> ext(n);
+  vkEnumerateDeviceExtensionProperties(d, nullptr, &n, ext.data());
+  for (const auto& e : ext)
+    if (std::strcmp(e.extensionName, name) == 0) return true;
+  return false;
+}
 
 CoopSupport probe_coop(VkInstance instance, VkPhysicalDevice d) {
   CoopSupport s;

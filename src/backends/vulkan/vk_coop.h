@@ -19,6 +19,9 @@
 
 namespace trellis::vk {
 
+// Whether the physical device offers the device extension `name`.
+bool has_extension(VkPhysicalDevice d, const char* name);
+
 struct CoopSupport {
   bool khr = false;  // VK_KHR_cooperative_matrix with the shape, usable by matmul_f16_coop
   bool nv = false;   // VK_NV_cooperative_matrix, same
