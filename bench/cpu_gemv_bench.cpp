@@ -22,6 +22,7 @@
 #include <time.h>
 #include <vector>
 
+#include "gemv_bench_util.h"
 #include "backends/cpu/dense_matmul.h"
 #include "backends/cpu/exl3_matmul.h"
 #include "core/fp16.h"
@@ -31,31 +32,12 @@
 
 namespace {
 
+using trellis::bench::Rng;
+using trellis::bench::fill_random;
+
 using trellis::ThreadPool;
 using trellis::exl3::Codebook;
 using Clock = std::chrono::steady_clock;
-
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    s += 0x9E3779B97F4A7C15ull;
-    uint64_t z = s;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-};
-
-void fill_random(void* dst, size_t bytes, uint64_t seed) {
-  Rng rng{seed};
-  auto* p = static_cast<uint8_t*>(dst);
-  size_t i = 0;
-  for (; i + 8 <= bytes; i += 8) {
-    const uint64_t v = rng.next();
-    std::memcpy(p + i, &v, 8);
-  }
-  for (; i < bytes; ++i) p[i] = static_cast<uint8_t>(rng.next());
-}
 
 std::vector<uint16_t> random_halves(size_t n, float lo, float hi, uint64_t seed) {
   Rng rng{seed};

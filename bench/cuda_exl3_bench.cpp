@@ -23,12 +23,17 @@
 #include <string>
 #include <vector>
 
+#include "gemv_bench_util.h"
 #include "backends/cuda/cuda_exl3.h"
 #include "core/fp16.h"
 #include "exl3/codebook.h"
 #include "exl3/linear.h"
 
 namespace {
+
+using trellis::bench::fill_random;
+using trellis::bench::random_halves;
+using trellis::bench::copies_for;
 
 using trellis::cuda::CudaExl3Linear;
 using trellis::exl3::Codebook;
@@ -46,44 +51,12 @@ void ck(cublasStatus_t s, const char* what) {
   }
 }
 
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    s += 0x9E3779B97F4A7C15ull;
-    uint64_t z = s;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-};
-
 // Pinned host memory (fast uploads of the copies).
 struct Pinned {
   void* p = nullptr;
   explicit Pinned(size_t bytes) { ck(cudaMallocHost(&p, bytes), "cudaMallocHost"); }
   ~Pinned() { cudaFreeHost(p); }
 };
-
-void fill_random(void* dst, size_t bytes, uint64_t seed) {
-  Rng rng{seed};
-  auto* p = static_cast<uint8_t*>(dst);
-  size_t i = 0;
-  for (; i + 8 <= bytes; i += 8) {
-    const uint64_t v = rng.next();
-    std::memcpy(p + i, &v, 8);
-  }
-  for (; i < bytes; ++i) p[i] = static_cast<uint8_t>(rng.next());
-}
-
-std::vector<uint16_t> random_halves(size_t n, float scale, uint64_t seed) {
-  Rng rng{seed};
-  std::vector<uint16_t> out(n);
-  for (auto& h : out) {
-    const double u = static_cast<double>(rng.next() >> 11) / 9007199254740992.0;
-    h = trellis::fp32_to_fp16(static_cast<float>((u * 2 - 1) * scale));
-  }
-  return out;
-}
 
 // Captures `calls` invocations of body(i) into a graph; returns the median seconds per call.
 template <typename Body>
@@ -115,8 +88,6 @@ double time_graph(cudaStream_t stream, int calls, int warmup, int reps, Body bod
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
 }
-
-int copies_for(size_t bytes, size_t cold) { return static_cast<int>(std::clamp<size_t>((cold + bytes - 1) / bytes, 2, 256)); }
 
 }  // namespace
 
