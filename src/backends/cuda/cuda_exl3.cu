@@ -151,12 +151,10 @@ int64_t CudaExl3Linear::gemm_slice_cols() const {
   return std::clamp<int64_t>(budget, 128, n_);
 }
 
-int CudaExl3Linear::act_parts(int64_t m) { return gemm_act_parts(m); }
-
 CudaExl3Linear::ScratchLayout CudaExl3Linear::layout(int64_t m) const {
   ScratchLayout s;
   const bool gemv = m <= kExl3GemvMaxRows;
-  const int parts = act_parts(m);
+  const int parts = gemm_act_parts(m);
   s.act = align_up(static_cast<size_t>(m * k_) * 2 * parts);  // fp16 (hi, lo) per element
   s.part = align_up(static_cast<size_t>(m * n_) * 4 * (gemv ? gemv_splits_ : parts));
   s.what = gemv ? 0 : align_up(static_cast<size_t>(k_ * gemm_slice_cols()) * 2);
@@ -178,7 +176,7 @@ void CudaExl3Linear::product(int64_t m, cudaStream_t stream, std::byte* scratch,
   cublasHandle_t h = cublas_for(device_);
   check(cublasSetStream(h, stream), "cublasSetStream (EXL3)");
   const float one = 1.0f, zero = 0.0f;
-  const int64_t slice = gemm_slice_cols(), rows = m * act_parts(m);
+  const int64_t slice = gemm_slice_cols(), rows = m * gemm_act_parts(m);
   for (int64_t c0 = 0; c0 < n_; c0 += slice) {
     const int64_t cols = std::min(slice, n_ - c0);
     exl3k::decode(K_, cb, trellis_, k_, n_, c0, cols, what, stream);
@@ -200,7 +198,7 @@ void CudaExl3Linear::forward(const float* x, int64_t m, float* y, cudaStream_t s
   auto* sc = static_cast<std::byte*>(scratch);
   auto* xa = reinterpret_cast<uint16_t*>(sc);
   const bool gemv = m <= kExl3GemvMaxRows;
-  const int parts = act_parts(m);
+  const int parts = gemm_act_parts(m);
   exl3k::hadamard_in(x, m, in_features_, k_, suh_, xa,
                      gemv              ? exl3k::ActLayout::kGemvFragments
                      : parts == 2      ? exl3k::ActLayout::kGemmRows

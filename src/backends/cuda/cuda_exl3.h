@@ -100,8 +100,6 @@ class CudaExl3Linear {
     size_t act = 0, part = 0, what = 0, total = 0;
   };
   ScratchLayout layout(int64_t m) const;
-  // Activation parts the product carries for m rows: 2 (fp16 hi + lo) or 1 (fp16).
-  static int act_parts(int64_t m);
   int64_t gemm_slice_cols() const;
   void product(int64_t m, cudaStream_t stream, std::byte* scratch, const ScratchLayout& s) const;
 
