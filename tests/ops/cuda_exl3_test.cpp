@@ -1,8 +1,9 @@
 // tests/ops/cuda_exl3_test.cpp: CudaExl3Linear against src/exl3 (the scalar oracle): Ŵ decode
 // bit-exact for every K and codebook (and every one of the 65536 states), forward() for every K x
-// codebook x m in {1, 3, 8, 17, 100} on padded layers (real in/out smaller than k, n) against
-// exl3::reference_matmul, every k-split count, the sliced prefill path against the GEMV path on a
-// wide layer, guard words around outputs and scratch, and bad-input errors. Skips without a GPU.
+// codebook x m in {1, 3, 8, 17, 63, 100, 130} on padded layers (real in/out smaller than k, n)
+// against exl3::reference_matmul, the reconstructed W of the large-batch path against fp64, every
+// k-split count, the sliced prefill paths against the GEMV path on a wide layer, guard words around
+// outputs and scratch, and bad-input errors. Skips without a GPU.
 #if TRELLIS_WITH_CUDA
 
 #include <gtest/gtest.h>
@@ -185,6 +186,60 @@ TEST(CudaExl3, DecodeIsBitExactForEveryKAndCodebook) {
     }
 }
 
+// In-place natural-order Walsh-Hadamard transform of v[0], v[stride], ..., v[127·stride] in
+// fp64 (no 1/√128): the independent oracle of the reconstruction test.
+void fwht128_f64(double* v, size_t stride) {
+  for (size_t h = 1; h < 128; h <<= 1)
+    for (size_t i = 0; i < 128; i += 2 * h)
+      for (size_t j = i; j < i + h; ++j) {
+        const double a = v[j * stride], b = v[(j + h) * stride];
+        v[j * stride] = a + b;
+        v[(j + h) * stride] = a - b;
+      }
+}
+
+// The prefill path's W = diag(suh)·H·Ŵ·H/128·diag(svh) (spec 4.2) against an fp64 evaluation of
+// the same formula from the oracle's exact Ŵ: every element within half an fp16 ulp of the fp64
+// value (one rounding; the kernel computes in fp32 with hi + lo fp16 parts in the second MMA), plus
+// 2^-16·|suh·svh| for fp32 sums (a kernel that dropped the lo part would miss by ~2^-12 of that).
+TEST(CudaExl3, ReconstructedWeightIsTheRoundedFp64Product) {
+  CUDA_OR_SKIP();
+  const int64_t k = 256, n = 384;
+  for (int K = 1; K <= 8; ++K)
+    for (Codebook cb : kCodebooks) {
+      const Layer l = random_layer(k, n, K, cb, 300 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(cb), false);
+      auto d = upload(l, k, n);
+      Guarded w(static_cast<size_t>(k * n / 2));
+      d->reconstruct_weight(w.at<uint16_t>(), nullptr);
+      ok(cudaDeviceSynchronize());
+      EXPECT_TRUE(w.guards_intact());
+      const auto got = w.download<uint16_t>(static_cast<size_t>(k * n));
+      std::vector<uint16_t> what(got.size());
+      exl3::decode_what(l.view(), what.data());
+      std::vector<double> ref(what.size());
+      for (size_t i = 0; i < ref.size(); ++i) ref[i] = fp16_to_fp32(what[i]);
+      for (int64_t r0 = 0; r0 < k; r0 += 128)
+        for (int64_t j = 0; j < n; ++j) fwht128_f64(ref.data() + r0 * n + j, static_cast<size_t>(n));
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t c0 = 0; c0 < n; c0 += 128) fwht128_f64(ref.data() + i * n + c0, 1);
+      size_t bad = 0;
+      double err2 = 0, norm2 = 0;
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          const double scale = static_cast<double>(fp16_to_fp32(l.suh[i])) * fp16_to_fp32(l.svh[j]);
+          const double want = ref[i * n + j] * scale / 128.0;
+          const double have = fp16_to_fp32(got[i * n + j]);
+          const double ulp = std::ldexp(1.0, std::max(std::ilogb(want), -14) - 10);  // fp16 ulp at want
+          bad += std::abs(have - want) > 0.5 * ulp + std::ldexp(std::abs(scale), -16);
+          err2 += (have - want) * (have - want);
+          norm2 += want * want;
+        }
+      EXPECT_EQ(bad, 0u) << "K=" << K << " cb=" << exl3::codebook_name(cb);
+      // One rounding to fp16 is about 2^-11/sqrt(3) ~ 2.8e-4 rms at worst (bottom of a binade).
+      EXPECT_LT(std::sqrt(err2 / norm2), 3e-4) << "K=" << K << " cb=" << exl3::codebook_name(cb);
+    }
+}
+
 TEST(CudaExl3, DecodeCoversEveryState) {
   // K = 8: a state is two consecutive stream bytes; tile t pairs byte t % 256 with bytes
   // 0..127 or 128..255, so the 512 tiles hold all 65536 states.
@@ -211,23 +266,36 @@ TEST(CudaExl3, DecodeCoversEveryState) {
   }
 }
 
-// Every K x codebook x m on a padded layer: GEMV for m <= 8, decode + cuBLAS above.
+// Sets the reconstructed-W threshold (cuda::fused_reconstruct) for a scope.
+struct ReconstructRows {
+  explicit ReconstructRows(int64_t rows) { cuda::set_fused_reconstruct_rows(rows); }
+  ~ReconstructRows() { cuda::set_fused_reconstruct_rows(cuda::kFusedReconstructRows); }
+};
+
+// Every K x codebook x m on a padded layer: GEMV for m <= 8, decode + cuBLAS above, and the
+// reconstructed-W path (forced from 64 rows in the second pass) for m = 100 and 130.
 TEST(CudaExl3, ForwardMatchesReferenceForEveryVariant) {
   CUDA_OR_SKIP();
   const int64_t k = 384, n = 256, in_f = 300, out_f = 200;
-  for (int K = 1; K <= 8; ++K)
-    for (Codebook cb : kCodebooks) {
-      const Layer l = random_layer(k, n, K, cb, 500 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(cb), true);
-      auto d = upload(l, in_f, out_f);
-      for (int64_t m : {1, 3, 8, 17, 63, 100}) {
-        const auto x = random_rows(m, in_f, 900 + static_cast<uint64_t>(m));
-        const auto got = run_forward(*d, x, m, in_f, out_f);
-        const auto want = reference(l, x, m, in_f, out_f);
-        // fp32-level (hi + lo activations) up to kSplitActMaxRows rows; above, activations are
-        // rounded once to fp16 (relative error <= 2^-11 each, ~2e-4 rms on the products).
-        EXPECT_LT(rel_rms(got, want), m > cuda::kSplitActMaxRows ? 5e-4 : 2e-5) << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m;
+  for (const int64_t rows : {int64_t{0}, int64_t{64}}) {
+    const ReconstructRows scope(rows);
+    for (int K = 1; K <= 8; ++K)
+      for (Codebook cb : kCodebooks) {
+        const Layer l = random_layer(k, n, K, cb, 500 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(cb), true);
+        auto d = upload(l, in_f, out_f);
+        for (int64_t m : {1, 3, 8, 17, 63, 100, 130}) {
+          const auto x = random_rows(m, in_f, 900 + static_cast<uint64_t>(m));
+          const auto got = run_forward(*d, x, m, in_f, out_f);
+          const auto want = reference(l, x, m, in_f, out_f);
+          // fp32-level (hi + lo activations) up to kSplitActMaxRows rows; above, activations are
+          // rounded once to fp16 (relative error <= 2^-11 each: at most 2^-11/sqrt(3) ~ 2.8e-4 rms
+          // on the products), and on the reconstructed path W is too (a second such rounding:
+          // sqrt(2) x 2.8e-4 ~ 4e-4). 5e-4 bounds both and still catches a wrong row or column.
+          EXPECT_LT(rel_rms(got, want), m > cuda::kSplitActMaxRows ? 5e-4 : 2e-5)
+              << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << " reconstruct from " << rows;
+        }
       }
-    }
+  }
 }
 
 // Linears sharing x (q/k/v-like: same k and in_features, different n, K, codebook and bias) run
@@ -286,7 +354,8 @@ TEST(CudaExl3, FusedSiluInputEqualsSiluMulThenForward) {
   const int64_t k = 384, in_f = 300, out_f = 200;
   const Layer l = random_layer(k, 256, 3, Codebook::kMcg, 91, true);
   auto d = upload(l, in_f, out_f);
-  for (int64_t m : {1, 5, 70}) {
+  const ReconstructRows scope(100);  // m = 130 takes the reconstructed-W path
+  for (int64_t m : {1, 5, 70, 130}) {
     const auto g = random_rows(m, in_f, 92), u = random_rows(m, in_f, 93);
     const size_t n = g.size();
     Guarded gb(n), ub(n), ob(n), fb(n), y1(static_cast<size_t>(m * out_f)), y2(static_cast<size_t>(m * out_f));
@@ -339,6 +408,14 @@ TEST(CudaExl3, SlicedPrefillAgreesWithGemv) {
   const auto y9 = run_forward(*d, x9, 9, in_f, out_f);
   const auto y8 = run_forward(*d, x8, 8, in_f, out_f);
   EXPECT_LT(rel_rms(std::vector<float>(y9.begin(), y9.begin() + 8 * out_f), y8), 2e-5);
+  // The reconstructed-W path in slices too (m = 70 forced onto it), against the same GEMV rows:
+  // fp16 activations and weights (see ForwardMatchesReferenceForEveryVariant).
+  const ReconstructRows scope(64);
+  const auto x70 = random_rows(70, in_f, 12);
+  const auto y70 = run_forward(*d, x70, 70, in_f, out_f);
+  const std::vector<float> x70_8(x70.begin(), x70.begin() + 8 * in_f);
+  EXPECT_LT(rel_rms(std::vector<float>(y70.begin(), y70.begin() + 8 * out_f), run_forward(*d, x70_8, 8, in_f, out_f)),
+            5e-4);
 }
 
 TEST(CudaExl3, BadLayersAreErrors) {

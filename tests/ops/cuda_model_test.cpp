@@ -78,13 +78,20 @@ TEST_P(CudaModel, LogitsGreedyAndGraphs) {
   std::vector<float> cpu_logits;
   Model::load(dir, *cpu, opt)->forward(ids, 0, true, cpu_logits);
 
-  // The one-pass forward twice: with hi + lo activations in every GEMM (fp32-level products, the
-  // fixture's tolerance against the CPU) and with the default fp16 activations of large prefill
-  // GEMMs (cuda_util.h: each activation rounded once to fp16, relative error <= 2^-11, which
-  // measures ~2e-4 rel-RMS on these logits; 5e-4 allows for it and still catches a wrong row).
+  // The one-pass forward three times: with hi + lo activations in every GEMM (fp32-level
+  // products, the fixture's tolerance against the CPU); with the default fp16 activations of large
+  // prefill GEMMs (cuda_util.h: each activation rounded once to fp16, relative error <= 2^-11,
+  // which measures ~2e-4 rel-RMS on these logits; 5e-4 allows for it and still catches a wrong
+  // row); and with the EXL3 linears on the reconstructed fp16 W (cuda_util.h fused_reconstruct,
+  // forced here from 64 rows; the fixture's 256 tokens are below the default threshold): a second,
+  // independent fp16 rounding of the same size, so sqrt(2) x 5e-4.
+  ASSERT_GE(n, 64) << "the reconstructed-W pass needs a prompt of at least 64 tokens";
   std::vector<float> logits;
-  for (const bool exact : {false, true}) {
+  enum class Mode { kFp16, kExact, kReconstruct };
+  for (const Mode mode : {Mode::kFp16, Mode::kExact, Mode::kReconstruct}) {
+    const bool exact = mode == Mode::kExact;
     cuda::set_exact_prefill(exact);
+    cuda::set_fused_reconstruct_rows(mode == Mode::kReconstruct ? 64 : 0);
     model->forward(ids, 0, /*all_logits=*/true, logits);
     int64_t same = 0;
     for (int64_t t = 0; t < n; ++t) {
@@ -95,13 +102,15 @@ TEST_P(CudaModel, LogitsGreedyAndGraphs) {
     const double rel = rel_rms(logits.data(), ref.data(), ref.size());
     const double top1 = static_cast<double>(same) / static_cast<double>(n);
     const double rel_cpu = rel_rms(logits.data(), cpu_logits.data(), cpu_logits.size());
-    std::printf("cuda %s (%s prefill): rel_rms %.5f top1 %.4f, vs CPU rel_rms %.2e\n", c.model,
-                exact ? "hi + lo" : "fp16", rel, top1, rel_cpu);
+    const char* name = exact ? "hi + lo" : mode == Mode::kFp16 ? "fp16" : "fp16, reconstructed W";
+    std::printf("cuda %s (%s prefill): rel_rms %.5f top1 %.4f, vs CPU rel_rms %.2e\n", c.model, name, rel, top1,
+                rel_cpu);
     EXPECT_LE(rel, 1e-2);
     EXPECT_GE(top1, 0.99);
-    EXPECT_LE(rel_cpu, exact ? c.cpu_tolerance : 5e-4) << (exact ? "hi + lo" : "fp16") << " prefill";
+    EXPECT_LE(rel_cpu, exact ? c.cpu_tolerance : mode == Mode::kFp16 ? 5e-4 : 7.1e-4) << name << " prefill";
   }
   cuda::set_exact_prefill(false);
+  cuda::set_fused_reconstruct_rows(cuda::kFusedReconstructRows);
 
   // Incremental decoding (GEMV paths, m = 1; attention splits) agrees with the one-pass logits
   // (cuBLAS paths). Positions 0..n-1 are in the cache from the one-pass forward.

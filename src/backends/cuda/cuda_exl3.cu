@@ -1,6 +1,6 @@
 // backends/cuda/cuda_exl3.cu: CudaExl3Linear host side: upload, scratch layout, dispatch between
-// the fused GEMV (m <= 8) and decode + cuBLAS (m > 8). Kernels live in cuda_exl3_gemv.cu and
-// cuda_exl3_transform.cu. No fmt here (nvcc front end); errors go through cuda::raise.
+// the fused GEMV (m <= 8), decode + cuBLAS (m > 8) and reconstruct + cuBLAS (fused_reconstruct(m)).
+// Kernels live in cuda_exl3_gemv.cu, cuda_exl3_reconstruct.cu and cuda_exl3_transform.cu. No fmt here (nvcc front end); errors go through cuda::raise.
 #include "backends/cuda/cuda_exl3.h"
 
 #include <cublas_v2.h>
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "backends/cuda/cuda_exl3_kernels.cuh"
+#include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_util.h"
 #include "core/fp16.h"
 
@@ -156,7 +157,8 @@ CudaExl3Linear::ScratchLayout CudaExl3Linear::layout(int64_t m) const {
   const bool gemv = m <= kExl3GemvMaxRows;
   const int parts = gemm_act_parts(m);
   s.act = align_up(static_cast<size_t>(m * k_) * 2 * parts);  // fp16 (hi, lo) per element
-  s.part = align_up(static_cast<size_t>(m * n_) * 4 * (gemv ? gemv_splits_ : parts));
+  // The reconstructed-W GEMM writes y directly: no partial products.
+  s.part = !gemv && fused_reconstruct(m) ? 0 : align_up(static_cast<size_t>(m * n_) * 4 * (gemv ? gemv_splits_ : parts));
   s.what = gemv ? 0 : align_up(static_cast<size_t>(k_ * gemm_slice_cols()) * 2);
   s.total = s.act + s.part + s.what;
   return s;
@@ -189,6 +191,28 @@ void CudaExl3Linear::product(int64_t m, cudaStream_t stream, std::byte* scratch,
   }
 }
 
+void CudaExl3Linear::reconstructed_product(int64_t m, float* y, cudaStream_t stream, std::byte* scratch,
+                                           const ScratchLayout& s) const {
+  const auto* xa = reinterpret_cast<const uint16_t*>(scratch);
+  auto* w = reinterpret_cast<uint16_t*>(scratch + s.act + s.part);
+  cublasHandle_t h = cublas_for(device_);
+  check(cublasSetStream(h, stream), "cublasSetStream (EXL3)");
+  if (bias_) fill_rows(y, bias_, m, out_features_, stream);
+  const float one = 1.0f, zero = 0.0f;
+  const int64_t slice = gemm_slice_cols();
+  for (int64_t c0 = 0; c0 < out_features_; c0 += slice) {  // padded columns beyond out_features: skipped
+    const int64_t cols = std::min(slice, n_ - c0), used = std::min(cols, out_features_ - c0);
+    exl3k::reconstruct(K_, static_cast<int>(codebook_), trellis_, k_, n_, c0, cols, suh_, svh_, w, stream);
+    // Column-major view: y[m, c0 .. c0+used)ᵀ (ldc out_features) = W slice ᵀ (cols x k) · xaᵀ (k x m).
+    // Padded inputs are zero in xa, so the W rows beyond in_features add nothing.
+    check(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(used), static_cast<int>(m), static_cast<int>(k_),
+                       &one, w, CUDA_R_16F, static_cast<int>(cols), xa, CUDA_R_16F, static_cast<int>(k_),
+                       bias_ ? &one : &zero, y + c0, CUDA_R_32F, static_cast<int>(out_features_), CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT),
+          "EXL3 prefill GEMM on the reconstructed weight (cublasGemmEx)");
+  }
+}
+
 void CudaExl3Linear::forward(const float* x, int64_t m, float* y, cudaStream_t stream, void* scratch, const float* up,
                              float* silu_out) const {
   if (m == 0) return;
@@ -198,6 +222,11 @@ void CudaExl3Linear::forward(const float* x, int64_t m, float* y, cudaStream_t s
   auto* sc = static_cast<std::byte*>(scratch);
   auto* xa = reinterpret_cast<uint16_t*>(sc);
   const bool gemv = m <= kExl3GemvMaxRows;
+  if (!gemv && fused_reconstruct(m)) {
+    exl3k::hadamard_in(x, m, in_features_, k_, suh_, xa, exl3k::ActLayout::kPlainHalf, stream, up, silu_out);
+    reconstructed_product(m, y, stream, sc, s);
+    return;
+  }
   const int parts = gemm_act_parts(m);
   exl3k::hadamard_in(x, m, in_features_, k_, suh_, xa,
                      gemv              ? exl3k::ActLayout::kGemvFragments
@@ -268,6 +297,10 @@ void CudaExl3Linear::product_only(int64_t m, cudaStream_t stream, void* scratch)
 
 void CudaExl3Linear::decode_what(uint16_t* what, cudaStream_t stream) const {
   exl3k::decode(K_, static_cast<int>(codebook_), trellis_, k_, n_, 0, n_, what, stream);
+}
+
+void CudaExl3Linear::reconstruct_weight(uint16_t* w, cudaStream_t stream) const {
+  exl3k::reconstruct(K_, static_cast<int>(codebook_), trellis_, k_, n_, 0, n_, suh_, svh_, w, stream);
 }
 
 }  // namespace trellis::cuda

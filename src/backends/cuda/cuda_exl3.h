@@ -17,6 +17,10 @@
 //   m <= 8:  z_s = xa · Ŵ over k-range s, s < splits         [part]  exl3_gemv_k<K>_<cb>
 //   m > 8:   Ŵ slice -> fp16 [what]; cublasGemmEx            [part]  exl3_decode_k<K>_<cb>
 //   y = H(Σ z)·r ⊙ svh + bias, padded columns dropped                exl3_hadamard_out
+// From cuda::fused_reconstruct(m) rows on (about a thousand; not with exact prefill):
+//   xa = fp16(x)                                             [act]   exl3_hadamard_in (plain)
+//   W slice = diag(suh)·H·Ŵ·H/128·diag(svh) as fp16          [what]  exl3_reconstruct_k<K>_<cb>
+//   y = xa · W (+ bias) by cublasGemmEx straight into y
 #pragma once
 
 #include <cuda_runtime.h>
@@ -85,6 +89,9 @@ class CudaExl3Linear {
   // ---- test and benchmark hooks ----
   // Decodes Ŵ (k x n, row-major binary16, exact as exl3::decode_what) into device memory `what`.
   void decode_what(uint16_t* what, cudaStream_t stream) const;
+  // W = diag(suh)·H·Ŵ·H/128·diag(svh) (k x n, row-major binary16; spec 4.2) into device memory `w`:
+  // the weight the large-batch prefill path multiplies.
+  void reconstruct_weight(uint16_t* w, cudaStream_t stream) const;
   // k-range splits of the GEMV (chosen at create() from the shape and the SM count); tests set
   // other values (1..kMaxGemvSplits) to cover the partial-sum path.
   static constexpr int kMaxGemvSplits = 32;
@@ -102,6 +109,7 @@ class CudaExl3Linear {
   ScratchLayout layout(int64_t m) const;
   int64_t gemm_slice_cols() const;
   void product(int64_t m, cudaStream_t stream, std::byte* scratch, const ScratchLayout& s) const;
+  void reconstructed_product(int64_t m, float* y, cudaStream_t stream, std::byte* scratch, const ScratchLayout& s) const;
 
   int device_ = 0;
   int64_t k_ = 0, n_ = 0, in_features_ = 0, out_features_ = 0;

@@ -24,8 +24,10 @@ constexpr int gemv_tiles(int /*K*/) { return 8; }
 // for k-slab tk (16 inputs), row r < m and quad q < 4, 16 bytes at ((tk·m + r)·4 + q)·16 hold
 // fp16 {hi, lo, hi, lo} pairs of elements 2q, 2q+1 (first two words) and 2q+8, 2q+9 (last two).
 // The GEMM layout is plain row-major fp16 [2m, k]: rows 0..m-1 hi, rows m..2m-1 lo; the half
-// GEMM layout is row-major fp16 [m, k] (hi only: x rounded once to fp16).
-enum class ActLayout { kGemvFragments, kGemmRows, kGemmRowsHalf };
+// GEMM layout is row-major fp16 [m, k] (hi only: x rounded once to fp16). kPlainHalf is the half
+// layout without the transform (xa = fp16(x), suh unused): the input of a GEMM on the
+// reconstructed W, which has the transforms folded in.
+enum class ActLayout { kGemvFragments, kGemmRows, kGemmRowsHalf, kPlainHalf };
 
 // Up to this many linears that read the same x (q/k/v, gate/up) share one launch of each
 // transform kernel (blockIdx.z picks the linear): fewer launches per decode step.
@@ -89,5 +91,11 @@ const char* gemv_name(int K, int codebook);
 // cols multiples of 128, n the full width.
 void decode(int K, int codebook, const uint32_t* trellis, int64_t k, int64_t n, int64_t col0, int64_t cols,
             uint16_t* what, cudaStream_t stream);
+
+// what [k, cols] fp16 row-major = W[:, col0 .. col0+cols) with W = diag(suh)·H·Ŵ·H/128·diag(svh)
+// (spec 4.2; both Hadamards and sign vectors folded in, fp32 accuracy, one fp16 rounding);
+// col0 and cols multiples of 128, n the full width, suh [k] and svh [n] fp32.
+void reconstruct(int K, int codebook, const uint32_t* trellis, int64_t k, int64_t n, int64_t col0, int64_t cols,
+                 const float* suh, const float* svh, uint16_t* what, cudaStream_t stream);
 
 }  // namespace trellis::cuda::exl3k

@@ -46,7 +46,7 @@ __device__ __forceinline__ void fwht128(float v[4], int lane) {
 __global__ void hadamard_in_kernel(const float* x,  // may alias group.silu_out
                                     int m, int in_features, int k,
                                    const __grid_constant__ InGroup group,
-                                   int gemm_rows /* 0 fragments, 1 hi + lo rows, 2 hi rows */) {
+                                   int gemm_rows /* 0 fragments, 1 hi + lo rows, 2 hi rows, 3 plain hi rows */) {
   pdl_begin();
   const float* __restrict__ suh = group.suh[blockIdx.z];
   uint16_t* __restrict__ xa = group.xa[blockIdx.z];
@@ -83,13 +83,17 @@ __global__ void hadamard_in_kernel(const float* x,  // may alias group.silu_out
       }
     }
   }
-  const float4 sv = *reinterpret_cast<const float4*>(suh + e0);  // suh has k entries
-  float v[4] = {xv[0] * sv.x, xv[1] * sv.y, xv[2] * sv.z, xv[3] * sv.w};
-  fwht128(v, lane);
+  const bool plain = gemm_rows == 3;  // uniform over the launch
+  float v[4] = {xv[0], xv[1], xv[2], xv[3]};
+  if (!plain) {
+    const float4 sv = *reinterpret_cast<const float4*>(suh + e0);  // suh has k entries
+    v[0] *= sv.x, v[1] *= sv.y, v[2] *= sv.z, v[3] *= sv.w;
+    fwht128(v, lane);
+  }
   uint16_t hi[4], lo[4];
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
-    const float f = v[q] * kScale;
+    const float f = plain ? v[q] : v[q] * kScale;
     const __half h = __float2half_rn(f);
     hi[q] = __half_as_ushort(h);
     lo[q] = __half_as_ushort(__float2half_rn(f - __half2float(h)));
@@ -156,7 +160,10 @@ void launch_in(const float* x, int64_t m, int64_t in_features, int64_t k, const 
                ActLayout layout, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((k / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(m),
                   static_cast<unsigned>(count));
-  const int mode = layout == ActLayout::kGemmRows ? 1 : layout == ActLayout::kGemmRowsHalf ? 2 : 0;
+  const int mode = layout == ActLayout::kGemmRows       ? 1
+                   : layout == ActLayout::kGemmRowsHalf ? 2
+                   : layout == ActLayout::kPlainHalf    ? 3
+                                                        : 0;
   launch("exl3_hadamard_in", hadamard_in_kernel, grid, dim3(kWarpsPerBlock * 32), 0, stream, x, static_cast<int>(m),
          static_cast<int>(in_features), static_cast<int>(k), g, mode);
 }

@@ -10,7 +10,26 @@ namespace trellis::cuda {
 
 namespace {
 std::atomic<int> g_exact_prefill{-1};  // -1: not read yet; then 0 or 1
+std::atomic<int64_t> g_reconstruct_rows{-1};  // -1: not read yet; then the threshold (0: off)
 }  // namespace
+
+void set_fused_reconstruct_rows(int64_t rows) { g_reconstruct_rows.store(rows < 0 ? 0 : rows); }
+
+bool fused_reconstruct(int64_t m) {
+  int64_t rows = g_reconstruct_rows.load(std::memory_order_relaxed);
+  if (rows < 0) {
+    int64_t v = kFusedReconstructRows;
+    if (const char* e = std::getenv("TRELLIS_CUDA_FUSED_RECONSTRUCT"); e && *e) {
+      char* end = nullptr;
+      const long long parsed = std::strtoll(e, &end, 10);
+      if (end && *end == '\0' && parsed >= 0) v = parsed;
+    }
+    int64_t expected = -1;
+    g_reconstruct_rows.compare_exchange_strong(expected, v);
+    rows = g_reconstruct_rows.load();
+  }
+  return rows > 0 && m >= rows && gemm_act_parts(m) == 1;
+}
 
 void set_exact_prefill(bool exact) { g_exact_prefill.store(exact ? 1 : 0); }
 

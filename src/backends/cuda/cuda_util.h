@@ -47,6 +47,16 @@ int gemm_act_parts(int64_t m);
 // Test hook: overrides TRELLIS_CUDA_EXACT_PREFILL for launches recorded after the call.
 void set_exact_prefill(bool exact);
 
+// Whether an EXL3 linear with m rows multiplies the reconstructed weight W (both Hadamard
+// transforms and sign vectors folded in, cuda_exl3_reconstruct.cu) instead of transforming the
+// activations around a GEMM on Ŵ: from kFusedReconstructRows rows on, where the transforms' passes
+// over [m, k] and [m, n] cost more than reconstructing W. Never with exact prefill (gemm_act_parts
+// 2): W is rounded to fp16. TRELLIS_CUDA_FUSED_RECONSTRUCT=<rows> moves the threshold, 0 turns it off.
+inline constexpr int64_t kFusedReconstructRows = 1024;
+bool fused_reconstruct(int64_t m);
+// Test hook: the threshold in rows (0: off), overriding the default and the environment.
+void set_fused_reconstruct_rows(int64_t rows);
+
 // Whether launch() (cuda_launch.cuh) gives kernels on the current device the programmatic
 // dependent launch attribute: compute capability >= 9.0 and TRELLIS_CUDA_PDL not "0".
 bool pdl_enabled();
