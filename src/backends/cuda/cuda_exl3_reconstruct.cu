@@ -25,8 +25,8 @@
 // * H8 across the 8 tile columns needs all warps' results: they meet in shared memory (fp32,
 //   pitch 136 floats: conflict-free 8-byte stores; each thread reads its two 16-byte chunks in an
 //   order that keeps the 16-byte loads conflict-free), and each thread finishes one row-half of 8
-//   columns per tile column, scales by suh·svh/128, and writes 16-byte fp16 chunks (a warp writes
-//   16 rows x 32 contiguous bytes per tile column: whole sectors).
+//   columns per tile column, scales by suh·svh/128, and writes 8-byte fp16 chunks (over its two
+//   passes a warp writes 16 rows x 32 contiguous bytes per tile column: whole sectors).
 // Cost per 128 x 128 block: the decode (ALU, as the GEMV's), 48 MMAs per warp, ~3 fp32 adds per
 // weight and one shared-memory round trip; the fp16 store of 2 bytes per weight is what it is
 // meant to be bound by.
@@ -131,44 +131,44 @@ __global__ void __launch_bounds__(256, 2)
   }
   __syncthreads();
 
-  // H8 across the tile columns: thread -> row `row`, columns 8·half .. 8·half+7 of every tile.
+  // H8 across the tile columns: thread -> row `row`, columns 8·half .. 8·half+7 of every tile
+  // column, in two passes of 4 columns (fewer live registers). Odd threads take their second
+  // 4-column chunk first, which keeps the 16-byte shared loads free of bank conflicts.
   const int row = threadIdx.x >> 1, half = threadIdx.x & 1;
-  float v[8][8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      const int cc = c ^ half;  // odd threads read their second chunk first: no bank conflicts
-      const float4 t = *reinterpret_cast<const float4*>(S + row * kPitch + 16 * j + 8 * half + 4 * cc);
-      v[j][4 * cc] = t.x, v[j][4 * cc + 1] = t.y, v[j][4 * cc + 2] = t.z, v[j][4 * cc + 3] = t.w;
-    }
-#pragma unroll
-  for (int s = 1; s < 8; s <<= 1)
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-      if (!(j & s))
-#pragma unroll
-        for (int c = 0; c < 8; ++c) {
-          const float u = v[j][c], w = v[j + s][c];
-          v[j][c] = u + w;
-          v[j + s][c] = u - w;
-        }
   const int grow = tk0 * 16 + row;
   const float su = suh[grow] * (1.0f / 128.0f);
-  const int col_in_slice = blockIdx.x * 128 + 8 * half;
-  const float* sv = svh + tn0 * 16 + col_in_slice;
-  uint16_t* out = what + static_cast<size_t>(grow) * cols + col_in_slice;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const float4 s0 = *reinterpret_cast<const float4*>(sv + 16 * j);
-    const float4 s1 = *reinterpret_cast<const float4*>(sv + 16 * j + 4);
-    const float sc[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
-    uint32_t wd[4];
+  for (int pass = 0; pass < 2; ++pass) {
+    const int col = 8 * half + 4 * (pass ^ half);  // within each 16-column tile
+    float v[8][4];
 #pragma unroll
-    for (int c = 0; c < 4; ++c)
-      wd[c] = pack2(__half_as_ushort(__float2half_rn(v[j][2 * c] * su * sc[2 * c])),
-                    __half_as_ushort(__float2half_rn(v[j][2 * c + 1] * su * sc[2 * c + 1])));
-    *reinterpret_cast<uint4*>(out + 16 * j) = make_uint4(wd[0], wd[1], wd[2], wd[3]);
+    for (int j = 0; j < 8; ++j) {
+      const float4 t = *reinterpret_cast<const float4*>(S + row * kPitch + 16 * j + col);
+      v[j][0] = t.x, v[j][1] = t.y, v[j][2] = t.z, v[j][3] = t.w;
+    }
+#pragma unroll
+    for (int s = 1; s < 8; s <<= 1)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (!(j & s))
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const float u = v[j][c], w = v[j + s][c];
+            v[j][c] = u + w;
+            v[j + s][c] = u - w;
+          }
+    const int col_in_slice = blockIdx.x * 128 + col;
+    const float* sv = svh + tn0 * 16 + col_in_slice;
+    uint16_t* out = what + static_cast<size_t>(grow) * cols + col_in_slice;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float4 sc = *reinterpret_cast<const float4*>(sv + 16 * j);
+      const uint32_t w0 = pack2(__half_as_ushort(__float2half_rn(v[j][0] * su * sc.x)),
+                                __half_as_ushort(__float2half_rn(v[j][1] * su * sc.y)));
+      const uint32_t w1 = pack2(__half_as_ushort(__float2half_rn(v[j][2] * su * sc.z)),
+                                __half_as_ushort(__float2half_rn(v[j][3] * su * sc.w)));
+      *reinterpret_cast<uint2*>(out + 16 * j) = make_uint2(w0, w1);
+    }
   }
 }
 
