@@ -123,6 +123,7 @@ std::unique_ptr<CudaExl3Linear> CudaExl3Linear::create(const exl3::Exl3LinearVie
   // Split k until the grid has about three blocks per SM (the kernel keeps 2-3 resident).
   int sms = 1;
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, l->device_), "cudaDeviceGetAttribute");
+  l->sms_ = sms;
   const int64_t groups = view.n / 16 / exl3k::gemv_tiles(view.K);
   const int64_t k_tiles = view.k / 16;
   int64_t splits = (exl3k::kGemvBlocksPerSm * static_cast<int64_t>(sms) + groups - 1) / groups;
@@ -202,7 +203,7 @@ void CudaExl3Linear::reconstructed_product(int64_t m, float* y, cudaStream_t str
   const int64_t slice = gemm_slice_cols();
   for (int64_t c0 = 0; c0 < out_features_; c0 += slice) {  // padded columns beyond out_features: skipped
     const int64_t cols = std::min(slice, n_ - c0), used = std::min(cols, out_features_ - c0);
-    exl3k::reconstruct(K_, static_cast<int>(codebook_), trellis_, k_, n_, c0, cols, suh_, svh_, w, stream);
+    exl3k::reconstruct(K_, static_cast<int>(codebook_), trellis_, k_, n_, c0, cols, suh_, svh_, w, sms_, stream);
     // Column-major view: y[m, c0 .. c0+used)ᵀ (ldc out_features) = W slice ᵀ (cols x k) · xaᵀ (k x m).
     // Padded inputs are zero in xa, so the W rows beyond in_features add nothing.
     check(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(used), static_cast<int>(m), static_cast<int>(k_),
@@ -300,7 +301,7 @@ void CudaExl3Linear::decode_what(uint16_t* what, cudaStream_t stream) const {
 }
 
 void CudaExl3Linear::reconstruct_weight(uint16_t* w, cudaStream_t stream) const {
-  exl3k::reconstruct(K_, static_cast<int>(codebook_), trellis_, k_, n_, 0, n_, suh_, svh_, w, stream);
+  exl3k::reconstruct(K_, static_cast<int>(codebook_), trellis_, k_, n_, 0, n_, suh_, svh_, w, sms_, stream);
 }
 
 }  // namespace trellis::cuda

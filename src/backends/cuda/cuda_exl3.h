@@ -116,6 +116,7 @@ class CudaExl3Linear {
   int K_ = 0;
   exl3::Codebook codebook_ = exl3::Codebook::k3Inst;
   int gemv_splits_ = 1;
+  int sms_ = 1;  // the device's SM count
   uint32_t* trellis_ = nullptr;  // [k/16][n/16][8K] uint32, file order
   float* suh_ = nullptr;         // [k]
   float* svh_ = nullptr;         // [n]

@@ -119,6 +119,17 @@ __device__ __forceinline__ uint32_t and_xor(uint32_t a, uint32_t b, uint32_t c) 
   return d;
 }
 
+// 16-byte global -> shared copies that bypass L1 and registers (cp.async.cg), in commit groups.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
 // c += a · b on the tensor cores (mma.m16n8k16, fp16 in, fp32 accumulate): a the row-major 16x16
 // A fragment {a0, a1, a2, a3}, b0/b1 the column-major 16x8 B fragment (spec 2.7 for the lane layout).
 __device__ __forceinline__ void mma16816(float c[4], const uint4& a, uint32_t b0, uint32_t b1) {

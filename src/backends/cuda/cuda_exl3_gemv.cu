@@ -44,16 +44,6 @@ namespace {
 constexpr int kStages = 4;  // per-warp ring depth (slabs); 6 measured no faster
 constexpr int kActBytesMax = 8 * 64;
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
 // Up to kMaxGroup linears with the same K, codebook and k in one launch: blocks [0, blocks_0) are
 // linear 0's (group-major within each split, as a 2-D grid would order them), and so on.
 struct GemvGroupArgs {

@@ -94,8 +94,9 @@ void decode(int K, int codebook, const uint32_t* trellis, int64_t k, int64_t n, 
 
 // what [k, cols] fp16 row-major = W[:, col0 .. col0+cols) with W = diag(suh)·H·Ŵ·H/128·diag(svh)
 // (spec 4.2; both Hadamards and sign vectors folded in, fp32 accuracy, one fp16 rounding);
-// col0 and cols multiples of 128, n the full width, suh [k] and svh [n] fp32.
+// col0 and cols multiples of 128, n the full width, suh [k] and svh [n] fp32; `sms` the device's
+// SM count (sizes the persistent grid).
 void reconstruct(int K, int codebook, const uint32_t* trellis, int64_t k, int64_t n, int64_t col0, int64_t cols,
-                 const float* suh, const float* svh, uint16_t* what, cudaStream_t stream);
+                 const float* suh, const float* svh, uint16_t* what, int sms, cudaStream_t stream);
 
 }  // namespace trellis::cuda::exl3k
