@@ -300,7 +300,7 @@ TEST(CudaExl3, ForwardMatchesReferenceForEveryVariant) {
 
 // Linears sharing x (q/k/v-like: same k and in_features, different n, K, codebook and bias) run
 // as one group give bit-identical outputs to separate forward() calls, and stay inside their
-// buffers; groups outside the GEMV sizes are refused.
+// buffers; groups outside the GEMV and reconstructed-W sizes are refused.
 TEST(CudaExl3, ForwardGroupEqualsSeparateForwards) {
   CUDA_OR_SKIP();
   const int64_t k = 384, in_f = 300;
@@ -311,11 +311,13 @@ TEST(CudaExl3, ForwardGroupEqualsSeparateForwards) {
   const Layer le = random_layer(k, 384, 3, Codebook::kMcg, 76, true);
   auto da = upload(la, in_f, 200), db = upload(lb, in_f, 128), dc = upload(lc, in_f, 380);
   auto dd = upload(ld, in_f, 128), de = upload(le, in_f, 384);
-  // Mixed K and codebooks (one GEMV launch per linear), then one K and codebook (one launch).
+  // Mixed K and codebooks (one GEMV launch per linear), then one K and codebook (one launch);
+  // m = 70 runs on the reconstructed-W path (forced from 64 rows), x converted once.
+  const ReconstructRows scope(64);
   for (int pass = 0; pass < 2; ++pass) {
     const CudaExl3Linear* group[3] = {da.get(), pass ? dd.get() : db.get(), pass ? de.get() : dc.get()};
     const int64_t outs[3] = {200, 128, pass ? 384 : 380};
-    for (int64_t m : {1, 4, 8}) {
+    for (int64_t m : {1, 4, 8, 70}) {
       const auto x = random_rows(m, in_f, 300 + static_cast<uint64_t>(m));
       Guarded xb(x.size()), sb(CudaExl3Linear::group_scratch_bytes(group, m) / 4 + 1);
       xb.upload(x.data(), x.size() * 4);
@@ -340,6 +342,7 @@ TEST(CudaExl3, ForwardGroupEqualsSeparateForwards) {
   const CudaExl3Linear* group[3] = {da.get(), db.get(), dc.get()};
   float* ys[3] = {nullptr, nullptr, nullptr};
   EXPECT_THROW(CudaExl3Linear::forward_group(group, nullptr, 9, ys, nullptr, nullptr), Error);
+  EXPECT_THROW(CudaExl3Linear::forward_group(group, nullptr, 63, ys, nullptr, nullptr), Error);  // hi + lo rows
   auto other = upload(random_layer(512, 128, 3, Codebook::kMcg, 74, false), 512, 128);
   const CudaExl3Linear* mixed[2] = {da.get(), other.get()};
   Guarded sb(CudaExl3Linear::group_scratch_bytes(mixed, 1) / 4 + 1), xb(512), y0(200), y1(128);

@@ -452,7 +452,7 @@ void CudaBackend::linears(std::span<const LinearWeights* const> ws, const Device
   const int64_t m = x.rows();
   std::vector<const CudaExl3Linear*> impls;
   bool group = ws.size() == ys.size() && ws.size() >= 2 && ws.size() <= CudaExl3Linear::kMaxGroup && m >= 1 &&
-               m <= kExl3GemvMaxRows;
+               (m <= kExl3GemvMaxRows || cuda::fused_reconstruct(m));
   for (size_t i = 0; group && i < ws.size(); ++i) {
     const auto* e = dynamic_cast<const Exl3Linear*>(ws[i]);
     group = e && ws[i]->in_features == x.cols() && ys[i]->cols() == ws[i]->out_features && ys[i]->rows() == m &&

@@ -244,7 +244,8 @@ static_assert(CudaExl3Linear::kMaxGroup == exl3k::kMaxGroup);
 
 size_t CudaExl3Linear::group_scratch_bytes(std::span<const CudaExl3Linear* const> ls, int64_t m) {
   size_t total = 0;
-  for (const CudaExl3Linear* l : ls) total += l->scratch_bytes(m);
+  for (const CudaExl3Linear* l : ls)  // GEMV: side by side; reconstructed W: one region, reused
+    total = m <= kExl3GemvMaxRows ? total + l->scratch_bytes(m) : std::max(total, l->scratch_bytes(m));
   return total;
 }
 
@@ -253,8 +254,20 @@ void CudaExl3Linear::forward_group(std::span<const CudaExl3Linear* const> ls, co
   auto bad_group = [](const std::string& why) { throw Error(ErrorKind::kInternal, "EXL3 linear group: " + why); };
   if (ls.empty() || ls.size() > exl3k::kMaxGroup || ys.size() != ls.size())
     bad_group(std::to_string(ls.size()) + " linears, " + std::to_string(ys.size()) + " outputs");
-  if (m < 1 || m > kExl3GemvMaxRows) bad_group("m = " + std::to_string(m));
+  if (m < 1 || m > kMaxGridRows || (m > kExl3GemvMaxRows && !fused_reconstruct(m)))
+    bad_group("m = " + std::to_string(m) + " (neither the GEMV nor the reconstructed-W path)");
   if (!x || !scratch) bad_group("null input or scratch");
+  if (m > kExl3GemvMaxRows) {  // fp16(x) once for the group, then each linear's W and GEMM in turn
+    for (size_t i = 0; i < ls.size(); ++i) {
+      if (ls[i]->k_ != ls[0]->k_ || ls[i]->in_features_ != ls[0]->in_features_) bad_group("inputs of different widths");
+      if (!ys[i]) bad_group("null output");
+    }
+    auto* sc = static_cast<std::byte*>(scratch);
+    exl3k::hadamard_in(x, m, ls[0]->in_features_, ls[0]->k_, nullptr, reinterpret_cast<uint16_t*>(sc),
+                       exl3k::ActLayout::kPlainHalf, stream);
+    for (size_t i = 0; i < ls.size(); ++i) ls[i]->reconstructed_product(m, ys[i], stream, sc, ls[i]->layout(m));
+    return;
+  }
   std::array<const float*, exl3k::kMaxGroup> suh{};
   std::array<uint16_t*, exl3k::kMaxGroup> xa{};
   std::array<exl3k::OutGroup::Item, exl3k::kMaxGroup> items{};

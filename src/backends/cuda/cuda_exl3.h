@@ -66,10 +66,12 @@ class CudaExl3Linear {
   void forward(const float* x, int64_t m, float* y, cudaStream_t stream, void* scratch, const float* up = nullptr,
                float* silu_out = nullptr) const;
   size_t scratch_bytes(int64_t m) const;
-  // forward() of up to kMaxGroup linears that read the same x (same in_features and k),
-  // m in 1..kExl3GemvMaxRows, with one launch of each Hadamard transform for the whole group and
-  // one GEMV launch when K and codebook agree. Results equal forward() of each bit for bit. `scratch`:
-  // group_scratch_bytes(ls, m) bytes, 256-byte aligned. Bad groups: trellis::Error kInternal.
+  // forward() of up to kMaxGroup linears that read the same x (same in_features and k). For m in
+  // 1..kExl3GemvMaxRows: one launch of each Hadamard transform for the whole group and one GEMV
+  // launch when K and codebook agree; for m on the reconstructed-W path (cuda::fused_reconstruct):
+  // x is converted to fp16 once for the group. Results equal forward() of each bit for bit.
+  // `scratch`: group_scratch_bytes(ls, m) bytes, 256-byte aligned. Bad groups (other m included):
+  // trellis::Error kInternal.
   static constexpr size_t kMaxGroup = 4;
   static void forward_group(std::span<const CudaExl3Linear* const> ls, const float* x, int64_t m,
                             std::span<float* const> ys, cudaStream_t stream, void* scratch);
