@@ -17,7 +17,7 @@
 //   m <= 8:  z_s = xa · Ŵ over k-range s, s < splits         [part]  exl3_gemv_k<K>_<cb>
 //   m > 8:   Ŵ slice -> fp16 [what]; cublasGemmEx            [part]  exl3_decode_k<K>_<cb>
 //   y = H(Σ z)·r ⊙ svh + bias, padded columns dropped                exl3_hadamard_out
-// From cuda::fused_reconstruct(m) rows on (about a thousand; not with exact prefill):
+// When cuda::fused_reconstruct(m) (opt-in, TRELLIS_CUDA_FUSED_RECONSTRUCT; never with exact prefill):
 //   xa = fp16(x)                                             [act]   exl3_hadamard_in (plain)
 //   W slice = diag(suh)·H·Ŵ·H/128·diag(svh) as fp16          [what]  exl3_reconstruct_k<K>_<cb>
 //   y = xa · W (+ bias) by cublasGemmEx straight into y

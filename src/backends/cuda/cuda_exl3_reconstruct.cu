@@ -5,8 +5,14 @@
 // Why: at prefill sizes the EXL3 linear used to be input transform → GEMM on Ŵ → output transform,
 // and the two transforms are memory-bound passes over [m, k] and [m, n] fp32 activations that
 // grow with m (19 ms of a 2048-token 8B prefill on the H200). Folding both Hadamards and the sign
-// vectors into the weights costs k·n work once per call instead, so from about a thousand rows on
-// the GEMM runs on plain fp16 activations with no transform at all (ExLlamaV3 does the same).
+// vectors into the weights costs k·n work once per call instead, and the GEMM runs on plain fp16
+// activations with no transform at all (ExLlamaV3 does the same from 1024 rows).
+// Status (H200, docs/BENCHMARKS.md session 8): ~24 instructions per weight (decode ~8, the two
+// H8 butterfly passes ~6, hi/lo split and scaling ~5) at 25% occupancy (128 registers, 80 KiB of
+// shared memory per block) issue at 0.4 IPC per scheduler; the kernel takes ~19 ms for an 8B model,
+// about what the transforms cost at 2048 rows, so the path is opt-in (cuda_util.h). Closing the gap
+// needs fewer live registers per warp (e.g. one 8-column half per warp, the H2 across halves moved
+// into the cross-tile pass) for twice the resident warps.
 //
 // Contract: what[k, cols] (row-major fp16) = W[:, col0 .. col0 + cols), col0 and cols multiples of
 // 128. Steps 1-4 are exact (decode_lane), steps 5-8 are computed to fp32 accuracy and rounded to

@@ -49,10 +49,12 @@ void set_exact_prefill(bool exact);
 
 // Whether an EXL3 linear with m rows multiplies the reconstructed weight W (both Hadamard
 // transforms and sign vectors folded in, cuda_exl3_reconstruct.cu) instead of transforming the
-// activations around a GEMM on Ŵ: from kFusedReconstructRows rows on, where the transforms' passes
-// over [m, k] and [m, n] cost more than reconstructing W. Never with exact prefill (gemm_act_parts
-// 2): W is rounded to fp16. TRELLIS_CUDA_FUSED_RECONSTRUCT=<rows> moves the threshold, 0 turns it off.
-inline constexpr int64_t kFusedReconstructRows = 1024;
+// activations around a GEMM on Ŵ. Never with exact prefill (gemm_act_parts 2): W is rounded to
+// fp16. TRELLIS_CUDA_FUSED_RECONSTRUCT=<rows> turns it on from that many rows (0: off).
+// Off by default (kFusedReconstructRows = 0): on the H200 the reconstruction costs about as much
+// as the transforms it removes at 2048-row chunks (docs/BENCHMARKS.md, 2026-12-04 session 8), so
+// it only pays once exl3_reconstruct runs closer to its memory bound.
+inline constexpr int64_t kFusedReconstructRows = 0;
 bool fused_reconstruct(int64_t m);
 // Test hook: the threshold in rows (0: off), overriding the default and the environment.
 void set_fused_reconstruct_rows(int64_t rows);
