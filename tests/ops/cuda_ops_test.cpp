@@ -431,6 +431,51 @@ TEST(CudaOps, TensorCoreAttentionAgreesWithFp32Kernel) {
   }
 }
 
+// The one-row decode kernel against the general fp32 kernel on the same cache (both fp32 math):
+// head_dim 64 and 128, GQA groups 1-4, contexts from 1 key to past 2048, with and without a
+// sliding window, with the backend's flash-decoding splits (32 here; one split needs more kv heads
+// than SMs).
+TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  struct Shape {
+    int64_t nh, nkv, d;
+  };
+  for (const Shape sh : {Shape{4, 4, 64}, Shape{6, 2, 64}, Shape{8, 4, 128}, Shape{32, 8, 128}})
+    for (const int64_t ctx : {int64_t{1}, int64_t{7}, int64_t{100}, int64_t{700}, int64_t{2100}})
+      for (const int64_t window : {int64_t{0}, int64_t{300}}) {
+        ASSERT_TRUE(cuda::attention_uses_decode_kernel(1, sh.nh, sh.nkv, sh.d));
+        AttentionParams ap;
+        ap.n_heads = sh.nh;
+        ap.n_kv_heads = sh.nkv;
+        ap.head_dim = sh.d;
+        ap.sliding_window = window;
+        ap.scale = 1.0f / std::sqrt(static_cast<float>(sh.d));
+        const int64_t kvw = sh.nkv * sh.d;
+        const auto q = random_floats(static_cast<size_t>(sh.nh * sh.d), 50 + static_cast<uint64_t>(ctx), 2.0f);
+        const auto k = random_floats(static_cast<size_t>(ctx * kvw), 51, 2.0f);
+        const auto v = random_floats(static_cast<size_t>(ctx * kvw), 52);
+        std::vector<int32_t> all(static_cast<size_t>(ctx));
+        for (int64_t i = 0; i < ctx; ++i) all[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+        const std::vector<int32_t> pos = {static_cast<int32_t>(ctx - 1)};
+        DeviceTensor kc = cu->alloc(DType::kF16, {ctx, kvw}), vc = cu->alloc(DType::kF16, {ctx, kvw});
+        cu->kv_store(cu->upload(f32_view(k, {ctx, kvw}), DType::kF32), cu->upload(f32_view(v, {ctx, kvw}), DType::kF32),
+                     all, kc, vc);
+        const DeviceTensor qt = cu->upload(f32_view(q, {1, sh.nh * sh.d}), DType::kF32);
+        std::vector<float> res[2];
+        for (int dec = 0; dec < 2; ++dec) {
+          cuda::set_decode_attention(dec == 1);
+          DeviceTensor out = cu->alloc(DType::kF32, {1, sh.nh * sh.d});
+          cu->attention(qt, kc, vc, pos, ap, out);
+          res[dec] = fetch(*cu, out);
+        }
+        cuda::set_decode_attention(true);
+        const double rel = cuda_rel_rms(res[1], res[0]);
+        EXPECT_LT(rel, 1e-5) << "heads " << sh.nh << "/" << sh.nkv << " d " << sh.d << " ctx " << ctx << " window "
+                             << window;
+        for (float x : res[1]) ASSERT_TRUE(std::isfinite(x));
+      }
+}
+
 TEST(CudaOps, SiluMulAndAdd) {
   TRELLIS_CUDA_OR_SKIP(cu);
   Backend& cpu = cpu_backend();

@@ -29,6 +29,8 @@
 //   * Accuracy: Q and P rounded once to fp16 (relative 2^-11 each), everything else fp32. Against
 //     the fp32 kernel this moves outputs by ~1e-3 relative (measured in the tests), the precision
 //     fp16 attention kernels such as ExLlamaV3's run at.
+// One-row decode with head_dim 64/128 and GQA group <= 4 goes to cuda_attention_decode.cu instead
+// (register-streamed keys, no tiles); its splits are merged by attention_merge_kernel below.
 // Non-goals: head_dim > 256; tensor cores for decode (one query row per head: memory-bound).
 #include <cuda_fp16.h>
 
@@ -486,6 +488,14 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
     raise(ErrorKind::kUnsupported, "CUDA attention: head_dim " + std::to_string(a.head_dim) +
                                        " is not supported (even, at most 256)");
   const bool aligned = (reinterpret_cast<uintptr_t>(a.k_cache) | reinterpret_cast<uintptr_t>(a.v_cache)) % 16 == 0;
+  if (aligned && reinterpret_cast<uintptr_t>(a.q) % 16 == 0 &&
+      attention_uses_decode_kernel(a.rows, a.n_heads, a.n_kv_heads, a.head_dim)) {
+    attention_decode(a, stream);
+    if (a.splits > 1)
+      launch("attention (merge of splits)", attention_merge_kernel, dim3(static_cast<unsigned>(a.rows * a.n_heads)),
+             dim3(128), 0, stream, a);
+    return;
+  }
   if (aligned && attention_uses_tensor_cores(a.rows, a.n_heads, a.n_kv_heads, a.head_dim, a.splits)) {
     const dim3 grid(static_cast<unsigned>((a.rows * (a.n_heads / a.n_kv_heads) + kTcRows - 1) / kTcRows),
                     static_cast<unsigned>(a.n_kv_heads));

@@ -101,6 +101,14 @@ int64_t attention_partial_floats(const AttentionArgs& a);
 bool attention_uses_tensor_cores(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int splits);
 // Test hook: overrides TRELLIS_CUDA_TC_ATTENTION for launches recorded after the call.
 void set_tensor_core_attention(bool on);
+// Whether attention() runs this shape on the one-row decode kernel (cuda_attention_decode.cu):
+// rows 1, head_dim 64 or 128, GQA group <= 4, not disabled by TRELLIS_CUDA_DECODE_ATTENTION=0
+// (also needs 16-byte aligned q and caches, checked at launch).
+bool attention_uses_decode_kernel(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim);
+// Test hook: overrides TRELLIS_CUDA_DECODE_ATTENTION for launches recorded after the call.
+void set_decode_attention(bool on);
+// The decode kernel itself (attention() dispatches to it); writes `partial` when splits > 1.
+void attention_decode(const AttentionArgs& a, cudaStream_t stream);
 // Raises kUnsupported for head_dim > kAttentionMaxHeadDim. Sets its kernels' shared-memory limit
 // on first use (outside any graph capture: call attention_prepare() once per device first).
 void attention(const AttentionArgs& a, cudaStream_t stream);

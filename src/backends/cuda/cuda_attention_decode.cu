@@ -1,0 +1,223 @@
+// backends/cuda/cuda_attention_decode.cu: attention for one query row (batch-1 decode) over the
+// fp16 KV cache, built to stream the cache at memory speed (contract: cuda_ops.h attention()).
+//
+// Why a separate kernel: the general kernel (cuda_attention.cu) stages 32-key tiles in shared
+// memory behind two barriers per tile and gives each warp one query whose dot products are a
+// serial chain over head_dim; with one row per step it took ~50 µs per layer at 2048 tokens of
+// context on the H200 (ncu), ~25x what reading the 8 MB of K and V takes.
+//
+// Shape: grid (splits, kv heads), 4 warps per block; split s covers a contiguous key range.
+//   * Lanes own 8 dims each (one 16-byte load of K and of V per key), so D/8 lanes cover a key and
+//     a warp takes 32/(D/8) keys per step; keys go straight from global memory to registers, the
+//     next step's loads issued before the current step's math (no shared memory, no barriers).
+//   * The G query heads of the kv head (GQA group, G <= 4) live in registers, pre-scaled by
+//     scale·log2(e); scores are reduced over the key's D/8 lanes with xor shuffles, and each key
+//     slot keeps its own online softmax (m, l, acc) in base 2.
+//   * At the end the key slots of a warp merge by shuffles, the 4 warps through shared memory;
+//     the block writes its (acc, m, l) to `partial` for attention_merge_kernel (m converted back to
+//     natural-log units), or the normalised output when there is one split.
+// Accuracy: fp32 throughout (fp16 cache values are exact in fp32); differs from the general
+// kernel only in summation order and exp2 vs exp.
+#include <cuda_fp16.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
+
+#include "backends/cuda/cuda_launch.cuh"
+#include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/cuda_util.h"
+
+namespace trellis::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kMaxGroup = 4;
+constexpr float kLog2e = 1.4426950408889634f;
+
+std::atomic<int> g_decode{-1};  // -1: not read yet; then 0 or 1
+
+bool decode_enabled() {
+  int v = g_decode.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* e = std::getenv("TRELLIS_CUDA_DECODE_ATTENTION");
+    int expected = -1;
+    g_decode.compare_exchange_strong(expected, e && std::string_view(e) == "0" ? 0 : 1);
+    v = g_decode.load();
+  }
+  return v == 1;
+}
+
+__device__ __forceinline__ void to_floats(const uint4& u, float f[8]) {
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __half22float2(h[i]);
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+
+// (m, l, acc) of two disjoint key sets -> their union (base-2 online softmax state).
+template <int G>
+__device__ __forceinline__ void merge_state(float m[G], float l[G], float acc[G][8], const float om[G],
+                                            const float ol[G], const float oacc[G][8]) {
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const float mx = fmaxf(m[g], om[g]);
+    if (mx == -INFINITY) continue;  // both empty
+    const float c = exp2f(m[g] - mx), oc = exp2f(om[g] - mx);
+    l[g] = l[g] * c + ol[g] * oc;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[g][i] = acc[g][i] * c + oacc[g][i] * oc;
+    m[g] = mx;
+  }
+}
+
+template <int D, int G>
+__global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(AttentionArgs a) {
+  constexpr int kLanesPerKey = D / 8, kKeysPerWarp = 32 / kLanesPerKey, kKeysPerStep = kWarps * kKeysPerWarp;
+  __shared__ float red[kWarps][G][D + 2];  // per warp: acc, then m and l
+  pdl_begin();
+  const int split = blockIdx.x, kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int slot = lane / kLanesPerKey, dl = lane % kLanesPerKey;
+  const int64_t kv_width = a.n_kv_heads * D;
+  const int64_t last = a.pos[0];
+  const int64_t first = a.sliding_window > 0 ? max(int64_t{0}, last - a.sliding_window + 1) : 0;
+  const int64_t per = (last - first + 1 + a.splits - 1) / a.splits;
+  const int64_t kb = first + split * per, ke = min(last + 1, kb + per);  // keys [kb, ke)
+  const int64_t steps = ke > kb ? (ke - kb + kKeysPerStep - 1) / kKeysPerStep : 0;
+
+  float q[G][8], m[G], l[G], acc[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const float4* qp = reinterpret_cast<const float4*>(a.q + (int64_t{kvh} * G + g) * D + dl * 8);
+    const float4 q0 = qp[0], q1 = qp[1];
+    const float s = a.scale * kLog2e;
+    q[g][0] = q0.x * s, q[g][1] = q0.y * s, q[g][2] = q0.z * s, q[g][3] = q0.w * s;
+    q[g][4] = q1.x * s, q[g][5] = q1.y * s, q[g][6] = q1.z * s, q[g][7] = q1.w * s;
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
+  }
+
+  const uint16_t* kp = a.k_cache + int64_t{kvh} * D + dl * 8;
+  const uint16_t* vp = a.v_cache + int64_t{kvh} * D + dl * 8;
+  const int64_t key0 = kb + warp * kKeysPerWarp + slot;
+  auto load = [&](int64_t step, uint4& kv, uint4& vv) {
+    const int64_t key = key0 + step * kKeysPerStep;
+    if (step < steps && key < ke) {
+      kv = *reinterpret_cast<const uint4*>(kp + key * kv_width);
+      vv = *reinterpret_cast<const uint4*>(vp + key * kv_width);
+    } else {
+      kv = vv = make_uint4(0, 0, 0, 0);
+    }
+  };
+  uint4 kn, vn;
+  load(0, kn, vn);
+  for (int64_t step = 0; step < steps; ++step) {  // uniform over the block: shuffles below are safe
+    const uint4 kc = kn, vc = vn;
+    load(step + 1, kn, vn);
+    const bool valid = key0 + step * kKeysPerStep < ke;
+    float kf[8], vf[8];
+    to_floats(kc, kf);
+    to_floats(vc, vf);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float s = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s = fmaf(q[g][i], kf[i], s);
+#pragma unroll
+      for (int o = kLanesPerKey / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      if (valid) {
+        const float mx = fmaxf(m[g], s);
+        const float c = exp2f(m[g] - mx), p = exp2f(s - mx);
+        l[g] = l[g] * c + p;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(p, vf[i], acc[g][i] * c);
+        m[g] = mx;
+      }
+    }
+  }
+
+  // Merge the warp's key slots (lanes dl, dl + kLanesPerKey, ...), then the warps.
+#pragma unroll
+  for (int o = kLanesPerKey; o < 32; o <<= 1) {
+    float om[G], ol[G], oacc[G][8];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      om[g] = __shfl_xor_sync(0xffffffffu, m[g], o);
+      ol[g] = __shfl_xor_sync(0xffffffffu, l[g], o);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) oacc[g][i] = __shfl_xor_sync(0xffffffffu, acc[g][i], o);
+    }
+    merge_state<G>(m, l, acc, om, ol, oacc);
+  }
+  if (slot == 0) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) red[warp][g][dl * 8 + i] = acc[g][i];
+      if (dl == 0) red[warp][g][D] = m[g], red[warp][g][D + 1] = l[g];
+    }
+  }
+  __syncthreads();
+  const int64_t n_q = a.n_heads;  // one row
+  for (int idx = threadIdx.x; idx < G * (D + 2); idx += kWarps * 32) {
+    const int g = idx / (D + 2), i = idx % (D + 2);
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red[w][g][D]);
+    float sum = 0.0f, lsum = 0.0f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float c = exp2f(red[w][g][D] - mx);
+        lsum += red[w][g][D + 1] * c;
+        if (i < D) sum += red[w][g][i] * c;
+      }
+    }
+    const int64_t h = int64_t{kvh} * G + g;
+    if (a.splits == 1) {
+      if (i < D) a.out[h * D + i] = lsum > 0 ? sum / lsum : 0.0f;
+    } else {
+      float* p = a.partial + (int64_t{split} * n_q + h) * (D + 2);
+      if (i < D) p[i] = sum;
+      else if (i == D) p[D] = mx == -INFINITY ? -INFINITY : mx / kLog2e;  // natural-log units
+      else p[D + 1] = lsum;
+    }
+  }
+}
+
+using DecodeFn = void (*)(AttentionArgs);
+
+template <int D>
+DecodeFn decode_fn(int64_t group) {
+  switch (group) {
+    case 1: return attention_decode_kernel<D, 1>;
+    case 2: return attention_decode_kernel<D, 2>;
+    case 3: return attention_decode_kernel<D, 3>;
+    default: return attention_decode_kernel<D, 4>;
+  }
+}
+
+}  // namespace
+
+void set_decode_attention(bool on) { g_decode.store(on ? 1 : 0); }
+
+bool attention_uses_decode_kernel(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim) {
+  return decode_enabled() && rows == 1 && (head_dim == 64 || head_dim == 128) && n_kv_heads > 0 &&
+         n_heads % n_kv_heads == 0 && n_heads / n_kv_heads <= kMaxGroup;
+}
+
+void attention_decode(const AttentionArgs& a, cudaStream_t stream) {
+  const int64_t group = a.n_heads / a.n_kv_heads;
+  const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(a.n_kv_heads));
+  launch("attention (decode)", a.head_dim == 64 ? decode_fn<64>(group) : decode_fn<128>(group), grid,
+         dim3(kWarps * 32), 0, stream, a);
+}
+
+}  // namespace trellis::cuda
