@@ -4,7 +4,9 @@
 // against the CPU reference. Dense weights live on the device as fp16 (bf16/fp32 converted once
 // at load); EXL3 layers keep their packed trellis (bit-exact decode in the shaders) with suh,
 // svh and bias widened to fp32. Op -> shader map (shaders/*.comp):
-//   embedding, rms_norm, rope, kv_store, attention, silu_mul, add: one shader each;
+//   embedding, rms_norm, rope, kv_store, silu_mul, add: one shader each;
+//   attention: attention (one workgroup per row and head) below kFlashMinRows query rows,
+//   attention_flash (query blocks x K/V tiles in shared memory) from there;
 //   dense linear: matmul_f16_gemv (m <= 8), matmul_f16_tiled, or for m >= kCoopMinRows on
 //   devices with cooperative matrices convert_f16 + matmul_f16_coop (fp16 activations);
 //   EXL3 linear: exl3_hadamard_in, then exl3_gemv_k<K>_<cb> (m <= 8) or exl3_decode_k<K>_<cb> +
@@ -34,6 +36,16 @@ inline constexpr size_t kMaxLinearGroup = 4;
 // activations are rounded once to fp16 (fp32 accumulation), the CUDA backend's policy above 63
 // rows. Below, matmul_f16_tiled keeps fp32 activations.
 inline constexpr int64_t kCoopMinRows = 64;
+// Query rows from which attention takes attention_flash (query blocks sharing K/V tiles in
+// shared memory); below, attention.comp (one workgroup per row and head: decode, short batches).
+inline constexpr int64_t kFlashMinRows = 16;
+
+// attention_flash tile sizes: BR query vectors per workgroup, BC keys per tile.
+struct FlashTiles {
+  uint32_t rows = 0, keys = 0;
+};
+// Shared memory attention_flash declares for tiles `t` and head_dim (its header's formula).
+size_t flash_shared_bytes(FlashTiles t, int64_t head_dim);
 
 // Which cooperative-matrix extension runs matmul_f16_coop (vk_coop.h).
 enum class CoopPath : uint8_t { kOff, kKhr, kNv };
@@ -109,6 +121,17 @@ class VulkanBackend : public Backend {
   // by rms_norm(x) becomes one rms_norm_add dispatch, rope(q), rope(k), kv_store(k, v) one
   // rope_kv_store dispatch. On by default; TRELLIS_VULKAN_FUSE=0 turns them off.
   void set_fusion(bool on) { fuse_ = on; }
+  // Prefill attention (>= kFlashMinRows query rows) through attention_flash; on by default,
+  // TRELLIS_VULKAN_FLASH_ATTENTION=0 keeps attention.comp for every call. set_flash_tiles
+  // forces BR x BC (tests; {0, 0} = the largest preset that fits the device, flash_tiles()):
+  // BR in 16, 32, 64, 128, BC a multiple of 8 and of 128 / BR (else kInvalidArgument); a forced
+  // shape that does not fit the device's shared memory throws kUnsupported at the call.
+  void set_flash_attention(bool on) { flash_ = on; }
+  bool flash_attention() const { return flash_; }
+  void set_flash_tiles(FlashTiles t);
+  // The tiles attention_flash uses for head_dim on this device; {0, 0} when none fits (then
+  // attention.comp runs).
+  FlashTiles flash_tiles(int64_t head_dim) const;
   bool fusion() const { return fuse_; }
   CoopPath coop_path() const { return coop_; }
   bool coop_capable(CoopPath p) const;
@@ -164,6 +187,8 @@ class VulkanBackend : public Backend {
 
   std::shared_ptr<Context> ctx_;
   bool fuse_ = true;
+  bool flash_ = true;
+  FlashTiles flash_forced_;
   PendingAdd last_add_;
   PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
