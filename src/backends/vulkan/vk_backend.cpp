@@ -52,10 +52,26 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
           : ctx_->coop().khr ? CoopPath::kKhr
           : ctx_->coop().nv  ? CoopPath::kNv
                              : CoopPath::kOff;
+  // TRELLIS_VULKAN_COOPMAT=2: matmul_f16_coop2 (A/B against 1), in the shape named by
+  // TRELLIS_VULKAN_COOP2_SHAPE (default kCoop2Shapes[0]).
+  if (coop_env && coop_env[0] == '2') coop_kernel_ = 2;
+  const char* shape_env = std::getenv("TRELLIS_VULKAN_COOP2_SHAPE");
+  if (shape_env && ctx_->coop().workgroup != 0) {
+    size_t i = 0;
+    while (i < std::size(kCoop2Shapes) && coop2_shape_name(kCoop2Shapes[i]) != shape_env) ++i;
+    if (i == std::size(kCoop2Shapes) || !coop2_shape_fits(i))
+      log_warn("Vulkan: TRELLIS_VULKAN_COOP2_SHAPE={} is not a matmul_f16_coop2 shape that fits this device; using {}",
+               shape_env, coop2_shape_name(kCoop2Shapes[coop2_shape_]));
+    else
+      coop2_shape_ = i;
+  }
   log_info("Vulkan: using {} (subgroup size {}; EXL3 GEMV reductions through {}; prefill GEMM {}: cooperative "
            "matrices {})",
            info.name, sg, gemv_subgroup_ ? "subgroup shuffles" : "shared memory",
-           coop_ == CoopPath::kOff ? "matmul_f16_tiled" : "matmul_f16_coop", ctx_->coop().detail);
+           coop_ == CoopPath::kOff ? "matmul_f16_tiled"
+           : coop_kernel_ == 2     ? "matmul_f16_coop2 " + coop2_shape_name(kCoop2Shapes[coop2_shape_])
+                                   : std::string("matmul_f16_coop"),
+           ctx_->coop().detail);
 }
 
 const char* coop_path_name(CoopPath p) {
