@@ -16,14 +16,19 @@
 // --gemm-m M (M > 0) adds the prefill products at M rows per shape ("gemm" in the JSON, TFLOP/s
 // = 2·M·k·n / time): the dense fp16 linear and the EXL3 linear (first K and codebook) through
 // each GEMM path the device has: "tiled" (matmul_f16_tiled, fp32 activations) and "coop_khr" /
-// "coop_nv" (convert_f16 + matmul_f16_coop). One weight copy (compute-bound), --gemm-calls calls
-// per repetition.
+// "coop_nv" (convert_f16 + matmul_f16_coop), and "coop2_<BMxBNxBK>_khr" / "_nv"
+// (matmul_f16_coop2 in each tile shape that fits the device). One weight copy (compute-bound),
+// --gemm-calls calls per repetition.
+// --attn-rows N (N > 0) adds prefill attention at Llama-3.1-8B's heads (32 / 8, head_dim 128) over
+// N rows at positions 0 .. N - 1 ("attention" in the JSON, TFLOP/s = 4·128·32·N(N+1)/2 / time):
+// attention_flash ("flash_<BR>x<BC>") and the row kernel ("rows"), in the same run.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -45,6 +50,7 @@ using trellis::bench::fill_random;
 using trellis::bench::random_halves;
 using trellis::bench::copies_for;
 
+using trellis::AttentionParams;
 using trellis::DeviceTensor;
 using trellis::DType;
 using trellis::LinearSource;
@@ -89,6 +95,7 @@ int main(int argc, char** argv) {
   bool wall_clock = false;
   int64_t gemm_m = 0;
   int gemm_calls = 4;
+  int64_t attn_rows = 0;
   app.add_option("--device", device, "Vulkan device index (trellis devices)");
   app.add_option("--K", Ks, "bits per weight to run (1..8)");
   app.add_option("--codebooks", codebooks, "codebooks to run (3inst, mcg, mul1)");
@@ -99,6 +106,8 @@ int main(int argc, char** argv) {
   app.add_option("--cold-mib", cold_mib, "rotate over copies totalling at least this much");
   app.add_option("--gemm-m", gemm_m, "also time the prefill GEMM paths at this many rows (0: off)");
   app.add_option("--gemm-calls", gemm_calls, "calls per repetition of the GEMM timings");
+  app.add_option("--attn-rows", attn_rows,
+                 "also time prefill attention of this many rows, Llama-3.1-8B heads (0: off)");
   app.add_flag("--wall-clock", wall_clock, "time submissions on the host even when timestamps exist");
   CLI11_PARSE(app, argc, argv);
   if (reps < 1 || warmup < 0 || min_calls < 1) {
@@ -231,10 +240,22 @@ int main(int argc, char** argv) {
   }
   if (gemm_m > 0) {
     out["gemm"] = nlohmann::json::array();
-    std::vector<trellis::vk::CoopPath> paths = {trellis::vk::CoopPath::kOff};
-    for (auto p : {trellis::vk::CoopPath::kKhr, trellis::vk::CoopPath::kNv})
-      if (be->coop_capable(p)) paths.push_back(p);
+    // Every GEMM the device has: (path, coop version, coop2 shape).
+    struct Variant {
+      trellis::vk::CoopPath path;
+      int version;
+      size_t shape;
+    };
+    std::vector<Variant> variants = {{trellis::vk::CoopPath::kOff, 1, 0}};
+    for (auto p : {trellis::vk::CoopPath::kKhr, trellis::vk::CoopPath::kNv}) {
+      if (!be->coop_capable(p)) continue;
+      variants.push_back({p, 1, 0});
+      for (size_t i = 0; i < std::size(trellis::vk::kCoop2Shapes); ++i)
+        if (be->coop2_shape_fits(i)) variants.push_back({p, 2, i});
+    }
     const trellis::vk::CoopPath saved = be->coop_path();
+    const int saved_version = be->coop_kernel();
+    const size_t saved_shape = be->coop2_shape();
     for (const std::string& shape : shapes) {
       int64_t k = 0, n = 0;
       std::sscanf(shape.c_str(), "%ldx%ld", &k, &n);
@@ -269,20 +290,64 @@ int main(int argc, char** argv) {
       esrc.exl3 = v;
       const auto exl3 = be->prepare_linear(esrc);
       const double flop = 2.0 * static_cast<double>(gemm_m) * static_cast<double>(k) * static_cast<double>(n);
-      for (auto path : paths) {
-        be->set_coop_path(path);
-        const std::string name = path == trellis::vk::CoopPath::kOff ? "tiled" : fmt::format("coop_{}", trellis::vk::coop_path_name(path));
+      for (const Variant& var : variants) {
+        be->set_coop_path(var.path);
+        be->set_coop_kernel(var.version);
+        be->set_coop2_shape(var.shape);
+        const std::string name =
+            var.path == trellis::vk::CoopPath::kOff ? "tiled"
+            : var.version == 1
+                ? fmt::format("coop_{}", trellis::vk::coop_path_name(var.path))
+                : fmt::format("coop2_{}_{}", trellis::vk::coop2_shape_name(trellis::vk::kCoop2Shapes[var.shape]),
+                              trellis::vk::coop_path_name(var.path));
         const double ds = timer(gemm_calls, [&](int) { be->linear(*dense, x, y); });
         const double es = timer(gemm_calls, [&](int) { be->linear(*exl3, x, y); });
         out["gemm"].push_back({{"shape", shape}, {"m", gemm_m}, {"path", name}, {"dense_us", ds * 1e6},
                                {"dense_tflops", flop / ds * 1e-12}, {"exl3_K", K}, {"exl3_us", es * 1e6},
                                {"exl3_tflops", flop / es * 1e-12}});
-        std::fprintf(stderr, "gemm %-11s m=%ld %-8s dense %10.1f us %7.2f TFLOP/s  exl3 K=%d %10.1f us %7.2f TFLOP/s\n",
+        std::fprintf(stderr, "gemm %-11s m=%ld %-22s dense %10.1f us %7.2f TFLOP/s  exl3 K=%d %10.1f us %7.2f TFLOP/s\n",
                      shape.c_str(), static_cast<long>(gemm_m), name.c_str(), ds * 1e6, flop / ds * 1e-12, K, es * 1e6,
                      flop / es * 1e-12);
       }
       be->set_coop_path(saved);
+      be->set_coop_kernel(saved_version);
+      be->set_coop2_shape(saved_shape);
     }
+  }
+  if (attn_rows > 0) {
+    // Prefill attention at Llama-3.1-8B's heads (32 query, 8 kv, head_dim 128): rows at
+    // positions 0 .. attn_rows - 1, both kernels. FLOP: 4·head_dim per (head, visible key).
+    AttentionParams ap;
+    ap.n_heads = 32;
+    ap.n_kv_heads = 8;
+    ap.head_dim = 128;
+    ap.scale = 1.0f / std::sqrt(128.0f);
+    const int64_t qw = ap.n_heads * ap.head_dim, kvw = ap.n_kv_heads * ap.head_dim;
+    const auto qv = random_halves(static_cast<size_t>(attn_rows * qw), 1.0f, 6);
+    const auto kv = random_halves(static_cast<size_t>(attn_rows * kvw), 1.0f, 7);
+    const DeviceTensor q =
+        be->upload(TensorView{DType::kF16, {attn_rows, qw}, reinterpret_cast<const std::byte*>(qv.data())}, DType::kF32);
+    const DeviceTensor kvt =
+        be->upload(TensorView{DType::kF16, {attn_rows, kvw}, reinterpret_cast<const std::byte*>(kv.data())}, DType::kF32);
+    DeviceTensor kc = be->alloc(DType::kF16, {attn_rows, kvw}), vc = be->alloc(DType::kF16, {attn_rows, kvw});
+    DeviceTensor o = be->alloc(DType::kF32, {attn_rows, qw});
+    std::vector<int32_t> pos(static_cast<size_t>(attn_rows));
+    for (int64_t i = 0; i < attn_rows; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+    be->kv_store(kvt, kvt, pos, kc, vc);
+    be->synchronize();
+    const double flop = 4.0 * 128 * 32 * (static_cast<double>(attn_rows) * (attn_rows + 1) / 2);
+    const bool saved = be->flash_attention();
+    out["attention"] = nlohmann::json::array();
+    for (bool flash : {true, false}) {
+      be->set_flash_attention(flash);
+      const double sec = timer(1, [&](int) { be->attention(q, kc, vc, pos, ap, o); });
+      const trellis::vk::FlashTiles t = be->flash_tiles(ap.head_dim);
+      const std::string name = flash ? fmt::format("flash_{}x{}", t.rows, t.keys) : "rows";
+      out["attention"].push_back({{"rows", attn_rows}, {"kernel", name}, {"us", sec * 1e6}, {"tflops", flop / sec * 1e-12}});
+      std::fprintf(stderr, "attention rows=%ld %-14s %10.1f us %7.2f TFLOP/s\n", static_cast<long>(attn_rows), name.c_str(),
+                   sec * 1e6, flop / sec * 1e-12);
+    }
+    be->set_flash_attention(saved);
   }
   const auto& st = ctx.stats();
   out["segments"] = {{"recorded", st.recorded}, {"replayed", st.replayed}, {"barriers", st.barriers}};

@@ -1,5 +1,6 @@
-// tests/ops/vulkan_coop_test.cpp: the cooperative-matrix prefill GEMM (matmul_f16_coop) and the
-// NV -> KHR SPIR-V rewrite it is loaded through.
+// tests/ops/vulkan_coop_test.cpp: the cooperative-matrix prefill GEMMs (matmul_f16_coop and
+// matmul_f16_coop2 in each of its tile shapes) and the NV -> KHR SPIR-V rewrite they are loaded
+// through.
 //
 // The rewrite test runs anywhere (it only reads the embedded SPIR-V). The GEMM tests need a
 // device with VK_KHR_cooperative_matrix or VK_NV_cooperative_matrix and the 16x16x16 fp16 ->
@@ -12,6 +13,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "backends/vulkan/vk_shaders.h"
@@ -37,12 +40,21 @@ std::vector<uint32_t> nth_instruction(std::span<const uint32_t> m, uint32_t opco
   return {};
 }
 
+void check_rewrite(std::span<const uint32_t> nv);
+
+// Both cooperative-matrix GEMMs (matmul_f16_coop, matmul_f16_coop2) go through the rewrite.
 TEST(VulkanCoop, SpirvRewriteNvToKhr) {
-  const std::span<const uint32_t> nv = vk::shader_spirv("matmul_f16_coop");
+  for (const char* shader : {"matmul_f16_coop", "matmul_f16_coop2"}) {
+    SCOPED_TRACE(shader);
+    check_rewrite(vk::shader_spirv(shader));
+  }
+}
+
+void check_rewrite(std::span<const uint32_t> nv) {
   const std::vector<uint32_t> khr = vk::coop_nv_to_khr(nv, vk::coop_shader_use);
   EXPECT_EQ(khr[3], nv[3] + 3) << "bound";
   for (uint32_t op : {5358u, 5359u, 5360u, 5361u, 5362u}) EXPECT_EQ(vk::count_opcode(khr, op), 0u) << "NV opcode " << op;
-  EXPECT_EQ(vk::count_opcode(nv, 5358), 3u) << "matmul_f16_coop declares A, B and accumulator types";
+  EXPECT_EQ(vk::count_opcode(nv, 5358), 3u) << "the shader declares A, B and accumulator types";
   EXPECT_EQ(vk::count_opcode(khr, 4456), 3u);
   EXPECT_EQ(vk::count_opcode(khr, 4457), vk::count_opcode(nv, 5359));
   EXPECT_EQ(vk::count_opcode(khr, 4458), vk::count_opcode(nv, 5360));
@@ -113,11 +125,24 @@ TEST(VulkanCoop, GemmMatchesReference) {
     GTEST_SKIP() << "device '" << vk->info().name << "' has no usable cooperative matrices: "
                  << vk->context().coop().detail;
   const vk::CoopPath saved = vk->coop_path();
-  // m >= kCoopMinRows; in and out multiples of 16 and not, odd `in` (W read element-wise).
+  const int saved_kernel = vk->coop_kernel();
+  const size_t saved_shape = vk->coop2_shape();
+  // m >= kCoopMinRows; in and out multiples of 16 and not, odd `in` (W read element-wise);
+  // version 2 (in % 8 == 0): `in` a multiple of its k step and not (80, 1000), blocks cut by m
+  // and out; version 2 with in % 8 != 0 runs version 1.
   const Case cases[] = {{64, 256, 384, false}, {100, 80, 200, true}, {300, 1000, 130, false},
-                        {130, 37, 51, true},   {257, 4096, 136, false}};
-  for (vk::CoopPath path : paths) {
+                        {130, 37, 51, true},   {257, 4096, 136, false}, {520, 1000, 520, true}};
+  // (version, coop2 shape) pairs: version 1, and version 2 in every shape that fits the device.
+  std::vector<std::pair<int, size_t>> kernels = {{1, 0}};
+  for (size_t i = 0; i < std::size(vk::kCoop2Shapes); ++i)
+    if (vk->coop2_shape_fits(i)) kernels.emplace_back(2, i);
+  for (vk::CoopPath path : paths)
+  for (const auto& [version, shape] : kernels) {
     vk->set_coop_path(path);
+    vk->set_coop_kernel(version);
+    vk->set_coop2_shape(shape);
+    std::string label = fmt::format("{} v{}", vk::coop_path_name(path), version);
+    if (version == 2) label += fmt::format(" {}", vk::coop2_shape_name(vk::kCoop2Shapes[shape]));
     for (const Case& c : cases) {
       const auto x = random_floats(static_cast<size_t>(c.m * c.in), 40 + static_cast<uint64_t>(c.in), 3.0f);
       const auto w32 = random_floats(static_cast<size_t>(c.in * c.out), 41 + static_cast<uint64_t>(c.out));
@@ -151,20 +176,25 @@ TEST(VulkanCoop, GemmMatchesReference) {
           if (c.bias) sum += fp16_to_fp32(b16[static_cast<size_t>(j)]);
           const double g = got[static_cast<size_t>(r * c.out + j)];
           if (!(std::fabs(g - sum) <= 1e-5 * mag + 1e-6) && bad++ < 5)
-            ADD_FAILURE() << vk::coop_path_name(path) << " m=" << c.m << " in=" << c.in << " out=" << c.out << " y[" << r
+            ADD_FAILURE() << label << " m=" << c.m << " in=" << c.in << " out=" << c.out << " y[" << r
                           << "," << j << "] = " << g << ", want " << sum;
         }
-      EXPECT_EQ(bad, 0) << vk::coop_path_name(path) << " m=" << c.m << " in=" << c.in << " out=" << c.out;
+      EXPECT_EQ(bad, 0) << label << " m=" << c.m << " in=" << c.in << " out=" << c.out;
     }
   }
   vk->set_coop_path(saved);
+  vk->set_coop_kernel(saved_kernel);
+  vk->set_coop2_shape(saved_shape);
 }
 
 // The EXL3 prefill product (Ŵ decoded, then the GEMM) on the coop path against the fp32 tiled
 // path: the same Ŵ, activations rounded once to fp16, so within fp16 input rounding.
 TEST(VulkanCoop, Exl3GemmAgreesWithTiledPath) {
   TRELLIS_VULKAN_OR_SKIP(vk);
-  if (vk->coop_path() == vk::CoopPath::kOff)
+  const vk::CoopPath path = vk->coop_capable(vk::CoopPath::kKhr) ? vk::CoopPath::kKhr
+                            : vk->coop_capable(vk::CoopPath::kNv) ? vk::CoopPath::kNv
+                                                                   : vk::CoopPath::kOff;
+  if (path == vk::CoopPath::kOff)
     GTEST_SKIP() << "device '" << vk->info().name << "' has no usable cooperative matrices: "
                  << vk->context().coop().detail;
   const int64_t k = 256, n = 384, m = 100;
@@ -180,11 +210,17 @@ TEST(VulkanCoop, Exl3GemmAgreesWithTiledPath) {
   v.trellis = trellis.data();
   const auto xh = random_floats(static_cast<size_t>(m * k), 78);
   const vk::CoopPath saved = vk->coop_path();
-  const auto coop = vk->exl3_raw_matmul(v, xh.data(), m, /*gemm=*/true);
+  const int saved_kernel = vk->coop_kernel();
   vk->set_coop_path(vk::CoopPath::kOff);
   const auto tiled = vk->exl3_raw_matmul(v, xh.data(), m, /*gemm=*/true);
+  for (int version : {1, 2}) {
+    vk->set_coop_path(path);
+    vk->set_coop_kernel(version);
+    const auto coop = vk->exl3_raw_matmul(v, xh.data(), m, /*gemm=*/true);
+    EXPECT_LT(test::rel_rms(coop, tiled), 2e-3) << "version " << version;
+  }
   vk->set_coop_path(saved);
-  EXPECT_LT(test::rel_rms(coop, tiled), 2e-3);
+  vk->set_coop_kernel(saved_kernel);
 }
 
 }  // namespace

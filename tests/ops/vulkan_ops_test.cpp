@@ -1,11 +1,14 @@
 // tests/ops/vulkan_ops_test.cpp: every Vulkan backend op against the CPU backend (the reference
 // for every op) on odd sizes, offset views, dense fp16/bf16/fp32 and EXL3 linears with padding
-// and bias, GEMV and GEMM row counts, GQA prefill and decode attention with a sliding window.
+// and bias, GEMV and GEMM row counts, GQA prefill and decode attention with a sliding window,
+// both attention kernels (attention_flash, attention.comp) over GQA groups, head sizes, prefix
+// offsets and every flash tile shape.
 #if TRELLIS_WITH_VULKAN
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -326,6 +329,155 @@ TEST(VulkanOps, KvStoreAndAttentionPrefillDecode) {
     EXPECT_LT(test::rel_rms(got[0], want[0]), 1e-5) << "prefill, window " << window;
     EXPECT_LT(test::rel_rms(got[1], want[1]), 1e-5) << "decode, window " << window;
   }
+}
+
+// One attention call: keys/values of cache rows 0 .. prefix + rows - 1 stored, then `rows` query
+// rows at positions prefix .. prefix + rows - 1 (in a shuffled order when `shuffled`: positions
+// are per row, so a block's key range is not its first and last row's).
+struct AttnCase {
+  int64_t n_heads, n_kv_heads, head_dim, rows, prefix, window;
+  bool shuffled = false;
+};
+
+struct AttnInputs {
+  std::vector<float> q, k, v;
+  std::vector<int32_t> pos;
+};
+
+AttnInputs attention_inputs(const AttnCase& c, uint64_t seed) {
+  const int64_t ctx = c.prefix + c.rows, kvw = c.n_kv_heads * c.head_dim, qw = c.n_heads * c.head_dim;
+  AttnInputs in{random_floats(static_cast<size_t>(c.rows * qw), seed, 2.0f),
+                random_floats(static_cast<size_t>(ctx * kvw), seed + 1, 2.0f),
+                random_floats(static_cast<size_t>(ctx * kvw), seed + 2), {}};
+  for (int64_t r = 0; r < c.rows; ++r) in.pos.push_back(static_cast<int32_t>(c.prefix + r));
+  if (c.shuffled) {
+    test::SplitMix64 rng(seed + 3);
+    for (size_t i = in.pos.size() - 1; i > 0; --i) std::swap(in.pos[i], in.pos[rng.next() % (i + 1)]);
+  }
+  return in;
+}
+
+std::vector<float> run_attention(Backend& be, const AttnCase& c, const AttnInputs& in) {
+  const int64_t ctx = c.prefix + c.rows, kvw = c.n_kv_heads * c.head_dim, qw = c.n_heads * c.head_dim;
+  AttentionParams ap;
+  ap.n_heads = c.n_heads;
+  ap.n_kv_heads = c.n_kv_heads;
+  ap.head_dim = c.head_dim;
+  ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  ap.sliding_window = c.window;
+  DeviceTensor kc = be.alloc(DType::kF16, {ctx + 3, kvw}), vc = be.alloc(DType::kF16, {ctx + 3, kvw});
+  std::vector<int32_t> all(static_cast<size_t>(ctx));
+  for (int64_t i = 0; i < ctx; ++i) all[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+  be.kv_store(be.upload(f32_view(in.k, {ctx, kvw}), DType::kF32), be.upload(f32_view(in.v, {ctx, kvw}), DType::kF32),
+              all, kc, vc);
+  // q and out as views one row into bigger tensors (element offsets), out with a guard row after.
+  std::vector<float> qpad(static_cast<size_t>(qw), 0.0f);
+  qpad.insert(qpad.end(), in.q.begin(), in.q.end());
+  const DeviceTensor qall = be.upload(f32_view(qpad, {c.rows + 1, qw}), DType::kF32);
+  DeviceTensor q = qall.first_rows(c.rows);
+  q.offset = static_cast<size_t>(qw) * 4;
+  const DeviceTensor oall = be.alloc(DType::kF32, {c.rows + 2, qw});
+  DeviceTensor o = oall.first_rows(c.rows);
+  o.offset = static_cast<size_t>(qw) * 4;
+  be.attention(q, kc, vc, in.pos, ap, o);
+  const auto got = fetch(be, oall);
+  for (int64_t i = 0; i < qw; ++i) {  // rows before and after the view stay zero
+    EXPECT_EQ(got[static_cast<size_t>(i)], 0.0f);
+    EXPECT_EQ(got[static_cast<size_t>((c.rows + 1) * qw + i)], 0.0f);
+  }
+  return {got.begin() + qw, got.begin() + (c.rows + 1) * qw};
+}
+
+// Tolerance of the Vulkan attention against the CPU kernel, derived from the inputs. Both sum in
+// fp32 in different orders; with u = 2^-24 the typical (rms) differences are: a score's dot
+// product of head_dim terms ~ u·A (A = scale·Σ|q_i·k_i|, the largest over the
+// pairs attended; partial sums of random-sign terms grow like sqrt(k), so the d roundings add up
+// to ~u·A), which perturbs the softmax weights relatively by that much; exp() of an argument as
+// large as 2·smax (smax = the largest |score|) ~ 2·smax·u relative (GPU exp is ex2(x·log2 e));
+// the weighted sum of n values ~ sqrt(n)·u. Their sum times 4 for the constants of these
+// estimates (measured on lavapipe: 20-50x below it); a wrong mask, head or offset is O(1e-2).
+double attention_tolerance(const AttnCase& c, const AttnInputs& in) {
+  const int64_t d = c.head_dim, kvw = c.n_kv_heads * d, qw = c.n_heads * d, group = c.n_heads / c.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  double a_max = 0, s_max = 0;
+  int64_t n_max = 0;
+  for (int64_t r = 0; r < c.rows; ++r) {
+    const int64_t last = in.pos[static_cast<size_t>(r)];
+    const int64_t first = c.window > 0 ? std::max<int64_t>(0, last - c.window + 1) : 0;
+    n_max = std::max(n_max, last - first + 1);
+    for (int64_t h = 0; h < c.n_heads; ++h)
+      for (int64_t t = first; t <= last; ++t) {
+        double a = 0, s = 0;
+        for (int64_t i = 0; i < d; ++i) {
+          const double qi = in.q[static_cast<size_t>(r * qw + h * d + i)];
+          const double ki = fp16_to_fp32(fp32_to_fp16(in.k[static_cast<size_t>(t * kvw + (h / group) * d + i)]));
+          a += std::fabs(qi * ki);
+          s += qi * ki;
+        }
+        a_max = std::max(a_max, a * scale);
+        s_max = std::max(s_max, std::fabs(s) * scale);
+      }
+  }
+  const double u = std::ldexp(1.0, -24);
+  return 4 * u * (a_max + 2 * s_max + std::sqrt(static_cast<double>(n_max)) + 4);
+}
+
+// Both attention kernels (attention_flash at >= kFlashMinRows rows, attention.comp forced with
+// set_flash_attention(false)) against the CPU kernel: head_dim 64, 128 and odd sizes (40, 18:
+// partial vec4s), GQA groups 1..8 (6 leaves vectors of a block unused), row counts that leave
+// partial query blocks and key tiles, prefix offsets, sliding windows, shuffled positions.
+TEST(VulkanOps, AttentionFlashAndRowKernelsMatchCpu) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  Backend& cpu = cpu_backend();
+  const AttnCase cases[] = {
+      {4, 2, 40, 130, 0, 0},     {4, 2, 40, 130, 0, 17},   {8, 2, 64, 37, 45, 0},   {8, 2, 64, 16, 100, 0},
+      {6, 1, 64, 33, 7, 0},      {3, 3, 128, 50, 19, 0},   {8, 1, 128, 21, 70, 29}, {4, 4, 18, 40, 3, 0},
+      {4, 1, 64, 45, 20, 0, true}, {8, 2, 64, 9, 60, 0},
+  };
+  const bool flash_was = vk->flash_attention();
+  uint64_t seed = 100;
+  for (const AttnCase& c : cases) {
+    const AttnInputs in = attention_inputs(c, seed += 10);
+    const auto want = run_attention(cpu, c, in);
+    const double tol = attention_tolerance(c, in);
+    for (bool flash : {true, false}) {
+      vk->set_flash_attention(flash);
+      const auto got = run_attention(*vk, c, in);
+      const double err = test::rel_rms(got, want);
+      EXPECT_LT(err, tol) << (flash ? "flash" : "row kernel") << ": heads " << c.n_heads << "/" << c.n_kv_heads
+                          << " head_dim " << c.head_dim << " rows " << c.rows << " prefix " << c.prefix << " window "
+                          << c.window << (c.shuffled ? " shuffled" : "");
+    }
+  }
+  vk->set_flash_attention(flash_was);
+}
+
+// Every tile shape attention_flash may be given (those that fit this device's shared memory),
+// including a GQA group larger than BR (heads split over workgroups).
+TEST(VulkanOps, AttentionFlashEveryTileShape) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  Backend& cpu = cpu_backend();
+  const AttnCase cases[] = {{8, 2, 40, 70, 11, 0}, {48, 2, 64, 20, 30, 13}};
+  const vk::FlashTiles shapes[] = {{128, 8}, {64, 32}, {32, 32}, {32, 16}, {16, 32}, {16, 16}, {16, 8}};
+  const bool flash_was = vk->flash_attention();
+  vk->set_flash_attention(true);  // also under TRELLIS_VULKAN_FLASH_ATTENTION=0
+  uint64_t seed = 300;
+  int ran = 0;
+  for (const AttnCase& c : cases) {
+    const AttnInputs in = attention_inputs(c, seed += 10);
+    const auto want = run_attention(cpu, c, in);
+    const double tol = attention_tolerance(c, in);
+    for (const vk::FlashTiles t : shapes) {
+      if (vk::flash_shared_bytes(t, c.head_dim) > vk->context().limits().maxComputeSharedMemorySize) continue;
+      vk->set_flash_tiles(t);
+      EXPECT_LT(test::rel_rms(run_attention(*vk, c, in), want), tol)
+          << "tiles " << t.rows << "x" << t.keys << " heads " << c.n_heads << "/" << c.n_kv_heads;
+      ++ran;
+    }
+  }
+  vk->set_flash_tiles({});
+  vk->set_flash_attention(flash_was);
+  EXPECT_GE(ran, 6);
 }
 
 TEST(VulkanOps, SiluMulAndAdd) {

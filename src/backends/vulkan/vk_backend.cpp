@@ -40,6 +40,8 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   const char* env = std::getenv("TRELLIS_VULKAN_SUBGROUP");
   gemv_subgroup_ = gemv_subgroup_capable_ && !(env && std::strcmp(env, "0") == 0);
   fuse_ = !(std::getenv("TRELLIS_VULKAN_FUSE") && std::strcmp(std::getenv("TRELLIS_VULKAN_FUSE"), "0") == 0);
+  const char* flash_env = std::getenv("TRELLIS_VULKAN_FLASH_ATTENTION");
+  flash_ = !(flash_env && std::strcmp(flash_env, "0") == 0);
   // The cooperative-matrix GEMM is correct on the H200 but measured slower than the tiled shader
   // there (15 against 23 TFLOP/s at m = 2048, docs/BENCHMARKS.md, 2026-12-04), so the prefill uses
   // it only on request (TRELLIS_VULKAN_COOPMAT=1, khr or nv) until it is tuned; the extension is
@@ -50,10 +52,26 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
           : ctx_->coop().khr ? CoopPath::kKhr
           : ctx_->coop().nv  ? CoopPath::kNv
                              : CoopPath::kOff;
+  // TRELLIS_VULKAN_COOPMAT=2: matmul_f16_coop2 (A/B against 1), in the shape named by
+  // TRELLIS_VULKAN_COOP2_SHAPE (default kCoop2Shapes[0]).
+  if (coop_env && coop_env[0] == '2') coop_kernel_ = 2;
+  const char* shape_env = std::getenv("TRELLIS_VULKAN_COOP2_SHAPE");
+  if (shape_env && ctx_->coop().workgroup != 0) {
+    size_t i = 0;
+    while (i < std::size(kCoop2Shapes) && coop2_shape_name(kCoop2Shapes[i]) != shape_env) ++i;
+    if (i == std::size(kCoop2Shapes) || !coop2_shape_fits(i))
+      log_warn("Vulkan: TRELLIS_VULKAN_COOP2_SHAPE={} is not a matmul_f16_coop2 shape that fits this device; using {}",
+               shape_env, coop2_shape_name(kCoop2Shapes[coop2_shape_]));
+    else
+      coop2_shape_ = i;
+  }
   log_info("Vulkan: using {} (subgroup size {}; EXL3 GEMV reductions through {}; prefill GEMM {}: cooperative "
            "matrices {})",
            info.name, sg, gemv_subgroup_ ? "subgroup shuffles" : "shared memory",
-           coop_ == CoopPath::kOff ? "matmul_f16_tiled" : "matmul_f16_coop", ctx_->coop().detail);
+           coop_ == CoopPath::kOff ? "matmul_f16_tiled"
+           : coop_kernel_ == 2     ? "matmul_f16_coop2 " + coop2_shape_name(kCoop2Shapes[coop2_shape_])
+                                   : std::string("matmul_f16_coop"),
+           ctx_->coop().detail);
 }
 
 const char* coop_path_name(CoopPath p) {
@@ -284,6 +302,30 @@ void VulkanBackend::kv_store(const DeviceTensor& k, const DeviceTensor& v, std::
                  ceil_div(width / 2, wg_), u32(static_cast<int64_t>(positions.size())));
 }
 
+size_t flash_shared_bytes(FlashTiles t, int64_t head_dim) {
+  const size_t d4 = static_cast<size_t>((head_dim + 3) / 4), br = t.rows, bc = t.keys;
+  return 16 * (br + bc) * (d4 + 1) + 4 * br * (bc + 1) + 4 * 128 + 12 * br + 8;
+}
+
+void VulkanBackend::set_flash_tiles(FlashTiles t) {
+  const bool rows_ok = t.rows == 16 || t.rows == 32 || t.rows == 64 || t.rows == 128;
+  if ((t.rows != 0 || t.keys != 0) && (!rows_ok || t.keys == 0 || t.keys % 8 != 0 || t.keys % (128 / t.rows) != 0))
+    fail(ErrorKind::kInvalidArgument, "Vulkan: attention_flash tiles {}x{}: rows must be 16, 32, 64 or 128 and keys a "
+         "positive multiple of 8 and of 128 / rows", t.rows, t.keys);
+  flash_forced_ = t;
+}
+
+FlashTiles VulkanBackend::flash_tiles(int64_t head_dim) const {
+  const size_t limit = ctx_->limits().maxComputeSharedMemorySize;
+  if (flash_forced_.rows != 0) return flash_shared_bytes(flash_forced_, head_dim) <= limit ? flash_forced_ : FlashTiles{};
+  // Largest first: BR x BC sets the K/V reuse per shared load (scores per thread: BR/16 x BC/8).
+  // 64 x 32 fits 64 KiB devices at head_dim 128, 32 x 32 48 KiB (NVIDIA), 32 x 16 lavapipe's 32.
+  static constexpr FlashTiles kPresets[] = {{64, 32}, {32, 32}, {32, 16}, {16, 32}, {16, 16}, {16, 8}};
+  for (FlashTiles t : kPresets)
+    if (flash_shared_bytes(t, head_dim) <= limit) return t;
+  return {};
+}
+
 void VulkanBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, const DeviceTensor& v_cache,
                               std::span<const int32_t> positions, const AttentionParams& ap, DeviceTensor& out) {
   constexpr uint32_t kWg = 64;
@@ -300,9 +342,33 @@ void VulkanBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache
        u32(ap.head_dim),        u32(ap.n_kv_heads * ap.head_dim), u32(ap.sliding_window),
        elem(q, 4),              elem(k_cache, 2), elem(v_cache, 2),
        u32(static_cast<int64_t>(s.offset / 4)), elem(out, 4), ap.scale};
-  const Pipeline& p = ctx_->pipeline("attention", "attention", {kWg}, 5, sizeof(pc), 1u << 4);
-  ctx_->dispatch_flat(p, {&buffer_of(q), &buffer_of(k_cache), &buffer_of(v_cache), s.buffer, &buffer_of(out)}, &pc,
-                      static_cast<uint64_t>(rows * ap.n_heads));
+  const std::vector<const Buffer*> bufs = {&buffer_of(q), &buffer_of(k_cache), &buffer_of(v_cache), s.buffer,
+                                           &buffer_of(out)};
+  const FlashTiles tiles = flash_ && rows >= kFlashMinRows ? flash_tiles(ap.head_dim) : FlashTiles{};
+  if (flash_forced_.rows != 0 && flash_ && rows >= kFlashMinRows && tiles.rows == 0)
+    fail(ErrorKind::kUnsupported, "Vulkan: attention_flash tiles {}x{} need {} bytes of shared memory at head_dim {} "
+         "(device: {})", flash_forced_.rows, flash_forced_.keys, flash_shared_bytes(flash_forced_, ap.head_dim),
+         ap.head_dim, ctx_->limits().maxComputeSharedMemorySize);
+  if (tiles.rows == 0) {
+    const Pipeline& p = ctx_->pipeline("attention", "attention", {kWg}, 5, sizeof(pc), 1u << 4);
+    ctx_->dispatch_flat(p, bufs, &pc, static_cast<uint64_t>(rows * ap.n_heads));
+    return;
+  }
+  // A workgroup: BR vectors of one kv head = heads_per_block heads of its group x BR /
+  // heads_per_block consecutive rows (all heads of the group when it fits: K/V tiles are shared
+  // by the whole group).
+  const int64_t group = ap.n_heads / ap.n_kv_heads;
+  const int64_t hpb = std::min<int64_t>(group, tiles.rows), head_blocks = (group + hpb - 1) / hpb;
+  const int64_t row_blocks = (rows + (tiles.rows / hpb) - 1) / (tiles.rows / hpb);
+  struct {
+    decltype(pc) base;
+    uint32_t heads_per_block, head_blocks, row_blocks;
+  } fc{pc, u32(hpb), u32(head_blocks), u32(row_blocks)};
+  fc.base.items = u32(rows);  // `rows` in attention_flash's P
+  const uint32_t d4 = u32((ap.head_dim + 3) / 4);
+  const std::string name = fmt::format("attention_flash_r{}_c{}_d{}", tiles.rows, tiles.keys, d4 * 4);
+  const Pipeline& p = ctx_->pipeline(name, "attention_flash", {128, tiles.rows, tiles.keys, d4}, 5, sizeof(fc), 1u << 4);
+  ctx_->dispatch_flat(p, bufs, &fc, static_cast<uint64_t>(row_blocks * ap.n_kv_heads * head_blocks));
 }
 
 void VulkanBackend::silu_mul(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out) {

@@ -4,15 +4,19 @@
 // against the CPU reference. Dense weights live on the device as fp16 (bf16/fp32 converted once
 // at load); EXL3 layers keep their packed trellis (bit-exact decode in the shaders) with suh,
 // svh and bias widened to fp32. Op -> shader map (shaders/*.comp):
-//   embedding, rms_norm, rope, kv_store, attention, silu_mul, add: one shader each;
+//   embedding, rms_norm, rope, kv_store, silu_mul, add: one shader each;
+//   attention: attention (one workgroup per row and head) below kFlashMinRows query rows,
+//   attention_flash (query blocks x K/V tiles in shared memory) from there;
 //   dense linear: matmul_f16_gemv (m <= 8), matmul_f16_tiled, or for m >= kCoopMinRows on
-//   devices with cooperative matrices convert_f16 + matmul_f16_coop (fp16 activations);
+//   devices with cooperative matrices convert_f16 + matmul_f16_coop or matmul_f16_coop2 (fp16
+//   activations);
 //   EXL3 linear: exl3_hadamard_in, then exl3_gemv_k<K>_<cb> (m <= 8) or exl3_decode_k<K>_<cb> +
 //   matmul_f16_tiled (prefill: Ŵ decoded once per call into scratch, spec 6.7 "large batches"),
 //   then exl3_hadamard_out (svh, bias, padding dropped).
 #pragma once
 
 #include <memory>
+#include <string>
 #include <span>
 
 #include "backends/backend.h"
@@ -34,10 +38,31 @@ inline constexpr size_t kMaxLinearGroup = 4;
 // activations are rounded once to fp16 (fp32 accumulation), the CUDA backend's policy above 63
 // rows. Below, matmul_f16_tiled keeps fp32 activations.
 inline constexpr int64_t kCoopMinRows = 64;
+// Query rows from which attention takes attention_flash (query blocks sharing K/V tiles in
+// shared memory); below, attention.comp (one workgroup per row and head: decode, short batches).
+inline constexpr int64_t kFlashMinRows = 16;
+
+// attention_flash tile sizes: BR query vectors per workgroup, BC keys per tile.
+struct FlashTiles {
+  uint32_t rows = 0, keys = 0;
+};
+// Shared memory attention_flash declares for tiles `t` and head_dim (its header's formula).
+size_t flash_shared_bytes(FlashTiles t, int64_t head_dim);
 
 // Which cooperative-matrix extension runs matmul_f16_coop (vk_coop.h).
 enum class CoopPath : uint8_t { kOff, kKhr, kNv };
 const char* coop_path_name(CoopPath p);
+
+// Tile shapes of matmul_f16_coop2 (its header): WM x WN subgroups, each FM x FN 16x16
+// accumulators, BK halves of k per step; a block is 16 WM FM x 16 WN FN. The first is the
+// default (4 subgroups, 41 KiB of shared memory with the output staging: fits NVIDIA's 48 KiB);
+// the benchmark times every shape that fits the device.
+struct Coop2Shape {
+  uint32_t wm, wn, fm, fn, bk;
+};
+inline constexpr Coop2Shape kCoop2Shapes[] = {{2, 2, 4, 4, 32}, {2, 4, 4, 4, 16}, {4, 2, 4, 4, 16}, {2, 2, 2, 4, 32}};
+std::string coop2_shape_name(Coop2Shape s);  // "BMxBNxBK", e.g. "128x128x32"
+size_t coop2_shared_bytes(Coop2Shape s);
 
 class DenseLinear : public LinearWeights {
  public:
@@ -105,10 +130,30 @@ class VulkanBackend : public Backend {
   // (TRELLIS_VULKAN_COOPMAT=0 / nv / khr restrict the choice when the device is opened).
   // Choosing a path the device lacks throws kUnsupported; kOff is always possible.
   void set_coop_path(CoopPath p);
+  // Which cooperative-matrix GEMM the coop path runs: 1 matmul_f16_coop, 2 matmul_f16_coop2
+  // (TRELLIS_VULKAN_COOPMAT=2; needs in % 8 == 0, else version 1 runs) in tile shape
+  // kCoop2Shapes[i] (TRELLIS_VULKAN_COOP2_SHAPE=BMxBNxBK picks one by name). Throw
+  // kInvalidArgument for another version, kUnsupported for a shape that does not fit the device.
+  void set_coop_kernel(int version);
+  int coop_kernel() const { return coop_kernel_; }
+  void set_coop2_shape(size_t i);
+  size_t coop2_shape() const { return coop2_shape_; }
+  bool coop2_shape_fits(size_t i) const;
   // Decode fusions recorded as peepholes (bit-identical to the separate ops): add(x, y) followed
   // by rms_norm(x) becomes one rms_norm_add dispatch, rope(q), rope(k), kv_store(k, v) one
   // rope_kv_store dispatch. On by default; TRELLIS_VULKAN_FUSE=0 turns them off.
   void set_fusion(bool on) { fuse_ = on; }
+  // Prefill attention (>= kFlashMinRows query rows) through attention_flash; on by default,
+  // TRELLIS_VULKAN_FLASH_ATTENTION=0 keeps attention.comp for every call. set_flash_tiles
+  // forces BR x BC (tests; {0, 0} = the largest preset that fits the device, flash_tiles()):
+  // BR in 16, 32, 64, 128, BC a multiple of 8 and of 128 / BR (else kInvalidArgument); a forced
+  // shape that does not fit the device's shared memory throws kUnsupported at the call.
+  void set_flash_attention(bool on) { flash_ = on; }
+  bool flash_attention() const { return flash_; }
+  void set_flash_tiles(FlashTiles t);
+  // The tiles attention_flash uses for head_dim on this device; {0, 0} when none fits (then
+  // attention.comp runs).
+  FlashTiles flash_tiles(int64_t head_dim) const;
   bool fusion() const { return fuse_; }
   CoopPath coop_path() const { return coop_; }
   bool coop_capable(CoopPath p) const;
@@ -136,8 +181,9 @@ class VulkanBackend : public Backend {
   void gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
                 int64_t m, int64_t in, int64_t out);
   uint32_t wg_size() const { return wg_; }
-  void record_convert_f16(const Buffer& x, uint32_t x_off, const Buffer& a16, int64_t m, int64_t k);
-  // y = x · Wᵀ + bias through convert_f16 + matmul_f16_coop; false when the pipeline cannot be
+  // a16 [m, stride] fp16 = x [m, k] rounded (RNE), zeros past k; stride even, >= k.
+  void record_convert_f16(const Buffer& x, uint32_t x_off, const Buffer& a16, int64_t m, int64_t k, int64_t stride);
+  // y = x · Wᵀ + bias through convert_f16 + matmul_f16_coop (or _coop2, coop_kernel_); false when the pipeline cannot be
   // created (the path is then switched off with a warning and the caller falls back).
   bool gemm_coop(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
                  int64_t m, int64_t in, int64_t out);
@@ -164,12 +210,16 @@ class VulkanBackend : public Backend {
 
   std::shared_ptr<Context> ctx_;
   bool fuse_ = true;
+  bool flash_ = true;
+  FlashTiles flash_forced_;
   PendingAdd last_add_;
   PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
   bool gemv_subgroup_capable_ = false;
   bool gemv_subgroup_ = false;
   CoopPath coop_ = CoopPath::kOff;
+  int coop_kernel_ = 1;
+  size_t coop2_shape_ = 0;
   // Scratch: 0 = decoded Ŵ of the GEMM path, 1 + 2i / 2 + 2i = xh / z of group member i,
   // kScratchA16 = fp16 activations of matmul_f16_coop.
   static constexpr int kScratchA16 = 1 + 2 * kMaxLinearGroup;

@@ -4,7 +4,8 @@
 // The prefill GEMM (matmul_f16_coop.comp) needs one shape: 16x16x16, fp16 A and B, fp32 C and
 // result, subgroup scope, in compute shaders, plus shaderFloat16 and vulkanMemoryModel (Vulkan
 // 1.2 features the shader's SPIR-V declares), subgroup ids in compute and a subgroup size s
-// with 4s in {128, 256} (the workgroup is 4 subgroups). It is offered through
+// with 4s in {128, 256} (the workgroup is 4 subgroups; matmul_f16_coop2's shapes of 8 subgroups
+// are checked against the workgroup limits by VulkanBackend::coop2_shape_fits). It is offered through
 // VK_KHR_cooperative_matrix (preferred; the NV-compiled module is rewritten, vk_spirv.h) or,
 // behind the same checks, VK_NV_cooperative_matrix (the module as compiled). Nothing here is
 // required: without it the backend uses matmul_f16_tiled. The headers this project builds with

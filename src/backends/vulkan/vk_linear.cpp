@@ -104,10 +104,11 @@ struct MatmulCoopPush {  // matmul_f16_coop.comp's P
 
 }  // namespace
 
-void VulkanBackend::record_convert_f16(const Buffer& x, uint32_t x_off, const Buffer& a16, int64_t m, int64_t k) {
+void VulkanBackend::record_convert_f16(const Buffer& x, uint32_t x_off, const Buffer& a16, int64_t m, int64_t k,
+                                       int64_t stride) {
   if (m > static_cast<int64_t>(ctx_->limits().maxComputeWorkGroupCount[1]))
     fail(ErrorKind::kUnsupported, "Vulkan: {} rows exceed the device's grid for convert_f16", m);
-  const int64_t stride = (k + 1) / 2 * 2;
+  TRELLIS_CHECK(stride % 2 == 0 && stride >= k);
   struct {
     uint32_t k, stride, x_off, a_off2;
   } cv{u32(k), u32(stride), x_off, 0};
@@ -119,7 +120,7 @@ std::vector<uint16_t> VulkanBackend::convert_f16_rows(const float* x, int64_t m,
   const int64_t stride = (k + 1) / 2 * 2;
   auto xb = upload_bytes(x, static_cast<size_t>(m * k) * 4);
   auto a16 = ctx_->create_buffer(static_cast<size_t>(m * stride) * 2);
-  record_convert_f16(*xb, 0, *a16, m, k);
+  record_convert_f16(*xb, 0, *a16, m, k, stride);
   std::vector<float> f(static_cast<size_t>(m * stride));
   download(DeviceTensor{a16, 0, DType::kF16, {m, stride}}, f.data());
   std::vector<uint16_t> h(f.size());
@@ -127,26 +128,71 @@ std::vector<uint16_t> VulkanBackend::convert_f16_rows(const float* x, int64_t m,
   return h;
 }
 
+std::string coop2_shape_name(Coop2Shape s) {
+  return fmt::format("{}x{}x{}", 16 * s.wm * s.fm, 16 * s.wn * s.fn, s.bk);
+}
+
+size_t coop2_shared_bytes(Coop2Shape s) {
+  const size_t bm = 16 * s.wm * s.fm, bn = 16 * s.wn * s.fn;
+  return 2 * (bm + bn) * (s.bk + 8) * 2 + static_cast<size_t>(s.wm * s.wn) * 1024;
+}
+
+bool VulkanBackend::coop2_shape_fits(size_t i) const {
+  if (i >= std::size(kCoop2Shapes)) return false;
+  const Coop2Shape& s = kCoop2Shapes[i];
+  const uint32_t wg = s.wm * s.wn * (ctx_->coop().workgroup / 4);
+  return coop2_shared_bytes(s) <= ctx_->limits().maxComputeSharedMemorySize &&
+         wg <= ctx_->limits().maxComputeWorkGroupInvocations && wg <= ctx_->limits().maxComputeWorkGroupSize[0];
+}
+
+void VulkanBackend::set_coop_kernel(int version) {
+  if (version != 1 && version != 2)
+    fail(ErrorKind::kInvalidArgument, "Vulkan: cooperative-matrix GEMM version {} (1 or 2)", version);
+  coop_kernel_ = version;
+}
+
+void VulkanBackend::set_coop2_shape(size_t i) {
+  if (i >= std::size(kCoop2Shapes))
+    fail(ErrorKind::kInvalidArgument, "Vulkan: matmul_f16_coop2 shape {} (of {})", i, std::size(kCoop2Shapes));
+  if (ctx_->coop().workgroup != 0 && !coop2_shape_fits(i))
+    fail(ErrorKind::kUnsupported, "Vulkan device '{}': matmul_f16_coop2 {} needs {} bytes of shared memory ({} available)",
+         ctx_->info().name, coop2_shape_name(kCoop2Shapes[i]), coop2_shared_bytes(kCoop2Shapes[i]),
+         ctx_->limits().maxComputeSharedMemorySize);
+  coop2_shape_ = i;
+}
+
 bool VulkanBackend::gemm_coop(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off,
                               const Buffer* bias, int64_t m, int64_t in, int64_t out) {
+  // Version 2 reads 8 halves at a time: rows of W and of the activations must start at
+  // multiples of 8 (the activations' stride is padded; W's is `in`).
+  const bool v2 = coop_kernel_ == 2 && in % 8 == 0;
+  const Coop2Shape& sh = kCoop2Shapes[coop2_shape_];
+  const uint32_t wg = v2 ? sh.wm * sh.wn * (ctx_->coop().workgroup / 4) : ctx_->coop().workgroup;
+  const char* ext = coop_ == CoopPath::kKhr ? "khr" : "nv";
+  const std::string shader = std::string(v2 ? "matmul_f16_coop2" : "matmul_f16_coop") + (coop_ == CoopPath::kKhr ? "+khr" : "");
+  const std::string name = v2 ? fmt::format("matmul_f16_coop2_{}_{}", coop2_shape_name(sh), ext)
+                              : fmt::format("matmul_f16_coop_{}", ext);
+  const std::vector<uint32_t> spec = v2 ? std::vector<uint32_t>{wg, sh.wm, sh.wn, sh.fm, sh.fn, sh.bk}
+                                        : std::vector<uint32_t>{wg};
   const Pipeline* p = nullptr;
-  const uint32_t wg = ctx_->coop().workgroup;
   try {
-    p = coop_ == CoopPath::kKhr
-            ? &ctx_->pipeline("matmul_f16_coop_khr", "matmul_f16_coop+khr", {wg}, 4, sizeof(MatmulCoopPush), 1u << 2)
-            : &ctx_->pipeline("matmul_f16_coop_nv", "matmul_f16_coop", {wg}, 4, sizeof(MatmulCoopPush), 1u << 2);
+    p = &ctx_->pipeline(name, shader, spec, 4, sizeof(MatmulCoopPush), 1u << 2);
   } catch (const Error& e) {
-    log_warn("Vulkan: the {} cooperative-matrix GEMM is unusable on '{}' ({}); prefill uses matmul_f16_tiled",
-             coop_path_name(coop_), ctx_->info().name, e.what());
+    log_warn("Vulkan: the {} cooperative-matrix GEMM {} is unusable on '{}' ({}); prefill uses matmul_f16_tiled",
+             coop_path_name(coop_), name, ctx_->info().name, e.what());
     coop_ = CoopPath::kOff;
     return false;
   }
-  // Activations to fp16 once (RNE), rows padded to an even length with zeros.
-  const int64_t stride = (in + 1) / 2 * 2;
+  // Activations to fp16 once (RNE), rows padded with zeros to an even length (8 for version 2).
+  const int64_t stride = v2 ? (in + 7) / 8 * 8 : (in + 1) / 2 * 2;
   Buffer& a16 = scratch(kScratchA16, static_cast<size_t>(m * stride) * 2);
-  record_convert_f16(x, x_off, a16, m, in);
+  record_convert_f16(x, x_off, a16, m, in, stride);
   MatmulCoopPush pc{u32(m), u32(in), u32(out), 0, 0, u32(stride), y_off, 0, bias ? 1u : 0u};
-  ctx_->dispatch(*p, {&w, &a16, &y, bias ? bias : &w}, &pc, ceil_div(out, 128), ceil_div(m, 128));
+  if (v2)
+    ctx_->dispatch(*p, {&w, &a16, &y, bias ? bias : &w}, &pc, ceil_div(m, 16 * sh.wm * sh.fm),
+                   ceil_div(out, 16 * sh.wn * sh.fn));
+  else
+    ctx_->dispatch(*p, {&w, &a16, &y, bias ? bias : &w}, &pc, ceil_div(out, 128), ceil_div(m, 128));
   return true;
 }
 

@@ -7,7 +7,7 @@
 // in a handful of instructions, so the cooperative-matrix shaders are written against NV and
 // rewritten here, in memory, when a pipeline is created on a device with VK_KHR_cooperative_matrix.
 // Non-goal: a general translator. It handles what glslang emits for matmul_f16_coop.comp and
-// refuses (kInternal) anything it does not understand.
+// matmul_f16_coop2.comp, and refuses (kInternal) anything it does not understand.
 //
 // The rewrite, instruction by instruction (SPIR-V opcodes in parentheses):
 //   Capability CooperativeMatrixNV (5357)  -> CooperativeMatrixKHR (6022)
