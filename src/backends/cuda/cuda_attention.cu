@@ -212,26 +212,24 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a)
   }
 }
 
-// One block per (row, head): merges the splits' partial (acc, m, l).
+// One block per (row, head): merges the splits' partial (acc, m, l) in one pass per output dim
+// (online rescaling, so the splits' loads do not wait on a first max pass).
 __global__ void attention_merge_kernel(AttentionArgs a) {
   pdl_begin();
   const int64_t qi = blockIdx.x, n_q = a.rows * a.n_heads, d = a.head_dim;
   const int64_t r = qi / a.n_heads, h = qi % a.n_heads;
-  float mx = -INFINITY;
-  for (int s = 0; s < a.splits; ++s) mx = fmaxf(mx, a.partial[(s * n_q + qi) * (d + 2) + d]);
-  float total = 0;
-  for (int s = 0; s < a.splits; ++s) {
-    const float* p = a.partial + (s * n_q + qi) * (d + 2);
-    if (p[d + 1] > 0) total += p[d + 1] * expf(p[d] - mx);
-  }
-  const float inv = total > 0 ? 1.0f / total : 0.0f;
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
-    float o = 0;
+    float mx = -INFINITY, total = 0.0f, o = 0.0f;
     for (int s = 0; s < a.splits; ++s) {
       const float* p = a.partial + (s * n_q + qi) * (d + 2);
-      if (p[d + 1] > 0) o += p[i] * expf(p[d] - mx);
+      const float ms = p[d], ls = p[d + 1], vs = p[i];
+      if (!(ls > 0)) continue;  // an empty split
+      const float nm = fmaxf(mx, ms), c = expf(mx - nm), cs = expf(ms - nm);
+      total = total * c + ls * cs;
+      o = o * c + vs * cs;
+      mx = nm;
     }
-    a.out[r * a.n_heads * d + h * d + i] = o * inv;
+    a.out[r * a.n_heads * d + h * d + i] = total > 0 ? o / total : 0.0f;
   }
 }
 
