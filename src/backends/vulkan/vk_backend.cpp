@@ -42,19 +42,19 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   fuse_ = !(std::getenv("TRELLIS_VULKAN_FUSE") && std::strcmp(std::getenv("TRELLIS_VULKAN_FUSE"), "0") == 0);
   const char* flash_env = std::getenv("TRELLIS_VULKAN_FLASH_ATTENTION");
   flash_ = !(flash_env && std::strcmp(flash_env, "0") == 0);
-  // The cooperative-matrix GEMM is correct on the H200 but measured slower than the tiled shader
-  // there (15 against 23 TFLOP/s at m = 2048, docs/BENCHMARKS.md, 2026-12-04), so the prefill uses
-  // it only on request (TRELLIS_VULKAN_COOPMAT=1, khr or nv) until it is tuned; the extension is
-  // still enabled when present, so the tests and set_coop_path() can run it.
+  // Prefill GEMM: matmul_f16_coop2 on cooperative matrices by default where the device has them
+  // (H200, m = 2048: 33-34 TFLOP/s against 23-24 for the tiled shader and 15 for matmul_f16_coop,
+  // docs/BENCHMARKS.md session 8). TRELLIS_VULKAN_COOPMAT=0 keeps the tiled shader, =1 selects
+  // matmul_f16_coop (A/B), =2 or unset matmul_f16_coop2 in the shape named by
+  // TRELLIS_VULKAN_COOP2_SHAPE (default kCoop2Shapes[0]; falls back to the tiled shader if that
+  // shape does not fit the device's shared memory).
   const char* coop_env = std::getenv("TRELLIS_VULKAN_COOPMAT");
-  const bool coop_wanted = coop_env && std::strcmp(coop_env, "0") != 0;
+  const bool coop_wanted = !(coop_env && std::strcmp(coop_env, "0") == 0);
   coop_ = !coop_wanted ? CoopPath::kOff
           : ctx_->coop().khr ? CoopPath::kKhr
           : ctx_->coop().nv  ? CoopPath::kNv
                              : CoopPath::kOff;
-  // TRELLIS_VULKAN_COOPMAT=2: matmul_f16_coop2 (A/B against 1), in the shape named by
-  // TRELLIS_VULKAN_COOP2_SHAPE (default kCoop2Shapes[0]).
-  if (coop_env && coop_env[0] == '2') coop_kernel_ = 2;
+  coop_kernel_ = coop_env && coop_env[0] == '1' ? 1 : 2;
   const char* shape_env = std::getenv("TRELLIS_VULKAN_COOP2_SHAPE");
   if (shape_env && ctx_->coop().workgroup != 0) {
     size_t i = 0;
@@ -65,6 +65,7 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
     else
       coop2_shape_ = i;
   }
+  if (coop_ != CoopPath::kOff && coop_kernel_ == 2 && !coop2_shape_fits(coop2_shape_)) coop_ = CoopPath::kOff;
   log_info("Vulkan: using {} (subgroup size {}; EXL3 GEMV reductions through {}; prefill GEMM {}: cooperative "
            "matrices {})",
            info.name, sg, gemv_subgroup_ ? "subgroup shuffles" : "shared memory",
