@@ -1,7 +1,8 @@
 // bench/cuda_attention_bench.cpp: trellis_bench_cuda_attention, CUDA prefill attention (one
 // layer's cuda::attention call) with each kernel in the same run: the fp32 kernel, the first
 // tensor-core kernel (attention_tc_kernel, TRELLIS_CUDA_TC_ATTENTION=1) and the pipelined one
-// (attention_flash_kernel, the default). Prints one JSON object; exits 77 without a CUDA device.
+// (attention_flash_kernel, the default; also with 4 warps per block as "flash_w4"). Prints one
+// JSON object; exits 77 without a CUDA device.
 //
 // Shape: Llama-3.1-8B by default (32 query heads, 8 kv heads, head_dim 128, causal), prompts of
 // --tokens new rows after a cached prefix of --prefix rows (pairs, in order). Q is random fp32, the
@@ -18,9 +19,11 @@
 #include <cstdio>
 #include <ctime>
 #include <iostream>
+#include <iterator>
 #include <string>
 #include <vector>
 
+#include "backends/cuda/cuda_attention_flash.h"
 #include "backends/cuda/cuda_ops.h"
 #include "gemv_bench_util.h"
 
@@ -46,11 +49,18 @@ T* device_copy(const std::vector<T>& h) {
 
 struct Kernel {
   cuda::AttentionKernel id;
+  int flash_warps;  // set_attention_flash_warps() for kFlash
   const char* name;
 };
-constexpr Kernel kKernels[] = {{cuda::AttentionKernel::kFp32, "fp32"},
-                               {cuda::AttentionKernel::kTensorCore, "tc"},
-                               {cuda::AttentionKernel::kFlash, "flash"}};
+// fp32 first: the others are compared with its output. flash_w4: the flash kernel with 4 warps
+// per block (TRELLIS_CUDA_FLASH_WARPS=4), a tuning A/B.
+constexpr Kernel kKernels[] = {{cuda::AttentionKernel::kFp32, 8, "fp32"},
+                               {cuda::AttentionKernel::kTensorCore, 8, "tc"},
+                               {cuda::AttentionKernel::kFlash, 8, "flash"},
+                               {cuda::AttentionKernel::kFlash, 4, "flash_w4"}};
+const char* kernel_name(cuda::AttentionKernel k) {
+  return k == cuda::AttentionKernel::kFp32 ? "fp32" : k == cuda::AttentionKernel::kTensorCore ? "tc" : "flash";
+}
 
 double rel_rms(const std::vector<float>& got, const std::vector<float>& want) {
   double num = 0, den = 0;
@@ -151,9 +161,11 @@ int main(int argc, char** argv) {
     nlohmann::json r = {{"tokens", n},         {"prefix", prefix},     {"heads", n_heads}, {"kv_heads", n_kv_heads},
                         {"head_dim", head_dim}, {"window", window},     {"splits", a.splits}};
     std::vector<float> ref;
-    double us[3] = {0, 0, 0};
-    for (const Kernel& k : kKernels) {
+    double us[4] = {0, 0, 0, 0};
+    for (size_t ki = 0; ki < std::size(kKernels); ++ki) {
+      const Kernel& k = kKernels[ki];
       cuda::set_attention_kernel(k.id);
+      cuda::set_attention_flash_warps(k.flash_warps);
       const cuda::AttentionKernel ran = cuda::attention_kernel_for(n, n_heads, n_kv_heads, head_dim, a.splits);
       std::vector<double> t;
       for (int i = 0; i < warmup; ++i) cuda::attention(a, stream);
@@ -168,20 +180,23 @@ int main(int argc, char** argv) {
       }
       std::sort(t.begin(), t.end());
       const double med = t[t.size() / 2];
-      us[static_cast<int>(k.id)] = med;
+      us[ki] = med;
       std::vector<float> o(q.size());
       ck(cudaMemcpy(o.data(), dout, o.size() * sizeof(float), cudaMemcpyDeviceToHost), "download");
       if (k.id == cuda::AttentionKernel::kFp32) ref = o;
       r[k.name] = {{"us", med},
                    {"min_us", t.front()},
                    {"tflops", flops / (med * 1e-6) * 1e-12},
-                   {"ran", kKernels[static_cast<int>(ran)].name},
+                   {"ran", kernel_name(ran)},
                    {"rel_rms_vs_fp32", rel_rms(o, ref)}};
     }
     r["time_ratio_flash_over_tc"] = us[2] / us[1];
     r["time_ratio_flash_over_fp32"] = us[2] / us[0];
-    std::fprintf(stderr, "prefix %5lld + %5lld tokens: fp32 %9.1f us  tc %8.1f us  flash %8.1f us  flash/tc %.3f\n",
-                 static_cast<long long>(prefix), static_cast<long long>(n), us[0], us[1], us[2], us[2] / us[1]);
+    r["time_ratio_flash_w4_over_tc"] = us[3] / us[1];
+    std::fprintf(stderr,
+                 "prefix %5lld + %5lld tokens: fp32 %9.1f us  tc %8.1f us  flash %8.1f us  flash_w4 %8.1f us  "
+                 "flash/tc %.3f\n",
+                 static_cast<long long>(prefix), static_cast<long long>(n), us[0], us[1], us[2], us[3], us[2] / us[1]);
     out["results"].push_back(r);
     cudaFree(dq);
     cudaFree(dk);
@@ -190,6 +205,7 @@ int main(int argc, char** argv) {
     cudaFree(dout);
     cudaFree(partial);
   }
+  cuda::set_attention_flash_warps(8);
   std::cout << out.dump(1) << "\n";
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);

@@ -11,11 +11,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <vector>
 
 #include "core/fp16.h"
 #include "trellis/error.h"
 #include "ops/ops_test_util.h"
+#include "backends/cuda/cuda_attention_flash.h"
 #include "ops/cuda_test_util.h"
 #include "test_util.h"
 
@@ -308,11 +310,6 @@ struct AttnCase {
   int64_t n_heads, n_kv_heads, head_dim, start, prefill, window;
 };
 
-// Each prefill attention kernel the tests pin in turn (attention() still falls back to the next
-// one where a kernel does not apply to the shape).
-constexpr cuda::AttentionKernel kAttentionKernels[] = {cuda::AttentionKernel::kFp32, cuda::AttentionKernel::kTensorCore,
-                                                       cuda::AttentionKernel::kFlash};
-
 const char* kernel_name(cuda::AttentionKernel k) {
   switch (k) {
     case cuda::AttentionKernel::kFp32: return "fp32";
@@ -322,11 +319,30 @@ const char* kernel_name(cuda::AttentionKernel k) {
   return "?";
 }
 
+// Each prefill attention kernel the tests pin in turn (attention() still falls back to the next
+// one where a kernel does not apply to the shape); the flash kernel with 8 (default) and 4 warps.
+struct PinnedKernel {
+  cuda::AttentionKernel kernel;
+  int flash_warps;
+  const char* name;
+};
+constexpr PinnedKernel kAttentionKernels[] = {{cuda::AttentionKernel::kFp32, 8, "fp32"},
+                                              {cuda::AttentionKernel::kTensorCore, 8, "tensor cores"},
+                                              {cuda::AttentionKernel::kFlash, 8, "flash"},
+                                              {cuda::AttentionKernel::kFlash, 4, "flash, 4 warps"}};
+
 // Pins the attention kernel for a scope, then restores the previous setting.
 struct PinAttentionKernel {
   cuda::AttentionKernel saved = cuda::attention_kernel_setting();
-  explicit PinAttentionKernel(cuda::AttentionKernel k) { cuda::set_attention_kernel(k); }
-  ~PinAttentionKernel() { cuda::set_attention_kernel(saved); }
+  int saved_warps = cuda::attention_flash_warps();
+  explicit PinAttentionKernel(const PinnedKernel& k) {
+    cuda::set_attention_kernel(k.kernel);
+    cuda::set_attention_flash_warps(k.flash_warps);
+  }
+  ~PinAttentionKernel() {
+    cuda::set_attention_kernel(saved);
+    cuda::set_attention_flash_warps(saved_warps);
+  }
 };
 
 // kv_store then attention: a prefill of `prefill` rows at positions start.. (over a cache whose
@@ -377,13 +393,13 @@ void check_attention(cuda::CudaBackend* cu, const AttnCase& c) {
   };
   std::vector<float> want[3];
   run(&cpu, want);
-  for (const cuda::AttentionKernel pinned : kAttentionKernels) {
+  for (const PinnedKernel& pinned : kAttentionKernels) {
     const PinAttentionKernel pin(pinned);
     std::vector<float> got[3];
     run(cu, got);
     const std::string name = testing::PrintToString(std::vector<int64_t>{c.n_heads, c.n_kv_heads, c.head_dim,
                                                                          c.start, c.prefill, c.window}) +
-                             " pinned " + kernel_name(pinned);
+                             " pinned " + pinned.name;
     EXPECT_EQ(got[2], want[2]) << "fp16 K cache differs " << name;
     // The tensor-core prefill kernels round Q and P to fp16 (relative 2^-11 each); the fp32 kernel
     // differs from the CPU only in summation order.
@@ -446,23 +462,23 @@ TEST(CudaOps, TensorCoreAttentionAgreesWithFp32Kernel) {
       std::vector<int32_t> all(static_cast<size_t>(ctx)), pos(static_cast<size_t>(rows));
       for (int64_t i = 0; i < ctx; ++i) all[static_cast<size_t>(i)] = static_cast<int32_t>(i);
       for (int64_t i = 0; i < rows; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(start + i);
-      std::vector<float> res[3];
-      for (const cuda::AttentionKernel pinned : kAttentionKernels) {
-        const PinAttentionKernel pin(pinned);
-        ASSERT_EQ(cuda::attention_kernel_for(rows, nh, nkv, d, 1), pinned);
+      std::vector<float> res[std::size(kAttentionKernels)];
+      for (size_t ki = 0; ki < std::size(kAttentionKernels); ++ki) {
+        const PinAttentionKernel pin(kAttentionKernels[ki]);
+        ASSERT_EQ(cuda::attention_kernel_for(rows, nh, nkv, d, 1), kAttentionKernels[ki].kernel);
         DeviceTensor kc = cu->alloc(DType::kF16, {ctx, nkv * d}), vc = cu->alloc(DType::kF16, {ctx, nkv * d});
         cu->kv_store(cu->upload(f32_view(k, {ctx, nkv * d}), DType::kF32),
                      cu->upload(f32_view(v, {ctx, nkv * d}), DType::kF32), all, kc, vc);
         DeviceTensor out = cu->alloc(DType::kF32, {rows, nh * d});
         cu->attention(cu->upload(f32_view(q, {rows, nh * d}), DType::kF32), kc, vc, pos, ap, out);
-        res[static_cast<int>(pinned)] = fetch(*cu, out);
+        res[ki] = fetch(*cu, out);
       }
-      for (const cuda::AttentionKernel k2 : {cuda::AttentionKernel::kTensorCore, cuda::AttentionKernel::kFlash}) {
-        const std::vector<float>& r = res[static_cast<int>(k2)];
+      for (size_t ki = 1; ki < std::size(kAttentionKernels); ++ki) {
+        const std::vector<float>& r = res[ki];
         const double rel = cuda_rel_rms(r, res[0]);
         std::printf("d %lld window %lld: %s vs fp32 kernel rel-RMS %.2e\n", static_cast<long long>(d),
-                    static_cast<long long>(window), kernel_name(k2), rel);
-        EXPECT_LT(rel, 3e-3) << "d " << d << " window " << window << " " << kernel_name(k2);
+                    static_cast<long long>(window), kAttentionKernels[ki].name, rel);
+        EXPECT_LT(rel, 3e-3) << "d " << d << " window " << window << " " << kAttentionKernels[ki].name;
         for (float x : r) ASSERT_TRUE(std::isfinite(x));
       }
     }

@@ -5,7 +5,8 @@
 // causal prompts with GQA (Llama-3-8B: 32 query heads, 8 kv heads, head_dim 128). What makes it
 // faster than attention_tc_kernel (cuda_attention.cu), which computes the same thing:
 //   * A block is 8 warps × 16 = 128 queries of one kv head's flat query list (row, head in group),
-//     so every staged key/value tile is used by 128 queries (with GQA 4: 32 rows × 4 heads); the
+//     so every staged key/value tile is used by 128 queries (with GQA 4: 32 rows × 4 heads);
+//     TRELLIS_CUDA_FLASH_WARPS=4 makes it 4 warps (tuning A/B, set_attention_flash_warps()); the
 //     grid is (kv head, query block) with the kv head fastest and the latest (heaviest causal)
 //     query blocks first, so the long blocks of every head start in the first wave.
 //   * Key/value tiles of 64 rows are copied to shared memory with cp.async into two stages: the
@@ -28,9 +29,12 @@
 
 #include <cuda_fp16.h>
 
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_mma.cuh"
@@ -39,8 +43,6 @@
 namespace trellis::cuda {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kBlockQueries = 16 * kWarps;  // flat queries per block (m = 16 per warp)
 constexpr int kKeys = 64;                   // keys per staged tile
 constexpr int kPad = 8;                     // halves after each staged row
 constexpr float kLog2e = 1.4426950408889634f;
@@ -51,12 +53,28 @@ constexpr size_t smem_bytes() {
   return size_t{2} * 2 * kKeys * (D + kPad) * sizeof(__half);
 }
 
-// Block: queries q0 .. q0+127 of kv head blockIdx.x's flat list; warp w owns q0+16w .. +15, and a
-// thread (lane 4g + t) owns its warp's rows g and g+8 ("row i", i = 0, 1) and, of every 8-column
-// tile of S and O, columns 2t and 2t+1.
-template <int D>
-__global__ void __launch_bounds__(kWarps * 32, 1) attention_flash_kernel(AttentionArgs a) {
+// Warps per block: 8 by default (one block of 8 warps per SM at D = 128); 4 gives two blocks of 4
+// per SM (barriers stall half as many warps, K/V tiles are read twice as often from L2).
+std::atomic<int> g_warps{0};  // 0: TRELLIS_CUDA_FLASH_WARPS not read yet
+
+int flash_warps() {
+  int w = g_warps.load(std::memory_order_relaxed);
+  if (w == 0) {
+    const char* e = std::getenv("TRELLIS_CUDA_FLASH_WARPS");
+    int expected = 0;
+    g_warps.compare_exchange_strong(expected, e && std::string(e) == "4" ? 4 : 8);
+    w = g_warps.load();
+  }
+  return w;
+}
+
+// Block of W warps: queries q0 .. q0+16W-1 of kv head blockIdx.x's flat list; warp w owns
+// q0+16w .. +15, and a thread (lane 4g + t) owns its warp's rows g and g+8 ("row i", i = 0, 1)
+// and, of every 8-column tile of S and O, columns 2t and 2t+1.
+template <int D, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, 8 / kWarps) attention_flash_kernel(AttentionArgs a) {
   static_assert(D % 16 == 0, "head_dim must be a multiple of 16");
+  constexpr int kBlockQueries = 16 * kWarps;  // flat queries per block (m = 16 per warp)
   constexpr int kStride = D + kPad;            // halves per staged row (a multiple of 8: 16 bytes)
   constexpr int kTile = kKeys * kStride;       // halves per staged tile
   constexpr int kChunks = D / 8;               // 16-byte chunks per row
@@ -129,7 +147,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attention_flash_kernel(Attenti
   }
 
   __syncthreads();  // warp_lo / warp_hi
-  // The block's key range. Query q0 exists (the grid has ceil(n_flat / 128) blocks), so lo <= hi.
+  // The block's key range. Query q0 exists (the grid has ceil(n_flat / 16W) blocks), so lo <= hi.
   int lo = INT_MAX, hi = -1;
 #pragma unroll
   for (int w = 0; w < kWarps; ++w) {
@@ -266,26 +284,46 @@ __global__ void __launch_bounds__(kWarps * 32, 1) attention_flash_kernel(Attenti
 
 bool attention_flash_fits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim) {
   if ((head_dim != 64 && head_dim != 128) || n_kv_heads <= 0 || n_heads % n_kv_heads != 0) return false;
-  const int64_t blocks = (rows * (n_heads / n_kv_heads) + kBlockQueries - 1) / kBlockQueries;
+  const int64_t blocks = (rows * (n_heads / n_kv_heads) + 63) / 64;  // blocks of 4 warps: the most
   return blocks >= 1 && blocks <= 65535 && n_kv_heads <= INT_MAX;
 }
 
-void attention_flash(const AttentionArgs& a, cudaStream_t stream) {
-  const int64_t blocks = (a.rows * (a.n_heads / a.n_kv_heads) + kBlockQueries - 1) / kBlockQueries;
+void set_attention_flash_warps(int warps) { g_warps.store(warps == 4 ? 4 : 8); }
+
+int attention_flash_warps() { return flash_warps(); }
+
+namespace {
+
+template <int D, int W>
+void launch_flash(const AttentionArgs& a, cudaStream_t stream) {
+  const int64_t blocks = (a.rows * (a.n_heads / a.n_kv_heads) + 16 * W - 1) / (16 * W);
   const dim3 grid(static_cast<unsigned>(a.n_kv_heads), static_cast<unsigned>(blocks));
+  launch("attention (flash)", attention_flash_kernel<D, W>, grid, dim3(W * 32), smem_bytes<D>(), stream, a);
+}
+
+template <int W>
+void set_smem_limit() {
+  check(cudaFuncSetAttribute(attention_flash_kernel<64, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem_bytes<64>())),
+        "attention (flash, shared memory limit)");
+  check(cudaFuncSetAttribute(attention_flash_kernel<128, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem_bytes<128>())),
+        "attention (flash, shared memory limit)");
+}
+
+}  // namespace
+
+void attention_flash(const AttentionArgs& a, cudaStream_t stream) {
+  const bool w4 = flash_warps() == 4;
   if (a.head_dim == 64)
-    launch("attention (flash)", attention_flash_kernel<64>, grid, dim3(kWarps * 32), smem_bytes<64>(), stream, a);
+    w4 ? launch_flash<64, 4>(a, stream) : launch_flash<64, 8>(a, stream);
   else
-    launch("attention (flash)", attention_flash_kernel<128>, grid, dim3(kWarps * 32), smem_bytes<128>(), stream, a);
+    w4 ? launch_flash<128, 4>(a, stream) : launch_flash<128, 8>(a, stream);
 }
 
 void attention_flash_prepare() {
-  check(cudaFuncSetAttribute(attention_flash_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem_bytes<64>())),
-        "attention (flash, shared memory limit)");
-  check(cudaFuncSetAttribute(attention_flash_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem_bytes<128>())),
-        "attention (flash, shared memory limit)");
+  set_smem_limit<4>();
+  set_smem_limit<8>();
 }
 
 }  // namespace trellis::cuda
