@@ -11,11 +11,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <vector>
 
 #include "core/fp16.h"
 #include "trellis/error.h"
 #include "ops/ops_test_util.h"
+#include "backends/cuda/cuda_attention_flash.h"
 #include "ops/cuda_test_util.h"
 #include "test_util.h"
 
@@ -308,9 +310,44 @@ struct AttnCase {
   int64_t n_heads, n_kv_heads, head_dim, start, prefill, window;
 };
 
+const char* kernel_name(cuda::AttentionKernel k) {
+  switch (k) {
+    case cuda::AttentionKernel::kFp32: return "fp32";
+    case cuda::AttentionKernel::kTensorCore: return "tensor cores";
+    case cuda::AttentionKernel::kFlash: return "flash";
+  }
+  return "?";
+}
+
+// Each prefill attention kernel the tests pin in turn (attention() still falls back to the next
+// one where a kernel does not apply to the shape); the flash kernel with 8 (default) and 4 warps.
+struct PinnedKernel {
+  cuda::AttentionKernel kernel;
+  int flash_warps;
+  const char* name;
+};
+constexpr PinnedKernel kAttentionKernels[] = {{cuda::AttentionKernel::kFp32, 8, "fp32"},
+                                              {cuda::AttentionKernel::kTensorCore, 8, "tensor cores"},
+                                              {cuda::AttentionKernel::kFlash, 8, "flash"},
+                                              {cuda::AttentionKernel::kFlash, 4, "flash, 4 warps"}};
+
+// Pins the attention kernel for a scope, then restores the previous setting.
+struct PinAttentionKernel {
+  cuda::AttentionKernel saved = cuda::attention_kernel_setting();
+  int saved_warps = cuda::attention_flash_warps();
+  explicit PinAttentionKernel(const PinnedKernel& k) {
+    cuda::set_attention_kernel(k.kernel);
+    cuda::set_attention_flash_warps(k.flash_warps);
+  }
+  ~PinAttentionKernel() {
+    cuda::set_attention_kernel(saved);
+    cuda::set_attention_flash_warps(saved_warps);
+  }
+};
+
 // kv_store then attention: a prefill of `prefill` rows at positions start.. (over a cache whose
 // rows 0..start-1 were filled before), then one decode row at an offset view; the fp16 K cache
-// must be bit-identical to the CPU's.
+// must be bit-identical to the CPU's. Runs the CUDA side once per pinned prefill kernel.
 void check_attention(cuda::CudaBackend* cu, const AttnCase& c) {
   Backend& cpu = cpu_backend();
   AttentionParams ap;
@@ -324,9 +361,7 @@ void check_attention(cuda::CudaBackend* cu, const AttnCase& c) {
   const auto q = random_floats(static_cast<size_t>(total * qw), 20, 2.0f);
   const auto k = random_floats(static_cast<size_t>(total * kvw), 21, 2.0f);
   const auto v = random_floats(static_cast<size_t>(total * kvw), 22);
-  std::vector<float> want[3], got[3];
-  for (Backend* be : {&cpu, static_cast<Backend*>(cu)}) {
-    auto& res = be == &cpu ? want : got;
+  auto run = [&](Backend* be, std::vector<float> (&res)[3]) {
     DeviceTensor kc = be->alloc(DType::kF16, {ctx, kvw}), vc = be->alloc(DType::kF16, {ctx, kvw});
     const DeviceTensor qt = be->upload(f32_view(q, {total, qw}), DType::kF32);
     const DeviceTensor kt = be->upload(f32_view(k, {total, kvw}), DType::kF32);
@@ -355,27 +390,37 @@ void check_attention(cuda::CudaBackend* cu, const AttnCase& c) {
     be->attention(rows_at(qt, last, 1), kc, vc, p1, ap, o2);
     res[1] = fetch(*be, out);  // with the guard row after the decode row
     res[2] = fetch(*be, kc);
+  };
+  std::vector<float> want[3];
+  run(&cpu, want);
+  for (const PinnedKernel& pinned : kAttentionKernels) {
+    const PinAttentionKernel pin(pinned);
+    std::vector<float> got[3];
+    run(cu, got);
+    const std::string name = testing::PrintToString(std::vector<int64_t>{c.n_heads, c.n_kv_heads, c.head_dim,
+                                                                         c.start, c.prefill, c.window}) +
+                             " pinned " + pinned.name;
+    EXPECT_EQ(got[2], want[2]) << "fp16 K cache differs " << name;
+    // The tensor-core prefill kernels round Q and P to fp16 (relative 2^-11 each); the fp32 kernel
+    // differs from the CPU only in summation order.
+    const cuda::AttentionKernel ran = cuda::attention_kernel_for(
+        c.prefill, c.n_heads, c.n_kv_heads, c.head_dim,
+        cuda::attention_splits(c.prefill, c.n_heads, c.n_kv_heads, cu->info().threads));
+    const bool tc = ran != cuda::AttentionKernel::kFp32;
+    const double prefill_rel = cuda_rel_rms(got[0], want[0]);
+    if (tc) std::printf("%s prefill %s: rel-RMS %.2e vs CPU\n", kernel_name(ran), name.c_str(), prefill_rel);
+    EXPECT_LT(prefill_rel, tc ? 3e-3 : 1e-5) << "prefill " << name << " ran " << kernel_name(ran);
+    // got[1] is the whole output buffer: the prefill rows again, then the decode row (fp32 kernel).
+    const size_t row_w = static_cast<size_t>(c.n_heads * c.head_dim), dec = static_cast<size_t>(total - 1) * row_w;
+    const std::vector<float> dec_got(got[1].begin() + static_cast<std::ptrdiff_t>(dec),
+                                     got[1].begin() + static_cast<std::ptrdiff_t>(dec + row_w)),
+        dec_want(want[1].begin() + static_cast<std::ptrdiff_t>(dec),
+                 want[1].begin() + static_cast<std::ptrdiff_t>(dec + row_w));
+    EXPECT_LT(cuda_rel_rms(dec_got, dec_want), 1e-5) << "decode " << name;
+    EXPECT_LT(cuda_rel_rms(got[1], want[1]), tc ? 3e-3 : 1e-5) << "prefill and decode rows " << name;
+    for (int64_t i = 0; i < c.n_heads * c.head_dim; ++i)
+      ASSERT_EQ(got[1][static_cast<size_t>(total * c.n_heads * c.head_dim + i)], 0.0f) << "guard row " << name;
   }
-  const std::string name = testing::PrintToString(std::vector<int64_t>{c.n_heads, c.n_kv_heads, c.head_dim, c.start,
-                                                                       c.prefill, c.window});
-  EXPECT_EQ(got[2], want[2]) << "fp16 K cache differs " << name;
-  // The tensor-core prefill kernel rounds Q and P to fp16 (relative 2^-11 each); the fp32 kernel
-  // differs from the CPU only in summation order.
-  const bool tc = cuda::attention_uses_tensor_cores(c.prefill, c.n_heads, c.n_kv_heads, c.head_dim,
-                                                    cuda::attention_splits(c.prefill, c.n_heads, c.n_kv_heads,
-                                                                           cu->info().threads));
-  const double prefill_rel = cuda_rel_rms(got[0], want[0]);
-  if (tc) std::printf("tensor-core prefill %s: rel-RMS %.2e vs CPU\n", name.c_str(), prefill_rel);
-  EXPECT_LT(prefill_rel, tc ? 3e-3 : 1e-5) << "prefill " << name << (tc ? " (tensor cores)" : "");
-  // got[1] is the whole output buffer: the prefill rows again, then the decode row (fp32 kernel).
-  const size_t row_w = static_cast<size_t>(c.n_heads * c.head_dim), dec = static_cast<size_t>(total - 1) * row_w;
-  const std::vector<float> dec_got(got[1].begin() + static_cast<std::ptrdiff_t>(dec),
-                                   got[1].begin() + static_cast<std::ptrdiff_t>(dec + row_w)),
-      dec_want(want[1].begin() + static_cast<std::ptrdiff_t>(dec), want[1].begin() + static_cast<std::ptrdiff_t>(dec + row_w));
-  EXPECT_LT(cuda_rel_rms(dec_got, dec_want), 1e-5) << "decode " << name;
-  EXPECT_LT(cuda_rel_rms(got[1], want[1]), tc ? 3e-3 : 1e-5) << "prefill and decode rows " << name;
-  for (int64_t i = 0; i < c.n_heads * c.head_dim; ++i)
-    ASSERT_EQ(got[1][static_cast<size_t>(total * c.n_heads * c.head_dim + i)], 0.0f) << "guard row " << name;
 }
 
 TEST(CudaOps, KvStoreAndAttentionPrefillDecode) {
@@ -391,44 +436,52 @@ TEST(CudaOps, KvStoreAndAttentionPrefillDecode) {
                             AttnCase{8, 2, 128, 100, 200, 0},  // ... after an earlier prefix
                             AttnCase{8, 2, 128, 100, 200, 64}, // ... with a sliding window
                             AttnCase{4, 4, 64, 0, 64, 0},      // exactly one block, group 1
-                            AttnCase{4, 4, 64, 3, 77, 0}})     // rows not a multiple of 16
+                            AttnCase{4, 4, 64, 3, 77, 0},      // rows not a multiple of 16
+                            AttnCase{8, 1, 128, 5, 1100, 300}, // group 8, windows across tile edges
+                            AttnCase{4, 4, 128, 70, 250, 0}})  // group 1: 128-row blocks, partial
     check_attention(cu, c);
 }
 
-// The tensor-core prefill kernel against the fp32 kernel on the same inputs (Llama-like GQA,
-// 300 rows after a 40-row prefix): outputs agree within fp16 rounding of Q and P.
+// The tensor-core prefill kernels against the fp32 kernel on the same inputs (Llama-like GQA,
+// 300 rows after a 40-row prefix, with and without a sliding window): outputs agree within fp16
+// rounding of Q and P.
 TEST(CudaOps, TensorCoreAttentionAgreesWithFp32Kernel) {
   TRELLIS_CUDA_OR_SKIP(cu);
-  for (int64_t d : {int64_t{64}, int64_t{128}}) {
-    const int64_t nh = 8, nkv = 2, start = 40, rows = 300, ctx = start + rows;
-    AttentionParams ap;
-    ap.n_heads = nh;
-    ap.n_kv_heads = nkv;
-    ap.head_dim = d;
-    ap.scale = 1.0f / std::sqrt(static_cast<float>(d));
-    const auto q = random_floats(static_cast<size_t>(rows * nh * d), 40, 2.0f);
-    const auto k = random_floats(static_cast<size_t>(ctx * nkv * d), 41, 2.0f);
-    const auto v = random_floats(static_cast<size_t>(ctx * nkv * d), 42);
-    std::vector<int32_t> all(static_cast<size_t>(ctx)), pos(static_cast<size_t>(rows));
-    for (int64_t i = 0; i < ctx; ++i) all[static_cast<size_t>(i)] = static_cast<int32_t>(i);
-    for (int64_t i = 0; i < rows; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(start + i);
-    std::vector<float> res[2];
-    for (int tc = 0; tc < 2; ++tc) {
-      cuda::set_tensor_core_attention(tc == 1);
-      DeviceTensor kc = cu->alloc(DType::kF16, {ctx, nkv * d}), vc = cu->alloc(DType::kF16, {ctx, nkv * d});
-      cu->kv_store(cu->upload(f32_view(k, {ctx, nkv * d}), DType::kF32), cu->upload(f32_view(v, {ctx, nkv * d}), DType::kF32),
-                   all, kc, vc);
-      DeviceTensor out = cu->alloc(DType::kF32, {rows, nh * d});
-      cu->attention(cu->upload(f32_view(q, {rows, nh * d}), DType::kF32), kc, vc, pos, ap, out);
-      res[tc] = fetch(*cu, out);
+  for (int64_t d : {int64_t{64}, int64_t{128}})
+    for (int64_t window : {int64_t{0}, int64_t{100}}) {
+      const int64_t nh = 8, nkv = 2, start = 40, rows = 300, ctx = start + rows;
+      AttentionParams ap;
+      ap.n_heads = nh;
+      ap.n_kv_heads = nkv;
+      ap.head_dim = d;
+      ap.scale = 1.0f / std::sqrt(static_cast<float>(d));
+      ap.sliding_window = window;
+      const auto q = random_floats(static_cast<size_t>(rows * nh * d), 40, 2.0f);
+      const auto k = random_floats(static_cast<size_t>(ctx * nkv * d), 41, 2.0f);
+      const auto v = random_floats(static_cast<size_t>(ctx * nkv * d), 42);
+      std::vector<int32_t> all(static_cast<size_t>(ctx)), pos(static_cast<size_t>(rows));
+      for (int64_t i = 0; i < ctx; ++i) all[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+      for (int64_t i = 0; i < rows; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(start + i);
+      std::vector<float> res[std::size(kAttentionKernels)];
+      for (size_t ki = 0; ki < std::size(kAttentionKernels); ++ki) {
+        const PinAttentionKernel pin(kAttentionKernels[ki]);
+        ASSERT_EQ(cuda::attention_kernel_for(rows, nh, nkv, d, 1), kAttentionKernels[ki].kernel);
+        DeviceTensor kc = cu->alloc(DType::kF16, {ctx, nkv * d}), vc = cu->alloc(DType::kF16, {ctx, nkv * d});
+        cu->kv_store(cu->upload(f32_view(k, {ctx, nkv * d}), DType::kF32),
+                     cu->upload(f32_view(v, {ctx, nkv * d}), DType::kF32), all, kc, vc);
+        DeviceTensor out = cu->alloc(DType::kF32, {rows, nh * d});
+        cu->attention(cu->upload(f32_view(q, {rows, nh * d}), DType::kF32), kc, vc, pos, ap, out);
+        res[ki] = fetch(*cu, out);
+      }
+      for (size_t ki = 1; ki < std::size(kAttentionKernels); ++ki) {
+        const std::vector<float>& r = res[ki];
+        const double rel = cuda_rel_rms(r, res[0]);
+        std::printf("d %lld window %lld: %s vs fp32 kernel rel-RMS %.2e\n", static_cast<long long>(d),
+                    static_cast<long long>(window), kAttentionKernels[ki].name, rel);
+        EXPECT_LT(rel, 3e-3) << "d " << d << " window " << window << " " << kAttentionKernels[ki].name;
+        for (float x : r) ASSERT_TRUE(std::isfinite(x));
+      }
     }
-    cuda::set_tensor_core_attention(true);
-    ASSERT_TRUE(cuda::attention_uses_tensor_cores(rows, nh, nkv, d, 1));
-    const double rel = cuda_rel_rms(res[1], res[0]);
-    std::printf("d %lld: tensor cores vs fp32 kernel rel-RMS %.2e\n", static_cast<long long>(d), rel);
-    EXPECT_LT(rel, 3e-3) << "d " << d;
-    for (float x : res[1]) ASSERT_TRUE(std::isfinite(x));
-  }
 }
 
 // The one-row decode kernel against the general fp32 kernel on the same cache (both fp32 math):

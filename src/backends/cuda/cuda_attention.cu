@@ -15,9 +15,12 @@
 //     range is computed on the device from the staged positions, so a captured CUDA graph stays
 //     valid as the context grows (empty chunks just write m = -inf).
 //
-// Prefill on tensor cores (attention_tc_kernel, head_dim 64 or 128, no splits, at least one full
-// block of 64 flat queries; TRELLIS_CUDA_TC_ATTENTION=0 forces the kernel above): FlashAttention-2
-// style with mma.sync.m16n8k16 (fp16 inputs, fp32 accumulation).
+// Prefill on tensor cores (head_dim 64 or 128, no splits, at least one full block of 64 flat
+// queries): by default attention_flash_kernel (cuda_attention_flash.cu: 128 queries per block,
+// cp.async double buffering, ldmatrix), or with TRELLIS_CUDA_TC_ATTENTION=1 the simpler
+// attention_tc_kernel below (kept for A/B and as the fallback); =0 forces the fp32 kernel above.
+// attention_tc_kernel: FlashAttention-2 style with mma.sync.m16n8k16 (fp16 inputs, fp32
+// accumulation).
 //   * A block is 4 warps x 16 flat queries of one kv head; blocks run heaviest (latest rows) first.
 //   * Q is read once into A fragments as fp16 with scale·log2(e) folded in; key tiles of 64 are
 //     staged as fp16, K row-major and V transposed (both padded so the fragment loads are
@@ -40,7 +43,9 @@
 #include <cstdlib>
 #include <string>
 
+#include "backends/cuda/cuda_attention_flash.h"
 #include "backends/cuda/cuda_launch.cuh"
+#include "backends/cuda/cuda_mma.cuh"
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_util.h"
 
@@ -245,27 +250,12 @@ void launch_fp32(const AttentionArgs& a, cudaStream_t stream) {
 
 constexpr int kTcWarps = 4, kTcRows = 16 * kTcWarps, kTcKeys = 64;
 
-__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-__device__ __forceinline__ void mma_f16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                        uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 template <int D>
 constexpr size_t tc_smem_bytes() {
   return static_cast<size_t>(kTcKeys * (D + 8) + D * (kTcKeys + 8)) * 2;
 }
 
-// Fragment layout of m16n8k16 (g = lane / 4, t = lane % 4): A a0 = (row g, k 2t..2t+1),
-// a1 = (g + 8, 2t..), a2 = (g, 2t+8..), a3 = (g + 8, 2t+8..); B b0 = (k 2t..2t+1, n g),
-// b1 = (k 2t+8.., n g); C c0,c1 = (row g, n 2t..2t+1), c2,c3 = (row g + 8, n 2t..).
+// Fragment layouts of m16n8k16: cuda_mma.cuh.
 template <int D>
 __global__ void __launch_bounds__(kTcWarps * 32) attention_tc_kernel(AttentionArgs a) {
   constexpr int KS = D + 8;        // K row stride (halves)
@@ -363,7 +353,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) attention_tc_kernel(AttentionAr
       for (int kc = 0; kc < D / 16; ++kc) {
         const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + kc * 16);
         const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + kc * 16 + 8);
-        mma_f16(sc[nb], qf[kc][0], qf[kc][1], qf[kc][2], qf[kc][3], b0, b1);
+        mma_m16n8k16(sc[nb], qf[kc], b0, b1);
       }
     }
     // Mask, row max, rescale.
@@ -417,7 +407,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) attention_tc_kernel(AttentionAr
       for (int kc = 0; kc < kTcKeys / 16; ++kc) {
         const uint32_t b0 = *reinterpret_cast<const uint32_t*>(vrow + kc * 16);
         const uint32_t b1 = *reinterpret_cast<const uint32_t*>(vrow + kc * 16 + 8);
-        mma_f16(o[nb], pf[kc][0], pf[kc][1], pf[kc][2], pf[kc][3], b0, b1);
+        mma_m16n8k16(o[nb], pf[kc], b0, b1);
       }
     }
   }
@@ -441,17 +431,23 @@ __global__ void __launch_bounds__(kTcWarps * 32) attention_tc_kernel(AttentionAr
   }
 }
 
-std::atomic<int> g_tc{-1};  // -1: TRELLIS_CUDA_TC_ATTENTION not read yet
+// The kernel TRELLIS_CUDA_TC_ATTENTION asks for: 0 the fp32 kernel, 1 attention_tc_kernel, unset
+// or anything else attention_flash_kernel. -1: not read yet.
+std::atomic<int> g_kernel{-1};
 
-bool tc_enabled() {
-  int v = g_tc.load(std::memory_order_relaxed);
+AttentionKernel kernel_setting() {
+  int v = g_kernel.load(std::memory_order_relaxed);
   if (v < 0) {
     const char* e = std::getenv("TRELLIS_CUDA_TC_ATTENTION");
+    const std::string s = e ? e : "";
+    const AttentionKernel k = s == "0" ? AttentionKernel::kFp32
+                              : s == "1" ? AttentionKernel::kTensorCore
+                                         : AttentionKernel::kFlash;
     int expected = -1;
-    g_tc.compare_exchange_strong(expected, e && std::string(e) == "0" ? 0 : 1);
-    v = g_tc.load();
+    g_kernel.compare_exchange_strong(expected, static_cast<int>(k));
+    v = g_kernel.load();
   }
-  return v == 1;
+  return static_cast<AttentionKernel>(v);
 }
 
 }  // namespace
@@ -471,13 +467,26 @@ void attention_prepare() {
   check(cudaFuncSetAttribute(attention_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(smem_bytes(kAttentionMaxHeadDim))),
         "attention (shared memory limit)");
+  attention_flash_prepare();
 }
 
-void set_tensor_core_attention(bool on) { g_tc.store(on ? 1 : 0); }
+AttentionKernel attention_kernel_setting() { return kernel_setting(); }
+
+void set_attention_kernel(AttentionKernel k) { g_kernel.store(static_cast<int>(k)); }
+
+AttentionKernel attention_kernel_for(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                                     int splits) {
+  const AttentionKernel want = kernel_setting();
+  const bool tc = splits == 1 && (head_dim == 64 || head_dim == 128) && n_kv_heads > 0 &&
+                  rows * (n_heads / n_kv_heads) >= kTcRows;
+  if (want == AttentionKernel::kFp32 || !tc) return AttentionKernel::kFp32;
+  if (want == AttentionKernel::kFlash && attention_flash_fits(rows, n_heads, n_kv_heads, head_dim))
+    return AttentionKernel::kFlash;
+  return AttentionKernel::kTensorCore;
+}
 
 bool attention_uses_tensor_cores(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int splits) {
-  return tc_enabled() && splits == 1 && (head_dim == 64 || head_dim == 128) && n_kv_heads > 0 &&
-         rows * (n_heads / n_kv_heads) >= kTcRows;
+  return attention_kernel_for(rows, n_heads, n_kv_heads, head_dim, splits) != AttentionKernel::kFp32;
 }
 
 void attention(const AttentionArgs& a, cudaStream_t stream) {
@@ -494,7 +503,13 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
              dim3(128), 0, stream, a);
     return;
   }
-  if (aligned && attention_uses_tensor_cores(a.rows, a.n_heads, a.n_kv_heads, a.head_dim, a.splits)) {
+  const AttentionKernel kernel =
+      aligned ? attention_kernel_for(a.rows, a.n_heads, a.n_kv_heads, a.head_dim, a.splits) : AttentionKernel::kFp32;
+  if (kernel == AttentionKernel::kFlash) {
+    attention_flash(a, stream);
+    return;
+  }
+  if (kernel == AttentionKernel::kTensorCore) {
     const dim3 grid(static_cast<unsigned>((a.rows * (a.n_heads / a.n_kv_heads) + kTcRows - 1) / kTcRows),
                     static_cast<unsigned>(a.n_kv_heads));
     if (a.head_dim == 64)

@@ -695,7 +695,9 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
   record({kAttention, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial),
           static_cast<uint64_t>(rows), static_cast<uint64_t>(a.n_heads), static_cast<uint64_t>(a.n_kv_heads),
           static_cast<uint64_t>(a.head_dim), static_cast<uint64_t>(a.sliding_window), bits(a.scale),
-          static_cast<uint64_t>(a.splits), off},
+          static_cast<uint64_t>(a.splits), off,
+          // the kernel choice (set_attention_kernel can change it): a graph replays the kernel it captured
+          static_cast<uint64_t>(attention_kernel_for(rows, a.n_heads, a.n_kv_heads, a.head_dim, a.splits))},
          [=](const std::byte* st) {
            AttentionArgs b = a;
            b.pos = reinterpret_cast<const int32_t*>(st + off);

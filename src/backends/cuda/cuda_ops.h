@@ -95,12 +95,21 @@ inline constexpr int64_t kAttentionMaxHeadDim = 256;
 // Splits that fill the GPU for this shape (1 for prefill-sized batches).
 int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_count);
 int64_t attention_partial_floats(const AttentionArgs& a);
-// Whether attention() runs this shape on the tensor-core prefill kernel (fp16 Q and P; see
-// cuda_attention.cu): head_dim 64 or 128, no splits, rows·group >= 64, not disabled by
-// TRELLIS_CUDA_TC_ATTENTION=0.
+// The kernels attention() chooses from. TRELLIS_CUDA_TC_ATTENTION=0 asks for kFp32 everywhere,
+// =1 for kTensorCore (attention_tc_kernel), unset or =2 for kFlash (attention_flash_kernel, the
+// default); a tensor-core kernel runs only where its shape conditions hold (head_dim 64 or 128, no
+// splits, rows·group >= 64, 16-byte aligned caches), kFlash falling back to kTensorCore, then kFp32.
+// Both tensor-core kernels round Q and P to fp16 (see cuda_attention.cu).
+enum class AttentionKernel { kFp32 = 0, kTensorCore = 1, kFlash = 2 };
+// The kernel attention() runs for this shape under the current setting (given aligned caches).
+AttentionKernel attention_kernel_for(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                                     int splits);
+// attention_kernel_for(...) != kFp32.
 bool attention_uses_tensor_cores(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int splits);
-// Test hook: overrides TRELLIS_CUDA_TC_ATTENTION for launches recorded after the call.
-void set_tensor_core_attention(bool on);
+// The current setting (TRELLIS_CUDA_TC_ATTENTION, or the last set_attention_kernel()).
+AttentionKernel attention_kernel_setting();
+// Test and benchmark hook: overrides TRELLIS_CUDA_TC_ATTENTION for launches recorded after the call.
+void set_attention_kernel(AttentionKernel k);
 // Whether attention() runs this shape on the one-row decode kernel (cuda_attention_decode.cu):
 // rows 1, head_dim 64 or 128, GQA group <= 4, not disabled by TRELLIS_CUDA_DECODE_ATTENTION=0
 // (also needs 16-byte aligned q and caches, checked at launch).
