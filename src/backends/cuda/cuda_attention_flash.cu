@@ -6,7 +6,8 @@
 // faster than attention_tc_kernel (cuda_attention.cu), which computes the same thing:
 //   * A block is 8 warps × 16 = 128 queries of one kv head's flat query list (row, head in group),
 //     so every staged key/value tile is used by 128 queries (with GQA 4: 32 rows × 4 heads);
-//     TRELLIS_CUDA_FLASH_WARPS=4 makes it 4 warps (tuning A/B, set_attention_flash_warps()); the
+//     by default it runs as 4 warps (64 queries, two blocks per SM: 4-16% faster on the H200,
+//     docs/BENCHMARKS.md session 8); TRELLIS_CUDA_FLASH_WARPS=8 or set_attention_flash_warps(); the
 //     grid is (kv head, query block) with the kv head fastest and the latest (heaviest causal)
 //     query blocks first, so the long blocks of every head start in the first wave.
 //   * Key/value tiles of 64 rows are copied to shared memory with cp.async into two stages: the
@@ -62,7 +63,7 @@ int flash_warps() {
   if (w == 0) {
     const char* e = std::getenv("TRELLIS_CUDA_FLASH_WARPS");
     int expected = 0;
-    g_warps.compare_exchange_strong(expected, e && std::string(e) == "4" ? 4 : 8);
+    g_warps.compare_exchange_strong(expected, e && std::string(e) == "8" ? 8 : 4);
     w = g_warps.load();
   }
   return w;
