@@ -102,6 +102,9 @@ class CudaBackend : public Backend {
 
   // Copies `bytes` of host data into this segment's staging area; returns its offset there.
   size_t stage(const void* data, size_t bytes);
+  // Reserves `bytes` of this segment's staging area for the caller to fill before the next
+  // stage()/stage_space() call; returns its offset there and the host address in *host.
+  size_t stage_space(size_t bytes, std::byte** host);
   // Records a launch; `key` holds everything that determines the launch except staged values.
   void record(std::initializer_list<uint64_t> key, Launch launch);
   void record(std::span<const uint64_t> key, Launch launch);
