@@ -177,8 +177,12 @@ TEST(VulkanOps, DenseLinearAllDtypesAndRowCounts) {
             be->linear(be == &cpu ? *wc : *wv, xt, y);
             (be == &cpu ? want : got) = fetch(*be, y);
           }
-          EXPECT_LT(test::rel_rms(got, want), 1e-6)
-              << dtype_name(dt) << " m=" << m << " bias " << with_bias;
+          // fp32-level products, except from kCoopMinRows rows on a device with cooperative
+          // matrices (the default prefill GEMM there): activations rounded once to fp16, at most
+          // 2^-11/sqrt(3) ~ 2.8e-4 rms relative (measured 1.8e-4 on the H200).
+          const bool coop = vk->coop_path() != vk::CoopPath::kOff && m >= vk::kCoopMinRows;
+          EXPECT_LT(test::rel_rms(got, want), coop ? 5e-4 : 1e-6)
+              << dtype_name(dt) << " m=" << m << " bias " << with_bias << (coop ? " (cooperative matrices)" : "");
         }
       }
     }
