@@ -7,7 +7,9 @@
 // threads summing a buffer much larger than the last-level cache, the same access pattern the
 // GEMVs have. Prefill is one forward over --prompt tokens (chunked as the model chunks it);
 // decode is --gen single-token forwards after it. Token ids are fixed pseudo-random ids, so
-// the numbers do not depend on a tokenizer. Each figure is the median of --reps repetitions.
+// the numbers do not depend on a tokenizer. Each figure is the median of --reps repetitions, after
+// --warmup untimed ones (default 1 on GPUs: the first long prefill grows scratch buffers and lets
+// cuBLAS pick algorithms, which skewed 3-rep medians in session 8).
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -94,12 +96,16 @@ uint64_t weight_bytes_per_token(const trellis::Model& model) {
 int main(int argc, char** argv) {
   CLI::App app{"trellis_bench_model: prefill and decode tok/s of a model, with the memory roofline"};
   std::string dir, device = "cpu";
-  int prompt = 128, gen = 64, reps = 3, threads = 0, ctx = 0;
+  int prompt = 128, gen = 64, reps = 3, threads = 0, ctx = 0, warmup = -1;
   app.add_option("-m,--model", dir, "Model directory")->required();
   app.add_option("--device", device, "Backend device (cpu, cuda:0, vulkan:0)");
   app.add_option("--prompt", prompt, "Prompt tokens for the prefill measurement")->check(CLI::PositiveNumber);
   app.add_option("--gen", gen, "Decode steps after the prompt")->check(CLI::PositiveNumber);
   app.add_option("--reps", reps, "Repetitions (median reported)")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", warmup,
+                 "Untimed repetitions first (default: 1 on GPUs, whose first prefill grows scratch buffers "
+                 "and picks GEMM algorithms; 0 on the CPU)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--threads", threads, "CPU threads (0 = all)")->check(CLI::NonNegativeNumber);
   app.add_option("--ctx", ctx, "KV cache length to allocate (default: prompt + gen + 1), for memory measurements")
       ->check(CLI::NonNegativeNumber);
@@ -121,17 +127,19 @@ int main(int argc, char** argv) {
     std::vector<float> logits;
     const std::span<const int32_t> all(ids);
     model->forward(all.first(8), 0, false, logits);  // warm-up: pages in the weights
+    if (warmup < 0) warmup = device.rfind("cpu", 0) == 0 ? 0 : 1;
     std::vector<double> prefill_s, decode_s;
-    for (int r = 0; r < reps; ++r) {
+    for (int r = 0; r < warmup + reps; ++r) {
+      const bool timed = r >= warmup;
       auto t0 = Clock::now();
       model->forward(all.first(static_cast<size_t>(prompt)), 0, false, logits);
       backend->synchronize();
-      prefill_s.push_back(seconds_since(t0));
+      if (timed) prefill_s.push_back(seconds_since(t0));
       t0 = Clock::now();
       for (int t = 0; t < gen; ++t)
         model->forward(all.subspan(static_cast<size_t>(prompt + t), 1), prompt + t, false, logits);
       backend->synchronize();
-      decode_s.push_back(seconds_since(t0));
+      if (timed) decode_s.push_back(seconds_since(t0));
     }
     const uint64_t wbytes = weight_bytes_per_token(*model);
     const double bw = device.rfind("cpu", 0) == 0 ? measure_read_bandwidth(size_t{1} << 30, 5, static_cast<size_t>(backend->info().threads)) : 0;
@@ -149,6 +157,8 @@ int main(int argc, char** argv) {
         {"exl3", model->dir().is_exl3()},
         {"prompt_tokens", prompt},
         {"gen_tokens", gen},
+        {"warmup_reps", warmup},
+        {"reps", reps},
         {"context_allocated", mo.max_context},
         {"prefill_tok_s", prefill_tps},
         {"decode_tok_s", decode_tps},
