@@ -36,6 +36,7 @@
 #include "backends/cuda/cuda_exl3_decode.cuh"
 #include "backends/cuda/cuda_exl3_kernels.cuh"
 #include "backends/cuda/cuda_launch.cuh"
+#include "backends/cuda/cuda_mma.cuh"
 #include "backends/cuda/cuda_util.h"
 
 namespace trellis::cuda::exl3k {
@@ -139,8 +140,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
     for (int i = 0; i < G; ++i) {
       uint32_t b[4];
       decode_lane<K, CB>(tw + i * 8 * K, lane, b);
-      mma16816(acc[i][0], a, b[0], b[1]);
-      mma16816(acc[i][1], a, b[2], b[3]);
+      mma_m16n8k16(acc[i][0], a, b[0], b[1]);
+      mma_m16n8k16(acc[i][1], a, b[2], b[3]);
     }
     __syncwarp();  // every lane is done with this slot before it is refilled
   }

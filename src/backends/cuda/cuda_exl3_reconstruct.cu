@@ -48,6 +48,7 @@
 #include "backends/cuda/cuda_exl3_decode.cuh"
 #include "backends/cuda/cuda_exl3_kernels.cuh"
 #include "backends/cuda/cuda_launch.cuh"
+#include "backends/cuda/cuda_mma.cuh"
 #include "backends/cuda/cuda_util.h"
 
 namespace trellis::cuda::exl3k {
@@ -66,16 +67,12 @@ __device__ __forceinline__ uint32_t h16(int i, int j) { return (__popc(i & j) & 
 
 __device__ __forceinline__ uint32_t pack2(uint32_t lo, uint32_t hi) { return lo | (hi << 16); }
 
-__device__ __forceinline__ uint32_t half2_bits(__half2 h) {
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
 // fp32 x = hi + lo + O(2^-22 x): {hi, lo} of two values as f16x2 words (packed conversions).
 __device__ __forceinline__ void split2(float a, float b, uint32_t& hi, uint32_t& lo) {
   const __half2 h = __floats2half2_rn(a, b);
   const float2 hf = __half22float2(h);
-  hi = half2_bits(h);
-  lo = half2_bits(__floats2half2_rn(a - hf.x, b - hf.y));
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = pack_half2(a - hf.x, b - hf.y);
 }
 
 // A persistent grid (kBlocksPerSm blocks per SM) walks the 128 x 128 blocks of the slice; each
@@ -136,7 +133,7 @@ __global__ void __launch_bounds__(256, kBlocksPerSm)
       for (int h = 0; h < 2; ++h) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) p[a][h][e] = 0.0f;
-        mma16816(p[a][h], ha, w[2 * h], w[2 * h + 1]);
+        mma_m16n8k16(p[a][h], ha, w[2 * h], w[2 * h + 1]);
       }
     }
 #pragma unroll
@@ -164,8 +161,8 @@ __global__ void __launch_bounds__(256, kBlocksPerSm)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         float r[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        mma16816(r, hi, hb[h][0], hb[h][1]);
-        mma16816(r, lo, hb[h][0], hb[h][1]);
+        mma_m16n8k16(r, hi, hb[h][0], hb[h][1]);
+        mma_m16n8k16(r, lo, hb[h][0], hb[h][1]);
         float* row0 = S + (16 * i + g) * kPitch + 16 * warp + 8 * h + 2 * q;
         *reinterpret_cast<float2*>(row0) = make_float2(r[0], r[1]);
         *reinterpret_cast<float2*>(row0 + 8 * kPitch) = make_float2(r[2], r[3]);
@@ -205,8 +202,8 @@ __global__ void __launch_bounds__(256, kBlocksPerSm)
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         const float4 sc = *reinterpret_cast<const float4*>(sv + 16 * j);
-        const uint32_t w0 = half2_bits(__floats2half2_rn(v[j][0] * su * sc.x, v[j][1] * su * sc.y));
-        const uint32_t w1 = half2_bits(__floats2half2_rn(v[j][2] * su * sc.z, v[j][3] * su * sc.w));
+        const uint32_t w0 = pack_half2(v[j][0] * su * sc.x, v[j][1] * su * sc.y);
+        const uint32_t w1 = pack_half2(v[j][2] * su * sc.z, v[j][3] * su * sc.w);
         *reinterpret_cast<uint2*>(out + 16 * j) = make_uint2(w0, w1);
       }
     }

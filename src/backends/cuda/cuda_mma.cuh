@@ -1,5 +1,5 @@
 // backends/cuda/cuda_mma.cuh: warp-level tensor-core and async-copy primitives (sm_80+) shared by
-// the attention kernels: mma.sync m16n8k16 (fp16 in, fp32 accumulate), ldmatrix, cp.async.
+// the attention and EXL3 kernels: mma.sync m16n8k16 (fp16 in, fp32 accumulate), ldmatrix, cp.async.
 //
 // Fragment layout of m16n8k16 (lane = 4g + t, g = lane / 4, t = lane % 4; pairs are packed low
 // element first):
@@ -31,6 +31,12 @@ __device__ __forceinline__ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The same with the A fragment as one 16-byte vector {a0, a1, a2, a3} (as loaded from memory).
+__device__ __forceinline__ void mma_m16n8k16(float (&c)[4], const uint4& a, uint32_t b0, uint32_t b1) {
+  const uint32_t r[4] = {a.x, a.y, a.z, a.w};
+  mma_m16n8k16(c, r, b0, b1);
+}
+
 // Four 8×8 fp16 matrices from shared memory: lane l gives the address of row l % 8 of matrix
 // l / 8 (16 bytes, 16-byte aligned); r[i] receives, of matrix i, row l / 4, cols 2(l % 4) and +1.
 // With .trans the matrix is transposed on the way: r[i] = (rows 2(l % 4) and +1, col l / 4).
@@ -49,7 +55,12 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __half
                : "memory");
 }
 
-// 16 bytes global -> shared, asynchronous, bypassing L1 (both 16-byte aligned). With valid false
+// 16 bytes global -> shared, asynchronous, bypassing L1 and registers (both 16-byte aligned).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+// The same, except with valid false
 // nothing is read (src must still be a valid address) and the 16 bytes become zeros.
 __device__ __forceinline__ void cp_async16_or_zero(void* dst, const void* src, bool valid) {
   const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
