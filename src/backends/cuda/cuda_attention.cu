@@ -495,21 +495,15 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
     raise(ErrorKind::kUnsupported, "CUDA attention: head_dim " + std::to_string(a.head_dim) +
                                        " is not supported (even, at most 256)");
   const bool aligned = (reinterpret_cast<uintptr_t>(a.k_cache) | reinterpret_cast<uintptr_t>(a.v_cache)) % 16 == 0;
-  if (aligned && reinterpret_cast<uintptr_t>(a.q) % 16 == 0 &&
-      attention_uses_decode_kernel(a.rows, a.n_heads, a.n_kv_heads, a.head_dim)) {
-    attention_decode(a, stream);
-    if (a.splits > 1)
-      launch("attention (merge of splits)", attention_merge_kernel, dim3(static_cast<unsigned>(a.rows * a.n_heads)),
-             dim3(128), 0, stream, a);
-    return;
-  }
+  const bool decode = aligned && reinterpret_cast<uintptr_t>(a.q) % 16 == 0 &&
+                      attention_uses_decode_kernel(a.rows, a.n_heads, a.n_kv_heads, a.head_dim);
   const AttentionKernel kernel =
       aligned ? attention_kernel_for(a.rows, a.n_heads, a.n_kv_heads, a.head_dim, a.splits) : AttentionKernel::kFp32;
-  if (kernel == AttentionKernel::kFlash) {
+  if (!decode && kernel == AttentionKernel::kFlash) {
     attention_flash(a, stream);
     return;
   }
-  if (kernel == AttentionKernel::kTensorCore) {
+  if (!decode && kernel == AttentionKernel::kTensorCore) {
     const dim3 grid(static_cast<unsigned>((a.rows * (a.n_heads / a.n_kv_heads) + kTcRows - 1) / kTcRows),
                     static_cast<unsigned>(a.n_kv_heads));
     if (a.head_dim == 64)
@@ -518,7 +512,11 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
       launch("attention (tensor cores)", attention_tc_kernel<128>, grid, dim3(kTcWarps * 32), 0, stream, a);
     return;
   }
-  if (a.head_dim <= 64)
+  // The kernels that may split the key range (flash-decoding): the one-row decode kernel and the
+  // fp32 kernel; both leave partial (acc, m, l) for the merge when splits > 1.
+  if (decode)
+    attention_decode(a, stream);
+  else if (a.head_dim <= 64)
     launch_fp32<2>(a, stream);
   else if (a.head_dim <= 128)
     launch_fp32<4>(a, stream);
