@@ -131,6 +131,12 @@ class Backend {
                          std::span<const int32_t> positions, const AttentionParams& params, DeviceTensor& out) = 0;
   // out = silu(gate) * up.
   virtual void silu_mul(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out) = 0;
+  // The gated MLP: y = (silu(x · gateᵀ + b_g) * (x · upᵀ + b_u)) · downᵀ + b_d. g and u [rows,
+  // intermediate] are work space: what they hold afterwards is unspecified (a backend may keep
+  // partial products there). The default is linears(gate, up), silu_mul into g, linear(down);
+  // a backend may fuse the steps between the products.
+  virtual void mlp(const LinearWeights& gate, const LinearWeights& up, const LinearWeights& down,
+                   const DeviceTensor& x, DeviceTensor& g, DeviceTensor& u, DeviceTensor& y);
   // x += y.
   virtual void add(DeviceTensor& x, const DeviceTensor& y) = 0;
 

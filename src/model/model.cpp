@@ -309,13 +309,7 @@ void Model::forward_chunk(std::span<const int32_t> tokens, int64_t start, bool a
     be.linear(*l.o, o, tmp);
     be.add(x, tmp);
     be.rms_norm(x, l.mlp_norm, eps, config_.hidden_size, h);
-    {
-      const LinearWeights* w[2] = {l.gate.get(), l.up.get()};
-      DeviceTensor* y[2] = {&gate, &up};
-      be.linears(w, h, y);
-    }
-    be.silu_mul(gate, up, gate);
-    be.linear(*l.down, gate, tmp);
+    be.mlp(*l.gate, *l.up, *l.down, h, gate, up, tmp);
     be.add(x, tmp);
   }
   if (!logits) return;

@@ -272,6 +272,12 @@ struct ReconstructRows {
   ~ReconstructRows() { cuda::set_fused_reconstruct_rows(cuda::kFusedReconstructRows); }
 };
 
+// Sets cuda::prefill_fusion for a scope.
+struct PrefillFusion {
+  explicit PrefillFusion(bool on) { cuda::set_prefill_fusion(on); }
+  ~PrefillFusion() { cuda::set_prefill_fusion(true); }
+};
+
 // Every K x codebook x m on a padded layer: GEMV for m <= 8, decode + cuBLAS above, and the
 // reconstructed-W path (forced from 64 rows in the second pass) for m = 100 and 130.
 TEST(CudaExl3, ForwardMatchesReferenceForEveryVariant) {
@@ -300,7 +306,9 @@ TEST(CudaExl3, ForwardMatchesReferenceForEveryVariant) {
 
 // Linears sharing x (q/k/v-like: same k and in_features, different n, K, codebook and bias) run
 // as one group give bit-identical outputs to separate forward() calls, and stay inside their
-// buffers; groups outside the GEMV and reconstructed-W sizes are refused.
+// buffers, on every path: GEMV (m <= 8), grouped GEMM with hi + lo (m = 9, 63) and hi-only
+// activations (m = 64), reconstructed W (m = 70). Prefill groups without cuda::prefill_fusion are
+// refused.
 TEST(CudaExl3, ForwardGroupEqualsSeparateForwards) {
   CUDA_OR_SKIP();
   const int64_t k = 384, in_f = 300;
@@ -312,12 +320,12 @@ TEST(CudaExl3, ForwardGroupEqualsSeparateForwards) {
   auto da = upload(la, in_f, 200), db = upload(lb, in_f, 128), dc = upload(lc, in_f, 380);
   auto dd = upload(ld, in_f, 128), de = upload(le, in_f, 384);
   // Mixed K and codebooks (one GEMV launch per linear), then one K and codebook (one launch);
-  // m = 70 runs on the reconstructed-W path (forced from 64 rows), x converted once.
-  const ReconstructRows scope(64);
+  // m = 70 runs on the reconstructed-W path (forced from 65 rows), x converted once.
+  const ReconstructRows scope(65);
   for (int pass = 0; pass < 2; ++pass) {
     const CudaExl3Linear* group[3] = {da.get(), pass ? dd.get() : db.get(), pass ? de.get() : dc.get()};
     const int64_t outs[3] = {200, 128, pass ? 384 : 380};
-    for (int64_t m : {1, 4, 8, 70}) {
+    for (int64_t m : {1, 4, 8, 9, 63, 64, 70}) {
       const auto x = random_rows(m, in_f, 300 + static_cast<uint64_t>(m));
       Guarded xb(x.size()), sb(CudaExl3Linear::group_scratch_bytes(group, m) / 4 + 1);
       xb.upload(x.data(), x.size() * 4);
@@ -340,9 +348,14 @@ TEST(CudaExl3, ForwardGroupEqualsSeparateForwards) {
     }
   }
   const CudaExl3Linear* group[3] = {da.get(), db.get(), dc.get()};
-  float* ys[3] = {nullptr, nullptr, nullptr};
-  EXPECT_THROW(CudaExl3Linear::forward_group(group, nullptr, 9, ys, nullptr, nullptr), Error);
-  EXPECT_THROW(CudaExl3Linear::forward_group(group, nullptr, 63, ys, nullptr, nullptr), Error);  // hi + lo rows
+  {
+    const PrefillFusion off(false);
+    Guarded xb(static_cast<size_t>(63 * in_f)), sb(CudaExl3Linear::group_scratch_bytes(group, 63) / 4 + 1);
+    Guarded y0(63 * 200), y1(63 * 128), y2(63 * 380);
+    float* ys[3] = {y0.at<float>(), y1.at<float>(), y2.at<float>()};
+    EXPECT_THROW(CudaExl3Linear::forward_group(group, xb.at<float>(), 9, ys, nullptr, sb.at<void>()), Error);
+    EXPECT_THROW(CudaExl3Linear::forward_group(group, xb.at<float>(), 63, ys, nullptr, sb.at<void>()), Error);
+  }
   auto other = upload(random_layer(512, 128, 3, Codebook::kMcg, 74, false), 512, 128);
   const CudaExl3Linear* mixed[2] = {da.get(), other.get()};
   Guarded sb(CudaExl3Linear::group_scratch_bytes(mixed, 1) / 4 + 1), xb(512), y0(200), y1(128);
@@ -375,6 +388,60 @@ TEST(CudaExl3, FusedSiluInputEqualsSiluMulThenForward) {
     const auto a = y1.download<float>(static_cast<size_t>(m * out_f)), b = y2.download<float>(static_cast<size_t>(m * out_f));
     EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << "m=" << m;
   }
+}
+
+// The gated MLP at prefill sizes (forward_mlp: one input transform for gate and up, the bridge
+// pass into down's input) equals forward(gate), forward(up), silu_mul, forward(down) bit for bit,
+// with biases, mixed K and codebooks and a down layer with padded outputs; it stays inside its
+// buffers; and shapes or sizes off the fused path (hi + lo rows, padded intermediate, fusion off)
+// are reported by mlp_fusable and refused by forward_mlp.
+TEST(CudaExl3, ForwardMlpEqualsSeparateSteps) {
+  CUDA_OR_SKIP();
+  const int64_t hidden_k = 384, hidden = 300, inter = 256;
+  const Layer lg = random_layer(hidden_k, inter, 3, Codebook::kMcg, 81, true);
+  const Layer lu = random_layer(hidden_k, inter, 4, Codebook::kMul1, 82, false);
+  const Layer ld = random_layer(inter, hidden_k, 2, Codebook::k3Inst, 83, true);
+  auto dg = upload(lg, hidden, inter), du = upload(lu, hidden, inter), dd = upload(ld, inter, hidden);
+  for (int64_t m : {64, 130}) {
+    ASSERT_TRUE(CudaExl3Linear::mlp_fusable(*dg, *du, *dd, m)) << m;
+    const auto x = random_rows(m, hidden, 600 + static_cast<uint64_t>(m));
+    const size_t mi = static_cast<size_t>(m * inter), mh = static_cast<size_t>(m * hidden);
+    Guarded xb(x.size()), gb(mi), ub(mi), yb(mh), sb(CudaExl3Linear::mlp_scratch_bytes(*dg, *du, *dd, m) / 4 + 1);
+    xb.upload(x.data(), x.size() * 4);
+    CudaExl3Linear::forward_mlp(*dg, *du, *dd, xb.at<float>(), m, gb.at<float>(), ub.at<float>(), yb.at<float>(),
+                                nullptr, sb.at<void>());
+    ok(cudaDeviceSynchronize());
+    EXPECT_TRUE(xb.guards_intact() && gb.guards_intact() && ub.guards_intact() && yb.guards_intact() &&
+                sb.guards_intact())
+        << "overrun, m=" << m;
+    const auto got = yb.download<float>(mh);
+    // The steps one by one, as the backend's unfused sequence runs them.
+    Guarded g2(mi), u2(mi), o2(mi), y2(mh);
+    Guarded s2(std::max({dg->scratch_bytes(m), du->scratch_bytes(m), dd->scratch_bytes(m)}) / 4 + 1);
+    xb.upload(x.data(), x.size() * 4);
+    dg->forward(xb.at<float>(), m, g2.at<float>(), nullptr, s2.at<void>());
+    du->forward(xb.at<float>(), m, u2.at<float>(), nullptr, s2.at<void>());
+    cuda::silu_mul(g2.at<float>(), u2.at<float>(), o2.at<float>(), static_cast<int64_t>(mi), nullptr);
+    dd->forward(o2.at<float>(), m, y2.at<float>(), nullptr, s2.at<void>());
+    ok(cudaDeviceSynchronize());
+    const auto want = y2.download<float>(mh);
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << "m=" << m;
+    // And both against the oracle (fp16 activations at these sizes: see ForwardMatchesReference).
+    std::vector<float> gr = reference(lg, x, m, hidden, inter), ur = reference(lu, x, m, hidden, inter);
+    for (size_t i = 0; i < mi; ++i) gr[i] = gr[i] / (1.0f + std::exp(-gr[i])) * ur[i];
+    EXPECT_LT(rel_rms(got, reference(ld, gr, m, inter, hidden)), 1e-3) << "m=" << m;
+  }
+  EXPECT_FALSE(CudaExl3Linear::mlp_fusable(*dg, *du, *dd, 8));   // GEMV
+  EXPECT_FALSE(CudaExl3Linear::mlp_fusable(*dg, *du, *dd, 63));  // hi + lo activations
+  EXPECT_FALSE(CudaExl3Linear::mlp_fusable(*dg, *du, *dg, 100));  // down's input is not the intermediate
+  auto padded = upload(lg, hidden, 200);  // intermediate 200 padded to 256: the products do not fit g, u
+  EXPECT_FALSE(CudaExl3Linear::mlp_fusable(*padded, *padded, *dd, 100));
+  {
+    const PrefillFusion off(false);
+    EXPECT_FALSE(CudaExl3Linear::mlp_fusable(*dg, *du, *dd, 100));
+  }
+  EXPECT_THROW(CudaExl3Linear::forward_mlp(*dg, *du, *dd, nullptr, 63, nullptr, nullptr, nullptr, nullptr, nullptr),
+               Error);
 }
 
 // k = 2048 (128 slabs) at every k-split count, and the automatic choice, m = 1 and 5.

@@ -86,13 +86,20 @@ TEST_P(CudaModel, LogitsGreedyAndGraphs) {
   // independent fp16 rounding of the same size, so sqrt(2) x 5e-4; and with hi + lo activations in
   // every GEMM (fp32-level products, the fixture's tolerance against the CPU).
   ASSERT_GE(n, 64) << "the reconstructed-W pass needs a prompt of at least 64 tokens";
-  std::vector<float> logits;
-  enum class Mode { kFp16, kExact, kReconstruct };
-  for (const Mode mode : {Mode::kFp16, Mode::kReconstruct, Mode::kExact}) {  // exact last: compared below
+  // A fourth pass without the prefill fusions (cuda::prefill_fusion: grouped input transforms,
+  // the MLP bridge) must give the fp16 pass's logits bit for bit.
+  std::vector<float> logits, fused_logits;
+  enum class Mode { kFp16, kUnfused, kExact, kReconstruct };
+  for (const Mode mode : {Mode::kFp16, Mode::kUnfused, Mode::kReconstruct, Mode::kExact}) {  // exact last
     const bool exact = mode == Mode::kExact;
     cuda::set_exact_prefill(exact);
     cuda::set_fused_reconstruct_rows(mode == Mode::kReconstruct ? 64 : 0);
+    cuda::set_prefill_fusion(mode != Mode::kUnfused);
     model->forward(ids, 0, /*all_logits=*/true, logits);
+    if (mode == Mode::kFp16) fused_logits = logits;
+    if (mode == Mode::kUnfused)
+      EXPECT_EQ(std::memcmp(logits.data(), fused_logits.data(), logits.size() * 4), 0)
+          << "prefill fusions changed the logits";
     int64_t same = 0;
     for (int64_t t = 0; t < n; ++t) {
       const float* a = logits.data() + t * vocab;
@@ -102,13 +109,17 @@ TEST_P(CudaModel, LogitsGreedyAndGraphs) {
     const double rel = rel_rms(logits.data(), ref.data(), ref.size());
     const double top1 = static_cast<double>(same) / static_cast<double>(n);
     const double rel_cpu = rel_rms(logits.data(), cpu_logits.data(), cpu_logits.size());
-    const char* name = exact ? "hi + lo" : mode == Mode::kFp16 ? "fp16" : "fp16, reconstructed W";
+    const char* name = exact                    ? "hi + lo"
+                       : mode == Mode::kFp16     ? "fp16"
+                       : mode == Mode::kUnfused  ? "fp16, unfused"
+                                                 : "fp16, reconstructed W";
     std::printf("cuda %s (%s prefill): rel_rms %.5f top1 %.4f, vs CPU rel_rms %.2e\n", c.model, name, rel, top1,
                 rel_cpu);
     EXPECT_LE(rel, 1e-2);
     EXPECT_GE(top1, 0.99);
-    EXPECT_LE(rel_cpu, exact ? c.cpu_tolerance : mode == Mode::kFp16 ? 5e-4 : 7.1e-4) << name << " prefill";
+    EXPECT_LE(rel_cpu, exact ? c.cpu_tolerance : mode == Mode::kReconstruct ? 7.1e-4 : 5e-4) << name << " prefill";
   }
+  cuda::set_prefill_fusion(true);
   cuda::set_exact_prefill(false);
   cuda::set_fused_reconstruct_rows(cuda::kFusedReconstructRows);
 

@@ -28,6 +28,15 @@ void Backend::linears(std::span<const LinearWeights* const> ws, const DeviceTens
   for (size_t i = 0; i < ws.size(); ++i) linear(*ws[i], x, *ys[i]);
 }
 
+void Backend::mlp(const LinearWeights& gate, const LinearWeights& up, const LinearWeights& down, const DeviceTensor& x,
+                  DeviceTensor& g, DeviceTensor& u, DeviceTensor& y) {
+  const LinearWeights* w[2] = {&gate, &up};
+  DeviceTensor* gu[2] = {&g, &u};
+  linears(w, x, gu);
+  silu_mul(g, u, g);
+  linear(down, g, y);
+}
+
 void Backend::embedding_host(const TensorView&, std::span<const int32_t>, DeviceTensor&) {
   fail(ErrorKind::kInternal, "the {} backend keeps no host-resident embedding tables", info().backend);
 }

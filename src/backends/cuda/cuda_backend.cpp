@@ -32,7 +32,7 @@ constexpr size_t kGraphMinLaunches = 4;                 // smaller segments run 
 
 enum Op : uint64_t {
   kEmbedding = 1, kRmsNorm, kGemv, kGemm, kExl3, kRope, kKvStore, kAttention, kSiluMul, kAdd, kAddRmsNorm, kGram, kExl3Group, kEmbeddingHost,
-  kRopeQk, kRopeQkStore, kExl3Silu
+  kRopeQk, kRopeQkStore, kExl3Silu, kExl3Mlp
 };
 
 uint64_t addr(const void* p) { return reinterpret_cast<uint64_t>(p); }
@@ -461,7 +461,7 @@ void CudaBackend::linears(std::span<const LinearWeights* const> ws, const Device
   const int64_t m = x.rows();
   std::vector<const CudaExl3Linear*> impls;
   bool group = ws.size() == ys.size() && ws.size() >= 2 && ws.size() <= CudaExl3Linear::kMaxGroup && m >= 1 &&
-               (m <= kExl3GemvMaxRows || cuda::fused_reconstruct(m));
+               (m <= kExl3GemvMaxRows || cuda::fused_reconstruct(m) || cuda::prefill_fusion());
   for (size_t i = 0; group && i < ws.size(); ++i) {
     const auto* e = dynamic_cast<const Exl3Linear*>(ws[i]);
     group = e && ws[i]->in_features == x.cols() && ys[i]->cols() == ws[i]->out_features && ys[i]->rows() == m &&
@@ -487,6 +487,39 @@ void CudaBackend::linears(std::span<const LinearWeights* const> ws, const Device
   }
 #endif
   Backend::linears(ws, x, ys);
+}
+
+void CudaBackend::mlp(const LinearWeights& gate, const LinearWeights& up, const LinearWeights& down,
+                      const DeviceTensor& x, DeviceTensor& g, DeviceTensor& u, DeviceTensor& y) {
+#if TRELLIS_CUDA_HAS_EXL3
+  const auto* eg = dynamic_cast<const Exl3Linear*>(&gate);
+  const auto* eu = dynamic_cast<const Exl3Linear*>(&up);
+  const auto* ed = dynamic_cast<const Exl3Linear*>(&down);
+  const int64_t m = x.rows();
+  if (eg && eu && ed && CudaExl3Linear::mlp_fusable(*eg->impl, *eu->impl, *ed->impl, m) &&
+      x.cols() == gate.in_features && g.rows() == m && u.rows() == m && y.rows() == m &&
+      g.cols() == gate.out_features && u.cols() == up.out_features && y.cols() == down.out_features &&
+      gate.out_features == down.in_features) {
+    const CudaExl3Linear* ig = eg->impl.get();
+    const CudaExl3Linear* iu = eu->impl.get();
+    const CudaExl3Linear* id = ed->impl.get();
+    const float* xp = f32(x);
+    float* gp = f32(g);
+    float* up_ = f32(u);
+    float* yp = f32(y);
+    keep(x);
+    keep(g);
+    keep(u);
+    keep(y);
+    void* sc = scratch(2, std::max<size_t>(CudaExl3Linear::mlp_scratch_bytes(*ig, *iu, *id, m), 16));
+    cudaStream_t s = stream_;
+    record({kExl3Mlp, addr(ig), addr(iu), addr(id), addr(xp), addr(gp), addr(up_), addr(yp), addr(sc),
+            static_cast<uint64_t>(m)},
+           [=](const std::byte*) { CudaExl3Linear::forward_mlp(*ig, *iu, *id, xp, m, gp, up_, yp, s, sc); });
+    return;
+  }
+#endif
+  Backend::mlp(gate, up, down, x, g, u, y);
 }
 
 // ---- the other ops ----

@@ -21,7 +21,8 @@
 // CudaExl3Linear (cuda_exl3.h) when that part is built in. Peephole fusions of ops recorded back to
 // back, each bit-identical to the separate launches: add + rms_norm of the same rows (add_rms_norm),
 // rope(q) + rope(k) [+ kv_store(k, v)] (rope_qk_store), silu_mul + the EXL3 linear that reads its
-// output (silu in the linear's input transform). Kernels launch with programmatic dependent
+// output (silu in the linear's input transform); at prefill sizes the gated MLP runs as
+// CudaExl3Linear::forward_mlp. Kernels launch with programmatic dependent
 // launch on sm_90+ (cuda_launch.cuh), so a kernel's launch overlaps its predecessor's tail.
 #pragma once
 
@@ -76,9 +77,14 @@ class CudaBackend : public Backend {
   void embedding_host(const TensorView& table, std::span<const int32_t> ids, DeviceTensor& out) override;
   void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group, DeviceTensor& out) override;
   void linear(const LinearWeights& w, const DeviceTensor& x, DeviceTensor& y) override;
-  // EXL3 linears at decode sizes share their Hadamard launches (CudaExl3Linear::forward_group).
+  // EXL3 linears that read one x share their Hadamard launches (CudaExl3Linear::forward_group):
+  // at decode sizes, on the reconstructed-W path, and at prefill sizes (cuda::prefill_fusion).
   void linears(std::span<const LinearWeights* const> ws, const DeviceTensor& x,
                std::span<DeviceTensor* const> ys) override;
+  // EXL3 gated MLPs at prefill sizes: CudaExl3Linear::forward_mlp (gate/up products into g and u,
+  // one bridge pass into down's input). Otherwise the default sequence.
+  void mlp(const LinearWeights& gate, const LinearWeights& up, const LinearWeights& down, const DeviceTensor& x,
+           DeviceTensor& g, DeviceTensor& u, DeviceTensor& y) override;
   void rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_t> positions, const RopeParams& rope) override;
   void kv_store(const DeviceTensor& k, const DeviceTensor& v, std::span<const int32_t> positions,
                 DeviceTensor& k_cache, DeviceTensor& v_cache) override;

@@ -160,22 +160,28 @@ CudaExl3Linear::ScratchLayout CudaExl3Linear::layout(int64_t m) const {
   s.act = align_up(static_cast<size_t>(m * k_) * 2 * parts);  // fp16 (hi, lo) per element
   // The reconstructed-W GEMM writes y directly: no partial products.
   s.part = !gemv && fused_reconstruct(m) ? 0 : align_up(static_cast<size_t>(m * n_) * 4 * (gemv ? gemv_splits_ : parts));
-  s.what = gemv ? 0 : align_up(static_cast<size_t>(k_ * gemm_slice_cols()) * 2);
+  s.what = gemv ? 0 : what_bytes();
   s.total = s.act + s.part + s.what;
   return s;
 }
 
 size_t CudaExl3Linear::scratch_bytes(int64_t m) const { return m <= 0 ? 0 : layout(m).total; }
 
+size_t CudaExl3Linear::what_bytes() const { return align_up(static_cast<size_t>(k_ * gemm_slice_cols()) * 2); }
+
 void CudaExl3Linear::product(int64_t m, cudaStream_t stream, std::byte* scratch, const ScratchLayout& s) const {
   const auto* xa = reinterpret_cast<const uint16_t*>(scratch);
   auto* part = reinterpret_cast<float*>(scratch + s.act);
-  const int cb = static_cast<int>(codebook_);
   if (m <= kExl3GemvMaxRows) {
-    exl3k::gemv(K_, cb, trellis_, xa, m, k_, n_, gemv_splits_, part, stream);
+    exl3k::gemv(K_, static_cast<int>(codebook_), trellis_, xa, m, k_, n_, gemv_splits_, part, stream);
     return;
   }
-  auto* what = reinterpret_cast<uint16_t*>(scratch + s.act + s.part);
+  gemm_product(m, xa, part, reinterpret_cast<uint16_t*>(scratch + s.act + s.part), stream);
+}
+
+void CudaExl3Linear::gemm_product(int64_t m, const uint16_t* xa, float* part, uint16_t* what,
+                                  cudaStream_t stream) const {
+  const int cb = static_cast<int>(codebook_);
   cublasHandle_t h = cublas_for(device_);
   check(cublasSetStream(h, stream), "cublasSetStream (EXL3)");
   const float one = 1.0f, zero = 0.0f;
@@ -243,10 +249,59 @@ void CudaExl3Linear::forward(const float* x, int64_t m, float* y, cudaStream_t s
 static_assert(CudaExl3Linear::kMaxGroup == exl3k::kMaxGroup);
 
 size_t CudaExl3Linear::group_scratch_bytes(std::span<const CudaExl3Linear* const> ls, int64_t m) {
-  size_t total = 0;
-  for (const CudaExl3Linear* l : ls)  // GEMV: side by side; reconstructed W: one region, reused
-    total = m <= kExl3GemvMaxRows ? total + l->scratch_bytes(m) : std::max(total, l->scratch_bytes(m));
-  return total;
+  size_t total = 0, what = 0;
+  const bool gemm = m > kExl3GemvMaxRows && !fused_reconstruct(m);
+  for (const CudaExl3Linear* l : ls) {
+    if (m <= kExl3GemvMaxRows) {  // side by side
+      total += l->scratch_bytes(m);
+    } else if (gemm) {  // activations and products side by side, one Ŵ slice region
+      const ScratchLayout s = l->layout(m);
+      total += s.act + s.part;
+      what = std::max(what, s.what);
+    } else {  // reconstructed W: one region, reused
+      total = std::max(total, l->scratch_bytes(m));
+    }
+  }
+  return total + what;
+}
+
+bool CudaExl3Linear::mlp_fusable(const CudaExl3Linear& g, const CudaExl3Linear& u, const CudaExl3Linear& d, int64_t m) {
+  return m > kExl3GemvMaxRows && m <= kMaxGridRows && !fused_reconstruct(m) && prefill_fusion() &&
+         gemm_act_parts(m) == 1 && g.k_ == u.k_ && g.in_features_ == u.in_features_ && g.n_ == u.n_ &&
+         g.out_features_ == g.n_ && u.out_features_ == u.n_ && d.k_ == g.n_ && d.in_features_ == g.out_features_ &&
+         g.device_ == u.device_ && g.device_ == d.device_;
+}
+
+size_t CudaExl3Linear::mlp_scratch_bytes(const CudaExl3Linear& g, const CudaExl3Linear& u, const CudaExl3Linear& d,
+                                         int64_t m) {
+  // [xa_gate | xa_up], later [xa_down | z_down] over the same bytes; then one Ŵ slice region.
+  const size_t in = 2 * align_up(static_cast<size_t>(m * g.k_) * 2);
+  const size_t down = align_up(static_cast<size_t>(m * d.k_) * 2) + align_up(static_cast<size_t>(m * d.n_) * 4);
+  return std::max(in, down) + std::max({g.what_bytes(), u.what_bytes(), d.what_bytes()});
+}
+
+void CudaExl3Linear::forward_mlp(const CudaExl3Linear& g, const CudaExl3Linear& u, const CudaExl3Linear& d,
+                                 const float* x, int64_t m, float* zg, float* zu, float* y, cudaStream_t stream,
+                                 void* scratch) {
+  if (!mlp_fusable(g, u, d, m))
+    throw Error(ErrorKind::kInternal, "EXL3 MLP: m = " + std::to_string(m) + " or the shapes are not on the fused path");
+  if (!x || !zg || !zu || !y || !scratch) throw Error(ErrorKind::kInternal, "EXL3 MLP: null input, output or scratch");
+  auto* sc = static_cast<std::byte*>(scratch);
+  const size_t in_half = align_up(static_cast<size_t>(m * g.k_) * 2);
+  const size_t region = std::max(2 * in_half, align_up(static_cast<size_t>(m * d.k_) * 2) +
+                                                  align_up(static_cast<size_t>(m * d.n_) * 4));
+  auto* what = reinterpret_cast<uint16_t*>(sc + region);
+  const float* suh[2] = {g.suh_, u.suh_};
+  uint16_t* xa[2] = {reinterpret_cast<uint16_t*>(sc), reinterpret_cast<uint16_t*>(sc + in_half)};
+  constexpr auto kRows = exl3k::ActLayout::kGemmRowsHalf;  // gemm_act_parts(m) == 1
+  exl3k::hadamard_in_group(x, m, g.in_features_, g.k_, suh, xa, kRows, stream);
+  g.gemm_product(m, xa[0], zg, what, stream);
+  u.gemm_product(m, xa[1], zu, what, stream);
+  auto* xd = reinterpret_cast<uint16_t*>(sc);
+  auto* zd = reinterpret_cast<float*>(sc + align_up(static_cast<size_t>(m * d.k_) * 2));
+  exl3k::mlp_bridge(zg, zu, m, g.n_, g.out_features_, g.svh_, g.bias_, u.svh_, u.bias_, d.suh_, xd, kRows, stream);
+  d.gemm_product(m, xd, zd, what, stream);
+  exl3k::hadamard_out(zd, 1, m * d.n_, m, d.n_, d.out_features_, d.svh_, d.bias_, y, stream);
 }
 
 void CudaExl3Linear::forward_group(std::span<const CudaExl3Linear* const> ls, const float* x, int64_t m,
@@ -254,9 +309,38 @@ void CudaExl3Linear::forward_group(std::span<const CudaExl3Linear* const> ls, co
   auto bad_group = [](const std::string& why) { throw Error(ErrorKind::kInternal, "EXL3 linear group: " + why); };
   if (ls.empty() || ls.size() > exl3k::kMaxGroup || ys.size() != ls.size())
     bad_group(std::to_string(ls.size()) + " linears, " + std::to_string(ys.size()) + " outputs");
-  if (m < 1 || m > kMaxGridRows || (m > kExl3GemvMaxRows && !fused_reconstruct(m)))
-    bad_group("m = " + std::to_string(m) + " (neither the GEMV nor the reconstructed-W path)");
+  if (m < 1 || m > kMaxGridRows || (m > kExl3GemvMaxRows && !fused_reconstruct(m) && !prefill_fusion()))
+    bad_group("m = " + std::to_string(m) + " (neither the GEMV, the reconstructed-W nor the grouped GEMM path)");
   if (!x || !scratch) bad_group("null input or scratch");
+  if (m > kExl3GemvMaxRows && !fused_reconstruct(m)) {  // one input transform, GEMMs, one output launch
+    const int parts = gemm_act_parts(m);
+    std::array<const float*, exl3k::kMaxGroup> suh{};
+    std::array<uint16_t*, exl3k::kMaxGroup> xa{};
+    std::array<float*, exl3k::kMaxGroup> z{};
+    std::array<exl3k::OutGroup::Item, exl3k::kMaxGroup> items{};
+    auto* sc = static_cast<std::byte*>(scratch);
+    size_t at = 0;
+    for (size_t i = 0; i < ls.size(); ++i) {
+      const CudaExl3Linear& l = *ls[i];
+      if (l.k_ != ls[0]->k_ || l.in_features_ != ls[0]->in_features_) bad_group("inputs of different widths");
+      if (!ys[i]) bad_group("null output");
+      const ScratchLayout s = l.layout(m);
+      suh[i] = l.suh_;
+      xa[i] = reinterpret_cast<uint16_t*>(sc + at);
+      z[i] = reinterpret_cast<float*>(sc + at + s.act);
+      items[i] = {z[i], m * l.n_, parts, static_cast<int>(l.n_), static_cast<int>(l.out_features_), l.svh_, l.bias_,
+                  ys[i]};
+      at += s.act + s.part;
+    }
+    const size_t count = ls.size();
+    exl3k::hadamard_in_group(x, m, ls[0]->in_features_, ls[0]->k_, std::span(suh.data(), count),
+                             std::span(xa.data(), count),
+                             parts == 2 ? exl3k::ActLayout::kGemmRows : exl3k::ActLayout::kGemmRowsHalf, stream);
+    for (size_t i = 0; i < count; ++i)
+      ls[i]->gemm_product(m, xa[i], z[i], reinterpret_cast<uint16_t*>(sc + at), stream);
+    exl3k::hadamard_out_group(std::span(items.data(), count), m, stream);
+    return;
+  }
   if (m > kExl3GemvMaxRows) {  // fp16(x) once for the group, then each linear's W and GEMM in turn
     for (size_t i = 0; i < ls.size(); ++i) {
       if (ls[i]->k_ != ls[0]->k_ || ls[i]->in_features_ != ls[0]->in_features_) bad_group("inputs of different widths");

@@ -17,6 +17,9 @@
 //   m <= 8:  z_s = xa · Ŵ over k-range s, s < splits         [part]  exl3_gemv_k<K>_<cb>
 //   m > 8:   Ŵ slice -> fp16 [what]; cublasGemmEx            [part]  exl3_decode_k<K>_<cb>
 //   y = H(Σ z)·r ⊙ svh + bias, padded columns dropped                exl3_hadamard_out
+// Prefill groups (cuda::prefill_fusion): q/k/v and gate/up share one exl3_hadamard_in launch that
+// reads x once; the gated MLP (forward_mlp) replaces gate/up's output transforms, silu_mul and
+// down's input transform with one exl3_mlp_bridge pass.
 // When cuda::fused_reconstruct(m) (opt-in, TRELLIS_CUDA_FUSED_RECONSTRUCT; never with exact prefill):
 //   xa = fp16(x)                                             [act]   exl3_hadamard_in (plain)
 //   W slice = diag(suh)·H·Ŵ·H/128·diag(svh) as fp16          [what]  exl3_reconstruct_k<K>_<cb>
@@ -76,6 +79,19 @@ class CudaExl3Linear {
   static void forward_group(std::span<const CudaExl3Linear* const> ls, const float* x, int64_t m,
                             std::span<float* const> ys, cudaStream_t stream, void* scratch);
   static size_t group_scratch_bytes(std::span<const CudaExl3Linear* const> ls, int64_t m);
+  // The gated MLP y = (silu(x·gateᵀ + b_g) ⊙ (x·upᵀ + b_u))·downᵀ + b_d at prefill sizes, where
+  // mlp_fusable(): one input transform for gate and up (x read once), their products straight into
+  // zg and zu ([m, n] fp32 each, e.g. the caller's gate/up activation buffers, overwritten), one
+  // pass that turns both into down's transformed input (exl3k::mlp_bridge), down's product and
+  // output transform. Equal bit for bit to forward(gate), forward(up), cuda::silu_mul and
+  // forward(down). `scratch`: mlp_scratch_bytes() bytes, 256-byte aligned. Not fusable:
+  // trellis::Error kInternal.
+  static bool mlp_fusable(const CudaExl3Linear& gate, const CudaExl3Linear& up, const CudaExl3Linear& down, int64_t m);
+  static size_t mlp_scratch_bytes(const CudaExl3Linear& gate, const CudaExl3Linear& up, const CudaExl3Linear& down,
+                                  int64_t m);
+  static void forward_mlp(const CudaExl3Linear& gate, const CudaExl3Linear& up, const CudaExl3Linear& down,
+                          const float* x, int64_t m, float* zg, float* zu, float* y, cudaStream_t stream,
+                          void* scratch);
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }
   // Device memory held by this layer (trellis + channel vectors + bias).
@@ -111,6 +127,10 @@ class CudaExl3Linear {
   ScratchLayout layout(int64_t m) const;
   int64_t gemm_slice_cols() const;
   void product(int64_t m, cudaStream_t stream, std::byte* scratch, const ScratchLayout& s) const;
+  // The GEMM product (m > kExl3GemvMaxRows): Ŵ slices decoded into `what` (what_bytes(), shared
+  // between calls on one stream), z [parts·m... as product()] = xa · Ŵ.
+  void gemm_product(int64_t m, const uint16_t* xa, float* z, uint16_t* what, cudaStream_t stream) const;
+  size_t what_bytes() const;
   void reconstructed_product(int64_t m, float* y, cudaStream_t stream, std::byte* scratch, const ScratchLayout& s) const;
 
   int device_ = 0;

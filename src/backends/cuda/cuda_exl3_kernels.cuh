@@ -69,6 +69,14 @@ void hadamard_out(const float* z, int parts, int64_t part_stride, int64_t m, int
 // The same for up to kMaxGroup linears in one launch (item i: its own z, parts, n, svh, bias, y).
 void hadamard_out_group(std::span<const OutGroup::Item> items, int64_t m, cudaStream_t stream);
 
+// The gated MLP between its products: xa (down's input, layout kGemmRows or kGemmRowsHalf, k = n)
+// = the input transform (suh_d) of silu(g)·u, where g and u are hadamard_out of zg and zu (one
+// part each, [m, n]) with svh_g, bias_g and svh_u, bias_u; columns >= out_features are zero.
+// Bit-identical to hadamard_out of each, then hadamard_in with the fused silu.
+void mlp_bridge(const float* zg, const float* zu, int64_t m, int64_t n, int64_t out_features, const float* svh_g,
+                const float* bias_g, const float* svh_u, const float* bias_u, const float* suh_d, uint16_t* xa,
+                ActLayout layout, cudaStream_t stream);
+
 // One linear of a grouped GEMV launch (blocks is filled in by gemv_group).
 struct GemvItem {
   const uint32_t* trellis;

@@ -43,13 +43,49 @@ __device__ __forceinline__ void fwht128(float v[4], int lane) {
 
 // __grid_constant__: the group is indexed by blockIdx.z straight from the parameter bank (without
 // it, nvcc copies the struct to local memory in every thread).
+// xa ← the input transform of the lane's 4 elements xv (e0 .. e0+3 of row `row`), in the layout
+// `gemm_rows` names (hadamard_in_kernel's parameter); suh has k entries (unused when plain).
+__device__ __forceinline__ void transform_store(const float xv[4], const float* __restrict__ suh,
+                                                uint16_t* __restrict__ xa, int m, int k, int row, int e0, int lane,
+                                                int gemm_rows) {
+  const bool plain = gemm_rows == 3;  // uniform over the launch
+  float v[4] = {xv[0], xv[1], xv[2], xv[3]};
+  if (!plain) {
+    const float4 sv = *reinterpret_cast<const float4*>(suh + e0);
+    v[0] *= sv.x, v[1] *= sv.y, v[2] *= sv.z, v[3] *= sv.w;
+    fwht128(v, lane);
+  }
+  uint16_t hi[4], lo[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const float f = plain ? v[q] : v[q] * kScale;
+    const __half h = __float2half_rn(f);
+    hi[q] = __half_as_ushort(h);
+    lo[q] = __half_as_ushort(__float2half_rn(f - __half2float(h)));
+  }
+  if (gemm_rows) {  // 4 consecutive halves: one 8-byte store per part (k is a multiple of 128)
+    auto pack = [](const uint16_t* h) {
+      return make_uint2(h[0] | (uint32_t{h[1]} << 16), h[2] | (uint32_t{h[3]} << 16));
+    };
+    *reinterpret_cast<uint2*>(xa + static_cast<int64_t>(row) * k + e0) = pack(hi);
+    if (gemm_rows == 1) *reinterpret_cast<uint2*>(xa + static_cast<int64_t>(m + row) * k + e0) = pack(lo);
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int e = e0 + q, tk = e >> 4, kr = e & 15;
+      const int64_t at = ((static_cast<int64_t>(tk) * m + row) * 4 + ((kr & 7) >> 1)) * 8 + ((kr & 8) ? 4 : 0) + (kr & 1);
+      xa[at] = hi[q];
+      xa[at + 2] = lo[q];
+    }
+  }
+}
+
+// Linears z = blockIdx.z, blockIdx.z + gridDim.z, ... < count: in decode one per blockIdx.z (more
+// warps for a tiny m), in prefill all of them in each warp, so x is read from memory once.
 __global__ void hadamard_in_kernel(const float* x,  // may alias group.silu_out
-                                    int m, int in_features, int k,
-                                   const __grid_constant__ InGroup group,
+                                   int m, int in_features, int k, const __grid_constant__ InGroup group, int count,
                                    int gemm_rows /* 0 fragments, 1 hi + lo rows, 2 hi rows, 3 plain hi rows */) {
   pdl_begin();
-  const float* __restrict__ suh = group.suh[blockIdx.z];
-  uint16_t* __restrict__ xa = group.xa[blockIdx.z];
   const int lane = threadIdx.x & 31;
   const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   const int row = blockIdx.y;
@@ -83,36 +119,8 @@ __global__ void hadamard_in_kernel(const float* x,  // may alias group.silu_out
       }
     }
   }
-  const bool plain = gemm_rows == 3;  // uniform over the launch
-  float v[4] = {xv[0], xv[1], xv[2], xv[3]};
-  if (!plain) {
-    const float4 sv = *reinterpret_cast<const float4*>(suh + e0);  // suh has k entries
-    v[0] *= sv.x, v[1] *= sv.y, v[2] *= sv.z, v[3] *= sv.w;
-    fwht128(v, lane);
-  }
-  uint16_t hi[4], lo[4];
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    const float f = plain ? v[q] : v[q] * kScale;
-    const __half h = __float2half_rn(f);
-    hi[q] = __half_as_ushort(h);
-    lo[q] = __half_as_ushort(__float2half_rn(f - __half2float(h)));
-  }
-  if (gemm_rows) {  // 4 consecutive halves: one 8-byte store per part (k is a multiple of 128)
-    auto pack = [](const uint16_t* h) {
-      return make_uint2(h[0] | (uint32_t{h[1]} << 16), h[2] | (uint32_t{h[3]} << 16));
-    };
-    *reinterpret_cast<uint2*>(xa + static_cast<int64_t>(row) * k + e0) = pack(hi);
-    if (gemm_rows == 1) *reinterpret_cast<uint2*>(xa + static_cast<int64_t>(m + row) * k + e0) = pack(lo);
-  } else {
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int e = e0 + q, tk = e >> 4, kr = e & 15;
-      const int64_t at = ((static_cast<int64_t>(tk) * m + row) * 4 + ((kr & 7) >> 1)) * 8 + ((kr & 8) ? 4 : 0) + (kr & 1);
-      xa[at] = hi[q];
-      xa[at + 2] = lo[q];
-    }
-  }
+  for (int z = blockIdx.z; z < count; z += gridDim.z)
+    transform_store(xv, group.suh[z], group.xa[z], m, k, row, e0, lane, gemm_rows);
 }
 
 __global__ void hadamard_out_kernel(const __grid_constant__ OutGroup group) {
@@ -156,16 +164,54 @@ __global__ void hadamard_out_kernel(const __grid_constant__ OutGroup group) {
   }
 }
 
+// The gated MLP between its products (cuda_exl3.h, CudaExl3Linear::forward_mlp): per 128-block
+// of a row, the output transforms of gate and up exactly as hadamard_out_kernel computes them,
+// silu(gate)·up exactly as the fused input of hadamard_in_kernel, then down's input transform
+// into its GEMM rows (`gemm_rows` 1 or 2). Columns at or past out_features (padding) enter down
+// as zeros, as hadamard_in zero-extends. One pass over z_gate, z_up instead of writing gate and
+// up, reading them back and writing their product.
+__global__ void mlp_bridge_kernel(const float* __restrict__ zg, const float* __restrict__ zu, int m, int n,
+                                  int out_features, const float* __restrict__ svh_g, const float* __restrict__ bias_g,
+                                  const float* __restrict__ svh_u, const float* __restrict__ bias_u,
+                                  const float* __restrict__ suh_d, uint16_t* __restrict__ xa, int gemm_rows) {
+  pdl_begin();
+  const int lane = threadIdx.x & 31;
+  const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int row = blockIdx.y;
+  if (block * 128 >= n) return;
+  const int e0 = block * 128 + 4 * lane;
+  const int64_t at = static_cast<int64_t>(row) * n + e0;
+  auto out_transform = [&](const float* z, const float* svh, const float* bias, float r[4]) {
+    const float4 t = *reinterpret_cast<const float4*>(z + at);
+    float v[4] = {0.0f + t.x, 0.0f + t.y, 0.0f + t.z, 0.0f + t.w};  // hadamard_out's sum over one part
+    fwht128(v, lane);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int e = e0 + q;
+      r[q] = v[q] * kScale * svh[e];
+      if (bias && e < out_features) r[q] += bias[e];
+    }
+  };
+  float g[4], u[4], xv[4];
+  out_transform(zg, svh_g, bias_g, g);
+  out_transform(zu, svh_u, bias_u, u);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) xv[q] = e0 + q < out_features ? g[q] / (1.0f + expf(-g[q])) * u[q] : 0.0f;
+  transform_store(xv, suh_d, xa, m, n, row, e0, lane, gemm_rows);
+}
+
 void launch_in(const float* x, int64_t m, int64_t in_features, int64_t k, const InGroup& g, size_t count,
                ActLayout layout, cudaStream_t stream) {
+  // GEMV activations are tiny: one linear per blockIdx.z for more warps. GEMM activations are
+  // memory-bound passes: each warp transforms its x slice for every linear of the group.
   const dim3 grid(static_cast<unsigned>((k / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(m),
-                  static_cast<unsigned>(count));
+                  layout == ActLayout::kGemvFragments ? static_cast<unsigned>(count) : 1u);
   const int mode = layout == ActLayout::kGemmRows       ? 1
                    : layout == ActLayout::kGemmRowsHalf ? 2
                    : layout == ActLayout::kPlainHalf    ? 3
                                                         : 0;
   launch("exl3_hadamard_in", hadamard_in_kernel, grid, dim3(kWarpsPerBlock * 32), 0, stream, x, static_cast<int>(m),
-         static_cast<int>(in_features), static_cast<int>(k), g, mode);
+         static_cast<int>(in_features), static_cast<int>(k), g, static_cast<int>(count), mode);
 }
 
 }  // namespace
@@ -190,6 +236,17 @@ void hadamard_in_group(const float* x, int64_t m, int64_t in_features, int64_t k
     g.xa[i] = xa[i];
   }
   launch_in(x, m, in_features, k, g, suh.size(), layout, stream);
+}
+
+void mlp_bridge(const float* zg, const float* zu, int64_t m, int64_t n, int64_t out_features, const float* svh_g,
+                const float* bias_g, const float* svh_u, const float* bias_u, const float* suh_d, uint16_t* xa,
+                ActLayout layout, cudaStream_t stream) {
+  if (layout != ActLayout::kGemmRows && layout != ActLayout::kGemmRowsHalf)
+    throw Error(ErrorKind::kInternal, "exl3_mlp_bridge: the down input must be in a GEMM row layout");
+  const dim3 grid(static_cast<unsigned>((n / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(m));
+  launch("exl3_mlp_bridge", mlp_bridge_kernel, grid, dim3(kWarpsPerBlock * 32), 0, stream, zg, zu, static_cast<int>(m),
+         static_cast<int>(n), static_cast<int>(out_features), svh_g, bias_g, svh_u, bias_u, suh_d, xa,
+         layout == ActLayout::kGemmRows ? 1 : 2);
 }
 
 void hadamard_out(const float* z, int parts, int64_t part_stride, int64_t m, int64_t n, int64_t out_features,

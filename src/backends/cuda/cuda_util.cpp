@@ -11,7 +11,22 @@ namespace trellis::cuda {
 namespace {
 std::atomic<int> g_exact_prefill{-1};  // -1: not read yet; then 0 or 1
 std::atomic<int64_t> g_reconstruct_rows{-1};  // -1: not read yet; then the threshold (0: off)
+std::atomic<int> g_prefill_fusion{-1};         // -1: not read yet; then 0 or 1
 }  // namespace
+
+void set_prefill_fusion(bool on) { g_prefill_fusion.store(on ? 1 : 0); }
+
+bool prefill_fusion() {
+  int on = g_prefill_fusion.load(std::memory_order_relaxed);
+  if (on < 0) {
+    const char* e = std::getenv("TRELLIS_CUDA_PREFILL_FUSION");
+    on = e && std::string_view(e) == "0" ? 0 : 1;
+    int expected = -1;
+    g_prefill_fusion.compare_exchange_strong(expected, on);
+    on = g_prefill_fusion.load();
+  }
+  return on != 0;
+}
 
 void set_fused_reconstruct_rows(int64_t rows) { g_reconstruct_rows.store(rows < 0 ? 0 : rows); }
 

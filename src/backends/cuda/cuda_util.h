@@ -59,6 +59,14 @@ bool fused_reconstruct(int64_t m);
 // Test hook: the threshold in rows (0: off), overriding the default and the environment.
 void set_fused_reconstruct_rows(int64_t rows);
 
+// Whether the EXL3 prefill path (GEMM on Ŵ between the activation transforms) shares work across
+// linears: one input transform for q/k/v and gate/up (x read once), one output-transform launch
+// per group, and the gated MLP's bridge (CudaExl3Linear::forward_mlp: gate/up output transforms,
+// silu·up and down's input transform in one pass). On unless TRELLIS_CUDA_PREFILL_FUSION=0.
+bool prefill_fusion();
+// Test hook: overrides the environment for launches recorded after the call.
+void set_prefill_fusion(bool on);
+
 // Whether launch() (cuda_launch.cuh) gives kernels on the current device the programmatic
 // dependent launch attribute: compute capability >= 9.0 and TRELLIS_CUDA_PDL not "0".
 bool pdl_enabled();
