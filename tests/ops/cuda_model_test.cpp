@@ -97,9 +97,10 @@ TEST_P(CudaModel, LogitsGreedyAndGraphs) {
     cuda::set_prefill_fusion(mode != Mode::kUnfused);
     model->forward(ids, 0, /*all_logits=*/true, logits);
     if (mode == Mode::kFp16) fused_logits = logits;
-    if (mode == Mode::kUnfused)
+    if (mode == Mode::kUnfused) {
       EXPECT_EQ(std::memcmp(logits.data(), fused_logits.data(), logits.size() * 4), 0)
           << "prefill fusions changed the logits";
+    }
     int64_t same = 0;
     for (int64_t t = 0; t < n; ++t) {
       const float* a = logits.data() + t * vocab;
