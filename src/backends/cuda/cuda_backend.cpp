@@ -57,6 +57,15 @@ float* f32(const DeviceTensor& t) {
   return reinterpret_cast<float*>(ptr(t));
 }
 
+#if TRELLIS_CUDA_HAS_EXL3
+// The run-time choices of an EXL3 launch with m rows (activation parts, reconstructed W, grouped
+// prefill), for the record key: a graph replays the kernels it captured, so a key must change
+// when they would.
+uint64_t exl3_path(int64_t m) {
+  return static_cast<uint64_t>(gemm_act_parts(m)) | (fused_reconstruct(m) ? 4u : 0u) | (prefill_fusion() ? 8u : 0u);
+}
+#endif
+
 class DenseLinear : public LinearWeights {
  public:
   std::shared_ptr<CudaBuffer> weight;  // (out, in) fp16
@@ -411,8 +420,9 @@ void CudaBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceT
     }
     auto* xs = reinterpret_cast<uint16_t*>(scratch(0, static_cast<size_t>(2 * m * in) * 2));
     cublasHandle_t h = cublas_;
+    // The key holds every choice the launch makes at run time: a graph replays what it captured.
     record({kGemm, addr(w), addr(xp), addr(yp), addr(bias), addr(xs), static_cast<uint64_t>(m),
-            static_cast<uint64_t>(in), static_cast<uint64_t>(out)},
+            static_cast<uint64_t>(in), static_cast<uint64_t>(out), static_cast<uint64_t>(gemm_act_parts(m))},
            [=](const std::byte*) {
              split_f16(xp, m, in, xs, s);
              if (bias) fill_rows(yp, bias, m, out, s);
@@ -435,6 +445,7 @@ void CudaBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceT
     CudaExl3Linear* impl = e->impl.get();
     void* sc = scratch(2, std::max<size_t>(impl->scratch_bytes(m), 16));
     cudaStream_t s = stream_;
+    const uint64_t path = exl3_path(m);
     if (last_silu_ && last_silu_->o == xp && last_silu_->n == m * in && yp != last_silu_->g && yp != last_silu_->u &&
         yp != xp) {
       const LastSilu ls = *last_silu_;
@@ -443,11 +454,11 @@ void CudaBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceT
       const float* g = ls.g;
       const float* u = ls.u;
       float* o = ls.o;
-      record({kExl3Silu, addr(impl), addr(g), addr(u), addr(o), addr(yp), addr(sc), static_cast<uint64_t>(m)},
+      record({kExl3Silu, addr(impl), addr(g), addr(u), addr(o), addr(yp), addr(sc), static_cast<uint64_t>(m), path},
              [=](const std::byte*) { impl->forward(g, m, yp, s, sc, u, o); });
       return;
     }
-    record({kExl3, addr(impl), addr(xp), addr(yp), addr(sc), static_cast<uint64_t>(m)},
+    record({kExl3, addr(impl), addr(xp), addr(yp), addr(sc), static_cast<uint64_t>(m), path},
            [=](const std::byte*) { impl->forward(xp, m, yp, s, sc); });
     return;
   }
@@ -471,7 +482,7 @@ void CudaBackend::linears(std::span<const LinearWeights* const> ws, const Device
   if (group) {
     const float* xp = f32(x);
     std::vector<float*> yps;
-    std::vector<uint64_t> key = {kExl3Group, addr(xp), static_cast<uint64_t>(m)};
+    std::vector<uint64_t> key = {kExl3Group, addr(xp), static_cast<uint64_t>(m), exl3_path(m)};
     keep(x);
     for (size_t i = 0; i < ws.size(); ++i) {
       yps.push_back(f32(*ys[i]));

@@ -80,50 +80,87 @@ __device__ __forceinline__ void transform_store(const float xv[4], const float* 
   }
 }
 
+// Rows per warp at prefill sizes: a warp issues the 16-byte loads of all its rows before the
+// first butterfly. With one row per warp these kernels were latency-bound at ~2 TB/s on the H200
+// (ncu, docs/BENCHMARKS.md session 9): too few bytes in flight per SM. Decode sizes keep one row
+// per warp (more warps for a tiny m). Results do not depend on it: every element sees the same
+// operations in the same order.
+constexpr int kRowsPerWarp = 4;
+constexpr int64_t kMultiRowMinRows = 64;
+int rows_per_warp(int64_t m) { return m >= kMultiRowMinRows ? kRowsPerWarp : 1; }
+
+__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+
 // Linears z = blockIdx.z, blockIdx.z + gridDim.z, ... < count: in decode one per blockIdx.z (more
-// warps for a tiny m), in prefill all of them in each warp, so x is read from memory once.
+// warps for a tiny m), in prefill all of them in each warp, so x is read from memory once. Rows
+// blockIdx.y·ROWS .. +ROWS-1.
+template <int ROWS>
 __global__ void hadamard_in_kernel(const float* x,  // may alias group.silu_out
                                    int m, int in_features, int k, const __grid_constant__ InGroup group, int count,
                                    int gemm_rows /* 0 fragments, 1 hi + lo rows, 2 hi rows, 3 plain hi rows */) {
   pdl_begin();
   const int lane = threadIdx.x & 31;
   const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  const int row = blockIdx.y;
   if (block * 128 >= k) return;  // whole warp
+  const int row0 = blockIdx.y * ROWS, rows = min(ROWS, m - row0);
   // Lane elements e0 .. e0+3: one 16-byte load (and silu store) when the row slice is aligned
-  // and inside in_features, element loads otherwise (padding, odd widths, offset views).
+  // and inside in_features, element loads otherwise (padding, odd widths, offset views). All
+  // loads come first: x may alias silu_out, so the compiler could not hoist them itself.
   const int e0 = block * 128 + 4 * lane;
-  const int64_t at0 = static_cast<int64_t>(row) * in_features + e0;
-  float xv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  const bool vec = e0 + 3 < in_features && aligned16(x + at0) && (!group.up || (aligned16(group.up + at0) &&
-                                                                                aligned16(group.silu_out + at0)));
-  if (vec) {
-    const float4 t = *reinterpret_cast<const float4*>(x + at0);
-    xv[0] = t.x, xv[1] = t.y, xv[2] = t.z, xv[3] = t.w;
-    if (group.up) {  // silu_mul's expression, operation for operation
-      const float4 u = *reinterpret_cast<const float4*>(group.up + at0);
-      const float uv[4] = {u.x, u.y, u.z, u.w};
+  float xv[ROWS][4], uv[ROWS][4];
+  bool vec[ROWS];
 #pragma unroll
-      for (int q = 0; q < 4; ++q) xv[q] = xv[q] / (1.0f + expf(-xv[q])) * uv[q];
-      if (blockIdx.z == 0) *reinterpret_cast<float4*>(group.silu_out + at0) = make_float4(xv[0], xv[1], xv[2], xv[3]);
-    }
-  } else {
+  for (int i = 0; i < ROWS; ++i) {
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      if (e0 + q < in_features) {
-        xv[q] = x[at0 + q];
-        if (group.up) {
-          xv[q] = xv[q] / (1.0f + expf(-xv[q])) * group.up[at0 + q];
-          if (blockIdx.z == 0) group.silu_out[at0 + q] = xv[q];
+    for (int q = 0; q < 4; ++q) xv[i][q] = uv[i][q] = 0.0f;
+    vec[i] = false;
+    if (i >= rows) continue;
+    const int64_t at0 = static_cast<int64_t>(row0 + i) * in_features + e0;
+    vec[i] = e0 + 3 < in_features && aligned16(x + at0) &&
+             (!group.up || (aligned16(group.up + at0) && aligned16(group.silu_out + at0)));
+    if (vec[i]) {
+      const float4 t = ld4(x + at0);
+      xv[i][0] = t.x, xv[i][1] = t.y, xv[i][2] = t.z, xv[i][3] = t.w;
+      if (group.up) {
+        const float4 u = ld4(group.up + at0);
+        uv[i][0] = u.x, uv[i][1] = u.y, uv[i][2] = u.z, uv[i][3] = u.w;
+      }
+    } else {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        if (e0 + q < in_features) {
+          xv[i][q] = x[at0 + q];
+          if (group.up) uv[i][q] = group.up[at0 + q];
         }
       }
     }
   }
+  if (group.up) {  // silu_mul's expression, operation for operation
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i) {
+      if (i >= rows) continue;
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        if (e0 + q < in_features) xv[i][q] = xv[i][q] / (1.0f + expf(-xv[i][q])) * uv[i][q];
+      if (blockIdx.z != 0) continue;
+      float* so = group.silu_out + static_cast<int64_t>(row0 + i) * in_features + e0;
+      if (vec[i]) {
+        *reinterpret_cast<float4*>(so) = make_float4(xv[i][0], xv[i][1], xv[i][2], xv[i][3]);
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          if (e0 + q < in_features) so[q] = xv[i][q];
+      }
+    }
+  }
   for (int z = blockIdx.z; z < count; z += gridDim.z)
-    transform_store(xv, group.suh[z], group.xa[z], m, k, row, e0, lane, gemm_rows);
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i)
+      if (i < rows) transform_store(xv[i], group.suh[z], group.xa[z], m, k, row0 + i, e0, lane, gemm_rows);
 }
 
-__global__ void hadamard_out_kernel(const __grid_constant__ OutGroup group) {
+template <int ROWS>
+__global__ void hadamard_out_kernel(const __grid_constant__ OutGroup group, int m) {
   pdl_begin();
   const OutGroup::Item& it = group.item[blockIdx.z];
   const float* __restrict__ z = it.z;
@@ -134,33 +171,43 @@ __global__ void hadamard_out_kernel(const __grid_constant__ OutGroup group) {
   float* __restrict__ y = it.y;
   const int lane = threadIdx.x & 31;
   const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  const int row = blockIdx.y;
   if (block * 128 >= n) return;
+  const int row0 = blockIdx.y * ROWS, rows = min(ROWS, m - row0);
   const int e0 = block * 128 + 4 * lane;
-  float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  float v[ROWS][4];
+#pragma unroll
+  for (int i = 0; i < ROWS; ++i) v[i][0] = v[i][1] = v[i][2] = v[i][3] = 0.0f;
 #pragma unroll 8
   for (int p = 0; p < parts; ++p) {
-    const float4 t = *reinterpret_cast<const float4*>(z + p * part_stride + static_cast<int64_t>(row) * n + e0);
-    v[0] += t.x;
-    v[1] += t.y;
-    v[2] += t.z;
-    v[3] += t.w;
-  }
-  fwht128(v, lane);
-  float r[4];
 #pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    const int e = e0 + q;
-    r[q] = v[q] * kScale * svh[e];  // svh has n entries
-    if (bias && e < out_features) r[q] += bias[e];
+    for (int i = 0; i < ROWS; ++i) {
+      if (i >= rows) continue;
+      const float4 t = ld4(z + p * part_stride + static_cast<int64_t>(row0 + i) * n + e0);
+      v[i][0] += t.x;
+      v[i][1] += t.y;
+      v[i][2] += t.z;
+      v[i][3] += t.w;
+    }
   }
-  float* yr = y + static_cast<int64_t>(row) * out_features + e0;
-  if (e0 + 3 < out_features && aligned16(yr)) {
-    *reinterpret_cast<float4*>(yr) = make_float4(r[0], r[1], r[2], r[3]);
-  } else {
 #pragma unroll
-    for (int q = 0; q < 4; ++q)
-      if (e0 + q < out_features) yr[q] = r[q];
+  for (int i = 0; i < ROWS; ++i) {
+    if (i >= rows) continue;
+    fwht128(v[i], lane);
+    float r[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int e = e0 + q;
+      r[q] = v[i][q] * kScale * svh[e];  // svh has n entries
+      if (bias && e < out_features) r[q] += bias[e];
+    }
+    float* yr = y + static_cast<int64_t>(row0 + i) * out_features + e0;
+    if (e0 + 3 < out_features && aligned16(yr)) {
+      *reinterpret_cast<float4*>(yr) = make_float4(r[0], r[1], r[2], r[3]);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        if (e0 + q < out_features) yr[q] = r[q];
+    }
   }
 }
 
@@ -170,6 +217,7 @@ __global__ void hadamard_out_kernel(const __grid_constant__ OutGroup group) {
 // into its GEMM rows (`gemm_rows` 1 or 2). Columns at or past out_features (padding) enter down
 // as zeros, as hadamard_in zero-extends. One pass over z_gate, z_up instead of writing gate and
 // up, reading them back and writing their product.
+template <int ROWS>
 __global__ void mlp_bridge_kernel(const float* __restrict__ zg, const float* __restrict__ zu, int m, int n,
                                   int out_features, const float* __restrict__ svh_g, const float* __restrict__ bias_g,
                                   const float* __restrict__ svh_u, const float* __restrict__ bias_u,
@@ -177,12 +225,18 @@ __global__ void mlp_bridge_kernel(const float* __restrict__ zg, const float* __r
   pdl_begin();
   const int lane = threadIdx.x & 31;
   const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  const int row = blockIdx.y;
   if (block * 128 >= n) return;
+  const int row0 = blockIdx.y * ROWS, rows = min(ROWS, m - row0);
   const int e0 = block * 128 + 4 * lane;
-  const int64_t at = static_cast<int64_t>(row) * n + e0;
-  auto out_transform = [&](const float* z, const float* svh, const float* bias, float r[4]) {
-    const float4 t = *reinterpret_cast<const float4*>(z + at);
+  float4 tg[ROWS], tu[ROWS];
+#pragma unroll
+  for (int i = 0; i < ROWS; ++i) {
+    if (i >= rows) continue;
+    const int64_t at = static_cast<int64_t>(row0 + i) * n + e0;
+    tg[i] = ld4(zg + at);
+    tu[i] = ld4(zu + at);
+  }
+  auto out_transform = [&](const float4& t, const float* svh, const float* bias, float r[4]) {
     float v[4] = {0.0f + t.x, 0.0f + t.y, 0.0f + t.z, 0.0f + t.w};  // hadamard_out's sum over one part
     fwht128(v, lane);
 #pragma unroll
@@ -192,26 +246,33 @@ __global__ void mlp_bridge_kernel(const float* __restrict__ zg, const float* __r
       if (bias && e < out_features) r[q] += bias[e];
     }
   };
-  float g[4], u[4], xv[4];
-  out_transform(zg, svh_g, bias_g, g);
-  out_transform(zu, svh_u, bias_u, u);
 #pragma unroll
-  for (int q = 0; q < 4; ++q) xv[q] = e0 + q < out_features ? g[q] / (1.0f + expf(-g[q])) * u[q] : 0.0f;
-  transform_store(xv, suh_d, xa, m, n, row, e0, lane, gemm_rows);
+  for (int i = 0; i < ROWS; ++i) {
+    if (i >= rows) continue;
+    float g[4], u[4], xv[4];
+    out_transform(tg[i], svh_g, bias_g, g);
+    out_transform(tu[i], svh_u, bias_u, u);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) xv[q] = e0 + q < out_features ? g[q] / (1.0f + expf(-g[q])) * u[q] : 0.0f;
+    transform_store(xv, suh_d, xa, m, n, row0 + i, e0, lane, gemm_rows);
+  }
 }
 
 void launch_in(const float* x, int64_t m, int64_t in_features, int64_t k, const InGroup& g, size_t count,
                ActLayout layout, cudaStream_t stream) {
   // GEMV activations are tiny: one linear per blockIdx.z for more warps. GEMM activations are
   // memory-bound passes: each warp transforms its x slice for every linear of the group.
-  const dim3 grid(static_cast<unsigned>((k / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(m),
+  const int rows = rows_per_warp(m);
+  const dim3 grid(static_cast<unsigned>((k / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock),
+                  static_cast<unsigned>((m + rows - 1) / rows),
                   layout == ActLayout::kGemvFragments ? static_cast<unsigned>(count) : 1u);
   const int mode = layout == ActLayout::kGemmRows       ? 1
                    : layout == ActLayout::kGemmRowsHalf ? 2
                    : layout == ActLayout::kPlainHalf    ? 3
                                                         : 0;
-  launch("exl3_hadamard_in", hadamard_in_kernel, grid, dim3(kWarpsPerBlock * 32), 0, stream, x, static_cast<int>(m),
-         static_cast<int>(in_features), static_cast<int>(k), g, static_cast<int>(count), mode);
+  launch("exl3_hadamard_in", rows == 1 ? hadamard_in_kernel<1> : hadamard_in_kernel<kRowsPerWarp>, grid,
+         dim3(kWarpsPerBlock * 32), 0, stream, x, static_cast<int>(m), static_cast<int>(in_features),
+         static_cast<int>(k), g, static_cast<int>(count), mode);
 }
 
 }  // namespace
@@ -243,8 +304,11 @@ void mlp_bridge(const float* zg, const float* zu, int64_t m, int64_t n, int64_t 
                 ActLayout layout, cudaStream_t stream) {
   if (layout != ActLayout::kGemmRows && layout != ActLayout::kGemmRowsHalf)
     throw Error(ErrorKind::kInternal, "exl3_mlp_bridge: the down input must be in a GEMM row layout");
-  const dim3 grid(static_cast<unsigned>((n / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(m));
-  launch("exl3_mlp_bridge", mlp_bridge_kernel, grid, dim3(kWarpsPerBlock * 32), 0, stream, zg, zu, static_cast<int>(m),
+  const int rows = rows_per_warp(m);
+  const dim3 grid(static_cast<unsigned>((n / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock),
+                  static_cast<unsigned>((m + rows - 1) / rows));
+  launch("exl3_mlp_bridge", rows == 1 ? mlp_bridge_kernel<1> : mlp_bridge_kernel<kRowsPerWarp>, grid,
+         dim3(kWarpsPerBlock * 32), 0, stream, zg, zu, static_cast<int>(m),
          static_cast<int>(n), static_cast<int>(out_features), svh_g, bias_g, svh_u, bias_u, suh_d, xa,
          layout == ActLayout::kGemmRows ? 1 : 2);
 }
@@ -264,9 +328,11 @@ void hadamard_out_group(std::span<const OutGroup::Item> items, int64_t m, cudaSt
     g.item[i] = items[i];
     max_n = std::max(max_n, items[i].n);
   }
+  const int rows = rows_per_warp(m);
   const dim3 grid(static_cast<unsigned>((max_n / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock),
-                  static_cast<unsigned>(m), static_cast<unsigned>(items.size()));
-  launch("exl3_hadamard_out", hadamard_out_kernel, grid, dim3(kWarpsPerBlock * 32), 0, stream, g);
+                  static_cast<unsigned>((m + rows - 1) / rows), static_cast<unsigned>(items.size()));
+  launch("exl3_hadamard_out", rows == 1 ? hadamard_out_kernel<1> : hadamard_out_kernel<kRowsPerWarp>, grid,
+         dim3(kWarpsPerBlock * 32), 0, stream, g, static_cast<int>(m));
 }
 
 }  // namespace trellis::cuda::exl3k
