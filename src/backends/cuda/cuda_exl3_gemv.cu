@@ -172,30 +172,41 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
   }
 }
 
-// One block per 16-row x 128-column strip of Ŵ (8 tiles, one warp each): decode into a shared
-// row-major strip, then 16-byte coalesced stores.
-template <int K, int CB>
+constexpr int kDecodeTiles = 4;  // tile rows per warp of decode_kernel; divides k/16 (k % 128 == 0)
+
+// One block per TILES x 16-row x 128-column strip of Ŵ (8 tile columns, one warp each, TILES
+// tile rows per warp): decode into a shared row-major strip, then 16-byte coalesced stores. With
+// TILES > 1 every warp has all its tiles' trellis loads in flight before the first decode (with
+// one tile per warp the kernel was latency-bound at ~2.4 TB/s on the H200, docs/BENCHMARKS.md
+// session 9).
+template <int K, int CB, int TILES>
 __global__ void __launch_bounds__(256) decode_kernel(const uint32_t* __restrict__ trellis, int n_tiles, int tn0, int cols,
                                                      uint16_t* __restrict__ what) {
   constexpr int kPitch = 128 + 8;  // halves; keeps 16-byte row alignment, staggers banks
-  __shared__ __align__(16) uint16_t strip[16 * kPitch];
+  __shared__ __align__(16) uint16_t strip[TILES * 16 * kPitch];
   pdl_begin();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int tk = blockIdx.y, tn = tn0 + blockIdx.x * 8 + warp;
-  const uint32_t* tw = trellis + (static_cast<size_t>(tk) * n_tiles + tn) * (8 * K);
-  uint32_t b[4];
-  decode_lane<K, CB>(tw, lane, b);
+  const int tk0 = blockIdx.y * TILES, tn = tn0 + blockIdx.x * 8 + warp;
+  uint32_t b[TILES][4];
+#pragma unroll
+  for (int t = 0; t < TILES; ++t)
+    decode_lane<K, CB>(trellis + (static_cast<size_t>(tk0 + t) * n_tiles + tn) * (8 * K), lane, b[t]);
   const int r0 = 2 * (lane & 3), c0 = lane >> 2;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const int row = r0 + (j & 1) + ((j & 2) ? 8 : 0), col = c0 + ((j & 4) ? 8 : 0);
-    const uint32_t word = b[j >> 1];
-    strip[row * kPitch + warp * 16 + col] = static_cast<uint16_t>((j & 1) ? word >> 16 : word & 0xFFFFu);
-  }
+  for (int t = 0; t < TILES; ++t)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int row = 16 * t + r0 + (j & 1) + ((j & 2) ? 8 : 0), col = c0 + ((j & 4) ? 8 : 0);
+      const uint32_t word = b[t][j >> 1];
+      strip[row * kPitch + warp * 16 + col] = static_cast<uint16_t>((j & 1) ? word >> 16 : word & 0xFFFFu);
+    }
   __syncthreads();
-  const int row = threadIdx.x >> 4, chunk = threadIdx.x & 15;  // 16 rows x 16 chunks of 8 halves
-  const uint4 v = *reinterpret_cast<const uint4*>(strip + row * kPitch + chunk * 8);
-  *reinterpret_cast<uint4*>(what + (static_cast<size_t>(tk) * 16 + row) * cols + blockIdx.x * 128 + chunk * 8) = v;
+#pragma unroll
+  for (int t = 0; t < TILES; ++t) {
+    const int row = 16 * t + (threadIdx.x >> 4), chunk = threadIdx.x & 15;  // 16 rows x 16 chunks of 8 halves
+    const uint4 v = *reinterpret_cast<const uint4*>(strip + row * kPitch + chunk * 8);
+    *reinterpret_cast<uint4*>(what + (static_cast<size_t>(tk0) * 16 + row) * cols + blockIdx.x * 128 + chunk * 8) = v;
+  }
 }
 
 using GemvFn = void (*)(GemvGroupArgs);
@@ -207,7 +218,7 @@ constexpr auto gemv_row(std::integer_sequence<int, Ks...>) {
 }
 template <int CB, int... Ks>
 constexpr auto decode_row(std::integer_sequence<int, Ks...>) {
-  return std::array<DecodeFn, 8>{&decode_kernel<Ks + 1, CB>...};
+  return std::array<DecodeFn, 8>{&decode_kernel<Ks + 1, CB, kDecodeTiles>...};
 }
 
 const std::array<std::array<GemvFn, 8>, 3> kGemvTable = {gemv_row<0>(std::make_integer_sequence<int, 8>{}),
@@ -272,7 +283,7 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
 
 void decode(int K, int codebook, const uint32_t* trellis, int64_t k, int64_t n, int64_t col0, int64_t cols,
             uint16_t* what, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(cols / 128), static_cast<unsigned>(k / 16));
+  const dim3 grid(static_cast<unsigned>(cols / 128), static_cast<unsigned>(k / 16 / kDecodeTiles));  // k % 128 == 0
   launch("exl3_decode", kDecodeTable[codebook][K - 1], grid, dim3(256), 0, stream, trellis, static_cast<int>(n / 16),
          static_cast<int>(col0 / 16), static_cast<int>(cols), what);
 }

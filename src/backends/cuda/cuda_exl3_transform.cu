@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "backends/cuda/cuda_exl3_kernels.cuh"
@@ -85,9 +86,22 @@ __device__ __forceinline__ void transform_store(const float xv[4], const float* 
 // (ncu, docs/BENCHMARKS.md session 9): too few bytes in flight per SM. Decode sizes keep one row
 // per warp (more warps for a tiny m). Results do not depend on it: every element sees the same
 // operations in the same order.
+// TRELLIS_CUDA_TRANSFORM_ROWS=1|2|4 overrides kRowsPerWarp (a tuning knob).
 constexpr int kRowsPerWarp = 4;
 constexpr int64_t kMultiRowMinRows = 64;
-int rows_per_warp(int64_t m) { return m >= kMultiRowMinRows ? kRowsPerWarp : 1; }
+int rows_per_warp(int64_t m) {
+  static const int rows = [] {
+    const char* e = std::getenv("TRELLIS_CUDA_TRANSFORM_ROWS");
+    const int v = e ? std::atoi(e) : 0;
+    return v == 1 || v == 2 || v == 4 ? v : kRowsPerWarp;
+  }();
+  return m >= kMultiRowMinRows ? rows : 1;
+}
+// The kernel instance for `rows` rows per warp.
+template <template <int> class Pick>
+auto pick_rows(int rows) {
+  return rows == 1 ? Pick<1>::fn : rows == 2 ? Pick<2>::fn : Pick<4>::fn;
+}
 
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 
@@ -258,6 +272,19 @@ __global__ void mlp_bridge_kernel(const float* __restrict__ zg, const float* __r
   }
 }
 
+template <int R>
+struct InPick {
+  static constexpr auto fn = &hadamard_in_kernel<R>;
+};
+template <int R>
+struct OutPick {
+  static constexpr auto fn = &hadamard_out_kernel<R>;
+};
+template <int R>
+struct BridgePick {
+  static constexpr auto fn = &mlp_bridge_kernel<R>;
+};
+
 void launch_in(const float* x, int64_t m, int64_t in_features, int64_t k, const InGroup& g, size_t count,
                ActLayout layout, cudaStream_t stream) {
   // GEMV activations are tiny: one linear per blockIdx.z for more warps. GEMM activations are
@@ -270,7 +297,7 @@ void launch_in(const float* x, int64_t m, int64_t in_features, int64_t k, const 
                    : layout == ActLayout::kGemmRowsHalf ? 2
                    : layout == ActLayout::kPlainHalf    ? 3
                                                         : 0;
-  launch("exl3_hadamard_in", rows == 1 ? hadamard_in_kernel<1> : hadamard_in_kernel<kRowsPerWarp>, grid,
+  launch("exl3_hadamard_in", pick_rows<InPick>(rows), grid,
          dim3(kWarpsPerBlock * 32), 0, stream, x, static_cast<int>(m), static_cast<int>(in_features),
          static_cast<int>(k), g, static_cast<int>(count), mode);
 }
@@ -307,7 +334,7 @@ void mlp_bridge(const float* zg, const float* zu, int64_t m, int64_t n, int64_t 
   const int rows = rows_per_warp(m);
   const dim3 grid(static_cast<unsigned>((n / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock),
                   static_cast<unsigned>((m + rows - 1) / rows));
-  launch("exl3_mlp_bridge", rows == 1 ? mlp_bridge_kernel<1> : mlp_bridge_kernel<kRowsPerWarp>, grid,
+  launch("exl3_mlp_bridge", pick_rows<BridgePick>(rows), grid,
          dim3(kWarpsPerBlock * 32), 0, stream, zg, zu, static_cast<int>(m),
          static_cast<int>(n), static_cast<int>(out_features), svh_g, bias_g, svh_u, bias_u, suh_d, xa,
          layout == ActLayout::kGemmRows ? 1 : 2);
@@ -331,7 +358,7 @@ void hadamard_out_group(std::span<const OutGroup::Item> items, int64_t m, cudaSt
   const int rows = rows_per_warp(m);
   const dim3 grid(static_cast<unsigned>((max_n / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock),
                   static_cast<unsigned>((m + rows - 1) / rows), static_cast<unsigned>(items.size()));
-  launch("exl3_hadamard_out", rows == 1 ? hadamard_out_kernel<1> : hadamard_out_kernel<kRowsPerWarp>, grid,
+  launch("exl3_hadamard_out", pick_rows<OutPick>(rows), grid,
          dim3(kWarpsPerBlock * 32), 0, stream, g, static_cast<int>(m));
 }
 
