@@ -276,7 +276,9 @@ std::byte* CudaBackend::scratch(int slot, size_t bytes) {
   if (!s || s->size() < bytes) {
     flush();
     check(cudaStreamSynchronize(stream_), "growing scratch");
-    const size_t grown = std::max(bytes, s ? 2 * s->size() : bytes);
+    // A quarter more than asked once it has grown before: few regrowths, little slack (doubling
+    // cost 64 MiB of peak VRAM on an 8B prefill whose requests were 128 MiB, then 147 MiB).
+    const size_t grown = std::max(bytes, s ? s->size() + s->size() / 4 : bytes);
     s.reset();
     s = std::make_shared<CudaBuffer>(grown, fmt::format("scratch buffer {}", slot));
   }

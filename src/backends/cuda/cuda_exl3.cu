@@ -149,11 +149,11 @@ const char* CudaExl3Linear::gemv_variant_name() const { return exl3k::gemv_name(
 void CudaExl3Linear::set_gemv_splits(int splits) { gemv_splits_ = std::clamp(splits, 1, kMaxGemvSplits); }
 
 int64_t CudaExl3Linear::gemm_slice_cols() const {
-  // Slices of equal width under the budget: an odd remainder (e.g. 2304 + 1792 columns for an
-  // 8B down projection) leaves the GEMM a partial last wave of thread blocks.
-  const int64_t budget = std::clamp<int64_t>(static_cast<int64_t>(kWhatBudgetBytes / 2) / k_ / 128 * 128, 128, n_);
-  const int64_t slices = (n_ + budget - 1) / budget;
-  return (n_ / 128 + slices - 1) / slices * 128;
+  // Widest slices under the budget. (Equal-width slices, e.g. 2 x 2048 instead of 2304 + 1792
+  // columns for an 8B down projection, measured 1.4 ms slower per 2048-token 8B prefill on the
+  // H200: cuBLAS picked slower kernels for them; docs/BENCHMARKS.md session 9.)
+  const int64_t budget = static_cast<int64_t>(kWhatBudgetBytes / 2) / k_ / 128 * 128;
+  return std::clamp<int64_t>(budget, 128, n_);
 }
 
 CudaExl3Linear::ScratchLayout CudaExl3Linear::layout(int64_t m) const {

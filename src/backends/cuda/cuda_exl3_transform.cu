@@ -87,7 +87,7 @@ __device__ __forceinline__ void transform_store(const float xv[4], const float* 
 // per warp (more warps for a tiny m). Results do not depend on it: every element sees the same
 // operations in the same order.
 // TRELLIS_CUDA_TRANSFORM_ROWS=1|2|4 overrides kRowsPerWarp (a tuning knob).
-constexpr int kRowsPerWarp = 4;
+constexpr int kRowsPerWarp = 2;
 constexpr int64_t kMultiRowMinRows = 64;
 int rows_per_warp(int64_t m) {
   static const int rows = [] {
