@@ -344,7 +344,8 @@ int main(int argc, char** argv) {
         const bool ok = !fell_back && dense_err <= kGemmTolerance && exl3_err <= kGemmTolerance;
         failures += ok ? 0 : 1;
         const char* check = fell_back ? "fallback" : ok ? "ok" : "failed";
-        out["gemm"].push_back({{"shape", shape}, {"m", gemm_m}, {"path", name}, {"version", var.version},
+        out["gemm"].push_back({{"shape", shape}, {"m", gemm_m}, {"path", name},
+                               {"version", var.path == trellis::vk::CoopPath::kOff ? 0 : var.version},
                                {"variant", variant}, {"dense_us", ds * 1e6}, {"dense_tflops", flop / ds * 1e-12},
                                {"exl3_K", K}, {"exl3_us", es * 1e6}, {"exl3_tflops", flop / es * 1e-12},
                                {"dense_rel_err", dense_err}, {"exl3_rel_err", exl3_err}, {"check", check}});
