@@ -17,8 +17,10 @@
 // read and write its accumulator. Here the tile is made of preprocessor constants and every loop
 // that touches a cooperative matrix or a staging register is [[unroll]]: spirv-opt (glslc -O)
 // unrolls them at build time and scalar replacement turns the arrays into SSA values, so the
-// module handed to the driver holds no array of cooperative matrices and only two loops (k
-// steps, and the bounds-checked epilogue copy). Tile sizes are therefore not specialization
+// module handed to the driver holds no array of cooperative matrices and only two loops (the k
+// steps, and the wrong-subgroup-size guard). spirv-opt leaves the split-out variables in Function
+// storage (its load/store elimination skips modules with SPV_NV_cooperative_matrix), each
+// addressed with constant indices only: plain locals for the driver. Tile sizes are therefore not specialization
 // constants here (STYLE.md habit 3's usual rule); the variants are named by their parameters.
 //
 // Tile: WM x WN subgroups of 32 invocations (the host requires subgroup size 32: the staging
