@@ -16,9 +16,13 @@
 // --gemm-m M (M > 0) adds the prefill products at M rows per shape ("gemm" in the JSON, TFLOP/s
 // = 2·M·k·n / time): the dense fp16 linear and the EXL3 linear (first K and codebook) through
 // each GEMM path the device has: "tiled" (matmul_f16_tiled, fp32 activations) and "coop_khr" /
-// "coop_nv" (convert_f16 + matmul_f16_coop), and "coop2_<BMxBNxBK>_khr" / "_nv"
-// (matmul_f16_coop2 in each tile shape that fits the device). One weight copy (compute-bound),
-// --gemm-calls calls per repetition.
+// "coop_nv" (convert_f16 + matmul_f16_coop), "coop2_<BMxBNxBK>_khr" / "_nv"
+// (matmul_f16_coop2 in each tile shape that fits the device) and "coop3_<variant>_khr" / "_nv"
+// (matmul_f16_coop3 in each variant that fits, "variant" in the JSON). One weight copy
+// (compute-bound), --gemm-calls calls per repetition. Every path's last output is checked
+// against the tiled path's ("dense_rel_err" / "exl3_rel_err": max |y - y_tiled| / max
+// |y_tiled|; "check" is "failed" above kGemmTolerance, "fallback" when the path could not
+// create its pipeline and the tiled shader ran instead); "gemm_failures" counts both.
 // --attn-rows N (N > 0) adds prefill attention at Llama-3.1-8B's heads (32 / 8, head_dim 128) over
 // N rows at positions 0 .. N - 1 ("attention" in the JSON, TFLOP/s = 4·128·32·N(N+1)/2 / time):
 // attention_flash ("flash_<BR>x<BC>") and the row kernel ("rows"), in the same run.
@@ -57,6 +61,22 @@ using trellis::LinearSource;
 using trellis::LinearWeights;
 using trellis::TensorView;
 using trellis::vk::VulkanBackend;
+
+// Bound on max |y - y_tiled| / max |y_tiled| for the coop paths: the dense activations are fp16
+// values (exact after convert_f16) and differ by fp32 summation order only (~1e-6); the EXL3
+// activations are rounded to fp16 once (~1e-4 expected at these sizes).
+constexpr double kGemmTolerance = 1e-3;
+
+// max |got - want| / max |want|; NaN in `got` counts as infinite.
+double max_rel_err(const std::vector<float>& got, const std::vector<float>& want) {
+  double d = 0, w = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
+    d = e <= d ? d : (std::isnan(e) ? INFINITY : e);
+    w = std::max(w, static_cast<double>(std::fabs(want[i])));
+  }
+  return w > 0 ? d / w : d;
+}
 
 struct Timer {
   VulkanBackend& be;
@@ -240,22 +260,26 @@ int main(int argc, char** argv) {
   }
   if (gemm_m > 0) {
     out["gemm"] = nlohmann::json::array();
-    // Every GEMM the device has: (path, coop version, coop2 shape).
+    // Every GEMM the device has: (path, coop version, coop2 shape or coop3 variant).
     struct Variant {
       trellis::vk::CoopPath path;
       int version;
       size_t shape;
     };
+    int failures = 0;
     std::vector<Variant> variants = {{trellis::vk::CoopPath::kOff, 1, 0}};
     for (auto p : {trellis::vk::CoopPath::kKhr, trellis::vk::CoopPath::kNv}) {
       if (!be->coop_capable(p)) continue;
       variants.push_back({p, 1, 0});
       for (size_t i = 0; i < std::size(trellis::vk::kCoop2Shapes); ++i)
         if (be->coop2_shape_fits(i)) variants.push_back({p, 2, i});
+      for (size_t i = 0; i < std::size(trellis::vk::kCoop3Variants); ++i)
+        if (be->coop3_variant_fits(i)) variants.push_back({p, 3, i});
     }
     const trellis::vk::CoopPath saved = be->coop_path();
     const int saved_version = be->coop_kernel();
     const size_t saved_shape = be->coop2_shape();
+    const size_t saved_variant = be->coop3_variant();
     for (const std::string& shape : shapes) {
       int64_t k = 0, n = 0;
       std::sscanf(shape.c_str(), "%ldx%ld", &k, &n);
@@ -290,29 +314,54 @@ int main(int argc, char** argv) {
       esrc.exl3 = v;
       const auto exl3 = be->prepare_linear(esrc);
       const double flop = 2.0 * static_cast<double>(gemm_m) * static_cast<double>(k) * static_cast<double>(n);
+      // Reference outputs: the tiled path (fp32 activations).
+      std::vector<float> ref_dense(static_cast<size_t>(gemm_m * n)), ref_exl3(ref_dense.size()), got(ref_dense.size());
+      be->set_coop_path(trellis::vk::CoopPath::kOff);
+      be->linear(*dense, x, y);
+      be->download(y, ref_dense.data());
+      be->linear(*exl3, x, y);
+      be->download(y, ref_exl3.data());
       for (const Variant& var : variants) {
         be->set_coop_path(var.path);
         be->set_coop_kernel(var.version);
-        be->set_coop2_shape(var.shape);
-        const std::string name =
-            var.path == trellis::vk::CoopPath::kOff ? "tiled"
-            : var.version == 1
-                ? fmt::format("coop_{}", trellis::vk::coop_path_name(var.path))
-                : fmt::format("coop2_{}_{}", trellis::vk::coop2_shape_name(trellis::vk::kCoop2Shapes[var.shape]),
-                              trellis::vk::coop_path_name(var.path));
+        if (var.version == 2) be->set_coop2_shape(var.shape);
+        if (var.version == 3) be->set_coop3_variant(var.shape);
+        const std::string path = trellis::vk::coop_path_name(var.path);
+        std::string variant;
+        if (var.version == 2) variant = trellis::vk::coop2_shape_name(trellis::vk::kCoop2Shapes[var.shape]);
+        if (var.version == 3) variant = trellis::vk::coop3_variant_name(trellis::vk::kCoop3Variants[var.shape]);
+        const std::string name = var.path == trellis::vk::CoopPath::kOff ? "tiled"
+                                 : var.version == 1 ? fmt::format("coop_{}", path)
+                                                    : fmt::format("coop{}_{}_{}", var.version, variant, path);
         const double ds = timer(gemm_calls, [&](int) { be->linear(*dense, x, y); });
+        be->download(y, got.data());
+        const double dense_err = max_rel_err(got, ref_dense);
         const double es = timer(gemm_calls, [&](int) { be->linear(*exl3, x, y); });
-        out["gemm"].push_back({{"shape", shape}, {"m", gemm_m}, {"path", name}, {"dense_us", ds * 1e6},
-                               {"dense_tflops", flop / ds * 1e-12}, {"exl3_K", K}, {"exl3_us", es * 1e6},
-                               {"exl3_tflops", flop / es * 1e-12}});
-        std::fprintf(stderr, "gemm %-11s m=%ld %-22s dense %10.1f us %7.2f TFLOP/s  exl3 K=%d %10.1f us %7.2f TFLOP/s\n",
+        be->download(y, got.data());
+        const double exl3_err = max_rel_err(got, ref_exl3);
+        // A pipeline the driver refuses switches the coop path off (the tiled shader ran).
+        const bool fell_back = var.path != trellis::vk::CoopPath::kOff && be->coop_path() == trellis::vk::CoopPath::kOff;
+        const bool ok = !fell_back && dense_err <= kGemmTolerance && exl3_err <= kGemmTolerance;
+        failures += ok ? 0 : 1;
+        const char* check = fell_back ? "fallback" : ok ? "ok" : "failed";
+        out["gemm"].push_back({{"shape", shape}, {"m", gemm_m}, {"path", name},
+                               {"version", var.path == trellis::vk::CoopPath::kOff ? 0 : var.version},
+                               {"variant", variant}, {"dense_us", ds * 1e6}, {"dense_tflops", flop / ds * 1e-12},
+                               {"exl3_K", K}, {"exl3_us", es * 1e6}, {"exl3_tflops", flop / es * 1e-12},
+                               {"dense_rel_err", dense_err}, {"exl3_rel_err", exl3_err}, {"check", check}});
+        std::fprintf(stderr,
+                     "gemm %-11s m=%ld %-30s dense %10.1f us %7.2f TFLOP/s  exl3 K=%d %10.1f us %7.2f TFLOP/s  "
+                     "err %.1e / %.1e %s\n",
                      shape.c_str(), static_cast<long>(gemm_m), name.c_str(), ds * 1e6, flop / ds * 1e-12, K, es * 1e6,
-                     flop / es * 1e-12);
+                     flop / es * 1e-12, dense_err, exl3_err, check);
       }
       be->set_coop_path(saved);
       be->set_coop_kernel(saved_version);
       be->set_coop2_shape(saved_shape);
+      be->set_coop3_variant(saved_variant);
     }
+    out["gemm_failures"] = failures;
+    if (failures > 0) std::fprintf(stderr, "gemm: %d path(s) failed the check against the tiled path\n", failures);
   }
   if (attn_rows > 0) {
     // Prefill attention at Llama-3.1-8B's heads (32 query, 8 kv, head_dim 128): rows at

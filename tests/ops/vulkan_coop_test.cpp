@@ -1,6 +1,6 @@
-// tests/ops/vulkan_coop_test.cpp: the cooperative-matrix prefill GEMMs (matmul_f16_coop and
-// matmul_f16_coop2 in each of its tile shapes) and the NV -> KHR SPIR-V rewrite they are loaded
-// through.
+// tests/ops/vulkan_coop_test.cpp: the cooperative-matrix prefill GEMMs (matmul_f16_coop,
+// matmul_f16_coop2 in each of its tile shapes, matmul_f16_coop3 in each of its variants) and the
+// NV -> KHR SPIR-V rewrite they are loaded through.
 //
 // The rewrite test runs anywhere (it only reads the embedded SPIR-V). The GEMM tests need a
 // device with VK_KHR_cooperative_matrix or VK_NV_cooperative_matrix and the 16x16x16 fp16 ->
@@ -12,6 +12,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -42,11 +43,46 @@ std::vector<uint32_t> nth_instruction(std::span<const uint32_t> m, uint32_t opco
 
 void check_rewrite(std::span<const uint32_t> nv);
 
-// Both cooperative-matrix GEMMs (matmul_f16_coop, matmul_f16_coop2) go through the rewrite.
+// Every cooperative-matrix GEMM module (matmul_f16_coop, matmul_f16_coop2, each
+// matmul_f16_coop3 variant) goes through the rewrite.
 TEST(VulkanCoop, SpirvRewriteNvToKhr) {
-  for (const char* shader : {"matmul_f16_coop", "matmul_f16_coop2"}) {
+  std::vector<std::string> shaders = {"matmul_f16_coop", "matmul_f16_coop2"};
+  for (const vk::Coop3Variant& v : vk::kCoop3Variants) shaders.push_back("matmul_f16_coop3_" + vk::coop3_variant_name(v));
+  for (const std::string& shader : shaders) {
     SCOPED_TRACE(shader);
     check_rewrite(vk::shader_spirv(shader));
+  }
+}
+
+// matmul_f16_coop3's point is that no cooperative matrix lives in an array the driver would have
+// to index dynamically: its loops are unrolled at build time (the header's argument). Check the
+// embedded modules: no Function-storage variable that is an array of cooperative matrices, and exactly
+// FM FN BK / 16 MMAs (each unrolled once).
+TEST(VulkanCoop, Coop3ModulesAreUnrolled) {
+  constexpr uint32_t kOpTypeArray = 28, kOpTypePointer = 32, kOpVariable = 59, kOpTypeCoopNv = 5358, kOpMulAddNv = 5361;
+  constexpr uint32_t kStorageFunction = 7;
+  for (const vk::Coop3Variant& v : vk::kCoop3Variants) {
+    const std::string shader = "matmul_f16_coop3_" + vk::coop3_variant_name(v);
+    SCOPED_TRACE(shader);
+    const auto m = vk::shader_spirv(shader);
+    EXPECT_EQ(vk::count_opcode(m, kOpMulAddNv), static_cast<size_t>(v.fm * v.fn * v.bk / 16));
+    std::vector<uint32_t> coop_types, coop_arrays;
+    for (size_t i = 0; i < vk::count_opcode(m, kOpTypeCoopNv); ++i) coop_types.push_back(nth_instruction(m, kOpTypeCoopNv, i)[1]);
+    for (size_t i = 0; i < vk::count_opcode(m, kOpTypeArray); ++i) {
+      const auto a = nth_instruction(m, kOpTypeArray, i);
+      if (std::find(coop_types.begin(), coop_types.end(), a[2]) != coop_types.end()) coop_arrays.push_back(a[1]);
+    }
+    std::vector<uint32_t> array_pointers;  // Function pointers to those arrays (types may stay, unused)
+    for (size_t i = 0; i < vk::count_opcode(m, kOpTypePointer); ++i) {
+      const auto ptr = nth_instruction(m, kOpTypePointer, i);
+      if (ptr[2] == kStorageFunction && std::find(coop_arrays.begin(), coop_arrays.end(), ptr[3]) != coop_arrays.end())
+        array_pointers.push_back(ptr[1]);
+    }
+    for (size_t i = 0; i < vk::count_opcode(m, kOpVariable); ++i) {
+      const auto var = nth_instruction(m, kOpVariable, i);
+      EXPECT_EQ(std::find(array_pointers.begin(), array_pointers.end(), var[1]), array_pointers.end())
+          << "variable %" << var[2] << " is an array of cooperative matrices";
+    }
   }
 }
 
@@ -127,22 +163,29 @@ TEST(VulkanCoop, GemmMatchesReference) {
   const vk::CoopPath saved = vk->coop_path();
   const int saved_kernel = vk->coop_kernel();
   const size_t saved_shape = vk->coop2_shape();
+  const size_t saved_variant = vk->coop3_variant();
   // m >= kCoopMinRows; in and out multiples of 16 and not, odd `in` (W read element-wise);
   // version 2 (in % 8 == 0): `in` a multiple of its k step and not (80, 1000), blocks cut by m
   // and out; version 2 with in % 8 != 0 runs version 1.
   const Case cases[] = {{64, 256, 384, false}, {100, 80, 200, true}, {300, 1000, 130, false},
-                        {130, 37, 51, true},   {257, 4096, 136, false}, {520, 1000, 520, true}};
-  // (version, coop2 shape) pairs: version 1, and version 2 in every shape that fits the device.
+                        {130, 37, 51, true},   {257, 4096, 136, false}, {520, 1000, 520, true},
+                        {256, 512, 256, false}};  // the last: whole blocks, coop3's direct stores
+  // (version, coop2 shape or coop3 variant) pairs: version 1, version 2 in every shape and
+  // version 3 in every variant that fits the device.
   std::vector<std::pair<int, size_t>> kernels = {{1, 0}};
   for (size_t i = 0; i < std::size(vk::kCoop2Shapes); ++i)
     if (vk->coop2_shape_fits(i)) kernels.emplace_back(2, i);
+  for (size_t i = 0; i < std::size(vk::kCoop3Variants); ++i)
+    if (vk->coop3_variant_fits(i)) kernels.emplace_back(3, i);
   for (vk::CoopPath path : paths)
   for (const auto& [version, shape] : kernels) {
     vk->set_coop_path(path);
     vk->set_coop_kernel(version);
-    vk->set_coop2_shape(shape);
+    if (version == 2) vk->set_coop2_shape(shape);
+    if (version == 3) vk->set_coop3_variant(shape);
     std::string label = fmt::format("{} v{}", vk::coop_path_name(path), version);
     if (version == 2) label += fmt::format(" {}", vk::coop2_shape_name(vk::kCoop2Shapes[shape]));
+    if (version == 3) label += fmt::format(" {}", vk::coop3_variant_name(vk::kCoop3Variants[shape]));
     for (const Case& c : cases) {
       const auto x = random_floats(static_cast<size_t>(c.m * c.in), 40 + static_cast<uint64_t>(c.in), 3.0f);
       const auto w32 = random_floats(static_cast<size_t>(c.in * c.out), 41 + static_cast<uint64_t>(c.out));
@@ -185,6 +228,7 @@ TEST(VulkanCoop, GemmMatchesReference) {
   vk->set_coop_path(saved);
   vk->set_coop_kernel(saved_kernel);
   vk->set_coop2_shape(saved_shape);
+  vk->set_coop3_variant(saved_variant);
 }
 
 // The EXL3 prefill product (Ŵ decoded, then the GEMM) on the coop path against the fp32 tiled
@@ -213,7 +257,8 @@ TEST(VulkanCoop, Exl3GemmAgreesWithTiledPath) {
   const int saved_kernel = vk->coop_kernel();
   vk->set_coop_path(vk::CoopPath::kOff);
   const auto tiled = vk->exl3_raw_matmul(v, xh.data(), m, /*gemm=*/true);
-  for (int version : {1, 2}) {
+  for (int version : {1, 2, 3}) {
+    if (version == 3 && !vk->coop3_variant_fits(vk->coop3_variant())) continue;
     vk->set_coop_path(path);
     vk->set_coop_kernel(version);
     const auto coop = vk->exl3_raw_matmul(v, xh.data(), m, /*gemm=*/true);

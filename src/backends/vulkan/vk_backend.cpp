@@ -47,14 +47,16 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   // docs/BENCHMARKS.md session 8). TRELLIS_VULKAN_COOPMAT=0 keeps the tiled shader, =1 selects
   // matmul_f16_coop (A/B), =2 or unset matmul_f16_coop2 in the shape named by
   // TRELLIS_VULKAN_COOP2_SHAPE (default kCoop2Shapes[0]; falls back to the tiled shader if that
-  // shape does not fit the device's shared memory).
+  // shape does not fit the device's shared memory), =3 matmul_f16_coop3 in the variant named by
+  // TRELLIS_VULKAN_COOP3_VARIANT (default kCoop3Variants[0]; the tiled shader if that variant
+  // does not fit the device).
   const char* coop_env = std::getenv("TRELLIS_VULKAN_COOPMAT");
   const bool coop_wanted = !(coop_env && std::strcmp(coop_env, "0") == 0);
   coop_ = !coop_wanted ? CoopPath::kOff
           : ctx_->coop().khr ? CoopPath::kKhr
           : ctx_->coop().nv  ? CoopPath::kNv
                              : CoopPath::kOff;
-  coop_kernel_ = coop_env && coop_env[0] == '1' ? 1 : 2;
+  coop_kernel_ = coop_env && coop_env[0] == '1' ? 1 : coop_env && coop_env[0] == '3' ? 3 : 2;
   const char* shape_env = std::getenv("TRELLIS_VULKAN_COOP2_SHAPE");
   if (shape_env && ctx_->coop().workgroup != 0) {
     size_t i = 0;
@@ -65,12 +67,29 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
     else
       coop2_shape_ = i;
   }
+  const char* variant_env = std::getenv("TRELLIS_VULKAN_COOP3_VARIANT");
+  if (variant_env && ctx_->coop().workgroup != 0) {
+    size_t i = 0;
+    while (i < std::size(kCoop3Variants) && coop3_variant_name(kCoop3Variants[i]) != variant_env) ++i;
+    if (i == std::size(kCoop3Variants) || !coop3_variant_fits(i))
+      log_warn("Vulkan: TRELLIS_VULKAN_COOP3_VARIANT={} is not a matmul_f16_coop3 variant that fits this device; using {}",
+               variant_env, coop3_variant_name(kCoop3Variants[coop3_variant_]));
+    else
+      coop3_variant_ = i;
+  }
   if (coop_ != CoopPath::kOff && coop_kernel_ == 2 && !coop2_shape_fits(coop2_shape_)) coop_ = CoopPath::kOff;
+  if (coop_ != CoopPath::kOff && coop_kernel_ == 3 && !coop3_variant_fits(coop3_variant_)) {
+    log_warn("Vulkan: matmul_f16_coop3 {} does not fit '{}' (subgroup size 32 and {} bytes of shared memory needed); "
+             "prefill uses matmul_f16_tiled",
+             coop3_variant_name(kCoop3Variants[coop3_variant_]), info.name, coop3_shared_bytes(kCoop3Variants[coop3_variant_]));
+    coop_ = CoopPath::kOff;
+  }
   log_info("Vulkan: using {} (subgroup size {}; EXL3 GEMV reductions through {}; prefill GEMM {}: cooperative "
            "matrices {})",
            info.name, sg, gemv_subgroup_ ? "subgroup shuffles" : "shared memory",
            coop_ == CoopPath::kOff ? "matmul_f16_tiled"
            : coop_kernel_ == 2     ? "matmul_f16_coop2 " + coop2_shape_name(kCoop2Shapes[coop2_shape_])
+           : coop_kernel_ == 3     ? "matmul_f16_coop3 " + coop3_variant_name(kCoop3Variants[coop3_variant_])
                                    : std::string("matmul_f16_coop"),
            ctx_->coop().detail);
 }

@@ -8,8 +8,8 @@
 //   attention: attention (one workgroup per row and head) below kFlashMinRows query rows,
 //   attention_flash (query blocks x K/V tiles in shared memory) from there;
 //   dense linear: matmul_f16_gemv (m <= 8), matmul_f16_tiled, or for m >= kCoopMinRows on
-//   devices with cooperative matrices convert_f16 + matmul_f16_coop or matmul_f16_coop2 (fp16
-//   activations);
+//   devices with cooperative matrices convert_f16 + matmul_f16_coop, matmul_f16_coop2 or
+//   matmul_f16_coop3 (fp16 activations);
 //   EXL3 linear: exl3_hadamard_in, then exl3_gemv_k<K>_<cb> (m <= 8) or exl3_decode_k<K>_<cb> +
 //   matmul_f16_tiled (prefill: Ŵ decoded once per call into scratch, spec 6.7 "large batches"),
 //   then exl3_hadamard_out (svh, bias, padding dropped).
@@ -63,6 +63,26 @@ struct Coop2Shape {
 inline constexpr Coop2Shape kCoop2Shapes[] = {{2, 2, 4, 4, 32}, {2, 4, 4, 4, 16}, {4, 2, 4, 4, 16}, {2, 2, 2, 4, 32}};
 std::string coop2_shape_name(Coop2Shape s);  // "BMxBNxBK", e.g. "128x128x32"
 size_t coop2_shared_bytes(Coop2Shape s);
+
+// Variants of matmul_f16_coop3 (matmul_f16_coop3.glsl's header), each its own module
+// matmul_f16_coop3_<name> with the tile fixed at compile time: WM x WN subgroups of 32, each FM
+// x FN 16x16 accumulators, BK halves of k per step, shared memory read by the cooperative loads
+// as uvec4 or (half_shared) float16_t. The first is the default; the benchmark times all that fit.
+// What each one tests: 128x128x32_w2x2 is coop2's default tile with unrolled fragment loops
+// (unrolling alone); _h the same with a float16_t shared array (the shared element type);
+// _w2x4 / _w4x2 8 subgroups of 64x32 / 32x64 (half the accumulator registers, more subgroups
+// to hide latency); 128x256x16 / 256x128x16 larger blocks (more reuse per byte staged) with
+// 64x64 subgroups; 64x128x32 smaller blocks (more workgroups per SM); 128x128x16 a short k step
+// (less shared memory, more barriers).
+struct Coop3Variant {
+  uint32_t wm, wn, fm, fn, bk;
+  bool half_shared;
+};
+inline constexpr Coop3Variant kCoop3Variants[] = {
+    {2, 2, 4, 4, 32, false}, {2, 2, 4, 4, 32, true}, {2, 4, 4, 2, 32, false}, {4, 2, 2, 4, 32, false},
+    {2, 4, 4, 4, 16, false}, {4, 2, 4, 4, 16, false}, {2, 2, 2, 4, 32, false}, {2, 2, 4, 4, 16, false}};
+std::string coop3_variant_name(Coop3Variant v);  // "BMxBNxBK_wWMxWN" + "_h" when half_shared
+size_t coop3_shared_bytes(Coop3Variant v);
 
 class DenseLinear : public LinearWeights {
  public:
@@ -132,13 +152,19 @@ class VulkanBackend : public Backend {
   void set_coop_path(CoopPath p);
   // Which cooperative-matrix GEMM the coop path runs: 1 matmul_f16_coop, 2 matmul_f16_coop2
   // (TRELLIS_VULKAN_COOPMAT=2; needs in % 8 == 0, else version 1 runs) in tile shape
-  // kCoop2Shapes[i] (TRELLIS_VULKAN_COOP2_SHAPE=BMxBNxBK picks one by name). Throw
-  // kInvalidArgument for another version, kUnsupported for a shape that does not fit the device.
+  // kCoop2Shapes[i] (TRELLIS_VULKAN_COOP2_SHAPE=BMxBNxBK picks one by name), 3 matmul_f16_coop3
+  // (TRELLIS_VULKAN_COOPMAT=3; same condition) in variant kCoop3Variants[i]
+  // (TRELLIS_VULKAN_COOP3_VARIANT=<name>). Throw kInvalidArgument for another version,
+  // kUnsupported for a shape or variant that does not fit the device.
   void set_coop_kernel(int version);
   int coop_kernel() const { return coop_kernel_; }
   void set_coop2_shape(size_t i);
   size_t coop2_shape() const { return coop2_shape_; }
   bool coop2_shape_fits(size_t i) const;
+  // Fits: shared memory, workgroup limits, and subgroup size 32 (the variants' fixed workgroups).
+  void set_coop3_variant(size_t i);
+  size_t coop3_variant() const { return coop3_variant_; }
+  bool coop3_variant_fits(size_t i) const;
   // Decode fusions recorded as peepholes (bit-identical to the separate ops): add(x, y) followed
   // by rms_norm(x) becomes one rms_norm_add dispatch, rope(q), rope(k), kv_store(k, v) one
   // rope_kv_store dispatch. On by default; TRELLIS_VULKAN_FUSE=0 turns them off.
@@ -183,7 +209,7 @@ class VulkanBackend : public Backend {
   uint32_t wg_size() const { return wg_; }
   // a16 [m, stride] fp16 = x [m, k] rounded (RNE), zeros past k; stride even, >= k.
   void record_convert_f16(const Buffer& x, uint32_t x_off, const Buffer& a16, int64_t m, int64_t k, int64_t stride);
-  // y = x · Wᵀ + bias through convert_f16 + matmul_f16_coop (or _coop2, coop_kernel_); false when the pipeline cannot be
+  // y = x · Wᵀ + bias through convert_f16 + matmul_f16_coop (or _coop2 / _coop3, coop_kernel_); false when the pipeline cannot be
   // created (the path is then switched off with a warning and the caller falls back).
   bool gemm_coop(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
                  int64_t m, int64_t in, int64_t out);
@@ -220,6 +246,7 @@ class VulkanBackend : public Backend {
   CoopPath coop_ = CoopPath::kOff;
   int coop_kernel_ = 1;
   size_t coop2_shape_ = 0;
+  size_t coop3_variant_ = 0;
   // Scratch: 0 = decoded Ŵ of the GEMM path, 1 + 2i / 2 + 2i = xh / z of group member i,
   // kScratchA16 = fp16 activations of matmul_f16_coop.
   static constexpr int kScratchA16 = 1 + 2 * kMaxLinearGroup;

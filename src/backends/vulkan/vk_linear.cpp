@@ -145,9 +145,38 @@ bool VulkanBackend::coop2_shape_fits(size_t i) const {
          wg <= ctx_->limits().maxComputeWorkGroupInvocations && wg <= ctx_->limits().maxComputeWorkGroupSize[0];
 }
 
+std::string coop3_variant_name(Coop3Variant v) {
+  return fmt::format("{}x{}x{}_w{}x{}{}", 16 * v.wm * v.fm, 16 * v.wn * v.fn, v.bk, v.wm, v.wn, v.half_shared ? "_h" : "");
+}
+
+size_t coop3_shared_bytes(Coop3Variant v) {
+  const size_t bm = 16 * v.wm * v.fm, bn = 16 * v.wn * v.fn;
+  return 2 * (bm + bn) * (v.bk + 8) * 2 + static_cast<size_t>(v.wm * v.wn) * 1024;
+}
+
+bool VulkanBackend::coop3_variant_fits(size_t i) const {
+  if (i >= std::size(kCoop3Variants)) return false;
+  const Coop3Variant& v = kCoop3Variants[i];
+  const uint32_t wg = 32 * v.wm * v.wn;
+  return ctx_->coop().workgroup == 4 * 32 && coop3_shared_bytes(v) <= ctx_->limits().maxComputeSharedMemorySize &&
+         wg <= ctx_->limits().maxComputeWorkGroupInvocations && wg <= ctx_->limits().maxComputeWorkGroupSize[0];
+}
+
+void VulkanBackend::set_coop3_variant(size_t i) {
+  if (i >= std::size(kCoop3Variants))
+    fail(ErrorKind::kInvalidArgument, "Vulkan: matmul_f16_coop3 variant {} (of {})", i, std::size(kCoop3Variants));
+  if (ctx_->coop().workgroup != 0 && !coop3_variant_fits(i))
+    fail(ErrorKind::kUnsupported,
+         "Vulkan device '{}': matmul_f16_coop3 {} needs subgroup size 32 (workgroup {}) and {} bytes of shared memory "
+         "({} available)",
+         ctx_->info().name, coop3_variant_name(kCoop3Variants[i]), ctx_->coop().workgroup,
+         coop3_shared_bytes(kCoop3Variants[i]), ctx_->limits().maxComputeSharedMemorySize);
+  coop3_variant_ = i;
+}
+
 void VulkanBackend::set_coop_kernel(int version) {
-  if (version != 1 && version != 2)
-    fail(ErrorKind::kInvalidArgument, "Vulkan: cooperative-matrix GEMM version {} (1 or 2)", version);
+  if (version < 1 || version > 3)
+    fail(ErrorKind::kInvalidArgument, "Vulkan: cooperative-matrix GEMM version {} (1, 2 or 3)", version);
   coop_kernel_ = version;
 }
 
@@ -163,17 +192,35 @@ void VulkanBackend::set_coop2_shape(size_t i) {
 
 bool VulkanBackend::gemm_coop(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off,
                               const Buffer* bias, int64_t m, int64_t in, int64_t out) {
-  // Version 2 reads 8 halves at a time: rows of W and of the activations must start at
+  // Versions 2 and 3 read 8 halves at a time: rows of W and of the activations must start at
   // multiples of 8 (the activations' stride is padded; W's is `in`).
-  const bool v2 = coop_kernel_ == 2 && in % 8 == 0;
-  const Coop2Shape& sh = kCoop2Shapes[coop2_shape_];
-  const uint32_t wg = v2 ? sh.wm * sh.wn * (ctx_->coop().workgroup / 4) : ctx_->coop().workgroup;
+  const int version = coop_kernel_ >= 2 && in % 8 == 0 ? coop_kernel_ : 1;
   const char* ext = coop_ == CoopPath::kKhr ? "khr" : "nv";
-  const std::string shader = std::string(v2 ? "matmul_f16_coop2" : "matmul_f16_coop") + (coop_ == CoopPath::kKhr ? "+khr" : "");
-  const std::string name = v2 ? fmt::format("matmul_f16_coop2_{}_{}", coop2_shape_name(sh), ext)
-                              : fmt::format("matmul_f16_coop_{}", ext);
-  const std::vector<uint32_t> spec = v2 ? std::vector<uint32_t>{wg, sh.wm, sh.wn, sh.fm, sh.fn, sh.bk}
-                                        : std::vector<uint32_t>{wg};
+  const char* khr = coop_ == CoopPath::kKhr ? "+khr" : "";
+  const Coop2Shape& sh = kCoop2Shapes[coop2_shape_];
+  const Coop3Variant& v3 = kCoop3Variants[coop3_variant_];
+  std::string shader, name;
+  std::vector<uint32_t> spec;
+  uint32_t gx = 0, gy = 0;
+  if (version == 3) {  // tile fixed in the module; 16x16x16 fragments by the shader's defaults
+    shader = fmt::format("matmul_f16_coop3_{}{}", coop3_variant_name(v3), khr);
+    name = fmt::format("matmul_f16_coop3_{}_{}", coop3_variant_name(v3), ext);
+    gx = ceil_div(m, 16 * v3.wm * v3.fm);
+    gy = ceil_div(out, 16 * v3.wn * v3.fn);
+  } else if (version == 2) {
+    const uint32_t wg = sh.wm * sh.wn * (ctx_->coop().workgroup / 4);
+    shader = fmt::format("matmul_f16_coop2{}", khr);
+    name = fmt::format("matmul_f16_coop2_{}_{}", coop2_shape_name(sh), ext);
+    spec = {wg, sh.wm, sh.wn, sh.fm, sh.fn, sh.bk};
+    gx = ceil_div(m, 16 * sh.wm * sh.fm);
+    gy = ceil_div(out, 16 * sh.wn * sh.fn);
+  } else {
+    shader = fmt::format("matmul_f16_coop{}", khr);
+    name = fmt::format("matmul_f16_coop_{}", ext);
+    spec = {ctx_->coop().workgroup};
+    gx = ceil_div(out, 128);
+    gy = ceil_div(m, 128);
+  }
   const Pipeline* p = nullptr;
   try {
     p = &ctx_->pipeline(name, shader, spec, 4, sizeof(MatmulCoopPush), 1u << 2);
@@ -183,16 +230,13 @@ bool VulkanBackend::gemm_coop(const Buffer& w, const Buffer& x, uint32_t x_off, 
     coop_ = CoopPath::kOff;
     return false;
   }
-  // Activations to fp16 once (RNE), rows padded with zeros to an even length (8 for version 2).
-  const int64_t stride = v2 ? (in + 7) / 8 * 8 : (in + 1) / 2 * 2;
+  // Activations to fp16 once (RNE), rows padded with zeros to an even length (8 for versions 2
+  // and 3).
+  const int64_t stride = version >= 2 ? (in + 7) / 8 * 8 : (in + 1) / 2 * 2;
   Buffer& a16 = scratch(kScratchA16, static_cast<size_t>(m * stride) * 2);
   record_convert_f16(x, x_off, a16, m, in, stride);
   MatmulCoopPush pc{u32(m), u32(in), u32(out), 0, 0, u32(stride), y_off, 0, bias ? 1u : 0u};
-  if (v2)
-    ctx_->dispatch(*p, {&w, &a16, &y, bias ? bias : &w}, &pc, ceil_div(m, 16 * sh.wm * sh.fm),
-                   ceil_div(out, 16 * sh.wn * sh.fn));
-  else
-    ctx_->dispatch(*p, {&w, &a16, &y, bias ? bias : &w}, &pc, ceil_div(out, 128), ceil_div(m, 128));
+  ctx_->dispatch(*p, {&w, &a16, &y, bias ? bias : &w}, &pc, gx, gy);
   return true;
 }
 

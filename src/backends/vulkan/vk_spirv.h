@@ -6,8 +6,10 @@
 // extension (vendor extensions only behind capability checks). The two SPIR-V extensions differ
 // in a handful of instructions, so the cooperative-matrix shaders are written against NV and
 // rewritten here, in memory, when a pipeline is created on a device with VK_KHR_cooperative_matrix.
-// Non-goal: a general translator. It handles what glslang emits for matmul_f16_coop.comp and
-// matmul_f16_coop2.comp, and refuses (kInternal) anything it does not understand.
+// Non-goal: a general translator. It handles what glslang emits for matmul_f16_coop.comp,
+// matmul_f16_coop2.comp and the matmul_f16_coop3_*.comp variants (which add cooperative stores
+// to a storage buffer with a run-time stride, and loads from a float16_t shared array), and
+// refuses (kInternal) anything it does not understand.
 //
 // The rewrite, instruction by instruction (SPIR-V opcodes in parentheses):
 //   Capability CooperativeMatrixNV (5357)  -> CooperativeMatrixKHR (6022)
