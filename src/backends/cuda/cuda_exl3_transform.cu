@@ -1,17 +1,20 @@
 // backends/cuda/cuda_exl3_transform.cu: the input and output Hadamard transforms of the EXL3
 // linear (exl3_hadamard_in / exl3_hadamard_out, spec 4.4 steps 1 and 3), fp32 throughout.
 //
-// One warp per (row, 128-block): lane t holds elements 4t .. 4t+3, a lane-local 4-point stage
-// then shuffles over lane bits 1, 2, 4, 8, 16 (the butterfly order of spec 4.4, as
+// Decode sizes: one warp per (row, 128-block), lane t holds elements 4t .. 4t+3, a lane-local
+// 4-point stage then shuffles over lane bits 1, 2, 4, 8, 16 (the butterfly order of spec 4.4, as
 // exl3::fwht128). In decode they move m·(k + n) values, negligible next to the k·n/8·K trellis
 // bytes of the product; what they cost there is a launch each, hence the group forms
-// (blockIdx.z = linear) for q/k/v and gate/up. In prefill they are memory-bound passes over
-// [m, k] and [m, n], so each lane moves its 4 elements with 16-byte loads/stores where aligned.
+// (blockIdx.z = linear) for q/k/v and gate/up. In prefill they are passes over [m, k] and [m, n]
+// with 16-byte loads/stores where aligned, four rows per warp and 16 elements per lane (the
+// "wide" kernels below: 3 shuffle stages instead of 5, same stage order, bit-identical results).
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <string_view>
 #include <string>
 
 #include "backends/cuda/cuda_exl3_kernels.cuh"
@@ -42,20 +45,11 @@ __device__ __forceinline__ void fwht128(float v[4], int lane) {
   }
 }
 
-// __grid_constant__: the group is indexed by blockIdx.z straight from the parameter bank (without
-// it, nvcc copies the struct to local memory in every thread).
-// xa ← the input transform of the lane's 4 elements xv (e0 .. e0+3 of row `row`), in the layout
-// `gemm_rows` names (hadamard_in_kernel's parameter); suh has k entries (unused when plain).
-__device__ __forceinline__ void transform_store(const float xv[4], const float* __restrict__ suh,
-                                                uint16_t* __restrict__ xa, int m, int k, int row, int e0, int lane,
-                                                int gemm_rows) {
+// xa ← 4 transformed values v (elements e0 .. e0+3 of row `row`; not yet scaled unless plain) in
+// the layout `gemm_rows` names (hadamard_in_kernel's parameter).
+__device__ __forceinline__ void store4(const float v[4], uint16_t* __restrict__ xa, int m, int k, int row, int e0,
+                                       int gemm_rows) {
   const bool plain = gemm_rows == 3;  // uniform over the launch
-  float v[4] = {xv[0], xv[1], xv[2], xv[3]};
-  if (!plain) {
-    const float4 sv = *reinterpret_cast<const float4*>(suh + e0);
-    v[0] *= sv.x, v[1] *= sv.y, v[2] *= sv.z, v[3] *= sv.w;
-    fwht128(v, lane);
-  }
   uint16_t hi[4], lo[4];
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
@@ -81,147 +75,142 @@ __device__ __forceinline__ void transform_store(const float xv[4], const float* 
   }
 }
 
-// Rows per warp at prefill sizes: a warp issues the 16-byte loads of all its rows before the
-// first butterfly. With one row per warp these kernels were latency-bound at ~2 TB/s on the H200
-// (ncu, docs/BENCHMARKS.md session 9): too few bytes in flight per SM. Decode sizes keep one row
-// per warp (more warps for a tiny m). Results do not depend on it: every element sees the same
-// operations in the same order.
-// TRELLIS_CUDA_TRANSFORM_ROWS=1|2|4 overrides kRowsPerWarp (a tuning knob).
-constexpr int kRowsPerWarp = 2;
-constexpr int64_t kMultiRowMinRows = 64;
-int rows_per_warp(int64_t m) {
-  static const int rows = [] {
-    const char* e = std::getenv("TRELLIS_CUDA_TRANSFORM_ROWS");
-    const int v = e ? std::atoi(e) : 0;
-    return v == 1 || v == 2 || v == 4 ? v : kRowsPerWarp;
-  }();
-  return m >= kMultiRowMinRows ? rows : 1;
-}
-// The kernel instance for `rows` rows per warp.
-template <template <int> class Pick>
-auto pick_rows(int rows) {
-  return rows == 1 ? Pick<1>::fn : rows == 2 ? Pick<2>::fn : Pick<4>::fn;
-}
-
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 
-// Linears z = blockIdx.z, blockIdx.z + gridDim.z, ... < count: in decode one per blockIdx.z (more
-// warps for a tiny m), in prefill all of them in each warp, so x is read from memory once. Rows
-// blockIdx.y·ROWS .. +ROWS-1.
-template <int ROWS>
+// Loads the input elements e0 .. e0+3 of one row (at0 = its offset in x) into xv, and up's into uv
+// when the group fuses silu; zeros past in_features. Returns whether the 16-byte path applied
+// (aligned and inside in_features), which the silu store repeats.
+__device__ __forceinline__ bool load_in4(const float* x, const InGroup& group, int64_t at0, int e0, int in_features,
+                                         float xv[4], float uv[4]) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) xv[q] = uv[q] = 0.0f;
+  const bool vec = e0 + 3 < in_features && aligned16(x + at0) &&
+                   (!group.up || (aligned16(group.up + at0) && aligned16(group.silu_out + at0)));
+  if (vec) {
+    const float4 t = ld4(x + at0);
+    xv[0] = t.x, xv[1] = t.y, xv[2] = t.z, xv[3] = t.w;
+    if (group.up) {
+      const float4 u = ld4(group.up + at0);
+      uv[0] = u.x, uv[1] = u.y, uv[2] = u.z, uv[3] = u.w;
+    }
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      if (e0 + q < in_features) {
+        xv[q] = x[at0 + q];
+        if (group.up) uv[q] = group.up[at0 + q];
+      }
+    }
+  }
+  return vec;
+}
+
+// xv ← silu(xv) · uv (silu_mul's expression, operation for operation) for the elements inside
+// in_features, written to silu_out too when `write`.
+__device__ __forceinline__ void silu4(const InGroup& group, int64_t at0, int e0, int in_features, bool vec, bool write,
+                                      float xv[4], const float uv[4]) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+    if (e0 + q < in_features) xv[q] = xv[q] / (1.0f + expf(-xv[q])) * uv[q];
+  if (!write) return;
+  float* so = group.silu_out + at0;
+  if (vec) {
+    *reinterpret_cast<float4*>(so) = make_float4(xv[0], xv[1], xv[2], xv[3]);
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (e0 + q < in_features) so[q] = xv[q];
+  }
+}
+
+// ---- one row per warp (decode sizes): lane t holds elements 4t .. 4t+3 of a 128-block ----
+
+// __grid_constant__: the group is indexed by blockIdx.z straight from the parameter bank (without
+// it, nvcc copies the struct to local memory in every thread). Linears z = blockIdx.z,
+// blockIdx.z + gridDim.z, ... < count.
 __global__ void hadamard_in_kernel(const float* x,  // may alias group.silu_out
                                    int m, int in_features, int k, const __grid_constant__ InGroup group, int count,
                                    int gemm_rows /* 0 fragments, 1 hi + lo rows, 2 hi rows, 3 plain hi rows */) {
   pdl_begin();
   const int lane = threadIdx.x & 31;
   const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int row = blockIdx.y;
   if (block * 128 >= k) return;  // whole warp
-  const int row0 = blockIdx.y * ROWS, rows = min(ROWS, m - row0);
   // Lane elements e0 .. e0+3: one 16-byte load (and silu store) when the row slice is aligned
-  // and inside in_features, element loads otherwise (padding, odd widths, offset views). All
-  // loads come first: x may alias silu_out, so the compiler could not hoist them itself.
+  // and inside in_features, element loads otherwise (padding, odd widths, offset views).
   const int e0 = block * 128 + 4 * lane;
-  float xv[ROWS][4], uv[ROWS][4];
-  bool vec[ROWS];
-#pragma unroll
-  for (int i = 0; i < ROWS; ++i) {
-#pragma unroll
-    for (int q = 0; q < 4; ++q) xv[i][q] = uv[i][q] = 0.0f;
-    vec[i] = false;
-    if (i >= rows) continue;
-    const int64_t at0 = static_cast<int64_t>(row0 + i) * in_features + e0;
-    vec[i] = e0 + 3 < in_features && aligned16(x + at0) &&
-             (!group.up || (aligned16(group.up + at0) && aligned16(group.silu_out + at0)));
-    if (vec[i]) {
-      const float4 t = ld4(x + at0);
-      xv[i][0] = t.x, xv[i][1] = t.y, xv[i][2] = t.z, xv[i][3] = t.w;
-      if (group.up) {
-        const float4 u = ld4(group.up + at0);
-        uv[i][0] = u.x, uv[i][1] = u.y, uv[i][2] = u.z, uv[i][3] = u.w;
-      }
-    } else {
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        if (e0 + q < in_features) {
-          xv[i][q] = x[at0 + q];
-          if (group.up) uv[i][q] = group.up[at0 + q];
-        }
-      }
+  const int64_t at0 = static_cast<int64_t>(row) * in_features + e0;
+  float xv[4], uv[4];
+  const bool vec = load_in4(x, group, at0, e0, in_features, xv, uv);
+  if (group.up) silu4(group, at0, e0, in_features, vec, blockIdx.z == 0, xv, uv);
+  const bool plain = gemm_rows == 3;
+  for (int z = blockIdx.z; z < count; z += gridDim.z) {
+    float v[4] = {xv[0], xv[1], xv[2], xv[3]};
+    if (!plain) {
+      const float4 sv = ld4(group.suh[z] + e0);  // suh has k entries
+      v[0] *= sv.x, v[1] *= sv.y, v[2] *= sv.z, v[3] *= sv.w;
+      fwht128(v, lane);
     }
+    store4(v, group.xa[z], m, k, row, e0, gemm_rows);
   }
-  if (group.up) {  // silu_mul's expression, operation for operation
-#pragma unroll
-    for (int i = 0; i < ROWS; ++i) {
-      if (i >= rows) continue;
-#pragma unroll
-      for (int q = 0; q < 4; ++q)
-        if (e0 + q < in_features) xv[i][q] = xv[i][q] / (1.0f + expf(-xv[i][q])) * uv[i][q];
-      if (blockIdx.z != 0) continue;
-      float* so = group.silu_out + static_cast<int64_t>(row0 + i) * in_features + e0;
-      if (vec[i]) {
-        *reinterpret_cast<float4*>(so) = make_float4(xv[i][0], xv[i][1], xv[i][2], xv[i][3]);
-      } else {
-#pragma unroll
-        for (int q = 0; q < 4; ++q)
-          if (e0 + q < in_features) so[q] = xv[i][q];
-      }
-    }
-  }
-  for (int z = blockIdx.z; z < count; z += gridDim.z)
-#pragma unroll
-    for (int i = 0; i < ROWS; ++i)
-      if (i < rows) transform_store(xv[i], group.suh[z], group.xa[z], m, k, row0 + i, e0, lane, gemm_rows);
 }
 
-template <int ROWS>
+// y elements e0 .. e0+3 of one row from the transformed sums v: ⊙ svh (· kScale), + bias, padded
+// columns dropped.
+__device__ __forceinline__ void out_store4(const float v[4], int e0, int out_features, const float* __restrict__ svh,
+                                           const float* __restrict__ bias, float* __restrict__ yr) {
+  float r[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int e = e0 + q;
+    r[q] = v[q] * kScale * svh[e];  // svh has n entries
+    if (bias && e < out_features) r[q] += bias[e];
+  }
+  if (e0 + 3 < out_features && aligned16(yr)) {
+    *reinterpret_cast<float4*>(yr) = make_float4(r[0], r[1], r[2], r[3]);
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (e0 + q < out_features) yr[q] = r[q];
+  }
+}
+
 __global__ void hadamard_out_kernel(const __grid_constant__ OutGroup group, int m) {
   pdl_begin();
   const OutGroup::Item& it = group.item[blockIdx.z];
-  const float* __restrict__ z = it.z;
-  const int parts = it.parts, n = it.n, out_features = it.out_features;
-  const int64_t part_stride = it.part_stride;
-  const float* __restrict__ svh = it.svh;
-  const float* __restrict__ bias = it.bias;
-  float* __restrict__ y = it.y;
   const int lane = threadIdx.x & 31;
   const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (block * 128 >= n) return;
-  const int row0 = blockIdx.y * ROWS, rows = min(ROWS, m - row0);
+  const int row = blockIdx.y;
+  if (block * 128 >= it.n) return;
   const int e0 = block * 128 + 4 * lane;
-  float v[ROWS][4];
-#pragma unroll
-  for (int i = 0; i < ROWS; ++i) v[i][0] = v[i][1] = v[i][2] = v[i][3] = 0.0f;
+  float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll 8
-  for (int p = 0; p < parts; ++p) {
-#pragma unroll
-    for (int i = 0; i < ROWS; ++i) {
-      if (i >= rows) continue;
-      const float4 t = ld4(z + p * part_stride + static_cast<int64_t>(row0 + i) * n + e0);
-      v[i][0] += t.x;
-      v[i][1] += t.y;
-      v[i][2] += t.z;
-      v[i][3] += t.w;
-    }
+  for (int p = 0; p < it.parts; ++p) {
+    const float4 t = ld4(it.z + p * it.part_stride + static_cast<int64_t>(row) * it.n + e0);
+    v[0] += t.x;
+    v[1] += t.y;
+    v[2] += t.z;
+    v[3] += t.w;
   }
+  fwht128(v, lane);
+  out_store4(v, e0, it.out_features, it.svh, it.bias, it.y + static_cast<int64_t>(row) * it.out_features + e0);
+  (void)m;
+}
+
+// The gated MLP's silu(g)·u input of down for elements e0 .. e0+3 (g, u: gate's and up's
+// transformed sums), exactly as out_store4 then hadamard_in's fused silu compute them; zeros at
+// and past out_features.
+__device__ __forceinline__ void bridge4(const float g[4], const float u[4], int e0, int out_features,
+                                        const float* __restrict__ svh_g, const float* __restrict__ bias_g,
+                                        const float* __restrict__ svh_u, const float* __restrict__ bias_u,
+                                        float xv[4]) {
 #pragma unroll
-  for (int i = 0; i < ROWS; ++i) {
-    if (i >= rows) continue;
-    fwht128(v[i], lane);
-    float r[4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int e = e0 + q;
-      r[q] = v[i][q] * kScale * svh[e];  // svh has n entries
-      if (bias && e < out_features) r[q] += bias[e];
-    }
-    float* yr = y + static_cast<int64_t>(row0 + i) * out_features + e0;
-    if (e0 + 3 < out_features && aligned16(yr)) {
-      *reinterpret_cast<float4*>(yr) = make_float4(r[0], r[1], r[2], r[3]);
-    } else {
-#pragma unroll
-      for (int q = 0; q < 4; ++q)
-        if (e0 + q < out_features) yr[q] = r[q];
-    }
+  for (int q = 0; q < 4; ++q) {
+    const int e = e0 + q;
+    float rg = g[q] * kScale * svh_g[e], ru = u[q] * kScale * svh_u[e];
+    if (bias_g && e < out_features) rg += bias_g[e];
+    if (bias_u && e < out_features) ru += bias_u[e];
+    xv[q] = e < out_features ? rg / (1.0f + expf(-rg)) * ru : 0.0f;
   }
 }
 
@@ -231,7 +220,6 @@ __global__ void hadamard_out_kernel(const __grid_constant__ OutGroup group, int 
 // into its GEMM rows (`gemm_rows` 1 or 2). Columns at or past out_features (padding) enter down
 // as zeros, as hadamard_in zero-extends. One pass over z_gate, z_up instead of writing gate and
 // up, reading them back and writing their product.
-template <int ROWS>
 __global__ void mlp_bridge_kernel(const float* __restrict__ zg, const float* __restrict__ zu, int m, int n,
                                   int out_features, const float* __restrict__ svh_g, const float* __restrict__ bias_g,
                                   const float* __restrict__ svh_u, const float* __restrict__ bias_u,
@@ -239,70 +227,219 @@ __global__ void mlp_bridge_kernel(const float* __restrict__ zg, const float* __r
   pdl_begin();
   const int lane = threadIdx.x & 31;
   const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int row = blockIdx.y;
   if (block * 128 >= n) return;
-  const int row0 = blockIdx.y * ROWS, rows = min(ROWS, m - row0);
   const int e0 = block * 128 + 4 * lane;
-  float4 tg[ROWS], tu[ROWS];
+  const int64_t at = static_cast<int64_t>(row) * n + e0;
+  const float4 tg = ld4(zg + at), tu = ld4(zu + at);
+  float g[4] = {0.0f + tg.x, 0.0f + tg.y, 0.0f + tg.z, 0.0f + tg.w};  // hadamard_out's sum over one part
+  float u[4] = {0.0f + tu.x, 0.0f + tu.y, 0.0f + tu.z, 0.0f + tu.w};
+  fwht128(g, lane);
+  fwht128(u, lane);
+  float v[4];
+  bridge4(g, u, e0, out_features, svh_g, bias_g, svh_u, bias_u, v);
+  const float4 sv = ld4(suh_d + e0);
+  v[0] *= sv.x, v[1] *= sv.y, v[2] *= sv.z, v[3] *= sv.w;
+  fwht128(v, lane);
+  store4(v, xa, m, n, row, e0, gemm_rows);
+}
+
+// ---- four rows per warp (prefill sizes) ----
+// With one row per warp, the prefill transforms were bound by the shuffles of the butterflies
+// (ncu on the H200: memory-pipe throughput ~80% at ~36% of DRAM bandwidth; 20 shuffles per
+// 128 values). Here 8 lanes share a row: lane group b = lane >> 3 takes row 4·blockIdx.y + b, and
+// lane l = lane & 7 holds elements 32j + 4l + q (j, q < 4) of the 128-block, so element bits 0, 1,
+// 5 and 6 are butterflies inside the lane and only bits 2-4 cross lanes: 12 shuffles per 128
+// values. The stages run in the same order (bit 0 first) on the same operands as fwht128, so the
+// results are bit-identical to the one-row kernels. Loads stay coalesced: for each j, the 8 lanes
+// of a row read 128 contiguous bytes.
+constexpr int kWideRows = 4;
+constexpr int64_t kWideMinRows = 64;  // m from which the launchers use these kernels
+
+__device__ __forceinline__ void fwht128_wide(float v[4][4], int lane) {
 #pragma unroll
-  for (int i = 0; i < ROWS; ++i) {
-    if (i >= rows) continue;
-    const int64_t at = static_cast<int64_t>(row0 + i) * n + e0;
-    tg[i] = ld4(zg + at);
-    tu[i] = ld4(zu + at);
+  for (int j = 0; j < 4; ++j) {  // bits 0, 1
+    const float s0 = v[j][0] + v[j][1], d0 = v[j][0] - v[j][1], s1 = v[j][2] + v[j][3], d1 = v[j][2] - v[j][3];
+    v[j][0] = s0 + s1;
+    v[j][1] = d0 + d1;
+    v[j][2] = s0 - s1;
+    v[j][3] = d0 - d1;
   }
-  auto out_transform = [&](const float4& t, const float* svh, const float* bias, float r[4]) {
-    float v[4] = {0.0f + t.x, 0.0f + t.y, 0.0f + t.z, 0.0f + t.w};  // hadamard_out's sum over one part
-    fwht128(v, lane);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int e = e0 + q;
-      r[q] = v[q] * kScale * svh[e];
-      if (bias && e < out_features) r[q] += bias[e];
-    }
-  };
+  for (int i = 1; i < 8; i <<= 1)  // bits 2, 3, 4
 #pragma unroll
-  for (int i = 0; i < ROWS; ++i) {
-    if (i >= rows) continue;
-    float g[4], u[4], xv[4];
-    out_transform(tg[i], svh_g, bias_g, g);
-    out_transform(tu[i], svh_u, bias_u, u);
+    for (int j = 0; j < 4; ++j)
 #pragma unroll
-    for (int q = 0; q < 4; ++q) xv[q] = e0 + q < out_features ? g[q] / (1.0f + expf(-g[q])) * u[q] : 0.0f;
-    transform_store(xv, suh_d, xa, m, n, row0 + i, e0, lane, gemm_rows);
+      for (int q = 0; q < 4; ++q) {
+        const float o = __shfl_xor_sync(0xFFFFFFFFu, v[j][q], i);
+        v[j][q] = (lane & i) ? o - v[j][q] : v[j][q] + o;
+      }
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {  // bits 5, 6
+    const float s0 = v[0][q] + v[1][q], d0 = v[0][q] - v[1][q], s1 = v[2][q] + v[3][q], d1 = v[2][q] - v[3][q];
+    v[0][q] = s0 + s1;
+    v[1][q] = d0 + d1;
+    v[2][q] = s0 - s1;
+    v[3][q] = d0 - d1;
   }
 }
 
-template <int R>
-struct InPick {
-  static constexpr auto fn = &hadamard_in_kernel<R>;
-};
-template <int R>
-struct OutPick {
-  static constexpr auto fn = &hadamard_out_kernel<R>;
-};
-template <int R>
-struct BridgePick {
-  static constexpr auto fn = &mlp_bridge_kernel<R>;
-};
+__device__ __forceinline__ int wide_e0(int block, int lane, int j) { return block * 128 + 32 * j + 4 * (lane & 7); }
+
+// hadamard_in_kernel's contract; GEMM layouts only (gemm_rows 1..3), all linears of the group in
+// every warp (gridDim.z == 1).
+__global__ void hadamard_in_wide_kernel(const float* x, int m, int in_features, int k,
+                                        const __grid_constant__ InGroup group, int count, int gemm_rows) {
+  pdl_begin();
+  const int lane = threadIdx.x & 31;
+  const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (block * 128 >= k) return;  // whole warp
+  const int row = blockIdx.y * kWideRows + (lane >> 3);
+  const bool live = row < m;  // dead lanes still take part in the shuffles
+  float xv[4][4], uv[4][4];
+  bool vec[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int e0 = wide_e0(block, lane, j);
+    if (live) {
+      vec[j] = load_in4(x, group, static_cast<int64_t>(row) * in_features + e0, e0, in_features, xv[j], uv[j]);
+    } else {
+      vec[j] = false;
+      xv[j][0] = xv[j][1] = xv[j][2] = xv[j][3] = uv[j][0] = uv[j][1] = uv[j][2] = uv[j][3] = 0.0f;
+    }
+  }
+  if (group.up && live)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int e0 = wide_e0(block, lane, j);
+      silu4(group, static_cast<int64_t>(row) * in_features + e0, e0, in_features, vec[j], true, xv[j], uv[j]);
+    }
+  const bool plain = gemm_rows == 3;
+  for (int z = 0; z < count; ++z) {
+    float v[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int e0 = wide_e0(block, lane, j);
+      const float4 sv = plain ? make_float4(1.0f, 1.0f, 1.0f, 1.0f) : ld4(group.suh[z] + e0);
+      v[j][0] = xv[j][0], v[j][1] = xv[j][1], v[j][2] = xv[j][2], v[j][3] = xv[j][3];
+      if (!plain) v[j][0] *= sv.x, v[j][1] *= sv.y, v[j][2] *= sv.z, v[j][3] *= sv.w;
+    }
+    if (!plain) fwht128_wide(v, lane);
+    if (live)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) store4(v[j], group.xa[z], m, k, row, wide_e0(block, lane, j), gemm_rows);
+  }
+}
+
+__global__ void hadamard_out_wide_kernel(const __grid_constant__ OutGroup group, int m) {
+  pdl_begin();
+  const OutGroup::Item& it = group.item[blockIdx.z];
+  const int lane = threadIdx.x & 31;
+  const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (block * 128 >= it.n) return;
+  const int row = blockIdx.y * kWideRows + (lane >> 3);
+  const bool live = row < m;
+  float v[4][4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) v[j][0] = v[j][1] = v[j][2] = v[j][3] = 0.0f;
+  if (live)
+#pragma unroll 2
+    for (int p = 0; p < it.parts; ++p)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float4 t = ld4(it.z + p * it.part_stride + static_cast<int64_t>(row) * it.n + wide_e0(block, lane, j));
+        v[j][0] += t.x;
+        v[j][1] += t.y;
+        v[j][2] += t.z;
+        v[j][3] += t.w;
+      }
+  fwht128_wide(v, lane);
+  if (live)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int e0 = wide_e0(block, lane, j);
+      out_store4(v[j], e0, it.out_features, it.svh, it.bias, it.y + static_cast<int64_t>(row) * it.out_features + e0);
+    }
+}
+
+__global__ void mlp_bridge_wide_kernel(const float* __restrict__ zg, const float* __restrict__ zu, int m, int n,
+                                       int out_features, const float* __restrict__ svh_g,
+                                       const float* __restrict__ bias_g, const float* __restrict__ svh_u,
+                                       const float* __restrict__ bias_u, const float* __restrict__ suh_d,
+                                       uint16_t* __restrict__ xa, int gemm_rows) {
+  pdl_begin();
+  const int lane = threadIdx.x & 31;
+  const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (block * 128 >= n) return;
+  const int row = blockIdx.y * kWideRows + (lane >> 3);
+  const bool live = row < m;
+  float g[4][4], u[4][4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    float4 tg = make_float4(0.0f, 0.0f, 0.0f, 0.0f), tu = tg;
+    if (live) {
+      const int64_t at = static_cast<int64_t>(row) * n + wide_e0(block, lane, j);
+      tg = ld4(zg + at);
+      tu = ld4(zu + at);
+    }
+    g[j][0] = 0.0f + tg.x, g[j][1] = 0.0f + tg.y, g[j][2] = 0.0f + tg.z, g[j][3] = 0.0f + tg.w;
+    u[j][0] = 0.0f + tu.x, u[j][1] = 0.0f + tu.y, u[j][2] = 0.0f + tu.z, u[j][3] = 0.0f + tu.w;
+  }
+  fwht128_wide(g, lane);
+  fwht128_wide(u, lane);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int e0 = wide_e0(block, lane, j);
+    float v[4];
+    bridge4(g[j], u[j], e0, out_features, svh_g, bias_g, svh_u, bias_u, v);
+    const float4 sv = ld4(suh_d + e0);
+    g[j][0] = v[0] * sv.x, g[j][1] = v[1] * sv.y, g[j][2] = v[2] * sv.z, g[j][3] = v[3] * sv.w;
+  }
+  fwht128_wide(g, lane);
+  if (live)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) store4(g[j], xa, m, n, row, wide_e0(block, lane, j), gemm_rows);
+}
+
+// Whether launches with m rows use the four-rows-per-warp kernels: from kWideMinRows, unless
+// TRELLIS_CUDA_WIDE_TRANSFORMS=0 or the test hook says otherwise.
+std::atomic<int> g_wide{-1};
+bool wide(int64_t m) {
+  int w = g_wide.load(std::memory_order_relaxed);
+  if (w < 0) {
+    const char* e = std::getenv("TRELLIS_CUDA_WIDE_TRANSFORMS");
+    w = e && std::string_view(e) == "0" ? 0 : 1;
+    int expected = -1;
+    g_wide.compare_exchange_strong(expected, w);
+    w = g_wide.load();
+  }
+  return w != 0 && m >= kWideMinRows;
+}
 
 void launch_in(const float* x, int64_t m, int64_t in_features, int64_t k, const InGroup& g, size_t count,
                ActLayout layout, cudaStream_t stream) {
-  // GEMV activations are tiny: one linear per blockIdx.z for more warps. GEMM activations are
-  // memory-bound passes: each warp transforms its x slice for every linear of the group.
-  const int rows = rows_per_warp(m);
-  const dim3 grid(static_cast<unsigned>((k / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock),
-                  static_cast<unsigned>((m + rows - 1) / rows),
-                  layout == ActLayout::kGemvFragments ? static_cast<unsigned>(count) : 1u);
   const int mode = layout == ActLayout::kGemmRows       ? 1
                    : layout == ActLayout::kGemmRowsHalf ? 2
                    : layout == ActLayout::kPlainHalf    ? 3
                                                         : 0;
-  launch("exl3_hadamard_in", pick_rows<InPick>(rows), grid,
-         dim3(kWarpsPerBlock * 32), 0, stream, x, static_cast<int>(m), static_cast<int>(in_features),
-         static_cast<int>(k), g, static_cast<int>(count), mode);
+  const unsigned bx = static_cast<unsigned>((k / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  if (mode != 0 && wide(m)) {  // each warp transforms its x slice for every linear of the group
+    launch("exl3_hadamard_in", hadamard_in_wide_kernel, dim3(bx, static_cast<unsigned>((m + kWideRows - 1) / kWideRows)),
+           dim3(kWarpsPerBlock * 32), 0, stream, x, static_cast<int>(m), static_cast<int>(in_features),
+           static_cast<int>(k), g, static_cast<int>(count), mode);
+    return;
+  }
+  // GEMV activations are tiny: one linear per blockIdx.z for more warps; GEMM layouts: every
+  // linear in each warp, so x is read from memory once.
+  launch("exl3_hadamard_in", hadamard_in_kernel,
+         dim3(bx, static_cast<unsigned>(m), mode == 0 ? static_cast<unsigned>(count) : 1u), dim3(kWarpsPerBlock * 32),
+         0, stream, x, static_cast<int>(m), static_cast<int>(in_features), static_cast<int>(k), g,
+         static_cast<int>(count), mode);
 }
 
 }  // namespace
+
+void set_wide_transforms(bool on) { g_wide.store(on ? 1 : 0); }
 
 void hadamard_in(const float* x, int64_t m, int64_t in_features, int64_t k, const float* suh, uint16_t* xa,
                  ActLayout layout, cudaStream_t stream, const float* up, float* silu_out) {
@@ -331,13 +468,12 @@ void mlp_bridge(const float* zg, const float* zu, int64_t m, int64_t n, int64_t 
                 ActLayout layout, cudaStream_t stream) {
   if (layout != ActLayout::kGemmRows && layout != ActLayout::kGemmRowsHalf)
     throw Error(ErrorKind::kInternal, "exl3_mlp_bridge: the down input must be in a GEMM row layout");
-  const int rows = rows_per_warp(m);
-  const dim3 grid(static_cast<unsigned>((n / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock),
-                  static_cast<unsigned>((m + rows - 1) / rows));
-  launch("exl3_mlp_bridge", pick_rows<BridgePick>(rows), grid,
-         dim3(kWarpsPerBlock * 32), 0, stream, zg, zu, static_cast<int>(m),
-         static_cast<int>(n), static_cast<int>(out_features), svh_g, bias_g, svh_u, bias_u, suh_d, xa,
-         layout == ActLayout::kGemmRows ? 1 : 2);
+  const unsigned bx = static_cast<unsigned>((n / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  const bool w = wide(m);
+  const dim3 grid(bx, static_cast<unsigned>(w ? (m + kWideRows - 1) / kWideRows : m));
+  launch("exl3_mlp_bridge", w ? mlp_bridge_wide_kernel : mlp_bridge_kernel, grid, dim3(kWarpsPerBlock * 32), 0, stream,
+         zg, zu, static_cast<int>(m), static_cast<int>(n), static_cast<int>(out_features), svh_g, bias_g, svh_u, bias_u,
+         suh_d, xa, layout == ActLayout::kGemmRows ? 1 : 2);
 }
 
 void hadamard_out(const float* z, int parts, int64_t part_stride, int64_t m, int64_t n, int64_t out_features,
@@ -355,11 +491,11 @@ void hadamard_out_group(std::span<const OutGroup::Item> items, int64_t m, cudaSt
     g.item[i] = items[i];
     max_n = std::max(max_n, items[i].n);
   }
-  const int rows = rows_per_warp(m);
+  const bool w = wide(m);
   const dim3 grid(static_cast<unsigned>((max_n / 128 + kWarpsPerBlock - 1) / kWarpsPerBlock),
-                  static_cast<unsigned>((m + rows - 1) / rows), static_cast<unsigned>(items.size()));
-  launch("exl3_hadamard_out", pick_rows<OutPick>(rows), grid,
-         dim3(kWarpsPerBlock * 32), 0, stream, g, static_cast<int>(m));
+                  static_cast<unsigned>(w ? (m + kWideRows - 1) / kWideRows : m), static_cast<unsigned>(items.size()));
+  launch("exl3_hadamard_out", w ? hadamard_out_wide_kernel : hadamard_out_kernel, grid, dim3(kWarpsPerBlock * 32), 0,
+         stream, g, static_cast<int>(m));
 }
 
 }  // namespace trellis::cuda::exl3k
