@@ -17,6 +17,7 @@
 
 #include "backends/cuda/cuda_api.h"
 #include "backends/cuda/cuda_exl3.h"
+#include "backends/cuda/cuda_exl3_kernels.cuh"
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_util.h"
 #include "core/fp16.h"
@@ -442,6 +443,68 @@ TEST(CudaExl3, ForwardMlpEqualsSeparateSteps) {
   }
   EXPECT_THROW(CudaExl3Linear::forward_mlp(*dg, *du, *dd, nullptr, 63, nullptr, nullptr, nullptr, nullptr, nullptr),
                Error);
+}
+
+// The prefill transforms with four rows per warp (exl3k::set_wide_transforms) give the one-row
+// kernels' results bit for bit: row counts that do and do not fill the last 4-row group, x at a
+// 4-byte offset (element loads) and 16-byte aligned (vector loads), padded inputs and outputs,
+// bias, hi + lo and hi-only activations, the fused silu input and the MLP bridge.
+TEST(CudaExl3, WideTransformsEqualOneRowKernels) {
+  CUDA_OR_SKIP();
+  struct Scope {
+    ~Scope() {
+      cuda::exl3k::set_wide_transforms(true);
+      cuda::set_exact_prefill(false);
+    }
+  } scope;
+  const Layer lp = random_layer(384, 256, 3, Codebook::kMcg, 61, true);  // padded: 300 -> 200
+  const Layer la = random_layer(512, 384, 4, Codebook::kMul1, 62, false);  // aligned, unpadded
+  auto dp = upload(lp, 300, 200), da = upload(la, 512, 384);
+  for (const bool exact : {false, true}) {
+    cuda::set_exact_prefill(exact);
+    for (int64_t m : {64, 67, 130}) {
+      std::vector<float> out[2][3];
+      for (int wide = 0; wide < 2; ++wide) {
+        cuda::exl3k::set_wide_transforms(wide != 0);
+        out[wide][0] = run_forward(*dp, random_rows(m, 300, 40 + static_cast<uint64_t>(m)), m, 300, 200);
+        // Aligned x and the fused silu input (gate, up: 512 wide), through forward()'s pointers.
+        const auto g = random_rows(m, 512, 41), u = random_rows(m, 512, 42);
+        Guarded gb(g.size()), ub(u.size()), yb(static_cast<size_t>(m * 384)), sb(da->scratch_bytes(m) / 4 + 1);
+        gb.upload(g.data(), g.size() * 4);
+        ub.upload(u.data(), u.size() * 4);
+        da->forward(gb.at<float>(), m, yb.at<float>(), nullptr, sb.at<void>());
+        ok(cudaDeviceSynchronize());
+        out[wide][1] = yb.download<float>(static_cast<size_t>(m * 384));
+        da->forward(gb.at<float>(), m, yb.at<float>(), nullptr, sb.at<void>(), ub.at<float>(), gb.at<float>());
+        ok(cudaDeviceSynchronize());
+        out[wide][2] = yb.download<float>(static_cast<size_t>(m * 384));
+        EXPECT_TRUE(yb.guards_intact() && sb.guards_intact() && gb.guards_intact()) << "overrun, m=" << m;
+      }
+      for (int i = 0; i < 3; ++i)
+        EXPECT_EQ(std::memcmp(out[0][i].data(), out[1][i].data(), out[0][i].size() * 4), 0)
+            << "case " << i << " m=" << m << " exact=" << exact;
+    }
+  }
+  // The MLP bridge (hi-only rows: forward_mlp's layout).
+  cuda::set_exact_prefill(false);
+  const Layer lg = random_layer(384, 256, 3, Codebook::kMcg, 63, true), lu = random_layer(384, 256, 2, Codebook::kMcg, 64, true);
+  const Layer ld = random_layer(256, 384, 3, Codebook::k3Inst, 65, true);
+  auto dg = upload(lg, 300, 256), du = upload(lu, 300, 256), dd = upload(ld, 256, 300);
+  for (int64_t m : {64, 67}) {
+    std::vector<float> y[2];
+    const auto x = random_rows(m, 300, 66);
+    for (int wide = 0; wide < 2; ++wide) {
+      cuda::exl3k::set_wide_transforms(wide != 0);
+      Guarded xb(x.size()), gb(static_cast<size_t>(m * 256)), ub(static_cast<size_t>(m * 256)),
+          yb(static_cast<size_t>(m * 300)), sb(CudaExl3Linear::mlp_scratch_bytes(*dg, *du, *dd, m) / 4 + 1);
+      xb.upload(x.data(), x.size() * 4);
+      CudaExl3Linear::forward_mlp(*dg, *du, *dd, xb.at<float>(), m, gb.at<float>(), ub.at<float>(), yb.at<float>(),
+                                  nullptr, sb.at<void>());
+      ok(cudaDeviceSynchronize());
+      y[wide] = yb.download<float>(static_cast<size_t>(m * 300));
+    }
+    EXPECT_EQ(std::memcmp(y[0].data(), y[1].data(), y[0].size() * 4), 0) << "MLP m=" << m;
+  }
 }
 
 // k = 2048 (128 slabs) at every k-split count, and the automatic choice, m = 1 and 5.
