@@ -1,6 +1,10 @@
 // backends/cuda/cuda_exl3_transform.cu: the input and output Hadamard transforms of the EXL3
 // linear (exl3_hadamard_in / exl3_hadamard_out, spec 4.4 steps 1 and 3), fp32 throughout.
 //
+// Every multiply that feeds an add is __fmul_rn (and the bias add __fadd_rn): nvcc would
+// otherwise contract some of them into FMAs depending on the code around them, and the one-row,
+// wide and fused kernels must give the same bits.
+//
 // Decode sizes: one warp per (row, 128-block), lane t holds elements 4t .. 4t+3, a lane-local
 // 4-point stage then shuffles over lane bits 1, 2, 4, 8, 16 (the butterfly order of spec 4.4, as
 // exl3::fwht128). In decode they move m·(k + n) values, negligible next to the k·n/8·K trellis
@@ -53,7 +57,7 @@ __device__ __forceinline__ void store4(const float v[4], uint16_t* __restrict__ 
   uint16_t hi[4], lo[4];
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
-    const float f = plain ? v[q] : v[q] * kScale;
+    const float f = plain ? v[q] : __fmul_rn(v[q], kScale);
     const __half h = __float2half_rn(f);
     hi[q] = __half_as_ushort(h);
     lo[q] = __half_as_ushort(__float2half_rn(f - __half2float(h)));
@@ -148,7 +152,8 @@ __global__ void hadamard_in_kernel(const float* x,  // may alias group.silu_out
     float v[4] = {xv[0], xv[1], xv[2], xv[3]};
     if (!plain) {
       const float4 sv = ld4(group.suh[z] + e0);  // suh has k entries
-      v[0] *= sv.x, v[1] *= sv.y, v[2] *= sv.z, v[3] *= sv.w;
+      v[0] = __fmul_rn(v[0], sv.x), v[1] = __fmul_rn(v[1], sv.y), v[2] = __fmul_rn(v[2], sv.z),
+      v[3] = __fmul_rn(v[3], sv.w);
       fwht128(v, lane);
     }
     store4(v, group.xa[z], m, k, row, e0, gemm_rows);
@@ -163,8 +168,8 @@ __device__ __forceinline__ void out_store4(const float v[4], int e0, int out_fea
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     const int e = e0 + q;
-    r[q] = v[q] * kScale * svh[e];  // svh has n entries
-    if (bias && e < out_features) r[q] += bias[e];
+    r[q] = __fmul_rn(__fmul_rn(v[q], kScale), svh[e]);  // svh has n entries
+    if (bias && e < out_features) r[q] = __fadd_rn(r[q], bias[e]);
   }
   if (e0 + 3 < out_features && aligned16(yr)) {
     *reinterpret_cast<float4*>(yr) = make_float4(r[0], r[1], r[2], r[3]);
@@ -207,9 +212,9 @@ __device__ __forceinline__ void bridge4(const float g[4], const float u[4], int 
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     const int e = e0 + q;
-    float rg = g[q] * kScale * svh_g[e], ru = u[q] * kScale * svh_u[e];
-    if (bias_g && e < out_features) rg += bias_g[e];
-    if (bias_u && e < out_features) ru += bias_u[e];
+    float rg = __fmul_rn(__fmul_rn(g[q], kScale), svh_g[e]), ru = __fmul_rn(__fmul_rn(u[q], kScale), svh_u[e]);
+    if (bias_g && e < out_features) rg = __fadd_rn(rg, bias_g[e]);
+    if (bias_u && e < out_features) ru = __fadd_rn(ru, bias_u[e]);
     xv[q] = e < out_features ? rg / (1.0f + expf(-rg)) * ru : 0.0f;
   }
 }
@@ -239,7 +244,7 @@ __global__ void mlp_bridge_kernel(const float* __restrict__ zg, const float* __r
   float v[4];
   bridge4(g, u, e0, out_features, svh_g, bias_g, svh_u, bias_u, v);
   const float4 sv = ld4(suh_d + e0);
-  v[0] *= sv.x, v[1] *= sv.y, v[2] *= sv.z, v[3] *= sv.w;
+  v[0] = __fmul_rn(v[0], sv.x), v[1] = __fmul_rn(v[1], sv.y), v[2] = __fmul_rn(v[2], sv.z), v[3] = __fmul_rn(v[3], sv.w);
   fwht128(v, lane);
   store4(v, xa, m, n, row, e0, gemm_rows);
 }
@@ -322,7 +327,9 @@ __global__ void hadamard_in_wide_kernel(const float* x, int m, int in_features, 
       const int e0 = wide_e0(block, lane, j);
       const float4 sv = plain ? make_float4(1.0f, 1.0f, 1.0f, 1.0f) : ld4(group.suh[z] + e0);
       v[j][0] = xv[j][0], v[j][1] = xv[j][1], v[j][2] = xv[j][2], v[j][3] = xv[j][3];
-      if (!plain) v[j][0] *= sv.x, v[j][1] *= sv.y, v[j][2] *= sv.z, v[j][3] *= sv.w;
+      if (!plain)
+        v[j][0] = __fmul_rn(v[j][0], sv.x), v[j][1] = __fmul_rn(v[j][1], sv.y), v[j][2] = __fmul_rn(v[j][2], sv.z),
+        v[j][3] = __fmul_rn(v[j][3], sv.w);
     }
     if (!plain) fwht128_wide(v, lane);
     if (live)
@@ -393,7 +400,8 @@ __global__ void mlp_bridge_wide_kernel(const float* __restrict__ zg, const float
     float v[4];
     bridge4(g[j], u[j], e0, out_features, svh_g, bias_g, svh_u, bias_u, v);
     const float4 sv = ld4(suh_d + e0);
-    g[j][0] = v[0] * sv.x, g[j][1] = v[1] * sv.y, g[j][2] = v[2] * sv.z, g[j][3] = v[3] * sv.w;
+    g[j][0] = __fmul_rn(v[0], sv.x), g[j][1] = __fmul_rn(v[1], sv.y), g[j][2] = __fmul_rn(v[2], sv.z),
+    g[j][3] = __fmul_rn(v[3], sv.w);
   }
   fwht128_wide(g, lane);
   if (live)

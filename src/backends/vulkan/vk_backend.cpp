@@ -42,21 +42,23 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   fuse_ = !(std::getenv("TRELLIS_VULKAN_FUSE") && std::strcmp(std::getenv("TRELLIS_VULKAN_FUSE"), "0") == 0);
   const char* flash_env = std::getenv("TRELLIS_VULKAN_FLASH_ATTENTION");
   flash_ = !(flash_env && std::strcmp(flash_env, "0") == 0);
-  // Prefill GEMM: matmul_f16_coop2 on cooperative matrices by default where the device has them
-  // (H200, m = 2048: 33-34 TFLOP/s against 23-24 for the tiled shader and 15 for matmul_f16_coop,
-  // docs/BENCHMARKS.md session 8). TRELLIS_VULKAN_COOPMAT=0 keeps the tiled shader, =1 selects
-  // matmul_f16_coop (A/B), =2 or unset matmul_f16_coop2 in the shape named by
-  // TRELLIS_VULKAN_COOP2_SHAPE (default kCoop2Shapes[0]; falls back to the tiled shader if that
-  // shape does not fit the device's shared memory), =3 matmul_f16_coop3 in the variant named by
-  // TRELLIS_VULKAN_COOP3_VARIANT (default kCoop3Variants[0]; the tiled shader if that variant
-  // does not fit the device).
+  // Prefill GEMM: matmul_f16_coop3 (tile shape fixed at compile time, every cooperative-matrix
+  // loop unrolled) by default where the device has cooperative matrices and its variant fits
+  // (subgroup size 32): on the H200 at m = 2048, 231-233 TFLOP/s against 33-34 for
+  // matmul_f16_coop2, 23-24 for the tiled shader and 15 for matmul_f16_coop (docs/BENCHMARKS.md
+  // session 9). Where it does not fit, matmul_f16_coop2. TRELLIS_VULKAN_COOPMAT=0 keeps the tiled
+  // shader, =1 selects matmul_f16_coop, =2 matmul_f16_coop2 in the shape named by
+  // TRELLIS_VULKAN_COOP2_SHAPE (default kCoop2Shapes[0]), =3 matmul_f16_coop3 in the variant named
+  // by TRELLIS_VULKAN_COOP3_VARIANT (default kCoop3Variants[0]); an explicit choice that does not
+  // fit the device falls back to the tiled shader.
   const char* coop_env = std::getenv("TRELLIS_VULKAN_COOPMAT");
-  const bool coop_wanted = !(coop_env && std::strcmp(coop_env, "0") == 0);
+  const bool coop_chosen = coop_env && *coop_env;
+  const bool coop_wanted = !(coop_chosen && std::strcmp(coop_env, "0") == 0);
   coop_ = !coop_wanted ? CoopPath::kOff
           : ctx_->coop().khr ? CoopPath::kKhr
           : ctx_->coop().nv  ? CoopPath::kNv
                              : CoopPath::kOff;
-  coop_kernel_ = coop_env && coop_env[0] == '1' ? 1 : coop_env && coop_env[0] == '3' ? 3 : 2;
+  coop_kernel_ = coop_chosen && coop_env[0] == '1' ? 1 : coop_chosen && coop_env[0] == '2' ? 2 : 3;
   const char* shape_env = std::getenv("TRELLIS_VULKAN_COOP2_SHAPE");
   if (shape_env && ctx_->coop().workgroup != 0) {
     size_t i = 0;
@@ -77,6 +79,8 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
     else
       coop3_variant_ = i;
   }
+  if (coop_ != CoopPath::kOff && coop_kernel_ == 3 && !coop3_variant_fits(coop3_variant_) && !coop_chosen)
+    coop_kernel_ = 2;  // the default on devices coop3 does not fit
   if (coop_ != CoopPath::kOff && coop_kernel_ == 2 && !coop2_shape_fits(coop2_shape_)) coop_ = CoopPath::kOff;
   if (coop_ != CoopPath::kOff && coop_kernel_ == 3 && !coop3_variant_fits(coop3_variant_)) {
     log_warn("Vulkan: matmul_f16_coop3 {} does not fit '{}' (subgroup size 32 and {} bytes of shared memory needed); "
