@@ -183,15 +183,19 @@ __device__ __forceinline__ void out_store4(const float v[4], int e0, int out_fea
 __global__ void hadamard_out_kernel(const __grid_constant__ OutGroup group, int m) {
   pdl_begin();
   const OutGroup::Item& it = group.item[blockIdx.z];
+  // The fields in registers before the loop (the item is indexed by blockIdx.z in parameter space).
+  const float* __restrict__ z = it.z;
+  const int parts = it.parts, n = it.n;
+  const int64_t part_stride = it.part_stride;
   const int lane = threadIdx.x & 31;
   const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   const int row = blockIdx.y;
-  if (block * 128 >= it.n) return;
+  if (block * 128 >= n) return;
   const int e0 = block * 128 + 4 * lane;
   float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll 8
-  for (int p = 0; p < it.parts; ++p) {
-    const float4 t = ld4(it.z + p * it.part_stride + static_cast<int64_t>(row) * it.n + e0);
+  for (int p = 0; p < parts; ++p) {
+    const float4 t = ld4(z + p * part_stride + static_cast<int64_t>(row) * n + e0);
     v[0] += t.x;
     v[1] += t.y;
     v[2] += t.z;
@@ -341,9 +345,12 @@ __global__ void hadamard_in_wide_kernel(const float* x, int m, int in_features, 
 __global__ void hadamard_out_wide_kernel(const __grid_constant__ OutGroup group, int m) {
   pdl_begin();
   const OutGroup::Item& it = group.item[blockIdx.z];
+  const float* __restrict__ z = it.z;
+  const int parts = it.parts, n = it.n;
+  const int64_t part_stride = it.part_stride;
   const int lane = threadIdx.x & 31;
   const int block = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (block * 128 >= it.n) return;
+  if (block * 128 >= n) return;
   const int row = blockIdx.y * kWideRows + (lane >> 3);
   const bool live = row < m;
   float v[4][4];
@@ -351,10 +358,10 @@ __global__ void hadamard_out_wide_kernel(const __grid_constant__ OutGroup group,
   for (int j = 0; j < 4; ++j) v[j][0] = v[j][1] = v[j][2] = v[j][3] = 0.0f;
   if (live)
 #pragma unroll 2
-    for (int p = 0; p < it.parts; ++p)
+    for (int p = 0; p < parts; ++p)
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const float4 t = ld4(it.z + p * it.part_stride + static_cast<int64_t>(row) * it.n + wide_e0(block, lane, j));
+        const float4 t = ld4(z + p * part_stride + static_cast<int64_t>(row) * n + wide_e0(block, lane, j));
         v[j][0] += t.x;
         v[j][1] += t.y;
         v[j][2] += t.z;
