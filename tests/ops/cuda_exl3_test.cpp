@@ -17,7 +17,6 @@
 
 #include "backends/cuda/cuda_api.h"
 #include "backends/cuda/cuda_exl3.h"
-#include "backends/cuda/cuda_exl3_kernels.cuh"
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_util.h"
 #include "core/fp16.h"
@@ -445,7 +444,7 @@ TEST(CudaExl3, ForwardMlpEqualsSeparateSteps) {
                Error);
 }
 
-// The prefill transforms with four rows per warp (exl3k::set_wide_transforms) give the one-row
+// The prefill transforms with four rows per warp (cuda::set_wide_transforms) give the one-row
 // kernels' results bit for bit: row counts that do and do not fill the last 4-row group, x at a
 // 4-byte offset (element loads) and 16-byte aligned (vector loads), padded inputs and outputs,
 // bias, hi + lo and hi-only activations, the fused silu input and the MLP bridge.
@@ -453,7 +452,7 @@ TEST(CudaExl3, WideTransformsEqualOneRowKernels) {
   CUDA_OR_SKIP();
   struct Scope {
     ~Scope() {
-      cuda::exl3k::set_wide_transforms(true);
+      cuda::set_wide_transforms(true);
       cuda::set_exact_prefill(false);
     }
   } scope;
@@ -465,7 +464,7 @@ TEST(CudaExl3, WideTransformsEqualOneRowKernels) {
     for (int64_t m : {64, 67, 130}) {
       std::vector<float> out[2][3];
       for (int wide = 0; wide < 2; ++wide) {
-        cuda::exl3k::set_wide_transforms(wide != 0);
+        cuda::set_wide_transforms(wide != 0);
         out[wide][0] = run_forward(*dp, random_rows(m, 300, 40 + static_cast<uint64_t>(m)), m, 300, 200);
         // Aligned x and the fused silu input (gate, up: 512 wide), through forward()'s pointers.
         const auto g = random_rows(m, 512, 41), u = random_rows(m, 512, 42);
@@ -494,7 +493,7 @@ TEST(CudaExl3, WideTransformsEqualOneRowKernels) {
     std::vector<float> y[2];
     const auto x = random_rows(m, 300, 66);
     for (int wide = 0; wide < 2; ++wide) {
-      cuda::exl3k::set_wide_transforms(wide != 0);
+      cuda::set_wide_transforms(wide != 0);
       Guarded xb(x.size()), gb(static_cast<size_t>(m * 256)), ub(static_cast<size_t>(m * 256)),
           yb(static_cast<size_t>(m * 300)), sb(CudaExl3Linear::mlp_scratch_bytes(*dg, *du, *dd, m) / 4 + 1);
       xb.upload(x.data(), x.size() * 4);

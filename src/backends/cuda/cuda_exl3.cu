@@ -275,12 +275,25 @@ bool CudaExl3Linear::mlp_fusable(const CudaExl3Linear& g, const CudaExl3Linear& 
          g.device_ == u.device_ && g.device_ == d.device_;
 }
 
+namespace {
+// forward_mlp's scratch: [xa_gate | xa_up], later [xa_down | z_down] over the same bytes, then
+// one Ŵ slice region shared by the three GEMMs.
+struct MlpLayout {
+  size_t xa_in, xa_down, what, total;
+};
+MlpLayout mlp_layout(int64_t m, int64_t k_in, int64_t k_down, int64_t n_down, size_t what_bytes) {
+  MlpLayout l;
+  l.xa_in = align_up(static_cast<size_t>(m * k_in) * 2);
+  l.xa_down = align_up(static_cast<size_t>(m * k_down) * 2);
+  l.what = std::max(2 * l.xa_in, l.xa_down + align_up(static_cast<size_t>(m * n_down) * 4));
+  l.total = l.what + what_bytes;
+  return l;
+}
+}  // namespace
+
 size_t CudaExl3Linear::mlp_scratch_bytes(const CudaExl3Linear& g, const CudaExl3Linear& u, const CudaExl3Linear& d,
                                          int64_t m) {
-  // [xa_gate | xa_up], later [xa_down | z_down] over the same bytes; then one Ŵ slice region.
-  const size_t in = 2 * align_up(static_cast<size_t>(m * g.k_) * 2);
-  const size_t down = align_up(static_cast<size_t>(m * d.k_) * 2) + align_up(static_cast<size_t>(m * d.n_) * 4);
-  return std::max(in, down) + std::max({g.what_bytes(), u.what_bytes(), d.what_bytes()});
+  return mlp_layout(m, g.k_, d.k_, d.n_, std::max({g.what_bytes(), u.what_bytes(), d.what_bytes()})).total;
 }
 
 void CudaExl3Linear::forward_mlp(const CudaExl3Linear& g, const CudaExl3Linear& u, const CudaExl3Linear& d,
@@ -290,18 +303,16 @@ void CudaExl3Linear::forward_mlp(const CudaExl3Linear& g, const CudaExl3Linear& 
     throw Error(ErrorKind::kInternal, "EXL3 MLP: m = " + std::to_string(m) + " or the shapes are not on the fused path");
   if (!x || !zg || !zu || !y || !scratch) throw Error(ErrorKind::kInternal, "EXL3 MLP: null input, output or scratch");
   auto* sc = static_cast<std::byte*>(scratch);
-  const size_t in_half = align_up(static_cast<size_t>(m * g.k_) * 2);
-  const size_t region = std::max(2 * in_half, align_up(static_cast<size_t>(m * d.k_) * 2) +
-                                                  align_up(static_cast<size_t>(m * d.n_) * 4));
-  auto* what = reinterpret_cast<uint16_t*>(sc + region);
+  const MlpLayout l = mlp_layout(m, g.k_, d.k_, d.n_, 0);
+  auto* what = reinterpret_cast<uint16_t*>(sc + l.what);
   const float* suh[2] = {g.suh_, u.suh_};
-  uint16_t* xa[2] = {reinterpret_cast<uint16_t*>(sc), reinterpret_cast<uint16_t*>(sc + in_half)};
+  uint16_t* xa[2] = {reinterpret_cast<uint16_t*>(sc), reinterpret_cast<uint16_t*>(sc + l.xa_in)};
   constexpr auto kRows = exl3k::ActLayout::kGemmRowsHalf;  // gemm_act_parts(m) == 1
   exl3k::hadamard_in_group(x, m, g.in_features_, g.k_, suh, xa, kRows, stream);
   g.gemm_product(m, xa[0], zg, what, stream);
   u.gemm_product(m, xa[1], zu, what, stream);
   auto* xd = reinterpret_cast<uint16_t*>(sc);
-  auto* zd = reinterpret_cast<float*>(sc + align_up(static_cast<size_t>(m * d.k_) * 2));
+  auto* zd = reinterpret_cast<float*>(sc + l.xa_down);
   exl3k::mlp_bridge(zg, zu, m, g.n_, g.out_features_, g.svh_, g.bias_, u.svh_, u.bias_, d.suh_, xd, kRows, stream);
   d.gemm_product(m, xd, zd, what, stream);
   exl3k::hadamard_out(zd, 1, m * d.n_, m, d.n_, d.out_features_, d.svh_, d.bias_, y, stream);

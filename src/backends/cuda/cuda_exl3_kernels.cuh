@@ -77,10 +77,6 @@ void mlp_bridge(const float* zg, const float* zu, int64_t m, int64_t n, int64_t 
                 const float* bias_g, const float* svh_u, const float* bias_u, const float* suh_d, uint16_t* xa,
                 ActLayout layout, cudaStream_t stream);
 
-// Test hook: whether launches with 64 or more rows use the four-rows-per-warp transform kernels
-// (default on; TRELLIS_CUDA_WIDE_TRANSFORMS=0 turns them off). Results are bit-identical either way.
-void set_wide_transforms(bool on);
-
 // One linear of a grouped GEMV launch (blocks is filled in by gemv_group).
 struct GemvItem {
   const uint32_t* trellis;

@@ -15,10 +15,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <cstdlib>
-#include <string_view>
 #include <string>
 
 #include "backends/cuda/cuda_exl3_kernels.cuh"
@@ -416,20 +413,8 @@ __global__ void mlp_bridge_wide_kernel(const float* __restrict__ zg, const float
     for (int j = 0; j < 4; ++j) store4(g[j], xa, m, n, row, wide_e0(block, lane, j), gemm_rows);
 }
 
-// Whether launches with m rows use the four-rows-per-warp kernels: from kWideMinRows, unless
-// TRELLIS_CUDA_WIDE_TRANSFORMS=0 or the test hook says otherwise.
-std::atomic<int> g_wide{-1};
-bool wide(int64_t m) {
-  int w = g_wide.load(std::memory_order_relaxed);
-  if (w < 0) {
-    const char* e = std::getenv("TRELLIS_CUDA_WIDE_TRANSFORMS");
-    w = e && std::string_view(e) == "0" ? 0 : 1;
-    int expected = -1;
-    g_wide.compare_exchange_strong(expected, w);
-    w = g_wide.load();
-  }
-  return w != 0 && m >= kWideMinRows;
-}
+// Whether launches with m rows use the four-rows-per-warp kernels (cuda::wide_transforms).
+bool wide(int64_t m) { return m >= kWideMinRows && wide_transforms(); }
 
 void launch_in(const float* x, int64_t m, int64_t in_features, int64_t k, const InGroup& g, size_t count,
                ActLayout layout, cudaStream_t stream) {
@@ -453,8 +438,6 @@ void launch_in(const float* x, int64_t m, int64_t in_features, int64_t k, const 
 }
 
 }  // namespace
-
-void set_wide_transforms(bool on) { g_wide.store(on ? 1 : 0); }
 
 void hadamard_in(const float* x, int64_t m, int64_t in_features, int64_t k, const float* suh, uint16_t* xa,
                  ActLayout layout, cudaStream_t stream, const float* up, float* silu_out) {

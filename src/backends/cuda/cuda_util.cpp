@@ -12,21 +12,28 @@ namespace {
 std::atomic<int> g_exact_prefill{-1};  // -1: not read yet; then 0 or 1
 std::atomic<int64_t> g_reconstruct_rows{-1};  // -1: not read yet; then the threshold (0: off)
 std::atomic<int> g_prefill_fusion{-1};         // -1: not read yet; then 0 or 1
-}  // namespace
+std::atomic<int> g_wide_transforms{-1};        // -1: not read yet; then 0 or 1
 
-void set_prefill_fusion(bool on) { g_prefill_fusion.store(on ? 1 : 0); }
-
-bool prefill_fusion() {
-  int on = g_prefill_fusion.load(std::memory_order_relaxed);
+// A switch read from the environment once (set and not empty: on unless "0"; else `dflt`) and
+// overridden by its test hook (a store of 0 or 1 into `slot`).
+bool cached_switch(std::atomic<int>& slot, const char* env, bool dflt) {
+  int on = slot.load(std::memory_order_relaxed);
   if (on < 0) {
-    const char* e = std::getenv("TRELLIS_CUDA_PREFILL_FUSION");
-    on = e && std::string_view(e) == "0" ? 0 : 1;
+    const char* e = std::getenv(env);
+    on = e && *e ? std::string_view(e) != "0" : dflt;
     int expected = -1;
-    g_prefill_fusion.compare_exchange_strong(expected, on);
-    on = g_prefill_fusion.load();
+    slot.compare_exchange_strong(expected, on);
+    on = slot.load();
   }
   return on != 0;
 }
+}  // namespace
+
+void set_prefill_fusion(bool on) { g_prefill_fusion.store(on ? 1 : 0); }
+bool prefill_fusion() { return cached_switch(g_prefill_fusion, "TRELLIS_CUDA_PREFILL_FUSION", true); }
+
+void set_wide_transforms(bool on) { g_wide_transforms.store(on ? 1 : 0); }
+bool wide_transforms() { return cached_switch(g_wide_transforms, "TRELLIS_CUDA_WIDE_TRANSFORMS", true); }
 
 void set_fused_reconstruct_rows(int64_t rows) { g_reconstruct_rows.store(rows < 0 ? 0 : rows); }
 
@@ -49,15 +56,7 @@ bool fused_reconstruct(int64_t m) {
 void set_exact_prefill(bool exact) { g_exact_prefill.store(exact ? 1 : 0); }
 
 int gemm_act_parts(int64_t m) {
-  int exact = g_exact_prefill.load(std::memory_order_relaxed);
-  if (exact < 0) {
-    const char* e = std::getenv("TRELLIS_CUDA_EXACT_PREFILL");
-    exact = e && *e && std::string_view(e) != "0" ? 1 : 0;
-    int expected = -1;
-    g_exact_prefill.compare_exchange_strong(expected, exact);
-    exact = g_exact_prefill.load();
-  }
-  return m <= kSplitActMaxRows || exact ? 2 : 1;
+  return m <= kSplitActMaxRows || cached_switch(g_exact_prefill, "TRELLIS_CUDA_EXACT_PREFILL", false) ? 2 : 1;
 }
 
 bool pdl_enabled() {

@@ -66,6 +66,11 @@ void set_fused_reconstruct_rows(int64_t rows);
 bool prefill_fusion();
 // Test hook: overrides the environment for launches recorded after the call.
 void set_prefill_fusion(bool on);
+// Whether EXL3 transforms of 64 or more rows use the four-rows-per-warp kernels
+// (cuda_exl3_transform.cu; bit-identical results). On unless TRELLIS_CUDA_WIDE_TRANSFORMS=0.
+bool wide_transforms();
+// Test hook: overrides the environment.
+void set_wide_transforms(bool on);
 
 // Whether launch() (cuda_launch.cuh) gives kernels on the current device the programmatic
 // dependent launch attribute: compute capability >= 9.0 and TRELLIS_CUDA_PDL not "0".

@@ -149,9 +149,8 @@ std::string coop3_variant_name(Coop3Variant v) {
   return fmt::format("{}x{}x{}_w{}x{}{}", 16 * v.wm * v.fm, 16 * v.wn * v.fn, v.bk, v.wm, v.wn, v.half_shared ? "_h" : "");
 }
 
-size_t coop3_shared_bytes(Coop3Variant v) {
-  const size_t bm = 16 * v.wm * v.fm, bn = 16 * v.wn * v.fn;
-  return 2 * (bm + bn) * (v.bk + 8) * 2 + static_cast<size_t>(v.wm * v.wn) * 1024;
+size_t coop3_shared_bytes(Coop3Variant v) {  // version 2's staging and output layout
+  return coop2_shared_bytes(Coop2Shape{v.wm, v.wn, v.fm, v.fn, v.bk});
 }
 
 bool VulkanBackend::coop3_variant_fits(size_t i) const {
