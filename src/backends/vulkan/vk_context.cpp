@@ -511,6 +511,13 @@ void Context::dispatch(const Pipeline& p, const std::vector<const Buffer*>& buff
                        uint32_t gy, uint32_t gz) {
   TRELLIS_CHECK(buffers.size() == p.bindings && p.bindings <= kMaxBindings);
   if (gx == 0 || gy == 0 || gz == 0) return;
+  // Profiling: the dispatch runs alone in its own segment, between two timestamps where the
+  // queue has them (GPU time), else timed on the host (submission included).
+  const bool gpu_timed = profile_ && has_timestamps();
+  if (profile_) {
+    flush();
+    if (gpu_timed) timestamp(kQueries - 2);
+  }
   Command c;
   c.kind = Command::Kind::kDispatch;
   c.pipeline = &p;
@@ -538,10 +545,12 @@ void Context::dispatch(const Pipeline& p, const std::vector<const Buffer*>& buff
   append(c, std::span<const uint64_t>(key, nk));
   ++stats_.dispatches;
   if (profile_) {
+    if (gpu_timed) timestamp(kQueries - 1);
     const auto t0 = std::chrono::steady_clock::now();
     flush();
     auto& [seconds, count] = profile_totals_[p.name];
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    seconds += gpu_timed ? elapsed_seconds(kQueries - 2, kQueries - 1)
+                         : std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ++count;
   }
 }

@@ -176,8 +176,9 @@ class Context : public std::enable_shared_from_this<Context> {
   // calls it when it dies, and the context goes when the last tensor does.
   void shutdown();
 
-  // TRELLIS_VULKAN_PROFILE=1: every dispatch is flushed on its own and its wall time added to
-  // its pipeline's total; report() logs the totals (the backend calls it when it dies).
+  // TRELLIS_VULKAN_PROFILE=1: every dispatch runs in a segment of its own and its time is added
+  // to its pipeline's total: GPU time between two timestamps where the queue writes them, else
+  // host wall time; report() logs the totals (the backend calls it when it dies).
   void report() const;
 
   // For Buffer: release now, or after the next flush if commands are being recorded.
