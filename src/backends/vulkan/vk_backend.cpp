@@ -40,6 +40,8 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   const char* env = std::getenv("TRELLIS_VULKAN_SUBGROUP");
   gemv_subgroup_ = gemv_subgroup_capable_ && !(env && std::strcmp(env, "0") == 0);
   fuse_ = !(std::getenv("TRELLIS_VULKAN_FUSE") && std::strcmp(std::getenv("TRELLIS_VULKAN_FUSE"), "0") == 0);
+  const VkPhysicalDeviceLimits& lim = ctx_->limits();
+  rms_wide_wg_ = std::max(wg_, std::min({kRmsWideWg, lim.maxComputeWorkGroupInvocations, lim.maxComputeWorkGroupSize[0]}));
   const char* flash_env = std::getenv("TRELLIS_VULKAN_FLASH_ATTENTION");
   flash_ = !(flash_env && std::strcmp(flash_env, "0") == 0);
   // Prefill GEMM: matmul_f16_coop3 (tile shape fixed at compile time, every cooperative-matrix
@@ -229,6 +231,10 @@ void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, 
   } pc{u32(groups), u32(group), elem(x, 4), elem(weight, 4), elem(out, 4), eps, 0};
   Buffer& xb = buffer_of(x);
   Buffer& ob = buffer_of(out);
+  // Few groups (decode: one row) leave most of the GPU idle, and each invocation's loop over its
+  // group's elements is a chain of dependent load latencies: wider workgroups there.
+  const uint32_t wg = groups < kRmsWideBelowGroups ? rms_wide_wg_ : wg_;
+  const std::string suffix = wg == wg_ ? "" : fmt::format("_w{}", wg);
   const PendingAdd& a = last_add_;
   if (fuse_ && a.x && a.serial != 0 && a.serial == ctx_->serial_back(0) && a.x.get() == &xb && a.x_off == pc.x_off &&
       a.n == groups * group && &ob != &xb && &ob != a.y.get()) {
@@ -238,13 +244,13 @@ void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, 
       pc.y_off = a.y_off;
       const Buffer& yb = *static_cast<const Buffer*>(a.y.get());
       const Pipeline& p =
-          ctx_->pipeline("rms_norm_add", "rms_norm", {wg_, 1}, 4, sizeof(pc), (1u << 0) | (1u << 2));
+          ctx_->pipeline("rms_norm_add" + suffix, "rms_norm", {wg, 1}, 4, sizeof(pc), (1u << 0) | (1u << 2));
       ctx_->dispatch_flat(p, {&xb, &buffer_of(weight), &ob, &yb}, &pc, static_cast<uint64_t>(groups));
       last_add_ = {};
       return;
     }
   }
-  const Pipeline& p = ctx_->pipeline("rms_norm", "rms_norm", {wg_, 0}, 4, sizeof(pc), 1u << 2);
+  const Pipeline& p = ctx_->pipeline("rms_norm" + suffix, "rms_norm", {wg, 0}, 4, sizeof(pc), 1u << 2);
   ctx_->dispatch_flat(p, {&xb, &buffer_of(weight), &ob, &xb}, &pc, static_cast<uint64_t>(groups));
 }
 

@@ -42,6 +42,20 @@ inline constexpr int64_t kCoopMinRows = 64;
 // shared memory); below, attention.comp (one workgroup per row and head: decode, short batches).
 inline constexpr int64_t kFlashMinRows = 16;
 
+// rms_norm over fewer groups than this (decode) runs kRmsWideWg invocations per group (where the
+// device allows) instead of the 1-D shaders' 128.
+// Tiles per exl3_decode workgroup (consecutive along n; TS in exl3_decode.comp).
+inline constexpr int64_t kDecodeStrip = 8;
+
+inline constexpr int64_t kRmsWideBelowGroups = 64;
+inline constexpr uint32_t kRmsWideWg = 512;
+
+// Rows per prefill chunk (Backend::preferred_batch) on devices with at least
+// kLargeBatchMemory bytes: decoding each EXL3 weight once per 2048 rows instead of once per 512
+// (the decode to fp16 is a quarter of the GEMM path's time at 512 rows on the H200).
+inline constexpr int64_t kLargeBatch = 2048;
+inline constexpr uint64_t kLargeBatchMemory = 16ull << 30;
+
 // attention_flash tile sizes: BR query vectors per workgroup, BC keys per tile.
 struct FlashTiles {
   uint32_t rows = 0, keys = 0;
@@ -115,6 +129,9 @@ class VulkanBackend : public Backend {
   void synchronize() override { ctx_->flush(); }
 
   void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) override;
+  int64_t preferred_batch() const override {
+    return ctx_->info().memory_bytes >= kLargeBatchMemory ? kLargeBatch : Backend::preferred_batch();
+  }
   void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group, DeviceTensor& out) override;
   void linear(const LinearWeights& w, const DeviceTensor& x, DeviceTensor& y) override;
   // EXL3 layers of a group share no scratch and are recorded phase by phase, so their
@@ -191,6 +208,8 @@ class VulkanBackend : public Backend {
   // Scratch buffer `slot` of at least `bytes` (grown as needed; contents unspecified).
   Buffer& scratch(int slot, size_t bytes);
   // z = xh · Ŵ; returns the number of split-k partials written at z + s * m * n.
+  // exl3_decode.comp: Ŵᵀ (n x k, binary16) of a k x n trellis into what_t.
+  void record_decode(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n, const Buffer& what_t);
   uint32_t exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm = false);
   uint32_t exl3_splits(const Exl3Linear& w, int64_t m) const;
   // Tile columns per exl3_gemv workgroup (specialization constant G) for n outputs and m rows.
@@ -241,6 +260,7 @@ class VulkanBackend : public Backend {
   PendingAdd last_add_;
   PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
+  uint32_t rms_wide_wg_ = 128;
   bool gemv_subgroup_capable_ = false;
   bool gemv_subgroup_ = false;
   CoopPath coop_ = CoopPath::kOff;

@@ -5,7 +5,8 @@
 //   z  = xh · Ŵ                                              [m, n]   scratch 1
 //        m <= kGemvMaxRows: exl3_gemv_k<K>_<cb> decoding the trellis on the fly, split over
 //        k into up to kGemvMaxSplits partial sums when n alone gives too few workgroups
-//        otherwise: exl3_decode_k<K>_<cb> -> Ŵᵀ fp16 (scratch 2), matmul_f16_tiled
+//        otherwise: exl3_decode_k<K>_<cb> -> Ŵᵀ fp16 (scratch 0), then the prefill GEMM
+//        (gemm_f16: matmul_f16_coop3/coop2/coop where cooperative matrices exist, else tiled)
 //   y  = exl3_hadamard_out(sum of z partials, svh) + bias, padded columns dropped
 // The GEMM path decodes Ŵ once per call (k·n work) and is exact, so the product differs from the
 // GEMV path only by summation order.
@@ -294,20 +295,26 @@ void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb,
   ctx_->dispatch_flat(p, {&trellis, &xh, &z}, &pc, static_cast<uint64_t>(n / 16 / G) * splits);
 }
 
+void VulkanBackend::record_decode(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n,
+                                  const Buffer& what_t) {
+  struct {
+    uint32_t k, n, out_off2;
+  } dc{u32(k), u32(n), 0};
+  // Constant 0 is a placeholder (exl3_decode.comp fixes its workgroup size); constants 1 and 2
+  // select K and the codebook. One workgroup per tile row and strip of kDecodeStrip tiles.
+  const Pipeline& d = ctx_->pipeline(variant("exl3_decode", K, cb), "exl3_decode",
+                                     {0, static_cast<uint32_t>(K), static_cast<uint32_t>(cb)}, 2, sizeof(dc), 1u << 1);
+  ctx_->dispatch_flat(d, {&trellis, &what_t}, &dc, static_cast<uint64_t>((k / 16) * ceil_div(n / 16, kDecodeStrip)));
+}
+
 uint32_t VulkanBackend::exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm) {
-  const uint32_t K = static_cast<uint32_t>(w.K), cb = static_cast<uint32_t>(w.codebook);
   if (m <= kGemvMaxRows && !force_gemm) {
     const uint32_t splits = exl3_splits(w, m);
     record_gemv(*w.trellis, w.K, w.codebook, w.k, w.n, xh, 0, m, z, 0, splits);
     return splits;
   }
   Buffer& what_t = scratch(0, static_cast<size_t>(w.k * w.n) * 2);
-  struct {
-    uint32_t k, n, out_off2;
-  } dc{u32(w.k), u32(w.n), 0};
-  // Constant 0 (workgroup size) is fixed at 128 in exl3_decode.comp; 0 is a placeholder.
-  const Pipeline& d = ctx_->pipeline(variant("exl3_decode", w.K, w.codebook), "exl3_decode", {0, K, cb}, 2, sizeof(dc), 1u << 1);
-  ctx_->dispatch_flat(d, {w.trellis.get(), &what_t}, &dc, static_cast<uint64_t>((w.k / 16) * (w.n / 16)));
+  record_decode(*w.trellis, w.K, w.codebook, w.k, w.n, what_t);
   gemm_f16(what_t, xh, 0, z, 0, nullptr, m, w.k, w.n);
   return 1;
 }
@@ -387,12 +394,7 @@ std::vector<uint16_t> VulkanBackend::exl3_decode_what(const exl3::Exl3LinearView
     fail(ErrorKind::kInvalidArgument, "exl3_decode_what: bad layer {} x {} K {}", v.k, v.n, v.K);
   auto trellis = upload_bytes(v.trellis, trellis_bytes(v));
   auto out = ctx_->create_buffer(static_cast<size_t>(v.k * v.n) * 2);
-  struct {
-    uint32_t k, n, out_off2;
-  } dc{u32(v.k), u32(v.n), 0};
-  const Pipeline& d = ctx_->pipeline(variant("exl3_decode", v.K, v.codebook), "exl3_decode",
-                                     {0, static_cast<uint32_t>(v.K), static_cast<uint32_t>(v.codebook)}, 2, sizeof(dc), 1u << 1);
-  ctx_->dispatch_flat(d, {trellis.get(), out.get()}, &dc, static_cast<uint64_t>((v.k / 16) * (v.n / 16)));
+  record_decode(*trellis, v.K, v.codebook, v.k, v.n, *out);
   DeviceTensor t{out, 0, DType::kF16, {v.n, v.k}};
   std::vector<float> f(static_cast<size_t>(v.k * v.n));
   download(t, f.data());
