@@ -7,8 +7,8 @@
 
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -267,6 +267,47 @@ TEST(VulkanOps, Exl3LinearSplitK) {
     }
     EXPECT_LT(test::rel_rms(got, want), 1e-5) << "m=" << m;
   }
+}
+
+// The EXL3 transforms by subgroup shuffles (exl3_hadamard_{in,out}_sg) against the shared-memory
+// shaders: the same butterflies in the same order, so the same bits; padded inputs and outputs,
+// a bias, split-k partials (m = 1 on a long layer), several rows and the GEMM path (m = 33).
+TEST(VulkanOps, Exl3TransformsBySubgroupEqualSharedMemory) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  if (!vk->hadamard_sg_capable()) GTEST_SKIP() << "no subgroup shuffles in lane groups of 8 on " << vk->info().name;
+  const int64_t k = 2048, n = 384, in = 2000, out = 300;
+  const int K = 4;
+  test::SplitMix64 rng(13);
+  std::vector<uint16_t> suh(static_cast<size_t>(k)), svh(static_cast<size_t>(n)), bias(static_cast<size_t>(n));
+  for (auto& s : suh) s = fp32_to_fp16((rng.next() & 1 ? 1.0f : -1.0f) * (0.5f + static_cast<float>(rng.next() % 100) / 100));
+  for (auto& s : svh) s = fp32_to_fp16((rng.next() & 1 ? 1.0f : -1.0f) * 0.01f * (0.5f + static_cast<float>(rng.next() % 100) / 100));
+  for (auto& b : bias) b = fp32_to_fp16(static_cast<float>(rng.next() % 200) / 100 - 1);
+  std::vector<uint8_t> trellis(static_cast<size_t>((k / 16) * (n / 16) * exl3::tile_bytes(K)));
+  for (auto& b : trellis) b = static_cast<uint8_t>(rng.next());
+  LinearSource src;
+  src.name = "test.hadamard_sg";
+  src.in_features = in;
+  src.out_features = out;
+  src.exl3 = exl3::Exl3LinearView{k, n, K, exl3::Codebook::kMcg, trellis.data(), suh.data(), svh.data(), nullptr};
+  src.bias = TensorView{DType::kF16, {n}, reinterpret_cast<const std::byte*>(bias.data())};
+  const auto w = vk->prepare_linear(src);
+  const bool was = vk->hadamard_sg();
+  for (int64_t m : {1, 3, 33}) {
+    const auto x = random_floats(static_cast<size_t>(m * in), 300 + static_cast<uint64_t>(m));
+    std::vector<float> ys[2];
+    for (int sg = 0; sg < 2; ++sg) {
+      vk->set_hadamard_sg(sg == 1);
+      const DeviceTensor xt = vk->upload(f32_view(x, {m, in}), DType::kF32);
+      DeviceTensor y = vk->alloc(DType::kF32, {m, out});
+      vk->linear(*w, xt, y);
+      ys[sg] = fetch(*vk, y);
+    }
+    ASSERT_EQ(ys[0].size(), ys[1].size());
+    size_t differ = 0;
+    for (size_t i = 0; i < ys[0].size(); ++i) differ += std::memcmp(&ys[0][i], &ys[1][i], 4) != 0;
+    EXPECT_EQ(differ, 0u) << "m=" << m << ": outputs that differ in their bits (first " << ys[0][0] << " vs " << ys[1][0] << ")";
+  }
+  vk->set_hadamard_sg(was);
 }
 
 TEST(VulkanOps, Rope) {

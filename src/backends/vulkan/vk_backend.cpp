@@ -40,6 +40,10 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   const char* env = std::getenv("TRELLIS_VULKAN_SUBGROUP");
   gemv_subgroup_ = gemv_subgroup_capable_ && !(env && std::strcmp(env, "0") == 0);
   fuse_ = !(std::getenv("TRELLIS_VULKAN_FUSE") && std::strcmp(std::getenv("TRELLIS_VULKAN_FUSE"), "0") == 0);
+  const bool shuffles = std::find(info.features.begin(), info.features.end(), "subgroup_shuffle") != info.features.end();
+  hadamard_sg_capable_ = shuffles && sg >= 8 && sg % 8 == 0 && 128 % sg == 0;
+  const char* had_env = std::getenv("TRELLIS_VULKAN_HADAMARD_SG");
+  hadamard_sg_ = hadamard_sg_capable_ && !(had_env && std::strcmp(had_env, "0") == 0);
   const VkPhysicalDeviceLimits& lim = ctx_->limits();
   rms_wide_wg_ = std::max(wg_, std::min({kRmsWideWg, lim.maxComputeWorkGroupInvocations, lim.maxComputeWorkGroupSize[0]}));
   const char* flash_env = std::getenv("TRELLIS_VULKAN_FLASH_ATTENTION");

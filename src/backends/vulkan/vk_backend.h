@@ -47,6 +47,9 @@ inline constexpr int64_t kFlashMinRows = 16;
 // Tiles per exl3_decode workgroup (consecutive along n; TS in exl3_decode.comp).
 inline constexpr int64_t kDecodeStrip = 8;
 
+// Items (128-blocks of one row) per workgroup of exl3_hadamard_{in,out}_sg (kItemsPerGroup).
+inline constexpr int64_t kHadamardSgItems = 16;
+
 inline constexpr int64_t kRmsWideBelowGroups = 64;
 inline constexpr uint32_t kRmsWideWg = 512;
 
@@ -163,6 +166,12 @@ class VulkanBackend : public Backend {
   void set_gemv_subgroup(bool on);
   bool gemv_subgroup() const { return gemv_subgroup_; }
   bool gemv_subgroup_capable() const { return gemv_subgroup_capable_; }
+  // EXL3 transforms by subgroup shuffles (exl3_hadamard_*_sg) where capable (subgroup shuffles, a
+  // subgroup size that is a multiple of 8): on by default, TRELLIS_VULKAN_HADAMARD_SG=0 keeps the
+  // shared-memory shaders; tests switch with set_hadamard_sg (ignored where not capable).
+  void set_hadamard_sg(bool on) { hadamard_sg_ = on && hadamard_sg_capable_; }
+  bool hadamard_sg() const { return hadamard_sg_; }
+  bool hadamard_sg_capable() const { return hadamard_sg_capable_; }
   // The prefill GEMM's cooperative-matrix path: KHR where the device has it, else NV, else off
   // (TRELLIS_VULKAN_COOPMAT=0 / nv / khr restrict the choice when the device is opened).
   // Choosing a path the device lacks throws kUnsupported; kOff is always possible.
@@ -261,6 +270,8 @@ class VulkanBackend : public Backend {
   PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
   uint32_t rms_wide_wg_ = 128;
+  bool hadamard_sg_capable_ = false;
+  bool hadamard_sg_ = false;
   bool gemv_subgroup_capable_ = false;
   bool gemv_subgroup_ = false;
   CoopPath coop_ = CoopPath::kOff;

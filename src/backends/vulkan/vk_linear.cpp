@@ -337,21 +337,35 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
   Buffer& xh = scratch(1 + 2 * slot, static_cast<size_t>(m * w.k) * 4);
   const int64_t partials = m <= kGemvMaxRows ? kGemvMaxSplits : 1;  // split-k only on the GEMV path
   Buffer& z = scratch(2 + 2 * slot, static_cast<size_t>(m * w.n * partials) * 4);
+  // The transforms: exl3_hadamard_{in,out}_sg (lane groups of 8 exchanging by subgroup shuffles,
+  // 16 items per workgroup, no barriers) where the device allows, else the shared-memory shaders
+  // (one workgroup per item, 14 barriers); same operations in the same order.
   if (phase == 0) {
     struct {
-      uint32_t in_f, k, x_off, xh_off;
-    } hi{u32(w.in_features), u32(w.k), elem(x, 4), 0};
-    const Pipeline& pin = ctx_->pipeline("exl3_hadamard_in", "exl3_hadamard_in", {}, 3, sizeof(hi), 1u << 2);
-    ctx_->dispatch(pin, {&buffer_of(x), w.suh.get(), &xh}, &hi, u32(w.k / 128), u32(m));
+      uint32_t in_f, k, x_off, xh_off, items;
+    } hi{u32(w.in_features), u32(w.k), elem(x, 4), 0, u32(m * (w.k / 128))};
+    if (hadamard_sg_) {
+      const Pipeline& pin = ctx_->pipeline("exl3_hadamard_in_sg", "exl3_hadamard_in_sg", {}, 3, sizeof(hi), 1u << 2);
+      ctx_->dispatch_flat(pin, {&buffer_of(x), w.suh.get(), &xh}, &hi, ceil_div(m * (w.k / 128), kHadamardSgItems));
+    } else {
+      const Pipeline& pin = ctx_->pipeline("exl3_hadamard_in", "exl3_hadamard_in", {}, 3, 16, 1u << 2);
+      ctx_->dispatch(pin, {&buffer_of(x), w.suh.get(), &xh}, &hi, u32(w.k / 128), u32(m));
+    }
   } else if (phase == 1) {
     exl3_product(w, xh, m, z);
   } else {
     struct {
-      uint32_t n, out_f, z_off, y_off, has_bias, splits, split_stride;
-    } ho{u32(w.n), u32(w.out_features), 0, elem(y, 4), w.bias ? 1u : 0u, exl3_product_splits(w, m), u32(m * w.n)};
-    const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out", "exl3_hadamard_out", {}, 4, sizeof(ho), 1u << 3);
-    ctx_->dispatch(pout, {&z, w.svh.get(), w.bias ? w.bias.get() : w.svh.get(), &buffer_of(y)}, &ho, u32(w.n / 128),
-                   u32(m));
+      uint32_t n, out_f, z_off, y_off, has_bias, splits, split_stride, items;
+    } ho{u32(w.n), u32(w.out_features), 0, elem(y, 4), w.bias ? 1u : 0u, exl3_product_splits(w, m), u32(m * w.n),
+         u32(m * (w.n / 128))};
+    const std::vector<const Buffer*> bufs{&z, w.svh.get(), w.bias ? w.bias.get() : w.svh.get(), &buffer_of(y)};
+    if (hadamard_sg_) {
+      const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out_sg", "exl3_hadamard_out_sg", {}, 4, sizeof(ho), 1u << 3);
+      ctx_->dispatch_flat(pout, bufs, &ho, ceil_div(m * (w.n / 128), kHadamardSgItems));
+    } else {
+      const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out", "exl3_hadamard_out", {}, 4, 28, 1u << 3);
+      ctx_->dispatch(pout, bufs, &ho, u32(w.n / 128), u32(m));
+    }
   }
 }
 
