@@ -269,9 +269,10 @@ TEST(VulkanOps, Exl3LinearSplitK) {
   }
 }
 
-// The EXL3 transforms by subgroup shuffles (exl3_hadamard_{in,out}_sg) against the shared-memory
-// shaders: the same butterflies in the same order, so the same bits; padded inputs and outputs,
-// a bias, split-k partials (m = 1 on a long layer), several rows and the GEMM path (m = 33).
+// The EXL3 transforms by subgroup shuffles (exl3_hadamard_{in,out}_sg, used at prefill sizes)
+// against the shared-memory shaders: the same butterflies in the same order, so the same bits;
+// padded inputs and outputs, a bias, row counts of the GEMV path (which keeps the shared-memory
+// shaders either way) and of the GEMM path.
 TEST(VulkanOps, Exl3TransformsBySubgroupEqualSharedMemory) {
   TRELLIS_VULKAN_OR_SKIP(vk);
   if (!vk->hadamard_sg_capable()) GTEST_SKIP() << "no subgroup shuffles in lane groups of 8 on " << vk->info().name;
@@ -292,7 +293,7 @@ TEST(VulkanOps, Exl3TransformsBySubgroupEqualSharedMemory) {
   src.bias = TensorView{DType::kF16, {n}, reinterpret_cast<const std::byte*>(bias.data())};
   const auto w = vk->prepare_linear(src);
   const bool was = vk->hadamard_sg();
-  for (int64_t m : {1, 3, 33}) {
+  for (int64_t m : {1, 9, 33}) {
     const auto x = random_floats(static_cast<size_t>(m * in), 300 + static_cast<uint64_t>(m));
     std::vector<float> ys[2];
     for (int sg = 0; sg < 2; ++sg) {

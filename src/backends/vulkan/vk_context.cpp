@@ -322,6 +322,8 @@ std::shared_ptr<Context> Context::create(int index, bool discrete_like) {
   }
   ctx->arena_ = ctx->create_buffer(kArenaBytes, /*staging=*/true);
   ctx->profile_ = env_flag("TRELLIS_VULKAN_PROFILE", false);
+  ctx->profile_grids_ = ctx->profile_ && std::getenv("TRELLIS_VULKAN_PROFILE") &&
+                        std::strcmp(std::getenv("TRELLIS_VULKAN_PROFILE"), "2") == 0;
   ctx->replay_ = env_flag("TRELLIS_VULKAN_REPLAY", true);
   return ctx;
 }
@@ -548,7 +550,8 @@ void Context::dispatch(const Pipeline& p, const std::vector<const Buffer*>& buff
     if (gpu_timed) timestamp(kQueries - 1);
     const auto t0 = std::chrono::steady_clock::now();
     flush();
-    auto& [seconds, count] = profile_totals_[p.name];
+    // TRELLIS_VULKAN_PROFILE=2: one row per pipeline and grid (tells a GEMM's shapes apart).
+    auto& [seconds, count] = profile_totals_[profile_grids_ ? fmt::format("{}@{}x{}x{}", p.name, gx, gy, gz) : p.name];
     seconds += gpu_timed ? elapsed_seconds(kQueries - 2, kQueries - 1)
                          : std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ++count;

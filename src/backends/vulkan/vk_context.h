@@ -178,7 +178,8 @@ class Context : public std::enable_shared_from_this<Context> {
 
   // TRELLIS_VULKAN_PROFILE=1: every dispatch runs in a segment of its own and its time is added
   // to its pipeline's total: GPU time between two timestamps where the queue writes them, else
-  // host wall time; report() logs the totals (the backend calls it when it dies).
+  // host wall time (=2: per pipeline and grid); report() logs the totals (the backend calls it
+  // when it dies).
   void report() const;
 
   // For Buffer: release now, or after the next flush if commands are being recorded.
@@ -254,6 +255,7 @@ class Context : public std::enable_shared_from_this<Context> {
   uint32_t sets_used_ = 0;
   std::vector<std::shared_ptr<Buffer>> keep_alive_;
   bool profile_ = false;
+  bool profile_grids_ = false;  // TRELLIS_VULKAN_PROFILE=2: totals per pipeline and grid
   std::map<std::string, std::pair<double, uint64_t>> profile_totals_;  // seconds, dispatches
 };
 

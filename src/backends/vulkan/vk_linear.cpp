@@ -337,14 +337,18 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
   Buffer& xh = scratch(1 + 2 * slot, static_cast<size_t>(m * w.k) * 4);
   const int64_t partials = m <= kGemvMaxRows ? kGemvMaxSplits : 1;  // split-k only on the GEMV path
   Buffer& z = scratch(2 + 2 * slot, static_cast<size_t>(m * w.n * partials) * 4);
-  // The transforms: exl3_hadamard_{in,out}_sg (lane groups of 8 exchanging by subgroup shuffles,
-  // 16 items per workgroup, no barriers) where the device allows, else the shared-memory shaders
-  // (one workgroup per item, 14 barriers); same operations in the same order.
+  // The transforms: at prefill sizes (the GEMM path) exl3_hadamard_{in,out}_sg (lane groups of 8
+  // exchanging by subgroup shuffles, 16 items per workgroup, no barriers) where the device
+  // allows, else the shared-memory shaders (one workgroup of 128 per item, 14 barriers); same
+  // operations in the same order. Decode keeps the shared-memory shaders: with one row the
+  // 8-lane groups leave the GPU nearly empty and each lane's 16 elements (times the split-k
+  // partials) serialise (H200: 20 against 5.6 us per output transform).
+  const bool sg = hadamard_sg_ && m > kGemvMaxRows;
   if (phase == 0) {
     struct {
       uint32_t in_f, k, x_off, xh_off, items;
     } hi{u32(w.in_features), u32(w.k), elem(x, 4), 0, u32(m * (w.k / 128))};
-    if (hadamard_sg_) {
+    if (sg) {
       const Pipeline& pin = ctx_->pipeline("exl3_hadamard_in_sg", "exl3_hadamard_in_sg", {}, 3, sizeof(hi), 1u << 2);
       ctx_->dispatch_flat(pin, {&buffer_of(x), w.suh.get(), &xh}, &hi, ceil_div(m * (w.k / 128), kHadamardSgItems));
     } else {
@@ -359,7 +363,7 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
     } ho{u32(w.n), u32(w.out_features), 0, elem(y, 4), w.bias ? 1u : 0u, exl3_product_splits(w, m), u32(m * w.n),
          u32(m * (w.n / 128))};
     const std::vector<const Buffer*> bufs{&z, w.svh.get(), w.bias ? w.bias.get() : w.svh.get(), &buffer_of(y)};
-    if (hadamard_sg_) {
+    if (sg) {
       const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out_sg", "exl3_hadamard_out_sg", {}, 4, sizeof(ho), 1u << 3);
       ctx_->dispatch_flat(pout, bufs, &ho, ceil_div(m * (w.n / 128), kHadamardSgItems));
     } else {

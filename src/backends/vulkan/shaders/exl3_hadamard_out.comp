@@ -17,8 +17,8 @@ shared float v[128];
 void main() {
   uint t = gl_LocalInvocationID.x, r = gl_WorkGroupID.y;
   uint c = gl_WorkGroupID.x * 128u + t;
-  float zv = 0.0;
-  for (uint s = 0u; s < p.splits; ++s) zv += z[p.z_off + s * p.split_stride + r * p.n + c];  // split-k partials
+  float zv = z[p.z_off + r * p.n + c];  // split-k partials, added in split order
+  for (uint s = 1u; s < p.splits; ++s) zv += z[p.z_off + s * p.split_stride + r * p.n + c];
   v[t] = zv;
   barrier();
   for (uint s = 1u; s < 128u; s <<= 1) {

@@ -15,13 +15,13 @@ void main() {
   uvec2 il = item_lane();
   if (il.x >= p.items) return;
   uint blocks = p.n / 128u, r = il.x / blocks, c0 = (il.x % blocks) * 128u + il.y;
+  // The first partials of all 16 elements are loaded before any is used (16 loads in flight),
+  // then the other split-k partials, added in split order.
+  uint e = p.z_off + r * p.n + c0;
   float v[16];
-  [[unroll]] for (uint j = 0u; j < 16u; ++j) {
-    uint e = p.z_off + r * p.n + c0 + 8u * j;
-    float zv = 0.0;
-    for (uint s = 0u; s < p.splits; ++s) zv += z[e + s * p.split_stride];  // split-k partials
-    v[j] = zv;
-  }
+  [[unroll]] for (uint j = 0u; j < 16u; ++j) v[j] = z[e + 8u * j];
+  for (uint s = 1u; s < p.splits; ++s)
+    [[unroll]] for (uint j = 0u; j < 16u; ++j) v[j] += z[e + s * p.split_stride + 8u * j];
   hadamard128(v, il.y);
   [[unroll]] for (uint j = 0u; j < 16u; ++j) {
     uint c = c0 + 8u * j;
