@@ -32,7 +32,9 @@
 // hardware subgroups whatever the driver's numbering. Needs subgroup shuffle in compute, a
 // subgroup size that is a power of two in [C, WG]; head_dim = 4 D4 (a multiple of 4, <= 256);
 // kc_off4 / vc_off4 / kv_width4 in units of 4 halves (8-byte aligned rows). Scores are
-// dot * scale, as the CPU kernel computes them.
+// dot * scale, as the CPU kernel computes them. A runtime subgroup smaller than C (a driver that
+// compiles below its reported size) would sum the wrong lanes: the output is NaN then, not
+// silently wrong.
 //
 // Specialization: 0 WG (128), 1 D4 = head_dim / 4 (<= WG), 2 C (power of two >= 4, <= the
 // subgroup size), 3 HB (heads per workgroup), 4 T (keys per tile, a multiple of WG / C and 4).
@@ -202,6 +204,7 @@ void main() {
       o += red[(u * HB + g) * D4 + ch];
       l += lred[u * HB + g];
     }
+    if (gl_SubgroupSize < C) o = vec4(uintBitsToFloat(0x7FC00000u));
     uint ph = r * p.n_heads + h0 + g;
     if (p.splits == 1u) {
       uint b = p.out_off + ph * d + 4u * ch;
