@@ -41,7 +41,8 @@ inline constexpr size_t kMaxLinearGroup = 4;
 // rows. Below, matmul_f16_tiled keeps fp32 activations.
 inline constexpr int64_t kCoopMinRows = 64;
 // Query rows from which attention takes attention_flash (query blocks sharing K/V tiles in
-// shared memory); below, attention.comp (one workgroup per row and head: decode, short batches).
+// shared memory); below, attention_decode (key splits over workgroups: decode, short batches) or,
+// where it cannot run, attention.comp (one workgroup per row and head).
 inline constexpr int64_t kFlashMinRows = 16;
 // attention_decode (below kFlashMinRows rows): workgroup size, keys per tile (the smallest
 // split), and the number of workgroups the key splits aim at (~2 per SM on large GPUs).
