@@ -26,6 +26,10 @@
 // --attn-rows N (N > 0) adds prefill attention at Llama-3.1-8B's heads (32 / 8, head_dim 128) over
 // N rows at positions 0 .. N - 1 ("attention" in the JSON, TFLOP/s = 4·128·32·N(N+1)/2 / time):
 // attention_flash ("flash_<BR>x<BC>") and the row kernel ("rows"), in the same run.
+// --attn-decode CTX[,CTX...] adds decode attention at the same heads: 1 and 4 query rows at the
+// last positions of a CTX-key context, one cache per layer (32, as a decode step reads them),
+// attention_decode ("decode", with its split count) against attention.comp ("rows"); "us" is per
+// call (per layer).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -116,6 +120,7 @@ int main(int argc, char** argv) {
   int64_t gemm_m = 0;
   int gemm_calls = 4;
   int64_t attn_rows = 0;
+  std::vector<int64_t> attn_decode;
   app.add_option("--device", device, "Vulkan device index (trellis devices)");
   app.add_option("--K", Ks, "bits per weight to run (1..8)");
   app.add_option("--codebooks", codebooks, "codebooks to run (3inst, mcg, mul1)");
@@ -128,6 +133,7 @@ int main(int argc, char** argv) {
   app.add_option("--gemm-calls", gemm_calls, "calls per repetition of the GEMM timings");
   app.add_option("--attn-rows", attn_rows,
                  "also time prefill attention of this many rows, Llama-3.1-8B heads (0: off)");
+  app.add_option("--attn-decode", attn_decode, "also time decode attention at these context lengths")->delimiter(',');
   app.add_flag("--wall-clock", wall_clock, "time submissions on the host even when timestamps exist");
   CLI11_PARSE(app, argc, argv);
   if (reps < 1 || warmup < 0 || min_calls < 1) {
@@ -397,6 +403,49 @@ int main(int argc, char** argv) {
                    sec * 1e6, flop / sec * 1e-12);
     }
     be->set_flash_attention(saved);
+  }
+  if (!attn_decode.empty()) {
+    AttentionParams ap;
+    ap.n_heads = 32;
+    ap.n_kv_heads = 8;
+    ap.head_dim = 128;
+    ap.scale = 1.0f / std::sqrt(128.0f);
+    constexpr int kLayers = 32;
+    const int64_t qw = ap.n_heads * ap.head_dim, kvw = ap.n_kv_heads * ap.head_dim;
+    const bool saved = be->decode_attention();
+    out["decode_attention"] = nlohmann::json::array();
+    for (const int64_t n : attn_decode) {
+      if (n < 4) continue;
+      std::vector<DeviceTensor> kcs, vcs;
+      for (int l = 0; l < kLayers; ++l) {
+        const auto kv = random_halves(static_cast<size_t>(n * kvw), 1.0f, 20 + static_cast<uint64_t>(l));
+        const TensorView view{DType::kF16, {n, kvw}, reinterpret_cast<const std::byte*>(kv.data())};
+        kcs.push_back(be->upload(view, DType::kF16));
+        vcs.push_back(be->upload(view, DType::kF16));
+      }
+      for (const int64_t rows : {int64_t{1}, int64_t{4}}) {
+        const auto qv = random_halves(static_cast<size_t>(rows * qw), 1.0f, 8);
+        const DeviceTensor q =
+            be->upload(TensorView{DType::kF16, {rows, qw}, reinterpret_cast<const std::byte*>(qv.data())}, DType::kF32);
+        DeviceTensor o = be->alloc(DType::kF32, {rows, qw});
+        std::vector<int32_t> pos;
+        for (int64_t r = 0; r < rows; ++r) pos.push_back(static_cast<int32_t>(n - rows + r));
+        for (bool decode : {true, false}) {
+          if (decode && !be->decode_attention_capable()) continue;
+          be->set_decode_attention(decode);
+          const double sec = timer(kLayers, [&](int i) {
+            be->attention(q, kcs[static_cast<size_t>(i % kLayers)], vcs[static_cast<size_t>(i % kLayers)], pos, ap, o);
+          });
+          const int64_t splits = be->last_decode_splits();
+          const char* name = decode ? "decode" : "rows";
+          out["decode_attention"].push_back(
+              {{"context", n}, {"rows", rows}, {"kernel", name}, {"splits", splits}, {"us", sec * 1e6}});
+          std::fprintf(stderr, "decode attention ctx=%ld rows=%ld %-7s splits %3ld %9.2f us\n", static_cast<long>(n),
+                       static_cast<long>(rows), name, static_cast<long>(splits), sec * 1e6);
+        }
+      }
+    }
+    be->set_decode_attention(saved && be->decode_attention_capable());
   }
   const auto& st = ctx.stats();
   out["segments"] = {{"recorded", st.recorded}, {"replayed", st.replayed}, {"barriers", st.barriers}};

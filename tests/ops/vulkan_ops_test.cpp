@@ -526,6 +526,56 @@ TEST(VulkanOps, AttentionFlashEveryTileShape) {
   EXPECT_GE(ran, 6);
 }
 
+// attention_decode (+ attention_decode_merge), the path below kFlashMinRows rows, against the CPU
+// kernel and against attention.comp (TRELLIS_VULKAN_DECODE_ATTENTION=0's path): one decode row
+// and short batches, contexts of one key, of one tile, not multiples of the split and long enough
+// for many splits (Llama-3.1-8B's heads at 256), GQA groups 1, 4, 6 (a partial head block where
+// the query registers hold fewer heads), 8, head_dim 64, 128, 256 and odd multiples of 4 (36,
+// 40: lanes and chunks partly unused), sliding windows, shuffled positions, and rows of very
+// different lengths (trailing splits empty). head_dim 18 is not a multiple of 4: attention.comp
+// runs it.
+TEST(VulkanOps, AttentionDecodeMatchesCpuAndRowKernel) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  if (!vk->decode_attention_capable()) GTEST_SKIP() << "no subgroup shuffle: attention_decode is not used";
+  Backend& cpu = cpu_backend();
+  struct DecodeCase {
+    AttnCase c;
+    int32_t short_row = -1;  // >= 0: row 1 is moved to this position (a short key range)
+  };
+  const DecodeCase cases[] = {
+      {{32, 8, 128, 1, 255, 0}},       {{8, 2, 64, 1, 0, 0}},          {{8, 1, 128, 1, 1000, 0}},
+      {{4, 4, 64, 1, 77, 0}},          {{16, 4, 128, 3, 300, 0}},      {{8, 2, 64, 5, 200, 50}},
+      {{12, 2, 128, 2, 90, 0}},        {{4, 2, 40, 7, 33, 0}},         {{4, 1, 36, 2, 20, 0}},
+      {{2, 1, 256, 1, 500, 0}},        {{8, 2, 64, 15, 40, 0, true}},  {{8, 2, 128, 2, 2000, 700}},
+      {{8, 2, 64, 4, 600, 0}, 5},      {{8, 1, 128, 3, 31, 0}},        {{4, 2, 18, 3, 10, 0}},
+  };
+  const bool decode_was = vk->decode_attention();
+  uint64_t seed = 500;
+  int multi_split = 0;
+  for (const DecodeCase& dc : cases) {
+    const AttnCase& c = dc.c;
+    AttnInputs in = attention_inputs(c, seed += 10);
+    if (dc.short_row >= 0) in.pos[1] = dc.short_row;
+    const auto want = run_attention(cpu, c, in);
+    const double tol = attention_tolerance(c, in);
+    std::vector<float> got[2];
+    int64_t splits = 0;
+    for (bool decode : {true, false}) {
+      vk->set_decode_attention(decode);
+      got[decode] = run_attention(*vk, c, in);
+      if (decode) splits = vk->last_decode_splits();
+      EXPECT_LT(test::rel_rms(got[decode], want), tol)
+          << (decode ? "attention_decode" : "attention.comp") << ": heads " << c.n_heads << "/" << c.n_kv_heads
+          << " head_dim " << c.head_dim << " rows " << c.rows << " prefix " << c.prefix << " window " << c.window;
+    }
+    EXPECT_LT(test::rel_rms(got[1], got[0]), 2 * tol) << "the two kernels disagree, head_dim " << c.head_dim;
+    EXPECT_EQ(splits == 0, c.head_dim % 4 != 0) << "attention_decode taken or not, head_dim " << c.head_dim;
+    multi_split += splits > 1;
+  }
+  vk->set_decode_attention(decode_was);
+  EXPECT_GE(multi_split, 6);
+}
+
 TEST(VulkanOps, SiluMulAndAdd) {
   TRELLIS_VULKAN_OR_SKIP(vk);
   Backend& cpu = cpu_backend();

@@ -48,6 +48,11 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   rms_wide_wg_ = std::max(wg_, std::min({kRmsWideWg, lim.maxComputeWorkGroupInvocations, lim.maxComputeWorkGroupSize[0]}));
   const char* flash_env = std::getenv("TRELLIS_VULKAN_FLASH_ATTENTION");
   flash_ = !(flash_env && std::strcmp(flash_env, "0") == 0);
+  // attention_decode's clusters of C lanes must lie in one subgroup (C <= 32, a power of two).
+  decode_capable_ = std::find(info.features.begin(), info.features.end(), "subgroup_shuffle") != info.features.end() &&
+                    sg >= 4 && sg <= static_cast<int>(kDecodeWg) && (sg & (sg - 1)) == 0;
+  const char* decode_env = std::getenv("TRELLIS_VULKAN_DECODE_ATTENTION");
+  decode_ = decode_capable_ && !(decode_env && std::strcmp(decode_env, "0") == 0);
   // Prefill GEMM: matmul_f16_coop3 (tile shape fixed at compile time, every cooperative-matrix
   // loop unrolled) by default where the device has cooperative matrices and its variant fits
   // (subgroup size 32): on the H200 at m = 2048, 231-233 TFLOP/s against 33-34 for
@@ -94,9 +99,10 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
              coop3_variant_name(kCoop3Variants[coop3_variant_]), info.name, coop3_shared_bytes(kCoop3Variants[coop3_variant_]));
     coop_ = CoopPath::kOff;
   }
-  log_info("Vulkan: using {} (subgroup size {}; EXL3 GEMV reductions through {}; prefill GEMM {}: cooperative "
-           "matrices {})",
+  log_info("Vulkan: using {} (subgroup size {}; EXL3 GEMV reductions through {}; decode attention {}; prefill GEMM "
+           "{}: cooperative matrices {})",
            info.name, sg, gemv_subgroup_ ? "subgroup shuffles" : "shared memory",
+           decode_ ? "attention_decode" : "attention",
            coop_ == CoopPath::kOff ? "matmul_f16_tiled"
            : coop_kernel_ == 2     ? "matmul_f16_coop2 " + coop2_shape_name(kCoop2Shapes[coop2_shape_])
            : coop_kernel_ == 3     ? "matmul_f16_coop3 " + coop3_variant_name(kCoop3Variants[coop3_variant_])
@@ -121,6 +127,13 @@ void VulkanBackend::set_coop_path(CoopPath p) {
     fail(ErrorKind::kUnsupported, "Vulkan device '{}': no {} cooperative-matrix path ({})", ctx_->info().name,
          coop_path_name(p), ctx_->coop().detail);
   coop_ = p;
+}
+
+void VulkanBackend::set_decode_attention(bool on) {
+  if (on && !decode_capable_)
+    fail(ErrorKind::kUnsupported, "Vulkan device '{}': attention_decode needs subgroup shuffle in compute and a "
+         "power-of-two subgroup size in 4..{} (got {})", ctx_->info().name, kDecodeWg, ctx_->info().subgroup_size);
+  decode_ = on;
 }
 
 void VulkanBackend::set_gemv_subgroup(bool on) {
@@ -368,6 +381,8 @@ void VulkanBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache
     fail(ErrorKind::kUnsupported, "Vulkan backend: attention supports head_dim <= {} (got {})", 4 * kWg, ap.head_dim);
   const int64_t rows = static_cast<int64_t>(positions.size());
   const Staged s = ctx_->stage(positions.data(), positions.size() * 4);
+  last_decode_splits_ = 0;
+  if (rows < kFlashMinRows && attention_decode(q, k_cache, v_cache, positions, s, ap, out)) return;
   struct {
     uint32_t items, n_heads, group, head_dim, kv_width, window;
     uint32_t q_off, kc_off, vc_off, pos_off, out_off;
@@ -403,6 +418,73 @@ void VulkanBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache
   const std::string name = fmt::format("attention_flash_r{}_c{}_d{}", tiles.rows, tiles.keys, d4 * 4);
   const Pipeline& p = ctx_->pipeline(name, "attention_flash", {128, tiles.rows, tiles.keys, d4}, 5, sizeof(fc), 1u << 4);
   ctx_->dispatch_flat(p, bufs, &fc, static_cast<uint64_t>(row_blocks * ap.n_kv_heads * head_blocks));
+}
+
+bool VulkanBackend::attention_decode(const DeviceTensor& q, const DeviceTensor& k_cache, const DeviceTensor& v_cache,
+                                     std::span<const int32_t> positions, const Staged& pos, const AttentionParams& ap,
+                                     DeviceTensor& out) {
+  const int64_t d = ap.head_dim, d4 = d / 4, group = ap.n_heads / ap.n_kv_heads;
+  if (!decode_ || d % 4 != 0 || d4 > kDecodeWg || elem(k_cache, 2) % 4 != 0 || elem(v_cache, 2) % 4 != 0) return false;
+  // Lanes per key C: about 8 dims per lane (two 8-byte chunks), at least 4, within a subgroup.
+  const int64_t c_cap = std::min<int64_t>(ctx_->info().subgroup_size, 32);
+  int64_t c = 4;
+  while (c < (d4 + 1) / 2 && 2 * c <= c_cap) c *= 2;
+  // Heads per workgroup: the whole GQA group where the query registers allow (HB x NV vec4s).
+  const int64_t nv = (d4 + c - 1) / c, hb = std::min<int64_t>({group, 8, 16 / nv});
+  const int64_t head_blocks = (group + hb - 1) / hb;
+  const int64_t kp = kDecodeWg / c, vq = kDecodeWg / d4, t = kDecodeTileKeys;
+  const size_t shared = 4 * static_cast<size_t>(2 * hb * t + 2 * kp * hb + vq * hb + hb) +
+                        16 * static_cast<size_t>(vq * hb * d4);
+  if (shared > ctx_->limits().maxComputeSharedMemorySize) return false;
+  // Splits: the longest key range of the rows over enough workgroups to fill the device
+  // (kDecodeTargetGroups), each at least one tile; short rows leave trailing splits empty.
+  // split_keys and splits enter the push constants, so a replayed decode step is re-recorded
+  // only when they change (at most every split_keys tokens).
+  const int64_t rows = static_cast<int64_t>(positions.size());
+  int64_t n_max = 1;
+  for (const int32_t last : positions) {
+    const int64_t first = ap.sliding_window > 0 ? std::max<int64_t>(0, last + 1 - ap.sliding_window) : 0;
+    n_max = std::max<int64_t>(n_max, last + 1 - first);
+  }
+  const int64_t base = rows * ap.n_kv_heads * head_blocks;
+  const int64_t want = std::max<int64_t>(1, (kDecodeTargetGroups + base - 1) / base);
+  const int64_t split_keys = std::max<int64_t>(t, ((n_max + want - 1) / want + t - 1) / t * t);
+  const int64_t splits = (n_max + split_keys - 1) / split_keys;
+  const int64_t ml_off = rows * ap.n_heads * splits * d;
+  Buffer& part = scratch(kScratchAttn, static_cast<size_t>(std::max<int64_t>(4, ml_off + 2 * rows * ap.n_heads * splits)) * 4);
+  struct {
+    uint32_t rows, n_heads, group, kv_width4, window;
+    uint32_t q_off, kc_off4, vc_off4, pos_off, out_off;
+    float scale;
+    uint32_t splits, split_keys, head_blocks, ml_off;
+  } pc{u32(rows),
+       u32(ap.n_heads),
+       u32(group),
+       u32(ap.n_kv_heads * d4),
+       u32(ap.sliding_window),
+       elem(q, 4),
+       elem(k_cache, 2) / 4,
+       elem(v_cache, 2) / 4,
+       u32(static_cast<int64_t>(pos.offset / 4)),
+       elem(out, 4),
+       ap.scale,
+       u32(splits),
+       u32(split_keys),
+       u32(head_blocks),
+       u32(ml_off)};
+  const std::string name = fmt::format("attention_decode_d{}_c{}_h{}", d, c, hb);
+  const Pipeline& p = ctx_->pipeline(name, "attention_decode", {kDecodeWg, u32(d4), u32(c), u32(hb), u32(t)}, 6,
+                                     sizeof(pc), (1u << 4) | (1u << 5));
+  ctx_->dispatch_flat(p, {&buffer_of(q), &buffer_of(k_cache), &buffer_of(v_cache), pos.buffer, &buffer_of(out), &part},
+                      &pc, static_cast<uint64_t>(base * splits));
+  last_decode_splits_ = splits;
+  if (splits == 1) return true;
+  struct {
+    uint32_t items, head_dim, splits, ml_off, out_off;
+  } mc{u32(rows * ap.n_heads * d), u32(d), u32(splits), u32(ml_off), elem(out, 4)};
+  const Pipeline& pm = ctx_->pipeline("attention_decode_merge", "attention_decode_merge", {wg_}, 2, sizeof(mc), 1u << 1);
+  ctx_->dispatch_flat(pm, {&part, &buffer_of(out)}, &mc, ceil_div(mc.items, wg_));
+  return true;
 }
 
 void VulkanBackend::silu_mul(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out) {

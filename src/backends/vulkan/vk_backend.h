@@ -5,8 +5,10 @@
 // at load); EXL3 layers keep their packed trellis (bit-exact decode in the shaders) with suh,
 // svh and bias widened to fp32. Op -> shader map (shaders/*.comp):
 //   embedding, rms_norm, rope, kv_store, silu_mul, add: one shader each;
-//   attention: attention (one workgroup per row and head) below kFlashMinRows query rows,
-//   attention_flash (query blocks x K/V tiles in shared memory) from there;
+//   attention: below kFlashMinRows query rows attention_decode (+ attention_decode_merge: key
+//   range split over workgroups, flash-decoding) where the device has subgroup shuffles, else
+//   attention (one workgroup per row and head); attention_flash (query blocks x K/V tiles in
+//   shared memory) from there;
 //   dense linear: matmul_f16_gemv (m <= 8), matmul_f16_tiled, or for m >= kCoopMinRows on
 //   devices with cooperative matrices convert_f16 + matmul_f16_coop, matmul_f16_coop2 or
 //   matmul_f16_coop3 (fp16 activations);
@@ -39,8 +41,14 @@ inline constexpr size_t kMaxLinearGroup = 4;
 // rows. Below, matmul_f16_tiled keeps fp32 activations.
 inline constexpr int64_t kCoopMinRows = 64;
 // Query rows from which attention takes attention_flash (query blocks sharing K/V tiles in
-// shared memory); below, attention.comp (one workgroup per row and head: decode, short batches).
+// shared memory); below, attention_decode (key splits over workgroups: decode, short batches) or,
+// where it cannot run, attention.comp (one workgroup per row and head).
 inline constexpr int64_t kFlashMinRows = 16;
+// attention_decode (below kFlashMinRows rows): workgroup size, keys per tile (the smallest
+// split), and the number of workgroups the key splits aim at (~2 per SM on large GPUs).
+inline constexpr uint32_t kDecodeWg = 128;
+inline constexpr uint32_t kDecodeTileKeys = 32;
+inline constexpr int64_t kDecodeTargetGroups = 256;
 
 // rms_norm over fewer groups than this (decode) runs kRmsWideWg invocations per group (where the
 // device allows) instead of the 1-D shaders' 128.
@@ -203,6 +211,16 @@ class VulkanBackend : public Backend {
   void set_flash_attention(bool on) { flash_ = on; }
   bool flash_attention() const { return flash_; }
   void set_flash_tiles(FlashTiles t);
+  // Decode attention (< kFlashMinRows query rows) through attention_decode (+ merge) where the
+  // device is capable (subgroup shuffle in compute, a power-of-two subgroup size in 4..128); on
+  // by default, TRELLIS_VULKAN_DECODE_ATTENTION=0 keeps attention.comp. Setting true on an
+  // incapable device throws kUnsupported. Calls the shader cannot take (head_dim not a multiple
+  // of 4, cache views not 8-byte aligned, too little shared memory) run attention.comp.
+  void set_decode_attention(bool on);
+  bool decode_attention() const { return decode_; }
+  bool decode_attention_capable() const { return decode_capable_; }
+  // Test hook: the key splits of the last attention() call when attention_decode ran it, else 0.
+  int64_t last_decode_splits() const { return last_decode_splits_; }
   // The tiles attention_flash uses for head_dim on this device; {0, 0} when none fits (then
   // attention.comp runs).
   FlashTiles flash_tiles(int64_t head_dim) const;
@@ -237,6 +255,11 @@ class VulkanBackend : public Backend {
   uint32_t wg_size() const { return wg_; }
   // a16 [m, stride] fp16 = x [m, k] rounded (RNE), zeros past k; stride even, >= k.
   void record_convert_f16(const Buffer& x, uint32_t x_off, const Buffer& a16, int64_t m, int64_t k, int64_t stride);
+  // attention() below kFlashMinRows rows through attention_decode; false (nothing recorded) when
+  // it is off or cannot take the call.
+  bool attention_decode(const DeviceTensor& q, const DeviceTensor& k_cache, const DeviceTensor& v_cache,
+                        std::span<const int32_t> positions, const Staged& pos, const AttentionParams& ap,
+                        DeviceTensor& out);
   // y = x · Wᵀ + bias through convert_f16 + matmul_f16_coop (or _coop2 / _coop3, coop_kernel_); false when the pipeline cannot be
   // created (the path is then switched off with a warning and the caller falls back).
   bool gemm_coop(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
@@ -265,6 +288,9 @@ class VulkanBackend : public Backend {
   std::shared_ptr<Context> ctx_;
   bool fuse_ = true;
   bool flash_ = true;
+  bool decode_ = false;
+  bool decode_capable_ = false;
+  int64_t last_decode_splits_ = 0;
   FlashTiles flash_forced_;
   PendingAdd last_add_;
   PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
@@ -279,9 +305,11 @@ class VulkanBackend : public Backend {
   size_t coop2_shape_ = 0;
   size_t coop3_variant_ = 0;
   // Scratch: 0 = decoded Ŵ of the GEMM path, 1 + 2i / 2 + 2i = xh / z of group member i,
-  // kScratchA16 = fp16 activations of matmul_f16_coop.
+  // kScratchA16 = fp16 activations of matmul_f16_coop, kScratchAttn = attention_decode's split
+  // partials (only attention uses it, and it runs alone between linears).
   static constexpr int kScratchA16 = 1 + 2 * kMaxLinearGroup;
-  std::shared_ptr<Buffer> scratch_[kScratchA16 + 1];
+  static constexpr int kScratchAttn = kScratchA16 + 1;
+  std::shared_ptr<Buffer> scratch_[kScratchAttn + 1];
 };
 
 Buffer& buffer_of(const DeviceTensor& t);
