@@ -109,8 +109,9 @@ std::vector<float> run(Backend& be, const CoopCase& c, const Inputs& in) {
 
 // Bounds. Over the whole output: rel-RMS 3e-3 (the CUDA tensor-core kernels' bound), times
 // 1 + s_max / 16 where the scores get large (the ramp cases: a score's fp16 error grows with
-// |q|·|k|, ~2^-11 s). Per (row, head) vector: 10x that, so that one wrong row, head or mask,
-// O(1) on its own vector, is caught even where it is lost in the overall RMS.
+// |q|·|k|, ~2^-11 s). Per (row, head) vector: 1e-2 times the same factor, so that one wrong row,
+// head or mask, O(1) on its own vector, is caught even where it is lost in the overall RMS.
+// Measured with the emulated module on lavapipe: 2-4e-4 overall, at most 3.1e-3 per vector.
 struct Errors {
   double all = 0, worst_vector = 0;
 };
@@ -162,16 +163,16 @@ void check_cases(vk::VulkanBackend& vk, const char* label) {
     ASSERT_TRUE(vk.flash_coop_capable(c.head_dim));
     const Inputs in = make_inputs(c, seed += 10);
     const auto want = run(cpu, c, in);
-    const double scale_bound = 1 + score_max(c, in) / 16;
+    const double s_max = score_max(c, in), scale_bound = 1 + s_max / 16;
     for (float slack : {8.0f, 0.0f}) {
       vk.set_flash_coop_rescale(slack);
       const auto got = run(vk, c, in);
       ASSERT_TRUE(vk.flash_coop()) << label << ": the pipeline could not be created";
       const Errors e = errors(c, got, want);
-      std::printf("%s %s slack %g: rel-RMS %.2e, worst vector %.2e\n", label, describe(c).c_str(), slack, e.all,
-                  e.worst_vector);
+      std::printf("%s %s slack %g: rel-RMS %.2e, worst vector %.2e (largest score %.1f)\n", label,
+                  describe(c).c_str(), slack, e.all, e.worst_vector, s_max);
       EXPECT_LT(e.all, 3e-3 * scale_bound) << label << " slack " << slack;
-      EXPECT_LT(e.worst_vector, 3e-2 * scale_bound) << label << " slack " << slack;
+      EXPECT_LT(e.worst_vector, 1e-2 * scale_bound) << label << " slack " << slack;
       for (float x : got) ASSERT_TRUE(std::isfinite(x)) << label;
     }
   }
