@@ -25,7 +25,9 @@
 // create its pipeline and the tiled shader ran instead); "gemm_failures" counts both.
 // --attn-rows N (N > 0) adds prefill attention at Llama-3.1-8B's heads (32 / 8, head_dim 128) over
 // N rows at positions 0 .. N - 1 ("attention" in the JSON, TFLOP/s = 4·128·32·N(N+1)/2 / time):
-// attention_flash ("flash_<BR>x<BC>") and the row kernel ("rows"), in the same run.
+// attention_flash ("flash_<BR>x<BC>"), the row kernel ("rows") and, where the device has it,
+// attention_flash_coop ("flash_coop"; "rel_err_vs_flash": max |o - o_flash| / max |o_flash|,
+// fp16 Q and P against the fp32 kernel), in the same run.
 // --attn-decode CTX[,CTX...] adds decode attention at the same heads: 1 and 4 query rows at the
 // last positions of a CTX-key context, one cache per layer (32, as a decode step reads them),
 // attention_decode ("decode", with its split count) against attention.comp ("rows"); "us" is per
@@ -391,18 +393,30 @@ int main(int argc, char** argv) {
     be->kv_store(kvt, kvt, pos, kc, vc);
     be->synchronize();
     const double flop = 4.0 * 128 * 32 * (static_cast<double>(attn_rows) * (attn_rows + 1) / 2);
-    const bool saved = be->flash_attention();
+    const bool saved = be->flash_attention(), saved_coop = be->flash_coop();
     out["attention"] = nlohmann::json::array();
-    for (bool flash : {true, false}) {
-      be->set_flash_attention(flash);
+    std::vector<float> ref(static_cast<size_t>(attn_rows * qw)), got(ref.size());
+    // 0: attention_flash (first: the reference), 1: the row kernel, 2: attention_flash_coop.
+    for (int kernel : {0, 1, 2}) {
+      if (kernel == 2 && !be->flash_coop_capable(ap.head_dim)) continue;
+      be->set_flash_attention(kernel != 1);
+      be->set_flash_coop(kernel == 2);
       const double sec = timer(1, [&](int) { be->attention(q, kc, vc, pos, ap, o); });
       const trellis::vk::FlashTiles t = be->flash_tiles(ap.head_dim);
-      const std::string name = flash ? fmt::format("flash_{}x{}", t.rows, t.keys) : "rows";
-      out["attention"].push_back({{"rows", attn_rows}, {"kernel", name}, {"us", sec * 1e6}, {"tflops", flop / sec * 1e-12}});
-      std::fprintf(stderr, "attention rows=%ld %-14s %10.1f us %7.2f TFLOP/s\n", static_cast<long>(attn_rows), name.c_str(),
-                   sec * 1e6, flop / sec * 1e-12);
+      const std::string name = kernel == 0 ? fmt::format("flash_{}x{}", t.rows, t.keys) : kernel == 1 ? "rows" : "flash_coop";
+      nlohmann::json row = {{"rows", attn_rows}, {"kernel", name}, {"us", sec * 1e6}, {"tflops", flop / sec * 1e-12}};
+      be->download(o, kernel == 0 ? ref.data() : got.data());
+      if (kernel == 2) {
+        row["rel_err_vs_flash"] = max_rel_err(got, ref);
+        row["check"] = !be->flash_coop() ? "fallback" : max_rel_err(got, ref) <= 1e-2 ? "ok" : "failed";
+      }
+      out["attention"].push_back(row);
+      std::fprintf(stderr, "attention rows=%ld %-14s %10.1f us %7.2f TFLOP/s%s\n", static_cast<long>(attn_rows),
+                   name.c_str(), sec * 1e6, flop / sec * 1e-12,
+                   kernel == 2 ? fmt::format(" (max rel err vs flash {:.2e})", max_rel_err(got, ref)).c_str() : "");
     }
     be->set_flash_attention(saved);
+    be->set_flash_coop(saved_coop);
   }
   if (!attn_decode.empty()) {
     AttentionParams ap;

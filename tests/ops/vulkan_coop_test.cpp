@@ -1,6 +1,7 @@
 // tests/ops/vulkan_coop_test.cpp: the cooperative-matrix prefill GEMMs (matmul_f16_coop,
 // matmul_f16_coop2 in each of its tile shapes, matmul_f16_coop3 in each of its variants) and the
-// NV -> KHR SPIR-V rewrite they are loaded through.
+// NV -> KHR SPIR-V rewrite they (and attention_flash_coop, vulkan_attention_coop_test.cpp) are
+// loaded through.
 //
 // The rewrite test runs anywhere (it only reads the embedded SPIR-V). The GEMM tests need a
 // device with VK_KHR_cooperative_matrix or VK_NV_cooperative_matrix and the 16x16x16 fp16 ->
@@ -43,10 +44,11 @@ std::vector<uint32_t> nth_instruction(std::span<const uint32_t> m, uint32_t opco
 
 void check_rewrite(std::span<const uint32_t> nv);
 
-// Every cooperative-matrix GEMM module (matmul_f16_coop, matmul_f16_coop2, each
-// matmul_f16_coop3 variant) goes through the rewrite.
+// Every cooperative-matrix module (matmul_f16_coop, matmul_f16_coop2, each matmul_f16_coop3
+// variant, attention_flash_coop_d64 / _d128) goes through the rewrite.
 TEST(VulkanCoop, SpirvRewriteNvToKhr) {
-  std::vector<std::string> shaders = {"matmul_f16_coop", "matmul_f16_coop2"};
+  std::vector<std::string> shaders = {"matmul_f16_coop", "matmul_f16_coop2", "attention_flash_coop_d64",
+                                      "attention_flash_coop_d128"};
   for (const vk::Coop3Variant& v : vk::kCoop3Variants) shaders.push_back("matmul_f16_coop3_" + vk::coop3_variant_name(v));
   for (const std::string& shader : shaders) {
     SCOPED_TRACE(shader);
@@ -58,31 +60,45 @@ TEST(VulkanCoop, SpirvRewriteNvToKhr) {
 // to index dynamically: its loops are unrolled at build time (the header's argument). Check the
 // embedded modules: no Function-storage variable that is an array of cooperative matrices, and exactly
 // FM FN BK / 16 MMAs (each unrolled once).
+void expect_unrolled(std::span<const uint32_t> m, size_t mmas);
+
 TEST(VulkanCoop, Coop3ModulesAreUnrolled) {
-  constexpr uint32_t kOpTypeArray = 28, kOpTypePointer = 32, kOpVariable = 59, kOpTypeCoopNv = 5358, kOpMulAddNv = 5361;
-  constexpr uint32_t kStorageFunction = 7;
   for (const vk::Coop3Variant& v : vk::kCoop3Variants) {
     const std::string shader = "matmul_f16_coop3_" + vk::coop3_variant_name(v);
     SCOPED_TRACE(shader);
-    const auto m = vk::shader_spirv(shader);
-    EXPECT_EQ(vk::count_opcode(m, kOpMulAddNv), static_cast<size_t>(v.fm * v.fn * v.bk / 16));
-    std::vector<uint32_t> coop_types, coop_arrays;
-    for (size_t i = 0; i < vk::count_opcode(m, kOpTypeCoopNv); ++i) coop_types.push_back(nth_instruction(m, kOpTypeCoopNv, i)[1]);
-    for (size_t i = 0; i < vk::count_opcode(m, kOpTypeArray); ++i) {
-      const auto a = nth_instruction(m, kOpTypeArray, i);
-      if (std::find(coop_types.begin(), coop_types.end(), a[2]) != coop_types.end()) coop_arrays.push_back(a[1]);
-    }
-    std::vector<uint32_t> array_pointers;  // Function pointers to those arrays (types may stay, unused)
-    for (size_t i = 0; i < vk::count_opcode(m, kOpTypePointer); ++i) {
-      const auto ptr = nth_instruction(m, kOpTypePointer, i);
-      if (ptr[2] == kStorageFunction && std::find(coop_arrays.begin(), coop_arrays.end(), ptr[3]) != coop_arrays.end())
-        array_pointers.push_back(ptr[1]);
-    }
-    for (size_t i = 0; i < vk::count_opcode(m, kOpVariable); ++i) {
-      const auto var = nth_instruction(m, kOpVariable, i);
-      EXPECT_EQ(std::find(array_pointers.begin(), array_pointers.end(), var[1]), array_pointers.end())
-          << "variable %" << var[2] << " is an array of cooperative matrices";
-    }
+    expect_unrolled(vk::shader_spirv(shader), static_cast<size_t>(v.fm * v.fn * v.bk / 16));
+  }
+}
+
+// The same for attention_flash_coop: per 64-key tile D / 16 x 4 MMAs for S and 4 x D / 16 for P·V.
+TEST(VulkanCoop, AttentionCoopModulesAreUnrolled) {
+  for (int d : {64, 128}) {
+    const std::string shader = "attention_flash_coop_d" + std::to_string(d);
+    SCOPED_TRACE(shader);
+    expect_unrolled(vk::shader_spirv(shader), static_cast<size_t>(2 * (d / 16) * 4));
+  }
+}
+
+void expect_unrolled(std::span<const uint32_t> m, size_t mmas) {
+  constexpr uint32_t kOpTypeArray = 28, kOpTypePointer = 32, kOpVariable = 59, kOpTypeCoopNv = 5358, kOpMulAddNv = 5361;
+  constexpr uint32_t kStorageFunction = 7;
+  EXPECT_EQ(vk::count_opcode(m, kOpMulAddNv), mmas);
+  std::vector<uint32_t> coop_types, coop_arrays;
+  for (size_t i = 0; i < vk::count_opcode(m, kOpTypeCoopNv); ++i) coop_types.push_back(nth_instruction(m, kOpTypeCoopNv, i)[1]);
+  for (size_t i = 0; i < vk::count_opcode(m, kOpTypeArray); ++i) {
+    const auto a = nth_instruction(m, kOpTypeArray, i);
+    if (std::find(coop_types.begin(), coop_types.end(), a[2]) != coop_types.end()) coop_arrays.push_back(a[1]);
+  }
+  std::vector<uint32_t> array_pointers;  // Function pointers to those arrays (types may stay, unused)
+  for (size_t i = 0; i < vk::count_opcode(m, kOpTypePointer); ++i) {
+    const auto ptr = nth_instruction(m, kOpTypePointer, i);
+    if (ptr[2] == kStorageFunction && std::find(coop_arrays.begin(), coop_arrays.end(), ptr[3]) != coop_arrays.end())
+      array_pointers.push_back(ptr[1]);
+  }
+  for (size_t i = 0; i < vk::count_opcode(m, kOpVariable); ++i) {
+    const auto var = nth_instruction(m, kOpVariable, i);
+    EXPECT_EQ(std::find(array_pointers.begin(), array_pointers.end(), var[1]), array_pointers.end())
+        << "variable %" << var[2] << " is an array of cooperative matrices";
   }
 }
 

@@ -468,8 +468,8 @@ double attention_tolerance(const AttnCase& c, const AttnInputs& in) {
   return 4 * u * (a_max + 2 * s_max + std::sqrt(static_cast<double>(n_max)) + 4);
 }
 
-// Both attention kernels (attention_flash at >= kFlashMinRows rows, attention.comp forced with
-// set_flash_attention(false)) against the CPU kernel: head_dim 64, 128 and odd sizes (40, 18:
+// Both fp32 attention kernels (attention_flash at >= kFlashMinRows rows, attention.comp forced
+// with set_flash_attention(false)) against the CPU kernel: head_dim 64, 128 and odd sizes (40, 18:
 // partial vec4s), GQA groups 1..8 (6 leaves vectors of a block unused), row counts that leave
 // partial query blocks and key tiles, prefix offsets, sliding windows, shuffled positions.
 TEST(VulkanOps, AttentionFlashAndRowKernelsMatchCpu) {
@@ -480,7 +480,8 @@ TEST(VulkanOps, AttentionFlashAndRowKernelsMatchCpu) {
       {6, 1, 64, 33, 7, 0},      {3, 3, 128, 50, 19, 0},   {8, 1, 128, 21, 70, 29}, {4, 4, 18, 40, 3, 0},
       {4, 1, 64, 45, 20, 0, true}, {8, 2, 64, 9, 60, 0},
   };
-  const bool flash_was = vk->flash_attention();
+  const bool flash_was = vk->flash_attention(), coop_was = vk->flash_coop();
+  vk->set_flash_coop(false);  // the fp32 kernels (attention_flash_coop: vulkan_attention_coop_test.cpp)
   uint64_t seed = 100;
   for (const AttnCase& c : cases) {
     const AttnInputs in = attention_inputs(c, seed += 10);
@@ -496,6 +497,7 @@ TEST(VulkanOps, AttentionFlashAndRowKernelsMatchCpu) {
     }
   }
   vk->set_flash_attention(flash_was);
+  vk->set_flash_coop(coop_was);
 }
 
 // Every tile shape attention_flash may be given (those that fit this device's shared memory),

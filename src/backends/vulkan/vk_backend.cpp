@@ -53,6 +53,8 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
                     sg >= 4 && sg <= static_cast<int>(kDecodeWg) && (sg & (sg - 1)) == 0;
   const char* decode_env = std::getenv("TRELLIS_VULKAN_DECODE_ATTENTION");
   decode_ = decode_capable_ && !(decode_env && std::strcmp(decode_env, "0") == 0);
+  const char* flash_coop_env = std::getenv("TRELLIS_VULKAN_FLASH_COOP");
+  flash_coop_ = !(flash_coop_env && std::strcmp(flash_coop_env, "0") == 0);
   // Prefill GEMM: matmul_f16_coop3 (tile shape fixed at compile time, every cooperative-matrix
   // loop unrolled) by default where the device has cooperative matrices and its variant fits
   // (subgroup size 32): on the H200 at m = 2048, 231-233 TFLOP/s against 33-34 for
@@ -403,6 +405,7 @@ void VulkanBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache
     ctx_->dispatch_flat(p, bufs, &pc, static_cast<uint64_t>(rows * ap.n_heads));
     return;
   }
+  if (attention_flash_coop(q, k_cache, v_cache, s, ap, rows, out)) return;
   // A workgroup: BR vectors of one kv head = heads_per_block heads of its group x BR /
   // heads_per_block consecutive rows (all heads of the group when it fits: K/V tiles are shared
   // by the whole group).

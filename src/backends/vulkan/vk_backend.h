@@ -7,8 +7,9 @@
 //   embedding, rms_norm, rope, kv_store, silu_mul, add: one shader each;
 //   attention: below kFlashMinRows query rows attention_decode (+ attention_decode_merge: key
 //   range split over workgroups, flash-decoding) where the device has subgroup shuffles, else
-//   attention (one workgroup per row and head); attention_flash (query blocks x K/V tiles in
-//   shared memory) from there;
+//   attention (one workgroup per row and head); from there attention_flash (query blocks x K/V
+//   tiles in shared memory), or on devices with cooperative matrices and head_dim 64 / 128
+//   attention_flash_coop_d<D> (vk_attention_coop.cpp);
 //   dense linear: matmul_f16_gemv (m <= 8), matmul_f16_tiled, or for m >= kCoopMinRows on
 //   devices with cooperative matrices convert_f16 + matmul_f16_coop, matmul_f16_coop2 or
 //   matmul_f16_coop3 (fp16 activations);
@@ -73,6 +74,9 @@ struct FlashTiles {
 };
 // Shared memory attention_flash declares for tiles `t` and head_dim (its header's formula).
 size_t flash_shared_bytes(FlashTiles t, int64_t head_dim);
+// Shared memory of attention_flash_coop_d<head_dim> (its header's formula); 0 when there is no
+// variant for head_dim (64 and 128 exist).
+size_t flash_coop_shared_bytes(int64_t head_dim);
 
 // Which cooperative-matrix extension runs matmul_f16_coop (vk_coop.h).
 enum class CoopPath : uint8_t { kOff, kKhr, kNv };
@@ -224,6 +228,23 @@ class VulkanBackend : public Backend {
   // The tiles attention_flash uses for head_dim on this device; {0, 0} when none fits (then
   // attention.comp runs).
   FlashTiles flash_tiles(int64_t head_dim) const;
+  // Prefill attention on cooperative matrices (attention_flash_coop_d<D>: fp16 Q and P, fp32
+  // softmax and accumulation; ~1e-3 relative against the fp32 kernels) for head_dim 64 and 128
+  // where the device has the cooperative-matrix path with subgroup size 32, subgroup shuffles
+  // and the shared memory; elsewhere, and while set_flash_tiles forces a shape, attention_flash.
+  // On by default; TRELLIS_VULKAN_FLASH_COOP=0 keeps attention_flash (read when the device is
+  // opened). set_flash_coop(true) on a device without the path changes nothing:
+  // flash_coop_capable says whether it runs.
+  void set_flash_coop(bool on) { flash_coop_ = on; }
+  bool flash_coop() const { return flash_coop_; }
+  bool flash_coop_capable(int64_t head_dim) const;
+  // Test hooks of attention_flash_coop: the slack of its lazy rescaling in log2 units (0..15,
+  // default 8; 0 rescales whenever a row's maximum grows; else kInvalidArgument), and its
+  // emulated module (attention_flash_coop_emu_d<D>: the same body with the cooperative-matrix
+  // operations in plain GLSL, shaders/coop_emulation.glsl) in place of the real one, which needs
+  // only subgroup shuffles and so runs on lavapipe.
+  void set_flash_coop_rescale(float log2_slack);
+  void set_flash_coop_emulation(bool on) { flash_coop_emulation_ = on; }
   bool fusion() const { return fuse_; }
   CoopPath coop_path() const { return coop_; }
   bool coop_capable(CoopPath p) const;
@@ -253,6 +274,12 @@ class VulkanBackend : public Backend {
   void gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
                 int64_t m, int64_t in, int64_t out);
   uint32_t wg_size() const { return wg_; }
+  // Records attention_flash_coop for `rows` >= kFlashMinRows query rows (positions staged at
+  // `pos`); false when it does not apply (switched off, tiles forced, head_dim, device, cache
+  // offsets not multiples of 8 halves) or its pipeline cannot be created (then it is switched off
+  // with a warning), and the caller runs attention_flash.
+  bool attention_flash_coop(const DeviceTensor& q, const DeviceTensor& k_cache, const DeviceTensor& v_cache,
+                            const Staged& pos, const AttentionParams& ap, int64_t rows, DeviceTensor& out);
   // a16 [m, stride] fp16 = x [m, k] rounded (RNE), zeros past k; stride even, >= k.
   void record_convert_f16(const Buffer& x, uint32_t x_off, const Buffer& a16, int64_t m, int64_t k, int64_t stride);
   // attention() below kFlashMinRows rows through attention_decode; false (nothing recorded) when
@@ -292,6 +319,10 @@ class VulkanBackend : public Backend {
   bool decode_capable_ = false;
   int64_t last_decode_splits_ = 0;
   FlashTiles flash_forced_;
+  bool flash_coop_ = true;
+  bool flash_coop_emulation_ = false;
+  bool flash_coop_logged_ = false;
+  float flash_coop_rescale_ = 8.0f;
   PendingAdd last_add_;
   PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)

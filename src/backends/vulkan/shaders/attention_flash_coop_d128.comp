@@ -1,0 +1,5 @@
+#version 450
+// attention_flash_coop variant d128: head_dim 128 (the body and its contract: attention_flash_coop.glsl).
+#extension GL_GOOGLE_include_directive : require
+#define HEAD_DIM 128
+#include "attention_flash_coop.glsl"
