@@ -321,9 +321,19 @@ std::shared_ptr<Context> Context::create(int index, bool discrete_like) {
     }
   }
   ctx->arena_ = ctx->create_buffer(kArenaBytes, /*staging=*/true);
-  ctx->profile_ = env_flag("TRELLIS_VULKAN_PROFILE", false);
-  ctx->profile_grids_ = ctx->profile_ && std::getenv("TRELLIS_VULKAN_PROFILE") &&
-                        std::strcmp(std::getenv("TRELLIS_VULKAN_PROFILE"), "2") == 0;
+  // TRELLIS_VULKAN_PROFILE: 1 each dispatch alone, 2 the same per grid, 3 in the stream
+  // (a timestamp after every dispatch of a normal segment; needs timestamps).
+  const char* prof = std::getenv("TRELLIS_VULKAN_PROFILE");
+  const bool stream = prof && std::strcmp(prof, "3") == 0 && ctx->has_timestamps();
+  if (stream) {
+    VkQueryPoolCreateInfo qpi{VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO};
+    qpi.queryType = VK_QUERY_TYPE_TIMESTAMP;
+    qpi.queryCount = kStreamQueries;
+    check(vkCreateQueryPool(ctx->device_, &qpi, nullptr, &ctx->stream_queries_), "vkCreateQueryPool");
+  }
+  ctx->profile_stream_ = stream;
+  ctx->profile_ = !stream && env_flag("TRELLIS_VULKAN_PROFILE", false);
+  ctx->profile_grids_ = ctx->profile_ && std::strcmp(prof, "2") == 0;
   ctx->replay_ = env_flag("TRELLIS_VULKAN_REPLAY", true);
   return ctx;
 }
@@ -343,6 +353,7 @@ Context::~Context() {
     vkDestroyPipelineCache(device_, pipeline_cache_, nullptr);
     for (VkDescriptorPool pool : descriptor_pools_) vkDestroyDescriptorPool(device_, pool, nullptr);
     if (queries_) vkDestroyQueryPool(device_, queries_, nullptr);
+    if (stream_queries_) vkDestroyQueryPool(device_, stream_queries_, nullptr);
     vkDestroyFence(device_, fence_, nullptr);
     vkDestroyCommandPool(device_, command_pool_, nullptr);
     vkDestroyDevice(device_, nullptr);
@@ -546,6 +557,21 @@ void Context::dispatch(const Pipeline& p, const std::vector<const Buffer*>& buff
   }
   append(c, std::span<const uint64_t>(key, nk));
   ++stats_.dispatches;
+  if (profile_stream_) {
+    // A timestamp after the dispatch, sharing its serial (so fusion still sees the dispatch as
+    // the last command); slot 0 is the segment's start (record()).
+    stream_names_.push_back(&p);
+    Command t;
+    t.kind = Command::Kind::kTimestamp;
+    t.src_offset = stream_names_.size();
+    t.dst_offset = 1;  // the stream pool
+    t.serial = commands_.back().serial;
+    t.key_at = key_.size();
+    commands_.push_back(t);
+    key_.push_back(static_cast<uint64_t>(Command::Kind::kTimestamp));
+    key_.push_back(t.src_offset | (1ull << 32));
+    if (stream_names_.size() + 1 >= kStreamQueries) flush();
+  }
   if (profile_) {
     if (gpu_timed) timestamp(kQueries - 1);
     const auto t0 = std::chrono::steady_clock::now();
@@ -563,10 +589,16 @@ uint64_t Context::serial_back(size_t i) const {
 }
 
 bool Context::pop_last(const Pipeline& p, uint64_t serial) {
-  if (commands_.empty()) return false;
-  const Command& c = commands_.back();
+  const bool stamped = profile_stream_ && !commands_.empty() && commands_.back().kind == Command::Kind::kTimestamp &&
+                       commands_.back().dst_offset == 1;
+  if (commands_.size() < (stamped ? 2u : 1u)) return false;
+  const Command& c = commands_[commands_.size() - (stamped ? 2 : 1)];
   if (c.kind != Command::Kind::kDispatch || c.pipeline != &p || c.serial != serial) return false;
   key_.resize(c.key_at);
+  if (stamped) {
+    commands_.pop_back();
+    stream_names_.pop_back();
+  }
   commands_.pop_back();
   --stats_.dispatches;
   recording_ = !commands_.empty();
@@ -577,9 +609,15 @@ void Context::report() const {
   if (profile_totals_.empty()) return;
   std::vector<std::pair<std::string, std::pair<double, uint64_t>>> rows(profile_totals_.begin(), profile_totals_.end());
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
-  for (const auto& [name, t] : rows)
+  double total = 0;
+  uint64_t dispatches = 0;
+  for (const auto& [name, t] : rows) {
     log_message(LogLevel::kInfo,  // asked for explicitly, so shown at any log level
                 fmt::format("Vulkan profile: {:<28} {:10.3f} ms {:8} dispatches", name, 1e3 * t.first, t.second));
+    total += t.first;
+    dispatches += t.second;
+  }
+  log_message(LogLevel::kInfo, fmt::format("Vulkan profile: {:<28} {:10.3f} ms {:8} dispatches", "(total)", 1e3 * total, dispatches));
 }
 
 void Context::dispatch_flat(const Pipeline& p, const std::vector<const Buffer*>& buffers, const void* push,
@@ -703,8 +741,12 @@ bool contains(const std::vector<uint64_t>& v, uint64_t id) { return std::find(v.
 
 void Context::record(VkCommandBuffer cmd) {
   bool timestamps = false;
-  for (const Command& c : commands_) timestamps |= c.kind == Command::Kind::kTimestamp;
+  for (const Command& c : commands_) timestamps |= c.kind == Command::Kind::kTimestamp && c.dst_offset == 0;
   if (timestamps) vkCmdResetQueryPool(cmd, queries_, 0, kQueries);
+  if (!stream_names_.empty()) {
+    vkCmdResetQueryPool(cmd, stream_queries_, 0, static_cast<uint32_t>(stream_names_.size() + 1));
+    vkCmdWriteTimestamp(cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, stream_queries_, 0);
+  }
   // Hazard tracker: buffers read / written since the last barrier.
   std::vector<uint64_t> reads, writes;
   const Pipeline* bound = nullptr;
@@ -753,7 +795,8 @@ void Context::record(VkCommandBuffer cmd) {
       }
       case Command::Kind::kFill: vkCmdFillBuffer(cmd, c.handles[0], 0, VK_WHOLE_SIZE, 0); break;
       case Command::Kind::kTimestamp:
-        vkCmdWriteTimestamp(cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, queries_, static_cast<uint32_t>(c.src_offset));
+        vkCmdWriteTimestamp(cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, c.dst_offset ? stream_queries_ : queries_,
+                            static_cast<uint32_t>(c.src_offset));
         break;
     }
   }
@@ -825,6 +868,18 @@ void Context::flush() {
     check(vkQueueSubmit(queue_, 1, &si, fence_), "vkQueueSubmit");
     check(vkWaitForFences(device_, 1, &fence_, VK_TRUE, UINT64_MAX), "vkWaitForFences");
     check(vkResetFences(device_, 1, &fence_), "vkResetFences");
+    if (!stream_names_.empty()) {  // TRELLIS_VULKAN_PROFILE=3: time since the previous stamp
+      std::vector<uint64_t> t(stream_names_.size() + 1);
+      check(vkGetQueryPoolResults(device_, stream_queries_, 0, static_cast<uint32_t>(t.size()), t.size() * 8, t.data(),
+                                  8, VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT),
+            "vkGetQueryPoolResults");
+      for (size_t i = 0; i < stream_names_.size(); ++i) {
+        auto& [seconds, count] = profile_totals_[stream_names_[i]->name];
+        seconds += static_cast<double>((t[i + 1] - t[i]) & timestamp_mask_) * timestamp_period_ns_ * 1e-9;
+        ++count;
+      }
+      stream_names_.clear();
+    }
     recording_ = false;
   }
   for (auto& [buffer, memory] : retired_) {

@@ -178,8 +178,10 @@ class Context : public std::enable_shared_from_this<Context> {
 
   // TRELLIS_VULKAN_PROFILE=1: every dispatch runs in a segment of its own and its time is added
   // to its pipeline's total: GPU time between two timestamps where the queue writes them, else
-  // host wall time (=2: per pipeline and grid); report() logs the totals (the backend calls it
-  // when it dies).
+  // host wall time (=2: per pipeline and grid). =3 keeps the normal segments (replay, fusion,
+  // overlap) and writes a timestamp after every dispatch: each dispatch is charged the time
+  // since the previous stamp, barrier waits included. report() logs the totals (the backend
+  // calls it when it dies).
   void report() const;
 
   // For Buffer: release now, or after the next flush if commands are being recorded.
@@ -256,6 +258,10 @@ class Context : public std::enable_shared_from_this<Context> {
   std::vector<std::shared_ptr<Buffer>> keep_alive_;
   bool profile_ = false;
   bool profile_grids_ = false;  // TRELLIS_VULKAN_PROFILE=2: totals per pipeline and grid
+  bool profile_stream_ = false;  // TRELLIS_VULKAN_PROFILE=3: timestamps in the normal stream
+  static constexpr uint32_t kStreamQueries = 8192;
+  VkQueryPool stream_queries_ = VK_NULL_HANDLE;
+  std::vector<const Pipeline*> stream_names_;  // the dispatch before stream timestamp i + 1
   std::map<std::string, std::pair<double, uint64_t>> profile_totals_;  // seconds, dispatches
 };
 
