@@ -585,11 +585,17 @@ void Context::dispatch(const Pipeline& p, const std::vector<const Buffer*>& buff
 }
 
 uint64_t Context::serial_back(size_t i) const {
-  return i < commands_.size() ? commands_[commands_.size() - 1 - i].serial : 0;
+  // Stream-profile timestamps (TRELLIS_VULKAN_PROFILE=3) do not count as commands here.
+  for (size_t j = commands_.size(); j-- > 0;) {
+    const Command& c = commands_[j];
+    if (c.kind == Command::Kind::kTimestamp && c.dst_offset == 1) continue;
+    if (i-- == 0) return c.serial;
+  }
+  return 0;
 }
 
 bool Context::pop_last(const Pipeline& p, uint64_t serial) {
-  const bool stamped = profile_stream_ && !commands_.empty() && commands_.back().kind == Command::Kind::kTimestamp &&
+  const bool stamped = !commands_.empty() && commands_.back().kind == Command::Kind::kTimestamp &&
                        commands_.back().dst_offset == 1;
   if (commands_.size() < (stamped ? 2u : 1u)) return false;
   const Command& c = commands_[commands_.size() - (stamped ? 2 : 1)];
