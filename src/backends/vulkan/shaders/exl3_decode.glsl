@@ -31,6 +31,19 @@ uint trellis_state(uint base, uint p) {
   return w & 0xFFFFu;
 }
 
+// Window j (j * K + 16 <= 64) of a run of consecutive windows whose first starts at bit 0 (the
+// MSB) of a0:a1. A window inside one word is a bitfieldExtract: one instruction where the ISA
+// has it (AMD v_bfe_u32), a shift and a mask elsewhere.
+uint window(uint a0, uint a1, uint j) {
+  uint pos = j * K;  // a constant after unrolling
+  if (pos + 16u <= 32u) return bitfieldExtract(a0, int(16u - pos), 16);
+  if (pos >= 32u) return bitfieldExtract(a1, int(48u - pos), 16);
+  return ((a0 << (pos - 16u)) | (a1 >> (48u - pos))) & 0xFFFFu;
+}
+
+// Funnel shift: bits [off, off + 32) of the MSB-first pair hi:lo (off in 0..31).
+uint funnel(uint hi, uint lo, uint off) { return (hi << off) | ((lo >> 1) >> (31u - off)); }
+
 // Codebook value of a 16-bit state, as fp32 (exactly a binary16 value).
 float decode_state(uint state) {
   if (CODEBOOK == 2u) {

@@ -81,19 +81,6 @@ shared float red[SLOTS * G * 16u];
 shared float red[WG * G * 2u];
 #endif
 
-// Window j (0 <= j < PER_GROUP) of a group whose first window starts at bit 0 (MSB) of a0:a1.
-// A window inside one word is a bitfieldExtract: one instruction where the ISA has it (AMD
-// v_bfe_u32), a shift and a mask elsewhere.
-uint window(uint a0, uint a1, uint j) {
-  uint pos = j * K;  // a constant after unrolling
-  if (pos + 16u <= 32u) return bitfieldExtract(a0, int(16u - pos), 16);
-  if (pos >= 32u) return bitfieldExtract(a1, int(48u - pos), 16);
-  return ((a0 << (pos - 16u)) | (a1 >> (48u - pos))) & 0xFFFFu;
-}
-
-// Funnel shift: bits [off, off + 32) of the MSB-first pair hi:lo (off in 0..31).
-uint funnel(uint hi, uint lo, uint off) { return (hi << off) | ((lo >> 1) >> (31u - off)); }
-
 void main() {
   uint g = flat_group();
   uint tiles_n = p.n / 16u, tiles_k = p.k / 16u, groups_n = tiles_n / G;
