@@ -93,7 +93,7 @@ TEST(VulkanExl3, DecodeIsBitExactForEveryKAndCodebook) {
   TRELLIS_VULKAN_OR_SKIP(be);
   // 128 tiles = 32768 states per variant in whole strips of 8 tiles; then 33 tiles in strips of
   // 8 and a last one of 3 (exl3_decode.comp's strips along n).
-  for (const auto [k, n] : {std::pair<int64_t, int64_t>{128, 256}, {48, 176}}) {
+  for (const auto& [k, n] : {std::pair<int64_t, int64_t>{128, 256}, {48, 176}}) {
     for (int K = 1; K <= 8; ++K) {
       for (Codebook cb : kCodebooks) {
         const auto trellis = random_trellis(k, n, K, 1000 + static_cast<uint64_t>(K) * 7 + static_cast<uint64_t>(cb));
