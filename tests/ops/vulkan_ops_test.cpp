@@ -311,6 +311,45 @@ TEST(VulkanOps, Exl3TransformsBySubgroupEqualSharedMemory) {
   vk->set_hadamard_sg(was);
 }
 
+// At prefill sizes with a cooperative-matrix GEMM, the subgroup input transform writes the
+// GEMM's fp16 activations itself (exl3_hadamard_in_sg_f16): the same bits as the fp32 transform
+// followed by convert_f16 (both round with f32_to_f16_rne). Padded input, two GEMM row counts.
+TEST(VulkanOps, Exl3TransformToF16EqualsConvertPass) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  if (vk->coop_path() == vk::CoopPath::kOff || !vk->hadamard_sg())
+    GTEST_SKIP() << "no cooperative-matrix GEMM or subgroup transforms on " << vk->info().name;
+  const int64_t k = 1024, n = 256, in = 1000, out = 250;
+  const int K = 3;
+  test::SplitMix64 rng(14);
+  std::vector<uint16_t> suh(static_cast<size_t>(k)), svh(static_cast<size_t>(n));
+  for (auto& s : suh) s = fp32_to_fp16((rng.next() & 1 ? 1.0f : -1.0f) * (0.5f + static_cast<float>(rng.next() % 100) / 100));
+  for (auto& s : svh) s = fp32_to_fp16((rng.next() & 1 ? 1.0f : -1.0f) * 0.01f);
+  std::vector<uint8_t> trellis(static_cast<size_t>((k / 16) * (n / 16) * exl3::tile_bytes(K)));
+  for (auto& b : trellis) b = static_cast<uint8_t>(rng.next());
+  LinearSource src;
+  src.name = "test.transform_f16";
+  src.in_features = in;
+  src.out_features = out;
+  src.exl3 = exl3::Exl3LinearView{k, n, K, exl3::Codebook::kMcg, trellis.data(), suh.data(), svh.data(), nullptr};
+  const auto w = vk->prepare_linear(src);
+  const bool was = vk->transform_f16();
+  for (int64_t m : {vk::kCoopMinRows, 3 * vk::kCoopMinRows + 5}) {
+    const auto x = random_floats(static_cast<size_t>(m * in), 400 + static_cast<uint64_t>(m));
+    std::vector<float> ys[2];
+    for (int f16 = 0; f16 < 2; ++f16) {
+      vk->set_transform_f16(f16 == 1);
+      const DeviceTensor xt = vk->upload(f32_view(x, {m, in}), DType::kF32);
+      DeviceTensor y = vk->alloc(DType::kF32, {m, out});
+      vk->linear(*w, xt, y);
+      ys[f16] = fetch(*vk, y);
+    }
+    size_t differ = 0;
+    for (size_t i = 0; i < ys[0].size(); ++i) differ += std::memcmp(&ys[0][i], &ys[1][i], 4) != 0;
+    EXPECT_EQ(differ, 0u) << "m=" << m << ": outputs that differ in their bits";
+  }
+  vk->set_transform_f16(was);
+}
+
 TEST(VulkanOps, Rope) {
   TRELLIS_VULKAN_OR_SKIP(vk);
   Backend& cpu = cpu_backend();

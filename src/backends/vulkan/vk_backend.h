@@ -184,6 +184,11 @@ class VulkanBackend : public Backend {
   void set_hadamard_sg(bool on) { hadamard_sg_ = on && hadamard_sg_capable_; }
   bool hadamard_sg() const { return hadamard_sg_; }
   bool hadamard_sg_capable() const { return hadamard_sg_capable_; }
+  // At prefill sizes with a cooperative-matrix GEMM, the subgroup input transform writes the
+  // GEMM's fp16 activations itself (no convert_f16 pass; the same bits): on by default,
+  // TRELLIS_VULKAN_TRANSFORM_F16=0 or set_transform_f16(false) keeps the separate conversion.
+  void set_transform_f16(bool on) { transform_f16_ = on; }
+  bool transform_f16() const { return transform_f16_; }
   // The prefill GEMM's cooperative-matrix path: KHR where the device has it, else NV, else off
   // (TRELLIS_VULKAN_COOPMAT=0 / nv / khr restrict the choice when the device is opened).
   // Choosing a path the device lacks throws kUnsupported; kOff is always possible.
@@ -258,7 +263,13 @@ class VulkanBackend : public Backend {
   // z = xh · Ŵ; returns the number of split-k partials written at z + s * m * n.
   // exl3_decode.comp: Ŵᵀ (n x k, binary16) of a k x n trellis into what_t.
   void record_decode(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n, const Buffer& what_t);
-  uint32_t exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm = false);
+  // xh_f16: xh holds the transformed activations in fp16 [m, k] (exl3_hadamard_in_sg_f16), for
+  // the cooperative-matrix GEMM only (exl3_f16_input).
+  uint32_t exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm = false,
+                        bool xh_f16 = false);
+  // Whether the input transform of this layer at m rows writes fp16 for the GEMM directly
+  // (transform_f16_, the GEMM path, a cooperative-matrix GEMM of version 2 or 3 available).
+  bool exl3_f16_input(const Exl3Linear& w, int64_t m);
   uint32_t exl3_splits(const Exl3Linear& w, int64_t m) const;
   // Tile columns per exl3_gemv workgroup (specialization constant G) for n outputs and m rows.
   uint32_t gemv_columns(int64_t n, int64_t m) const;
@@ -291,6 +302,18 @@ class VulkanBackend : public Backend {
   // created (the path is then switched off with a warning and the caller falls back).
   bool gemm_coop(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
                  int64_t m, int64_t in, int64_t out);
+  // The cooperative-matrix GEMM gemm_coop would record for this shape, with its version and
+  // grid; null when none applies or its pipeline cannot be created (then switched off).
+  struct CoopGemm {
+    const Pipeline* pipeline = nullptr;
+    int version = 0;
+    uint32_t gx = 0, gy = 0;
+  };
+  CoopGemm coop_gemm(int64_t m, int64_t in, int64_t out);
+  // Records that GEMM on activations already in fp16 (a16 [m, stride], stride a multiple of 8
+  // for versions 2 and 3).
+  void record_coop_gemm(const CoopGemm& g, const Buffer& w, const Buffer& a16, int64_t stride, const Buffer& y,
+                        uint32_t y_off, const Buffer* bias, int64_t m, int64_t in, int64_t out);
 
   // The last add / ropes recorded, for the fusion peepholes; valid only while their command
   // is still the last one of the segment (Context::serial_back).
@@ -329,6 +352,7 @@ class VulkanBackend : public Backend {
   uint32_t rms_wide_wg_ = 128;
   bool hadamard_sg_capable_ = false;
   bool hadamard_sg_ = false;
+  bool transform_f16_ = true;  // TRELLIS_VULKAN_TRANSFORM_F16=0: transform in fp32, then convert_f16
   bool gemv_subgroup_capable_ = false;
   bool gemv_subgroup_ = false;
   CoopPath coop_ = CoopPath::kOff;

@@ -190,8 +190,8 @@ void VulkanBackend::set_coop2_shape(size_t i) {
   coop2_shape_ = i;
 }
 
-bool VulkanBackend::gemm_coop(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off,
-                              const Buffer* bias, int64_t m, int64_t in, int64_t out) {
+VulkanBackend::CoopGemm VulkanBackend::coop_gemm(int64_t m, int64_t in, int64_t out) {
+  if (coop_ == CoopPath::kOff || m < kCoopMinRows) return {};
   // Versions 2 and 3 read 8 halves at a time: rows of W and of the activations must start at
   // multiples of 8 (the activations' stride is padded; W's is `in`).
   const int version = coop_kernel_ >= 2 && in % 8 == 0 ? coop_kernel_ : 1;
@@ -201,48 +201,62 @@ bool VulkanBackend::gemm_coop(const Buffer& w, const Buffer& x, uint32_t x_off, 
   const Coop3Variant& v3 = kCoop3Variants[coop3_variant_];
   std::string shader, name;
   std::vector<uint32_t> spec;
-  uint32_t gx = 0, gy = 0;
+  CoopGemm g;
+  g.version = version;
   if (version == 3) {  // tile fixed in the module; 16x16x16 fragments by the shader's defaults
     shader = fmt::format("matmul_f16_coop3_{}{}", coop3_variant_name(v3), khr);
     name = fmt::format("matmul_f16_coop3_{}_{}", coop3_variant_name(v3), ext);
-    gx = ceil_div(m, 16 * v3.wm * v3.fm);
-    gy = ceil_div(out, 16 * v3.wn * v3.fn);
+    g.gx = ceil_div(m, 16 * v3.wm * v3.fm);
+    g.gy = ceil_div(out, 16 * v3.wn * v3.fn);
   } else if (version == 2) {
     const uint32_t wg = sh.wm * sh.wn * (ctx_->coop().workgroup / 4);
     shader = fmt::format("matmul_f16_coop2{}", khr);
     name = fmt::format("matmul_f16_coop2_{}_{}", coop2_shape_name(sh), ext);
     spec = {wg, sh.wm, sh.wn, sh.fm, sh.fn, sh.bk};
-    gx = ceil_div(m, 16 * sh.wm * sh.fm);
-    gy = ceil_div(out, 16 * sh.wn * sh.fn);
+    g.gx = ceil_div(m, 16 * sh.wm * sh.fm);
+    g.gy = ceil_div(out, 16 * sh.wn * sh.fn);
   } else {
     shader = fmt::format("matmul_f16_coop{}", khr);
     name = fmt::format("matmul_f16_coop_{}", ext);
     spec = {ctx_->coop().workgroup};
-    gx = ceil_div(out, 128);
-    gy = ceil_div(m, 128);
+    g.gx = ceil_div(out, 128);
+    g.gy = ceil_div(m, 128);
   }
-  const Pipeline* p = nullptr;
   try {
-    p = &ctx_->pipeline(name, shader, spec, 4, sizeof(MatmulCoopPush), 1u << 2);
+    g.pipeline = &ctx_->pipeline(name, shader, spec, 4, sizeof(MatmulCoopPush), 1u << 2);
   } catch (const Error& e) {
     log_warn("Vulkan: the {} cooperative-matrix GEMM {} is unusable on '{}' ({}); prefill uses matmul_f16_tiled",
              coop_path_name(coop_), name, ctx_->info().name, e.what());
     coop_ = CoopPath::kOff;
-    return false;
+    return {};
   }
+  return g;
+}
+
+void VulkanBackend::record_coop_gemm(const CoopGemm& g, const Buffer& w, const Buffer& a16, int64_t stride,
+                                     const Buffer& y, uint32_t y_off, const Buffer* bias, int64_t m, int64_t in,
+                                     int64_t out) {
+  TRELLIS_CHECK(g.pipeline && stride >= in && stride % (g.version >= 2 ? 8 : 2) == 0);
+  MatmulCoopPush pc{u32(m), u32(in), u32(out), 0, 0, u32(stride), y_off, 0, bias ? 1u : 0u};
+  ctx_->dispatch(*g.pipeline, {&w, &a16, &y, bias ? bias : &w}, &pc, g.gx, g.gy);
+}
+
+bool VulkanBackend::gemm_coop(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off,
+                              const Buffer* bias, int64_t m, int64_t in, int64_t out) {
+  const CoopGemm g = coop_gemm(m, in, out);
+  if (!g.pipeline) return false;
   // Activations to fp16 once (RNE), rows padded with zeros to an even length (8 for versions 2
   // and 3).
-  const int64_t stride = version >= 2 ? (in + 7) / 8 * 8 : (in + 1) / 2 * 2;
+  const int64_t stride = g.version >= 2 ? (in + 7) / 8 * 8 : (in + 1) / 2 * 2;
   Buffer& a16 = scratch(kScratchA16, static_cast<size_t>(m * stride) * 2);
   record_convert_f16(x, x_off, a16, m, in, stride);
-  MatmulCoopPush pc{u32(m), u32(in), u32(out), 0, 0, u32(stride), y_off, 0, bias ? 1u : 0u};
-  ctx_->dispatch(*p, {&w, &a16, &y, bias ? bias : &w}, &pc, gx, gy);
+  record_coop_gemm(g, w, a16, stride, y, y_off, bias, m, in, out);
   return true;
 }
 
 void VulkanBackend::gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off,
                              const Buffer* bias, int64_t m, int64_t in, int64_t out) {
-  if (coop_ != CoopPath::kOff && m >= kCoopMinRows && gemm_coop(w, x, x_off, y, y_off, bias, m, in, out)) return;
+  if (gemm_coop(w, x, x_off, y, y_off, bias, m, in, out)) return;
   MatmulPush pc{u32(m), u32(in), u32(out), 0, x_off, y_off, 0, bias ? 1u : 0u};
   const Buffer* b = bias ? bias : &w;  // bound but unread without a bias
   const Pipeline& p = ctx_->pipeline("matmul_f16_tiled", "matmul_f16_tiled", {}, 4, sizeof(pc), 1u << 2);
@@ -307,7 +321,8 @@ void VulkanBackend::record_decode(const Buffer& trellis, int K, exl3::Codebook c
   ctx_->dispatch_flat(d, {&trellis, &what_t}, &dc, static_cast<uint64_t>((k / 16) * ceil_div(n / 16, kDecodeStrip)));
 }
 
-uint32_t VulkanBackend::exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm) {
+uint32_t VulkanBackend::exl3_product(const Exl3Linear& w, const Buffer& xh, int64_t m, Buffer& z, bool force_gemm,
+                                     bool xh_f16) {
   if (m <= kGemvMaxRows && !force_gemm) {
     const uint32_t splits = exl3_splits(w, m);
     record_gemv(*w.trellis, w.K, w.codebook, w.k, w.n, xh, 0, m, z, 0, splits);
@@ -315,6 +330,10 @@ uint32_t VulkanBackend::exl3_product(const Exl3Linear& w, const Buffer& xh, int6
   }
   Buffer& what_t = scratch(0, static_cast<size_t>(w.k * w.n) * 2);
   record_decode(*w.trellis, w.K, w.codebook, w.k, w.n, what_t);
+  if (xh_f16) {  // the input transform wrote fp16 activations (exl3_f16_input)
+    record_coop_gemm(coop_gemm(m, w.k, w.n), what_t, xh, w.k, z, 0, nullptr, m, w.k, w.n);
+    return 1;
+  }
   gemm_f16(what_t, xh, 0, z, 0, nullptr, m, w.k, w.n);
   return 1;
 }
@@ -332,6 +351,12 @@ void VulkanBackend::dense_linear(const DenseLinear& d, const DeviceTensor& x, De
   }
 }
 
+bool VulkanBackend::exl3_f16_input(const Exl3Linear& w, int64_t m) {
+  if (!transform_f16_ || m <= kGemvMaxRows) return false;
+  const CoopGemm g = coop_gemm(m, w.k, w.n);
+  return g.pipeline && g.version >= 2;  // reads a16 with stride k (a multiple of 128)
+}
+
 void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, DeviceTensor& y, int slot, int phase) {
   const int64_t m = x.rows();
   Buffer& xh = scratch(1 + 2 * slot, static_cast<size_t>(m * w.k) * 4);
@@ -344,19 +369,21 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
   // 8-lane groups leave the GPU nearly empty and each lane's 16 elements (times the split-k
   // partials) serialise (H200: 20 against 5.6 us per output transform).
   const bool sg = hadamard_sg_ && m > kGemvMaxRows;
+  const bool f16 = sg && exl3_f16_input(w, m);
   if (phase == 0) {
     struct {
       uint32_t in_f, k, x_off, xh_off, items;
     } hi{u32(w.in_features), u32(w.k), elem(x, 4), 0, u32(m * (w.k / 128))};
     if (sg) {
-      const Pipeline& pin = ctx_->pipeline("exl3_hadamard_in_sg", "exl3_hadamard_in_sg", {}, 3, sizeof(hi), 1u << 2);
+      const char* name = f16 ? "exl3_hadamard_in_sg_f16" : "exl3_hadamard_in_sg";
+      const Pipeline& pin = ctx_->pipeline(name, name, {}, 3, sizeof(hi), 1u << 2);
       ctx_->dispatch_flat(pin, {&buffer_of(x), w.suh.get(), &xh}, &hi, ceil_div(m * (w.k / 128), kHadamardSgItems));
     } else {
       const Pipeline& pin = ctx_->pipeline("exl3_hadamard_in", "exl3_hadamard_in", {}, 3, 16, 1u << 2);
       ctx_->dispatch(pin, {&buffer_of(x), w.suh.get(), &xh}, &hi, u32(w.k / 128), u32(m));
     }
   } else if (phase == 1) {
-    exl3_product(w, xh, m, z);
+    exl3_product(w, xh, m, z, false, f16);
   } else {
     struct {
       uint32_t n, out_f, z_off, y_off, has_bias, splits, split_stride, items;
