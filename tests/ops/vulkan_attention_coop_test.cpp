@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "ops/attention_test_util.h"
 #include "ops/ops_test_util.h"
 #include "ops/vulkan_test_util.h"
 #include "test_util.h"
@@ -38,73 +39,15 @@ Backend& cpu_backend() {
   return *cpu;
 }
 
-// One attention call: cache rows 0 .. prefix + rows - 1 stored, then `rows` query rows at
-// positions prefix .. prefix + rows - 1 (shuffled when `shuffled`). `ramp` > 0 scales key row t
-// by 1 + t / ramp, so that the rows' maxima keep growing from tile to tile (the lazy rescaling's
-// slack is exceeded).
-struct CoopCase {
-  int64_t n_heads, n_kv_heads, head_dim, rows, prefix, window;
-  bool shuffled = false;
-  double ramp = 0;
-};
+using test::AttnCase;
+using test::AttnInputs;
+using test::attention_inputs;
+using test::run_attention;
 
-std::string describe(const CoopCase& c) {
+std::string describe(const AttnCase& c) {
   return fmt::format("heads {}/{} head_dim {} rows {} prefix {} window {}{}{}", c.n_heads, c.n_kv_heads, c.head_dim,
                      c.rows, c.prefix, c.window, c.shuffled ? " shuffled" : "",
                      c.ramp > 0 ? fmt::format(" ramp {}", c.ramp) : "");
-}
-
-struct Inputs {
-  std::vector<float> q, k, v;
-  std::vector<int32_t> pos;
-};
-
-Inputs make_inputs(const CoopCase& c, uint64_t seed) {
-  const int64_t ctx = c.prefix + c.rows, kvw = c.n_kv_heads * c.head_dim, qw = c.n_heads * c.head_dim;
-  Inputs in{random_floats(static_cast<size_t>(c.rows * qw), seed, 2.0f),
-            random_floats(static_cast<size_t>(ctx * kvw), seed + 1, 2.0f),
-            random_floats(static_cast<size_t>(ctx * kvw), seed + 2), {}};
-  if (c.ramp > 0)
-    for (int64_t t = 0; t < ctx; ++t)
-      for (int64_t i = 0; i < kvw; ++i) in.k[static_cast<size_t>(t * kvw + i)] *= static_cast<float>(1 + t / c.ramp);
-  for (int64_t r = 0; r < c.rows; ++r) in.pos.push_back(static_cast<int32_t>(c.prefix + r));
-  if (c.shuffled) {
-    test::SplitMix64 rng(seed + 3);
-    for (size_t i = in.pos.size() - 1; i > 0; --i) std::swap(in.pos[i], in.pos[rng.next() % (i + 1)]);
-  }
-  return in;
-}
-
-// The output rows, checking that the rows before and after the output view stay zero (q and out
-// are views one row into larger tensors; the caches have spare rows).
-std::vector<float> run(Backend& be, const CoopCase& c, const Inputs& in) {
-  const int64_t ctx = c.prefix + c.rows, kvw = c.n_kv_heads * c.head_dim, qw = c.n_heads * c.head_dim;
-  AttentionParams ap;
-  ap.n_heads = c.n_heads;
-  ap.n_kv_heads = c.n_kv_heads;
-  ap.head_dim = c.head_dim;
-  ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  ap.sliding_window = c.window;
-  DeviceTensor kc = be.alloc(DType::kF16, {ctx + 3, kvw}), vc = be.alloc(DType::kF16, {ctx + 3, kvw});
-  std::vector<int32_t> all(static_cast<size_t>(ctx));
-  for (int64_t i = 0; i < ctx; ++i) all[static_cast<size_t>(i)] = static_cast<int32_t>(i);
-  be.kv_store(be.upload(f32_view(in.k, {ctx, kvw}), DType::kF32), be.upload(f32_view(in.v, {ctx, kvw}), DType::kF32),
-              all, kc, vc);
-  std::vector<float> qpad(static_cast<size_t>(qw), 0.0f);
-  qpad.insert(qpad.end(), in.q.begin(), in.q.end());
-  const DeviceTensor qall = be.upload(f32_view(qpad, {c.rows + 1, qw}), DType::kF32);
-  DeviceTensor q = qall.first_rows(c.rows);
-  q.offset = static_cast<size_t>(qw) * 4;
-  const DeviceTensor oall = be.alloc(DType::kF32, {c.rows + 2, qw});
-  DeviceTensor o = oall.first_rows(c.rows);
-  o.offset = static_cast<size_t>(qw) * 4;
-  be.attention(q, kc, vc, in.pos, ap, o);
-  const auto got = fetch(be, oall);
-  for (int64_t i = 0; i < qw; ++i) {
-    EXPECT_EQ(got[static_cast<size_t>(i)], 0.0f) << "row before the output";
-    EXPECT_EQ(got[static_cast<size_t>((c.rows + 1) * qw + i)], 0.0f) << "row after the output";
-  }
-  return {got.begin() + qw, got.begin() + (c.rows + 1) * qw};
 }
 
 // Bounds. Over the whole output: rel-RMS 3e-3 (the CUDA tensor-core kernels' bound), times
@@ -116,7 +59,7 @@ struct Errors {
   double all = 0, worst_vector = 0;
 };
 
-Errors errors(const CoopCase& c, const std::vector<float>& got, const std::vector<float>& want) {
+Errors errors(const AttnCase& c, const std::vector<float>& got, const std::vector<float>& want) {
   Errors e;
   e.all = test::rel_rms(got, want);
   const size_t d = static_cast<size_t>(c.head_dim);
@@ -128,7 +71,7 @@ Errors errors(const CoopCase& c, const std::vector<float>& got, const std::vecto
   return e;
 }
 
-double score_max(const CoopCase& c, const Inputs& in) {
+double score_max(const AttnCase& c, const AttnInputs& in) {
   const int64_t d = c.head_dim, kvw = c.n_kv_heads * d, qw = c.n_heads * d, group = c.n_heads / c.n_kv_heads;
   double s_max = 0;
   for (int64_t r = 0; r < c.rows; ++r)
@@ -146,7 +89,7 @@ double score_max(const CoopCase& c, const Inputs& in) {
 // Rows not a multiple of 64 query vectors, a chunk after an earlier one, sliding windows, GQA
 // groups 1, 4, 6 (a block's vectors straddle rows), 8 and 80 (a row's heads span blocks), shuffled
 // positions, both head sizes, 16 rows (the smallest prefill), growing maxima.
-const CoopCase kCases[] = {
+const AttnCase kCases[] = {
     {32, 8, 128, 150, 0, 0},   {32, 8, 128, 70, 157, 0},   {32, 8, 128, 100, 40, 50},
     {8, 2, 64, 77, 30, 0},     {8, 8, 128, 33, 5, 0},      {8, 1, 64, 50, 20, 37},
     {6, 1, 128, 21, 0, 0},     {8, 2, 128, 45, 20, 0, true}, {4, 2, 64, 16, 0, 0},
@@ -158,15 +101,15 @@ const CoopCase kCases[] = {
 void check_cases(vk::VulkanBackend& vk, const char* label) {
   Backend& cpu = cpu_backend();
   uint64_t seed = 700;
-  for (const CoopCase& c : kCases) {
+  for (const AttnCase& c : kCases) {
     SCOPED_TRACE(describe(c));
     ASSERT_TRUE(vk.flash_coop_capable(c.head_dim));
-    const Inputs in = make_inputs(c, seed += 10);
-    const auto want = run(cpu, c, in);
+    const AttnInputs in = attention_inputs(c, seed += 10);
+    const auto want = run_attention(cpu, c, in);
     const double s_max = score_max(c, in), scale_bound = 1 + s_max / 16;
     for (float slack : {8.0f, 0.0f}) {
       vk.set_flash_coop_rescale(slack);
-      const auto got = run(vk, c, in);
+      const auto got = run_attention(vk, c, in);
       ASSERT_TRUE(vk.flash_coop()) << label << ": the pipeline could not be created";
       const Errors e = errors(c, got, want);
       std::printf("%s %s slack %g: rel-RMS %.2e, worst vector %.2e (largest score %.1f)\n", label,
@@ -225,16 +168,16 @@ TEST(VulkanAttentionCoop, SwitchKeepsScalarFlash) {
   FlashCoopSettings keep(*vk);
   vk->set_flash_coop_emulation(true);  // so that the coop path would otherwise run on any device
   if (!vk->flash_coop_capable(128)) GTEST_SKIP() << "no attention_flash_coop path, emulated or not";
-  const CoopCase c{8, 2, 128, 40, 10, 0};
-  const Inputs in = make_inputs(c, 900);
-  const auto want = run(cpu_backend(), c, in);
-  const double coop_err = test::rel_rms(run(*vk, c, in), want);
+  const AttnCase c{8, 2, 128, 40, 10, 0};
+  const AttnInputs in = attention_inputs(c, 900);
+  const auto want = run_attention(cpu_backend(), c, in);
+  const double coop_err = test::rel_rms(run_attention(*vk, c, in), want);
   EXPECT_GT(coop_err, 1e-5) << "fp16 Q and P leave a trace";
   vk->set_flash_coop(false);
-  EXPECT_LT(test::rel_rms(run(*vk, c, in), want), 1e-5) << "set_flash_coop(false)";
+  EXPECT_LT(test::rel_rms(run_attention(*vk, c, in), want), 1e-5) << "set_flash_coop(false)";
   vk->set_flash_coop(true);
   vk->set_flash_tiles({32, 16});
-  EXPECT_LT(test::rel_rms(run(*vk, c, in), want), 1e-5) << "forced attention_flash tiles";
+  EXPECT_LT(test::rel_rms(run_attention(*vk, c, in), want), 1e-5) << "forced attention_flash tiles";
   vk->set_flash_tiles({});
   EXPECT_THROW(vk->set_flash_coop_rescale(16.0f), Error);
   EXPECT_THROW(vk->set_flash_coop_rescale(-1.0f), Error);
