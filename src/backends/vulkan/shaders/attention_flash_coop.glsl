@@ -74,12 +74,7 @@
 const uint D = HEAD_DIM;
 const uint WG = 128u, BR = 64u, BC = 64u;
 layout(local_size_x = WG) in;
-layout(constant_id = 10) const uint kAm = 16;
-layout(constant_id = 11) const uint kAk = 16;
-layout(constant_id = 12) const uint kBk = 16;
-layout(constant_id = 13) const uint kBn = 16;
-layout(constant_id = 14) const uint kCm = 16;
-layout(constant_id = 15) const uint kCn = 16;
+#include "coop_dims.glsl"
 #include "common.glsl"
 
 layout(binding = 0) readonly buffer Q { float q[]; };

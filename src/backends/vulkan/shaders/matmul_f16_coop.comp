@@ -33,12 +33,7 @@
 #extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 128;
-layout(constant_id = 10) const uint kAm = 16;
-layout(constant_id = 11) const uint kAk = 16;
-layout(constant_id = 12) const uint kBk = 16;
-layout(constant_id = 13) const uint kBn = 16;
-layout(constant_id = 14) const uint kCm = 16;
-layout(constant_id = 15) const uint kCn = 16;
+#include "coop_dims.glsl"
 #include "common.glsl"
 
 layout(binding = 0) readonly buffer Wt { uint w[]; };

@@ -38,12 +38,7 @@ layout(constant_id = 2) const uint WN = 2;   // subgroups along out
 layout(constant_id = 3) const uint FM = 4;   // 16-row fragments per subgroup
 layout(constant_id = 4) const uint FN = 4;   // 16-column fragments per subgroup
 layout(constant_id = 5) const uint BK = 32;  // k per step, a multiple of 16
-layout(constant_id = 10) const uint kAm = 16;
-layout(constant_id = 11) const uint kAk = 16;
-layout(constant_id = 12) const uint kBk = 16;
-layout(constant_id = 13) const uint kBn = 16;
-layout(constant_id = 14) const uint kCm = 16;
-layout(constant_id = 15) const uint kCn = 16;
+#include "coop_dims.glsl"
 #include "common.glsl"
 
 layout(binding = 0) readonly buffer Wt { uvec4 w[]; };
