@@ -93,27 +93,20 @@ TEST(VulkanExl3, DecodeIsBitExactForEveryKAndCodebook) {
   TRELLIS_VULKAN_OR_SKIP(be);
   // 128 tiles = 32768 states per variant in whole strips of 8 tiles; then 33 tiles in strips of
   // 8 and a last one of 3 (exl3_decode.comp's strips along n).
-  // Both decoders: exl3_decode and the A/B one, exl3_decode_strip.
-  const bool was = be->decode_strip();
-  for (const bool strip : {false, true}) {
-    be->set_decode_strip(strip);
-    for (const auto& [k, n] : {std::pair<int64_t, int64_t>{128, 256}, {48, 176}}) {
-      for (int K = 1; K <= 8; ++K) {
-        for (Codebook cb : kCodebooks) {
-          const auto trellis = random_trellis(k, n, K, 1000 + static_cast<uint64_t>(K) * 7 + static_cast<uint64_t>(cb));
-          const auto view = view_of(trellis, k, n, K, cb);
-          std::vector<uint16_t> want(static_cast<size_t>(k * n));
-          exl3::decode_what(view, want.data());
-          const std::vector<uint16_t> got = be->exl3_decode_what(view);
-          size_t bad = 0;
-          for (size_t i = 0; i < want.size(); ++i) bad += got[i] != want[i];
-          EXPECT_EQ(bad, 0u) << (strip ? "exl3_decode_strip " : "exl3_decode ") << k << "x" << n << " K=" << K
-                             << " cb=" << exl3::codebook_name(cb);
-        }
+  for (const auto& [k, n] : {std::pair<int64_t, int64_t>{128, 256}, {48, 176}}) {
+    for (int K = 1; K <= 8; ++K) {
+      for (Codebook cb : kCodebooks) {
+        const auto trellis = random_trellis(k, n, K, 1000 + static_cast<uint64_t>(K) * 7 + static_cast<uint64_t>(cb));
+        const auto view = view_of(trellis, k, n, K, cb);
+        std::vector<uint16_t> want(static_cast<size_t>(k * n));
+        exl3::decode_what(view, want.data());
+        const std::vector<uint16_t> got = be->exl3_decode_what(view);
+        size_t bad = 0;
+        for (size_t i = 0; i < want.size(); ++i) bad += got[i] != want[i];
+        EXPECT_EQ(bad, 0u) << k << "x" << n << " K=" << K << " cb=" << exl3::codebook_name(cb);
       }
     }
   }
-  be->set_decode_strip(was);
 }
 
 TEST(VulkanExl3, DecodeCoversEveryState) {

@@ -44,8 +44,6 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   hadamard_sg_capable_ = shuffles && sg >= 8 && sg % 8 == 0 && 128 % sg == 0;
   const char* had_env = std::getenv("TRELLIS_VULKAN_HADAMARD_SG");
   hadamard_sg_ = hadamard_sg_capable_ && !(had_env && std::strcmp(had_env, "0") == 0);
-  const char* strip_env = std::getenv("TRELLIS_VULKAN_DECODE_STRIP");
-  decode_strip_ = strip_env && std::strcmp(strip_env, "1") == 0;
   const char* tf16_env = std::getenv("TRELLIS_VULKAN_TRANSFORM_F16");
   transform_f16_ = !(tf16_env && std::strcmp(tf16_env, "0") == 0);
   rms_subgroup_ = std::find(info.features.begin(), info.features.end(), "subgroup_arithmetic") != info.features.end();

@@ -188,10 +188,6 @@ class VulkanBackend : public Backend {
   // GEMM's fp16 activations itself (no convert_f16 pass; the same bits): on by default,
   // TRELLIS_VULKAN_TRANSFORM_F16=0 or set_transform_f16(false) keeps the separate conversion.
   void set_transform_f16(bool on) { transform_f16_ = on; }
-  // Ŵ decode of the GEMM path: exl3_decode (runs of 8 steps per lane) by default, or the
-  // previous exl3_decode_strip (TRELLIS_VULKAN_DECODE_STRIP=1, for A/B runs); the same bits.
-  void set_decode_strip(bool on) { decode_strip_ = on; }
-  bool decode_strip() const { return decode_strip_; }
   bool transform_f16() const { return transform_f16_; }
   // The prefill GEMM's cooperative-matrix path: KHR where the device has it, else NV, else off
   // (TRELLIS_VULKAN_COOPMAT=0 / nv / khr restrict the choice when the device is opened).
@@ -357,7 +353,6 @@ class VulkanBackend : public Backend {
   bool rms_subgroup_ = false;  // rms_norm_sg for the wide variant (subgroup arithmetic)
   bool hadamard_sg_capable_ = false;
   bool hadamard_sg_ = false;
-  bool decode_strip_ = false;  // TRELLIS_VULKAN_DECODE_STRIP=1: exl3_decode_strip (A/B runs)
   bool transform_f16_ = true;  // TRELLIS_VULKAN_TRANSFORM_F16=0: transform in fp32, then convert_f16
   bool gemv_subgroup_capable_ = false;
   bool gemv_subgroup_ = false;

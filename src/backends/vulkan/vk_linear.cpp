@@ -316,8 +316,7 @@ void VulkanBackend::record_decode(const Buffer& trellis, int K, exl3::Codebook c
   } dc{u32(k), u32(n), 0};
   // Constant 0 is a placeholder (exl3_decode.comp fixes its workgroup size); constants 1 and 2
   // select K and the codebook. One workgroup per tile row and strip of kDecodeStrip tiles.
-  const char* shader = decode_strip_ ? "exl3_decode_strip" : "exl3_decode";
-  const Pipeline& d = ctx_->pipeline(variant(shader, K, cb), shader,
+  const Pipeline& d = ctx_->pipeline(variant("exl3_decode", K, cb), "exl3_decode",
                                      {0, static_cast<uint32_t>(K), static_cast<uint32_t>(cb)}, 2, sizeof(dc), 1u << 1);
   ctx_->dispatch_flat(d, {&trellis, &what_t}, &dc, static_cast<uint64_t>((k / 16) * ceil_div(n / 16, kDecodeStrip)));
 }
