@@ -46,7 +46,6 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   hadamard_sg_ = hadamard_sg_capable_ && !(had_env && std::strcmp(had_env, "0") == 0);
   const char* tf16_env = std::getenv("TRELLIS_VULKAN_TRANSFORM_F16");
   transform_f16_ = !(tf16_env && std::strcmp(tf16_env, "0") == 0);
-  rms_subgroup_ = std::find(info.features.begin(), info.features.end(), "subgroup_arithmetic") != info.features.end();
   const VkPhysicalDeviceLimits& lim = ctx_->limits();
   rms_wide_wg_ = std::max(wg_, std::min({kRmsWideWg, lim.maxComputeWorkGroupInvocations, lim.maxComputeWorkGroupSize[0]}));
   const char* flash_env = std::getenv("TRELLIS_VULKAN_FLASH_ATTENTION");
@@ -256,10 +255,7 @@ void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, 
   // Few groups (decode: one row) leave most of the GPU idle, and each invocation's loop over its
   // group's elements is a chain of dependent load latencies: wider workgroups there.
   const uint32_t wg = groups < kRmsWideBelowGroups ? rms_wide_wg_ : wg_;
-  // The wide (decode) variant reduces by subgroupAdd where the device has subgroup arithmetic.
-  const bool sg = wg != wg_ && rms_subgroup_;
-  const char* shader = sg ? "rms_norm_sg" : "rms_norm";
-  const std::string suffix = wg == wg_ ? "" : fmt::format("{}_w{}", sg ? "_sg" : "", wg);
+  const std::string suffix = wg == wg_ ? "" : fmt::format("_w{}", wg);
   const PendingAdd& a = last_add_;
   if (fuse_ && a.x && a.serial != 0 && a.serial == ctx_->serial_back(0) && a.x.get() == &xb && a.x_off == pc.x_off &&
       a.n == groups * group && &ob != &xb && &ob != a.y.get()) {
@@ -269,13 +265,13 @@ void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, 
       pc.y_off = a.y_off;
       const Buffer& yb = *static_cast<const Buffer*>(a.y.get());
       const Pipeline& p =
-          ctx_->pipeline("rms_norm_add" + suffix, shader, {wg, 1}, 4, sizeof(pc), (1u << 0) | (1u << 2));
+          ctx_->pipeline("rms_norm_add" + suffix, "rms_norm", {wg, 1}, 4, sizeof(pc), (1u << 0) | (1u << 2));
       ctx_->dispatch_flat(p, {&xb, &buffer_of(weight), &ob, &yb}, &pc, static_cast<uint64_t>(groups));
       last_add_ = {};
       return;
     }
   }
-  const Pipeline& p = ctx_->pipeline("rms_norm" + suffix, shader, {wg, 0}, 4, sizeof(pc), 1u << 2);
+  const Pipeline& p = ctx_->pipeline("rms_norm" + suffix, "rms_norm", {wg, 0}, 4, sizeof(pc), 1u << 2);
   ctx_->dispatch_flat(p, {&xb, &buffer_of(weight), &ob, &xb}, &pc, static_cast<uint64_t>(groups));
 }
 

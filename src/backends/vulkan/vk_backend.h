@@ -350,7 +350,6 @@ class VulkanBackend : public Backend {
   PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
   uint32_t rms_wide_wg_ = 128;
-  bool rms_subgroup_ = false;  // rms_norm_sg for the wide variant (subgroup arithmetic)
   bool hadamard_sg_capable_ = false;
   bool hadamard_sg_ = false;
   bool transform_f16_ = true;  // TRELLIS_VULKAN_TRANSFORM_F16=0: transform in fp32, then convert_f16
