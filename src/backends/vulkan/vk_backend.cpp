@@ -35,28 +35,21 @@ float load_float(const std::byte* p, DType dtype, size_t i) {
 VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::create(index, staging_only)) {
   const DeviceInfo& info = ctx_->info();
   const int sg = info.subgroup_size;
-  gemv_subgroup_capable_ = std::find(info.features.begin(), info.features.end(), "subgroup_shuffle") != info.features.end() &&
-                           sg >= 4 && sg <= static_cast<int>(kGemvWg) && kGemvWg % static_cast<uint32_t>(sg) == 0;
-  const char* env = std::getenv("TRELLIS_VULKAN_SUBGROUP");
-  gemv_subgroup_ = gemv_subgroup_capable_ && !(env && std::strcmp(env, "0") == 0);
-  fuse_ = !(std::getenv("TRELLIS_VULKAN_FUSE") && std::strcmp(std::getenv("TRELLIS_VULKAN_FUSE"), "0") == 0);
   const bool shuffles = std::find(info.features.begin(), info.features.end(), "subgroup_shuffle") != info.features.end();
+  // On/off switches: TRELLIS_VULKAN_<NAME>=0 turns a default-on path off (env_flag).
+  gemv_subgroup_capable_ = shuffles && sg >= 4 && sg <= static_cast<int>(kGemvWg) && kGemvWg % static_cast<uint32_t>(sg) == 0;
+  gemv_subgroup_ = gemv_subgroup_capable_ && env_flag("TRELLIS_VULKAN_SUBGROUP", true);
+  fuse_ = env_flag("TRELLIS_VULKAN_FUSE", true);
   hadamard_sg_capable_ = shuffles && sg >= 8 && sg % 8 == 0 && 128 % sg == 0;
-  const char* had_env = std::getenv("TRELLIS_VULKAN_HADAMARD_SG");
-  hadamard_sg_ = hadamard_sg_capable_ && !(had_env && std::strcmp(had_env, "0") == 0);
-  const char* tf16_env = std::getenv("TRELLIS_VULKAN_TRANSFORM_F16");
-  transform_f16_ = !(tf16_env && std::strcmp(tf16_env, "0") == 0);
+  hadamard_sg_ = hadamard_sg_capable_ && env_flag("TRELLIS_VULKAN_HADAMARD_SG", true);
+  transform_f16_ = env_flag("TRELLIS_VULKAN_TRANSFORM_F16", true);
   const VkPhysicalDeviceLimits& lim = ctx_->limits();
   rms_wide_wg_ = std::max(wg_, std::min({kRmsWideWg, lim.maxComputeWorkGroupInvocations, lim.maxComputeWorkGroupSize[0]}));
-  const char* flash_env = std::getenv("TRELLIS_VULKAN_FLASH_ATTENTION");
-  flash_ = !(flash_env && std::strcmp(flash_env, "0") == 0);
+  flash_ = env_flag("TRELLIS_VULKAN_FLASH_ATTENTION", true);
   // attention_decode's clusters of C lanes must lie in one subgroup (C <= 32, a power of two).
-  decode_capable_ = std::find(info.features.begin(), info.features.end(), "subgroup_shuffle") != info.features.end() &&
-                    sg >= 4 && sg <= static_cast<int>(kDecodeWg) && (sg & (sg - 1)) == 0;
-  const char* decode_env = std::getenv("TRELLIS_VULKAN_DECODE_ATTENTION");
-  decode_ = decode_capable_ && !(decode_env && std::strcmp(decode_env, "0") == 0);
-  const char* flash_coop_env = std::getenv("TRELLIS_VULKAN_FLASH_COOP");
-  flash_coop_ = !(flash_coop_env && std::strcmp(flash_coop_env, "0") == 0);
+  decode_capable_ = shuffles && sg >= 4 && sg <= static_cast<int>(kDecodeWg) && (sg & (sg - 1)) == 0;
+  decode_ = decode_capable_ && env_flag("TRELLIS_VULKAN_DECODE_ATTENTION", true);
+  flash_coop_ = env_flag("TRELLIS_VULKAN_FLASH_COOP", true);
   // Prefill GEMM: matmul_f16_coop3 (tile shape fixed at compile time, every cooperative-matrix
   // loop unrolled) by default where the device has cooperative matrices and its variant fits
   // (subgroup size 32): on the H200 at m = 2048, 231-233 TFLOP/s against 33-34 for

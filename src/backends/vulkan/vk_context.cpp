@@ -69,12 +69,6 @@ VkDescriptorPool create_descriptor_pool(VkDevice device) {
   return pool;
 }
 
-bool env_flag(const char* name, bool fallback) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return fallback;
-  return std::strcmp(v, "0") != 0;
-}
-
 VkInstance create_instance() {
   VkApplicationInfo app{VK_STRUCTURE_TYPE_APPLICATION_INFO};
   app.pApplicationName = "trellis";
@@ -895,6 +889,12 @@ void Context::flush() {
   retired_.clear();
   keep_alive_.clear();
   arena_used_ = 0;
+}
+
+bool env_flag(const char* name, bool fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  return std::strcmp(v, "0") != 0;
 }
 
 }  // namespace trellis::vk

@@ -265,4 +265,8 @@ class Context : public std::enable_shared_from_this<Context> {
   std::map<std::string, std::pair<double, uint64_t>> profile_totals_;  // seconds, dispatches
 };
 
+// A switch from the environment: `fallback` when `name` is unset or empty, else false for "0"
+// and true for anything else (the backend's TRELLIS_VULKAN_* switches).
+bool env_flag(const char* name, bool fallback);
+
 }  // namespace trellis::vk
