@@ -369,7 +369,7 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
   // 8-lane groups leave the GPU nearly empty and each lane's 16 elements (times the split-k
   // partials) serialise (H200: 20 against 5.6 us per output transform).
   const bool sg = hadamard_sg_ && m > kGemvMaxRows;
-  const bool f16 = sg && exl3_f16_input(w, m);
+  const bool f16 = phase < 2 && sg && exl3_f16_input(w, m);  // the input transform's and product's choice
   if (phase == 0) {
     struct {
       uint32_t in_f, k, x_off, xh_off, items;
