@@ -39,6 +39,8 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
                            sg >= 4 && sg <= static_cast<int>(kGemvWg) && kGemvWg % static_cast<uint32_t>(sg) == 0;
   const char* env = std::getenv("TRELLIS_VULKAN_SUBGROUP");
   gemv_subgroup_ = gemv_subgroup_capable_ && !(env && std::strcmp(env, "0") == 0);
+  const char* hin_env = std::getenv("TRELLIS_VULKAN_GEMV_HIN");
+  gemv_hin_ = !(hin_env && std::strcmp(hin_env, "0") == 0);
   fuse_ = !(std::getenv("TRELLIS_VULKAN_FUSE") && std::strcmp(std::getenv("TRELLIS_VULKAN_FUSE"), "0") == 0);
   const bool shuffles = std::find(info.features.begin(), info.features.end(), "subgroup_shuffle") != info.features.end();
   hadamard_sg_capable_ = shuffles && sg >= 8 && sg % 8 == 0 && 128 % sg == 0;
