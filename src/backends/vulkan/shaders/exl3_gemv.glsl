@@ -132,29 +132,52 @@ void main() {
     uint rc = min(R, p.m - r0);
 #ifdef EXL3_GEMV_HIN
     // xh of rows r0 .. r0 + rc - 1, elements [c0, c0 + span), as exl3_hadamard_in.comp computes
-    // it. span is a multiple of 128, so bit s of an index into xs is bit s of the element's
-    // place in its 128-block; one invocation per pair (lo, lo | s) per stage. The last pass's
-    // reads of xs ended at the reduction's final barrier.
+    // it, with 3 barriers instead of its 14. span is a multiple of 128, so bits 0..6 of an index
+    // into xs are the element's place in its 128-block. Step 0: the products x · suh (or 0 past
+    // in_f) into xs; kept apart from the first add by the barrier, so no compiler can contract
+    // them into an FMA (one rounding where exl3_hadamard_in has two). Step 1: unit u holds the 8
+    // elements 8u .. 8u + 7 in registers, stages over bits 1, 2, 4. Step 2: unit u holds elements
+    // 128 (u / 8) + (u % 8) + 8 j (j < 16), stages over bits 8 .. 64, then the scale. Every
+    // element sees the same values in the same stages as in exl3_hadamard_in (own + partner for
+    // the lower element, partner - own for the upper). The loops over stages count 0, 1, 2, ...
+    // so that compilers unroll them and the register indices are constants (lavapipe did not
+    // unroll `s <<= 1` loops and indexed the arrays at run time). The last pass's reads of xs
+    // ended at the reduction's final barrier.
     uint items = rc * span;
     for (uint i = inv; i < items; i += WG) {
       uint j = i / span, c = c0 + (i - j * span);
       xs[i] = c < p.in_f ? x[p.x_off + (r0 + j) * p.in_f + c] * suh[c] : 0.0;
     }
     barrier();
-    for (uint s = 1u; s < 128u; s <<= 1) {
-      for (uint q = inv; q < items / 2u; q += WG) {
-        uint lo = ((q & ~(s - 1u)) << 1) | (q & (s - 1u)), hi = lo | s;
-        float a = xs[lo], b = xs[hi];
-        if (s == 64u) {  // the last stage, then exl3_hadamard_in's scale
-          xs[lo] = (a + b) * 0.0883883461356163;
-          xs[hi] = (a - b) * 0.0883883461356163;
-        } else {
-          xs[lo] = a + b;
-          xs[hi] = a - b;
-        }
-      }
-      barrier();
+    for (uint u = inv; u < items / 8u; u += WG) {
+      float v[8];
+      [[unroll]] for (uint e = 0u; e < 8u; ++e) v[e] = xs[8u * u + e];
+      [[unroll]] for (uint bit = 0u; bit < 3u; ++bit)
+        [[unroll]] for (uint e = 0u; e < 8u; ++e)
+          if ((e & (1u << bit)) == 0u) {
+            uint s = 1u << bit;
+            float a = v[e], b = v[e | s];
+            v[e] = a + b;
+            v[e | s] = a - b;  // element with the bit set: partner (a) - own (b)
+          }
+      [[unroll]] for (uint e = 0u; e < 8u; ++e) xs[8u * u + e] = v[e];
     }
+    barrier();
+    for (uint u = inv; u < items / 16u; u += WG) {
+      uint i0 = 128u * (u >> 3) + (u & 7u);
+      float v[16];
+      [[unroll]] for (uint e = 0u; e < 16u; ++e) v[e] = xs[i0 + 8u * e];
+      [[unroll]] for (uint bit = 0u; bit < 4u; ++bit)
+        [[unroll]] for (uint e = 0u; e < 16u; ++e)
+          if ((e & (1u << bit)) == 0u) {
+            uint s = 1u << bit;
+            float a = v[e], b = v[e | s];
+            v[e] = a + b;
+            v[e | s] = a - b;
+          }
+      [[unroll]] for (uint e = 0u; e < 16u; ++e) xs[i0 + 8u * e] = v[e] * 0.0883883461356163;
+    }
+    barrier();
 #endif
     float acc[R][G][2];
     [[unroll]] for (uint j = 0u; j < R; ++j)
