@@ -324,6 +324,7 @@ void VulkanBackend::record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32
                                     uint32_t xs) {
   TRELLIS_CHECK(m >= 1 && m <= kGemvMaxRows && xs != 0);
   const uint32_t G = gemv_columns(w.n, m), R = m == 1 ? 1u : static_cast<uint32_t>(kGemvMaxRows);
+  TRELLIS_CHECK(static_cast<uint32_t>(m) <= R);  // the shader transforms all rows before its one row pass
   const uint32_t splits = exl3_splits(w, m);
   struct {
     uint32_t m, k, n, x_off, z_off, splits, in_f;
