@@ -45,8 +45,9 @@
 //     host picks splits so that ceil(tiles_k / splits) is a multiple of 8), m <= R (one pass
 //     of the row loop) and XS (id 5) >= m · span floats (the host checks, else it runs the two
 //     passes). Every column group
-//     of a split repeats the transform of its slab: k · rows · 7 adds per workgroup, small next
-//     to decoding 16 G · k weights, and it removes a dispatch and a barrier per linear.
+//     of a split repeats the transform of its slab (span · m · 7 adds and 3 barriers per
+//     workgroup, small next to decoding 16 G · span weights) and the linear loses a dispatch and
+//     a pipeline barrier.
 // All variants produce the same binary16 weights, widen them exactly to fp32 and accumulate in
 // fp32 in the same order, so their outputs are bitwise identical (the tests check this). The
 // dot products stay fp32 on purpose: f16vec2 FMAs with activations would halve the FMA count but
