@@ -13,7 +13,8 @@
 //   dense linear: matmul_f16_gemv (m <= 8), matmul_f16_tiled, or for m >= kCoopMinRows on
 //   devices with cooperative matrices convert_f16 + matmul_f16_coop, matmul_f16_coop2 or
 //   matmul_f16_coop3 (fp16 activations);
-//   EXL3 linear: exl3_hadamard_in, then exl3_gemv_k<K>_<cb> (m <= 8) or exl3_decode_k<K>_<cb> +
+//   EXL3 linear: exl3_hadamard_in, then exl3_gemv_k<K>_<cb> (m <= 8; by default with the input
+//   transform fused in, exl3_gemv*_hin, where its slab fits shared memory) or exl3_decode_k<K>_<cb> +
 //   matmul_f16_tiled (prefill: Ŵ decoded once per call into scratch, spec 6.7 "large batches"),
 //   then exl3_hadamard_out (svh, bias, padding dropped).
 #pragma once
@@ -35,6 +36,9 @@ inline constexpr int64_t kGemvTargetGroups = 512;
 inline constexpr int64_t kGemvMaxSplits = 8;
 // EXL3 GEMV workgroup size (8 logical warps of 32; exl3_gemv.glsl).
 inline constexpr uint32_t kGemvWg = 256;
+// Shared memory (floats) the GEMV with the fused input transform (exl3_gemv*_hin) may take for
+// its slab of activations, rows x 16 · slabs per split; larger slabs run the two passes.
+inline constexpr int64_t kGemvHinMaxFloats = 4096;
 // linears(): EXL3 layers of one group with their own scratch (q/k/v is 3).
 inline constexpr size_t kMaxLinearGroup = 4;
 // Rows from which the prefill GEMM takes cooperative matrices where the device has them: the
@@ -178,6 +182,14 @@ class VulkanBackend : public Backend {
   void set_gemv_subgroup(bool on);
   bool gemv_subgroup() const { return gemv_subgroup_; }
   bool gemv_subgroup_capable() const { return gemv_subgroup_capable_; }
+  // At m <= kGemvMaxRows, the EXL3 input transform inside the GEMV (exl3_gemv*_hin: each
+  // workgroup transforms its own slab of x in shared memory; no exl3_hadamard_in dispatch, the
+  // same bits): on by default, TRELLIS_VULKAN_GEMV_HIN=0 or set_gemv_hin(false) keeps the two
+  // passes. gemv_hin_applies says whether a layer at m rows takes it (on, GEMV path, the slab
+  // fits kGemvHinMaxFloats and the device's shared memory).
+  void set_gemv_hin(bool on) { gemv_hin_ = on; }
+  bool gemv_hin() const { return gemv_hin_; }
+  bool gemv_hin_applies(const LinearWeights& w, int64_t m) const;
   // EXL3 transforms by subgroup shuffles (exl3_hadamard_*_sg) where capable (subgroup shuffles, a
   // subgroup size that is a multiple of 8): on by default, TRELLIS_VULKAN_HADAMARD_SG=0 keeps the
   // shared-memory shaders; tests switch with set_hadamard_sg (ignored where not capable).
@@ -277,6 +289,14 @@ class VulkanBackend : public Backend {
   void record_gemv(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n, const Buffer& xh,
                    uint32_t xh_off, int64_t m, const Buffer& z, uint32_t z_off, uint32_t splits);
   uint32_t exl3_product_splits(const Exl3Linear& w, int64_t m) const;
+  // exl3_gemv's module for codebook cb: exl3_gemv[_sg][_f16[_dot]] (device and switches).
+  std::string gemv_shader(exl3::Codebook cb) const;
+  // Shared floats (specialization constant XS) of exl3_gemv*_hin for this layer at m rows, or 0
+  // when the fused input transform does not apply (gemv_hin_applies).
+  uint32_t gemv_hin_floats(const Exl3Linear& w, int64_t m) const;
+  // Records exl3_gemv*_hin: z (split s at s·m·n) = transform(x (+ x_off), suh) · Ŵ for
+  // m <= kGemvMaxRows, xs = gemv_hin_floats(w, m) != 0.
+  void record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32_t x_off, int64_t m, const Buffer& z, uint32_t xs);
   void dense_linear(const DenseLinear& d, const DeviceTensor& x, DeviceTensor& y);
   // One phase of an EXL3 linear with scratch set `slot`: 0 input Hadamard, 1 product, 2 output
   // Hadamard.
@@ -355,6 +375,7 @@ class VulkanBackend : public Backend {
   bool transform_f16_ = true;  // TRELLIS_VULKAN_TRANSFORM_F16=0: transform in fp32, then convert_f16
   bool gemv_subgroup_capable_ = false;
   bool gemv_subgroup_ = false;
+  bool gemv_hin_ = true;  // TRELLIS_VULKAN_GEMV_HIN=0: exl3_hadamard_in, then exl3_gemv
   CoopPath coop_ = CoopPath::kOff;
   int coop_kernel_ = 1;
   size_t coop2_shape_ = 0;

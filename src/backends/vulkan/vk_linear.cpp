@@ -2,6 +2,8 @@
 //
 // EXL3 dataflow (spec 4.4, fp32 activations like the CPU backend):
 //   xh = exl3_hadamard_in(x zero-padded to k, suh)          [m, k]   scratch 0
+//        (m <= kGemvMaxRows by default: no pass of its own, exl3_gemv*_hin computes each
+//        workgroup's slab of xh in shared memory, bitwise the same)
 //   z  = xh · Ŵ                                              [m, n]   scratch 1
 //        m <= kGemvMaxRows: exl3_gemv_k<K>_<cb> decoding the trellis on the fly, split over
 //        k into up to kGemvMaxSplits partial sums when n alone gives too few workgroups
@@ -277,11 +279,65 @@ uint32_t VulkanBackend::exl3_splits(const Exl3Linear& w, int64_t m) const {
   const int64_t groups = w.n / 16 / gemv_columns(w.n, m), warps = kGemvWg / 32, tiles_k = w.k / 16;
   int64_t splits = std::max<int64_t>(1, kGemvTargetGroups / groups);
   splits = std::min<int64_t>({splits, kGemvMaxSplits, std::max<int64_t>(1, tiles_k / warps)});
+  // Split boundaries on 128-blocks (slabs per split, ceil(tiles_k / splits) in the shader, a
+  // multiple of 8), so exl3_gemv*_hin can transform each split's slab alone; both GEMV forms use
+  // the same splits and so sum the same partials. splits = 1 always qualifies (k % 128 == 0).
+  while (splits > 1 && ((tiles_k + splits - 1) / splits) % 8 != 0) --splits;
   return static_cast<uint32_t>(splits);
+}
+
+uint32_t VulkanBackend::gemv_hin_floats(const Exl3Linear& w, int64_t m) const {
+  if (!gemv_hin_ || m < 1 || m > kGemvMaxRows) return 0;
+  const int64_t splits = exl3_splits(w, m), tiles_k = w.k / 16;
+  const int64_t per = (tiles_k + splits - 1) / splits;
+  const int64_t need = m * 16 * per;  // one pass of min(m, R) = m rows
+  uint32_t xs = 512;
+  while (xs < need) xs *= 2;  // few pipelines per (K, codebook): powers of two
+  const int64_t G = gemv_columns(w.n, m);
+  const int64_t red = gemv_subgroup_ ? (kGemvWg / 32) * G * 16 : kGemvWg * G * 2;  // exl3_gemv.glsl's red[]
+  if (xs > kGemvHinMaxFloats || (xs + red) * 4 > ctx_->limits().maxComputeSharedMemorySize) return 0;
+  return xs;
+}
+
+bool VulkanBackend::gemv_hin_applies(const LinearWeights& lw, int64_t m) const {
+  const auto* w = dynamic_cast<const Exl3Linear*>(&lw);
+  return w && gemv_hin_floats(*w, m) != 0;
 }
 
 uint32_t VulkanBackend::exl3_product_splits(const Exl3Linear& w, int64_t m) const {
   return m <= kGemvMaxRows ? exl3_splits(w, m) : 1;
+}
+
+std::string VulkanBackend::gemv_shader(exl3::Codebook cb) const {
+  // exl3_gemv[_sg][_f16[_dot]] (exl3_gemv.glsl): the fp16 decode where the device has exact fp16
+  // arithmetic (Context::use_f16), the dot-product byte sum for MUL1 on top where enabled
+  // (Context::use_int_dot); all give bitwise the same z.
+  std::string shader = gemv_subgroup_ ? "exl3_gemv_sg" : "exl3_gemv";
+  if (ctx_->use_f16()) {
+    shader += "_f16";
+    if (cb == exl3::Codebook::kMul1 && ctx_->use_int_dot()) shader += "_dot";
+  }
+  return shader;
+}
+
+void VulkanBackend::record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32_t x_off, int64_t m, const Buffer& z,
+                                    uint32_t xs) {
+  TRELLIS_CHECK(m >= 1 && m <= kGemvMaxRows && xs != 0);
+  const uint32_t G = gemv_columns(w.n, m), R = m == 1 ? 1u : static_cast<uint32_t>(kGemvMaxRows);
+  TRELLIS_CHECK(static_cast<uint32_t>(m) <= R);  // the shader transforms all rows before its one row pass
+  const uint32_t splits = exl3_splits(w, m);
+  struct {
+    uint32_t m, k, n, x_off, z_off, splits, in_f;
+  } pc{u32(m), u32(w.k), u32(w.n), x_off, 0, splits, u32(w.in_features)};
+  const std::string shader = gemv_shader(w.codebook) + "_hin";
+  std::string name = variant("exl3_gemv", w.K, w.codebook) + shader.substr(std::strlen("exl3_gemv"));
+  if (G != 4) name += fmt::format("_g{}", G);
+  if (R != 1) name += fmt::format("_r{}", R);
+  name += fmt::format("_x{}", xs);
+  const Pipeline& p = ctx_->pipeline(
+      name, shader, {kGemvWg, static_cast<uint32_t>(w.K), static_cast<uint32_t>(w.codebook), G, R, xs}, 4, sizeof(pc),
+      1u << 2);
+  ctx_->dispatch_flat(p, {w.trellis.get(), &x, &z, w.suh.get()}, &pc, static_cast<uint64_t>(w.n / 16 / G) * splits);
 }
 
 void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n,
@@ -292,14 +348,7 @@ void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb,
   struct {
     uint32_t m, k, n, xh_off, z_off, splits;
   } pc{u32(m), u32(k), u32(n), xh_off, z_off, splits};
-  // Module: exl3_gemv[_sg][_f16[_dot]] (exl3_gemv.glsl): the fp16 decode where the device has
-  // exact fp16 arithmetic (Context::use_f16), the dot-product byte sum for MUL1 on top where
-  // enabled (Context::use_int_dot); all give bitwise the same z.
-  std::string shader = gemv_subgroup_ ? "exl3_gemv_sg" : "exl3_gemv";
-  if (ctx_->use_f16()) {
-    shader += "_f16";
-    if (cb == exl3::Codebook::kMul1 && ctx_->use_int_dot()) shader += "_dot";
-  }
+  const std::string shader = gemv_shader(cb);
   std::string name = variant("exl3_gemv", K, cb);
   name += shader.substr(std::strlen("exl3_gemv"));
   if (G != 4) name += fmt::format("_g{}", G);
@@ -359,7 +408,9 @@ bool VulkanBackend::exl3_f16_input(const Exl3Linear& w, int64_t m) {
 
 void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, DeviceTensor& y, int slot, int phase) {
   const int64_t m = x.rows();
-  Buffer& xh = scratch(1 + 2 * slot, static_cast<size_t>(m * w.k) * 4);
+  // Decode: the input transform inside the GEMV where it fits (phase 0 records nothing).
+  const uint32_t hin = gemv_hin_floats(w, m);
+  Buffer& xh = scratch(1 + 2 * slot, static_cast<size_t>(m * (hin ? 1 : w.k)) * 4);
   const int64_t partials = m <= kGemvMaxRows ? kGemvMaxSplits : 1;  // split-k only on the GEMV path
   Buffer& z = scratch(2 + 2 * slot, static_cast<size_t>(m * w.n * partials) * 4);
   // The transforms: at prefill sizes (the GEMM path) exl3_hadamard_{in,out}_sg (lane groups of 8
@@ -371,6 +422,7 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
   const bool sg = hadamard_sg_ && m > kGemvMaxRows;
   const bool f16 = phase < 2 && sg && exl3_f16_input(w, m);  // the input transform's and product's choice
   if (phase == 0) {
+    if (hin) return;
     struct {
       uint32_t in_f, k, x_off, xh_off, items;
     } hi{u32(w.in_features), u32(w.k), elem(x, 4), 0, u32(m * (w.k / 128))};
@@ -383,7 +435,10 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
       ctx_->dispatch(pin, {&buffer_of(x), w.suh.get(), &xh}, &hi, u32(w.k / 128), u32(m));
     }
   } else if (phase == 1) {
-    exl3_product(w, xh, m, z, false, f16);
+    if (hin)
+      record_gemv_hin(w, buffer_of(x), elem(x, 4), m, z, hin);
+    else
+      exl3_product(w, xh, m, z, false, f16);
   } else {
     struct {
       uint32_t n, out_f, z_off, y_off, has_bias, splits, split_stride, items;

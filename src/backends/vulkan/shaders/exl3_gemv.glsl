@@ -6,7 +6,8 @@
 // the separate exl3_hadamard_* passes.
 //
 // Specialization: WG (id 0, multiple of 32), K (id 1), CODEBOOK (id 2), G (id 3: tile columns per
-// workgroup, divides n / 16), R (id 4: rows of xh per pass, 1..8; more rows loop, re-decoding).
+// workgroup, divides n / 16), R (id 4: rows of xh per pass, 1..8; more rows loop, re-decoding),
+// XS (id 5, EXL3_GEMV_HIN only, below).
 // One pipeline per (K, codebook, G, R), named exl3_gemv_k<K>_<codebook>[_r<R>].
 //
 // Shape (the CUDA kernel's, cuda_exl3_decode.cuh, without tensor cores): the workgroup owns G
@@ -34,6 +35,19 @@
 //     results so every binary16 result is RNE, as the spec requires (no driver default assumed).
 //   EXL3_GEMV_DOT (exl3_gemv[_sg]_f16_dot, MUL1 only): as _f16, with the MUL1 byte sum as one
 //     4x8 packed dot product; needs shaderIntegerDotProduct.
+//   EXL3_GEMV_HIN (exl3_gemv[_sg][_f16[_dot]]_hin): the input transform fused in. Binding 1 is
+//     the linear's input x (element offset x_off, in_f columns) instead of xh, binding 3 suh;
+//     each workgroup first computes xh for its own rows and k range [16 tk0, 16 tk1) into shared
+//     memory, xs[j · span + e] (span = 16 (tk1 - tk0)), with exl3_hadamard_in.comp's operations
+//     in its order (x · suh or 0 past in_f; butterflies s = 1 .. 64, the element with bit s set
+//     becoming partner - own, the other own + partner; then · 1/sqrt(128)), so the activations
+//     and z are bitwise those of the two-pass path. Needs split boundaries on 128-blocks (the
+//     host picks splits so that ceil(tiles_k / splits) is a multiple of 8), m <= R (one pass
+//     of the row loop) and XS (id 5) >= m · span floats (the host checks, else it runs the two
+//     passes). Every column group
+//     of a split repeats the transform of its slab (span · m · 7 adds and 3 barriers per
+//     workgroup, small next to decoding 16 G · span weights) and the linear loses a dispatch and
+//     a pipeline barrier.
 // All variants produce the same binary16 weights, widen them exactly to fp32 and accumulate in
 // fp32 in the same order, so their outputs are bitwise identical (the tests check this). The
 // dot products stay fp32 on purpose: f16vec2 FMAs with activations would halve the FMA count but
@@ -64,9 +78,17 @@ layout(constant_id = 3) const uint G = 4;
 layout(constant_id = 4) const uint R = 1;
 
 layout(binding = 0) readonly buffer Trellis { uint trellis[]; };
-layout(binding = 1) readonly buffer Xh { float xh[]; };
 layout(binding = 2) writeonly buffer Z { float z[]; };
+#ifdef EXL3_GEMV_HIN
+layout(constant_id = 5) const uint XS = 512;  // floats of the shared activations, >= m · span
+layout(binding = 1) readonly buffer X { float x[]; };
+layout(binding = 3) readonly buffer Suh { float suh[]; };
+layout(push_constant) uniform P { uint m, k, n, x_off, z_off, splits, in_f; } p;
+shared float xs[XS];
+#else
+layout(binding = 1) readonly buffer Xh { float xh[]; };
 layout(push_constant) uniform P { uint m, k, n, xh_off, z_off, splits; } p;
+#endif
 
 #include "common.glsl"
 #define EXL3_TRELLIS trellis
@@ -104,6 +126,58 @@ void main() {
     goff[q] = start & 31u;
   }
 
+#ifdef EXL3_GEMV_HIN
+  uint c0 = 16u * tk0, span = tk1 > tk0 ? 16u * (tk1 - tk0) : 0u;
+  // xh of rows 0 .. m - 1 (the host runs this variant only with m <= R: one pass of the row
+  // loop below), elements [c0, c0 + span), as exl3_hadamard_in.comp computes
+  // it, with 3 barriers instead of its 14. span is a multiple of 128, so bits 0..6 of an index
+  // into xs are the element's place in its 128-block. Step 0: the products x · suh (or 0 past
+  // in_f) into xs; kept apart from the first add by the barrier, so no compiler can contract
+  // them into an FMA (one rounding where exl3_hadamard_in has two). Step 1: unit u holds the 8
+  // elements 8u .. 8u + 7 in registers, stages over bits 1, 2, 4. Step 2: unit u holds elements
+  // 128 (u / 8) + (u % 8) + 8 j (j < 16), stages over bits 8 .. 64, then the scale. Every
+  // element sees the same values in the same stages as in exl3_hadamard_in (own + partner for
+  // the lower element, partner - own for the upper). The loops over stages count 0, 1, 2, ...
+  // so that compilers unroll them and the register indices are constants (lavapipe did not
+  // unroll `s <<= 1` loops and indexed the arrays at run time). Outside the row loop, which then
+  // compiles as in the other variants (inside it, lavapipe ran the whole GEMV ~1.3x slower).
+  uint items = min(R, p.m) * span;
+  for (uint i = inv; i < items; i += WG) {
+    uint j = i / span, c = c0 + (i - j * span);
+    xs[i] = c < p.in_f ? x[p.x_off + j * p.in_f + c] * suh[c] : 0.0;
+  }
+  barrier();
+  for (uint u = inv; u < items / 8u; u += WG) {
+    float v[8];
+    [[unroll]] for (uint e = 0u; e < 8u; ++e) v[e] = xs[8u * u + e];
+    [[unroll]] for (uint bit = 0u; bit < 3u; ++bit)
+      [[unroll]] for (uint e = 0u; e < 8u; ++e)
+        if ((e & (1u << bit)) == 0u) {
+          uint s = 1u << bit;
+          float a = v[e], b = v[e | s];
+          v[e] = a + b;
+          v[e | s] = a - b;  // element with the bit set: partner (a) - own (b)
+        }
+    [[unroll]] for (uint e = 0u; e < 8u; ++e) xs[8u * u + e] = v[e];
+  }
+  barrier();
+  for (uint u = inv; u < items / 16u; u += WG) {
+    uint i0 = 128u * (u >> 3) + (u & 7u);
+    float v[16];
+    [[unroll]] for (uint e = 0u; e < 16u; ++e) v[e] = xs[i0 + 8u * e];
+    [[unroll]] for (uint bit = 0u; bit < 4u; ++bit)
+      [[unroll]] for (uint e = 0u; e < 16u; ++e)
+        if ((e & (1u << bit)) == 0u) {
+          uint s = 1u << bit;
+          float a = v[e], b = v[e | s];
+          v[e] = a + b;
+          v[e | s] = a - b;
+        }
+    [[unroll]] for (uint e = 0u; e < 16u; ++e) xs[i0 + 8u * e] = v[e] * 0.0883883461356163;
+  }
+  barrier();
+#endif
+
   for (uint r0 = 0u; r0 < p.m; r0 += R) {
     uint rc = min(R, p.m - r0);
     float acc[R][G][2];
@@ -121,6 +195,16 @@ void main() {
             wd[gi][q][i] = trellis[base + gi * tile_words + (wi >= tile_words ? wi - tile_words : wi)];
           }
       float xr[R][4];
+#ifdef EXL3_GEMV_HIN
+      uint xb = 16u * (tk - tk0) + row2;
+      [[unroll]] for (uint j = 0u; j < R; ++j) {
+        uint e = j < rc ? xb + j * span : xb;  // rows past m: any valid element, never stored
+        xr[j][0] = xs[e];
+        xr[j][1] = xs[e + 1u];
+        xr[j][2] = xs[e + 8u];
+        xr[j][3] = xs[e + 9u];
+      }
+#else
       uint xb = p.xh_off + r0 * p.k + 16u * tk + row2;
       [[unroll]] for (uint j = 0u; j < R; ++j) {
         uint e = j < rc ? xb + j * p.k : xb;  // rows past m: any valid element, never stored
@@ -129,6 +213,7 @@ void main() {
         xr[j][2] = xh[e + 8u];
         xr[j][3] = xh[e + 9u];
       }
+#endif
       [[unroll]] for (uint gi = 0u; gi < G; ++gi)
         [[unroll]] for (uint q = 0u; q < GROUPS; ++q) {
           uint a0 = funnel(wd[gi][q][0], wd[gi][q][1], goff[q]);
