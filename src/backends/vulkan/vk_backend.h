@@ -31,7 +31,8 @@ namespace trellis::vk {
 
 // Rows up to which the GEMV shaders are used; above it, the tiled GEMM.
 inline constexpr int64_t kGemvMaxRows = 8;
-// EXL3 GEMV split-k: aim for this many workgroups, with at most this many partial sums.
+// EXL3 GEMV split-k: aim for this many workgroups (TRELLIS_VULKAN_GEMV_GROUPS overrides it, for
+// tuning on a new device), with at most this many partial sums.
 inline constexpr int64_t kGemvTargetGroups = 512;
 inline constexpr int64_t kGemvMaxSplits = 8;
 // EXL3 GEMV workgroup size (8 logical warps of 32; exl3_gemv.glsl).
@@ -376,6 +377,8 @@ class VulkanBackend : public Backend {
   bool gemv_subgroup_capable_ = false;
   bool gemv_subgroup_ = false;
   bool gemv_hin_ = true;  // TRELLIS_VULKAN_GEMV_HIN=0: exl3_hadamard_in, then exl3_gemv
+  bool gemv_prefetch_ = true;  // TRELLIS_VULKAN_GEMV_PREFETCH=0: exl3_gemv loads each slab as it decodes it
+  int64_t gemv_target_groups_ = kGemvTargetGroups;  // TRELLIS_VULKAN_GEMV_GROUPS
   CoopPath coop_ = CoopPath::kOff;
   int coop_kernel_ = 1;
   size_t coop2_shape_ = 0;

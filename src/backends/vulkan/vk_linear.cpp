@@ -274,10 +274,10 @@ uint32_t VulkanBackend::gemv_columns(int64_t n, int64_t m) const {
 }
 
 uint32_t VulkanBackend::exl3_splits(const Exl3Linear& w, int64_t m) const {
-  // Aim for >= kGemvTargetGroups workgroups; each split keeps every warp of a workgroup busy
+  // Aim for >= gemv_target_groups_ (kGemvTargetGroups) workgroups; each split keeps every warp of a workgroup busy
   // with at least one slab.
   const int64_t groups = w.n / 16 / gemv_columns(w.n, m), warps = kGemvWg / 32, tiles_k = w.k / 16;
-  int64_t splits = std::max<int64_t>(1, kGemvTargetGroups / groups);
+  int64_t splits = std::max<int64_t>(1, gemv_target_groups_ / groups);
   splits = std::min<int64_t>({splits, kGemvMaxSplits, std::max<int64_t>(1, tiles_k / warps)});
   // Split boundaries on 128-blocks (slabs per split, ceil(tiles_k / splits) in the shader, a
   // multiple of 8), so exl3_gemv*_hin can transform each split's slab alone; both GEMV forms use
@@ -333,9 +333,10 @@ void VulkanBackend::record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32
   std::string name = variant("exl3_gemv", w.K, w.codebook) + shader.substr(std::strlen("exl3_gemv"));
   if (G != 4) name += fmt::format("_g{}", G);
   if (R != 1) name += fmt::format("_r{}", R);
+  if (!gemv_prefetch_) name += "_nopf";
   name += fmt::format("_x{}", xs);
   const Pipeline& p = ctx_->pipeline(
-      name, shader, {kGemvWg, static_cast<uint32_t>(w.K), static_cast<uint32_t>(w.codebook), G, R, xs}, 4, sizeof(pc),
+      name, shader, {kGemvWg, static_cast<uint32_t>(w.K), static_cast<uint32_t>(w.codebook), G, R, xs, gemv_prefetch_ ? 1u : 0u}, 4, sizeof(pc),
       1u << 2);
   ctx_->dispatch_flat(p, {w.trellis.get(), &x, &z, w.suh.get()}, &pc, static_cast<uint64_t>(w.n / 16 / G) * splits);
 }
@@ -353,7 +354,8 @@ void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb,
   name += shader.substr(std::strlen("exl3_gemv"));
   if (G != 4) name += fmt::format("_g{}", G);
   if (R != 1) name += fmt::format("_r{}", R);
-  const Pipeline& p = ctx_->pipeline(name, shader, {kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R},
+  if (!gemv_prefetch_) name += "_nopf";
+  const Pipeline& p = ctx_->pipeline(name, shader, {kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R, 0, gemv_prefetch_ ? 1u : 0u},
                                      3, sizeof(pc), 1u << 2);
   ctx_->dispatch_flat(p, {&trellis, &xh, &z}, &pc, static_cast<uint64_t>(n / 16 / G) * splits);
 }

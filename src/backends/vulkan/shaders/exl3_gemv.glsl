@@ -76,6 +76,7 @@ layout(constant_id = 1) const uint K = 4;
 layout(constant_id = 2) const uint CODEBOOK = 0;
 layout(constant_id = 3) const uint G = 4;
 layout(constant_id = 4) const uint R = 1;
+layout(constant_id = 6) const uint PF = 1;  // 1: prefetch the next slab's words (register double buffer)
 
 layout(binding = 0) readonly buffer Trellis { uint trellis[]; };
 layout(binding = 2) writeonly buffer Z { float z[]; };
@@ -102,6 +103,19 @@ shared float red[SLOTS * G * 16u];
 #else
 shared float red[WG * G * 2u];
 #endif
+
+// Lane's words of slab tk's G tiles (columns tg·G ..): words gw[q] .. gw[q] + 2 of each tile,
+// cyclic within the tile.
+void gemv_load(out uint wd[G][GROUPS][3], uint tk, uint tiles_n, uint tg, uint gw[GROUPS]) {
+  const uint tile_words = 8u * K;
+  uint base = (tk * tiles_n + tg * G) * tile_words;
+  [[unroll]] for (uint gi = 0u; gi < G; ++gi)
+    [[unroll]] for (uint q = 0u; q < GROUPS; ++q)
+      [[unroll]] for (uint i = 0u; i < 3u; ++i) {
+        uint wi = gw[q] + i;
+        wd[gi][q][i] = trellis[base + gi * tile_words + (wi >= tile_words ? wi - tile_words : wi)];
+      }
+}
 
 void main() {
   uint g = flat_group();
@@ -184,16 +198,22 @@ void main() {
     [[unroll]] for (uint j = 0u; j < R; ++j)
       [[unroll]] for (uint gi = 0u; gi < G; ++gi) acc[j][gi][0] = acc[j][gi][1] = 0.0;
 
-    for (uint tk = tk0 + w; tk < tk1; tk += SLOTS) {
-      // All G tiles' words first (G loads in flight per lane), then the activations, then decode.
-      uint base = (tk * tiles_n + tg * G) * tile_words;
+    // The words of slab tk: G tiles' loads in flight per lane. With PF (id 6, default on) the
+    // next slab's words are requested before this slab is decoded (a register double buffer), so
+    // the loop waits on memory once per warp instead of once per slab.
+    uint wn[G][GROUPS][3];
+    uint tk = tk0 + w;
+    if (PF != 0u && tk < tk1) gemv_load(wn, tk, tiles_n, tg, gw);
+    for (; tk < tk1; tk += SLOTS) {
       uint wd[G][GROUPS][3];
-      [[unroll]] for (uint gi = 0u; gi < G; ++gi)
-        [[unroll]] for (uint q = 0u; q < GROUPS; ++q)
-          [[unroll]] for (uint i = 0u; i < 3u; ++i) {
-            uint wi = gw[q] + i;
-            wd[gi][q][i] = trellis[base + gi * tile_words + (wi >= tile_words ? wi - tile_words : wi)];
-          }
+      if (PF != 0u) {
+        [[unroll]] for (uint gi = 0u; gi < G; ++gi)
+          [[unroll]] for (uint q = 0u; q < GROUPS; ++q)
+            [[unroll]] for (uint i = 0u; i < 3u; ++i) wd[gi][q][i] = wn[gi][q][i];
+        if (tk + SLOTS < tk1) gemv_load(wn, tk + SLOTS, tiles_n, tg, gw);
+      } else {
+        gemv_load(wd, tk, tiles_n, tg, gw);
+      }
       float xr[R][4];
 #ifdef EXL3_GEMV_HIN
       uint xb = 16u * (tk - tk0) + row2;
