@@ -905,7 +905,7 @@ int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   errno = 0;
   const long long x = std::strtoll(v, &end, 10);
   if (errno != 0 || *end != '\0' || x < lo || x > hi)
-    throw Error(fmt::format("{}={}: expected an integer in [{}, {}]", name, v, lo, hi));
+    throw Error(ErrorKind::kInvalidArgument, fmt::format("{}={}: expected an integer in [{}, {}]", name, v, lo, hi));
   return x;
 }
 
