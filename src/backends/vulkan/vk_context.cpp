@@ -245,6 +245,13 @@ std::shared_ptr<Context> Context::create(int index, bool discrete_like) {
   VkPhysicalDeviceShaderIntegerDotProductFeatures enable_dot{
       VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};
   std::vector<const char*> device_extensions;
+  // TRELLIS_VULKAN_PIPELINE_STATS=1: the driver's statistics of every pipeline built (registers,
+  // shared memory, instruction counts: whatever it reports) where it has
+  // VK_KHR_pipeline_executable_properties; a diagnostic for tuning occupancy on a new device.
+  const bool stats = env_flag("TRELLIS_VULKAN_PIPELINE_STATS", false) &&
+                     has_extension(ctx->physical_, VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME);
+  VkPhysicalDevicePipelineExecutablePropertiesFeaturesKHR enable_stats{
+      VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PIPELINE_EXECUTABLE_PROPERTIES_FEATURES_KHR};
   auto build_chain = [&](bool with_coop) {
     const void* chain = nullptr;
     device_extensions.clear();
@@ -261,6 +268,12 @@ std::shared_ptr<Context> Context::create(int index, bool discrete_like) {
       enable_dot.pNext = const_cast<void*>(chain);
       chain = &enable_dot;
       device_extensions.push_back(VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME);
+    }
+    if (stats) {
+      enable_stats.pipelineExecutableInfo = VK_TRUE;
+      enable_stats.pNext = const_cast<void*>(chain);
+      chain = &enable_stats;
+      device_extensions.push_back(VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME);
     }
     dci.pNext = chain;
     dci.enabledExtensionCount = static_cast<uint32_t>(device_extensions.size());
@@ -330,6 +343,7 @@ std::shared_ptr<Context> Context::create(int index, bool discrete_like) {
   ctx->profile_ = !stream && env_flag("TRELLIS_VULKAN_PROFILE", false);
   ctx->profile_grids_ = ctx->profile_ && std::strcmp(prof, "2") == 0;
   ctx->replay_ = env_flag("TRELLIS_VULKAN_REPLAY", true);
+  ctx->pipeline_stats_ = stats;
   return ctx;
 }
 
@@ -500,11 +514,47 @@ const Pipeline& Context::pipeline(const std::string& name, const std::string& sh
   cpi.stage.pName = "main";
   cpi.stage.pSpecializationInfo = spec.empty() ? nullptr : &si;
   cpi.layout = p->layout;
+  if (pipeline_stats_) cpi.flags |= VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR;
   const VkResult r = vkCreateComputePipelines(device_, pipeline_cache_, 1, &cpi, nullptr, &p->pipeline);
   vkDestroyShaderModule(device_, module, nullptr);
   check(r, "vkCreateComputePipelines");
+  if (pipeline_stats_) print_pipeline_stats(name, p->pipeline);
   log_debug("Vulkan: built pipeline {} ({})", name, key);
   return *pipelines_.emplace(key, std::move(p)).first->second;
+}
+
+void Context::print_pipeline_stats(const std::string& name, VkPipeline pipeline) const {
+  auto props = reinterpret_cast<PFN_vkGetPipelineExecutablePropertiesKHR>(
+      vkGetDeviceProcAddr(device_, "vkGetPipelineExecutablePropertiesKHR"));
+  auto stats = reinterpret_cast<PFN_vkGetPipelineExecutableStatisticsKHR>(
+      vkGetDeviceProcAddr(device_, "vkGetPipelineExecutableStatisticsKHR"));
+  if (!props || !stats) return;
+  VkPipelineInfoKHR pi{VK_STRUCTURE_TYPE_PIPELINE_INFO_KHR};
+  pi.pipeline = pipeline;
+  uint32_t n = 0;
+  if (props(device_, &pi, &n, nullptr) != VK_SUCCESS) return;
+  std::vector<VkPipelineExecutablePropertiesKHR> ex(n, {VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_PROPERTIES_KHR});
+  if (props(device_, &pi, &n, ex.data()) != VK_SUCCESS) return;
+  for (uint32_t e = 0; e < n; ++e) {
+    VkPipelineExecutableInfoKHR ei{VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_INFO_KHR};
+    ei.pipeline = pipeline;
+    ei.executableIndex = e;
+    uint32_t ns = 0;
+    if (stats(device_, &ei, &ns, nullptr) != VK_SUCCESS) continue;
+    std::vector<VkPipelineExecutableStatisticKHR> st(ns, {VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_STATISTIC_KHR});
+    if (stats(device_, &ei, &ns, st.data()) != VK_SUCCESS) continue;
+    std::string line = fmt::format("vulkan pipeline stats: {} [{}]", name, ex[e].name);
+    for (const auto& s : st) {
+      switch (s.format) {
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_BOOL32_KHR: line += fmt::format("; {}={}", s.name, s.value.b32 != 0); break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_INT64_KHR: line += fmt::format("; {}={}", s.name, s.value.i64); break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_UINT64_KHR: line += fmt::format("; {}={}", s.name, s.value.u64); break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_FLOAT64_KHR: line += fmt::format("; {}={}", s.name, s.value.f64); break;
+        default: break;
+      }
+    }
+    fmt::print(stderr, "{}\n", line);
+  }
 }
 
 void Context::append(Command c, std::span<const uint64_t> key_words) {

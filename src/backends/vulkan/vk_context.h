@@ -249,6 +249,9 @@ class Context : public std::enable_shared_from_this<Context> {
   std::vector<Segment> segments_;
   uint64_t segment_clock_ = 0;
   bool replay_ = true;
+  bool pipeline_stats_ = false;  // TRELLIS_VULKAN_PIPELINE_STATS=1 (where the driver has them)
+  // Prints the driver's statistics of a new pipeline (VK_KHR_pipeline_executable_properties).
+  void print_pipeline_stats(const std::string& name, VkPipeline pipeline) const;
   Stats stats_;
   std::map<std::string, std::unique_ptr<Pipeline>> pipelines_;
   std::vector<std::pair<VkBuffer, VkDeviceMemory>> retired_;
