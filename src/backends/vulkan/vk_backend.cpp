@@ -43,6 +43,9 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   gemv_hin_ = env_flag("TRELLIS_VULKAN_GEMV_HIN", true);
   gemv_prefetch_ = env_flag("TRELLIS_VULKAN_GEMV_PREFETCH", true);
   gemv_target_groups_ = env_int("TRELLIS_VULKAN_GEMV_GROUPS", kGemvTargetGroups, 1, 1 << 20);
+  gemv_tiles_ = env_int("TRELLIS_VULKAN_GEMV_TILES", 4, 1, 8);
+  if ((gemv_tiles_ & (gemv_tiles_ - 1)) != 0)
+    throw Error(ErrorKind::kInvalidArgument, "TRELLIS_VULKAN_GEMV_TILES must be 1, 2, 4 or 8");
   hadamard_sg_capable_ = shuffles && sg >= 8 && sg % 8 == 0 && 128 % sg == 0;
   hadamard_sg_ = hadamard_sg_capable_ && env_flag("TRELLIS_VULKAN_HADAMARD_SG", true);
   transform_f16_ = env_flag("TRELLIS_VULKAN_TRANSFORM_F16", true);

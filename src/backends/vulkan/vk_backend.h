@@ -379,6 +379,7 @@ class VulkanBackend : public Backend {
   bool gemv_hin_ = true;  // TRELLIS_VULKAN_GEMV_HIN=0: exl3_hadamard_in, then exl3_gemv
   bool gemv_prefetch_ = true;  // TRELLIS_VULKAN_GEMV_PREFETCH=0: exl3_gemv loads each slab as it decodes it
   int64_t gemv_target_groups_ = kGemvTargetGroups;  // TRELLIS_VULKAN_GEMV_GROUPS
+  int64_t gemv_tiles_ = 4;  // exl3_gemv's G at m = 1 (TRELLIS_VULKAN_GEMV_TILES: 1, 2, 4 or 8)
   CoopPath coop_ = CoopPath::kOff;
   int coop_kernel_ = 1;
   size_t coop2_shape_ = 0;

@@ -269,8 +269,11 @@ uint32_t VulkanBackend::gemv_columns(int64_t n, int64_t m) const {
   // 4 tiles per warp and slab for m = 1 (loads in flight, activations reused 4 times); 2 for the
   // 8-row variant, whose 8 rows already reuse each decoded weight and whose registers (16
   // accumulators and 8 activations per row and tile) and compile time grow with G.
-  const int64_t tiles_n = n / 16, want = m == 1 ? 4 : 2;
-  return tiles_n % want == 0 ? static_cast<uint32_t>(want) : tiles_n % 2 == 0 ? 2u : 1u;
+  // TRELLIS_VULKAN_GEMV_TILES overrides the m = 1 choice (tuning on a new device).
+  const int64_t tiles_n = n / 16, want = m == 1 ? gemv_tiles_ : 2;
+  for (int64_t g = want; g > 1; g /= 2)
+    if (tiles_n % g == 0) return static_cast<uint32_t>(g);
+  return 1u;
 }
 
 uint32_t VulkanBackend::exl3_splits(const Exl3Linear& w, int64_t m) const {
