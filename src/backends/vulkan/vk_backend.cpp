@@ -261,10 +261,6 @@ void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, 
     // add(x, y) was the last command: x += y and the norm in one dispatch (rms_norm.comp ADD = 1).
     const Pipeline& pa = ctx_->pipeline("add", "add", {wg_}, 2, 12, 1u << 0);
     if (ctx_->pop_last(pa, a.serial)) {
-      if (fuse_out_add_norm(x, weight, eps, group, groups, wg, out, a)) {
-        last_add_ = {};
-        return;
-      }
       pc.y_off = a.y_off;
       const Buffer& yb = *static_cast<const Buffer*>(a.y.get());
       const Pipeline& p =
@@ -276,31 +272,6 @@ void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, 
   }
   const Pipeline& p = ctx_->pipeline("rms_norm" + suffix, "rms_norm", {wg, 0}, 4, sizeof(pc), 1u << 2);
   ctx_->dispatch_flat(p, {&xb, &buffer_of(weight), &ob, &xb}, &pc, static_cast<uint64_t>(groups));
-}
-
-bool VulkanBackend::fuse_out_add_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group,
-                                      int64_t groups, uint32_t wg, DeviceTensor& out, const PendingAdd& a) {
-  const PendingOut& o = last_out_;
-  if (!o.pipeline || o.serial == 0 || o.serial != ctx_->serial_back(0) || o.y.get() != a.y.get() ||
-      o.y_off != a.y_off || static_cast<int64_t>(o.out_f) != group || o.rows != groups || a.n != groups * group)
-    return false;
-  // The row's n transform inputs and the reduction live in shared memory.
-  if ((static_cast<uint64_t>(o.n) + wg) * 4 > ctx_->limits().maxComputeSharedMemorySize) return false;
-  const Buffer& z = *o.z;
-  if (!ctx_->pop_last(*o.pipeline, o.serial)) return false;
-  struct {
-    uint32_t out_f, z_off, splits, split_stride, has_bias, y_off, x_off, w_off, out_off;
-    float eps;
-  } pc{o.out_f, 0, o.splits, o.split_stride, o.bias ? 1u : 0u, o.y_off, elem(x, 4), elem(weight, 4), elem(out, 4), eps};
-  const Buffer& svh = *static_cast<const Buffer*>(o.svh.get());
-  const Buffer& bias = o.bias ? *static_cast<const Buffer*>(o.bias.get()) : svh;
-  const Pipeline& p = ctx_->pipeline(fmt::format("exl3_out_add_norm_n{}_w{}", o.n, wg), "exl3_out_add_norm", {wg, o.n},
-                                     7, sizeof(pc), (1u << 3) | (1u << 4) | (1u << 6));
-  ctx_->dispatch(p, {&z, &svh, &bias, static_cast<const Buffer*>(o.y.get()), &buffer_of(x), &buffer_of(weight),
-                     &buffer_of(out)},
-                 &pc, u32(groups));
-  last_out_ = {};
-  return true;
 }
 
 void VulkanBackend::rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_t> positions,

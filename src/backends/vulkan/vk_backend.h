@@ -352,21 +352,6 @@ class VulkanBackend : public Backend {
     Staged cs;
     std::vector<float> table;  // the staged cos/sin values
   };
-  // The last EXL3 output transform recorded (exl3_hadamard_out, decode rows), for the
-  // out + add + norm peephole.
-  struct PendingOut {
-    uint64_t serial = 0;
-    const Pipeline* pipeline = nullptr;
-    const Buffer* z = nullptr;  // the product's scratch (partials at split * split_stride)
-    std::shared_ptr<DeviceBuffer> svh, bias, y;
-    uint32_t y_off = 0, n = 0, out_f = 0, splits = 0, split_stride = 0;
-    int64_t rows = 0;
-  };
-  // exl3_hadamard_out(z) -> y, add(x, y), rms_norm(x) -> out as one exl3_out_add_norm dispatch
-  // when the output transform is the last command (the add already popped) and its y is the
-  // add's; false (nothing changed) otherwise.
-  bool fuse_out_add_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group, int64_t groups,
-                         uint32_t wg, DeviceTensor& out, const PendingAdd& a);
   // rope(q), rope(k), kv_store(k, v) as one dispatch when the two ropes are the last commands.
   bool fuse_rope_kv_store(const DeviceTensor& k, const DeviceTensor& v, const Staged& pos, int64_t rows,
                           DeviceTensor& k_cache, DeviceTensor& v_cache);
@@ -383,7 +368,6 @@ class VulkanBackend : public Backend {
   bool flash_coop_logged_ = false;
   float flash_coop_rescale_ = 8.0f;
   PendingAdd last_add_;
-  PendingOut last_out_;
   PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
   uint32_t rms_wide_wg_ = 128;

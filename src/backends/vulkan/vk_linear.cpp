@@ -456,8 +456,6 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
     } else {
       const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out", "exl3_hadamard_out", {}, 4, 28, 1u << 3);
       ctx_->dispatch(pout, bufs, &ho, u32(w.n / 128), u32(m));
-      last_out_ = PendingOut{ctx_->serial_back(0), &pout, &z, w.svh, w.bias, y.buffer, ho.y_off, ho.n, ho.out_f,
-                             ho.splits, ho.split_stride, m};
     }
   }
 }
