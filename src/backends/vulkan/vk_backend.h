@@ -352,6 +352,20 @@ class VulkanBackend : public Backend {
     Staged cs;
     std::vector<float> table;  // the staged cos/sin values
   };
+  // An EXL3 output transform recorded at decode rows (exl3_hadamard_out), for the MLP peephole.
+  struct PendingOut {
+    uint64_t serial = 0;
+    const Pipeline* pipeline = nullptr;
+    const Buffer* z = nullptr;  // the product's scratch (partials at split * split_stride)
+    std::shared_ptr<DeviceBuffer> svh, y;
+    uint32_t y_off = 0, n = 0, out_f = 0, splits = 0, split_stride = 0;
+    int64_t rows = 0;
+    bool bias = false;
+  };
+  // exl3_hadamard_out(z_g) -> gate, exl3_hadamard_out(z_u) -> up, silu_mul(gate, up) -> out as
+  // one exl3_out_silu dispatch when the two transforms are the last commands; false (nothing
+  // recorded) otherwise.
+  bool fuse_out_silu(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out);
   // rope(q), rope(k), kv_store(k, v) as one dispatch when the two ropes are the last commands.
   bool fuse_rope_kv_store(const DeviceTensor& k, const DeviceTensor& v, const Staged& pos, int64_t rows,
                           DeviceTensor& k_cache, DeviceTensor& v_cache);
@@ -368,6 +382,7 @@ class VulkanBackend : public Backend {
   bool flash_coop_logged_ = false;
   float flash_coop_rescale_ = 8.0f;
   PendingAdd last_add_;
+  PendingOut outs_[2];  // [1] the latest decode output transform, [0] the one before
   PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
   uint32_t rms_wide_wg_ = 128;
