@@ -1,6 +1,7 @@
 // tests/ops/vulkan_fusion_test.cpp: the Vulkan backend's decode fusions (peepholes in the
 // recorder): add(x, y) + rms_norm(x) as rms_norm_add, rope(q) + rope(k) + kv_store(k, v) as
-// rope_kv_store. Each is bit-identical to the separate ops (fusion off), records fewer
+// rope_kv_store, a gated MLP's two EXL3 output transforms + silu_mul as exl3_out_silu. Each is
+// bit-identical to the separate ops (fusion off), records fewer
 // dispatches, and matches the CPU backend; shapes the fusion does not cover fall back.
 #if TRELLIS_WITH_VULKAN
 
@@ -9,6 +10,8 @@
 #include <cmath>
 #include <vector>
 
+#include "core/fp16.h"
+#include "exl3/tile.h"
 #include "ops/ops_test_util.h"
 #include "ops/vulkan_test_util.h"
 #include "test_util.h"
@@ -63,6 +66,73 @@ TEST(VulkanFusion, AddRmsNormBitIdenticalToSeparateOps) {
   EXPECT_EQ(xs[0], xs[1]) << "fused residual differs from add";
   EXPECT_EQ(xs[0], xs[2]) << "residual differs from the CPU backend";
   EXPECT_LT(test::rel_rms(out[0], out[2]), 1e-6);
+}
+
+// Host copies of a random EXL3 layer (K = 3, MCG) for prepare_linear on either backend.
+struct Exl3Host {
+  std::vector<uint16_t> suh, svh, bias;
+  std::vector<uint8_t> trellis;
+  LinearSource src;
+  Exl3Host(int64_t k, int64_t n, int64_t in, int64_t out, bool with_bias, uint64_t seed) {
+    test::SplitMix64 rng(seed);
+    suh.resize(static_cast<size_t>(k));
+    svh.resize(static_cast<size_t>(n));
+    bias.resize(static_cast<size_t>(n));
+    for (auto& v : suh) v = fp32_to_fp16(rng.next() & 1 ? 1.0f : -1.0f);
+    for (auto& v : svh) v = fp32_to_fp16((rng.next() & 1 ? 1.0f : -1.0f) * 0.02f * (0.5f + static_cast<float>(rng.next() % 100) / 100));
+    for (auto& v : bias) v = fp32_to_fp16(static_cast<float>(rng.next() % 200) / 100 - 1);
+    trellis.resize(static_cast<size_t>((k / 16) * (n / 16) * exl3::tile_bytes(3)));
+    for (auto& b : trellis) b = static_cast<uint8_t>(rng.next());
+    src.name = "test.mlp";
+    src.in_features = in;
+    src.out_features = out;
+    src.exl3 = exl3::Exl3LinearView{k, n, 3, exl3::Codebook::kMcg, trellis.data(), suh.data(), svh.data(), nullptr};
+    if (with_bias) src.bias = TensorView{DType::kF16, {n}, reinterpret_cast<const std::byte*>(bias.data())};
+  }
+};
+
+// linears(gate, up) then silu_mul at decode rows, into a separate tensor and in place (the
+// default mlp's form): the two output transforms and the product as one exl3_out_silu dispatch,
+// bitwise the separate ops (gate, up and the product), close to the CPU backend; layers with a
+// bias fall back.
+TEST(VulkanFusion, Exl3OutSiluBitIdenticalToSeparateOps) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  FusionGuard guard(vk);
+  struct Case {
+    int64_t k, n, in, out, rows;
+    bool bias, in_place;
+  };
+  for (const Case& c : {Case{1024, 384, 1000, 300, 1, false, false}, Case{256, 256, 256, 256, 3, false, true},
+                        Case{256, 256, 256, 256, 1, true, true}}) {
+    const Exl3Host gate(c.k, c.n, c.in, c.out, c.bias, 90 + static_cast<uint64_t>(c.rows));
+    const Exl3Host up(c.k, c.n, c.in, c.out, c.bias, 190 + static_cast<uint64_t>(c.rows));
+    const auto h = random_floats(static_cast<size_t>(c.rows * c.in), 91, 2.0f);
+    std::vector<float> res[3][3];
+    uint64_t dispatches[2] = {};
+    for (int run = 0; run < 3; ++run) {  // 0: fused, 1: separate, 2: CPU
+      Backend& be = run == 2 ? cpu_backend() : *vk;
+      if (run < 2) vk->set_fusion(run == 0);
+      const auto lg = be.prepare_linear(gate.src), lu = be.prepare_linear(up.src);
+      const DeviceTensor ht = be.upload(f32_view(h, {c.rows, c.in}), DType::kF32);
+      DeviceTensor g = be.alloc(DType::kF32, {c.rows, c.out}), u = be.alloc(DType::kF32, {c.rows, c.out});
+      DeviceTensor o = c.in_place ? g : be.alloc(DType::kF32, {c.rows, c.out});
+      if (run < 2) vk->synchronize();
+      const uint64_t d0 = run < 2 ? vk->context().stats().dispatches : 0;
+      const LinearWeights* ws[] = {lg.get(), lu.get()};
+      DeviceTensor* ys[] = {&g, &u};
+      be.linears(ws, ht, ys);
+      be.silu_mul(g, u, o);
+      if (run < 2) dispatches[run] = vk->context().stats().dispatches - d0;
+      res[run][0] = fetch(be, g);
+      res[run][1] = fetch(be, u);
+      res[run][2] = fetch(be, o);
+    }
+    const std::string what = "k=" + std::to_string(c.k) + " rows=" + std::to_string(c.rows) +
+                             (c.bias ? " bias" : "") + (c.in_place ? " in place" : "");
+    EXPECT_EQ(dispatches[0] + (c.bias ? 0 : 2), dispatches[1]) << what;
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(res[0][i], res[1][i]) << what << " output " << i;
+    for (int i = 0; i < 3; ++i) EXPECT_LT(test::rel_rms(res[0][i], res[2][i]), 1e-5) << what << " vs CPU, output " << i;
+  }
 }
 
 // rope(q), rope(k), kv_store(k, v) for prefill rows and a decode row at an offset view, GQA
