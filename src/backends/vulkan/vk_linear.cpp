@@ -457,8 +457,8 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
       const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out", "exl3_hadamard_out", {}, 4, 28, 1u << 3);
       ctx_->dispatch(pout, bufs, &ho, u32(w.n / 128), u32(m));
       outs_[0] = std::move(outs_[1]);
-      outs_[1] = PendingOut{ctx_->serial_back(0), &pout, &z, w.svh, y.buffer, ho.y_off, ho.n, ho.out_f, ho.splits,
-                            ho.split_stride, m, w.bias != nullptr};
+      outs_[1] = PendingOut{ctx_->serial_back(0), &pout, &z, w.svh, w.bias, y.buffer, ho.y_off, ho.n, ho.out_f,
+                            ho.splits, ho.split_stride, m};
     }
   }
 }
