@@ -504,12 +504,12 @@ bool VulkanBackend::fuse_out_add_norm(const DeviceTensor& x, const DeviceTensor&
       groups > kCounters || norm_wg < 128 || (norm_wg & (norm_wg - 1)) != 0 || out.buffer.get() == a.y.get() ||
       norm_wg * 4 + 1024 > ctx_->limits().maxComputeSharedMemorySize)
     return false;
-  if (!counters_) {
+  const Buffer& z = *o.z;
+  if (!ctx_->pop_last(*o.pipeline, o.serial)) return false;
+  if (!counters_) {  // after the pop: the fill is a command of its own
     counters_ = ctx_->create_buffer(kCounters * 4);
     ctx_->fill_zero(*counters_);
   }
-  const Buffer& z = *o.z;
-  if (!ctx_->pop_last(*o.pipeline, o.serial)) return false;
   struct {
     uint32_t n, out_f, splits, split_stride, has_bias, y_off, x_off, w_off, out_off, counter;
     float eps;
