@@ -40,6 +40,8 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   gemv_subgroup_capable_ = shuffles && sg >= 4 && sg <= static_cast<int>(kGemvWg) && kGemvWg % static_cast<uint32_t>(sg) == 0;
   gemv_subgroup_ = gemv_subgroup_capable_ && env_flag("TRELLIS_VULKAN_SUBGROUP", true);
   fuse_ = env_flag("TRELLIS_VULKAN_FUSE", true);
+  fuse_norm_ = env_flag("TRELLIS_VULKAN_FUSE_NORM", true);
+  fuse_silu_ = env_flag("TRELLIS_VULKAN_FUSE_SILU", true);
   gemv_hin_ = env_flag("TRELLIS_VULKAN_GEMV_HIN", true);
   gemv_prefetch_ = env_flag("TRELLIS_VULKAN_GEMV_PREFETCH", true);
   gemv_target_groups_ = env_int("TRELLIS_VULKAN_GEMV_GROUPS", kGemvTargetGroups, 1, 1 << 20);
@@ -502,7 +504,8 @@ bool VulkanBackend::fuse_out_add_norm(const DeviceTensor& x, const DeviceTensor&
   if (!o.pipeline || o.serial == 0 || o.serial != ctx_->serial_back(0) || o.y.get() != a.y.get() ||
       o.y_off != a.y_off || static_cast<int64_t>(o.out_f) != group || o.rows != groups || a.n != groups * group ||
       groups > kCounters || norm_wg < 128 || (norm_wg & (norm_wg - 1)) != 0 || out.buffer.get() == a.y.get() ||
-      norm_wg * 4 + 1024 > ctx_->limits().maxComputeSharedMemorySize)
+      (static_cast<uint64_t>(norm_wg) + group) * 4 + 1024 > ctx_->limits().maxComputeSharedMemorySize ||
+      !fuse_norm_)
     return false;
   const Buffer& z = *o.z;
   if (!ctx_->pop_last(*o.pipeline, o.serial)) return false;
@@ -517,7 +520,8 @@ bool VulkanBackend::fuse_out_add_norm(const DeviceTensor& x, const DeviceTensor&
        elem(x, 4), elem(weight, 4), elem(out, 4), 0,             eps};
   const Buffer& svh = *static_cast<const Buffer*>(o.svh.get());
   const Buffer& bias = o.bias ? *static_cast<const Buffer*>(o.bias.get()) : svh;
-  const Pipeline& p = ctx_->pipeline(fmt::format("exl3_out_add_norm_w{}", norm_wg), "exl3_out_add_norm", {norm_wg}, 8,
+  const Pipeline& p = ctx_->pipeline(fmt::format("exl3_out_add_norm_w{}", norm_wg), "exl3_out_add_norm",
+                                     {norm_wg, static_cast<uint32_t>(group)}, 8,
                                      sizeof(pc), (1u << 3) | (1u << 4) | (1u << 6) | (1u << 7));
   ctx_->dispatch(p,
                  {&z, &svh, &bias, static_cast<const Buffer*>(o.y.get()), &buffer_of(x), &buffer_of(weight),
@@ -534,7 +538,7 @@ bool VulkanBackend::fuse_out_silu(const DeviceTensor& gate, const DeviceTensor& 
     return o.pipeline && o.serial != 0 && !o.bias && o.y.get() == t.buffer.get() && o.y_off == elem(t, 4) &&
            o.rows * o.out_f == n;
   };
-  if (!fuse_ || og.serial != ctx_->serial_back(1) || ou.serial != ctx_->serial_back(0) || !matches(og, gate) ||
+  if (!fuse_ || !fuse_silu_ || og.serial != ctx_->serial_back(1) || ou.serial != ctx_->serial_back(0) || !matches(og, gate) ||
       !matches(ou, up) || og.n != ou.n || og.out_f != ou.out_f || og.splits != ou.splits ||
       og.split_stride != ou.split_stride || og.rows != ou.rows)
     return false;

@@ -377,6 +377,8 @@ class VulkanBackend : public Backend {
 
   std::shared_ptr<Context> ctx_;
   bool fuse_ = true;
+  bool fuse_norm_ = true;  // TRELLIS_VULKAN_FUSE_NORM=0: no exl3_out_add_norm (under fuse_)
+  bool fuse_silu_ = true;  // TRELLIS_VULKAN_FUSE_SILU=0: no exl3_out_silu (under fuse_)
   bool flash_ = true;
   bool decode_ = false;
   bool decode_capable_ = false;
