@@ -1,7 +1,7 @@
 // tests/ops/vulkan_fusion_test.cpp: the Vulkan backend's decode fusions (peepholes in the
 // recorder): add(x, y) + rms_norm(x) as rms_norm_add, rope(q) + rope(k) + kv_store(k, v) as
-// rope_kv_store, a gated MLP's two EXL3 output transforms + silu_mul as exl3_out_silu, an EXL3
-// linear's output transform + add + rms_norm as exl3_out_add_norm. Each is bit-identical to the separate ops (fusion off), records fewer
+// rope_kv_store, a gated MLP's two EXL3 output transforms + silu_mul as exl3_out_silu. Each is
+// bit-identical to the separate ops (fusion off), records fewer
 // dispatches, and matches the CPU backend; shapes the fusion does not cover fall back.
 #if TRELLIS_WITH_VULKAN
 
@@ -130,51 +130,6 @@ TEST(VulkanFusion, Exl3OutSiluBitIdenticalToSeparateOps) {
     const std::string what = "k=" + std::to_string(c.k) + " rows=" + std::to_string(c.rows) +
                              (c.bias ? " bias" : "") + (c.in_place ? " in place" : "");
     EXPECT_EQ(dispatches[0] + (c.bias ? 0 : 2), dispatches[1]) << what;
-    for (int i = 0; i < 3; ++i) EXPECT_EQ(res[0][i], res[1][i]) << what << " output " << i;
-    for (int i = 0; i < 3; ++i) EXPECT_LT(test::rel_rms(res[0][i], res[2][i]), 1e-5) << what << " vs CPU, output " << i;
-  }
-}
-
-// y = linear(h) (EXL3, decode rows), add(x, y), rms_norm(x): the output transform, the add and
-// the norm as one exl3_out_add_norm dispatch, bitwise the separate ops (y, x and the norm), and
-// close to the CPU backend. Padded output with a bias and split-k partials; an exact-width
-// layer without a bias; rows 1 and 3; the sequence twice in one recording.
-TEST(VulkanFusion, Exl3OutAddNormBitIdenticalToSeparateOps) {
-  TRELLIS_VULKAN_OR_SKIP(vk);
-  FusionGuard guard(vk);
-  struct Case {
-    int64_t k, n, in, out, rows;
-    bool bias;
-  };
-  for (const Case& c : {Case{1024, 384, 1000, 300, 1, true}, Case{256, 256, 256, 256, 3, false}}) {
-    const Exl3Host layer(c.k, c.n, c.in, c.out, c.bias, 80 + static_cast<uint64_t>(c.rows));
-    const auto h = random_floats(static_cast<size_t>(c.rows * c.in), 81);
-    const auto x = random_floats(static_cast<size_t>(c.rows * c.out), 82, 3.0f);
-    const auto w = random_floats(static_cast<size_t>(c.out), 83);
-    std::vector<float> res[3][3];
-    uint64_t dispatches[2] = {};
-    for (int run = 0; run < 3; ++run) {  // 0: fused, 1: separate, 2: CPU
-      Backend& be = run == 2 ? cpu_backend() : *vk;
-      if (run < 2) vk->set_fusion(run == 0);
-      const auto lw = be.prepare_linear(layer.src);
-      const DeviceTensor ht = be.upload(f32_view(h, {c.rows, c.in}), DType::kF32);
-      DeviceTensor xt = be.upload(f32_view(x, {c.rows, c.out}), DType::kF32);
-      const DeviceTensor wt = be.upload(f32_view(w, {c.out}), DType::kF32);
-      DeviceTensor y = be.alloc(DType::kF32, {c.rows, c.out}), o = be.alloc(DType::kF32, {c.rows, c.out});
-      if (run < 2) vk->synchronize();
-      const uint64_t d0 = run < 2 ? vk->context().stats().dispatches : 0;
-      for (int step = 0; step < 2; ++step) {  // twice: the second fused call finds the counters reset
-        be.linear(*lw, ht, y);
-        be.add(xt, y);
-        be.rms_norm(xt, wt, 1e-5f, c.out, o);
-      }
-      if (run < 2) dispatches[run] = vk->context().stats().dispatches - d0;
-      res[run][0] = fetch(be, y);
-      res[run][1] = fetch(be, xt);
-      res[run][2] = fetch(be, o);
-    }
-    const std::string what = "k=" + std::to_string(c.k) + " rows=" + std::to_string(c.rows);
-    EXPECT_EQ(dispatches[0] + 4, dispatches[1]) << what << ": the transform and the add folded into the norm";
     for (int i = 0; i < 3; ++i) EXPECT_EQ(res[0][i], res[1][i]) << what << " output " << i;
     for (int i = 0; i < 3; ++i) EXPECT_LT(test::rel_rms(res[0][i], res[2][i]), 1e-5) << what << " vs CPU, output " << i;
   }

@@ -40,7 +40,6 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   gemv_subgroup_capable_ = shuffles && sg >= 4 && sg <= static_cast<int>(kGemvWg) && kGemvWg % static_cast<uint32_t>(sg) == 0;
   gemv_subgroup_ = gemv_subgroup_capable_ && env_flag("TRELLIS_VULKAN_SUBGROUP", true);
   fuse_ = env_flag("TRELLIS_VULKAN_FUSE", true);
-  fuse_norm_ = env_flag("TRELLIS_VULKAN_FUSE_NORM", true);
   fuse_silu_ = env_flag("TRELLIS_VULKAN_FUSE_SILU", true);
   gemv_hin_ = env_flag("TRELLIS_VULKAN_GEMV_HIN", true);
   gemv_prefetch_ = env_flag("TRELLIS_VULKAN_GEMV_PREFETCH", true);
@@ -263,10 +262,6 @@ void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, 
     // add(x, y) was the last command: x += y and the norm in one dispatch (rms_norm.comp ADD = 1).
     const Pipeline& pa = ctx_->pipeline("add", "add", {wg_}, 2, 12, 1u << 0);
     if (ctx_->pop_last(pa, a.serial)) {
-      if (fuse_out_add_norm(x, weight, eps, group, groups, wg, out, a)) {
-        last_add_ = {};
-        return;
-      }
       pc.y_off = a.y_off;
       const Buffer& yb = *static_cast<const Buffer*>(a.y.get());
       const Pipeline& p =
@@ -494,40 +489,6 @@ bool VulkanBackend::attention_decode(const DeviceTensor& q, const DeviceTensor& 
   } mc{u32(rows * ap.n_heads * d), u32(d), u32(splits), u32(ml_off), elem(out, 4)};
   const Pipeline& pm = ctx_->pipeline("attention_decode_merge", "attention_decode_merge", {wg_}, 2, sizeof(mc), 1u << 1);
   ctx_->dispatch_flat(pm, {&part, &buffer_of(out)}, &mc, ceil_div(mc.items, wg_));
-  return true;
-}
-
-bool VulkanBackend::fuse_out_add_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group,
-                                      int64_t groups, uint32_t norm_wg, DeviceTensor& out, const PendingAdd& a) {
-  constexpr int64_t kCounters = 64;
-  const PendingOut& o = outs_[1];
-  if (!o.pipeline || o.serial == 0 || o.serial != ctx_->serial_back(0) || o.y.get() != a.y.get() ||
-      o.y_off != a.y_off || static_cast<int64_t>(o.out_f) != group || o.rows != groups || a.n != groups * group ||
-      groups > kCounters || norm_wg < 128 || (norm_wg & (norm_wg - 1)) != 0 || out.buffer.get() == a.y.get() ||
-      (static_cast<uint64_t>(norm_wg) + group) * 4 + 1024 > ctx_->limits().maxComputeSharedMemorySize ||
-      !fuse_norm_)
-    return false;
-  const Buffer& z = *o.z;
-  if (!ctx_->pop_last(*o.pipeline, o.serial)) return false;
-  if (!counters_) {  // after the pop: the fill is a command of its own
-    counters_ = ctx_->create_buffer(kCounters * 4);
-    ctx_->fill_zero(*counters_);
-  }
-  struct {
-    uint32_t n, out_f, splits, split_stride, has_bias, y_off, x_off, w_off, out_off, counter;
-    float eps;
-  } pc{o.n,     o.out_f,    o.splits,         o.split_stride,   o.bias ? 1u : 0u, o.y_off,
-       elem(x, 4), elem(weight, 4), elem(out, 4), 0,             eps};
-  const Buffer& svh = *static_cast<const Buffer*>(o.svh.get());
-  const Buffer& bias = o.bias ? *static_cast<const Buffer*>(o.bias.get()) : svh;
-  const Pipeline& p = ctx_->pipeline(fmt::format("exl3_out_add_norm_w{}", norm_wg), "exl3_out_add_norm",
-                                     {norm_wg, static_cast<uint32_t>(group)}, 8,
-                                     sizeof(pc), (1u << 3) | (1u << 4) | (1u << 6) | (1u << 7));
-  ctx_->dispatch(p,
-                 {&z, &svh, &bias, static_cast<const Buffer*>(o.y.get()), &buffer_of(x), &buffer_of(weight),
-                  &buffer_of(out), counters_.get()},
-                 &pc, o.n / 128, u32(groups));
-  outs_[0] = outs_[1] = {};
   return true;
 }
 

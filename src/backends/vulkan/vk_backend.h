@@ -352,8 +352,7 @@ class VulkanBackend : public Backend {
     Staged cs;
     std::vector<float> table;  // the staged cos/sin values
   };
-  // An EXL3 output transform recorded at decode rows (exl3_hadamard_out), for the MLP and the
-  // out + add + norm peepholes.
+  // An EXL3 output transform recorded at decode rows (exl3_hadamard_out), for the MLP peephole.
   struct PendingOut {
     uint64_t serial = 0;
     const Pipeline* pipeline = nullptr;
@@ -362,11 +361,6 @@ class VulkanBackend : public Backend {
     uint32_t y_off = 0, n = 0, out_f = 0, splits = 0, split_stride = 0;
     int64_t rows = 0;
   };
-  // exl3_hadamard_out(z) -> y, add(x, y), rms_norm(x) -> out as one exl3_out_add_norm dispatch
-  // when the transform is the last command once the add is popped, and its y is the add's;
-  // false (nothing recorded) otherwise. norm_wg: the width rms_norm would run at.
-  bool fuse_out_add_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, int64_t group, int64_t groups,
-                         uint32_t norm_wg, DeviceTensor& out, const PendingAdd& a);
   // exl3_hadamard_out(z_g) -> gate, exl3_hadamard_out(z_u) -> up, silu_mul(gate, up) -> out as
   // one exl3_out_silu dispatch when the two transforms are the last commands; false (nothing
   // recorded) otherwise.
@@ -377,7 +371,6 @@ class VulkanBackend : public Backend {
 
   std::shared_ptr<Context> ctx_;
   bool fuse_ = true;
-  bool fuse_norm_ = true;  // TRELLIS_VULKAN_FUSE_NORM=0: no exl3_out_add_norm (under fuse_)
   bool fuse_silu_ = true;  // TRELLIS_VULKAN_FUSE_SILU=0: no exl3_out_silu (under fuse_)
   bool flash_ = true;
   bool decode_ = false;
@@ -390,7 +383,6 @@ class VulkanBackend : public Backend {
   float flash_coop_rescale_ = 8.0f;
   PendingAdd last_add_;
   PendingOut outs_[2];  // [1] the latest decode output transform, [0] the one before
-  std::shared_ptr<Buffer> counters_;  // exl3_out_add_norm's per-row completion counters (zero between uses)
   PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
   uint32_t rms_wide_wg_ = 128;
