@@ -245,6 +245,8 @@ std::shared_ptr<Context> Context::create(int index, bool discrete_like) {
   VkPhysicalDeviceShaderIntegerDotProductFeatures enable_dot{
       VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};
   std::vector<const char*> device_extensions;
+  // TRELLIS_VULKAN_PIPELINE_STATS=2 adds the driver's internal representations (its IR or ISA
+  // text, where it gives any) of every pipeline, written to stderr.
   // TRELLIS_VULKAN_PIPELINE_STATS=1: the driver's statistics of every pipeline built (registers,
   // shared memory, instruction counts: whatever it reports) where it has
   // VK_KHR_pipeline_executable_properties; a diagnostic for tuning occupancy on a new device.
@@ -344,6 +346,8 @@ std::shared_ptr<Context> Context::create(int index, bool discrete_like) {
   ctx->profile_grids_ = ctx->profile_ && std::strcmp(prof, "2") == 0;
   ctx->replay_ = env_flag("TRELLIS_VULKAN_REPLAY", true);
   ctx->pipeline_stats_ = stats;
+  const char* stats_env = std::getenv("TRELLIS_VULKAN_PIPELINE_STATS");
+  ctx->pipeline_ir_ = stats && std::strcmp(stats_env, "2") == 0;
   return ctx;
 }
 
@@ -515,6 +519,7 @@ const Pipeline& Context::pipeline(const std::string& name, const std::string& sh
   cpi.stage.pSpecializationInfo = spec.empty() ? nullptr : &si;
   cpi.layout = p->layout;
   if (pipeline_stats_) cpi.flags |= VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR;
+  if (pipeline_ir_) cpi.flags |= VK_PIPELINE_CREATE_CAPTURE_INTERNAL_REPRESENTATIONS_BIT_KHR;
   const VkResult r = vkCreateComputePipelines(device_, pipeline_cache_, 1, &cpi, nullptr, &p->pipeline);
   vkDestroyShaderModule(device_, module, nullptr);
   check(r, "vkCreateComputePipelines");
@@ -554,6 +559,25 @@ void Context::print_pipeline_stats(const std::string& name, VkPipeline pipeline)
       }
     }
     fmt::print(stderr, "{}\n", line);
+    if (!pipeline_ir_) continue;
+    auto irs = reinterpret_cast<PFN_vkGetPipelineExecutableInternalRepresentationsKHR>(
+        vkGetDeviceProcAddr(device_, "vkGetPipelineExecutableInternalRepresentationsKHR"));
+    uint32_t ni = 0;
+    if (!irs || irs(device_, &ei, &ni, nullptr) != VK_SUCCESS) continue;
+    std::vector<VkPipelineExecutableInternalRepresentationKHR> ir(
+        ni, {VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_INTERNAL_REPRESENTATION_KHR});
+    if (irs(device_, &ei, &ni, ir.data()) != VK_SUCCESS) continue;
+    std::vector<std::vector<char>> data(ni);
+    for (uint32_t k = 0; k < ni; ++k) {
+      data[k].resize(ir[k].dataSize + 1, 0);
+      ir[k].pData = data[k].data();
+    }
+    if (irs(device_, &ei, &ni, ir.data()) != VK_SUCCESS) continue;
+    for (uint32_t k = 0; k < ni; ++k) {
+      fmt::print(stderr, "vulkan pipeline ir: {} [{}] {} ({} bytes{})\n", name, ex[e].name, ir[k].name,
+                 ir[k].dataSize, ir[k].isText ? "" : ", binary, not shown");
+      if (ir[k].isText) fmt::print(stderr, "{}\n", data[k].data());
+    }
   }
 }
 

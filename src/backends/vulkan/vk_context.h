@@ -250,6 +250,7 @@ class Context : public std::enable_shared_from_this<Context> {
   uint64_t segment_clock_ = 0;
   bool replay_ = true;
   bool pipeline_stats_ = false;  // TRELLIS_VULKAN_PIPELINE_STATS=1 (where the driver has them)
+  bool pipeline_ir_ = false;     // TRELLIS_VULKAN_PIPELINE_STATS=2: also the internal representations
   // Prints the driver's statistics of a new pipeline (VK_KHR_pipeline_executable_properties).
   void print_pipeline_stats(const std::string& name, VkPipeline pipeline) const;
   Stats stats_;
