@@ -109,6 +109,8 @@ void main() {
   uint abase = 32u * w, bbase = 32u * G * w;
   // A's rows start at zero; only rows j and 8 + j (j < m) change per slab.
   sa[abase + t] = uvec4(0u);
+  subgroupMemoryBarrierShared();
+  subgroupBarrier();
 
   ACC acc[G];
   [[unroll]] for (uint gi = 0u; gi < G; ++gi) acc[gi] = ACC(0.0);
