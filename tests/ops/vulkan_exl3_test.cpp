@@ -288,56 +288,6 @@ TEST(VulkanExl3, GemvAndGemmMatchDoubleProduct) {
   }
 }
 
-// Restores the backend's cooperative-matrix GEMV switches when a test ends.
-struct CoopGemvChoice {
-  vk::VulkanBackend& be;
-  CoopGemvChoice(vk::VulkanBackend& b, bool emulated) : be(b) {
-    be.set_gemv_coop(true);
-    be.set_gemv_coop_emulation(emulated);
-  }
-  ~CoopGemvChoice() {
-    be.set_gemv_coop(false);
-    be.set_gemv_coop_emulation(false);
-  }
-};
-
-// exl3_gemv_coop (emulated on any device; the real module where the device has cooperative
-// matrices) against the double-precision product of the CPU-decoded Ŵ: K with one and two window
-// groups, every codebook, 1..8 rows. hi + lo activations and exact fp16 products keep it at
-// fp32-level error (dropping the lo rows would leave ~2^-12 relative error, 1e-5 catches it).
-TEST(VulkanExl3Coop, GemvMatchesDoubleProduct) {
-  TRELLIS_VULKAN_OR_SKIP(be);
-  const int64_t k = 256, n = 128;
-  test::SplitMix64 rng(17);
-  for (bool emulated : {true, false}) {
-    if (!emulated && !be->gemv_coop_capable()) continue;
-    const CoopGemvChoice choice(*be, emulated);
-    for (int K : {2, 3, 8}) {
-      for (Codebook cb : kCodebooks) {
-        const auto trellis = random_trellis(k, n, K, 700 + static_cast<uint64_t>(K));
-        const auto view = view_of(trellis, k, n, K, cb);
-        std::vector<uint16_t> what(static_cast<size_t>(k * n));
-        exl3::decode_what(view, what.data());
-        for (int64_t m : {1, 3, 8}) {
-          std::vector<float> xh(static_cast<size_t>(m * k));
-          for (auto& v : xh) v = static_cast<float>(static_cast<double>(rng.next() >> 11) / 9007199254740992.0 * 4 - 2);
-          std::vector<float> want(static_cast<size_t>(m * n));
-          for (int64_t r = 0; r < m; ++r)
-            for (int64_t c = 0; c < n; ++c) {
-              double s = 0;
-              for (int64_t i = 0; i < k; ++i)
-                s += static_cast<double>(xh[static_cast<size_t>(r * k + i)]) * fp16_to_fp32(what[static_cast<size_t>(i * n + c)]);
-              want[static_cast<size_t>(r * n + c)] = static_cast<float>(s);
-            }
-          const std::vector<float> z = be->exl3_raw_matmul(view, xh.data(), m, false);
-          EXPECT_LT(test::rel_rms(z, want), 1e-5)
-              << (emulated ? "emulated" : "device") << " K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m;
-        }
-      }
-    }
-  }
-}
-
 }  // namespace
 }  // namespace trellis
 

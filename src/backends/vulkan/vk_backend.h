@@ -189,16 +189,6 @@ class VulkanBackend : public Backend {
   // passes. gemv_hin_applies says whether a layer at m rows takes it (on, GEMV path, the slab
   // fits kGemvHinMaxFloats and the device's shared memory).
   void set_gemv_hin(bool on) { gemv_hin_ = on; }
-  // The decode GEMV with its dot products on cooperative matrices (exl3_gemv_coop: decoded
-  // pairs through a shared fp16 tile, activations as fp16 hi + lo; not bitwise exl3_gemv, within
-  // fp32 rounding of the double product). Off by default (TRELLIS_VULKAN_GEMV_COOP=1 turns it
-  // on) until measured faster; applies where the device has 16x16x16 cooperative matrices at
-  // subgroup size 32 and exact fp16 arithmetic, for n a multiple of 64, and replaces the fused
-  // input transform (the input transform runs as its own pass). set_gemv_coop_emulation runs
-  // the emulated module instead (tests, any device).
-  void set_gemv_coop(bool on) { gemv_coop_ = on; }
-  void set_gemv_coop_emulation(bool on) { gemv_coop_emulation_ = on; }
-  bool gemv_coop_capable() const;
   bool gemv_hin() const { return gemv_hin_; }
   bool gemv_hin_applies(const LinearWeights& w, int64_t m) const;
   // EXL3 transforms by subgroup shuffles (exl3_hadamard_*_sg) where capable (subgroup shuffles, a
@@ -305,8 +295,6 @@ class VulkanBackend : public Backend {
   // Shared floats (specialization constant XS) of exl3_gemv*_hin for this layer at m rows, or 0
   // when the fused input transform does not apply (gemv_hin_applies).
   uint32_t gemv_hin_floats(const Exl3Linear& w, int64_t m) const;
-  // Whether record_gemv takes exl3_gemv_coop for n outputs at m rows.
-  bool gemv_coop_active(int64_t n, int64_t m) const;
   // Records exl3_gemv*_hin: z (split s at s·m·n) = transform(x (+ x_off), suh) · Ŵ for
   // m <= kGemvMaxRows, xs = gemv_hin_floats(w, m) != 0.
   void record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32_t x_off, int64_t m, const Buffer& z, uint32_t xs);
@@ -404,8 +392,6 @@ class VulkanBackend : public Backend {
   bool gemv_subgroup_capable_ = false;
   bool gemv_subgroup_ = false;
   bool gemv_hin_ = true;  // TRELLIS_VULKAN_GEMV_HIN=0: exl3_hadamard_in, then exl3_gemv
-  bool gemv_coop_ = false;  // TRELLIS_VULKAN_GEMV_COOP=1: exl3_gemv_coop where it applies
-  bool gemv_coop_emulation_ = false;
   bool gemv_prefetch_ = true;  // TRELLIS_VULKAN_GEMV_PREFETCH=0: exl3_gemv loads each slab as it decodes it
   int64_t gemv_target_groups_ = kGemvTargetGroups;  // TRELLIS_VULKAN_GEMV_GROUPS
   int64_t gemv_tiles_ = 4;  // exl3_gemv's G at m = 1 (TRELLIS_VULKAN_GEMV_TILES: 1, 2, 4 or 8)

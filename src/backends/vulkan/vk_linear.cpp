@@ -289,16 +289,8 @@ uint32_t VulkanBackend::exl3_splits(const Exl3Linear& w, int64_t m) const {
   return static_cast<uint32_t>(splits);
 }
 
-bool VulkanBackend::gemv_coop_capable() const {
-  return (ctx_->coop().khr || ctx_->coop().nv) && ctx_->coop().workgroup == 4 * 32 && ctx_->use_f16();
-}
-
-bool VulkanBackend::gemv_coop_active(int64_t n, int64_t m) const {
-  return gemv_coop_ && m >= 1 && m <= kGemvMaxRows && (n / 16) % 4 == 0 && (gemv_coop_emulation_ || gemv_coop_capable());
-}
-
 uint32_t VulkanBackend::gemv_hin_floats(const Exl3Linear& w, int64_t m) const {
-  if (!gemv_hin_ || m < 1 || m > kGemvMaxRows || gemv_coop_active(w.n, m)) return 0;
+  if (!gemv_hin_ || m < 1 || m > kGemvMaxRows) return 0;
   const int64_t splits = exl3_splits(w, m), tiles_k = w.k / 16;
   const int64_t per = (tiles_k + splits - 1) / splits;
   const int64_t need = m * 16 * per;  // one pass of min(m, R) = m rows
@@ -356,20 +348,10 @@ void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb,
                                 const Buffer& xh, uint32_t xh_off, int64_t m, const Buffer& z, uint32_t z_off,
                                 uint32_t splits) {
   TRELLIS_CHECK(m >= 1 && m <= kGemvMaxRows && k % 16 == 0 && n % 16 == 0);
+  const uint32_t G = gemv_columns(n, m), R = m == 1 ? 1u : static_cast<uint32_t>(kGemvMaxRows);
   struct {
     uint32_t m, k, n, xh_off, z_off, splits;
   } pc{u32(m), u32(k), u32(n), xh_off, z_off, splits};
-  if (gemv_coop_active(n, m)) {
-    // exl3_gemv_coop: 4 tile columns per workgroup of 4 subgroups (exl3_gemv_coop.glsl).
-    const bool khr = ctx_->coop().khr;
-    const std::string shader = gemv_coop_emulation_ ? "exl3_gemv_coop_emu" : khr ? "exl3_gemv_coop+khr" : "exl3_gemv_coop";
-    const std::string name = variant("exl3_gemv", K, cb) + (gemv_coop_emulation_ ? "_coop_emu" : khr ? "_coop_khr" : "_coop_nv");
-    const Pipeline& p = ctx_->pipeline(name, shader, {0, static_cast<uint32_t>(K), static_cast<uint32_t>(cb)}, 3,
-                                       sizeof(pc), 1u << 2);
-    ctx_->dispatch_flat(p, {&trellis, &xh, &z}, &pc, static_cast<uint64_t>(n / 16 / 4) * splits);
-    return;
-  }
-  const uint32_t G = gemv_columns(n, m), R = m == 1 ? 1u : static_cast<uint32_t>(kGemvMaxRows);
   const std::string shader = gemv_shader(cb);
   std::string name = variant("exl3_gemv", K, cb);
   name += shader.substr(std::strlen("exl3_gemv"));
