@@ -37,7 +37,8 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   const int sg = info.subgroup_size;
   const bool shuffles = std::find(info.features.begin(), info.features.end(), "subgroup_shuffle") != info.features.end();
   // On/off switches: TRELLIS_VULKAN_<NAME>=0 turns a default-on path off (env_flag).
-  gemv_subgroup_capable_ = shuffles && sg >= 4 && sg <= static_cast<int>(kGemvWg) && kGemvWg % static_cast<uint32_t>(sg) == 0;
+  gemv_subgroup_capable_ =
+      shuffles && sg >= 4 && sg <= static_cast<int>(kGemvWg) && kGemvWg % static_cast<uint32_t>(sg) == 0;
   gemv_subgroup_ = gemv_subgroup_capable_ && env_flag("TRELLIS_VULKAN_SUBGROUP", true);
   fuse_ = env_flag("TRELLIS_VULKAN_FUSE", true);
   fuse_silu_ = env_flag("TRELLIS_VULKAN_FUSE_SILU", true);
@@ -499,20 +500,22 @@ bool VulkanBackend::fuse_out_silu(const DeviceTensor& gate, const DeviceTensor& 
     return o.pipeline && o.serial != 0 && !o.bias && o.y.get() == t.buffer.get() && o.y_off == elem(t, 4) &&
            o.rows * o.out_f == n;
   };
-  if (!fuse_ || !fuse_silu_ || og.serial != ctx_->serial_back(1) || ou.serial != ctx_->serial_back(0) || !matches(og, gate) ||
-      !matches(ou, up) || og.n != ou.n || og.out_f != ou.out_f || og.splits != ou.splits ||
+  if (!fuse_ || !fuse_silu_ || og.serial != ctx_->serial_back(1) || ou.serial != ctx_->serial_back(0) ||
+      !matches(og, gate) || !matches(ou, up) || og.n != ou.n || og.out_f != ou.out_f || og.splits != ou.splits ||
       og.split_stride != ou.split_stride || og.rows != ou.rows)
     return false;
   // out must not be read by the transforms it replaces.
   if (out.buffer.get() == og.z || out.buffer.get() == ou.z) return false;
   const Buffer &zg = *og.z, &zu = *ou.z;
   if (!ctx_->pop_last(*ou.pipeline, ou.serial)) return false;
-  if (!ctx_->pop_last(*og.pipeline, og.serial)) fail(ErrorKind::kInternal, "Vulkan: MLP fusion lost the gate transform");
+  if (!ctx_->pop_last(*og.pipeline, og.serial))
+    fail(ErrorKind::kInternal, "Vulkan: MLP fusion lost the gate transform");
   struct {
     uint32_t n, out_f, splits, split_stride, yg_off, yu_off, out_off;
     float zero;
   } pc{og.n, og.out_f, og.splits, og.split_stride, og.y_off, ou.y_off, elem(out, 4), 0.0f};
-  const Pipeline& p = ctx_->pipeline("exl3_out_silu", "exl3_out_silu", {}, 7, sizeof(pc), (1u << 4) | (1u << 5) | (1u << 6));
+  const Pipeline& p =
+      ctx_->pipeline("exl3_out_silu", "exl3_out_silu", {}, 7, sizeof(pc), (1u << 4) | (1u << 5) | (1u << 6));
   ctx_->dispatch(p, {&zg, &zu, static_cast<const Buffer*>(og.svh.get()), static_cast<const Buffer*>(ou.svh.get()),
                      &buffer_of(gate), &buffer_of(up), &buffer_of(out)},
                  &pc, og.n / 128, u32(og.rows));

@@ -290,8 +290,9 @@ class VulkanBackend : public Backend {
   void record_gemv(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n, const Buffer& xh,
                    uint32_t xh_off, int64_t m, const Buffer& z, uint32_t z_off, uint32_t splits);
   uint32_t exl3_product_splits(const Exl3Linear& w, int64_t m) const;
-  // exl3_gemv's module for codebook cb: exl3_gemv[_sg][_f16[_dot]] (device and switches).
-  std::string gemv_shader(exl3::Codebook cb) const;
+  // exl3_gemv's pipeline for K, codebook cb, G tile columns, R rows per pass and (xs != 0) the
+  // fused input transform with xs shared floats; module and name from the device and switches.
+  const Pipeline& gemv_pipeline(int K, exl3::Codebook cb, uint32_t G, uint32_t R, uint32_t xs, uint32_t push_bytes);
   // Shared floats (specialization constant XS) of exl3_gemv*_hin for this layer at m rows, or 0
   // when the fused input transform does not apply (gemv_hin_applies).
   uint32_t gemv_hin_floats(const Exl3Linear& w, int64_t m) const;
@@ -357,9 +358,10 @@ class VulkanBackend : public Backend {
     uint64_t serial = 0;
     const Pipeline* pipeline = nullptr;
     const Buffer* z = nullptr;  // the product's scratch (partials at split * split_stride)
-    std::shared_ptr<DeviceBuffer> svh, bias, y;  // bias null when the layer has none
+    std::shared_ptr<DeviceBuffer> svh, y;
     uint32_t y_off = 0, n = 0, out_f = 0, splits = 0, split_stride = 0;
     int64_t rows = 0;
+    bool bias = false;  // the layer adds a bias (exl3_out_silu takes only bias-free layers)
   };
   // exl3_hadamard_out(z_g) -> gate, exl3_hadamard_out(z_u) -> up, silu_mul(gate, up) -> out as
   // one exl3_out_silu dispatch when the two transforms are the last commands; false (nothing

@@ -551,11 +551,20 @@ void Context::print_pipeline_stats(const std::string& name, VkPipeline pipeline)
     std::string line = fmt::format("vulkan pipeline stats: {} [{}]", name, ex[e].name);
     for (const auto& s : st) {
       switch (s.format) {
-        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_BOOL32_KHR: line += fmt::format("; {}={}", s.name, s.value.b32 != 0); break;
-        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_INT64_KHR: line += fmt::format("; {}={}", s.name, s.value.i64); break;
-        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_UINT64_KHR: line += fmt::format("; {}={}", s.name, s.value.u64); break;
-        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_FLOAT64_KHR: line += fmt::format("; {}={}", s.name, s.value.f64); break;
-        default: break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_BOOL32_KHR:
+          line += fmt::format("; {}={}", s.name, s.value.b32 != 0);
+          break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_INT64_KHR:
+          line += fmt::format("; {}={}", s.name, s.value.i64);
+          break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_UINT64_KHR:
+          line += fmt::format("; {}={}", s.name, s.value.u64);
+          break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_FLOAT64_KHR:
+          line += fmt::format("; {}={}", s.name, s.value.f64);
+          break;
+        default:
+          break;
       }
     }
     fmt::print(stderr, "{}\n", line);

@@ -277,8 +277,8 @@ uint32_t VulkanBackend::gemv_columns(int64_t n, int64_t m) const {
 }
 
 uint32_t VulkanBackend::exl3_splits(const Exl3Linear& w, int64_t m) const {
-  // Aim for >= gemv_target_groups_ (kGemvTargetGroups) workgroups; each split keeps every warp of a workgroup busy
-  // with at least one slab.
+  // Aim for >= gemv_target_groups_ (kGemvTargetGroups) workgroups; each split keeps every warp
+  // of a workgroup busy with at least one slab.
   const int64_t groups = w.n / 16 / gemv_columns(w.n, m), warps = kGemvWg / 32, tiles_k = w.k / 16;
   int64_t splits = std::max<int64_t>(1, gemv_target_groups_ / groups);
   splits = std::min<int64_t>({splits, kGemvMaxSplits, std::max<int64_t>(1, tiles_k / warps)});
@@ -311,16 +311,27 @@ uint32_t VulkanBackend::exl3_product_splits(const Exl3Linear& w, int64_t m) cons
   return m <= kGemvMaxRows ? exl3_splits(w, m) : 1;
 }
 
-std::string VulkanBackend::gemv_shader(exl3::Codebook cb) const {
-  // exl3_gemv[_sg][_f16[_dot]] (exl3_gemv.glsl): the fp16 decode where the device has exact fp16
-  // arithmetic (Context::use_f16), the dot-product byte sum for MUL1 on top where enabled
-  // (Context::use_int_dot); all give bitwise the same z.
+const Pipeline& VulkanBackend::gemv_pipeline(int K, exl3::Codebook cb, uint32_t G, uint32_t R, uint32_t xs,
+                                             uint32_t push_bytes) {
+  // Module exl3_gemv[_sg][_f16[_dot]][_hin] (exl3_gemv.glsl): the fp16 decode where the device
+  // has exact fp16 arithmetic (Context::use_f16), the dot-product byte sum for MUL1 on top where
+  // enabled (Context::use_int_dot); all give bitwise the same z. xs != 0: the fused input
+  // transform with xs shared floats (binding 3 suh).
   std::string shader = gemv_subgroup_ ? "exl3_gemv_sg" : "exl3_gemv";
   if (ctx_->use_f16()) {
     shader += "_f16";
     if (cb == exl3::Codebook::kMul1 && ctx_->use_int_dot()) shader += "_dot";
   }
-  return shader;
+  if (xs != 0) shader += "_hin";
+  std::string name = variant("exl3_gemv", K, cb) + shader.substr(std::strlen("exl3_gemv"));
+  if (G != 4) name += fmt::format("_g{}", G);
+  if (R != 1) name += fmt::format("_r{}", R);
+  if (!gemv_prefetch_) name += "_nopf";
+  if (xs != 0) name += fmt::format("_x{}", xs);
+  // Specialization ids 0-4 and 6 (exl3_gemv.glsl); id 5 (XS) exists only in the _hin modules.
+  const std::vector<uint32_t> spec{kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R, xs,
+                                   gemv_prefetch_ ? 1u : 0u};
+  return ctx_->pipeline(name, shader, spec, xs != 0 ? 4 : 3, push_bytes, 1u << 2);
 }
 
 void VulkanBackend::record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32_t x_off, int64_t m, const Buffer& z,
@@ -332,15 +343,7 @@ void VulkanBackend::record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32
   struct {
     uint32_t m, k, n, x_off, z_off, splits, in_f;
   } pc{u32(m), u32(w.k), u32(w.n), x_off, 0, splits, u32(w.in_features)};
-  const std::string shader = gemv_shader(w.codebook) + "_hin";
-  std::string name = variant("exl3_gemv", w.K, w.codebook) + shader.substr(std::strlen("exl3_gemv"));
-  if (G != 4) name += fmt::format("_g{}", G);
-  if (R != 1) name += fmt::format("_r{}", R);
-  if (!gemv_prefetch_) name += "_nopf";
-  name += fmt::format("_x{}", xs);
-  const Pipeline& p = ctx_->pipeline(
-      name, shader, {kGemvWg, static_cast<uint32_t>(w.K), static_cast<uint32_t>(w.codebook), G, R, xs, gemv_prefetch_ ? 1u : 0u}, 4, sizeof(pc),
-      1u << 2);
+  const Pipeline& p = gemv_pipeline(w.K, w.codebook, G, R, xs, sizeof(pc));
   ctx_->dispatch_flat(p, {w.trellis.get(), &x, &z, w.suh.get()}, &pc, static_cast<uint64_t>(w.n / 16 / G) * splits);
 }
 
@@ -352,14 +355,7 @@ void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb,
   struct {
     uint32_t m, k, n, xh_off, z_off, splits;
   } pc{u32(m), u32(k), u32(n), xh_off, z_off, splits};
-  const std::string shader = gemv_shader(cb);
-  std::string name = variant("exl3_gemv", K, cb);
-  name += shader.substr(std::strlen("exl3_gemv"));
-  if (G != 4) name += fmt::format("_g{}", G);
-  if (R != 1) name += fmt::format("_r{}", R);
-  if (!gemv_prefetch_) name += "_nopf";
-  const Pipeline& p = ctx_->pipeline(name, shader, {kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R, 0, gemv_prefetch_ ? 1u : 0u},
-                                     3, sizeof(pc), 1u << 2);
+  const Pipeline& p = gemv_pipeline(K, cb, G, R, 0, sizeof(pc));
   ctx_->dispatch_flat(p, {&trellis, &xh, &z}, &pc, static_cast<uint64_t>(n / 16 / G) * splits);
 }
 
@@ -457,8 +453,8 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
       const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out", "exl3_hadamard_out", {}, 4, 28, 1u << 3);
       ctx_->dispatch(pout, bufs, &ho, u32(w.n / 128), u32(m));
       outs_[0] = std::move(outs_[1]);
-      outs_[1] = PendingOut{ctx_->serial_back(0), &pout, &z, w.svh, w.bias, y.buffer, ho.y_off, ho.n, ho.out_f,
-                            ho.splits, ho.split_stride, m};
+      outs_[1] = PendingOut{ctx_->serial_back(0), &pout, &z, w.svh, y.buffer, ho.y_off, ho.n, ho.out_f,
+                            ho.splits, ho.split_stride, m, w.bias != nullptr};
     }
   }
 }
