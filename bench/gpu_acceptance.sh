@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# bench/gpu_acceptance.sh: the GPU acceptance run of the CUDA and Vulkan backends (issues 5 and 6)
+# in one command, so that every number of the report comes from the same machine and run.
+#
+# Usage: bench/gpu_acceptance.sh BIN_DIR OUT_DIR [--quick] [--only STEP[,STEP...]]
+#   BIN_DIR  a build's bin directory (trellis, trellis_tests, trellis_bench_model, and
+#            trellis_bench_cuda_exl3 / trellis_bench_vulkan_exl3 where built)
+#   OUT_DIR  created if missing; receives every log and JSON file, and report.md
+#            (bench/acceptance_report.py OUT_DIR renders it again)
+#   --quick  small shapes and a 2-layer SmolLM2-shaped model only: checks the script and the
+#            report end to end in a few minutes (on lavapipe, say); its numbers mean nothing
+#   --only   run only these steps: devices, tests, cli, gemv, models, memory
+# Steps, each on every backend `trellis devices` lists (CUDA and Vulkan device 0; the CPU as the
+# reference where one is needed):
+#   tests    trellis_tests '*Cuda*' and '*Vulkan*' (gtest XML)
+#   cli      run (greedy) / ppl / kld / logits on the tiny-llama fixture with --device auto, cpu,
+#            cuda, vulkan: text, perplexity and logits compared with the CPU's in the report
+#   gemv     EXL3 GEMV for K = 1..8 x 3 codebooks on the four shapes of issue 5 (CUDA next to
+#            cuBLAS fp16, Vulkan next to its dense fp16 GEMV)
+#   models   Llama-3.1-8B-shaped MCG models at K = 2, 3, 4 (bench/make_random_model.py, written
+#            to $TRELLIS_MODELS, default /dev/shm/trellis-models: ~3.5 GB each) and the
+#            SmolLM2-135M-shaped 3 bpw one: prefill and decode at contexts 1, 256 and 2048
+#   memory   peak GPU memory (nvidia-smi, every 0.2 s) of the 3 bpw 8B model with an 8K context
+# Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
+# TRELLIS_SHARED points at the shared fixtures (default: ../shared of the source tree).
+set -uo pipefail
+src=$(cd "$(dirname "$0")/.." && pwd)
+if [ $# -lt 2 ]; then
+  sed -n '2,24p' "$0" >&2
+  exit 2
+fi
+bin=$(cd "$1" && pwd) || exit 2
+out=$2
+shift 2
+quick=0
+only=devices,tests,cli,gemv,models,memory
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) quick=1 ;;
+    --only) only=$2; shift ;;
+    *) echo "gpu_acceptance.sh: unknown argument '$1'" >&2; exit 2 ;;
+  esac
+  shift
+done
+mkdir -p "$out" || exit 2
+out=$(cd "$out" && pwd)
+export TRELLIS_SHARED=${TRELLIS_SHARED:-$src/../shared}
+models=${TRELLIS_MODELS:-/dev/shm/trellis-models}
+py=${PYTHON:-python3}
+tiny=$TRELLIS_SHARED/fixtures/tiny-llama
+wiki=$TRELLIS_SHARED/data/wikitext-2/wiki.test.raw
+status=0
+wants() { [[ ",$only," == *",$1,"* ]]; }
+step() {  # step NAME COMMAND...: runs it, logs the exit status
+  echo "== $1 ($(date -u +%H:%M:%S))" >&2
+  local name=$1
+  shift
+  "$@"
+  local rc=$?
+  echo "$name $rc" >> "$out/steps.txt"
+  [ $rc -eq 0 ] || { echo "   failed with status $rc" >&2; status=1; }
+}
+
+{
+  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "commit: $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
+  command -v nvidia-smi > /dev/null &&
+    echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader | head -1)"
+  echo "quick: $quick"
+} > "$out/env.txt"
+: > "$out/steps.txt"
+
+"$bin/trellis" devices --json > "$out/devices.json" 2> "$out/devices.log"
+has() { grep -q "\"backend\": \"$1\"" "$out/devices.json"; }
+devs=()
+has cuda && devs+=(cuda:0)
+has vulkan && devs+=(vulkan:0)
+echo "GPU devices: ${devs[*]:-none}" >&2
+
+if wants tests; then
+  for b in Cuda Vulkan; do
+    step "tests_$b" bash -c "'$bin/trellis_tests' --gtest_filter='*$b*' --gtest_output=xml:'$out/tests_$b.xml' \
+      > '$out/tests_$b.log' 2>&1"
+  done
+fi
+
+if wants cli; then
+  mkdir -p "$out/cli"
+  for d in cpu auto "${devs[@]}"; do
+    f=$out/cli/${d%%:*}
+    [ "$d" = auto ] && f=$out/cli/auto
+    step "run_$d" bash -c "'$bin/trellis' run -m '$tiny/exl3-q3_mcg' --device $d -p 'The capital of France is' \
+      -n 24 -t 0 > '$f.run.txt' 2> '$f.run.log'"
+    [ "$d" = auto ] && continue
+    step "ppl_$d" bash -c "'$bin/trellis' ppl -m '$tiny/exl3-q3_mcg' -f '$wiki' --device $d --ctx 512 --chunks 16 \
+      --json > '$f.ppl.json' 2> '$f.ppl.log'"
+    step "kld_$d" bash -c "'$bin/trellis' kld -m '$tiny/exl3-q3_mcg' --ref '$tiny/hf' -f '$wiki' --device $d \
+      --ctx 512 --chunks 8 --json > '$f.kld.json' 2> '$f.kld.log'"
+    step "logits_$d" bash -c "'$bin/trellis' logits -m '$tiny/exl3-q3_mcg' -f '$wiki' --device $d --tokens 128 \
+      -o '$f.logits.safetensors' > /dev/null 2> '$f.logits.log'"
+  done
+fi
+
+if wants gemv; then
+  if [ $quick = 1 ]; then
+    ks=(2 3); shapes=(256x256 512x256); extra=(--reps 3 --warmup 1)
+  else
+    ks=(1 2 3 4 5 6 7 8); shapes=(4096x4096 4096x14336 14336x4096 8192x28672); extra=()
+  fi
+  for d in "${devs[@]}"; do
+    b=${d%%:*}
+    [ -x "$bin/trellis_bench_${b}_exl3" ] || { echo "no trellis_bench_${b}_exl3 in $bin" >&2; status=1; continue; }
+    step "gemv_$b" bash -c "'$bin/trellis_bench_${b}_exl3' --K ${ks[*]} --codebooks 3inst mcg mul1 \
+      --shapes ${shapes[*]} ${extra[*]} > '$out/gemv_$b.json' 2> '$out/gemv_$b.log'"
+  done
+fi
+
+gen() {  # gen NAME ARGS...: writes a random model once
+  [ -f "$models/$1/config.json" ] && return 0
+  local name=$1
+  shift
+  "$py" "$src/bench/make_random_model.py" "$@" --out "$models/$name.tmp" > /dev/null &&
+    mv "$models/$name.tmp" "$models/$name" &&
+    { [ ! -d "$TRELLIS_SHARED/tokenizers/smollm2-135m" ] || [[ $name != smol* ]] ||
+      cp -n "$TRELLIS_SHARED/tokenizers/smollm2-135m/"* "$models/$name/"; }
+}
+
+if wants models; then
+  mkdir -p "$models" "$out/models"
+  if [ $quick = 1 ]; then
+    set_models=(smol3q); prompts=(1 16 64); gen_tokens=8; reps=1
+    step gen_smol3q gen smol3q --preset smollm2-135m --bits 3 --codebook mcg --layers 2
+    run_devs=("${devs[@]}" cpu)
+  else
+    set_models=(l8b3 l8b2 l8b4 smol3); prompts=(1 256 2048); gen_tokens=128; reps=3
+    for k in 2 3 4; do step "gen_l8b$k" gen "l8b$k" --preset llama3-8b --bits $k --codebook mcg & done
+    step gen_smol3 gen smol3 --preset smollm2-135m --bits 3 --codebook mcg
+    wait  # the background steps record their status in steps.txt
+    run_devs=("${devs[@]}")
+  fi
+  for m in "${set_models[@]}"; do
+    for p in "${prompts[@]}"; do
+      for d in "${run_devs[@]}"; do
+        step "model_${m}_${d%%:*}_p$p" bash -c "timeout 300 '$bin/trellis_bench_model' -m '$models/$m' --device $d \
+          --prompt $p --gen $gen_tokens --reps $reps > '$out/models/${m}_${d%%:*}_p$p.json' \
+          2> '$out/models/${m}_${d%%:*}_p$p.log'"
+      done
+    done
+  done
+fi
+
+if wants memory && command -v nvidia-smi > /dev/null && [ $quick = 0 ]; then
+  for d in "${devs[@]}"; do
+    idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+    (while true; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; sleep 0.2; done) \
+      > "$out/memory_${d%%:*}.samples" &
+    sampler=$!
+    step "memory_${d%%:*}" bash -c "'$bin/trellis_bench_model' -m '$models/l8b3' --device $d --prompt 2048 \
+      --gen 64 --reps 1 --ctx 8192 > '$out/memory_${d%%:*}.json' 2> '$out/memory_${d%%:*}.log'"
+    kill $sampler
+    echo "{\"idle_mib\": $idle, \"peak_mib\": $(sort -n "$out/memory_${d%%:*}.samples" | tail -1)}" \
+      > "$out/memory_${d%%:*}.peak.json"
+  done
+fi
+
+# The report compares the logits files once (cli/logits_compare.json) and they go: 16+ MB each.
+"$py" "$src/bench/acceptance_report.py" "$out" > "$out/report.md" || status=1
+rm -f "$out"/cli/*.logits.safetensors
+grep -qv ' 0$' "$out/steps.txt" && status=1
+echo "report: $out/report.md" >&2
+exit $status
