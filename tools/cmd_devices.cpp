@@ -25,6 +25,7 @@ Handler add_devices(CLI::App& app) {
                        {"backend", d.backend},
                        {"index", d.index},
                        {"name", d.name},
+                       {"kind", d.kind},
                        {"memory_bytes", d.memory_bytes},
                        {"free_bytes", d.free_bytes},
                        {"threads", d.threads},
@@ -40,6 +41,7 @@ Handler add_devices(CLI::App& app) {
     for (const DeviceInfo& d : devices) {
       const std::string id = d.backend == "cpu" ? std::string("cpu") : d.backend + ":" + std::to_string(d.index);
       std::printf("\n%-10s %s\n", id.c_str(), d.name.c_str());
+      if (d.backend != "cpu") std::printf("  kind       %s\n", d.kind.c_str());
       if (d.memory_bytes)
         std::printf("  memory     %.1f GiB total, %.1f GiB free\n", d.memory_bytes / 1073741824.0,
                     d.free_bytes / 1073741824.0);

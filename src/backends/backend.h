@@ -27,6 +27,9 @@ struct DeviceInfo {
   std::string backend;          // "cpu", "cuda", "vulkan"
   int index = 0;
   std::string name;             // e.g. CPU model or GPU name
+  // "cpu", "discrete_gpu", "integrated_gpu", "virtual_gpu" or "other" (Vulkan's device types;
+  // a Vulkan implementation running on the CPU, such as lavapipe, is "cpu").
+  std::string kind;
   uint64_t memory_bytes = 0;    // total device memory (0 if unknown)
   uint64_t free_bytes = 0;
   int threads = 0;              // CPU worker threads / GPU SM count

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/log.h"
 
 #include "backends/cpu/tile_encoder.h"
 #if TRELLIS_WITH_CUDA
@@ -69,13 +70,34 @@ std::vector<DeviceInfo> list_devices() {
   return out;
 }
 
+std::string auto_device(const std::vector<DeviceInfo>& devices) {
+  for (const DeviceInfo& d : devices)
+    if (d.backend == "cuda") return "cuda:" + std::to_string(d.index);
+  for (const DeviceInfo& d : devices)
+    if (d.backend == "vulkan" && d.kind == "discrete_gpu") return "vulkan:" + std::to_string(d.index);
+  return "cpu";
+}
+
 std::unique_ptr<Backend> make_backend(const std::string& device, size_t threads) {
   const auto [name, index] = parse_device(device);
   if (name == "auto") {
+    std::vector<DeviceInfo> gpus;  // the CPU's entry is implied; Vulkan is asked only without CUDA
 #if TRELLIS_WITH_CUDA
-    if (!list_cuda_devices().empty()) return make_cuda_backend(0);
+    gpus = list_cuda_devices();
 #endif
-    return make_cpu_backend(threads);
+#if TRELLIS_WITH_VULKAN
+    if (gpus.empty()) gpus = list_vulkan_devices();
+#endif
+    const std::string chosen = auto_device(gpus);
+    if (chosen.starts_with("vulkan")) {
+      try {
+        return make_backend(chosen, threads);
+      } catch (const Error& e) {
+        log_warn("--device auto: {} failed to open ({}); using the CPU", chosen, e.what());
+        return make_cpu_backend(threads);
+      }
+    }
+    return make_backend(chosen, threads);
   }
   if (name == "cpu") {
     if (index != 0) fail(ErrorKind::kInvalidArgument, "device '{}': there is one CPU device, cpu", device);

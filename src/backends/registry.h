@@ -1,9 +1,11 @@
 // backends/registry.h: choosing a backend by name and listing the devices of every backend
 // compiled into this build.
 //
-// Device strings: "auto" (CUDA device 0 if present, else the CPU), "cpu", "cuda[:N]",
-// "vulkan[:N]". A backend that is not compiled in, or a device index that does not exist, is a
-// kUnsupported / kInvalidArgument error naming what is available.
+// Device strings: "auto", "cpu", "cuda[:N]", "vulkan[:N]". A backend that is not compiled in, or a
+// device index that does not exist, is a kUnsupported / kInvalidArgument error naming what is
+// available. "auto" is auto_device(): CUDA device 0 if there is one, else the first discrete GPU
+// Vulkan lists, else the CPU; a Vulkan device that fails to open falls back to the CPU with a
+// warning.
 #pragma once
 
 #include <functional>
@@ -19,6 +21,11 @@ namespace trellis {
 
 // `threads` is used by the CPU backend only (0: all hardware threads).
 std::unique_ptr<Backend> make_backend(const std::string& device, size_t threads = 0);
+
+// The device "auto" stands for, from a list_devices() result: "cuda:0", "vulkan:N" or "cpu".
+// Integrated, virtual and CPU Vulkan devices (lavapipe) are never chosen: the CPU backend is
+// faster than a CPU Vulkan driver, and an integrated GPU is picked only on request.
+std::string auto_device(const std::vector<DeviceInfo>& devices);
 
 // Every device of every compiled-in backend, CPU first. Backends whose runtime is missing (no
 // driver) contribute nothing; they do not throw.

@@ -4,6 +4,7 @@
 #include "backends/backend.h"
 #include "backends/registry.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "core/progress.h"
 #include "model/model.h"
 #include "runtime/engine_impl.h"
@@ -12,6 +13,17 @@
 #include "trellis/runtime.h"
 
 namespace trellis {
+namespace {
+
+// "cpu (16 threads, AVX3)", "cuda:0 (NVIDIA H200)", "vulkan:1 (AMD Radeon RX 7900 XTX)".
+std::string describe(const DeviceInfo& info) {
+  if (info.backend == "cpu")
+    return fmt::format("cpu ({} threads{}{})", info.threads, info.features.empty() ? "" : ", ",
+                       info.features.empty() ? "" : info.features.front());
+  return fmt::format("{}:{} ({})", info.backend, info.index, info.name);
+}
+
+}  // namespace
 
 Engine::Engine() : impl_(std::make_unique<Impl>()) {}
 Engine::~Engine() = default;
@@ -20,6 +32,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& model_dir, const EngineO
   std::unique_ptr<Engine> e(new Engine());
   Impl& impl = *e->impl_;
   impl.backend = make_backend(options.device);
+  log_info("device: {}", describe(impl.backend->info()));
   ModelOptions mo;
   mo.max_context = options.context;
   impl.model = Model::load(model_dir, *impl.backend, mo);
@@ -37,11 +50,7 @@ std::vector<int32_t> Engine::tokenize(std::string_view text, bool add_special_to
 std::string Engine::detokenize(std::span<const int32_t> ids) const { return impl_->tokenizer->decode(ids); }
 int64_t Engine::context() const { return impl_->model->max_context(); }
 int64_t Engine::vocab_size() const { return impl_->model->vocab_size(); }
-std::string Engine::device_name() const {
-  const DeviceInfo& info = impl_->backend->info();
-  return fmt::format("{} ({} threads, {})", info.backend, info.threads,
-                     info.features.empty() ? "" : info.features.front());
-}
+std::string Engine::device_name() const { return describe(impl_->backend->info()); }
 std::string Engine::architecture() const {
   const auto& a = impl_->model->config().architectures;
   return a.empty() ? "" : a.front();

@@ -89,6 +89,7 @@ class CpuBackend : public Backend {
   explicit CpuBackend(size_t threads) : pool_(threads) {
     info_.backend = "cpu";
     info_.name = "CPU";
+    info_.kind = "cpu";
     info_.threads = static_cast<int>(pool_.size());
     info_.features = {exl3_dispatch_target_name()};
   }

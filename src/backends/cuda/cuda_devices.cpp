@@ -19,6 +19,7 @@ std::vector<DeviceInfo> list_cuda_devices() {
     d.backend = "cuda";
     d.index = i;
     d.name = prop.name;
+    d.kind = prop.integrated ? "integrated_gpu" : "discrete_gpu";
     d.memory_bytes = prop.totalGlobalMem;
     size_t free_b = 0, total_b = 0;
     if (cudaSetDevice(i) == cudaSuccess && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)

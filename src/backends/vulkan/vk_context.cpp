@@ -151,6 +151,13 @@ DeviceInfo describe(VkPhysicalDevice d, int index) {
   props.pNext = &subgroup;
   vkGetPhysicalDeviceProperties2(d, &props);
   info.name = props.properties.deviceName;
+  switch (props.properties.deviceType) {
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: info.kind = "discrete_gpu"; break;
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: info.kind = "integrated_gpu"; break;
+    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: info.kind = "virtual_gpu"; break;
+    case VK_PHYSICAL_DEVICE_TYPE_CPU: info.kind = "cpu"; break;
+    default: info.kind = "other"; break;
+  }
   info.subgroup_size = static_cast<int>(subgroup.subgroupSize);
   // Total: the device-local heaps; free: their budget minus usage where VK_EXT_memory_budget
   // reports it (0 = unknown otherwise).
