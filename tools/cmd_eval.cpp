@@ -31,7 +31,9 @@ struct EvalOptions {
 void add_common(CLI::App* cmd, EvalOptions& o) {
   cmd->add_option("-m,--model", o.model, "Model directory")->required();
   cmd->add_option("-f,--file", o.file, "Text file (UTF-8), tokenized without BOS")->required();
-  cmd->add_option("--device", o.device, "auto, cpu, cuda[:N], vulkan[:N]")->capture_default_str();
+  cmd->add_option("--device", o.device,
+                  "auto (CUDA, else a discrete Vulkan GPU, else the CPU), cpu, cuda[:N], vulkan[:N]")
+      ->capture_default_str();
 }
 
 }  // namespace

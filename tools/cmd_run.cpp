@@ -34,7 +34,9 @@ struct RunOptions {
 
 void add_generation_options(CLI::App* cmd, RunOptions& o) {
   cmd->add_option("-m,--model", o.model, "Model directory (EXL3 or fp16/bf16/fp32 Hugging Face)")->required();
-  cmd->add_option("--device", o.device, "auto, cpu, cuda[:N], vulkan[:N] (see `trellis devices`)")
+  cmd->add_option("--device", o.device,
+                  "auto (CUDA, else a discrete Vulkan GPU, else the CPU), cpu, cuda[:N], vulkan[:N] "
+                  "(see `trellis devices`)")
       ->capture_default_str();
   cmd->add_option("--ctx", o.ctx, "Context length (KV cache); default: the model's, capped at 8192")
       ->check(CLI::NonNegativeNumber);

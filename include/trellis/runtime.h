@@ -29,7 +29,8 @@ struct KldResult {
 };
 
 struct EngineOptions {
-  std::string device = "auto";  // "auto" (best available), "cpu"; "cuda[:N]", "vulkan[:N]" when built
+  // "auto" (CUDA, else a discrete Vulkan GPU, else the CPU), "cpu"; "cuda[:N]", "vulkan[:N]" when built
+  std::string device = "auto";
   int64_t context = 0;          // KV cache length; 0 = the model's maximum, capped at 8192
 };
 

@@ -500,7 +500,17 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
   ThreadPool pool(job.threads);
   // One device runs the calibration forward passes, the Hessians and the tile encoder; LDLQ and
   // the rest of the per-tensor work run on the CPU threads.
-  auto backend = make_backend(job.device, job.threads);
+  // "auto" is the first CUDA GPU or the CPU here: the tile encoder has no Vulkan version.
+  std::string requested = job.device;
+  if (requested == "auto") {
+    requested = "cpu";
+    for (const DeviceInfo& d : list_devices())
+      if (d.backend == "cuda") {
+        requested = "cuda:" + std::to_string(d.index);
+        break;
+      }
+  }
+  auto backend = make_backend(requested, job.threads);
   const std::string device = backend->info().backend == "cpu"
                                  ? std::string("cpu")
                                  : fmt::format("{}:{}", backend->info().backend, backend->info().index);
