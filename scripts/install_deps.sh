@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libfmt-dev nlohmann-json3-dev libcli11-dev libhwy-dev libpcre2-dev
-  libgtest-dev libbenchmark-dev
+  libgtest-dev
   clang lld libclang-rt-dev
   libvulkan-dev glslc mesa-vulkan-drivers
   python3 python3-venv python3-pip

@@ -42,9 +42,11 @@ Handler add_devices(CLI::App& app) {
       const std::string id = d.backend == "cpu" ? std::string("cpu") : d.backend + ":" + std::to_string(d.index);
       std::printf("\n%-10s %s\n", id.c_str(), d.name.c_str());
       if (d.backend != "cpu") std::printf("  kind       %s\n", d.kind.c_str());
-      if (d.memory_bytes)
+      if (d.memory_bytes && d.free_bytes)
         std::printf("  memory     %.1f GiB total, %.1f GiB free\n", d.memory_bytes / 1073741824.0,
                     d.free_bytes / 1073741824.0);
+      else if (d.memory_bytes)  // the driver reports no budget
+        std::printf("  memory     %.1f GiB total, free unknown\n", d.memory_bytes / 1073741824.0);
       if (d.threads) std::printf("  %-10s %d\n", d.backend == "cpu" ? "threads" : "units", d.threads);
       if (d.subgroup_size) std::printf("  subgroup   %d\n", d.subgroup_size);
       if (!d.features.empty()) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "core/log.h"
 #include "trellis/error.h"
 #include "trellis/runtime.h"
 
@@ -66,7 +67,10 @@ std::string read_file(const std::string& path) {
 }
 
 std::unique_ptr<Engine> open_engine(RunOptions& o) {
-  if (o.seed < 0) o.seed = static_cast<int64_t>(std::random_device{}() & 0x7fffffff);
+  if (o.seed < 0) {
+    o.seed = static_cast<int64_t>(std::random_device{}() & 0x7fffffff);
+    log_info("seed: {} (--seed {} repeats this output)", o.seed, o.seed);
+  }
   o.gen.sampling.seed = static_cast<uint64_t>(o.seed);
   EngineOptions eo;
   eo.device = o.device;
@@ -121,9 +125,10 @@ Handler add_run(CLI::App& app) {
   add_generation_options(cmd, *o);
   cmd->add_option("-p,--prompt", o->prompt, "Prompt text");
   cmd->add_option("-f,--file", o->prompt_file, "Read the prompt from a file ('-' = stdin)");
-  cmd->add_flag("--chat", o->chat_format, "Wrap the prompt in the model's chat template as one user turn");
-  cmd->add_option("--system", o->system, "System message (with --chat)");
-  cmd->add_flag("--raw", o->raw, "Do not add BOS or other special tokens to a plain prompt");
+  CLI::Option* chat = cmd->add_flag("--chat", o->chat_format,
+                                     "Wrap the prompt in the model's chat template as one user turn");
+  cmd->add_option("--system", o->system, "System message (with --chat)")->needs(chat);
+  cmd->add_flag("--raw", o->raw, "Do not add BOS or other special tokens to a plain prompt")->excludes(chat);
   cmd->footer(
       "Examples:\n"
       "  trellis run -m MODEL -p \"The capital of France is\" -n 32 -t 0\n"

@@ -42,6 +42,7 @@ constexpr uint64_t kFieldMask = 0xFFFFull;
 }  // namespace
 
 ThreadPool::ThreadPool(size_t threads) {
+  if (threads == 0) threads = g_default_threads.load();  // the global --threads, if set
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
   for (size_t i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }

@@ -22,7 +22,8 @@ namespace trellis {
 
 class ThreadPool {
  public:
-  // threads == 0: one per hardware thread. The calling thread takes part in the work, so a pool
+  // threads == 0: set_default_threads()'s count (the CLI's --threads) if set, else one per
+  // hardware thread. The calling thread takes part in the work, so a pool
   // of N threads starts N-1 workers.
   explicit ThreadPool(size_t threads = 0);
   ~ThreadPool();

@@ -54,8 +54,9 @@ constexpr size_t smem_bytes() {
   return size_t{2} * 2 * kKeys * (D + kPad) * sizeof(__half);
 }
 
-// Warps per block: 8 by default (one block of 8 warps per SM at D = 128); 4 gives two blocks of 4
-// per SM (barriers stall half as many warps, K/V tiles are read twice as often from L2).
+// Warps per block: 4 by default, two blocks of 4 per SM (barriers stall half as many warps, K/V
+// tiles are read twice as often from L2); TRELLIS_CUDA_FLASH_WARPS=8 runs one block of 8 per SM
+// at D = 128.
 std::atomic<int> g_warps{0};  // 0: TRELLIS_CUDA_FLASH_WARPS not read yet
 
 int flash_warps() {
