@@ -47,14 +47,13 @@ def section_env(out):
     devices = load_json(os.path.join(out, "devices.json")) or []
     for d in devices:
         mem = d.get("memory_bytes", 0) / 2**30
-        print(f"- `{d['device']}`: {d['name']}, {mem:.0f} GiB, subgroup {d.get('subgroup_size', 0)}, "
+        print(f"- `{d['device']}`: {d['name']} ({d.get('kind', '?')}), {mem:.0f} GiB, subgroup {d.get('subgroup_size', 0)}, "
               f"features: {', '.join(d.get('features', []))}")
     failed = []
-    try:
-        with open(os.path.join(out, "steps.txt")) as f:
-            failed = [line.split()[0] for line in f if line.split() and line.split()[-1] != "0"]
-    except OSError:
-        pass
+    for name in sorted(os.listdir(out)):
+        if name.startswith("steps") and name.endswith(".txt"):
+            with open(os.path.join(out, name)) as f:
+                failed += [line.split()[0] for line in f if line.split() and line.split()[-1] != "0"]
     print(f"- steps that failed: {', '.join(failed) if failed else 'none'}\n")
 
 

@@ -23,10 +23,14 @@
 #   memory   peak GPU memory (nvidia-smi, every 0.2 s) of the 3 bpw 8B model with an 8K context
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 # TRELLIS_SHARED points at the shared fixtures (default: ../shared of the source tree).
+# In full it takes about a quarter of an hour on an H200; where one command may run 10 minutes,
+# split it (e.g. --only devices,tests,cli,gemv then --only models,memory) into the same OUT_DIR,
+# or merge the directories afterwards (each call writes its own steps_*.txt), and run
+# bench/acceptance_report.py OUT_DIR once more.
 set -uo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -lt 2 ]; then
-  sed -n '2,24p' "$0" >&2
+  sed -n '2,28p' "$0" >&2
   exit 2
 fi
 bin=$(cd "$1" && pwd) || exit 2
@@ -50,6 +54,7 @@ py=${PYTHON:-python3}
 tiny=$TRELLIS_SHARED/fixtures/tiny-llama
 wiki=$TRELLIS_SHARED/data/wikitext-2/wiki.test.raw
 status=0
+steps=$out/steps_$(date -u +%Y%m%d%H%M%S).txt
 wants() { [[ ",$only," == *",$1,"* ]]; }
 step() {  # step NAME COMMAND...: runs it, logs the exit status
   echo "== $1 ($(date -u +%H:%M:%S))" >&2
@@ -57,7 +62,7 @@ step() {  # step NAME COMMAND...: runs it, logs the exit status
   shift
   "$@"
   local rc=$?
-  echo "$name $rc" >> "$out/steps.txt"
+  echo "$name $rc" >> "$steps"
   [ $rc -eq 0 ] || { echo "   failed with status $rc" >&2; status=1; }
 }
 
@@ -69,7 +74,7 @@ step() {  # step NAME COMMAND...: runs it, logs the exit status
     echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader | head -1)"
   echo "quick: $quick"
 } > "$out/env.txt"
-: > "$out/steps.txt"
+: > "$steps"
 
 "$bin/trellis" devices --json > "$out/devices.json" 2> "$out/devices.log"
 has() { grep -q "\"backend\": \"$1\"" "$out/devices.json"; }
@@ -136,7 +141,7 @@ if wants models; then
     set_models=(l8b3 l8b2 l8b4 smol3); prompts=(1 256 2048); gen_tokens=128; reps=3
     for k in 2 3 4; do step "gen_l8b$k" gen "l8b$k" --preset llama3-8b --bits $k --codebook mcg & done
     step gen_smol3 gen smol3 --preset smollm2-135m --bits 3 --codebook mcg
-    wait  # the background steps record their status in steps.txt
+    wait  # the background steps record their status in the steps file
     run_devs=("${devs[@]}")
   fi
   for m in "${set_models[@]}"; do
@@ -167,6 +172,6 @@ fi
 # The report compares the logits files once (cli/logits_compare.json) and they go: 16+ MB each.
 "$py" "$src/bench/acceptance_report.py" "$out" > "$out/report.md" || status=1
 rm -f "$out"/cli/*.logits.safetensors
-grep -qv ' 0$' "$out/steps.txt" && status=1
+grep -qv ' 0$' "$steps" && status=1
 echo "report: $out/report.md" >&2
 exit $status
