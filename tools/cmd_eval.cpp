@@ -43,7 +43,7 @@ Handler add_ppl(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("ppl", "Perplexity of a model on a text file");
   add_common(cmd, *o);
   cmd->add_option("--ctx", o->ctx, "Window length in tokens")->capture_default_str()->check(CLI::Range(2, 1 << 20));
-  cmd->add_option("--chunks", o->chunks, "Number of windows (default: all that fit)");
+  cmd->add_option("--chunks", o->chunks, "Number of windows (default: all that fit)")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", o->json, "Print one JSON object");
   cmd->footer(
       "The text is cut into non-overlapping windows of --ctx tokens; each window is scored on all\n"
@@ -78,8 +78,13 @@ Handler add_kld(CLI::App& app) {
   add_common(cmd, *o);
   cmd->add_option("--ref", *ref, "Reference model directory (e.g. the unquantized model)")->required();
   cmd->add_option("--ctx", o->ctx, "Window length in tokens")->capture_default_str()->check(CLI::Range(2, 1 << 20));
-  cmd->add_option("--chunks", o->chunks, "Number of windows (default: all that fit)");
+  cmd->add_option("--chunks", o->chunks, "Number of windows (default: all that fit)")->check(CLI::PositiveNumber);
   cmd->add_flag("--json", o->json, "Print one JSON object");
+  cmd->footer(
+      "Both models score the same non-overlapping windows of --ctx tokens as `trellis ppl` (all tokens\n"
+      "but each window's first): mean KL(reference || model) in nats per token, the share of tokens\n"
+      "whose top-1 prediction agrees, and both perplexities. Both run on --device.\n"
+      "Example: trellis kld -m MODEL-3bpw --ref MODEL -f wiki.test.raw --ctx 512 --chunks 16");
   return [o, ref, cmd]() {
     if (!cmd->parsed()) return -1;
     const std::string text = read_file(o->file);
