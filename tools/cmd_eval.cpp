@@ -43,7 +43,8 @@ Handler add_ppl(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("ppl", "Perplexity of a model on a text file");
   add_common(cmd, *o);
   cmd->add_option("--ctx", o->ctx, "Window length in tokens")->capture_default_str()->check(CLI::Range(2, 1 << 20));
-  cmd->add_option("--chunks", o->chunks, "Number of windows (default: all that fit)")->check(CLI::PositiveNumber);
+  cmd->add_option("--chunks", o->chunks, "Number of windows (default: all that fit)")
+      ->check(CLI::Range(1, 1 << 30));
   cmd->add_flag("--json", o->json, "Print one JSON object");
   cmd->footer(
       "The text is cut into non-overlapping windows of --ctx tokens; each window is scored on all\n"
@@ -78,7 +79,8 @@ Handler add_kld(CLI::App& app) {
   add_common(cmd, *o);
   cmd->add_option("--ref", *ref, "Reference model directory (e.g. the unquantized model)")->required();
   cmd->add_option("--ctx", o->ctx, "Window length in tokens")->capture_default_str()->check(CLI::Range(2, 1 << 20));
-  cmd->add_option("--chunks", o->chunks, "Number of windows (default: all that fit)")->check(CLI::PositiveNumber);
+  cmd->add_option("--chunks", o->chunks, "Number of windows (default: all that fit)")
+      ->check(CLI::Range(1, 1 << 30));
   cmd->add_flag("--json", o->json, "Print one JSON object");
   cmd->footer(
       "Both models score the same non-overlapping windows of --ctx tokens as `trellis ppl` (all tokens\n"
