@@ -64,9 +64,9 @@ Handler add_ppl(CLI::App& app) {
                   r.ppl, r.nll, static_cast<long long>(r.tokens), static_cast<long long>(r.chunks),
                   static_cast<long long>(r.ctx), r.seconds, static_cast<double>(r.chunks * r.ctx) / r.seconds);
     } else {
-      std::printf("perplexity %.4f over %lld tokens (%lld windows of %lld) in %.1f s, %.0f tokens/s\n", r.ppl,
-                  static_cast<long long>(r.tokens), static_cast<long long>(r.chunks), static_cast<long long>(r.ctx),
-                  r.seconds, static_cast<double>(r.chunks * r.ctx) / r.seconds);
+      std::printf("perplexity %.4f over %lld tokens (%lld window%s of %lld) in %.1f s, %.0f tokens/s\n", r.ppl,
+                  static_cast<long long>(r.tokens), static_cast<long long>(r.chunks), r.chunks == 1 ? "" : "s",
+                  static_cast<long long>(r.ctx), r.seconds, static_cast<double>(r.chunks * r.ctx) / r.seconds);
     }
     return 0;
   };
