@@ -127,12 +127,21 @@ def section_cli(out):
         if t is None:
             continue
         same = "yes" if t == cpu_text and t else "**no**"
+        label = dev
+        if dev == "auto":
+            try:
+                with open(os.path.join(cli, "auto.run.log")) as f:
+                    chosen = [line[8:].strip() for line in f if line.startswith("device: ")]
+            except OSError:
+                chosen = []
+            if chosen:
+                label = f"auto = {chosen[0]}"
         ppl = (load_json(os.path.join(cli, f"{dev}.ppl.json")) or {}).get("ppl")
         kld = load_json(os.path.join(cli, f"{dev}.kld.json")) or {}
         rel = None if ppl is None or not cpu_ppl else abs(ppl - cpu_ppl) / cpu_ppl
         rel_s = "—" if rel is None else f"{rel * 100:.5f}%" + ("" if rel <= 1e-3 else " **over 0.1%**")
         lg = logits.get(dev)
-        print(f"| {dev} | {same} | {fmt(ppl, 4)} | {rel_s if dev != 'cpu' else '(reference)'} | "
+        print(f"| {label} | {same} | {fmt(ppl, 4)} | {rel_s if dev != 'cpu' else '(reference)'} | "
               f"{fmt(kld.get('kld'), 5)} | {fmt(kld.get('top1_agreement'), 4)} | "
               f"{'—' if lg is None else f'{lg:.2e}'} |")
     print()

@@ -22,7 +22,8 @@
 #            SmolLM2-135M-shaped 3 bpw one: prefill and decode at contexts 1, 256 and 2048
 #   memory   peak GPU memory (nvidia-smi, every 0.2 s) of the 3 bpw 8B model with an 8K context
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
-# TRELLIS_SHARED points at the shared fixtures (default: ../shared of the source tree).
+# TRELLIS_SHARED points at the shared fixtures (default: ../shared of the source tree); the Vulkan
+# loader must find the GPU's driver (e.g. VK_DRIVER_FILES=/path/to/nvidia_icd.json).
 # In full it takes about a quarter of an hour on an H200; where one command may run 10 minutes,
 # split it (e.g. --only devices,tests,cli,gemv then --only models,memory) into the same OUT_DIR,
 # or merge the directories afterwards (each call writes its own steps_*.txt), and run
@@ -30,7 +31,7 @@
 set -uo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -lt 2 ]; then
-  sed -n '2,28p' "$0" >&2
+  sed -n '2,29p' "$0" >&2
   exit 2
 fi
 bin=$(cd "$1" && pwd) || exit 2
@@ -95,7 +96,8 @@ if wants cli; then
   for d in cpu auto "${devs[@]}"; do
     f=$out/cli/${d%%:*}
     [ "$d" = auto ] && f=$out/cli/auto
-    step "run_$d" bash -c "'$bin/trellis' run -m '$tiny/exl3-q3_mcg' --device $d -p 'The capital of France is' \
+    v=; [ "$d" = auto ] && v=-v  # -v logs the device auto chose
+    step "run_$d" bash -c "'$bin/trellis' $v run -m '$tiny/exl3-q3_mcg' --device $d -p 'The capital of France is' \
       -n 24 -t 0 > '$f.run.txt' 2> '$f.run.log'"
     [ "$d" = auto ] && continue
     step "ppl_$d" bash -c "'$bin/trellis' ppl -m '$tiny/exl3-q3_mcg' -f '$wiki' --device $d --ctx 512 --chunks 16 \
