@@ -4,7 +4,9 @@ and 6 (Vulkan) next to what this run measured, and the checks of the CLI against
 
 Usage: bench/acceptance_report.py OUT_DIR > report.md
 
-Every ratio compares numbers from the same run. GEMV "bandwidth ratio" is the issue's: the EXL3
+Exits 1 (after printing the report) when a step failed, a test failed, or a device's CLI results
+disagree with the CPU's (greedy text, perplexity beyond 0.1%); unmet speed targets are reported,
+not failures. Every ratio compares numbers from the same run. GEMV "bandwidth ratio" is the issue's: the EXL3
 kernel's GB/s counting trellis bytes over cuBLAS fp16 GEMV's GB/s on the same shape (CUDA), and
 for Vulkan its time-normalised bandwidth against the CUDA kernel's (the same bytes, so the time
 ratio CUDA µs / Vulkan µs). Missing inputs (a backend without a device, a step not run) are
@@ -17,6 +19,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 LARGE = ("4096x14336", "14336x4096", "8192x28672")
+PROBLEMS = []  # what makes the exit status 1
 CODEBOOKS = ("3inst", "mcg", "mul1")
 
 
@@ -55,6 +58,7 @@ def section_env(out):
             with open(os.path.join(out, name)) as f:
                 failed += [line.split()[0] for line in f if line.split() and line.split()[-1] != "0"]
     print(f"- steps that failed: {', '.join(failed) if failed else 'none'}\n")
+    PROBLEMS.extend(f"step {name} failed" for name in failed)
 
 
 def section_tests(out):
@@ -69,6 +73,8 @@ def section_tests(out):
             print(f"| `*{b}*` | not run | | | |")
             continue
         skipped = sum(1 for tc in root.iter("testcase") if tc.find("skipped") is not None)
+        if int(root.get("failures", 0)) or int(root.get("errors", 0)):
+            PROBLEMS.append(f"*{b}* tests: {root.get('failures')} failures, {root.get('errors')} errors")
         print(f"| `*{b}*` | {root.get('tests')} | {root.get('failures')} | {root.get('errors')} | {skipped} |")
     print()
 
@@ -140,6 +146,10 @@ def section_cli(out):
         kld = load_json(os.path.join(cli, f"{dev}.kld.json")) or {}
         rel = None if ppl is None or not cpu_ppl else abs(ppl - cpu_ppl) / cpu_ppl
         rel_s = "—" if rel is None else f"{rel * 100:.5f}%" + ("" if rel <= 1e-3 else " **over 0.1%**")
+        if t != cpu_text or not t:
+            PROBLEMS.append(f"{dev}: greedy text differs from the CPU's")
+        if dev not in ("cpu", "auto") and (rel is None or rel > 1e-3):
+            PROBLEMS.append(f"{dev}: perplexity {'missing' if rel is None else f'{rel:.2%} off the CPU'}")
         lg = logits.get(dev)
         print(f"| {label} | {same} | {fmt(ppl, 4)} | {rel_s if dev != 'cpu' else '(reference)'} | "
               f"{fmt(kld.get('kld'), 5)} | {fmt(kld.get('top1_agreement'), 4)} | "
@@ -279,6 +289,12 @@ def main():
     section_gemv(out)
     section_models(out)
     section_memory(out)
+    if PROBLEMS:
+        print("## Problems\n")
+        for p in PROBLEMS:
+            print(f"- {p}")
+        print()
+        sys.exit(1)
 
 
 if __name__ == "__main__":

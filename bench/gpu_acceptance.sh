@@ -51,7 +51,7 @@ mkdir -p "$out" || exit 2
 out=$(cd "$out" && pwd)
 export TRELLIS_SHARED=${TRELLIS_SHARED:-$src/../shared}
 models=${TRELLIS_MODELS:-/dev/shm/trellis-models}
-py=${PYTHON:-python3}
+py=${PYTHON:-${TRELLIS_PYTHON:-python3}}  # needs numpy (scripts/python_env.sh's venv has it)
 tiny=$TRELLIS_SHARED/fixtures/tiny-llama
 wiki=$TRELLIS_SHARED/data/wikitext-2/wiki.test.raw
 status=0
