@@ -180,9 +180,14 @@ void Model::load_weights(const ModelOptions& options) {
     if (budget > 0 && need > budget) {
       const uint64_t fixed = plan.weights + plan.buffers;
       const int64_t fit = fixed < budget ? static_cast<int64_t>((budget - fixed) / plan.kv_per_token) : 0;
-      const std::string hint =
-          fit >= 256 ? fmt::format("a context of up to {} tokens would fit (--ctx {})", fit, fit / 256 * 256)
-                     : std::string("even a short context does not fit: use a smaller quantization or another device");
+      std::string hint;
+      if (fit >= 256)
+        hint = fmt::format("a context of up to {} tokens would fit (--ctx {})", fit, fit / 256 * 256);
+      else if (plan.buffers > plan.weights)  // a smaller quantization would not help
+        hint = "even a short context does not fit, and the activation buffers are the larger part: free memory on the "
+               "device or use another device";
+      else
+        hint = "even a short context does not fit: use a smaller quantization or another device";
       fail(ErrorKind::kOutOfMemory, "{}: the model needs about {} on {} ({}; {}) but only {} {}; {}", dir_->dir(),
            human_bytes(need), backend_.info().name, backend_.info().backend, breakdown, human_bytes(budget),
            std::getenv("TRELLIS_MEMORY_LIMIT_MIB") ? "are allowed (TRELLIS_MEMORY_LIMIT_MIB)" : "are free", hint);

@@ -41,6 +41,10 @@ TEST(MemoryPlan, RefusesWhatDoesNotFitAndSaysWhatWould) {
   EXPECT_NE(tiny.find("KV cache"), std::string::npos) << tiny;
   EXPECT_NE(tiny.find("TRELLIS_MEMORY_LIMIT_MIB"), std::string::npos) << tiny;
   EXPECT_NE(tiny.find("even a short context does not fit"), std::string::npos) << tiny;
+  // tiny-llama's 3 bpw weights are ~2 MiB against ~147 MiB of activation buffers: a smaller
+  // quantization would not help, and the hint must not suggest one.
+  EXPECT_NE(tiny.find("activation buffers are the larger part"), std::string::npos) << tiny;
+  EXPECT_EQ(tiny.find("smaller quantization"), std::string::npos) << tiny;
   // Plenty: loads.
   EXPECT_EQ(load_with_limit(1 << 20, ctx), "");
   // The smallest budget that loads, by bisection; one MiB less must fail naming a context that fits,
