@@ -482,6 +482,22 @@ inline const std::array<std::array<Variant, 8>, 3> kVariants = {
 // ---------------------------------------------------------------------------------------------
 // Hadamard transforms (fp32, unnormalised natural-order Walsh-Hadamard over one 128-block).
 
+// Lane tables of the butterfly stages inside one vector (h < kL): lane i's partner is i ^ h, and
+// its sign is -1 where bit h is set.
+struct InVectorStage {
+  int32_t partner[16];
+  float sign[16];
+};
+inline constexpr std::array<InVectorStage, 4> kInVectorStages = [] {
+  std::array<InVectorStage, 4> st{};
+  for (int s = 0; s < 4; ++s)  // h = 8, 4, 2, 1
+    for (int i = 0; i < 16; ++i) {
+      st[s].partner[i] = i ^ (8 >> s);
+      st[s].sign[i] = (i & (8 >> s)) ? -1.0f : 1.0f;
+    }
+  return st;
+}();
+
 HWY_INLINE void Fwht128(float* HWY_RESTRICT v) {
   const DF32 df;
   for (size_t h = 64; h >= kL; h /= 2) {
@@ -493,6 +509,23 @@ HWY_INLINE void Fwht128(float* HWY_RESTRICT v) {
       }
     }
   }
+#if HWY_TARGET != HWY_SCALAR
+  // The stages inside a vector: lane i becomes own · sign + partner, i.e. a + b in the lower lane
+  // of a pair and a - b in the upper one (multiplying by ±1 is exact, so this is bitwise the
+  // scalar butterfly). One lane permutation and one multiply-add per stage and vector.
+  if constexpr (kL >= 2 && kL <= 16) {
+    for (size_t j = 0; j < 128; j += kL) {
+      VF32 x = hn::Load(df, v + j);
+      for (size_t s = 4 - hwy::FloorLog2(kL); s < 4; ++s) {  // h = kL/2 .. 1
+        const InVectorStage& st = kInVectorStages[s];
+        const VF32 partner = hn::TableLookupLanes(x, hn::SetTableIndices(df, st.partner));
+        x = hn::MulAdd(x, hn::LoadU(df, st.sign), partner);
+      }
+      hn::Store(x, df, v + j);
+    }
+    return;
+  }
+#endif
   for (size_t h = kL / 2; h >= 1; h /= 2) {
     for (size_t i = 0; i < 128; i += 2 * h) {
       for (size_t j = i; j < i + h; ++j) {
@@ -553,14 +586,35 @@ HWY_INLINE void InputTransformRowNatural(const float* HWY_RESTRICT x, const floa
 // Rows from which a call decodes Ŵ once per band into natural order and runs the dense kernel.
 inline constexpr int64_t kDenseMinRows = 16;
 
-// (row, col) of each trellis step within its tile (spec 2.7), as row · 16 + col.
-inline const std::array<uint8_t, 256>& StepCells() {
-  static const std::array<uint8_t, 256> cells = [] {
-    std::array<uint8_t, 256> c{};
-    for (int p = 0; p < 256; ++p) c[static_cast<size_t>(p)] = static_cast<uint8_t>(exl3::step_row(p) * 16 + exl3::step_col(p));
-    return c;
-  }();
-  return cells;
+// Writes one tile's 256 binary16 values, given in trellis step order, into 16 columns of a
+// column-major Ŵᵀ (column c at `col0 + c·k`, its 16 rows contiguous). By spec 2.7, steps 32c' ..
+// 32c'+31 (c' = 0..7) hold exactly columns c' and c'+8, and in 32-bit pairs of steps, pair 4g + h
+// of that run is rows (2g, 2g+1) for h = 0 and (2g+8, 2g+9) for h = 1 of column c', the same for
+// h = 2, 3 of column c'+8. So each column is 8 pairs in the order of kPairOrder (a 4 x 4
+// transpose of the run's pairs): one lane permutation and two 32-byte stores per run where a
+// vector holds 16 pairs, 16 pair copies elsewhere, instead of 256 scattered 2-byte stores (which
+// cost several times the decode itself in a profile of prefill).
+inline constexpr int32_t kPairOrder[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+
+HWY_INLINE void ScatterTileColumns(const uint16_t* HWY_RESTRICT half, uint16_t* HWY_RESTRICT col0, size_t k) {
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (HWY_LANES(uint32_t) == 16) {
+    const hn::ScalableTag<uint32_t> du;
+    const hn::Half<decltype(du)> dh;
+    const auto order = hn::SetTableIndices(du, kPairOrder);
+    for (size_t c = 0; c < 8; ++c) {
+      const auto v = hn::TableLookupLanes(hn::LoadU(du, reinterpret_cast<const uint32_t*>(half) + 16 * c), order);
+      hn::StoreU(hn::LowerHalf(dh, v), dh, reinterpret_cast<uint32_t*>(col0 + c * k));
+      hn::StoreU(hn::UpperHalf(dh, v), dh, reinterpret_cast<uint32_t*>(col0 + (c + 8) * k));
+    }
+    return;
+  }
+#endif
+  for (size_t c = 0; c < 8; ++c)
+    for (size_t i = 0; i < 8; ++i) {
+      std::memcpy(col0 + c * k + 2 * i, half + 32 * c + 2 * kPairOrder[i], 4);
+      std::memcpy(col0 + (c + 8) * k + 2 * i, half + 32 * c + 2 * kPairOrder[8 + i], 4);
+    }
 }
 
 // Folds a band's partial sums into z (16 columns per tile column) for one row.
@@ -623,7 +677,6 @@ inline void Exl3Matmul(const exl3::Exl3LinearView& w, const float* x, int64_t m,
     pool.parallel_for(static_cast<size_t>(m), std::max<size_t>(1, 4096 * 8 / k), [&](size_t r0, size_t r1) {
       for (size_t r = r0; r < r1; ++r) InputTransformRowNatural(x + r * k, suh, k, xn + r * k);
     });
-    const auto& cells = StepCells();
     const size_t row_bytes = tiles_n * 32 * static_cast<size_t>(w.K);
     pool.parallel_for(blocks_n, 1, [&](size_t b0, size_t b1) {
       AlignedFloats& local = thread_scratch(1);
@@ -642,8 +695,7 @@ inline void Exl3Matmul(const exl3::Exl3LinearView& w, const float* x, int64_t m,
             for (size_t i = 0; i < 256; i += kL)
               hn::Store(hn::BitCast(hn::Rebind<uint16_t, DF32>(), hn::DemoteTo(dh, hn::Load(df, tile + i))),
                         hn::Rebind<uint16_t, DF32>(), half + i);
-            uint16_t* col0 = wt + (16 * t) * k + 16 * tk;
-            for (size_t p = 0; p < 256; ++p) col0[(cells[p] & 15u) * k + (cells[p] >> 4)] = half[p];
+            ScatterTileColumns(half, wt + (16 * t) * k + 16 * tk, k);
           }
         }
         DenseMatmulF16(wt, xn, m, static_cast<int64_t>(k), 128, z, pool);  // nested: runs inline
