@@ -21,7 +21,7 @@ Handler add_devices(CLI::App& app) {
     if (*json) {
       nlohmann::ordered_json out = nlohmann::ordered_json::array();
       for (const DeviceInfo& d : devices) {
-        out.push_back({{"device", d.backend == "cpu" ? std::string("cpu") : d.backend + ":" + std::to_string(d.index)},
+        out.push_back({{"device", device_id(d)},
                        {"backend", d.backend},
                        {"index", d.index},
                        {"name", d.name},
@@ -39,7 +39,7 @@ Handler add_devices(CLI::App& app) {
     for (const std::string& b : compiled_backends()) compiled += (compiled.empty() ? "" : ", ") + b;
     std::printf("backends in this build: %s\n", compiled.c_str());
     for (const DeviceInfo& d : devices) {
-      const std::string id = d.backend == "cpu" ? std::string("cpu") : d.backend + ":" + std::to_string(d.index);
+      const std::string id = device_id(d);
       std::printf("\n%-10s %s\n", id.c_str(), d.name.c_str());
       if (d.backend != "cpu") std::printf("  kind       %s\n", d.kind.c_str());
       if (d.memory_bytes && d.free_bytes)

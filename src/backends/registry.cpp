@@ -40,7 +40,7 @@ std::string available() {
   std::string s;
   for (const DeviceInfo& d : list_devices()) {
     if (!s.empty()) s += ", ";
-    s += d.backend == "cpu" ? "cpu" : d.backend + ":" + std::to_string(d.index);
+    s += device_id(d);
   }
   return s;
 }
@@ -70,25 +70,34 @@ std::vector<DeviceInfo> list_devices() {
   return out;
 }
 
+std::string device_id(const DeviceInfo& d) {
+  return d.backend == "cpu" ? std::string("cpu") : d.backend + ":" + std::to_string(d.index);
+}
+
 std::string auto_device(const std::vector<DeviceInfo>& devices) {
   for (const DeviceInfo& d : devices)
-    if (d.backend == "cuda") return "cuda:" + std::to_string(d.index);
+    if (d.backend == "cuda") return device_id(d);
   for (const DeviceInfo& d : devices)
-    if (d.backend == "vulkan" && d.kind == "discrete_gpu") return "vulkan:" + std::to_string(d.index);
+    if (d.backend == "vulkan" && d.kind == "discrete_gpu") return device_id(d);
   return "cpu";
+}
+
+std::string resolve_auto_device(bool vulkan) {
+  std::vector<DeviceInfo> gpus;  // the CPU's entry is implied; Vulkan is asked only without CUDA
+#if TRELLIS_WITH_CUDA
+  gpus = list_cuda_devices();
+#endif
+#if TRELLIS_WITH_VULKAN
+  if (gpus.empty() && vulkan) gpus = list_vulkan_devices();
+#endif
+  (void)vulkan;
+  return auto_device(gpus);
 }
 
 std::unique_ptr<Backend> make_backend(const std::string& device, size_t threads) {
   const auto [name, index] = parse_device(device);
   if (name == "auto") {
-    std::vector<DeviceInfo> gpus;  // the CPU's entry is implied; Vulkan is asked only without CUDA
-#if TRELLIS_WITH_CUDA
-    gpus = list_cuda_devices();
-#endif
-#if TRELLIS_WITH_VULKAN
-    if (gpus.empty()) gpus = list_vulkan_devices();
-#endif
-    const std::string chosen = auto_device(gpus);
+    const std::string chosen = resolve_auto_device(true);
     if (chosen.starts_with("vulkan")) {
       try {
         return make_backend(chosen, threads);

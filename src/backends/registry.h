@@ -27,6 +27,14 @@ std::unique_ptr<Backend> make_backend(const std::string& device, size_t threads 
 // faster than a CPU Vulkan driver, and an integrated GPU is picked only on request.
 std::string auto_device(const std::vector<DeviceInfo>& devices);
 
+// auto_device() over this machine's GPUs (CUDA's, and Vulkan's only when `vulkan` and there is
+// no CUDA device), without creating any backend. vulkan = false is "auto" for work that has no
+// Vulkan version (the quantizer's tile encoder).
+std::string resolve_auto_device(bool vulkan = true);
+
+// "cpu", "cuda:N" or "vulkan:N": the device string that selects `d`.
+std::string device_id(const DeviceInfo& d);
+
 // Every device of every compiled-in backend, CPU first. Backends whose runtime is missing (no
 // driver) contribute nothing; they do not throw.
 std::vector<DeviceInfo> list_devices();

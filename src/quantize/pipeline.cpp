@@ -501,19 +501,8 @@ QuantizeSummary quantize_model(const QuantizeJob& job) {
   // One device runs the calibration forward passes, the Hessians and the tile encoder; LDLQ and
   // the rest of the per-tensor work run on the CPU threads.
   // "auto" is the first CUDA GPU or the CPU here: the tile encoder has no Vulkan version.
-  std::string requested = job.device;
-  if (requested == "auto") {
-    requested = "cpu";
-    for (const DeviceInfo& d : list_devices())
-      if (d.backend == "cuda") {
-        requested = "cuda:" + std::to_string(d.index);
-        break;
-      }
-  }
-  auto backend = make_backend(requested, job.threads);
-  const std::string device = backend->info().backend == "cpu"
-                                 ? std::string("cpu")
-                                 : fmt::format("{}:{}", backend->info().backend, backend->info().index);
+  auto backend = make_backend(job.device == "auto" ? resolve_auto_device(false) : job.device, job.threads);
+  const std::string device = device_id(backend->info());
   const TileEncodeFn encode_fn = make_tile_encoder(device, pool);
   StageClock clock;
   // Runs quantize_linears, charging the host part to its stage and the encoder to its own.

@@ -20,7 +20,7 @@ std::string describe(const DeviceInfo& info) {
   if (info.backend == "cpu")
     return fmt::format("cpu ({} threads{}{})", info.threads, info.features.empty() ? "" : ", ",
                        info.features.empty() ? "" : info.features.front());
-  return fmt::format("{}:{} ({})", info.backend, info.index, info.name);
+  return fmt::format("{} ({})", device_id(info), info.name);
 }
 
 }  // namespace

@@ -39,7 +39,7 @@ TEST(Registry, AutoOpensTheListedChoice) {
   for (const DeviceInfo& d : devices) EXPECT_FALSE(d.kind.empty()) << d.backend << ":" << d.index;
   const std::string want = auto_device(devices);
   const DeviceInfo& got = make_backend("auto", 1)->info();
-  EXPECT_EQ(got.backend == "cpu" ? std::string("cpu") : got.backend + ":" + std::to_string(got.index), want);
+  EXPECT_EQ(device_id(got), want);
 }
 
 TEST(Registry, BadDeviceStringsAreErrors) {
