@@ -278,6 +278,59 @@ def section_memory(out):
     print()
 
 
+def median(values):
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def section_ab(out):
+    adir = os.path.join(out, "ab")
+    if not os.path.isdir(adir):
+        return
+    runs = {}  # switch -> value -> kind -> [data]
+    for name in sorted(os.listdir(adir)):
+        if not name.endswith(".json"):
+            continue
+        kind, rest = name[:-5].split("_", 1)
+        switch, value, _ = rest.rsplit("_", 2)
+        data = load_json(os.path.join(adir, name))
+        if data is not None:
+            runs.setdefault(switch, {}).setdefault(value, {}).setdefault(kind, []).append(data)
+    if not runs:
+        return
+    print("## A/B of switches not yet measured on a GPU\n")
+    print("Each switch at 0 and at 1, alternating, two rounds, in this run; medians over the rounds. "
+          "Speed-up = time at 0 / time at 1 (above 1: the switch helps).\n")
+    for switch, by_value in sorted(runs.items()):
+        off, on = by_value.get("0", {}), by_value.get("1", {})
+        print(f"### `{switch}`\n")
+        times = {}
+        for value, group in (("0", off), ("1", on)):
+            for data in group.get("gemv", []):
+                for r in data.get("results", []):
+                    times.setdefault((r["shape"], r["K"], r["codebook"]), {}).setdefault(value, []).append(r["gemv_us"])
+        if times:
+            print("| k×n | codebook | K | µs at 0 | µs at 1 | speed-up |")
+            print("|---|---|---|---|---|---|")
+            ups = []
+            for key in sorted(times, key=lambda k: (k[0], k[2], k[1])):
+                a, b = median(times[key].get("0", [])), median(times[key].get("1", []))
+                up = a / b if a and b else None
+                if up:
+                    ups.append(up)
+                print(f"| {key[0]} | {key[2]} | {key[1]} | {fmt(a, 2)} | {fmt(b, 2)} | {fmt(up, 3)} |")
+            if ups:
+                print(f"\n- GEMV speed-up {min(ups):.3f}–{max(ups):.3f} (median {median(ups):.3f}) over {len(ups)} variants")
+        dec = {v: median([d.get("decode_tok_s") for d in g.get("model", [])]) for v, g in (("0", off), ("1", on))}
+        pre = {v: median([d.get("prefill_tok_s") for d in g.get("model", [])]) for v, g in (("0", off), ("1", on))}
+        if dec["0"] and dec["1"]:
+            print(f"- model decode: {dec['0']:.1f} tok/s at 0, {dec['1']:.1f} at 1 ({dec['1'] / dec['0']:.3f}×); "
+                  f"prefill {fmt(pre['0'], 0)} / {fmt(pre['1'], 0)}")
+        print()
+
+
 def main():
     if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
         sys.exit(__doc__)
@@ -289,6 +342,7 @@ def main():
     section_gemv(out)
     section_models(out)
     section_memory(out)
+    section_ab(out)
     if PROBLEMS:
         print("## Problems\n")
         for p in PROBLEMS:

@@ -9,7 +9,7 @@
 #            (bench/acceptance_report.py OUT_DIR renders it again)
 #   --quick  small shapes and a 2-layer SmolLM2-shaped model only: checks the script and the
 #            report end to end in a few minutes (on lavapipe, say); its numbers mean nothing
-#   --only   run only these steps: devices, tests, cli, gemv, models, memory
+#   --only   run only these steps: devices, tests, cli, gemv, models, memory, ab
 # Steps, each on every backend `trellis devices` lists (CUDA and Vulkan device 0; the CPU as the
 # reference where one is needed):
 #   tests    trellis_tests '*Cuda*' and '*Vulkan*' (gtest XML)
@@ -21,6 +21,10 @@
 #            to $TRELLIS_MODELS, default /dev/shm/trellis-models: ~3.5 GB each) and the
 #            SmolLM2-135M-shaped 3 bpw one: prefill and decode at contexts 1, 256 and 2048
 #   memory   peak GPU memory (nvidia-smi, every 0.2 s) of the 3 bpw 8B model with an 8K context
+#   ab       every switch named in $TRELLIS_AB (default: TRELLIS_CUDA_GEMV_HALVES, the kernel
+#            variants not yet measured on a GPU) set to 0 and 1 alternately, twice: the CUDA
+#            GEMV at K = 2, 3, 4 x 3 codebooks on the three large shapes, and the 3 bpw 8B model's
+#            decode at context 256; the report gives the on/off ratios
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 # TRELLIS_SHARED points at the shared fixtures (default: ../shared of the source tree); the Vulkan
 # loader must find the GPU's driver (e.g. VK_DRIVER_FILES=/path/to/nvidia_icd.json).
@@ -31,14 +35,14 @@
 set -uo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -lt 2 ]; then
-  sed -n '2,29p' "$0" >&2
+  sed -n '2,33p' "$0" >&2
   exit 2
 fi
 bin=$(cd "$1" && pwd) || exit 2
 out=$2
 shift 2
 quick=0
-only=devices,tests,cli,gemv,models,memory
+only=devices,tests,cli,gemv,models,memory,ab
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
@@ -168,6 +172,29 @@ if wants memory && command -v nvidia-smi > /dev/null && [ $quick = 0 ]; then
     kill $sampler
     echo "{\"idle_mib\": $idle, \"peak_mib\": $(sort -n "$out/memory_${d%%:*}.samples" | tail -1)}" \
       > "$out/memory_${d%%:*}.peak.json"
+  done
+fi
+
+if wants ab && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
+  mkdir -p "$out/ab" "$models"
+  if [ $quick = 1 ]; then
+    ab_shapes=(256x256); ab_ks=(3); ab_model=smol3q; ab_prompt=16; ab_extra=(--reps 3 --warmup 1)
+    step gen_smol3q gen smol3q --preset smollm2-135m --bits 3 --codebook mcg --layers 2
+  else
+    ab_shapes=(4096x14336 14336x4096 8192x28672); ab_ks=(2 3 4); ab_model=l8b3; ab_prompt=256; ab_extra=()
+    step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
+  fi
+  for sw in ${TRELLIS_AB:-TRELLIS_CUDA_GEMV_HALVES}; do
+    for r in 1 2; do
+      for v in 0 1; do
+        step "ab_gemv_${sw}_${v}_r$r" bash -c "$sw=$v '$bin/trellis_bench_cuda_exl3' --K ${ab_ks[*]} \
+          --codebooks 3inst mcg mul1 --shapes ${ab_shapes[*]} ${ab_extra[*]} > '$out/ab/gemv_${sw}_${v}_r$r.json' \
+          2> '$out/ab/gemv_${sw}_${v}_r$r.log'"
+        step "ab_model_${sw}_${v}_r$r" bash -c "$sw=$v timeout 300 '$bin/trellis_bench_model' \
+          -m '$models/$ab_model' --device cuda:0 --prompt $ab_prompt --gen 64 --reps 3 \
+          > '$out/ab/model_${sw}_${v}_r$r.json' 2> '$out/ab/model_${sw}_${v}_r$r.log'"
+      done
+    done
   done
 fi
 

@@ -550,6 +550,97 @@ TEST(CudaExl3, SlicedPrefillAgreesWithGemv) {
             5e-4);
 }
 
+// A state's value before its one rounding to fp16 (spec 3), in fp64: lo + hi of the masked
+// 3INST/MCG word, or MUL1's (1024 + bytesum)·k_inv + k_bias. What the "halves" GEMV multiplies by.
+double unrounded_value(uint32_t s, Codebook cb) {
+  auto half = [](uint32_t bits) { return static_cast<double>(fp16_to_fp32(static_cast<uint16_t>(bits))); };
+  if (cb == Codebook::kMul1) {
+    const uint32_t x = s * 0x83DCD12Du;
+    const uint32_t sum = (x & 0xFF) + ((x >> 8) & 0xFF) + ((x >> 16) & 0xFF) + (x >> 24);
+    return (1024.0 + sum) * half(0x1EEE) + half(0xC931);
+  }
+  const uint32_t x = cb == Codebook::k3Inst ? s * 89226354u + 64248484u : s * 0xCBAC1FEDu;
+  const uint32_t y = (x & 0x8FFF8FFFu) ^ 0x3B603B60u;
+  return half(y & 0xFFFF) + half(y >> 16);
+}
+
+// y = x·W + bias in fp64 with W = diag(suh)·H·Ŵ·H/128·diag(svh) built from unrounded Ŵ values,
+// trimmed to the real columns.
+std::vector<float> unrounded_reference(const Layer& l, const std::vector<float>& x, int64_t m, int64_t in_f,
+                                       int64_t out_f) {
+  const int64_t k = l.k, n = l.n;
+  std::vector<double> w(static_cast<size_t>(k * n));
+  uint16_t states[exl3::kTileSize];
+  for (int64_t tk = 0; tk < k / 16; ++tk)
+    for (int64_t tn = 0; tn < n / 16; ++tn) {
+      exl3::unpack_tile(l.trellis.data() + (tk * (n / 16) + tn) * exl3::tile_bytes(l.K), l.K, states);
+      for (int p = 0; p < exl3::kTileSize; ++p)
+        w[(16 * tk + exl3::step_row(p)) * n + 16 * tn + exl3::step_col(p)] = unrounded_value(states[p], l.cb);
+    }
+  for (int64_t r0 = 0; r0 < k; r0 += 128)
+    for (int64_t j = 0; j < n; ++j) fwht128_f64(w.data() + r0 * n + j, static_cast<size_t>(n));
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t c0 = 0; c0 < n; c0 += 128) fwht128_f64(w.data() + i * n + c0, 1);
+  std::vector<float> y(static_cast<size_t>(m * out_f));
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < out_f; ++j) {
+      double acc = 0;
+      for (int64_t i = 0; i < in_f; ++i)
+        acc += static_cast<double>(x[r * in_f + i]) * fp16_to_fp32(l.suh[i]) * w[i * n + j];
+      acc = acc * fp16_to_fp32(l.svh[j]) / 128.0;
+      if (!l.bias.empty()) acc += fp16_to_fp32(l.bias[j]);
+      y[r * out_f + j] = static_cast<float>(acc);
+    }
+  return y;
+}
+
+// Sets cuda::gemv_halves for a scope.
+struct GemvHalves {
+  explicit GemvHalves(bool on) { cuda::set_gemv_halves(on); }
+  ~GemvHalves() { cuda::set_gemv_halves(false); }
+};
+
+TEST(CudaExl3, UnroundedValuesRoundToTheOracle) {
+  // Pins unrounded_value (the spec's formulas, written out here) to exl3::decode_state.
+  for (Codebook cb : kCodebooks)
+    for (uint32_t s = 0; s < 65536; ++s)
+      ASSERT_EQ(fp64_to_fp16(unrounded_value(s, cb)), exl3::decode_state(s, cb))
+          << exl3::codebook_name(cb) << " state " << s;
+}
+
+// The "halves" GEMV (each weight's two fp16 halves, or MUL1's 1024 + bytesum, as separate MMA
+// products) equals the fp64 product with unrounded Ŵ values to fp32 level, for every K and
+// codebook, m = 1, 3, 8, on a padded layer and at several k-split counts (MUL1's affine map is
+// applied per split and per warp).
+TEST(CudaExl3, HalvesGemvMatchesUnroundedReference) {
+  CUDA_OR_SKIP();
+  const GemvHalves scope(true);
+  {
+    const int64_t k = 384, n = 256, in_f = 300, out_f = 200;
+    for (int K = 1; K <= 8; ++K)
+      for (Codebook cb : kCodebooks) {
+        const Layer l = random_layer(k, n, K, cb, 600 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(cb), true);
+        auto d = upload(l, in_f, out_f);
+        for (int64_t m : {1, 3, 8}) {
+          const auto x = random_rows(m, in_f, 950 + static_cast<uint64_t>(m));
+          EXPECT_LT(rel_rms(run_forward(*d, x, m, in_f, out_f), unrounded_reference(l, x, m, in_f, out_f)), 2e-5)
+              << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m;
+        }
+      }
+  }
+  const int64_t k = 2048, n = 256;
+  for (Codebook cb : kCodebooks) {
+    const Layer l = random_layer(k, n, 3, cb, 660 + static_cast<uint64_t>(cb), false);
+    auto d = upload(l, k, n);
+    const auto x = random_rows(5, k, 78);
+    const auto want = unrounded_reference(l, x, 5, k, n);
+    for (int splits : {1, 7, CudaExl3Linear::kMaxGemvSplits}) {
+      d->set_gemv_splits(splits);
+      EXPECT_LT(rel_rms(run_forward(*d, x, 5, k, n), want), 2e-5) << exl3::codebook_name(cb) << " splits=" << splits;
+    }
+  }
+}
+
 TEST(CudaExl3, BadLayersAreErrors) {
   CUDA_OR_SKIP();
   Layer l = random_layer(128, 128, 4, Codebook::kMcg, 1, false);

@@ -137,6 +137,32 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t s0, uint32_t s1) {
   }
 }
 
+// One weight left as two fp16 halves for the tensor cores to add ("halves" GEMV): 3INST/MCG give
+// y = (x & 0x8FFF8FFF) ^ 0x3B603B60, whose value is lo + hi; MUL1 gives fp16 1024 + bytesum in the
+// low half and +0 in the high half, whose value is fma(that, k_inv, k_bias) (spec 3.6).
+template <int CB>
+__device__ __forceinline__ uint32_t decode_halves(uint32_t s) {
+  if constexpr (CB == 2) {
+    return __dp4a(s * 0x83DCD12Du, 0x01010101u, 0x6400u);
+  } else {
+    return and_xor(CB == 0 ? s * 89226354u + 64248484u : s * 0xCBAC1FEDu, 0x8FFF8FFFu, 0x3B603B60u);
+  }
+}
+
+// MUL1's affine map, applied by the "halves" GEMV to sums instead of weights: value = h·kInv + kBias.
+inline constexpr float kMul1Inv = 0.00676727294921875f;  // fp16 0x1EEE, exactly
+inline constexpr float kMul1Bias = -10.3828125f;          // fp16 0xC931, exactly
+
+// Lane `lane`'s 8 weights in step order, each as decode_halves: y[0..3] are the weights of
+// B fragments {b0, b1} for tile columns 0-7 (k 2t, 2t+1, 2t+8, 2t+9), y[4..7] for columns 8-15.
+template <int K, int CB, typename Ptr>
+__device__ __forceinline__ void decode_lane_halves(Ptr tw, int lane, uint32_t y[8]) {
+  uint32_t s[8];
+  lane_states<K, CB != 2>(tw, lane, s);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) y[i] = decode_halves<CB>(s[i]);
+}
+
 // Lane `lane`'s 8 weights as 4 f16x2 words: {steps 0,1}, {2,3}, {4,5}, {6,7} of its 8 steps, i.e.
 // B fragments {b0, b1} for tile columns 0-7 and {b2, b3} for columns 8-15.
 template <int K, int CB, typename Ptr>

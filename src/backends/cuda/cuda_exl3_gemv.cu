@@ -52,7 +52,7 @@ struct GemvGroupArgs {
   int count, m, k_tiles;
 };
 
-template <int K, int CB>
+template <int K, int CB, bool Halves>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_constant__ GemvGroupArgs args) {
   constexpr int G = gemv_tiles(K);
   constexpr int kTileBytes = 32 * K;
@@ -105,6 +105,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][h][e] = 0.0f;
+  float acc_sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // halves + MUL1: Σ of the activations (every column)
 
   const int g = lane >> 2, q = lane & 3;
   // Prologue. The first stages' trellis is constant data, so it is requested before pdl_begin()
@@ -136,12 +137,35 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
     uint4 a = make_uint4(0, 0, 0, 0);
     if (g < m) a = *reinterpret_cast<const uint4*>(st + kChunksT * 16 + (g * 4 + q) * 16);
     const uint32_t* tw = reinterpret_cast<const uint32_t*>(st);
+    if constexpr (Halves) {
+      // Each weight is one 32-bit word of two fp16 halves standing for two k positions of the
+      // same input, so the A fragments repeat each activation: ae holds elements 2t, 2t+8 (the
+      // low halves of a) twice, ao elements 2t+1, 2t+9 (the high halves).
+      const uint32_t ar[4] = {a.x, a.y, a.z, a.w};
+      uint32_t ae[4], ao[4];
 #pragma unroll
-    for (int i = 0; i < G; ++i) {
-      uint32_t b[4];
-      decode_lane<K, CB>(tw + i * 8 * K, lane, b);
-      mma_m16n8k16(acc[i][0], a, b[0], b[1]);
-      mma_m16n8k16(acc[i][1], a, b[2], b[3]);
+      for (int j = 0; j < 4; ++j) {
+        ae[j] = __byte_perm(ar[j], 0u, 0x1010);
+        ao[j] = __byte_perm(ar[j], 0u, 0x3232);
+      }
+      if constexpr (CB == 2) mma_m16n8k16(acc_sum, ar, 0x3C003C00u, 0x3C003C00u);  // B = 1.0
+#pragma unroll
+      for (int i = 0; i < G; ++i) {
+        uint32_t y[8];
+        decode_lane_halves<K, CB>(tw + i * 8 * K, lane, y);
+        mma_m16n8k16(acc[i][0], ae, y[0], y[2]);  // tile rows 2t, 2t+8
+        mma_m16n8k16(acc[i][0], ao, y[1], y[3]);  // tile rows 2t+1, 2t+9
+        mma_m16n8k16(acc[i][1], ae, y[4], y[6]);
+        mma_m16n8k16(acc[i][1], ao, y[5], y[7]);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < G; ++i) {
+        uint32_t b[4];
+        decode_lane<K, CB>(tw + i * 8 * K, lane, b);
+        mma_m16n8k16(acc[i][0], a, b[0], b[1]);
+        mma_m16n8k16(acc[i][1], a, b[2], b[3]);
+      }
     }
     __syncwarp();  // every lane is done with this slot before it is refilled
   }
@@ -152,13 +176,20 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
   constexpr int kCols = 16 * G;
   float* red = reinterpret_cast<float*>(smem);  // [warps][m][kCols]
   if (g < m) {
+    // Halves + MUL1: the sums are of h = 1024 + bytesum; Σ value·x = kInv·Σ h·x + kBias·Σ x.
+    const float bias_sum = kMul1Bias * (acc_sum[0] + acc_sum[2]);
 #pragma unroll
     for (int i = 0; i < G; ++i)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         float* r = red + (warp * m + g) * kCols + 16 * i + 8 * h + 2 * q;
-        r[0] = acc[i][h][0] + acc[i][h][2];
-        r[1] = acc[i][h][1] + acc[i][h][3];
+        if constexpr (Halves && CB == 2) {
+          r[0] = fmaf(kMul1Inv, acc[i][h][0] + acc[i][h][2], bias_sum);
+          r[1] = fmaf(kMul1Inv, acc[i][h][1] + acc[i][h][3], bias_sum);
+        } else {
+          r[0] = acc[i][h][0] + acc[i][h][2];
+          r[1] = acc[i][h][1] + acc[i][h][3];
+        }
       }
   }
   __syncthreads();
@@ -212,18 +243,21 @@ __global__ void __launch_bounds__(256) decode_kernel(const uint32_t* __restrict_
 using GemvFn = void (*)(GemvGroupArgs);
 using DecodeFn = void (*)(const uint32_t*, int, int, int, uint16_t*);
 
-template <int CB, int... Ks>
+template <int CB, bool Halves, int... Ks>
 constexpr auto gemv_row(std::integer_sequence<int, Ks...>) {
-  return std::array<GemvFn, 8>{&gemv_kernel<Ks + 1, CB>...};
+  return std::array<GemvFn, 8>{&gemv_kernel<Ks + 1, CB, Halves>...};
 }
 template <int CB, int... Ks>
 constexpr auto decode_row(std::integer_sequence<int, Ks...>) {
   return std::array<DecodeFn, 8>{&decode_kernel<Ks + 1, CB, kDecodeTiles>...};
 }
 
-const std::array<std::array<GemvFn, 8>, 3> kGemvTable = {gemv_row<0>(std::make_integer_sequence<int, 8>{}),
-                                                         gemv_row<1>(std::make_integer_sequence<int, 8>{}),
-                                                         gemv_row<2>(std::make_integer_sequence<int, 8>{})};
+// [halves][codebook][K - 1]
+const std::array<std::array<std::array<GemvFn, 8>, 3>, 2> kGemvTable = {
+    {{gemv_row<0, false>(std::make_integer_sequence<int, 8>{}), gemv_row<1, false>(std::make_integer_sequence<int, 8>{}),
+      gemv_row<2, false>(std::make_integer_sequence<int, 8>{})},
+     {gemv_row<0, true>(std::make_integer_sequence<int, 8>{}), gemv_row<1, true>(std::make_integer_sequence<int, 8>{}),
+      gemv_row<2, true>(std::make_integer_sequence<int, 8>{})}}};
 const std::array<std::array<DecodeFn, 8>, 3> kDecodeTable = {decode_row<0>(std::make_integer_sequence<int, 8>{}),
                                                              decode_row<1>(std::make_integer_sequence<int, 8>{}),
                                                              decode_row<2>(std::make_integer_sequence<int, 8>{})};
@@ -269,16 +303,16 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
   }
   static_assert(kActBytesMax == 512, "8 rows of 64 bytes");
   const size_t smem = gemv_smem_bytes(K, m);
+  const int halves = gemv_halves() ? 1 : 0;
+  const GemvFn fn = kGemvTable[halves][codebook][K - 1];
   if (smem > 48 * 1024) {  // above the default dynamic shared memory limit: opt in once per kernel
-    static std::once_flag once[3][8];
-    std::call_once(once[codebook][K - 1], [&] {
-      check(cudaFuncSetAttribute(kGemvTable[codebook][K - 1], cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(gemv_smem_bytes(K, 8))),
+    static std::once_flag once[2][3][8];
+    std::call_once(once[halves][codebook][K - 1], [&] {
+      check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(gemv_smem_bytes(K, 8))),
             "cudaFuncSetAttribute (EXL3 GEMV shared memory)");
     });
   }
-  launch(gemv_name(K, codebook), kGemvTable[codebook][K - 1], dim3(static_cast<unsigned>(blocks)),
-         dim3(kGemvWarps * 32), smem, stream, args);
+  launch(gemv_name(K, codebook), fn, dim3(static_cast<unsigned>(blocks)), dim3(kGemvWarps * 32), smem, stream, args);
 }
 
 void decode(int K, int codebook, const uint32_t* trellis, int64_t k, int64_t n, int64_t col0, int64_t cols,

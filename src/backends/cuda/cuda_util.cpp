@@ -13,6 +13,7 @@ std::atomic<int> g_exact_prefill{-1};  // -1: not read yet; then 0 or 1
 std::atomic<int64_t> g_reconstruct_rows{-1};  // -1: not read yet; then the threshold (0: off)
 std::atomic<int> g_prefill_fusion{-1};         // -1: not read yet; then 0 or 1
 std::atomic<int> g_wide_transforms{-1};        // -1: not read yet; then 0 or 1
+std::atomic<int> g_gemv_halves{-1};            // -1: not read yet; then 0 or 1
 
 // A switch read from the environment once (set and not empty: on unless "0"; else `dflt`) and
 // overridden by its test hook (a store of 0 or 1 into `slot`).
@@ -34,6 +35,9 @@ bool prefill_fusion() { return cached_switch(g_prefill_fusion, "TRELLIS_CUDA_PRE
 
 void set_wide_transforms(bool on) { g_wide_transforms.store(on ? 1 : 0); }
 bool wide_transforms() { return cached_switch(g_wide_transforms, "TRELLIS_CUDA_WIDE_TRANSFORMS", true); }
+
+void set_gemv_halves(bool on) { g_gemv_halves.store(on ? 1 : 0); }
+bool gemv_halves() { return cached_switch(g_gemv_halves, "TRELLIS_CUDA_GEMV_HALVES", false); }
 
 void set_fused_reconstruct_rows(int64_t rows) { g_reconstruct_rows.store(rows < 0 ? 0 : rows); }
 

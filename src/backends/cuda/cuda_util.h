@@ -72,6 +72,17 @@ bool wide_transforms();
 // Test hook: overrides the environment.
 void set_wide_transforms(bool on);
 
+// Whether the EXL3 GEMV (m <= 8) hands the tensor cores each decoded weight's two fp16 halves
+// as two products against the same activation, instead of adding the halves into one fp16 value
+// first (cuda_exl3_gemv.cu, "halves"). That saves the pairing (prmt) and the f16x2 add per weight
+// (3INST/MCG) or the prmt and f16x2 FMA (MUL1, whose affine map then runs once per output), at
+// twice the MMAs. Each weight then enters unrounded: within half an fp16 ulp of the stored value
+// (rms relative error of a product ~1.4e-4 instead of fp32-level). Off unless
+// TRELLIS_CUDA_GEMV_HALVES=1: not yet measured on a GPU.
+bool gemv_halves();
+// Test hook: overrides the environment for launches recorded after the call.
+void set_gemv_halves(bool on);
+
 // Whether launch() (cuda_launch.cuh) gives kernels on the current device the programmatic
 // dependent launch attribute: compute capability >= 9.0 and TRELLIS_CUDA_PDL not "0".
 bool pdl_enabled();
