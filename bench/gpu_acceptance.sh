@@ -21,21 +21,21 @@
 #            to $TRELLIS_MODELS, default /dev/shm/trellis-models: ~3.5 GB each) and the
 #            SmolLM2-135M-shaped 3 bpw one: prefill and decode at contexts 1, 256 and 2048
 #   memory   peak GPU memory (nvidia-smi, every 0.2 s) of the 3 bpw 8B model with an 8K context
-#   ab       every switch named in $TRELLIS_AB (default: TRELLIS_CUDA_GEMV_HALVES, the kernel
-#            variants not yet measured on a GPU) set to 0 and 1 alternately, twice: the CUDA
-#            GEMV at K = 2, 3, 4 x 3 codebooks on the three large shapes, and the 3 bpw 8B model's
-#            decode at context 256; the report gives the on/off ratios
+#   ab       every switch named in $TRELLIS_AB (default: TRELLIS_CUDA_GEMV_HALVES and
+#            TRELLIS_CUDA_GEMV_SPLIT, kernel variants not yet measured on a GPU) at 0 and 1
+#            alternately, twice: the CUDA GEMV at K = 2, 3, 4 x 3 codebooks on the three large
+#            shapes, and the 3 bpw 8B model's decode at context 256; the report gives the ratios
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 # TRELLIS_SHARED points at the shared fixtures (default: ../shared of the source tree); the Vulkan
 # loader must find the GPU's driver (e.g. VK_DRIVER_FILES=/path/to/nvidia_icd.json).
 # In full it takes about a quarter of an hour on an H200; where one command may run 10 minutes,
-# split it (e.g. --only devices,tests,cli,gemv then --only models,memory) into the same OUT_DIR,
+# split it (e.g. --only devices,tests,cli,gemv then --only models,memory,ab) into the same OUT_DIR,
 # or merge the directories afterwards (each call writes its own steps_*.txt), and run
 # bench/acceptance_report.py OUT_DIR once more.
 set -uo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -lt 2 ]; then
-  sed -n '2,33p' "$0" >&2
+  sed -n '2,34p' "$0" >&2
   exit 2
 fi
 bin=$(cd "$1" && pwd) || exit 2
@@ -184,7 +184,7 @@ if wants ab && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
     ab_shapes=(4096x14336 14336x4096 8192x28672); ab_ks=(2 3 4); ab_model=l8b3; ab_prompt=256; ab_extra=()
     step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
   fi
-  for sw in ${TRELLIS_AB:-TRELLIS_CUDA_GEMV_HALVES}; do
+  for sw in ${TRELLIS_AB:-TRELLIS_CUDA_GEMV_HALVES TRELLIS_CUDA_GEMV_SPLIT}; do
     for r in 1 2; do
       for v in 0 1; do
         step "ab_gemv_${sw}_${v}_r$r" bash -c "$sw=$v '$bin/trellis_bench_cuda_exl3' --K ${ab_ks[*]} \

@@ -641,6 +641,35 @@ TEST(CudaExl3, HalvesGemvMatchesUnroundedReference) {
   }
 }
 
+// Sets cuda::gemv_split for a scope.
+struct GemvSplit {
+  explicit GemvSplit(bool on) { cuda::set_gemv_split(on); }
+  ~GemvSplit() { cuda::set_gemv_split(false); }
+};
+
+// The "split" GEMV (3INST/MCG: one weight per word as (w, w) against (x, 0) activations; MUL1 keeps
+// the paired kernel) multiplies by the exact fp16 values: the reference to fp32 level, every K and
+// codebook, m = 1, 3, 8, and several k-split counts.
+TEST(CudaExl3, SplitGemvMatchesReference) {
+  CUDA_OR_SKIP();
+  const GemvSplit scope(true);
+  const int64_t k = 384, n = 256, in_f = 300, out_f = 200;
+  for (int K = 1; K <= 8; ++K)
+    for (Codebook cb : kCodebooks) {
+      const Layer l = random_layer(k, n, K, cb, 700 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(cb), true);
+      auto d = upload(l, in_f, out_f);
+      for (int64_t m : {1, 3, 8}) {
+        const auto x = random_rows(m, in_f, 970 + static_cast<uint64_t>(m));
+        const auto want = reference(l, x, m, in_f, out_f);
+        for (int splits : {d->gemv_splits(), 3}) {
+          d->set_gemv_splits(splits);
+          EXPECT_LT(rel_rms(run_forward(*d, x, m, in_f, out_f), want), 2e-5)
+              << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << " splits=" << splits;
+        }
+      }
+    }
+}
+
 TEST(CudaExl3, BadLayersAreErrors) {
   CUDA_OR_SKIP();
   Layer l = random_layer(128, 128, 4, Codebook::kMcg, 1, false);

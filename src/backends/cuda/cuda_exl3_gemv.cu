@@ -23,6 +23,9 @@
 //   busy, so an H100/H200 SM decodes ~10-14 weights per clock: memory-bound only from K ~ 6-8 up.
 //   Closing the rest needs fewer integer ops per weight than the codebooks' definitions allow
 //   (every weight needs its own 16-bit window and 32-bit multiply).
+//   Two opt-in modes (GemvMode below, not yet measured on a GPU) drop the per-pair step: kHalves
+//   hands each weight's two fp16 halves to the MMA as separate products (~5.7 instead of ~6.9
+//   instructions per weight at K=3 MCG; unrounded values), kSplit one (w, w) word per weight.
 // * Split-k over blocks so that the grid holds about kGemvBlocksPerSm blocks per SM; partial sums
 //   go to scratch and are summed in fixed order by the output transform.
 #include <cuda_fp16.h>
@@ -52,7 +55,14 @@ struct GemvGroupArgs {
   int count, m, k_tiles;
 };
 
-template <int K, int CB, bool Halves>
+// How lanes turn decoded weights into MMA B fragments (cuda_util.h gemv_halves / gemv_split):
+// kPairs, two weights' fp16 values per word (the default); kHalves, one weight per word as its two
+// unrounded halves (or MUL1's 1024 + bytesum), against duplicated activations; kSplit (3INST/MCG),
+// one weight per word as (w, w) from one f16x2 add with swizzled operands, against (x, 0)
+// activations: exact values like kPairs, without the pairing prmt.
+enum GemvMode : int { kPairs = 0, kHalves = 1, kSplit = 2 };
+
+template <int K, int CB, int Mode>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_constant__ GemvGroupArgs args) {
   constexpr int G = gemv_tiles(K);
   constexpr int kTileBytes = 32 * K;
@@ -137,7 +147,28 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
     uint4 a = make_uint4(0, 0, 0, 0);
     if (g < m) a = *reinterpret_cast<const uint4*>(st + kChunksT * 16 + (g * 4 + q) * 16);
     const uint32_t* tw = reinterpret_cast<const uint32_t*>(st);
-    if constexpr (Halves) {
+    if constexpr (Mode == kSplit && CB != 2) {
+      // Word i is (w_i, w_i); A's pair for k 2t, 2t+1 becomes (x_2t, 0) for the even tile rows
+      // and (x_2t+1, 0) for the odd ones, so each product counts w_i once.
+      const uint32_t ar[4] = {a.x, a.y, a.z, a.w};
+      uint32_t ae[4], ao[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        ae[j] = __byte_perm(ar[j], 0u, 0x5410);
+        ao[j] = __byte_perm(ar[j], 0u, 0x5432);
+      }
+#pragma unroll
+      for (int i = 0; i < G; ++i) {
+        uint32_t y[8];
+        decode_lane_halves<K, CB>(tw + i * 8 * K, lane, y);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) y[j] = sum_halves_twice(y[j]);
+        mma_m16n8k16(acc[i][0], ae, y[0], y[2]);
+        mma_m16n8k16(acc[i][0], ao, y[1], y[3]);
+        mma_m16n8k16(acc[i][1], ae, y[4], y[6]);
+        mma_m16n8k16(acc[i][1], ao, y[5], y[7]);
+      }
+    } else if constexpr (Mode == kHalves) {
       // Each weight is one 32-bit word of two fp16 halves standing for two k positions of the
       // same input, so the A fragments repeat each activation: ae holds elements 2t, 2t+8 (the
       // low halves of a) twice, ao elements 2t+1, 2t+9 (the high halves).
@@ -183,7 +214,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         float* r = red + (warp * m + g) * kCols + 16 * i + 8 * h + 2 * q;
-        if constexpr (Halves && CB == 2) {
+        if constexpr (Mode == kHalves && CB == 2) {
           r[0] = fmaf(kMul1Inv, acc[i][h][0] + acc[i][h][2], bias_sum);
           r[1] = fmaf(kMul1Inv, acc[i][h][1] + acc[i][h][3], bias_sum);
         } else {
@@ -243,21 +274,25 @@ __global__ void __launch_bounds__(256) decode_kernel(const uint32_t* __restrict_
 using GemvFn = void (*)(GemvGroupArgs);
 using DecodeFn = void (*)(const uint32_t*, int, int, int, uint16_t*);
 
-template <int CB, bool Halves, int... Ks>
+template <int CB, int Mode, int... Ks>
 constexpr auto gemv_row(std::integer_sequence<int, Ks...>) {
-  return std::array<GemvFn, 8>{&gemv_kernel<Ks + 1, CB, Halves>...};
+  return std::array<GemvFn, 8>{&gemv_kernel<Ks + 1, CB, Mode>...};
 }
 template <int CB, int... Ks>
 constexpr auto decode_row(std::integer_sequence<int, Ks...>) {
   return std::array<DecodeFn, 8>{&decode_kernel<Ks + 1, CB, kDecodeTiles>...};
 }
 
-// [halves][codebook][K - 1]
-const std::array<std::array<std::array<GemvFn, 8>, 3>, 2> kGemvTable = {
-    {{gemv_row<0, false>(std::make_integer_sequence<int, 8>{}), gemv_row<1, false>(std::make_integer_sequence<int, 8>{}),
-      gemv_row<2, false>(std::make_integer_sequence<int, 8>{})},
-     {gemv_row<0, true>(std::make_integer_sequence<int, 8>{}), gemv_row<1, true>(std::make_integer_sequence<int, 8>{}),
-      gemv_row<2, true>(std::make_integer_sequence<int, 8>{})}}};
+template <int Mode>
+constexpr std::array<std::array<GemvFn, 8>, 3> gemv_rows() {
+  return {gemv_row<0, Mode>(std::make_integer_sequence<int, 8>{}), gemv_row<1, Mode>(std::make_integer_sequence<int, 8>{}),
+          gemv_row<2, Mode>(std::make_integer_sequence<int, 8>{})};
+}
+// [mode][codebook][K - 1]; MUL1 has no kSplit kernel (its pair step costs the same), kPairs's instead.
+const std::array<std::array<std::array<GemvFn, 8>, 3>, 3> kGemvTable = {
+    gemv_rows<kPairs>(), gemv_rows<kHalves>(),
+    {gemv_row<0, kSplit>(std::make_integer_sequence<int, 8>{}), gemv_row<1, kSplit>(std::make_integer_sequence<int, 8>{}),
+     gemv_row<2, kPairs>(std::make_integer_sequence<int, 8>{})}};
 const std::array<std::array<DecodeFn, 8>, 3> kDecodeTable = {decode_row<0>(std::make_integer_sequence<int, 8>{}),
                                                              decode_row<1>(std::make_integer_sequence<int, 8>{}),
                                                              decode_row<2>(std::make_integer_sequence<int, 8>{})};
@@ -303,11 +338,11 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
   }
   static_assert(kActBytesMax == 512, "8 rows of 64 bytes");
   const size_t smem = gemv_smem_bytes(K, m);
-  const int halves = gemv_halves() ? 1 : 0;
-  const GemvFn fn = kGemvTable[halves][codebook][K - 1];
+  const int mode = gemv_halves() ? kHalves : gemv_split() ? kSplit : kPairs;
+  const GemvFn fn = kGemvTable[mode][codebook][K - 1];
   if (smem > 48 * 1024) {  // above the default dynamic shared memory limit: opt in once per kernel
-    static std::once_flag once[2][3][8];
-    std::call_once(once[halves][codebook][K - 1], [&] {
+    static std::once_flag once[3][3][8];
+    std::call_once(once[mode][codebook][K - 1], [&] {
       check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(gemv_smem_bytes(K, 8))),
             "cudaFuncSetAttribute (EXL3 GEMV shared memory)");
     });

@@ -82,6 +82,12 @@ void set_wide_transforms(bool on);
 bool gemv_halves();
 // Test hook: overrides the environment for launches recorded after the call.
 void set_gemv_halves(bool on);
+// Whether the 3INST/MCG GEMV (when not gemv_halves) decodes one weight per word, (w, w) from one
+// f16x2 add with swizzled operands, against (x, 0) activations, instead of pairing two weights per
+// word (two prmt per pair). Exact values as the default; twice the MMAs. Off unless
+// TRELLIS_CUDA_GEMV_SPLIT=1: not yet measured on a GPU.
+bool gemv_split();
+void set_gemv_split(bool on);  // test hook
 
 // Whether launch() (cuda_launch.cuh) gives kernels on the current device the programmatic
 // dependent launch attribute: compute capability >= 9.0 and TRELLIS_CUDA_PDL not "0".
