@@ -670,6 +670,71 @@ TEST(CudaExl3, SplitGemvMatchesReference) {
     }
 }
 
+// Sets cuda::gemv_fused_out for a scope.
+struct GemvFusedOut {
+  explicit GemvFusedOut(bool on) { cuda::set_gemv_fused_out(on); }
+  ~GemvFusedOut() { cuda::set_gemv_fused_out(false); }
+};
+
+// The GEMV with its output transform fused (the last block of each column group sums the k-split
+// partials and writes y) gives the same bits as the separate exl3_hadamard_out, for every K and
+// codebook, m = 1, 3, 8, 1 to 32 splits (more splits than slabs included), in forward() and in a
+// one-launch group; each fused call runs twice, so a counter left non-zero would show.
+TEST(CudaExl3, FusedOutGemvEqualsSeparateTransform) {
+  CUDA_OR_SKIP();
+  const int64_t k = 384, n = 256, in_f = 300, out_f = 200;
+  for (int K = 1; K <= 8; ++K)
+    for (Codebook cb : kCodebooks) {
+      const Layer l = random_layer(k, n, K, cb, 800 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(cb), true);
+      auto d = upload(l, in_f, out_f);
+      const int automatic = d->gemv_splits();
+      for (int64_t m : {1, 3, 8}) {
+        const auto x = random_rows(m, in_f, 990 + static_cast<uint64_t>(m));
+        for (int splits : {automatic, 1, 3, CudaExl3Linear::kMaxGemvSplits}) {
+          d->set_gemv_splits(splits);
+          const auto want = run_forward(*d, x, m, in_f, out_f);
+          const GemvFusedOut on(true);
+          for (int rep = 0; rep < 2; ++rep) {
+            const auto got = run_forward(*d, x, m, in_f, out_f);
+            EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
+                << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << " splits=" << splits << " rep=" << rep;
+          }
+        }
+      }
+    }
+  const int64_t outs[3] = {200, 128, 384};
+  const Layer la = random_layer(k, 256, 3, Codebook::kMcg, 81, true);
+  const Layer lb = random_layer(k, 128, 3, Codebook::kMcg, 82, false);
+  const Layer lc = random_layer(k, 384, 3, Codebook::kMcg, 83, true);
+  auto da = upload(la, in_f, outs[0]), db = upload(lb, in_f, outs[1]), dc = upload(lc, in_f, outs[2]);
+  const CudaExl3Linear* group[3] = {da.get(), db.get(), dc.get()};
+  for (int64_t m : {1, 4, 8}) {
+    const auto x = random_rows(m, in_f, 310 + static_cast<uint64_t>(m));
+    Guarded xb(x.size()), sb(CudaExl3Linear::group_scratch_bytes(group, m) / 4 + 1);
+    xb.upload(x.data(), x.size() * 4);
+    std::vector<float> want[3];
+    for (int i = 0; i < 3; ++i) want[i] = run_forward(*group[i], x, m, in_f, outs[i]);
+    const GemvFusedOut on(true);
+    for (int rep = 0; rep < 2; ++rep) {
+      std::vector<std::unique_ptr<Guarded>> yb;
+      float* ys[3];
+      for (int i = 0; i < 3; ++i) {
+        yb.push_back(std::make_unique<Guarded>(static_cast<size_t>(m * outs[i])));
+        ys[i] = yb.back()->at<float>();
+      }
+      CudaExl3Linear::forward_group(group, xb.at<float>(), m, ys, nullptr, sb.at<void>());
+      ok(cudaDeviceSynchronize());
+      EXPECT_TRUE(sb.guards_intact()) << "scratch overrun, m=" << m;
+      for (int i = 0; i < 3; ++i) {
+        EXPECT_TRUE(yb[i]->guards_intact()) << "output " << i << " overrun, m=" << m;
+        const auto got = yb[i]->download<float>(static_cast<size_t>(m * outs[i]));
+        EXPECT_EQ(std::memcmp(got.data(), want[i].data(), got.size() * 4), 0) << "linear " << i << " m=" << m
+                                                                               << " rep=" << rep;
+      }
+    }
+  }
+}
+
 TEST(CudaExl3, BadLayersAreErrors) {
   CUDA_OR_SKIP();
   Layer l = random_layer(128, 128, 4, Codebook::kMcg, 1, false);

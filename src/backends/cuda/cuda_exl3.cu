@@ -119,6 +119,9 @@ std::unique_ptr<CudaExl3Linear> CudaExl3Linear::create(const exl3::Exl3LinearVie
   l->suh_ = upload_floats(fp16_vector(view.suh, view.k), stream, "EXL3 suh");
   l->svh_ = upload_floats(fp16_vector(view.svh, view.n), stream, "EXL3 svh");
   if (!b.empty()) l->bias_ = upload_floats(b, stream, "EXL3 bias");
+  const size_t done_bytes = static_cast<size_t>(view.n / 128) * sizeof(unsigned);
+  l->done_ = static_cast<unsigned*>(device_malloc(done_bytes, "EXL3 GEMV counters"));
+  check(cudaMemsetAsync(l->done_, 0, done_bytes, stream), "clearing EXL3 GEMV counters");
 
   // Split k until the grid has about three blocks per SM (the kernel keeps 2-3 resident).
   int sms = 1;
@@ -137,11 +140,13 @@ CudaExl3Linear::~CudaExl3Linear() {
   cudaFree(suh_);
   cudaFree(svh_);
   cudaFree(bias_);
+  cudaFree(done_);
 }
 
 uint64_t CudaExl3Linear::device_bytes() const {
   const uint64_t t = static_cast<uint64_t>(k_ / 16) * static_cast<uint64_t>(n_ / 16) * 32 * K_;
-  return t + static_cast<uint64_t>(k_ + n_) * 4 + (bias_ ? static_cast<uint64_t>(out_features_) * 4 : 0);
+  return t + static_cast<uint64_t>(k_ + n_) * 4 + (bias_ ? static_cast<uint64_t>(out_features_) * 4 : 0) +
+         static_cast<uint64_t>(n_ / 128) * 4;
 }
 
 const char* CudaExl3Linear::gemv_variant_name() const { return exl3k::gemv_name(K_, static_cast<int>(codebook_)); }
@@ -243,6 +248,11 @@ void CudaExl3Linear::forward(const float* x, int64_t m, float* y, cudaStream_t s
                      : parts == 2      ? exl3k::ActLayout::kGemmRows
                                        : exl3k::ActLayout::kGemmRowsHalf,
                      stream, up, silu_out);
+  if (gemv && gemv_fused_out()) {
+    const exl3k::GemvItem item = gemv_item(reinterpret_cast<const uint16_t*>(sc), reinterpret_cast<float*>(sc + s.act), y);
+    exl3k::gemv_group(K_, static_cast<int>(codebook_), std::span<const exl3k::GemvItem>(&item, 1), m, k_, stream);
+    return;
+  }
   product(m, stream, sc, s);
   // GEMV: one [m, n] partial per k-split; GEMM: the hi rows then (if split) the lo rows of [2m, n].
   exl3k::hadamard_out(reinterpret_cast<const float*>(sc + s.act), gemv ? gemv_splits_ : parts, m * n_, m, n_,
@@ -391,15 +401,29 @@ void CudaExl3Linear::forward_group(std::span<const CudaExl3Linear* const> ls, co
   for (size_t i = 1; i < count; ++i)
     one_launch = one_launch && ls[i]->K_ == ls[0]->K_ && ls[i]->codebook_ == ls[0]->codebook_;
   if (one_launch) {
+    const bool fused = gemv_fused_out();
     std::array<exl3k::GemvItem, exl3k::kMaxGroup> gi{};
-    for (size_t i = 0; i < count; ++i)
-      gi[i] = {ls[i]->trellis_, xa[i], reinterpret_cast<float*>(base[i] + lay[i].act), static_cast<int>(ls[i]->n_ / 16),
-               ls[i]->gemv_splits_, 0};
+    for (size_t i = 0; i < count; ++i) {
+      float* z = reinterpret_cast<float*>(base[i] + lay[i].act);
+      gi[i] = fused ? ls[i]->gemv_item(xa[i], z, ys[i])
+                    : exl3k::GemvItem{ls[i]->trellis_, xa[i], z, static_cast<int>(ls[i]->n_ / 16), ls[i]->gemv_splits_, 0};
+    }
     exl3k::gemv_group(ls[0]->K_, static_cast<int>(ls[0]->codebook_), std::span(gi.data(), count), m, ls[0]->k_, stream);
+    if (fused) return;
   } else {
     for (size_t i = 0; i < count; ++i) ls[i]->product(m, stream, base[i], lay[i]);
   }
   exl3k::hadamard_out_group(std::span(items.data(), count), m, stream);
+}
+
+exl3k::GemvItem CudaExl3Linear::gemv_item(const uint16_t* xa, float* z, float* y) const {
+  exl3k::GemvItem item{trellis_, xa, z, static_cast<int>(n_ / 16), gemv_splits_, 0};
+  item.done = done_;
+  item.svh = svh_;
+  item.bias = bias_;
+  item.y = y;
+  item.out_features = static_cast<int>(out_features_);
+  return item;
 }
 
 void CudaExl3Linear::product_only(int64_t m, cudaStream_t stream, void* scratch) const {

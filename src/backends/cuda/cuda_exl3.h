@@ -39,6 +39,10 @@
 
 namespace trellis::cuda {
 
+namespace exl3k {
+struct GemvItem;
+}  // namespace exl3k
+
 // Rows up to which forward() runs the fused GEMV; larger batches decode Ŵ and call cuBLAS.
 inline constexpr int64_t kExl3GemvMaxRows = 8;
 
@@ -131,6 +135,8 @@ class CudaExl3Linear {
   // between calls on one stream), z [parts·m... as product()] = xa · Ŵ.
   void gemm_product(int64_t m, const uint16_t* xa, float* z, uint16_t* what, cudaStream_t stream) const;
   size_t what_bytes() const;
+  // The GEMV launch item of this linear with its output transform fused (writes y [m, out_features]).
+  exl3k::GemvItem gemv_item(const uint16_t* xa, float* z, float* y) const;
   void reconstructed_product(int64_t m, float* y, cudaStream_t stream, std::byte* scratch, const ScratchLayout& s) const;
 
   int device_ = 0;
@@ -142,6 +148,7 @@ class CudaExl3Linear {
   uint32_t* trellis_ = nullptr;  // [k/16][n/16][8K] uint32, file order
   float* suh_ = nullptr;         // [k]
   float* svh_ = nullptr;         // [n]
+  unsigned* done_ = nullptr;     // [n/128] counters of the GEMV's fused output transform, 0 between launches
   float* bias_ = nullptr;        // [out_features] or null
 };
 

@@ -37,6 +37,7 @@
 #include <utility>
 
 #include "backends/cuda/cuda_exl3_decode.cuh"
+#include "backends/cuda/cuda_exl3_hadamard.cuh"
 #include "backends/cuda/cuda_exl3_kernels.cuh"
 #include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_mma.cuh"
@@ -62,7 +63,7 @@ struct GemvGroupArgs {
 // activations: exact values like kPairs, without the pairing prmt.
 enum GemvMode : int { kPairs = 0, kHalves = 1, kSplit = 2 };
 
-template <int K, int CB, int Mode>
+template <int K, int CB, int Mode, bool FusedOut>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_constant__ GemvGroupArgs args) {
   constexpr int G = gemv_tiles(K);
   constexpr int kTileBytes = 32 * K;
@@ -232,6 +233,34 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
     for (int w = 0; w < kGemvWarps; ++w) sum += red[(w * m + row) * kCols + col];
     z[(static_cast<int64_t>(split) * m + row) * n + static_cast<int64_t>(group) * kCols + col] = sum;
   }
+  if constexpr (FusedOut) {
+    // Fused output transform: the last of the group's `splits` blocks (threadFenceReduction
+    // pattern) reads every partial back from L2 and runs hadamard_out's arithmetic on them.
+    static_assert(kCols == 128, "one column group is one Hadamard block");
+    __shared__ unsigned last;
+    __threadfence();  // this block's partials are visible device-wide before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(item.done + group, 1u) == static_cast<unsigned>(splits - 1);
+    __syncthreads();
+    if (last) {
+      __threadfence();
+      const int e0 = group * kCols + 4 * lane;
+      for (int row = warp; row < m; row += kGemvWarps) {
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int p = 0; p < splits; ++p) {  // split order, as hadamard_out sums its parts
+          const float4 t = __ldcg(reinterpret_cast<const float4*>(z + (static_cast<int64_t>(p) * m + row) * n + e0));
+          v[0] += t.x;
+          v[1] += t.y;
+          v[2] += t.z;
+          v[3] += t.w;
+        }
+        fwht128(v, lane);
+        out_store4(v, e0, item.out_features, item.svh, item.bias,
+                   item.y + static_cast<int64_t>(row) * item.out_features + e0);
+      }
+      if (threadIdx.x == 0) item.done[group] = 0;  // ready for the next launch (graph replays)
+    }
+  }
 }
 
 constexpr int kDecodeTiles = 4;  // tile rows per warp of decode_kernel; divides k/16 (k % 128 == 0)
@@ -274,25 +303,27 @@ __global__ void __launch_bounds__(256) decode_kernel(const uint32_t* __restrict_
 using GemvFn = void (*)(GemvGroupArgs);
 using DecodeFn = void (*)(const uint32_t*, int, int, int, uint16_t*);
 
-template <int CB, int Mode, int... Ks>
+template <int CB, int Mode, bool FusedOut, int... Ks>
 constexpr auto gemv_row(std::integer_sequence<int, Ks...>) {
-  return std::array<GemvFn, 8>{&gemv_kernel<Ks + 1, CB, Mode>...};
+  return std::array<GemvFn, 8>{&gemv_kernel<Ks + 1, CB, Mode, FusedOut>...};
 }
 template <int CB, int... Ks>
 constexpr auto decode_row(std::integer_sequence<int, Ks...>) {
   return std::array<DecodeFn, 8>{&decode_kernel<Ks + 1, CB, kDecodeTiles>...};
 }
 
-template <int Mode>
-constexpr std::array<std::array<GemvFn, 8>, 3> gemv_rows() {
-  return {gemv_row<0, Mode>(std::make_integer_sequence<int, 8>{}), gemv_row<1, Mode>(std::make_integer_sequence<int, 8>{}),
-          gemv_row<2, Mode>(std::make_integer_sequence<int, 8>{})};
+using GemvRows = std::array<std::array<GemvFn, 8>, 3>;
+// MUL1 has no kSplit kernel (its pair step costs the same): kPairs's instead.
+template <int Mode, bool FusedOut>
+constexpr GemvRows gemv_rows() {
+  constexpr auto ks = std::make_integer_sequence<int, 8>{};
+  return {gemv_row<0, Mode, FusedOut>(ks), gemv_row<1, Mode, FusedOut>(ks),
+          gemv_row<2, Mode == kSplit ? kPairs : Mode, FusedOut>(ks)};
 }
-// [mode][codebook][K - 1]; MUL1 has no kSplit kernel (its pair step costs the same), kPairs's instead.
-const std::array<std::array<std::array<GemvFn, 8>, 3>, 3> kGemvTable = {
-    gemv_rows<kPairs>(), gemv_rows<kHalves>(),
-    {gemv_row<0, kSplit>(std::make_integer_sequence<int, 8>{}), gemv_row<1, kSplit>(std::make_integer_sequence<int, 8>{}),
-     gemv_row<2, kPairs>(std::make_integer_sequence<int, 8>{})}};
+// [fused output][mode][codebook][K - 1]
+const std::array<std::array<GemvRows, 3>, 2> kGemvTable = {
+    {{gemv_rows<kPairs, false>(), gemv_rows<kHalves, false>(), gemv_rows<kSplit, false>()},
+     {gemv_rows<kPairs, true>(), gemv_rows<kHalves, true>(), gemv_rows<kSplit, true>()}}};
 const std::array<std::array<DecodeFn, 8>, 3> kDecodeTable = {decode_row<0>(std::make_integer_sequence<int, 8>{}),
                                                              decode_row<1>(std::make_integer_sequence<int, 8>{}),
                                                              decode_row<2>(std::make_integer_sequence<int, 8>{})};
@@ -339,10 +370,13 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
   static_assert(kActBytesMax == 512, "8 rows of 64 bytes");
   const size_t smem = gemv_smem_bytes(K, m);
   const int mode = gemv_halves() ? kHalves : gemv_split() ? kSplit : kPairs;
-  const GemvFn fn = kGemvTable[mode][codebook][K - 1];
+  const int fused = items[0].done ? 1 : 0;
+  for (const GemvItem& it : items)
+    if ((it.done != nullptr) != (fused == 1)) throw Error(ErrorKind::kInternal, "exl3_gemv: group mixes fused outputs");
+  const GemvFn fn = kGemvTable[fused][mode][codebook][K - 1];
   if (smem > 48 * 1024) {  // above the default dynamic shared memory limit: opt in once per kernel
-    static std::once_flag once[3][3][8];
-    std::call_once(once[mode][codebook][K - 1], [&] {
+    static std::once_flag once[2][3][3][8];
+    std::call_once(once[fused][mode][codebook][K - 1], [&] {
       check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(gemv_smem_bytes(K, 8))),
             "cudaFuncSetAttribute (EXL3 GEMV shared memory)");
     });

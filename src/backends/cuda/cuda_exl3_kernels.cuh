@@ -78,11 +78,20 @@ void mlp_bridge(const float* zg, const float* zu, int64_t m, int64_t n, int64_t 
                 ActLayout layout, cudaStream_t stream);
 
 // One linear of a grouped GEMV launch (blocks is filled in by gemv_group).
+// With `done` set, the output transform is fused (cuda_util.h gemv_fused_out): the last block of
+// each 128-column group to finish (counted in done[group], which must be 0 before the launch and
+// is 0 again after it) sums the group's k-split partials of z in split order and writes y [m,
+// out_features] exactly as hadamard_out would (same bits); z still holds the partials.
 struct GemvItem {
   const uint32_t* trellis;
   const uint16_t* xa;
   float* z;
   int n_tiles, splits, blocks;
+  unsigned* done = nullptr;  // [n / 128] counters
+  const float* svh = nullptr;
+  const float* bias = nullptr;
+  float* y = nullptr;
+  int out_features = 0;
 };
 
 // z_s [m, n] (z + s·m·n, s < splits) = Σ over k-slabs of split s of xa · Ŵ; m in 1..8,

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <string>
 
+#include "backends/cuda/cuda_exl3_hadamard.cuh"
 #include "backends/cuda/cuda_exl3_kernels.cuh"
 #include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_util.h"
@@ -25,26 +26,7 @@
 namespace trellis::cuda::exl3k {
 namespace {
 
-constexpr float kScale = 0.0883883461356163f;  // fp32(1/sqrt(128)), exl3::kHadamardScale
 constexpr int kWarpsPerBlock = 4;
-
-__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
-__device__ __forceinline__ void fwht128(float v[4], int lane) {
-  const float s0 = v[0] + v[1], d0 = v[0] - v[1], s1 = v[2] + v[3], d1 = v[2] - v[3];
-  v[0] = s0 + s1;
-  v[1] = d0 + d1;
-  v[2] = s0 - s1;
-  v[3] = d0 - d1;
-#pragma unroll
-  for (int i = 1; i < 32; i <<= 1) {
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const float o = __shfl_xor_sync(0xFFFFFFFFu, v[q], i);
-      v[q] = (lane & i) ? o - v[q] : v[q] + o;
-    }
-  }
-}
 
 // xa ← 4 transformed values v (elements e0 .. e0+3 of row `row`; not yet scaled unless plain) in
 // the layout `gemm_rows` names (hadamard_in_kernel's parameter).
@@ -75,8 +57,6 @@ __device__ __forceinline__ void store4(const float v[4], uint16_t* __restrict__ 
     }
   }
 }
-
-__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 
 // Loads the input elements e0 .. e0+3 of one row (at0 = its offset in x) into xv, and up's into uv
 // when the group fuses silu; zeros past in_features. Returns whether the 16-byte path applied
@@ -154,26 +134,6 @@ __global__ void hadamard_in_kernel(const float* x,  // may alias group.silu_out
       fwht128(v, lane);
     }
     store4(v, group.xa[z], m, k, row, e0, gemm_rows);
-  }
-}
-
-// y elements e0 .. e0+3 of one row from the transformed sums v: ⊙ svh (· kScale), + bias, padded
-// columns dropped.
-__device__ __forceinline__ void out_store4(const float v[4], int e0, int out_features, const float* __restrict__ svh,
-                                           const float* __restrict__ bias, float* __restrict__ yr) {
-  float r[4];
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    const int e = e0 + q;
-    r[q] = __fmul_rn(__fmul_rn(v[q], kScale), svh[e]);  // svh has n entries
-    if (bias && e < out_features) r[q] = __fadd_rn(r[q], bias[e]);
-  }
-  if (e0 + 3 < out_features && aligned16(yr)) {
-    *reinterpret_cast<float4*>(yr) = make_float4(r[0], r[1], r[2], r[3]);
-  } else {
-#pragma unroll
-    for (int q = 0; q < 4; ++q)
-      if (e0 + q < out_features) yr[q] = r[q];
   }
 }
 

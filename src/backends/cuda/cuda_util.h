@@ -88,6 +88,11 @@ void set_gemv_halves(bool on);
 // TRELLIS_CUDA_GEMV_SPLIT=1: not yet measured on a GPU.
 bool gemv_split();
 void set_gemv_split(bool on);  // test hook
+// Whether the EXL3 GEMV (m <= 8) applies the output transform itself: the last block of each
+// 128-column group sums the k-split partials and writes y (same bits as exl3_hadamard_out), one
+// launch fewer per linear (group). Off unless TRELLIS_CUDA_GEMV_FUSED_OUT=1: not yet measured.
+bool gemv_fused_out();
+void set_gemv_fused_out(bool on);  // test hook
 
 // Whether launch() (cuda_launch.cuh) gives kernels on the current device the programmatic
 // dependent launch attribute: compute capability >= 9.0 and TRELLIS_CUDA_PDL not "0".

@@ -1,0 +1,56 @@
+// backends/cuda/cuda_exl3_hadamard.cuh: the device pieces of the EXL3 Hadamard transforms that
+// more than one kernel runs (cuda_exl3_transform.cu, and the GEMV's fused output transform in
+// cuda_exl3_gemv.cu), so that every path gives the same bits: the 128-point butterfly of a warp
+// and the output transform's scale, svh and bias step.
+#pragma once
+
+#include <cstdint>
+
+namespace trellis::cuda::exl3k {
+
+inline constexpr float kScale = 0.0883883461356163f;  // fp32(1/sqrt(128)), exl3::kHadamardScale
+
+__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+
+// Unnormalised 128-point Walsh-Hadamard transform over a warp: lane t holds elements 4t .. 4t+3;
+// a lane-local 4-point stage, then shuffles over lane bits 1, 2, 4, 8, 16 (the butterfly order of
+// spec 4.4, as exl3::fwht128).
+__device__ __forceinline__ void fwht128(float v[4], int lane) {
+  const float s0 = v[0] + v[1], d0 = v[0] - v[1], s1 = v[2] + v[3], d1 = v[2] - v[3];
+  v[0] = s0 + s1;
+  v[1] = d0 + d1;
+  v[2] = s0 - s1;
+  v[3] = d0 - d1;
+#pragma unroll
+  for (int i = 1; i < 32; i <<= 1) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float o = __shfl_xor_sync(0xFFFFFFFFu, v[q], i);
+      v[q] = (lane & i) ? o - v[q] : v[q] + o;
+    }
+  }
+}
+
+// y elements e0 .. e0+3 of one row from the transformed sums v: ⊙ svh (· kScale), + bias, padded
+// columns dropped.
+__device__ __forceinline__ void out_store4(const float v[4], int e0, int out_features, const float* __restrict__ svh,
+                                           const float* __restrict__ bias, float* __restrict__ yr) {
+  float r[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int e = e0 + q;
+    r[q] = __fmul_rn(__fmul_rn(v[q], kScale), svh[e]);  // svh has n entries
+    if (bias && e < out_features) r[q] = __fadd_rn(r[q], bias[e]);
+  }
+  if (e0 + 3 < out_features && aligned16(yr)) {
+    *reinterpret_cast<float4*>(yr) = make_float4(r[0], r[1], r[2], r[3]);
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (e0 + q < out_features) yr[q] = r[q];
+  }
+}
+
+}  // namespace trellis::cuda::exl3k
