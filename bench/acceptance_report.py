@@ -310,19 +310,28 @@ def section_ab(out):
         for value, group in (("0", off), ("1", on)):
             for data in group.get("gemv", []):
                 for r in data.get("results", []):
-                    times.setdefault((r["shape"], r["K"], r["codebook"]), {}).setdefault(value, []).append(r["gemv_us"])
+                    t = times.setdefault((r["shape"], r["K"], r["codebook"]), {})
+                    t.setdefault(("gemv", value), []).append(r["gemv_us"])
+                    t.setdefault(("forward", value), []).append(r.get("forward_us"))
         if times:
-            print("| k×n | codebook | K | µs at 0 | µs at 1 | speed-up |")
-            print("|---|---|---|---|---|---|")
-            ups = []
+            print("GEMV = the product kernel alone; forward = with the input and output transforms (what a model runs).\n")
+            print("| k×n | codebook | K | GEMV µs at 0 | at 1 | speed-up | forward µs at 0 | at 1 | speed-up |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            ups = {"gemv": [], "forward": []}
             for key in sorted(times, key=lambda k: (k[0], k[2], k[1])):
-                a, b = median(times[key].get("0", [])), median(times[key].get("1", []))
-                up = a / b if a and b else None
-                if up:
-                    ups.append(up)
-                print(f"| {key[0]} | {key[2]} | {key[1]} | {fmt(a, 2)} | {fmt(b, 2)} | {fmt(up, 3)} |")
-            if ups:
-                print(f"\n- GEMV speed-up {min(ups):.3f}–{max(ups):.3f} (median {median(ups):.3f}) over {len(ups)} variants")
+                line = f"| {key[0]} | {key[2]} | {key[1]} |"
+                for kind in ("gemv", "forward"):
+                    a, b = median(times[key].get((kind, "0"), [])), median(times[key].get((kind, "1"), []))
+                    up = a / b if a and b else None
+                    if up:
+                        ups[kind].append(up)
+                    line += f" {fmt(a, 2)} | {fmt(b, 2)} | {fmt(up, 3)} |"
+                print(line)
+            print()
+            for kind, values in ups.items():
+                if values:
+                    print(f"- {kind} speed-up {min(values):.3f}–{max(values):.3f} (median {median(values):.3f}) "
+                          f"over {len(values)} variants")
         dec = {v: median([d.get("decode_tok_s") for d in g.get("model", [])]) for v, g in (("0", off), ("1", on))}
         pre = {v: median([d.get("prefill_tok_s") for d in g.get("model", [])]) for v, g in (("0", off), ("1", on))}
         if dec["0"] and dec["1"]:

@@ -21,10 +21,11 @@
 #            to $TRELLIS_MODELS, default /dev/shm/trellis-models: ~3.5 GB each) and the
 #            SmolLM2-135M-shaped 3 bpw one: prefill and decode at contexts 1, 256 and 2048
 #   memory   peak GPU memory (nvidia-smi, every 0.2 s) of the 3 bpw 8B model with an 8K context
-#   ab       every switch named in $TRELLIS_AB (default: TRELLIS_CUDA_GEMV_HALVES and
-#            TRELLIS_CUDA_GEMV_SPLIT, kernel variants not yet measured on a GPU) at 0 and 1
-#            alternately, twice: the CUDA GEMV at K = 2, 3, 4 x 3 codebooks on the three large
-#            shapes, and the 3 bpw 8B model's decode at context 256; the report gives the ratios
+#   ab       every switch named in $TRELLIS_AB (default: the CUDA GEMV variants not yet measured
+#            on a GPU, one at a time and two together; A+B sets both) at 0 and 1 alternately,
+#            twice: the CUDA GEMV at K = 2, 3, 4 x 3 codebooks on the four shapes, and the 3 bpw
+#            8B model's decode at context 256; the report gives the ratios (about 2 minutes per
+#            switch on an H200: name fewer in TRELLIS_AB to fit a 10-minute call)
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 # TRELLIS_SHARED points at the shared fixtures (default: ../shared of the source tree); the Vulkan
 # loader must find the GPU's driver (e.g. VK_DRIVER_FILES=/path/to/nvidia_icd.json).
@@ -181,16 +182,20 @@ if wants ab && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
     ab_shapes=(256x256); ab_ks=(3); ab_model=smol3q; ab_prompt=16; ab_extra=(--reps 3 --warmup 1)
     step gen_smol3q gen smol3q --preset smollm2-135m --bits 3 --codebook mcg --layers 2
   else
-    ab_shapes=(4096x14336 14336x4096 8192x28672); ab_ks=(2 3 4); ab_model=l8b3; ab_prompt=256; ab_extra=()
+    ab_shapes=(4096x4096 4096x14336 14336x4096 8192x28672); ab_ks=(2 3 4); ab_model=l8b3; ab_prompt=256; ab_extra=()
     step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
   fi
-  for sw in ${TRELLIS_AB:-TRELLIS_CUDA_GEMV_HALVES TRELLIS_CUDA_GEMV_SPLIT}; do
+  ab_default="TRELLIS_CUDA_GEMV_HALVES TRELLIS_CUDA_GEMV_SPLIT TRELLIS_CUDA_GEMV_FUSED_OUT TRELLIS_CUDA_GEMV_FUSED_IN"
+  ab_default+=" TRELLIS_CUDA_GEMV_HALVES+TRELLIS_CUDA_GEMV_FUSED_IN"
+  for sw in ${TRELLIS_AB:-$ab_default}; do
     for r in 1 2; do
       for v in 0 1; do
-        step "ab_gemv_${sw}_${v}_r$r" bash -c "$sw=$v '$bin/trellis_bench_cuda_exl3' --K ${ab_ks[*]} \
+        set_env=""
+        for part in ${sw//+/ }; do set_env+="$part=$v "; done
+        step "ab_gemv_${sw}_${v}_r$r" bash -c "$set_env '$bin/trellis_bench_cuda_exl3' --K ${ab_ks[*]} \
           --codebooks 3inst mcg mul1 --shapes ${ab_shapes[*]} ${ab_extra[*]} > '$out/ab/gemv_${sw}_${v}_r$r.json' \
           2> '$out/ab/gemv_${sw}_${v}_r$r.log'"
-        step "ab_model_${sw}_${v}_r$r" bash -c "$sw=$v timeout 300 '$bin/trellis_bench_model' \
+        step "ab_model_${sw}_${v}_r$r" bash -c "$set_env timeout 300 '$bin/trellis_bench_model' \
           -m '$models/$ab_model' --device cuda:0 --prompt $ab_prompt --gen 64 --reps 3 \
           > '$out/ab/model_${sw}_${v}_r$r.json' 2> '$out/ab/model_${sw}_${v}_r$r.log'"
       done

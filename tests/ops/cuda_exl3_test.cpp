@@ -735,6 +735,99 @@ TEST(CudaExl3, FusedOutGemvEqualsSeparateTransform) {
   }
 }
 
+// Sets cuda::gemv_fused_in for a scope.
+struct GemvFusedIn {
+  explicit GemvFusedIn(bool on) { cuda::set_gemv_fused_in(on); }
+  ~GemvFusedIn() { cuda::set_gemv_fused_in(false); }
+};
+
+// The GEMV with both transforms fused (each block transforms its k range of x, rounded to whole
+// 128-blocks): the same bits as the separate transforms where the split ranges coincide (1 and 3
+// splits of 24 slabs), the reference to fp32 level at other split counts; every K and codebook,
+// m = 1, 3, 8, x at an unaligned address (run_forward), forward() and a one-launch group, each
+// call twice. The fused silu input (down's) keeps the separate transform: same bits as without.
+TEST(CudaExl3, FusedInGemvEqualsSeparateTransforms) {
+  CUDA_OR_SKIP();
+  const int64_t k = 384, n = 256, in_f = 300, out_f = 200;
+  for (int K = 1; K <= 8; ++K)
+    for (Codebook cb : kCodebooks) {
+      const Layer l = random_layer(k, n, K, cb, 900 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(cb), true);
+      auto d = upload(l, in_f, out_f);
+      const int automatic = d->gemv_splits();
+      for (int64_t m : {1, 3, 8}) {
+        const auto x = random_rows(m, in_f, 1100 + static_cast<uint64_t>(m));
+        const auto ref = reference(l, x, m, in_f, out_f);
+        for (int splits : {1, 3, automatic, CudaExl3Linear::kMaxGemvSplits}) {
+          d->set_gemv_splits(splits);
+          const auto want = run_forward(*d, x, m, in_f, out_f);
+          const GemvFusedIn on(true);
+          EXPECT_TRUE(d->fused_in(m));
+          for (int rep = 0; rep < 2; ++rep) {
+            const auto got = run_forward(*d, x, m, in_f, out_f);
+            if (splits == 1 || splits == 3)
+              EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
+                  << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << " splits=" << splits;
+            EXPECT_LT(rel_rms(got, ref), 2e-5)
+                << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << " splits=" << splits;
+          }
+        }
+      }
+    }
+  const int64_t outs[3] = {200, 128, 384};
+  const Layer la = random_layer(k, 256, 4, Codebook::kMul1, 91, true);
+  const Layer lb = random_layer(k, 128, 4, Codebook::kMul1, 92, false);
+  const Layer lc = random_layer(k, 384, 4, Codebook::kMul1, 93, true);
+  auto da = upload(la, in_f, outs[0]), db = upload(lb, in_f, outs[1]), dc = upload(lc, in_f, outs[2]);
+  const CudaExl3Linear* group[3] = {da.get(), db.get(), dc.get()};
+  for (auto* d : {da.get(), db.get(), dc.get()}) const_cast<CudaExl3Linear*>(d)->set_gemv_splits(3);
+  for (int64_t m : {1, 4, 8}) {
+    const auto x = random_rows(m, in_f, 320 + static_cast<uint64_t>(m));
+    Guarded xb(x.size()), sb(CudaExl3Linear::group_scratch_bytes(group, m) / 4 + 1);
+    xb.upload(x.data(), x.size() * 4);
+    std::vector<float> want[3];
+    for (int i = 0; i < 3; ++i) want[i] = run_forward(*group[i], x, m, in_f, outs[i]);
+    const GemvFusedIn on(true);
+    for (int rep = 0; rep < 2; ++rep) {
+      std::vector<std::unique_ptr<Guarded>> yb;
+      float* ys[3];
+      for (int i = 0; i < 3; ++i) {
+        yb.push_back(std::make_unique<Guarded>(static_cast<size_t>(m * outs[i])));
+        ys[i] = yb.back()->at<float>();
+      }
+      CudaExl3Linear::forward_group(group, xb.at<float>(), m, ys, nullptr, sb.at<void>());
+      ok(cudaDeviceSynchronize());
+      EXPECT_TRUE(sb.guards_intact()) << "scratch overrun, m=" << m;
+      for (int i = 0; i < 3; ++i) {
+        EXPECT_TRUE(yb[i]->guards_intact()) << "output " << i << " overrun, m=" << m;
+        const auto got = yb[i]->download<float>(static_cast<size_t>(m * outs[i]));
+        EXPECT_EQ(std::memcmp(got.data(), want[i].data(), got.size() * 4), 0) << "linear " << i << " m=" << m
+                                                                               << " rep=" << rep;
+      }
+    }
+  }
+  // Down's fused silu input (x may alias the silu output, so the input transform stays separate).
+  const Layer ld = random_layer(k, 256, 3, Codebook::kMcg, 95, true);
+  auto dd = upload(ld, in_f, out_f);
+  for (int64_t m : {1, 5}) {
+    const auto g = random_rows(m, in_f, 96), u = random_rows(m, in_f, 97);
+    const size_t n = g.size();
+    Guarded gb(n), ub(n), ob(n), fb(n), y1(static_cast<size_t>(m * out_f)), y2(static_cast<size_t>(m * out_f));
+    Guarded sb(dd->scratch_bytes(m) / 4 + 1);
+    gb.upload(g.data(), n * 4);
+    fb.upload(g.data(), n * 4);
+    ub.upload(u.data(), n * 4);
+    cuda::silu_mul(gb.at<float>(), ub.at<float>(), ob.at<float>(), static_cast<int64_t>(n), nullptr);
+    dd->forward(ob.at<float>(), m, y1.at<float>(), nullptr, sb.at<void>());
+    const GemvFusedIn on(true);
+    dd->forward(fb.at<float>(), m, y2.at<float>(), nullptr, sb.at<void>(), ub.at<float>(), fb.at<float>());
+    ok(cudaDeviceSynchronize());
+    EXPECT_TRUE(fb.guards_intact() && y2.guards_intact() && sb.guards_intact()) << "overrun, m=" << m;
+    EXPECT_EQ(ob.download<float>(n), fb.download<float>(n)) << "silu product, m=" << m;
+    const auto a = y1.download<float>(static_cast<size_t>(m * out_f)), b = y2.download<float>(static_cast<size_t>(m * out_f));
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << "silu input, m=" << m;
+  }
+}
+
 TEST(CudaExl3, BadLayersAreErrors) {
   CUDA_OR_SKIP();
   Layer l = random_layer(128, 128, 4, Codebook::kMcg, 1, false);

@@ -158,6 +158,31 @@ TEST_P(CudaModel, LogitsGreedyAndGraphs) {
   EXPECT_EQ(toks_graphs, toks_eager);
   EXPECT_EQ(with_graphs, without_graphs) << "graph replays differ from eager launches";
   EXPECT_EQ(toks_graphs, greedy(*cpu, nullptr)) << c.model;
+
+  // The opt-in GEMV variants (cuda_util.h) through the model, with graphs: the fused output
+  // transform gives the default's logits bit for bit; the fused input transform too up to the
+  // split ranges it rounds to whole 128-blocks (fp32 sums in another grouping); the halves
+  // products (weights not rounded to fp16) within 1e-3. Every variant keeps the greedy tokens.
+  struct Variant {
+    const char* name;
+    void (*set)(bool);
+    double tolerance;  // rel-RMS against the default's logits; 0: bit for bit
+  };
+  for (const Variant& v : {Variant{"fused output", cuda::set_gemv_fused_out, 0.0},
+                           Variant{"fused input", cuda::set_gemv_fused_in, 1e-5},
+                           Variant{"halves", cuda::set_gemv_halves, 1e-3},
+                           Variant{"split", cuda::set_gemv_split, 1e-5}}) {
+    v.set(true);
+    std::vector<float> got;
+    const auto toks = greedy(*cu, &got);
+    v.set(false);
+    EXPECT_EQ(toks, toks_graphs) << v.name;
+    ASSERT_EQ(got.size(), with_graphs.size()) << v.name;
+    if (v.tolerance == 0.0)
+      EXPECT_EQ(got, with_graphs) << v.name;
+    else
+      EXPECT_LT(rel_rms(got.data(), with_graphs.data(), got.size()), v.tolerance) << v.name;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyLlama, CudaModel,

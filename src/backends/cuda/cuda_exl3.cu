@@ -242,13 +242,21 @@ void CudaExl3Linear::forward(const float* x, int64_t m, float* y, cudaStream_t s
     reconstructed_product(m, y, stream, sc, s);
     return;
   }
+  if (gemv && !up && fused_in(m)) {  // one launch: transforms and product
+    exl3k::GemvItem item = gemv_item(nullptr, reinterpret_cast<float*>(sc + s.act), y);
+    item.x = x;
+    item.suh = suh_;
+    item.in_features = static_cast<int>(in_features_);
+    exl3k::gemv_group(K_, static_cast<int>(codebook_), std::span<const exl3k::GemvItem>(&item, 1), m, k_, stream);
+    return;
+  }
   const int parts = gemm_act_parts(m);
   exl3k::hadamard_in(x, m, in_features_, k_, suh_, xa,
                      gemv              ? exl3k::ActLayout::kGemvFragments
                      : parts == 2      ? exl3k::ActLayout::kGemmRows
                                        : exl3k::ActLayout::kGemmRowsHalf,
                      stream, up, silu_out);
-  if (gemv && gemv_fused_out()) {
+  if (gemv && (gemv_fused_out() || gemv_fused_in())) {
     const exl3k::GemvItem item = gemv_item(reinterpret_cast<const uint16_t*>(sc), reinterpret_cast<float*>(sc + s.act), y);
     exl3k::gemv_group(K_, static_cast<int>(codebook_), std::span<const exl3k::GemvItem>(&item, 1), m, k_, stream);
     return;
@@ -395,13 +403,26 @@ void CudaExl3Linear::forward_group(std::span<const CudaExl3Linear* const> ls, co
     sc += lay[i].total;
   }
   const size_t count = ls.size();
-  exl3k::hadamard_in_group(x, m, ls[0]->in_features_, ls[0]->k_, std::span(suh.data(), count),
-                           std::span(xa.data(), count), exl3k::ActLayout::kGemvFragments, stream);
   bool one_launch = true;  // one GEMV launch when K and codebook agree (the usual q/k/v, gate/up)
   for (size_t i = 1; i < count; ++i)
     one_launch = one_launch && ls[i]->K_ == ls[0]->K_ && ls[i]->codebook_ == ls[0]->codebook_;
+  bool all_fused_in = one_launch;
+  for (size_t i = 0; i < count; ++i) all_fused_in = all_fused_in && ls[i]->fused_in(m);
+  if (all_fused_in) {  // one launch for the whole group: transforms and products
+    std::array<exl3k::GemvItem, exl3k::kMaxGroup> gi{};
+    for (size_t i = 0; i < count; ++i) {
+      gi[i] = ls[i]->gemv_item(nullptr, reinterpret_cast<float*>(base[i] + lay[i].act), ys[i]);
+      gi[i].x = x;
+      gi[i].suh = ls[i]->suh_;
+      gi[i].in_features = static_cast<int>(ls[i]->in_features_);
+    }
+    exl3k::gemv_group(ls[0]->K_, static_cast<int>(ls[0]->codebook_), std::span(gi.data(), count), m, ls[0]->k_, stream);
+    return;
+  }
+  exl3k::hadamard_in_group(x, m, ls[0]->in_features_, ls[0]->k_, std::span(suh.data(), count),
+                           std::span(xa.data(), count), exl3k::ActLayout::kGemvFragments, stream);
   if (one_launch) {
-    const bool fused = gemv_fused_out();
+    const bool fused = gemv_fused_out() || gemv_fused_in();
     std::array<exl3k::GemvItem, exl3k::kMaxGroup> gi{};
     for (size_t i = 0; i < count; ++i) {
       float* z = reinterpret_cast<float*>(base[i] + lay[i].act);
@@ -414,6 +435,11 @@ void CudaExl3Linear::forward_group(std::span<const CudaExl3Linear* const> ls, co
     for (size_t i = 0; i < count; ++i) ls[i]->product(m, stream, base[i], lay[i]);
   }
   exl3k::hadamard_out_group(std::span(items.data(), count), m, stream);
+}
+
+bool CudaExl3Linear::fused_in(int64_t m) const {
+  return m >= 1 && m <= kExl3GemvMaxRows && gemv_fused_in() &&
+         m * exl3k::gemv_split_slabs(static_cast<int>(k_ / 16), gemv_splits_, true) * 64 <= exl3k::kFusedInActBytes;
 }
 
 exl3k::GemvItem CudaExl3Linear::gemv_item(const uint16_t* xa, float* z, float* y) const {

@@ -122,6 +122,9 @@ class CudaExl3Linear {
   // Only the product stage of forward() (GEMV kernel, or decode + cuBLAS), on whatever the
   // activation region of `scratch` holds: what the GEMV benchmark times next to cuBLAS.
   void product_only(int64_t m, cudaStream_t stream, void* scratch) const;
+  // Whether forward() of m rows runs the GEMV with its input transform fused (cuda::gemv_fused_in,
+  // m <= kExl3GemvMaxRows, and the k range of a split fits exl3k::kFusedInActBytes).
+  bool fused_in(int64_t m) const;
 
  private:
   CudaExl3Linear() = default;

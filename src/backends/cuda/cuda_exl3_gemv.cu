@@ -63,7 +63,8 @@ struct GemvGroupArgs {
 // activations: exact values like kPairs, without the pairing prmt.
 enum GemvMode : int { kPairs = 0, kHalves = 1, kSplit = 2 };
 
-template <int K, int CB, int Mode, bool FusedOut>
+// Fuse: 0 none, 1 the output transform, 2 the input and output transforms (GemvItem).
+template <int K, int CB, int Mode, int Fuse>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_constant__ GemvGroupArgs args) {
   constexpr int G = gemv_tiles(K);
   constexpr int kTileBytes = 32 * K;
@@ -81,7 +82,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
   const int stage_bytes = (kChunksT + 4 * m) * 16;
   unsigned char* ring = smem + warp * kStages * stage_bytes;
 
-  const int per = (k_tiles + splits - 1) / splits;
+  const int per = gemv_split_slabs(k_tiles, splits, Fuse == 2);
   const int tk0 = split * per, tk1 = min(k_tiles, tk0 + per);
   const int first = tk0 + warp;
   const int iters = first < tk1 ? (tk1 - first + kGemvWarps - 1) / kGemvWarps : 0;
@@ -93,7 +94,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
   const char* src_t = reinterpret_cast<const char*>(trellis) +
                       (static_cast<size_t>(first) * n_tiles + static_cast<size_t>(group) * G) * kTileBytes + lane * 16;
   const char* src_a = reinterpret_cast<const char*>(xa) + static_cast<size_t>(first) * m * 64 + lane * 16;
-  const bool copies_act = lane < 4 * m;
+  const bool copies_act = Fuse != 2 && lane < 4 * m;
+  unsigned char* act_area = smem + kGemvWarps * kStages * stage_bytes;  // Fuse 2: [per][m][4][16 B]
   int issued = 0;
   auto issue = [&]() {
     if (issued < iters) {
@@ -137,6 +139,26 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
     if (s < iters && copies_act) cp_async16(ring + s * stage_bytes + lane * 16 + kChunksT * 16, src_a + s * stride_a);
     cp_async_commit();
   }
+  if constexpr (Fuse == 2) {
+    // The input transform of this block's k range (whole 128-blocks): warp w takes (row, block)
+    // pairs w, w + W, ...; hadamard_in's arithmetic, into the fragment layout at act_area.
+    const int nhb = tk1 > tk0 ? (tk1 - tk0) / 8 : 0;
+    auto* xs = reinterpret_cast<uint16_t*>(act_area);
+    for (int idx = warp; idx < m * nhb; idx += kGemvWarps) {
+      const int row = idx / nhb, el = (idx - row * nhb) * 128 + 4 * lane, e0 = tk0 * 16 + el;
+      const float* xr = item.x + static_cast<int64_t>(row) * item.in_features;
+      const float4 sv = ld4(item.suh + e0);
+      const float su[4] = {sv.x, sv.y, sv.z, sv.w};
+      float v[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = __fmul_rn(e0 + j < item.in_features ? xr[e0 + j] : 0.0f, su[j]);
+      fwht128(v, lane);
+      uint16_t hi[4], lo[4];
+      hi_lo4(v, hi, lo);
+      store_fragments4(hi, lo, xs, m, row, el);
+    }
+    __syncthreads();
+  }
   issued = kStages - 1;
   src_t += (kStages - 1) * stride_t;
   src_a += (kStages - 1) * stride_a;
@@ -146,7 +168,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
     __syncwarp();
     const unsigned char* st = ring + (it % kStages) * stage_bytes;
     uint4 a = make_uint4(0, 0, 0, 0);
-    if (g < m) a = *reinterpret_cast<const uint4*>(st + kChunksT * 16 + (g * 4 + q) * 16);
+    if constexpr (Fuse == 2) {
+      const int slab = first + it * kGemvWarps - tk0;
+      if (g < m) a = *reinterpret_cast<const uint4*>(act_area + ((slab * m + g) * 4 + q) * 16);
+    } else {
+      if (g < m) a = *reinterpret_cast<const uint4*>(st + kChunksT * 16 + (g * 4 + q) * 16);
+    }
     const uint32_t* tw = reinterpret_cast<const uint32_t*>(st);
     if constexpr (Mode == kSplit && CB != 2) {
       // Word i is (w_i, w_i); A's pair for k 2t, 2t+1 becomes (x_2t, 0) for the even tile rows
@@ -233,7 +260,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_cons
     for (int w = 0; w < kGemvWarps; ++w) sum += red[(w * m + row) * kCols + col];
     z[(static_cast<int64_t>(split) * m + row) * n + static_cast<int64_t>(group) * kCols + col] = sum;
   }
-  if constexpr (FusedOut) {
+  if constexpr (Fuse != 0) {
     // Fused output transform: the last of the group's `splits` blocks (threadFenceReduction
     // pattern) reads every partial back from L2 and runs hadamard_out's arithmetic on them.
     static_assert(kCols == 128, "one column group is one Hadamard block");
@@ -303,9 +330,9 @@ __global__ void __launch_bounds__(256) decode_kernel(const uint32_t* __restrict_
 using GemvFn = void (*)(GemvGroupArgs);
 using DecodeFn = void (*)(const uint32_t*, int, int, int, uint16_t*);
 
-template <int CB, int Mode, bool FusedOut, int... Ks>
+template <int CB, int Mode, int Fuse, int... Ks>
 constexpr auto gemv_row(std::integer_sequence<int, Ks...>) {
-  return std::array<GemvFn, 8>{&gemv_kernel<Ks + 1, CB, Mode, FusedOut>...};
+  return std::array<GemvFn, 8>{&gemv_kernel<Ks + 1, CB, Mode, Fuse>...};
 }
 template <int CB, int... Ks>
 constexpr auto decode_row(std::integer_sequence<int, Ks...>) {
@@ -314,16 +341,16 @@ constexpr auto decode_row(std::integer_sequence<int, Ks...>) {
 
 using GemvRows = std::array<std::array<GemvFn, 8>, 3>;
 // MUL1 has no kSplit kernel (its pair step costs the same): kPairs's instead.
-template <int Mode, bool FusedOut>
+template <int Mode, int Fuse>
 constexpr GemvRows gemv_rows() {
   constexpr auto ks = std::make_integer_sequence<int, 8>{};
-  return {gemv_row<0, Mode, FusedOut>(ks), gemv_row<1, Mode, FusedOut>(ks),
-          gemv_row<2, Mode == kSplit ? kPairs : Mode, FusedOut>(ks)};
+  return {gemv_row<0, Mode, Fuse>(ks), gemv_row<1, Mode, Fuse>(ks), gemv_row<2, Mode == kSplit ? kPairs : Mode, Fuse>(ks)};
 }
-// [fused output][mode][codebook][K - 1]
-const std::array<std::array<GemvRows, 3>, 2> kGemvTable = {
-    {{gemv_rows<kPairs, false>(), gemv_rows<kHalves, false>(), gemv_rows<kSplit, false>()},
-     {gemv_rows<kPairs, true>(), gemv_rows<kHalves, true>(), gemv_rows<kSplit, true>()}}};
+// [fuse][mode][codebook][K - 1]
+const std::array<std::array<GemvRows, 3>, 3> kGemvTable = {
+    {{gemv_rows<kPairs, 0>(), gemv_rows<kHalves, 0>(), gemv_rows<kSplit, 0>()},
+     {gemv_rows<kPairs, 1>(), gemv_rows<kHalves, 1>(), gemv_rows<kSplit, 1>()},
+     {gemv_rows<kPairs, 2>(), gemv_rows<kHalves, 2>(), gemv_rows<kSplit, 2>()}}};
 const std::array<std::array<DecodeFn, 8>, 3> kDecodeTable = {decode_row<0>(std::make_integer_sequence<int, 8>{}),
                                                              decode_row<1>(std::make_integer_sequence<int, 8>{}),
                                                              decode_row<2>(std::make_integer_sequence<int, 8>{})};
@@ -332,8 +359,12 @@ const char* const kCbNames[3] = {"3inst", "mcg", "mul1"};
 
 }  // namespace
 
+size_t gemv_ring_bytes(int K, int64_t m) {
+  return static_cast<size_t>(kGemvWarps) * kStages * (2 * K * gemv_tiles(K) + 4 * m) * 16;
+}
+
 size_t gemv_smem_bytes(int K, int64_t m) {
-  const size_t ring = static_cast<size_t>(kGemvWarps) * kStages * (2 * K * gemv_tiles(K) + 4 * m) * 16;
+  const size_t ring = gemv_ring_bytes(K, m);
   const size_t red = static_cast<size_t>(kGemvWarps) * m * 16 * gemv_tiles(K) * sizeof(float);
   return ring > red ? ring : red;
 }
@@ -368,16 +399,24 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
     blocks += args.item[i].blocks;
   }
   static_assert(kActBytesMax == 512, "8 rows of 64 bytes");
-  const size_t smem = gemv_smem_bytes(K, m);
+  const int fuse = items[0].x ? 2 : items[0].done ? 1 : 0;
+  size_t smem = gemv_smem_bytes(K, m);
+  for (const GemvItem& it : items) {
+    if ((it.x ? 2 : it.done ? 1 : 0) != fuse || (it.x && !it.done))
+      throw Error(ErrorKind::kInternal, "exl3_gemv: group mixes fused and separate transforms");
+    if (fuse == 2) {
+      const size_t act = static_cast<size_t>(m) * gemv_split_slabs(args.k_tiles, it.splits, true) * 64;
+      if (act > kFusedInActBytes) throw Error(ErrorKind::kInternal, "exl3_gemv: fused input range too large");
+      smem = std::max(smem, gemv_ring_bytes(K, m) + act);
+    }
+  }
   const int mode = gemv_halves() ? kHalves : gemv_split() ? kSplit : kPairs;
-  const int fused = items[0].done ? 1 : 0;
-  for (const GemvItem& it : items)
-    if ((it.done != nullptr) != (fused == 1)) throw Error(ErrorKind::kInternal, "exl3_gemv: group mixes fused outputs");
-  const GemvFn fn = kGemvTable[fused][mode][codebook][K - 1];
+  const GemvFn fn = kGemvTable[fuse][mode][codebook][K - 1];
   if (smem > 48 * 1024) {  // above the default dynamic shared memory limit: opt in once per kernel
-    static std::once_flag once[2][3][3][8];
-    std::call_once(once[fused][mode][codebook][K - 1], [&] {
-      check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(gemv_smem_bytes(K, 8))),
+    static std::once_flag once[3][3][3][8];
+    std::call_once(once[fuse][mode][codebook][K - 1], [&] {
+      const size_t most = std::max(gemv_smem_bytes(K, 8), fuse == 2 ? gemv_ring_bytes(K, 8) + kFusedInActBytes : 0);
+      check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)),
             "cudaFuncSetAttribute (EXL3 GEMV shared memory)");
     });
   }

@@ -4,6 +4,8 @@
 // and the output transform's scale, svh and bias step.
 #pragma once
 
+#include <cuda_fp16.h>
+
 #include <cstdint>
 
 namespace trellis::cuda::exl3k {
@@ -50,6 +52,33 @@ __device__ __forceinline__ void out_store4(const float v[4], int e0, int out_fea
 #pragma unroll
     for (int q = 0; q < 4; ++q)
       if (e0 + q < out_features) yr[q] = r[q];
+  }
+}
+
+// The fp16 hi and lo parts of 4 transformed input values: f = v·kScale, hi = fp16(f), lo =
+// fp16(f - hi). The same operations as store4 in cuda_exl3_transform.cu, which keeps its own copy
+// (sharing this one changed how nvcc compiled the decode input transform);
+// CudaExl3.FusedInGemvEqualsSeparateTransforms checks that the two give the same bits.
+__device__ __forceinline__ void hi_lo4(const float v[4], uint16_t hi[4], uint16_t lo[4]) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const float f = __fmul_rn(v[q], kScale);
+    const __half h = __float2half_rn(f);
+    hi[q] = __half_as_ushort(h);
+    lo[q] = __half_as_ushort(__float2half_rn(f - __half2float(h)));
+  }
+}
+
+// hi/lo of elements e0 .. e0+3 of row `row` into the GEMV fragment layout (cuda_exl3_kernels.cuh
+// ActLayout::kGemvFragments) of m rows starting at xa (element e counted from xa's first slab).
+__device__ __forceinline__ void store_fragments4(const uint16_t hi[4], const uint16_t lo[4], uint16_t* __restrict__ xa,
+                                                 int m, int row, int e0) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int e = e0 + q, tk = e >> 4, kr = e & 15;
+    const int64_t at = ((static_cast<int64_t>(tk) * m + row) * 4 + ((kr & 7) >> 1)) * 8 + ((kr & 8) ? 4 : 0) + (kr & 1);
+    xa[at] = hi[q];
+    xa[at + 2] = lo[q];
   }
 }
 

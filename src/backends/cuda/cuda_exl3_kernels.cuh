@@ -92,7 +92,21 @@ struct GemvItem {
   const float* bias = nullptr;
   float* y = nullptr;
   int out_features = 0;
+  // With `x` set too (needs `done`), the input transform is fused as well (gemv_fused_in): each
+  // block transforms its own k range of x [m, in_features] (suh [k]) into shared memory, as
+  // hadamard_in would (same bits), and xa is not read. The k range of a split is then rounded up to
+  // whole 128-blocks (8 slabs), and m·that·64 bytes must not exceed kFusedInActBytes.
+  const float* x = nullptr;
+  const float* suh = nullptr;
+  int in_features = 0;
 };
+inline constexpr int kFusedInActBytes = 32 * 1024;
+// Slabs per split of a GEMV with k/16 = k_tiles slabs in `splits` splits; `whole_blocks` (the
+// fused input transform) rounds them up to a multiple of 8.
+__host__ __device__ inline int gemv_split_slabs(int k_tiles, int splits, bool whole_blocks) {
+  const int per = (k_tiles + splits - 1) / splits;
+  return whole_blocks ? (per + 7) / 8 * 8 : per;
+}
 
 // z_s [m, n] (z + s·m·n, s < splits) = Σ over k-slabs of split s of xa · Ŵ; m in 1..8,
 // n/16 a multiple of gemv_tiles(K), k/16 >= 1. Dynamic shared memory gemv_smem_bytes(K, m).
@@ -102,6 +116,8 @@ void gemv(int K, int codebook, const uint32_t* trellis, const uint16_t* xa, int6
 // in one launch; results identical to separate gemv() calls.
 void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m, int64_t k, cudaStream_t stream);
 size_t gemv_smem_bytes(int K, int64_t m);
+// The per-warp cp.async rings of the GEMV (the fused input transform's activations go after them).
+size_t gemv_ring_bytes(int K, int64_t m);
 const char* gemv_name(int K, int codebook);
 
 // what [k, cols] fp16 row-major = Ŵ[:, col0 .. col0+cols), exact (spec 4.3 steps 1-4); col0 and

@@ -93,6 +93,12 @@ void set_gemv_split(bool on);  // test hook
 // launch fewer per linear (group). Off unless TRELLIS_CUDA_GEMV_FUSED_OUT=1: not yet measured.
 bool gemv_fused_out();
 void set_gemv_fused_out(bool on);  // test hook
+// Whether the EXL3 GEMV also applies the input transform itself (each block transforms its own
+// k range of x into shared memory; same bits as exl3_hadamard_in), with the output fused as well:
+// one launch per linear (group) in decode instead of three. Not for the fused silu input (down's).
+// Off unless TRELLIS_CUDA_GEMV_FUSED_IN=1: not yet measured on a GPU.
+bool gemv_fused_in();
+void set_gemv_fused_in(bool on);  // test hook
 
 // Whether launch() (cuda_launch.cuh) gives kernels on the current device the programmatic
 // dependent launch attribute: compute capability >= 9.0 and TRELLIS_CUDA_PDL not "0".
