@@ -21,22 +21,24 @@
 #            to $TRELLIS_MODELS, default /dev/shm/trellis-models: ~3.5 GB each) and the
 #            SmolLM2-135M-shaped 3 bpw one: prefill and decode at contexts 1, 256 and 2048
 #   memory   peak GPU memory (nvidia-smi, every 0.2 s) of the 3 bpw 8B model with an 8K context
-#   ab       every switch named in $TRELLIS_AB (default: the CUDA GEMV variants not yet measured
-#            on a GPU, one at a time and two together; A+B sets both) at 0 and 1 alternately,
-#            twice: the CUDA GEMV at K = 2, 3, 4 x 3 codebooks on the four shapes, and the 3 bpw
-#            8B model's decode at context 256; the report gives the ratios (about 2 minutes per
-#            switch on an H200: name fewer in TRELLIS_AB to fit a 10-minute call)
+#   ab       every switch named in $TRELLIS_AB (default: the CUDA and Vulkan GEMV variants not
+#            yet measured on a GPU, one at a time and two together; A+B sets both) at 0 and 1
+#            alternately, twice: for TRELLIS_CUDA_* the CUDA GEMV at K = 2, 3, 4 x 3 codebooks on
+#            the four shapes, and the 3 bpw 8B model's decode at context 256 on the backend the
+#            switch belongs to; the report gives the ratios (about 2 minutes per switch on an
+#            H200: name fewer in TRELLIS_AB to fit a 10-minute call)
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 # TRELLIS_SHARED points at the shared fixtures (default: ../shared of the source tree); the Vulkan
 # loader must find the GPU's driver (e.g. VK_DRIVER_FILES=/path/to/nvidia_icd.json).
-# In full it takes about a quarter of an hour on an H200; where one command may run 10 minutes,
-# split it (e.g. --only devices,tests,cli,gemv then --only models,memory,ab) into the same OUT_DIR,
-# or merge the directories afterwards (each call writes its own steps_*.txt), and run
-# bench/acceptance_report.py OUT_DIR once more.
+# In full it takes about 25 minutes on an H200; where one command may run 10 minutes, split it
+# (e.g. --only devices,tests,cli,gemv, then --only models,memory, then --only ab with three or
+# four switches in TRELLIS_AB per call) into the same OUT_DIR, or merge the directories
+# afterwards (each call writes its own steps_*.txt), and run bench/acceptance_report.py OUT_DIR
+# once more.
 set -uo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -lt 2 ]; then
-  sed -n '2,34p' "$0" >&2
+  sed -n '2,36p' "$0" >&2
   exit 2
 fi
 bin=$(cd "$1" && pwd) || exit 2
@@ -176,27 +178,32 @@ if wants memory && command -v nvidia-smi > /dev/null && [ $quick = 0 ]; then
   done
 fi
 
-if wants ab && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
+if wants ab && [ ${#devs[@]} -gt 0 ]; then
   mkdir -p "$out/ab" "$models"
   if [ $quick = 1 ]; then
-    ab_shapes=(256x256); ab_ks=(3); ab_model=smol3q; ab_prompt=16; ab_extra=(--reps 3 --warmup 1)
+    ab_shapes=(256x256); ab_ks=(3); ab_model=smol3q; ab_prompt=16; ab_extra=(--reps 3 --warmup 1); ab_run=(8 1)
     step gen_smol3q gen smol3q --preset smollm2-135m --bits 3 --codebook mcg --layers 2
   else
     ab_shapes=(4096x4096 4096x14336 14336x4096 8192x28672); ab_ks=(2 3 4); ab_model=l8b3; ab_prompt=256; ab_extra=()
+    ab_run=(64 3)  # decoded tokens, reps
     step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
   fi
   ab_default="TRELLIS_CUDA_GEMV_HALVES TRELLIS_CUDA_GEMV_SPLIT TRELLIS_CUDA_GEMV_FUSED_OUT TRELLIS_CUDA_GEMV_FUSED_IN"
-  ab_default+=" TRELLIS_CUDA_GEMV_HALVES+TRELLIS_CUDA_GEMV_FUSED_IN"
+  ab_default+=" TRELLIS_CUDA_GEMV_HALVES+TRELLIS_CUDA_GEMV_FUSED_IN TRELLIS_VULKAN_GEMV_FUSED_OUT"
   for sw in ${TRELLIS_AB:-$ab_default}; do
+    ab_dev=cuda:0
+    [[ $sw == TRELLIS_VULKAN_* ]] && ab_dev=vulkan:0
+    [[ " ${devs[*]} " == *" $ab_dev "* ]] || { echo "ab: $sw needs $ab_dev" >&2; continue; }
     for r in 1 2; do
       for v in 0 1; do
         set_env=""
         for part in ${sw//+/ }; do set_env+="$part=$v "; done
-        step "ab_gemv_${sw}_${v}_r$r" bash -c "$set_env '$bin/trellis_bench_cuda_exl3' --K ${ab_ks[*]} \
-          --codebooks 3inst mcg mul1 --shapes ${ab_shapes[*]} ${ab_extra[*]} > '$out/ab/gemv_${sw}_${v}_r$r.json' \
-          2> '$out/ab/gemv_${sw}_${v}_r$r.log'"
+        [ $ab_dev = cuda:0 ] &&
+          step "ab_gemv_${sw}_${v}_r$r" bash -c "$set_env '$bin/trellis_bench_cuda_exl3' --K ${ab_ks[*]} \
+            --codebooks 3inst mcg mul1 --shapes ${ab_shapes[*]} ${ab_extra[*]} > '$out/ab/gemv_${sw}_${v}_r$r.json' \
+            2> '$out/ab/gemv_${sw}_${v}_r$r.log'"
         step "ab_model_${sw}_${v}_r$r" bash -c "$set_env timeout 300 '$bin/trellis_bench_model' \
-          -m '$models/$ab_model' --device cuda:0 --prompt $ab_prompt --gen 64 --reps 3 \
+          -m '$models/$ab_model' --device $ab_dev --prompt $ab_prompt --gen ${ab_run[0]} --reps ${ab_run[1]} \
           > '$out/ab/model_${sw}_${v}_r$r.json' 2> '$out/ab/model_${sw}_${v}_r$r.log'"
       done
     done

@@ -144,6 +144,93 @@ TEST(VulkanExl3Hin, SlabOverTheSharedBudgetFallsBack) {
   expect_same_bits(*vk, l, 1, true, 801);
 }
 
+// The output transform fused in as well (exl3_gemv*_hin_fout, TRELLIS_VULKAN_GEMV_FUSED_OUT): the
+// last workgroup of each 128-block sums the split-k partials and writes y. Bitwise the two-pass
+// outputs for K 2, 3, 4, 8 and every codebook, both row variants, split-k layers (the 128-block
+// counters then see splits · 8 / G workgroups), the portable modules, and each layer twice in
+// a row (a counter left non-zero would break the second run); then three layers as one group.
+std::vector<float> run_fout(vk::VulkanBackend& vk, const LinearWeights& w, const std::vector<float>& x, int64_t m,
+                            int64_t in, int64_t out) {
+  vk.set_gemv_fout(true);
+  const DeviceTensor xt = vk.upload(test::f32_view(x, {m, in}), DType::kF32);
+  DeviceTensor y = vk.alloc(DType::kF32, {m, out});
+  vk.linear(w, xt, y);
+  std::vector<float> got(static_cast<size_t>(m * out));
+  vk.download(y, got.data());
+  vk.set_gemv_fout(false);
+  return got;
+}
+
+void expect_fout_same_bits(vk::VulkanBackend& vk, const Layer& l, int64_t m, uint64_t seed) {
+  const auto w = make_layer(vk, l, seed);
+  const std::string what = "k=" + std::to_string(l.k) + " n=" + std::to_string(l.n) + " K=" + std::to_string(l.K) +
+                           " cb=" + std::string(exl3::codebook_name(l.cb)) + " m=" + std::to_string(m);
+  ASSERT_TRUE(vk.gemv_hin_applies(*w, m)) << what;
+  const auto x = test::random_floats(static_cast<size_t>(m * l.in), seed + 1);
+  const std::vector<float> two = run_linear(vk, *w, x, m, l.in, l.out, false);
+  for (int rep = 0; rep < 2; ++rep) {
+    const std::vector<float> one = run_fout(vk, *w, x, m, l.in, l.out);
+    ASSERT_EQ(one.size(), two.size());
+    size_t differ = 0;
+    for (size_t i = 0; i < one.size(); ++i) differ += std::memcmp(&one[i], &two[i], 4) != 0;
+    EXPECT_EQ(differ, 0u) << what << " rep " << rep << ": outputs that differ in their bits";
+  }
+}
+
+TEST(VulkanExl3Hin, FusedOutputEqualsTwoPasses) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  if (!room_for_slabs(*vk)) GTEST_SKIP() << "less than 24 KiB of shared memory on " << vk->info().name;
+  uint64_t seed = 1500;
+  for (int K : {2, 3, 4, 8})
+    for (Codebook cb : {Codebook::k3Inst, Codebook::kMcg, Codebook::kMul1})
+      for (int64_t m : {1, 3, 8}) expect_fout_same_bits(*vk, Layer{256, 384, 250, 300, K, cb, true}, m, seed += 7);
+  for (int64_t m : {1, 8}) {
+    expect_fout_same_bits(*vk, Layer{2048, 128, 2000, 100, 3, Codebook::kMcg, false}, m, 1600 + static_cast<uint64_t>(m));
+    expect_fout_same_bits(*vk, Layer{1152, 256, 1100, 256, 4, Codebook::k3Inst, true}, m, 1700 + static_cast<uint64_t>(m));
+  }
+  const bool sg = vk->gemv_subgroup(), f16 = vk->context().use_f16();
+  for (int variant = 0; variant < 2; ++variant) {
+    vk->set_gemv_subgroup(false);
+    if (variant == 1) vk->context().set_use_f16(false);
+    for (int64_t m : {1, 5})
+      expect_fout_same_bits(*vk, Layer{1024, 256, 1000, 256, 3, Codebook::kMul1, true}, m, 1900 + static_cast<uint64_t>(m));
+    vk->set_gemv_subgroup(sg);
+    vk->context().set_use_f16(f16);
+  }
+}
+
+TEST(VulkanExl3Hin, FusedOutputGroupEqualsTwoPasses) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  if (!room_for_slabs(*vk)) GTEST_SKIP() << "less than 24 KiB of shared memory on " << vk->info().name;
+  const Layer ls[3] = {{512, 512, 500, 512, 3, Codebook::kMcg, true},
+                       {512, 128, 500, 128, 3, Codebook::kMcg, false},
+                       {512, 256, 500, 200, 4, Codebook::kMul1, true}};
+  std::vector<std::unique_ptr<LinearWeights>> ws;
+  for (int i = 0; i < 3; ++i) ws.push_back(make_layer(*vk, ls[i], 2000 + static_cast<uint64_t>(i)));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(vk->gemv_hin_applies(*ws[i], 4)) << "linear " << i;
+  const LinearWeights* wp[3] = {ws[0].get(), ws[1].get(), ws[2].get()};
+  for (int64_t m : {1, 4}) {
+    const auto x = test::random_floats(static_cast<size_t>(m * 500), 2100 + static_cast<uint64_t>(m));
+    std::vector<float> want[3];
+    for (int i = 0; i < 3; ++i) want[i] = run_linear(*vk, *ws[i], x, m, 500, ls[i].out, false);
+    vk->set_gemv_fout(true);
+    for (int rep = 0; rep < 2; ++rep) {
+      const DeviceTensor xt = vk->upload(test::f32_view(x, {m, 500}), DType::kF32);
+      DeviceTensor y[3] = {vk->alloc(DType::kF32, {m, ls[0].out}), vk->alloc(DType::kF32, {m, ls[1].out}),
+                           vk->alloc(DType::kF32, {m, ls[2].out})};
+      DeviceTensor* yp[3] = {&y[0], &y[1], &y[2]};
+      vk->linears(wp, xt, yp);
+      for (int i = 0; i < 3; ++i) {
+        std::vector<float> got(static_cast<size_t>(m * ls[i].out));
+        vk->download(y[i], got.data());
+        EXPECT_EQ(std::memcmp(got.data(), want[i].data(), got.size() * 4), 0) << "linear " << i << " m=" << m
+                                                                               << " rep " << rep;
+      }
+    }
+    vk->set_gemv_fout(false);
+  }
+}
+
 }  // namespace
 }  // namespace trellis
 

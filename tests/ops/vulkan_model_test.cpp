@@ -126,9 +126,11 @@ TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
     cpu_model->forward(std::span<const int32_t>(&toks.back(), 1), static_cast<int64_t>(toks.size()) - 1, false, out);
     cpu_logits.push_back(out);
   }
-  auto run = [&](bool replay, std::vector<std::vector<float>>& logits) {
+  double dispatches_per_step = 0;
+  auto run = [&](bool replay, std::vector<std::vector<float>>& logits, bool fout = false) {
     vk::VulkanBackend be(0);
     be.context().set_replay(replay);
+    be.set_gemv_fout(fout);
     auto m = Model::load(dir, be, opt);
     std::vector<float> o;
     m->forward(prompt, 0, false, o);
@@ -139,6 +141,7 @@ TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
       logits.push_back(o);
     }
     const auto after = be.context().stats();
+    dispatches_per_step = static_cast<double>(after.dispatches - before.dispatches) / kSteps;
     std::printf("replay %s: per decode step %.1f dispatches, %.1f barriers per recorded step; %lu replayed, %lu recorded segments\n",
                 replay ? "on" : "off", static_cast<double>(after.dispatches - before.dispatches) / kSteps,
                 static_cast<double>(after.barriers - before.barriers) / static_cast<double>(std::max<uint64_t>(1, after.recorded - before.recorded)),
@@ -146,15 +149,21 @@ TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
                 static_cast<unsigned long>(after.recorded - before.recorded));
     return std::pair<uint64_t, uint64_t>(after.replayed - before.replayed, after.recorded - before.recorded);
   };
-  std::vector<std::vector<float>> with, without;
+  std::vector<std::vector<float>> with, without, fused_out;
   const auto [replayed, recorded] = run(true, with);
+  const double plain_dispatches = dispatches_per_step;
   const auto [replayed_off, recorded_off] = run(false, without);
+  // The GEMV with its output transform fused (set_gemv_fout): the same logits bit for bit, with
+  // fewer dispatches per step.
+  run(true, fused_out, true);
+  EXPECT_LT(dispatches_per_step, plain_dispatches) << "the fused output transform removed no dispatch";
   EXPECT_GE(replayed, static_cast<uint64_t>(kSteps - 1)) << "decode steps were not replayed";
   EXPECT_EQ(replayed_off, 0u);
   EXPECT_GE(recorded_off, static_cast<uint64_t>(kSteps));
   for (int i = 0; i < kSteps; ++i) {
     EXPECT_LT(test::rel_rms(with[static_cast<size_t>(i)], cpu_logits[static_cast<size_t>(i)]), 1e-3) << "step " << i;
     EXPECT_EQ(with[static_cast<size_t>(i)], without[static_cast<size_t>(i)]) << "step " << i;
+    EXPECT_EQ(with[static_cast<size_t>(i)], fused_out[static_cast<size_t>(i)]) << "fused output, step " << i;
   }
   (void)recorded;
 }

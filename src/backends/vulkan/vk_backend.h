@@ -133,6 +133,7 @@ class Exl3Linear : public LinearWeights {
   std::shared_ptr<Buffer> suh;      // [k] fp32
   std::shared_ptr<Buffer> svh;      // [n] fp32
   std::shared_ptr<Buffer> bias;     // [out] fp32, or null
+  std::shared_ptr<Buffer> counters; // [n / 128] uint, 0 between dispatches (exl3_gemv*_fout)
 };
 
 class VulkanBackend : public Backend {
@@ -190,6 +191,12 @@ class VulkanBackend : public Backend {
   // fits kGemvHinMaxFloats and the device's shared memory).
   void set_gemv_hin(bool on) { gemv_hin_ = on; }
   bool gemv_hin() const { return gemv_hin_; }
+  // Where the fused input transform applies, the output transform inside the GEMV too
+  // (exl3_gemv*_hin_fout: the last workgroup of each 128-block sums the split-k partials and
+  // writes y; no exl3_hadamard_out dispatch, the same bits). Off unless
+  // TRELLIS_VULKAN_GEMV_FUSED_OUT=1 (not yet measured on a GPU) or set_gemv_fout(true).
+  void set_gemv_fout(bool on) { gemv_fout_ = on; }
+  bool gemv_fout() const { return gemv_fout_; }
   bool gemv_hin_applies(const LinearWeights& w, int64_t m) const;
   // EXL3 transforms by subgroup shuffles (exl3_hadamard_*_sg) where capable (subgroup shuffles, a
   // subgroup size that is a multiple of 8): on by default, TRELLIS_VULKAN_HADAMARD_SG=0 keeps the
@@ -292,13 +299,16 @@ class VulkanBackend : public Backend {
   uint32_t exl3_product_splits(const Exl3Linear& w, int64_t m) const;
   // exl3_gemv's pipeline for K, codebook cb, G tile columns, R rows per pass and (xs != 0) the
   // fused input transform with xs shared floats; module and name from the device and switches.
-  const Pipeline& gemv_pipeline(int K, exl3::Codebook cb, uint32_t G, uint32_t R, uint32_t xs, uint32_t push_bytes);
+  const Pipeline& gemv_pipeline(int K, exl3::Codebook cb, uint32_t G, uint32_t R, uint32_t xs, uint32_t push_bytes,
+                                bool fout = false);
   // Shared floats (specialization constant XS) of exl3_gemv*_hin for this layer at m rows, or 0
   // when the fused input transform does not apply (gemv_hin_applies).
   uint32_t gemv_hin_floats(const Exl3Linear& w, int64_t m) const;
   // Records exl3_gemv*_hin: z (split s at s·m·n) = transform(x (+ x_off), suh) · Ŵ for
   // m <= kGemvMaxRows, xs = gemv_hin_floats(w, m) != 0.
-  void record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32_t x_off, int64_t m, const Buffer& z, uint32_t xs);
+  // With y set: the _fout form, which also writes y (element offset y_off) and skips exl3_hadamard_out.
+  void record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32_t x_off, int64_t m, const Buffer& z, uint32_t xs,
+                       const Buffer* y = nullptr, uint32_t y_off = 0);
   void dense_linear(const DenseLinear& d, const DeviceTensor& x, DeviceTensor& y);
   // One phase of an EXL3 linear with scratch set `slot`: 0 input Hadamard, 1 product, 2 output
   // Hadamard.
@@ -393,6 +403,7 @@ class VulkanBackend : public Backend {
   bool transform_f16_ = true;  // TRELLIS_VULKAN_TRANSFORM_F16=0: transform in fp32, then convert_f16
   bool gemv_subgroup_capable_ = false;
   bool gemv_subgroup_ = false;
+  bool gemv_fout_ = false;  // TRELLIS_VULKAN_GEMV_FUSED_OUT=1: exl3_gemv*_hin_fout where _hin applies
   bool gemv_hin_ = true;  // TRELLIS_VULKAN_GEMV_HIN=0: exl3_hadamard_in, then exl3_gemv
   bool gemv_prefetch_ = true;  // TRELLIS_VULKAN_GEMV_PREFETCH=0: exl3_gemv loads each slab as it decodes it
   int64_t gemv_target_groups_ = kGemvTargetGroups;  // TRELLIS_VULKAN_GEMV_GROUPS

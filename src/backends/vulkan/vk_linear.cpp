@@ -74,7 +74,9 @@ std::unique_ptr<LinearWeights> VulkanBackend::prepare_linear(const LinearSource&
     l->suh = upload_floats(fp16_vector(v.suh, v.k));
     l->svh = upload_floats(fp16_vector(v.svh, v.n));
     l->bias = read_bias(src.out_features);
-    l->device_bytes = trellis_bytes(v) + static_cast<uint64_t>(v.k + v.n) * 4;
+    const std::vector<uint32_t> zeros(static_cast<size_t>(v.n / 128), 0u);
+    l->counters = upload_bytes(zeros.data(), zeros.size() * 4);
+    l->device_bytes = trellis_bytes(v) + static_cast<uint64_t>(v.k + v.n) * 4 + zeros.size() * 4;
     return l;
   }
   TRELLIS_CHECK(src.dense.has_value());
@@ -298,7 +300,8 @@ uint32_t VulkanBackend::gemv_hin_floats(const Exl3Linear& w, int64_t m) const {
   while (xs < need) xs *= 2;  // few pipelines per (K, codebook): powers of two
   const int64_t G = gemv_columns(w.n, m);
   const int64_t red = gemv_subgroup_ ? (kGemvWg / 32) * G * 16 : kGemvWg * G * 2;  // exl3_gemv.glsl's red[]
-  if (xs > kGemvHinMaxFloats || (xs + red) * 4 > ctx_->limits().maxComputeSharedMemorySize) return 0;
+  const int64_t fo = gemv_fout_ ? kGemvWg + 1 : 0;                                // fo[] and fo_last
+  if (xs > kGemvHinMaxFloats || (xs + red + fo) * 4 > ctx_->limits().maxComputeSharedMemorySize) return 0;
   return xs;
 }
 
@@ -312,7 +315,7 @@ uint32_t VulkanBackend::exl3_product_splits(const Exl3Linear& w, int64_t m) cons
 }
 
 const Pipeline& VulkanBackend::gemv_pipeline(int K, exl3::Codebook cb, uint32_t G, uint32_t R, uint32_t xs,
-                                             uint32_t push_bytes) {
+                                             uint32_t push_bytes, bool fout) {
   // Module exl3_gemv[_sg][_f16[_dot]][_hin] (exl3_gemv.glsl): the fp16 decode where the device
   // has exact fp16 arithmetic (Context::use_f16), the dot-product byte sum for MUL1 on top where
   // enabled (Context::use_int_dot); all give bitwise the same z. xs != 0: the fused input
@@ -323,28 +326,46 @@ const Pipeline& VulkanBackend::gemv_pipeline(int K, exl3::Codebook cb, uint32_t 
     if (cb == exl3::Codebook::kMul1 && ctx_->use_int_dot()) shader += "_dot";
   }
   if (xs != 0) shader += "_hin";
+  TRELLIS_CHECK(!fout || xs != 0);  // the _fout modules exist for the _hin forms only
+  if (fout) shader += "_fout";
   std::string name = variant("exl3_gemv", K, cb) + shader.substr(std::strlen("exl3_gemv"));
   if (G != 4) name += fmt::format("_g{}", G);
   if (R != 1) name += fmt::format("_r{}", R);
   if (!gemv_prefetch_) name += "_nopf";
   if (xs != 0) name += fmt::format("_x{}", xs);
+  if (fout) name += "_fout";
   // Specialization ids 0-4 and 6 (exl3_gemv.glsl); id 5 (XS) exists only in the _hin modules.
   const std::vector<uint32_t> spec{kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R, xs,
                                    gemv_prefetch_ ? 1u : 0u};
-  return ctx_->pipeline(name, shader, spec, xs != 0 ? 4 : 3, push_bytes, 1u << 2);
+  // _fout: bindings 4-7 svh, bias, y, counters (writes z, y and the counters).
+  return ctx_->pipeline(name, shader, spec, fout ? 8 : xs != 0 ? 4 : 3, push_bytes,
+                        fout ? (1u << 2) | (1u << 6) | (1u << 7) : 1u << 2);
 }
 
 void VulkanBackend::record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32_t x_off, int64_t m, const Buffer& z,
-                                    uint32_t xs) {
+                                    uint32_t xs, const Buffer* y, uint32_t y_off) {
   TRELLIS_CHECK(m >= 1 && m <= kGemvMaxRows && xs != 0);
   const uint32_t G = gemv_columns(w.n, m), R = m == 1 ? 1u : static_cast<uint32_t>(kGemvMaxRows);
   TRELLIS_CHECK(static_cast<uint32_t>(m) <= R);  // the shader transforms all rows before its one row pass
   const uint32_t splits = exl3_splits(w, m);
+  const uint64_t groups = static_cast<uint64_t>(w.n / 16 / G) * splits;
+  if (y) {
+    struct {
+      uint32_t m, k, n, x_off, z_off, splits, in_f, out_f, y_off, has_bias;
+    } pc{u32(m), u32(w.k), u32(w.n), x_off, 0, splits, u32(w.in_features), u32(w.out_features), y_off,
+         w.bias ? 1u : 0u};
+    const Pipeline& p = gemv_pipeline(w.K, w.codebook, G, R, xs, sizeof(pc), true);
+    ctx_->dispatch_flat(p,
+                        {w.trellis.get(), &x, &z, w.suh.get(), w.svh.get(), w.bias ? w.bias.get() : w.svh.get(), y,
+                         w.counters.get()},
+                        &pc, groups);
+    return;
+  }
   struct {
     uint32_t m, k, n, x_off, z_off, splits, in_f;
   } pc{u32(m), u32(w.k), u32(w.n), x_off, 0, splits, u32(w.in_features)};
   const Pipeline& p = gemv_pipeline(w.K, w.codebook, G, R, xs, sizeof(pc));
-  ctx_->dispatch_flat(p, {w.trellis.get(), &x, &z, w.suh.get()}, &pc, static_cast<uint64_t>(w.n / 16 / G) * splits);
+  ctx_->dispatch_flat(p, {w.trellis.get(), &x, &z, w.suh.get()}, &pc, groups);
 }
 
 void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n,
@@ -436,11 +457,14 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
       ctx_->dispatch(pin, {&buffer_of(x), w.suh.get(), &xh}, &hi, u32(w.k / 128), u32(m));
     }
   } else if (phase == 1) {
-    if (hin)
+    if (hin && gemv_fout_)
+      record_gemv_hin(w, buffer_of(x), elem(x, 4), m, z, hin, &buffer_of(y), elem(y, 4));
+    else if (hin)
       record_gemv_hin(w, buffer_of(x), elem(x, 4), m, z, hin);
     else
       exl3_product(w, xh, m, z, false, f16);
   } else {
+    if (hin && gemv_fout_) return;  // the GEMV wrote y
     struct {
       uint32_t n, out_f, z_off, y_off, has_bias, splits, split_stride, items;
     } ho{u32(w.n), u32(w.out_features), 0, elem(y, 4), w.bias ? 1u : 0u, exl3_product_splits(w, m), u32(m * w.n),

@@ -48,6 +48,13 @@
 //     passes). Every column group of a split repeats the transform of its slab (span · m · 7
 //     adds and 3 barriers per workgroup, small next to decoding 16 G · span weights) and the
 //     linear loses a dispatch and a pipeline barrier.
+//   EXL3_GEMV_FOUT (exl3_gemv[_sg][_f16[_dot]]_hin_fout, with EXL3_GEMV_HIN): the output
+//     transform fused in too. Bindings 4-7: svh, bias, y, counters (one per 128-block of n, 0
+//     between dispatches). After writing its partials, a workgroup counts itself on its
+//     128-block's counter; the last of the block's splits · 8 / G workgroups to finish (stores,
+//     buffer memory barrier, atomic; z is coherent) sums the block's partials in split order and
+//     runs exl3_hadamard_out.comp's butterflies and output step for every row, in its order, so y
+//     is bitwise that of the separate dispatch; it then resets the counter.
 // All variants produce the same binary16 weights, widen them exactly to fp32 and accumulate in
 // fp32 in the same order, so their outputs are bitwise identical (the tests check this). The
 // dot products stay fp32 on purpose: f16vec2 FMAs with activations would halve the FMA count but
@@ -79,12 +86,26 @@ layout(constant_id = 4) const uint R = 1;
 layout(constant_id = 6) const uint PF = 1;  // 1: prefetch the next slab's words (register double buffer)
 
 layout(binding = 0) readonly buffer Trellis { uint trellis[]; };
+#ifdef EXL3_GEMV_FOUT
+layout(binding = 2) coherent buffer Z { float z[]; };
+layout(binding = 4) readonly buffer Svh { float svh[]; };
+layout(binding = 5) readonly buffer B { float bias[]; };
+layout(binding = 6) writeonly buffer Y { float y[]; };
+layout(binding = 7) coherent buffer Counters { uint counters[]; };
+#else
 layout(binding = 2) writeonly buffer Z { float z[]; };
+#endif
 #ifdef EXL3_GEMV_HIN
 layout(constant_id = 5) const uint XS = 512;  // floats of the shared activations, >= m · span
 layout(binding = 1) readonly buffer X { float x[]; };
 layout(binding = 3) readonly buffer Suh { float suh[]; };
+#ifdef EXL3_GEMV_FOUT
+layout(push_constant) uniform P { uint m, k, n, x_off, z_off, splits, in_f, out_f, y_off, has_bias; } p;
+shared float fo[WG];
+shared bool fo_last;
+#else
 layout(push_constant) uniform P { uint m, k, n, x_off, z_off, splits, in_f; } p;
+#endif
 shared float xs[XS];
 #else
 layout(binding = 1) readonly buffer Xh { float xh[]; };
@@ -290,4 +311,34 @@ void main() {
       barrier();
     }
   }
+#ifdef EXL3_GEMV_FOUT
+  // The fused output transform (header): the last workgroup of this 128-block.
+  memoryBarrierBuffer();
+  barrier();
+  uint hb = tg * G / 8u;
+  if (inv == 0u) fo_last = atomicAdd(counters[hb], 1u) == p.splits * (8u / G) - 1u;
+  barrier();
+  if (!fo_last) return;  // uniform per workgroup
+  memoryBarrierBuffer();
+  uint ft = inv & 127u, c = hb * 128u + ft;
+  for (uint r0 = 0u; r0 < p.m; r0 += WG / 128u) {
+    uint r = r0 + inv / 128u;
+    bool live = r < p.m;
+    float zv = live ? z[p.z_off + r * p.n + c] : 0.0;  // split-k partials, added in split order
+    for (uint s = 1u; s < p.splits; ++s) zv += live ? z[p.z_off + s * p.m * p.n + r * p.n + c] : 0.0;
+    fo[inv] = zv;
+    barrier();
+    uint base = inv - ft;
+    for (uint s = 1u; s < 128u; s <<= 1) {
+      float a = fo[inv], b = fo[base + (ft ^ s)];
+      barrier();
+      fo[inv] = (ft & s) != 0u ? b - a : a + b;
+      barrier();
+    }
+    if (live && c < p.out_f)
+      y[p.y_off + r * p.out_f + c] = fo[inv] * 0.0883883461356163 * svh[c] + (p.has_bias != 0u ? bias[c] : 0.0);
+    barrier();
+  }
+  if (inv == 0u) counters[hb] = 0u;
+#endif
 }
