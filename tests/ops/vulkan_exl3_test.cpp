@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -182,12 +183,18 @@ TEST(VulkanExl3, Fp16FeatureSwitchFollowsEnvironment) {
 TEST(VulkanExl3, GemvDecodeIsBitExactForEveryVariantKAndCodebook) {
   TRELLIS_VULKAN_OR_SKIP(be);
   const int64_t k = 128, n = 64;  // 32 tiles = 8192 weights per (K, codebook)
-  for (auto [f16, dot] : arith_variants(*be)) {
+  // Each fp16 variant with both add forms of the 3INST/MCG decode (set_gemv_scalar_add).
+  std::vector<std::tuple<bool, bool, bool>> cases;  // {f16, dot, scalar add}
+  for (auto [f16, dot] : arith_variants(*be))
+    for (bool sa : {false, true}) cases.emplace_back(f16, dot, sa);
+  for (auto [f16, dot, sa] : cases) {
     if (!f16) continue;  // the portable variant: GemvAndGemmAreExactOnOneHotRows
     const ArithChoice choice(*be, f16, dot);
+    be->set_gemv_scalar_add(sa);
     for (int K = 1; K <= 8; ++K) {
       for (Codebook cb : kCodebooks) {
         if (dot && cb != Codebook::kMul1) continue;  // the dot product changes MUL1 only
+        if (sa && cb == Codebook::kMul1) continue;   // the add form changes 3INST/MCG only
         const auto trellis = random_trellis(k, n, K, 4000 + static_cast<uint64_t>(K) * 5 + static_cast<uint64_t>(cb));
         const auto view = view_of(trellis, k, n, K, cb);
         std::vector<uint16_t> want(static_cast<size_t>(k * n));
@@ -195,9 +202,11 @@ TEST(VulkanExl3, GemvDecodeIsBitExactForEveryVariantKAndCodebook) {
         const std::vector<uint16_t> got = what_by_gemv(*be, view);
         size_t bad = 0;
         for (size_t i = 0; i < want.size(); ++i) bad += got[i] != want[i];
-        EXPECT_EQ(bad, 0u) << "K=" << K << " cb=" << exl3::codebook_name(cb) << " f16=" << f16 << " dot=" << dot;
+        EXPECT_EQ(bad, 0u) << "K=" << K << " cb=" << exl3::codebook_name(cb) << " f16=" << f16 << " dot=" << dot
+                           << " scalar add=" << sa;
       }
     }
+    be->set_gemv_scalar_add(false);
   }
 }
 

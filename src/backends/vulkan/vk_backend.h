@@ -197,6 +197,10 @@ class VulkanBackend : public Backend {
   // TRELLIS_VULKAN_GEMV_FUSED_OUT=1 (not yet measured on a GPU) or set_gemv_fout(true).
   void set_gemv_fout(bool on) { gemv_fout_ = on; }
   bool gemv_fout() const { return gemv_fout_; }
+  // The fp16 GEMV decode adds each 3INST/MCG weight's two halves with one scalar binary16 add
+  // instead of pairing two weights' halves first (spec constant SA; the same bits). Off unless
+  // TRELLIS_VULKAN_GEMV_SCALAR_ADD=1 (not yet measured on a GPU) or set_gemv_scalar_add(true).
+  void set_gemv_scalar_add(bool on) { gemv_scalar_add_ = on; }
   bool gemv_hin_applies(const LinearWeights& w, int64_t m) const;
   // EXL3 transforms by subgroup shuffles (exl3_hadamard_*_sg) where capable (subgroup shuffles, a
   // subgroup size that is a multiple of 8): on by default, TRELLIS_VULKAN_HADAMARD_SG=0 keeps the
@@ -403,7 +407,8 @@ class VulkanBackend : public Backend {
   bool transform_f16_ = true;  // TRELLIS_VULKAN_TRANSFORM_F16=0: transform in fp32, then convert_f16
   bool gemv_subgroup_capable_ = false;
   bool gemv_subgroup_ = false;
-  bool gemv_fout_ = false;  // TRELLIS_VULKAN_GEMV_FUSED_OUT=1: exl3_gemv*_hin_fout where _hin applies
+  bool gemv_fout_ = false;
+  bool gemv_scalar_add_ = false;  // TRELLIS_VULKAN_GEMV_SCALAR_ADD=1  // TRELLIS_VULKAN_GEMV_FUSED_OUT=1: exl3_gemv*_hin_fout where _hin applies
   bool gemv_hin_ = true;  // TRELLIS_VULKAN_GEMV_HIN=0: exl3_hadamard_in, then exl3_gemv
   bool gemv_prefetch_ = true;  // TRELLIS_VULKAN_GEMV_PREFETCH=0: exl3_gemv loads each slab as it decodes it
   int64_t gemv_target_groups_ = kGemvTargetGroups;  // TRELLIS_VULKAN_GEMV_GROUPS

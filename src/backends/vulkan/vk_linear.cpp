@@ -334,9 +334,10 @@ const Pipeline& VulkanBackend::gemv_pipeline(int K, exl3::Codebook cb, uint32_t 
   if (!gemv_prefetch_) name += "_nopf";
   if (xs != 0) name += fmt::format("_x{}", xs);
   if (fout) name += "_fout";
+  if (gemv_scalar_add_) name += "_sa";
   // Specialization ids 0-4 and 6 (exl3_gemv.glsl); id 5 (XS) exists only in the _hin modules.
   const std::vector<uint32_t> spec{kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R, xs,
-                                   gemv_prefetch_ ? 1u : 0u};
+                                   gemv_prefetch_ ? 1u : 0u, gemv_scalar_add_ ? 1u : 0u};
   // _fout: bindings 4-7 svh, bias, y, counters (writes z, y and the counters).
   return ctx_->pipeline(name, shader, spec, fout ? 8 : xs != 0 ? 4 : 3, push_bytes,
                         fout ? (1u << 2) | (1u << 6) | (1u << 7) : 1u << 2);

@@ -8,6 +8,9 @@
 // shader must enable GL_EXT_shader_explicit_arithmetic_types(_float16) and declare the
 // RoundingModeRTE execution mode for 16-bit results (exl3_gemv.glsl does), which the host
 // allows only on devices reporting shaderFloat16 and shaderRoundingModeRTEFloat16.
+// With EXL3_DECODE_F16 the including shader also declares the specialization constant SA: 1 adds
+// each 3INST/MCG weight's two halves with one scalar binary16 add (no pairing of two weights'
+// halves by bitfieldInsert first; the same bits).
 // EXL3_DECODE_DOT (with EXL3_DECODE_F16) forms the MUL1 byte sum with one 4x8 packed dot product
 // (SPV_KHR_integer_dot_product; the host allows it where the device reports
 // shaderIntegerDotProduct).
@@ -104,6 +107,10 @@ vec2 decode_pair(uint s0, uint s1) {
   uint x1 = CODEBOOK == 0u ? s1 * 89226354u + 64248484u : s1 * 0xCBAC1FEDu;
   uint y0 = (x0 & 0x8FFF8FFFu) ^ 0x3B603B60u;
   uint y1 = (x1 & 0x8FFF8FFFu) ^ 0x3B603B60u;
+  if (SA != 0u) {
+    f16vec2 h0 = unpackFloat2x16(y0), h1 = unpackFloat2x16(y1);
+    return vec2(float(h0.x + h0.y), float(h1.x + h1.y));
+  }
   f16vec2 lo = unpackFloat2x16(bitfieldInsert(y0, y1, 16, 16));        // (y0.lo, y1.lo)
   f16vec2 hi = unpackFloat2x16(bitfieldInsert(y1, y0 >> 16, 0, 16));  // (y0.hi, y1.hi)
   return vec2(lo + hi);

@@ -7,7 +7,8 @@
 //
 // Specialization: WG (id 0, multiple of 32), K (id 1), CODEBOOK (id 2), G (id 3: tile columns per
 // workgroup, divides n / 16), R (id 4: rows of xh per pass, 1..8; more rows loop, re-decoding),
-// XS (id 5, EXL3_GEMV_HIN only, below), PF (id 6: 1 = prefetch, below).
+// XS (id 5, EXL3_GEMV_HIN only, below), PF (id 6: 1 = prefetch, below), SA (id 7: the fp16
+// decode's add form, exl3_decode.glsl).
 // One pipeline per (K, codebook, G, R, XS, PF), named exl3_gemv_k<K>_<codebook>[_g<G>][_r<R>]
 // [_nopf][_x<XS>] (VulkanBackend::gemv_pipeline).
 //
@@ -84,6 +85,7 @@ layout(constant_id = 2) const uint CODEBOOK = 0;
 layout(constant_id = 3) const uint G = 4;
 layout(constant_id = 4) const uint R = 1;
 layout(constant_id = 6) const uint PF = 1;  // 1: prefetch the next slab's words (register double buffer)
+layout(constant_id = 7) const uint SA = 0;  // EXL3_GEMV_F16: 1 = one scalar binary16 add per weight (exl3_decode.glsl)
 
 layout(binding = 0) readonly buffer Trellis { uint trellis[]; };
 #ifdef EXL3_GEMV_FOUT
