@@ -190,7 +190,7 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
   fi
   ab_default="TRELLIS_CUDA_GEMV_HALVES TRELLIS_CUDA_GEMV_SPLIT TRELLIS_CUDA_GEMV_FUSED_OUT TRELLIS_CUDA_GEMV_FUSED_IN"
   ab_default+=" TRELLIS_CUDA_GEMV_HALVES+TRELLIS_CUDA_GEMV_FUSED_IN TRELLIS_VULKAN_GEMV_FUSED_OUT"
-  ab_default+=" TRELLIS_VULKAN_GEMV_SCALAR_ADD"
+  ab_default+=" TRELLIS_VULKAN_GEMV_SCALAR_ADD TRELLIS_CUDA_GEMV_OCCUPANCY"
   for sw in ${TRELLIS_AB:-$ab_default}; do
     ab_dev=cuda:0
     [[ $sw == TRELLIS_VULKAN_* ]] && ab_dev=vulkan:0

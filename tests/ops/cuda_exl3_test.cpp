@@ -828,6 +828,27 @@ TEST(CudaExl3, FusedInGemvEqualsSeparateTransforms) {
   }
 }
 
+// The default GEMV built for more resident blocks (cuda::gemv_occupancy: 96 registers) computes
+// the same thing in the same order: the same bits, every K and codebook, m = 1, 3, 8.
+TEST(CudaExl3, OccupancyBuildGivesTheSameBits) {
+  CUDA_OR_SKIP();
+  const int64_t k = 384, n = 256, in_f = 300, out_f = 200;
+  for (int K = 1; K <= 8; ++K)
+    for (Codebook cb : kCodebooks) {
+      const Layer l = random_layer(k, n, K, cb, 1200 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(cb), true);
+      auto d = upload(l, in_f, out_f);
+      for (int64_t m : {1, 3, 8}) {
+        const auto x = random_rows(m, in_f, 1300 + static_cast<uint64_t>(m));
+        const auto want = run_forward(*d, x, m, in_f, out_f);
+        cuda::set_gemv_occupancy(true);
+        const auto got = run_forward(*d, x, m, in_f, out_f);
+        cuda::set_gemv_occupancy(false);
+        EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
+            << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m;
+      }
+    }
+}
+
 TEST(CudaExl3, BadLayersAreErrors) {
   CUDA_OR_SKIP();
   Layer l = random_layer(128, 128, 4, Codebook::kMcg, 1, false);

@@ -171,7 +171,8 @@ TEST_P(CudaModel, LogitsGreedyAndGraphs) {
   for (const Variant& v : {Variant{"fused output", cuda::set_gemv_fused_out, 0.0},
                            Variant{"fused input", cuda::set_gemv_fused_in, 1e-5},
                            Variant{"halves", cuda::set_gemv_halves, 1e-3},
-                           Variant{"split", cuda::set_gemv_split, 1e-5}}) {
+                           Variant{"split", cuda::set_gemv_split, 1e-5},
+                           Variant{"occupancy", cuda::set_gemv_occupancy, 0.0}}) {
     v.set(true);
     std::vector<float> got;
     const auto toks = greedy(*cu, &got);

@@ -46,7 +46,8 @@
 namespace trellis::cuda::exl3k {
 namespace {
 
-constexpr int kStages = 4;  // per-warp ring depth (slabs); 6 measured no faster
+constexpr int kStages = 4;
+constexpr int kGemvOccupancyBlocks = 10;  // per-warp ring depth (slabs); 6 measured no faster
 constexpr int kActBytesMax = 8 * 64;
 
 // Up to kMaxGroup linears with the same K, codebook and k in one launch: blocks [0, blocks_0) are
@@ -64,8 +65,11 @@ struct GemvGroupArgs {
 enum GemvMode : int { kPairs = 0, kHalves = 1, kSplit = 2 };
 
 // Fuse: 0 none, 1 the output transform, 2 the input and output transforms (GemvItem).
-template <int K, int CB, int Mode, int Fuse>
-__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const __grid_constant__ GemvGroupArgs args) {
+// MinBlocks: __launch_bounds__'s minimum of resident blocks per SM. 1 leaves ptxas free (~110-120
+// registers: 8 blocks of 64 threads per SM on Hopper, under kGemvBlocksPerSm); 10 caps the default
+// kernel at 96 registers, no spills except 4 bytes at K = 7 (cuda_util.h gemv_occupancy).
+template <int K, int CB, int Mode, int Fuse, int MinBlocks = 1>
+__global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const __grid_constant__ GemvGroupArgs args) {
   constexpr int G = gemv_tiles(K);
   constexpr int kTileBytes = 32 * K;
   constexpr int kChunksT = 2 * K * G;  // 16-byte chunks of trellis per slab
@@ -346,6 +350,14 @@ constexpr GemvRows gemv_rows() {
   constexpr auto ks = std::make_integer_sequence<int, 8>{};
   return {gemv_row<0, Mode, Fuse>(ks), gemv_row<1, Mode, Fuse>(ks), gemv_row<2, Mode == kSplit ? kPairs : Mode, Fuse>(ks)};
 }
+template <int CB, int... Ks>
+constexpr auto gemv_occupancy_row(std::integer_sequence<int, Ks...>) {
+  return std::array<GemvFn, 8>{&gemv_kernel<Ks + 1, CB, kPairs, 0, kGemvOccupancyBlocks>...};
+}
+// The default kernels (kPairs, nothing fused) at kGemvOccupancyBlocks blocks per SM.
+const GemvRows kGemvOccupancyTable = {gemv_occupancy_row<0>(std::make_integer_sequence<int, 8>{}),
+                                      gemv_occupancy_row<1>(std::make_integer_sequence<int, 8>{}),
+                                      gemv_occupancy_row<2>(std::make_integer_sequence<int, 8>{})};
 // [fuse][mode][codebook][K - 1]
 const std::array<std::array<GemvRows, 3>, 3> kGemvTable = {
     {{gemv_rows<kPairs, 0>(), gemv_rows<kHalves, 0>(), gemv_rows<kSplit, 0>()},
@@ -411,10 +423,11 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
     }
   }
   const int mode = gemv_halves() ? kHalves : gemv_split() ? kSplit : kPairs;
-  const GemvFn fn = kGemvTable[fuse][mode][codebook][K - 1];
+  const bool occ = mode == kPairs && fuse == 0 && gemv_occupancy();
+  const GemvFn fn = occ ? kGemvOccupancyTable[codebook][K - 1] : kGemvTable[fuse][mode][codebook][K - 1];
   if (smem > 48 * 1024) {  // above the default dynamic shared memory limit: opt in once per kernel
-    static std::once_flag once[3][3][3][8];
-    std::call_once(once[fuse][mode][codebook][K - 1], [&] {
+    static std::once_flag once[2][3][3][3][8];
+    std::call_once(once[occ][fuse][mode][codebook][K - 1], [&] {
       const size_t most = std::max(gemv_smem_bytes(K, 8), fuse == 2 ? gemv_ring_bytes(K, 8) + kFusedInActBytes : 0);
       check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)),
             "cudaFuncSetAttribute (EXL3 GEMV shared memory)");

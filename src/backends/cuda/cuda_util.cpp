@@ -17,6 +17,7 @@ std::atomic<int> g_gemv_halves{-1};            // -1: not read yet; then 0 or 1
 std::atomic<int> g_gemv_split{-1};             // -1: not read yet; then 0 or 1
 std::atomic<int> g_gemv_fused_out{-1};         // -1: not read yet; then 0 or 1
 std::atomic<int> g_gemv_fused_in{-1};          // -1: not read yet; then 0 or 1
+std::atomic<int> g_gemv_occupancy{-1};         // -1: not read yet; then 0 or 1
 
 // A switch read from the environment once (set and not empty: on unless "0"; else `dflt`) and
 // overridden by its test hook (a store of 0 or 1 into `slot`).
@@ -50,6 +51,9 @@ bool gemv_fused_out() { return cached_switch(g_gemv_fused_out, "TRELLIS_CUDA_GEM
 
 void set_gemv_fused_in(bool on) { g_gemv_fused_in.store(on ? 1 : 0); }
 bool gemv_fused_in() { return cached_switch(g_gemv_fused_in, "TRELLIS_CUDA_GEMV_FUSED_IN", false); }
+
+void set_gemv_occupancy(bool on) { g_gemv_occupancy.store(on ? 1 : 0); }
+bool gemv_occupancy() { return cached_switch(g_gemv_occupancy, "TRELLIS_CUDA_GEMV_OCCUPANCY", false); }
 
 void set_fused_reconstruct_rows(int64_t rows) { g_reconstruct_rows.store(rows < 0 ? 0 : rows); }
 

@@ -99,6 +99,12 @@ void set_gemv_fused_out(bool on);  // test hook
 // Off unless TRELLIS_CUDA_GEMV_FUSED_IN=1: not yet measured on a GPU.
 bool gemv_fused_in();
 void set_gemv_fused_in(bool on);  // test hook
+// Whether the default EXL3 GEMV (paired decode, no fused transform) runs the build capped at 96
+// registers for 10 resident blocks per SM instead of ~110-120 registers and 8 blocks (ptxas, sm_90;
+// its loop then has ~8% more instructions: K=3 MCG 473 against 439). Same results. Off unless
+// TRELLIS_CUDA_GEMV_OCCUPANCY=1: not yet measured on a GPU.
+bool gemv_occupancy();
+void set_gemv_occupancy(bool on);  // test hook
 
 // Whether launch() (cuda_launch.cuh) gives kernels on the current device the programmatic
 // dependent launch attribute: compute capability >= 9.0 and TRELLIS_CUDA_PDL not "0".
