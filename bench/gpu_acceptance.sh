@@ -23,10 +23,10 @@
 #   memory   peak GPU memory (nvidia-smi, every 0.2 s) of the 3 bpw 8B model with an 8K context
 #   ab       every switch named in $TRELLIS_AB (default: the CUDA and Vulkan GEMV variants not
 #            yet measured on a GPU, one at a time and two together; A+B sets both) at 0 and 1
-#            alternately, twice: for TRELLIS_CUDA_* the CUDA GEMV at K = 2, 3, 4 x 3 codebooks on
-#            the four shapes, and the 3 bpw 8B model's decode at context 256 on the backend the
-#            switch belongs to; the report gives the ratios (about 2 minutes per switch on an
-#            H200: name fewer in TRELLIS_AB to fit a 10-minute call)
+#            alternately, twice: for TRELLIS_CUDA_* the CUDA GEMV at K = 2, 3 x MCG, MUL1 on the
+#            four shapes, and the 3 bpw 8B model's decode at context 256 on the backend the
+#            switch belongs to; the report gives the ratios (roughly 1.5 minutes per switch on
+#            an H200, an estimate: name three or four in TRELLIS_AB per 10-minute call)
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 # TRELLIS_SHARED points at the shared fixtures (default: ../shared of the source tree); the Vulkan
 # loader must find the GPU's driver (e.g. VK_DRIVER_FILES=/path/to/nvidia_icd.json).
@@ -184,13 +184,14 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
     ab_shapes=(256x256); ab_ks=(3); ab_model=smol3q; ab_prompt=16; ab_extra=(--reps 3 --warmup 1); ab_run=(8 1)
     step gen_smol3q gen smol3q --preset smollm2-135m --bits 3 --codebook mcg --layers 2
   else
-    ab_shapes=(4096x4096 4096x14336 14336x4096 8192x28672); ab_ks=(2 3 4); ab_model=l8b3; ab_prompt=256; ab_extra=()
+    ab_shapes=(4096x4096 4096x14336 14336x4096 8192x28672); ab_ks=(2 3); ab_model=l8b3; ab_prompt=256; ab_extra=()
     ab_run=(64 3)  # decoded tokens, reps
     step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
   fi
-  ab_default="TRELLIS_CUDA_GEMV_HALVES TRELLIS_CUDA_GEMV_SPLIT TRELLIS_CUDA_GEMV_FUSED_OUT TRELLIS_CUDA_GEMV_FUSED_IN"
-  ab_default+=" TRELLIS_CUDA_GEMV_HALVES+TRELLIS_CUDA_GEMV_FUSED_IN TRELLIS_VULKAN_GEMV_FUSED_OUT"
-  ab_default+=" TRELLIS_VULKAN_GEMV_SCALAR_ADD TRELLIS_CUDA_GEMV_OCCUPANCY"
+  # Most promising first (a split run can stop after the first few).
+  ab_default="TRELLIS_CUDA_GEMV_HALVES+TRELLIS_CUDA_GEMV_FUSED_IN TRELLIS_CUDA_GEMV_FUSED_IN TRELLIS_CUDA_GEMV_HALVES"
+  ab_default+=" TRELLIS_VULKAN_GEMV_FUSED_OUT TRELLIS_CUDA_GEMV_OCCUPANCY TRELLIS_CUDA_GEMV_SPLIT"
+  ab_default+=" TRELLIS_CUDA_GEMV_FUSED_OUT TRELLIS_VULKAN_GEMV_SCALAR_ADD"
   for sw in ${TRELLIS_AB:-$ab_default}; do
     ab_dev=cuda:0
     [[ $sw == TRELLIS_VULKAN_* ]] && ab_dev=vulkan:0
@@ -201,7 +202,7 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
         for part in ${sw//+/ }; do set_env+="$part=$v "; done
         [ $ab_dev = cuda:0 ] &&
           step "ab_gemv_${sw}_${v}_r$r" bash -c "$set_env '$bin/trellis_bench_cuda_exl3' --K ${ab_ks[*]} \
-            --codebooks 3inst mcg mul1 --shapes ${ab_shapes[*]} ${ab_extra[*]} > '$out/ab/gemv_${sw}_${v}_r$r.json' \
+            --codebooks mcg mul1 --shapes ${ab_shapes[*]} ${ab_extra[*]} > '$out/ab/gemv_${sw}_${v}_r$r.json' \
             2> '$out/ab/gemv_${sw}_${v}_r$r.log'"
         step "ab_model_${sw}_${v}_r$r" bash -c "$set_env timeout 300 '$bin/trellis_bench_model' \
           -m '$models/$ab_model' --device $ab_dev --prompt $ab_prompt --gen ${ab_run[0]} --reps ${ab_run[1]} \
