@@ -47,11 +47,12 @@ cp -r "$shared" "$pack/shared"
 tar cJf "$stage/pack.tar.xz" -C "$pack" .
 rm -rf "$pack"
 
-if ! ls .gl/libvulkan1_*.deb > /dev/null 2>&1; then
+if ! ls .gl/libglvnd0_*.deb > /dev/null 2>&1; then
   mkdir -p .gl /tmp/amd64/partial
   o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)
   apt-get "${o[@]}" update > /dev/null
-  (cd .gl && apt-get "${o[@]}" download libvulkan1 > /dev/null)
+  # The loader and the GL vendor-neutral libraries the NVIDIA ICD loads (the device README's list).
+  (cd .gl && apt-get "${o[@]}" download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 > /dev/null)
 fi
 
 cat > "$stage/run.sh" << 'EOF'
@@ -70,8 +71,9 @@ if ! ldconfig -p | grep -q 'libcublas.so.13' && [ ! -e /usr/local/cuda/lib64/lib
   lib=$(find / -name 'libcublas.so.13' -not -path '/proc/*' 2> /dev/null | head -1)
   [ -n "$lib" ] && LD_LIBRARY_PATH=$(dirname "$lib"):$LD_LIBRARY_PATH
 fi
-export TRELLIS_SHARED=$root/shared
+export TRELLIS_SHARED=$root/shared TRELLIS_BIN_DIR=$root/bin
 export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
+export __EGL_VENDOR_LIBRARY_FILENAMES=${__EGL_VENDOR_LIBRARY_FILENAMES:-/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json}
 out=${OUT:-/tmp/out}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
 "$root/bin/trellis" devices || true

@@ -19,7 +19,12 @@ bool have_shared() { return std::filesystem::exists(shared_dir() + "/spec/exl3.m
 
 std::string shared_path(const std::string& relative) { return shared_dir() + "/" + relative; }
 
-std::string trellis_binary() { return std::string(TRELLIS_BINARY_DIR) + "/bin/trellis"; }
+// TRELLIS_BIN_DIR overrides the build's bin directory (binaries run away from their build tree,
+// e.g. staged on a GPU host by bench/stage_gpu_run.sh).
+std::string trellis_binary() {
+  if (const char* env = std::getenv("TRELLIS_BIN_DIR"); env && *env) return std::string(env) + "/trellis";
+  return std::string(TRELLIS_BINARY_DIR) + "/bin/trellis";
+}
 
 TempDir::TempDir() {
   std::string tmpl = (std::filesystem::temp_directory_path() / "trellis-test-XXXXXX").string();

@@ -160,18 +160,20 @@ TEST_P(CudaModel, LogitsGreedyAndGraphs) {
   EXPECT_EQ(toks_graphs, greedy(*cpu, nullptr)) << c.model;
 
   // The opt-in GEMV variants (cuda_util.h) through the model, with graphs: the fused output
-  // transform gives the default's logits bit for bit; the fused input transform too up to the
-  // split ranges it rounds to whole 128-blocks (fp32 sums in another grouping); the halves
-  // products (weights not rounded to fp16) within 1e-3. Every variant keeps the greedy tokens.
+  // transform and the occupancy build give the default's logits bit for bit; the fused input
+  // transform (split ranges rounded to whole 128-blocks) and split (two MMAs per accumulator)
+  // regroup fp32 sums: within 1e-4, as incremental decoding against the one-pass logits above
+  // (measured on the H200: 1.1-1.4e-5); the halves products (weights not rounded to fp16) within
+  // 1e-3. Every variant keeps the greedy tokens.
   struct Variant {
     const char* name;
     void (*set)(bool);
     double tolerance;  // rel-RMS against the default's logits; 0: bit for bit
   };
   for (const Variant& v : {Variant{"fused output", cuda::set_gemv_fused_out, 0.0},
-                           Variant{"fused input", cuda::set_gemv_fused_in, 1e-5},
+                           Variant{"fused input", cuda::set_gemv_fused_in, 1e-4},
                            Variant{"halves", cuda::set_gemv_halves, 1e-3},
-                           Variant{"split", cuda::set_gemv_split, 1e-5},
+                           Variant{"split", cuda::set_gemv_split, 1e-4},
                            Variant{"occupancy", cuda::set_gemv_occupancy, 0.0}}) {
     v.set(true);
     std::vector<float> got;
