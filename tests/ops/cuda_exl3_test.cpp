@@ -40,6 +40,13 @@ constexpr size_t kGuardWords = 64;
     if (list_cuda_devices().empty()) GTEST_SKIP() << "no CUDA device"; \
   } while (0)
 
+// Sets cuda::gemv_fused_in for a scope.
+struct GemvFusedIn {
+  explicit GemvFusedIn(bool on) : was(cuda::gemv_fused_in()) { cuda::set_gemv_fused_in(on); }
+  ~GemvFusedIn() { cuda::set_gemv_fused_in(was); }
+  bool was;
+};
+
 void ok(cudaError_t e) { ASSERT_EQ(e, cudaSuccess) << cudaGetErrorString(e); }
 
 // A random EXL3 layer (every bit string is a valid trellis, spec 2.9) with host storage.
@@ -311,6 +318,8 @@ TEST(CudaExl3, ForwardMatchesReferenceForEveryVariant) {
 // refused.
 TEST(CudaExl3, ForwardGroupEqualsSeparateForwards) {
   CUDA_OR_SKIP();
+  // Mixed K and codebooks take the separate transforms; so do the single forwards compared.
+  const GemvFusedIn separate(false);
   const int64_t k = 384, in_f = 300;
   const Layer la = random_layer(k, 256, 3, Codebook::kMcg, 71, true);
   const Layer lb = random_layer(k, 128, 4, Codebook::kMul1, 72, false);
@@ -367,6 +376,9 @@ TEST(CudaExl3, ForwardGroupEqualsSeparateForwards) {
 // bit, including the silu product it writes back in place of the gate, at GEMV and GEMM sizes.
 TEST(CudaExl3, FusedSiluInputEqualsSiluMulThenForward) {
   CUDA_OR_SKIP();
+  // Separate input transforms on both sides: the fused one (default for x without silu) groups
+  // the split-k sums differently, so only the separate forms compare bit for bit.
+  const GemvFusedIn separate(false);
   const int64_t k = 384, in_f = 300, out_f = 200;
   const Layer l = random_layer(k, 256, 3, Codebook::kMcg, 91, true);
   auto d = upload(l, in_f, out_f);
@@ -596,8 +608,9 @@ std::vector<float> unrounded_reference(const Layer& l, const std::vector<float>&
 
 // Sets cuda::gemv_halves for a scope.
 struct GemvHalves {
-  explicit GemvHalves(bool on) { cuda::set_gemv_halves(on); }
-  ~GemvHalves() { cuda::set_gemv_halves(false); }
+  explicit GemvHalves(bool on) : was(cuda::gemv_halves()) { cuda::set_gemv_halves(on); }
+  ~GemvHalves() { cuda::set_gemv_halves(was); }
+  bool was;
 };
 
 TEST(CudaExl3, UnroundedValuesRoundToTheOracle) {
@@ -643,8 +656,9 @@ TEST(CudaExl3, HalvesGemvMatchesUnroundedReference) {
 
 // Sets cuda::gemv_split for a scope.
 struct GemvSplit {
-  explicit GemvSplit(bool on) { cuda::set_gemv_split(on); }
-  ~GemvSplit() { cuda::set_gemv_split(false); }
+  explicit GemvSplit(bool on) : was(cuda::gemv_split()) { cuda::set_gemv_split(on); }
+  ~GemvSplit() { cuda::set_gemv_split(was); }
+  bool was;
 };
 
 // The "split" GEMV (3INST/MCG: one weight per word as (w, w) against (x, 0) activations; MUL1 keeps
@@ -672,8 +686,9 @@ TEST(CudaExl3, SplitGemvMatchesReference) {
 
 // Sets cuda::gemv_fused_out for a scope.
 struct GemvFusedOut {
-  explicit GemvFusedOut(bool on) { cuda::set_gemv_fused_out(on); }
-  ~GemvFusedOut() { cuda::set_gemv_fused_out(false); }
+  explicit GemvFusedOut(bool on) : was(cuda::gemv_fused_out()) { cuda::set_gemv_fused_out(on); }
+  ~GemvFusedOut() { cuda::set_gemv_fused_out(was); }
+  bool was;
 };
 
 // The GEMV with its output transform fused (the last block of each column group sums the k-split
@@ -682,6 +697,7 @@ struct GemvFusedOut {
 // one-launch group; each fused call runs twice, so a counter left non-zero would show.
 TEST(CudaExl3, FusedOutGemvEqualsSeparateTransform) {
   CUDA_OR_SKIP();
+  const GemvFusedIn separate_input(false);  // the default fuses it (and rounds split ranges)
   const int64_t k = 384, n = 256, in_f = 300, out_f = 200;
   for (int K = 1; K <= 8; ++K)
     for (Codebook cb : kCodebooks) {
@@ -735,11 +751,6 @@ TEST(CudaExl3, FusedOutGemvEqualsSeparateTransform) {
   }
 }
 
-// Sets cuda::gemv_fused_in for a scope.
-struct GemvFusedIn {
-  explicit GemvFusedIn(bool on) { cuda::set_gemv_fused_in(on); }
-  ~GemvFusedIn() { cuda::set_gemv_fused_in(false); }
-};
 
 // The GEMV with both transforms fused (each block transforms its k range of x, rounded to whole
 // 128-blocks): the same bits as the separate transforms where the split ranges coincide (1 and 3
@@ -748,6 +759,7 @@ struct GemvFusedIn {
 // call twice. The fused silu input (down's) keeps the separate transform: same bits as without.
 TEST(CudaExl3, FusedInGemvEqualsSeparateTransforms) {
   CUDA_OR_SKIP();
+  const GemvFusedIn separate(false);  // `want`: the separate transform kernels
   const int64_t k = 384, n = 256, in_f = 300, out_f = 200;
   for (int K = 1; K <= 8; ++K)
     for (Codebook cb : kCodebooks) {
@@ -764,9 +776,10 @@ TEST(CudaExl3, FusedInGemvEqualsSeparateTransforms) {
           EXPECT_TRUE(d->fused_in(m));
           for (int rep = 0; rep < 2; ++rep) {
             const auto got = run_forward(*d, x, m, in_f, out_f);
-            if (splits == 1 || splits == 3)
+            if (splits == 1 || splits == 3) {
               EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
                   << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << " splits=" << splits;
+            }
             EXPECT_LT(rel_rms(got, ref), 2e-5)
                 << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << " splits=" << splits;
           }
@@ -832,6 +845,7 @@ TEST(CudaExl3, FusedInGemvEqualsSeparateTransforms) {
 // the same thing in the same order: the same bits, every K and codebook, m = 1, 3, 8.
 TEST(CudaExl3, OccupancyBuildGivesTheSameBits) {
   CUDA_OR_SKIP();
+  const GemvFusedIn separate(false);  // the occupancy build is the unfused kernel's
   const int64_t k = 384, n = 256, in_f = 300, out_f = 200;
   for (int K = 1; K <= 8; ++K)
     for (Codebook cb : kCodebooks) {

@@ -50,7 +50,7 @@ void set_gemv_fused_out(bool on) { g_gemv_fused_out.store(on ? 1 : 0); }
 bool gemv_fused_out() { return cached_switch(g_gemv_fused_out, "TRELLIS_CUDA_GEMV_FUSED_OUT", false); }
 
 void set_gemv_fused_in(bool on) { g_gemv_fused_in.store(on ? 1 : 0); }
-bool gemv_fused_in() { return cached_switch(g_gemv_fused_in, "TRELLIS_CUDA_GEMV_FUSED_IN", false); }
+bool gemv_fused_in() { return cached_switch(g_gemv_fused_in, "TRELLIS_CUDA_GEMV_FUSED_IN", true); }
 
 void set_gemv_occupancy(bool on) { g_gemv_occupancy.store(on ? 1 : 0); }
 bool gemv_occupancy() { return cached_switch(g_gemv_occupancy, "TRELLIS_CUDA_GEMV_OCCUPANCY", false); }
