@@ -184,6 +184,7 @@ TEST(VulkanExl3, GemvDecodeIsBitExactForEveryVariantKAndCodebook) {
   TRELLIS_VULKAN_OR_SKIP(be);
   const int64_t k = 128, n = 64;  // 32 tiles = 8192 weights per (K, codebook)
   // Each fp16 variant with both add forms of the 3INST/MCG decode (set_gemv_scalar_add).
+  const bool sa_default = be->gemv_scalar_add();
   std::vector<std::tuple<bool, bool, bool>> cases;  // {f16, dot, scalar add}
   for (auto [f16, dot] : arith_variants(*be))
     for (bool sa : {false, true}) cases.emplace_back(f16, dot, sa);
@@ -206,7 +207,7 @@ TEST(VulkanExl3, GemvDecodeIsBitExactForEveryVariantKAndCodebook) {
                            << " scalar add=" << sa;
       }
     }
-    be->set_gemv_scalar_add(false);
+    be->set_gemv_scalar_add(sa_default);
   }
 }
 

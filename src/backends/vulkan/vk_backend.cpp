@@ -44,7 +44,7 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   fuse_silu_ = env_flag("TRELLIS_VULKAN_FUSE_SILU", true);
   gemv_hin_ = env_flag("TRELLIS_VULKAN_GEMV_HIN", true);
   gemv_fout_ = env_flag("TRELLIS_VULKAN_GEMV_FUSED_OUT", false);
-  gemv_scalar_add_ = env_flag("TRELLIS_VULKAN_GEMV_SCALAR_ADD", false);
+  gemv_scalar_add_ = env_flag("TRELLIS_VULKAN_GEMV_SCALAR_ADD", true);
   gemv_prefetch_ = env_flag("TRELLIS_VULKAN_GEMV_PREFETCH", true);
   gemv_target_groups_ = env_int("TRELLIS_VULKAN_GEMV_GROUPS", kGemvTargetGroups, 1, 1 << 20);
   gemv_tiles_ = env_int("TRELLIS_VULKAN_GEMV_TILES", 4, 1, 8);
