@@ -9,7 +9,7 @@
 #            (bench/acceptance_report.py OUT_DIR renders it again)
 #   --quick  small shapes and a 2-layer SmolLM2-shaped model only: checks the script and the
 #            report end to end in a few minutes (on lavapipe, say); its numbers mean nothing
-#   --only   run only these steps: devices, tests, cli, gemv, models, memory, ab
+#   --only   run only these steps: devices, tests, cli, gemv, models, memory, ab, profile
 # Steps, each on every backend `trellis devices` lists (CUDA and Vulkan device 0; the CPU as the
 # reference where one is needed):
 #   tests    trellis_tests '*Cuda*' and '*Vulkan*' (gtest XML)
@@ -27,6 +27,11 @@
 #            four shapes, and the 3 bpw 8B model's decode at context 256 on the backend the
 #            switch belongs to; the report gives the ratios (roughly 1.5 minutes per switch on
 #            an H200, an estimate: name three or four in TRELLIS_AB per 10-minute call)
+#   profile  (only when named) Nsight Compute on the CUDA backend: the 3 bpw 8B model's decode
+#            step at context 256, GPU time per kernel (bench/profile_report.py), and the
+#            scheduler, warp-state, pipe and occupancy sections of the K = 3 MCG GEMV on
+#            8192x28672 in four variants (the fused default, halves, unfused, the unfused
+#            occupancy build); a few minutes on an H200 (an estimate)
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 # TRELLIS_SHARED points at the shared fixtures (default: ../shared of the source tree); the Vulkan
 # loader must find the GPU's driver (e.g. VK_DRIVER_FILES=/path/to/nvidia_icd.json).
@@ -210,6 +215,45 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
       done
     done
   done
+fi
+
+if wants profile && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2> /dev/null | head -1)
+  if [ -z "$ncu" ]; then
+    echo "profile: no ncu (Nsight Compute) on this machine" >&2
+    echo "profile_ncu 1" >> "$steps"
+    status=1
+  else
+    mkdir -p "$out/profile" "$models"
+    step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
+    # The decode without the profiler, then the same decode under it with 2 and 6 steps: the
+    # difference is four steady-state steps (profile_report.py).
+    step profile_decode_wall bash -c "'$bin/trellis_bench_model' -m '$models/l8b3' --device cuda:0 --prompt 256 \
+      --gen 64 --reps 3 > '$out/profile/decode_wall.json' 2> '$out/profile/decode_wall.log'"
+    for g in 2 6; do
+      step "profile_decode_g$g" bash -c "'$ncu' --clock-control none --cache-control none --csv --print-units base \
+        --metrics gpu__time_duration.sum --log-file '$out/profile/decode_g$g.csv' '$bin/trellis_bench_model' \
+        -m '$models/l8b3' --device cuda:0 --prompt 256 --gen $g --reps 1 --warmup 0 > /dev/null \
+        2> '$out/profile/decode_g$g.log'"
+    done
+    wall=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['decode_tok_s'])" \
+      "$out/profile/decode_wall.json" 2> /dev/null || echo 0)
+    step profile_decode_report bash -c "'$py' '$src/bench/profile_report.py' '$out/profile/decode_g2.csv' 2 \
+      '$out/profile/decode_g6.csv' 6 --wall-tok-s $wall > '$out/profile/decode.md'"
+    # The GEMV's limiter: NAME|the kernel's template arguments after <K, CB, (Mode, Fuse, MinBlocks)|ENV.
+    # The bench times the product kernel alone (Fuse 0) and then the whole forward (fused default: Fuse 2).
+    variants=("fused|0, 2, 1>|" "halves|1, 2, 1>|TRELLIS_CUDA_GEMV_HALVES=1" "unfused|0, 0, 1>|TRELLIS_CUDA_GEMV_FUSED_IN=0"
+      "occupancy|0, 0, 10>|TRELLIS_CUDA_GEMV_FUSED_IN=0 TRELLIS_CUDA_GEMV_OCCUPANCY=1")
+    for v in "${variants[@]}"; do
+      IFS='|' read -r name targs env_set <<< "$v"
+      step "profile_gemv_$name" bash -c "$env_set '$ncu' --clock-control none --kernel-name-base demangled \
+        -k 'regex:gemv_kernel<3, 1, $targs' --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+        --section Occupancy --section LaunchStats --section SchedulerStats --section WarpStateStats \
+        --section ComputeWorkloadAnalysis --section InstructionStats --section MemoryWorkloadAnalysis \
+        --log-file '$out/profile/gemv_$name.txt' '$bin/trellis_bench_cuda_exl3' --K 3 --codebooks mcg \
+        --shapes 8192x28672 --reps 2 --warmup 0 > /dev/null 2> '$out/profile/gemv_$name.log'"
+    done
+  fi
 fi
 
 # The report compares the logits files once (cli/logits_compare.json) and they go: 16+ MB each.
