@@ -306,6 +306,10 @@ def section_ab(out):
     for switch, by_value in sorted(runs.items()):
         off, on = by_value.get("0", {}), by_value.get("1", {})
         print(f"### `{switch}`\n")
+        if "=" in switch:  # a knob: VAR=a-b ran VAR=a as "0" and VAR=b as "1"
+            var, pair = switch.split("=", 1)
+            a, b = pair.split("-", 1)
+            print(f"A knob, not a switch: \"0\" is {var}={a}, \"1\" is {var}={b}.\n")
         times = {}
         for value, group in (("0", off), ("1", on)):
             for data in group.get("gemv", []):

@@ -22,7 +22,8 @@
 #            SmolLM2-135M-shaped 3 bpw one: prefill and decode at contexts 1, 256 and 2048
 #   memory   peak GPU memory (nvidia-smi, every 0.2 s) of the 3 bpw 8B model with an 8K context
 #   ab       every switch named in $TRELLIS_AB (default: the CUDA and Vulkan GEMV variants not
-#            yet measured on a GPU, one at a time and two together; A+B sets both) at 0 and 1
+#            yet measured on a GPU, one at a time and two together; A+B sets both; VAR=a/b
+#            compares two values of a knob) at 0 and 1
 #            alternately, twice: for TRELLIS_CUDA_* the CUDA GEMV at K = 2, 3 x MCG, MUL1 on the
 #            four shapes, and the 3 bpw 8B model's decode at context 256 on the backend the
 #            switch belongs to; the report gives the ratios (roughly 1.5 minutes per switch on
@@ -194,24 +195,36 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
     step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
   fi
   # The opt-in variants still undecided (session 13 measured the others: docs/CUDA.md, VULKAN.md);
-  # the occupancy build replaces the unfused kernel only, hence FUSED_IN=0 beside it.
-  ab_default="TRELLIS_CUDA_GEMV_HALVES TRELLIS_VULKAN_GEMV_FUSED_OUT"
+  # the occupancy build replaces the unfused kernel only, hence FUSED_IN=0 beside it. A switch
+  # written VAR=a/b runs VAR=a in the "0" role and VAR=b in the "1" role (a knob, not an on/off
+  # switch); its label in file names and the report is VAR=a-b.
+  ab_default="TRELLIS_CUDA_GEMV_WEIGHTS_A TRELLIS_CUDA_GEMV_HALVES+TRELLIS_CUDA_GEMV_WEIGHTS_A"
+  ab_default+=" TRELLIS_CUDA_GEMV_BLOCKS_PER_SM=12/8 TRELLIS_CUDA_GEMV_HALVES"
   [ -z "${TRELLIS_AB:-}" ] && [ "${TRELLIS_CUDA_GEMV_FUSED_IN:-}" = 0 ] && ab_default+=" TRELLIS_CUDA_GEMV_OCCUPANCY"
-  for sw in ${TRELLIS_AB:-$ab_default}; do
+  for spec in ${TRELLIS_AB:-$ab_default}; do
+    sw=$spec values=(0 1)
+    if [[ $spec == *=*/* ]]; then
+      sw=${spec%%=*}
+      values=("${spec#*=}")
+      values=("${values[0]%%/*}" "${values[0]#*/}")
+      label="$sw=${values[0]}-${values[1]}"
+    else
+      label=$sw
+    fi
     ab_dev=cuda:0
     [[ $sw == TRELLIS_VULKAN_* ]] && ab_dev=vulkan:0
     [[ " ${devs[*]} " == *" $ab_dev "* ]] || { echo "ab: $sw needs $ab_dev" >&2; continue; }
     for r in 1 2; do
       for v in 0 1; do
         set_env=""
-        for part in ${sw//+/ }; do set_env+="$part=$v "; done
+        for part in ${sw//+/ }; do set_env+="$part=${values[$v]} "; done
         [ $ab_dev = cuda:0 ] &&
-          step "ab_gemv_${sw}_${v}_r$r" bash -c "$set_env '$bin/trellis_bench_cuda_exl3' --K ${ab_ks[*]} \
-            --codebooks mcg mul1 --shapes ${ab_shapes[*]} ${ab_extra[*]} > '$out/ab/gemv_${sw}_${v}_r$r.json' \
-            2> '$out/ab/gemv_${sw}_${v}_r$r.log'"
-        step "ab_model_${sw}_${v}_r$r" bash -c "$set_env timeout 300 '$bin/trellis_bench_model' \
+          step "ab_gemv_${label}_${v}_r$r" bash -c "$set_env '$bin/trellis_bench_cuda_exl3' --K ${ab_ks[*]} \
+            --codebooks mcg mul1 --shapes ${ab_shapes[*]} ${ab_extra[*]} > '$out/ab/gemv_${label}_${v}_r$r.json' \
+            2> '$out/ab/gemv_${label}_${v}_r$r.log'"
+        step "ab_model_${label}_${v}_r$r" bash -c "$set_env timeout 300 '$bin/trellis_bench_model' \
           -m '$models/$ab_model' --device $ab_dev --prompt $ab_prompt --gen ${ab_run[0]} --reps ${ab_run[1]} \
-          > '$out/ab/model_${sw}_${v}_r$r.json' 2> '$out/ab/model_${sw}_${v}_r$r.log'"
+          > '$out/ab/model_${label}_${v}_r$r.json' 2> '$out/ab/model_${label}_${v}_r$r.log'"
       done
     done
   done

@@ -654,34 +654,56 @@ TEST(CudaExl3, HalvesGemvMatchesUnroundedReference) {
   }
 }
 
-// Sets cuda::gemv_split for a scope.
-struct GemvSplit {
-  explicit GemvSplit(bool on) : was(cuda::gemv_split()) { cuda::set_gemv_split(on); }
-  ~GemvSplit() { cuda::set_gemv_split(was); }
+// Sets cuda::gemv_weights_a for a scope.
+struct GemvWeightsA {
+  explicit GemvWeightsA(bool on) : was(cuda::gemv_weights_a()) { cuda::set_gemv_weights_a(on); }
+  ~GemvWeightsA() { cuda::set_gemv_weights_a(was); }
   bool was;
 };
 
-// The "split" GEMV (3INST/MCG: one weight per word as (w, w) against (x, 0) activations; MUL1 keeps
-// the paired kernel) multiplies by the exact fp16 values: the reference to fp32 level, every K and
-// codebook, m = 1, 3, 8, and several k-split counts.
-TEST(CudaExl3, SplitGemvMatchesReference) {
+// The GEMV with the weights as the MMA's A operand (m <= 4; larger m keep the default kernel)
+// forms the same products and hi + lo sums as the default, only with the tensor cores' operand
+// roles swapped: equal to it to fp32 level (bitwise where the tensor cores sum a dot product the
+// same way in both roles; the count is printed), in both decode modes (paired values and
+// unrounded halves), for every K and codebook, m = 1..5 and 8, several k-split counts, with the
+// transforms fused (the default) and separate; and the exact mode against the reference.
+TEST(CudaExl3, WeightsAGemvEqualsDefault) {
   CUDA_OR_SKIP();
-  const GemvSplit scope(true);
   const int64_t k = 384, n = 256, in_f = 300, out_f = 200;
-  for (int K = 1; K <= 8; ++K)
-    for (Codebook cb : kCodebooks) {
-      const Layer l = random_layer(k, n, K, cb, 700 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(cb), true);
-      auto d = upload(l, in_f, out_f);
-      for (int64_t m : {1, 3, 8}) {
-        const auto x = random_rows(m, in_f, 970 + static_cast<uint64_t>(m));
-        const auto want = reference(l, x, m, in_f, out_f);
-        for (int splits : {d->gemv_splits(), 3}) {
-          d->set_gemv_splits(splits);
-          EXPECT_LT(rel_rms(run_forward(*d, x, m, in_f, out_f), want), 2e-5)
-              << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << " splits=" << splits;
+  int compared = 0, bitwise = 0;
+  for (bool halves : {false, true})
+    for (bool fused_in : {true, false}) {
+      const GemvHalves h(halves);
+      const GemvFusedIn f(fused_in);
+      for (int K = 1; K <= 8; ++K)
+        for (Codebook cb : kCodebooks) {
+          const Layer l = random_layer(k, n, K, cb, 700 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(cb), true);
+          auto d = upload(l, in_f, out_f);
+          const int automatic = d->gemv_splits();
+          for (int64_t m : {1, 2, 3, 4, 5, 8}) {
+            const auto x = random_rows(m, in_f, 970 + static_cast<uint64_t>(m));
+            for (int splits : {automatic, 3, CudaExl3Linear::kMaxGemvSplits}) {
+              d->set_gemv_splits(splits);
+              const std::string what = "K=" + std::to_string(K) + " cb=" + std::string(exl3::codebook_name(cb)) +
+                                       " m=" + std::to_string(m) + " splits=" + std::to_string(splits) +
+                                       " halves=" + std::to_string(halves) + " fused_in=" + std::to_string(fused_in);
+              const auto want = run_forward(*d, x, m, in_f, out_f);
+              std::vector<float> got;
+              {
+                const GemvWeightsA on(true);
+                got = run_forward(*d, x, m, in_f, out_f);
+              }
+              EXPECT_LT(rel_rms(got, want), 1e-6) << what;
+              if (!halves && splits == automatic) {
+                EXPECT_LT(rel_rms(got, reference(l, x, m, in_f, out_f)), 2e-5) << what;
+              }
+              ++compared;
+              bitwise += std::memcmp(got.data(), want.data(), got.size() * 4) == 0;
+            }
+          }
         }
-      }
     }
+  std::printf("weights-as-A GEMV: %d of %d outputs bitwise equal to the default kernel's\n", bitwise, compared);
 }
 
 // Sets cuda::gemv_fused_out for a scope.

@@ -63,7 +63,7 @@ float* f32(const DeviceTensor& t) {
 // when they would.
 uint64_t exl3_path(int64_t m) {
   return static_cast<uint64_t>(gemm_act_parts(m)) | (fused_reconstruct(m) ? 4u : 0u) | (prefill_fusion() ? 8u : 0u) |
-         (gemv_halves() ? 16u : 0u) | (gemv_split() ? 32u : 0u) | (gemv_fused_out() ? 64u : 0u) |
+         (gemv_halves() ? 16u : 0u) | (gemv_weights_a() ? 32u : 0u) | (gemv_fused_out() ? 64u : 0u) |
          (gemv_fused_in() ? 128u : 0u) | (gemv_occupancy() ? 256u : 0u);
 }
 #endif

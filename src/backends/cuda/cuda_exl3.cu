@@ -123,13 +123,13 @@ std::unique_ptr<CudaExl3Linear> CudaExl3Linear::create(const exl3::Exl3LinearVie
   l->done_ = static_cast<unsigned*>(device_malloc(done_bytes, "EXL3 GEMV counters"));
   check(cudaMemsetAsync(l->done_, 0, done_bytes, stream), "clearing EXL3 GEMV counters");
 
-  // Split k until the grid has about three blocks per SM (the kernel keeps 2-3 resident).
+  // Split k until the grid has about gemv_blocks_per_sm() blocks per SM.
   int sms = 1;
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, l->device_), "cudaDeviceGetAttribute");
   l->sms_ = sms;
   const int64_t groups = view.n / 16 / exl3k::gemv_tiles(view.K);
   const int64_t k_tiles = view.k / 16;
-  int64_t splits = (exl3k::kGemvBlocksPerSm * static_cast<int64_t>(sms) + groups - 1) / groups;
+  int64_t splits = (gemv_blocks_per_sm() * static_cast<int64_t>(sms) + groups - 1) / groups;
   splits = std::min<int64_t>({splits, kMaxGemvSplits, std::max<int64_t>(1, k_tiles / (2 * exl3k::kGemvWarps))});
   l->gemv_splits_ = static_cast<int>(std::max<int64_t>(1, splits));
   return l;

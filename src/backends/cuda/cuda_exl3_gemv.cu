@@ -18,14 +18,16 @@
 // * What is left per weight is the decode, and it is the wall: cutting the 16-bit window (IMAD.SHL
 //   + shift for 3INST/MCG, so that half of it runs on the FMA pipe; shift + mask for MUL1), one
 //   IMAD, then per pair of weights one lop3 x2 + prmt x2 + one f16x2 add (3INST/MCG) or dp4a x2 +
-//   prmt + one f16x2 FMA (MUL1): about 7-8 issued instructions per weight and lane with the loop.
-//   ncu (K=3 MCG, 8192x28672): the ALU pipe is the busiest (65% of peak) and issue slots are ~55%
-//   busy, so an H100/H200 SM decodes ~10-14 weights per clock: memory-bound only from K ~ 6-8 up.
-//   Closing the rest needs fewer integer ops per weight than the codebooks' definitions allow
-//   (every weight needs its own 16-bit window and 32-bit multiply).
-//   Two opt-in modes (GemvMode below, not yet measured on a GPU) drop the per-pair step: kHalves
-//   hands each weight's two fp16 halves to the MMA as separate products (~5.7 instead of ~6.9
-//   instructions per weight at K=3 MCG; unrounded values), kSplit one (w, w) word per weight.
+//   prmt + one f16x2 FMA (MUL1): 6.1-7.5 issued instructions per weight and lane with the loop
+//   (bench/sass_loop_stats.py on the sm_90 build). ncu (K=3 MCG, 8192x28672, session 5): the ALU
+//   pipe is the busiest (65% of peak) and issue slots are ~55% busy, so an H100/H200 SM decodes
+//   ~10-14 weights per clock: memory-bound only from K ~ 6-8 up. Closing the rest needs fewer
+//   integer ops per weight than the codebooks' definitions allow (every weight needs its own
+//   16-bit window and 32-bit multiply).
+//   Opt-in modes (GemvMode below): kHalves hands each weight's two fp16 halves to the MMA as
+//   separate products (~5.7 instead of ~6.8 instructions per weight at K=3 MCG; unrounded
+//   values; measured 1.03-1.06x on MCG, session 13); the *WA modes make the weights the MMA's A
+//   operand (half the MMAs and accumulator registers; not yet measured on a GPU).
 // * Split-k over blocks so that the grid holds about kGemvBlocksPerSm blocks per SM; partial sums
 //   go to scratch and are summed in fixed order by the output transform.
 #include <cuda_fp16.h>
@@ -57,12 +59,19 @@ struct GemvGroupArgs {
   int count, m, k_tiles;
 };
 
-// How lanes turn decoded weights into MMA B fragments (cuda_util.h gemv_halves / gemv_split):
+// How lanes turn decoded weights into MMA operands (cuda_util.h gemv_halves / gemv_weights_a):
 // kPairs, two weights' fp16 values per word (the default); kHalves, one weight per word as its two
-// unrounded halves (or MUL1's 1024 + bytesum), against duplicated activations; kSplit (3INST/MCG),
-// one weight per word as (w, w) from one f16x2 add with swizzled operands, against (x, 0)
-// activations: exact values like kPairs, without the pairing prmt.
-enum GemvMode : int { kPairs = 0, kHalves = 1, kSplit = 2 };
+// unrounded halves (or MUL1's 1024 + bytesum), against duplicated activations. Both hand the
+// weights to mma.m16n8k16 as B (16 k x 8 columns, two MMAs per 16x16 tile) against A = the
+// activations (rows 0-7 hi, 8-15 lo: 14 of 16 rows are zero at m = 1). The *WA modes (m <= 4)
+// swap the roles: a lane's 8 decoded words of a tile are exactly one A fragment of the tile as a
+// 16 (output columns) x 16 (k) matrix (a0 = (col g, k 2t..), a1 = (col g+8, k 2t..), a2 = (col g,
+// k 2t+8..), a3 = (col g+8, k 2t+8..): kPairs's b[0], b[2], b[1], b[3]), and B = the activations,
+// column 2r + h = batch row r's hi (h = 0) or lo (h = 1) part, so one MMA covers a whole tile (two
+// in kHalvesWA) and the accumulators take half the registers. The products and the hi + lo sums
+// are the same; only the tensor cores' operand roles differ.
+enum GemvMode : int { kPairs = 0, kHalves = 1, kPairsWA = 2, kHalvesWA = 3 };
+constexpr bool weights_as_a(int mode) { return mode == kPairsWA || mode == kHalvesWA; }
 
 // Fuse: 0 none, 1 the output transform, 2 the input and output transforms (GemvItem).
 // MinBlocks: __launch_bounds__'s minimum of resident blocks per SM. 1 leaves ptxas free (~110-120
@@ -171,34 +180,46 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
     cp_async_wait<kStages - 1>();
     __syncwarp();
     const unsigned char* st = ring + (it % kStages) * stage_bytes;
+    // The activations' A fragment of batch row `row` (g, or g / 2 when they are B) for quad q.
+    const int row = weights_as_a(Mode) ? g >> 1 : g;
+    const bool has_row = weights_as_a(Mode) ? g < 2 * m : g < m;
     uint4 a = make_uint4(0, 0, 0, 0);
     if constexpr (Fuse == 2) {
       const int slab = first + it * kGemvWarps - tk0;
-      if (g < m) a = *reinterpret_cast<const uint4*>(act_area + ((slab * m + g) * 4 + q) * 16);
+      if (has_row) a = *reinterpret_cast<const uint4*>(act_area + ((slab * m + row) * 4 + q) * 16);
     } else {
-      if (g < m) a = *reinterpret_cast<const uint4*>(st + kChunksT * 16 + (g * 4 + q) * 16);
+      if (has_row) a = *reinterpret_cast<const uint4*>(st + kChunksT * 16 + (row * 4 + q) * 16);
     }
     const uint32_t* tw = reinterpret_cast<const uint32_t*>(st);
-    if constexpr (Mode == kSplit && CB != 2) {
-      // Word i is (w_i, w_i); A's pair for k 2t, 2t+1 becomes (x_2t, 0) for the even tile rows
-      // and (x_2t+1, 0) for the odd ones, so each product counts w_i once.
-      const uint32_t ar[4] = {a.x, a.y, a.z, a.w};
-      uint32_t ae[4], ao[4];
+    if constexpr (weights_as_a(Mode)) {
+      // B column g = batch row g / 2, its hi part (even g: A's a0, a2) or lo part (odd g: a1, a3):
+      // b0 = elements 2t, 2t+1 and b1 = 2t+8, 2t+9 of the slab.
+      const uint32_t b0 = (g & 1) ? a.y : a.x, b1 = (g & 1) ? a.w : a.z;
+      if constexpr (Mode == kHalvesWA) {
+        // Each weight word stands for two k positions of one input: B repeats each activation.
+        const uint32_t be0 = __byte_perm(b0, 0u, 0x1010), be1 = __byte_perm(b1, 0u, 0x1010);
+        const uint32_t bo0 = __byte_perm(b0, 0u, 0x3232), bo1 = __byte_perm(b1, 0u, 0x3232);
+        if constexpr (CB == 2) {
+          const uint32_t ones[4] = {0x3C003C00u, 0x3C003C00u, 0x3C003C00u, 0x3C003C00u};  // A = 1.0
+          mma_m16n8k16(acc_sum, ones, b0, b1);
+        }
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        ae[j] = __byte_perm(ar[j], 0u, 0x5410);
-        ao[j] = __byte_perm(ar[j], 0u, 0x5432);
-      }
+        for (int i = 0; i < G; ++i) {
+          uint32_t y[8];
+          decode_lane_halves<K, CB>(tw + i * 8 * K, lane, y);
+          const uint32_t ae[4] = {y[0], y[4], y[2], y[6]};  // tile rows 2t, 2t+8
+          const uint32_t ao[4] = {y[1], y[5], y[3], y[7]};  // tile rows 2t+1, 2t+9
+          mma_m16n8k16(acc[i][0], ae, be0, be1);
+          mma_m16n8k16(acc[i][0], ao, bo0, bo1);
+        }
+      } else {
 #pragma unroll
-      for (int i = 0; i < G; ++i) {
-        uint32_t y[8];
-        decode_lane_halves<K, CB>(tw + i * 8 * K, lane, y);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) y[j] = sum_halves_twice(y[j]);
-        mma_m16n8k16(acc[i][0], ae, y[0], y[2]);
-        mma_m16n8k16(acc[i][0], ao, y[1], y[3]);
-        mma_m16n8k16(acc[i][1], ae, y[4], y[6]);
-        mma_m16n8k16(acc[i][1], ao, y[5], y[7]);
+        for (int i = 0; i < G; ++i) {
+          uint32_t w[4];
+          decode_lane<K, CB>(tw + i * 8 * K, lane, w);
+          const uint32_t wa[4] = {w[0], w[2], w[1], w[3]};
+          mma_m16n8k16(acc[i][0], wa, b0, b1);
+        }
       }
     } else if constexpr (Mode == kHalves) {
       // Each weight is one 32-bit word of two fp16 halves standing for two k positions of the
@@ -238,7 +259,23 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
   // Rows 0-7 of D are the hi products, rows 8-15 the lo products of the same batch rows.
   constexpr int kCols = 16 * G;
   float* red = reinterpret_cast<float*>(smem);  // [warps][m][kCols]
-  if (g < m) {
+  if constexpr (weights_as_a(Mode)) {
+    // D (16 tile columns x 8): d0, d1 = (column g, batch row q's hi and lo), d2, d3 = column g + 8.
+    if (q < m) {
+      const float bias_sum = kMul1Bias * (acc_sum[0] + acc_sum[1]);  // kHalvesWA + MUL1: Σ x of row q
+#pragma unroll
+      for (int i = 0; i < G; ++i) {
+        float* r = red + (warp * m + q) * kCols + 16 * i + g;
+        if constexpr (Mode == kHalvesWA && CB == 2) {
+          r[0] = fmaf(kMul1Inv, acc[i][0][0] + acc[i][0][1], bias_sum);
+          r[8] = fmaf(kMul1Inv, acc[i][0][2] + acc[i][0][3], bias_sum);
+        } else {
+          r[0] = acc[i][0][0] + acc[i][0][1];
+          r[8] = acc[i][0][2] + acc[i][0][3];
+        }
+      }
+    }
+  } else if (g < m) {
     // Halves + MUL1: the sums are of h = 1024 + bytesum; Σ value·x = kInv·Σ h·x + kBias·Σ x.
     const float bias_sum = kMul1Bias * (acc_sum[0] + acc_sum[2]);
 #pragma unroll
@@ -344,11 +381,10 @@ constexpr auto decode_row(std::integer_sequence<int, Ks...>) {
 }
 
 using GemvRows = std::array<std::array<GemvFn, 8>, 3>;
-// MUL1 has no kSplit kernel (its pair step costs the same): kPairs's instead.
 template <int Mode, int Fuse>
 constexpr GemvRows gemv_rows() {
   constexpr auto ks = std::make_integer_sequence<int, 8>{};
-  return {gemv_row<0, Mode, Fuse>(ks), gemv_row<1, Mode, Fuse>(ks), gemv_row<2, Mode == kSplit ? kPairs : Mode, Fuse>(ks)};
+  return {gemv_row<0, Mode, Fuse>(ks), gemv_row<1, Mode, Fuse>(ks), gemv_row<2, Mode, Fuse>(ks)};
 }
 template <int CB, int... Ks>
 constexpr auto gemv_occupancy_row(std::integer_sequence<int, Ks...>) {
@@ -359,10 +395,12 @@ const GemvRows kGemvOccupancyTable = {gemv_occupancy_row<0>(std::make_integer_se
                                       gemv_occupancy_row<1>(std::make_integer_sequence<int, 8>{}),
                                       gemv_occupancy_row<2>(std::make_integer_sequence<int, 8>{})};
 // [fuse][mode][codebook][K - 1]
-const std::array<std::array<GemvRows, 3>, 3> kGemvTable = {
-    {{gemv_rows<kPairs, 0>(), gemv_rows<kHalves, 0>(), gemv_rows<kSplit, 0>()},
-     {gemv_rows<kPairs, 1>(), gemv_rows<kHalves, 1>(), gemv_rows<kSplit, 1>()},
-     {gemv_rows<kPairs, 2>(), gemv_rows<kHalves, 2>(), gemv_rows<kSplit, 2>()}}};
+template <int Fuse>
+constexpr std::array<GemvRows, 4> gemv_modes() {
+  return {gemv_rows<kPairs, Fuse>(), gemv_rows<kHalves, Fuse>(), gemv_rows<kPairsWA, Fuse>(),
+          gemv_rows<kHalvesWA, Fuse>()};
+}
+const std::array<std::array<GemvRows, 4>, 3> kGemvTable = {gemv_modes<0>(), gemv_modes<1>(), gemv_modes<2>()};
 const std::array<std::array<DecodeFn, 8>, 3> kDecodeTable = {decode_row<0>(std::make_integer_sequence<int, 8>{}),
                                                              decode_row<1>(std::make_integer_sequence<int, 8>{}),
                                                              decode_row<2>(std::make_integer_sequence<int, 8>{})};
@@ -422,11 +460,11 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
       smem = std::max(smem, gemv_ring_bytes(K, m) + act);
     }
   }
-  const int mode = gemv_halves() ? kHalves : gemv_split() ? kSplit : kPairs;
+  const int mode = (gemv_halves() ? kHalves : kPairs) + (m <= 4 && gemv_weights_a() ? kPairsWA : 0);
   const bool occ = mode == kPairs && fuse == 0 && gemv_occupancy();
   const GemvFn fn = occ ? kGemvOccupancyTable[codebook][K - 1] : kGemvTable[fuse][mode][codebook][K - 1];
   if (smem > 48 * 1024) {  // above the default dynamic shared memory limit: opt in once per kernel
-    static std::once_flag once[2][3][3][3][8];
+    static std::once_flag once[2][3][4][3][8];
     std::call_once(once[occ][fuse][mode][codebook][K - 1], [&] {
       const size_t most = std::max(gemv_smem_bytes(K, 8), fuse == 2 ? gemv_ring_bytes(K, 8) + kFusedInActBytes : 0);
       check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)),

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdlib>
 
+#include "backends/cuda/cuda_exl3_kernels.cuh"
 #include "core/error.h"
 
 namespace trellis::cuda {
@@ -14,7 +15,7 @@ std::atomic<int64_t> g_reconstruct_rows{-1};  // -1: not read yet; then the thre
 std::atomic<int> g_prefill_fusion{-1};         // -1: not read yet; then 0 or 1
 std::atomic<int> g_wide_transforms{-1};        // -1: not read yet; then 0 or 1
 std::atomic<int> g_gemv_halves{-1};            // -1: not read yet; then 0 or 1
-std::atomic<int> g_gemv_split{-1};             // -1: not read yet; then 0 or 1
+std::atomic<int> g_gemv_weights_a{-1};         // -1: not read yet; then 0 or 1
 std::atomic<int> g_gemv_fused_out{-1};         // -1: not read yet; then 0 or 1
 std::atomic<int> g_gemv_fused_in{-1};          // -1: not read yet; then 0 or 1
 std::atomic<int> g_gemv_occupancy{-1};         // -1: not read yet; then 0 or 1
@@ -43,8 +44,8 @@ bool wide_transforms() { return cached_switch(g_wide_transforms, "TRELLIS_CUDA_W
 void set_gemv_halves(bool on) { g_gemv_halves.store(on ? 1 : 0); }
 bool gemv_halves() { return cached_switch(g_gemv_halves, "TRELLIS_CUDA_GEMV_HALVES", false); }
 
-void set_gemv_split(bool on) { g_gemv_split.store(on ? 1 : 0); }
-bool gemv_split() { return cached_switch(g_gemv_split, "TRELLIS_CUDA_GEMV_SPLIT", false); }
+void set_gemv_weights_a(bool on) { g_gemv_weights_a.store(on ? 1 : 0); }
+bool gemv_weights_a() { return cached_switch(g_gemv_weights_a, "TRELLIS_CUDA_GEMV_WEIGHTS_A", false); }
 
 void set_gemv_fused_out(bool on) { g_gemv_fused_out.store(on ? 1 : 0); }
 bool gemv_fused_out() { return cached_switch(g_gemv_fused_out, "TRELLIS_CUDA_GEMV_FUSED_OUT", false); }
@@ -54,6 +55,20 @@ bool gemv_fused_in() { return cached_switch(g_gemv_fused_in, "TRELLIS_CUDA_GEMV_
 
 void set_gemv_occupancy(bool on) { g_gemv_occupancy.store(on ? 1 : 0); }
 bool gemv_occupancy() { return cached_switch(g_gemv_occupancy, "TRELLIS_CUDA_GEMV_OCCUPANCY", false); }
+
+int gemv_blocks_per_sm() {
+  static const int blocks = [] {
+    if (const char* e = std::getenv("TRELLIS_CUDA_GEMV_BLOCKS_PER_SM"); e && *e) {
+      char* end = nullptr;
+      const long v = std::strtol(e, &end, 10);
+      if (end && *end == '\0' && v >= 1 && v <= 32) return static_cast<int>(v);
+      throw Error(ErrorKind::kInvalidArgument,
+                  std::string("TRELLIS_CUDA_GEMV_BLOCKS_PER_SM must be an integer in 1..32, got '") + e + "'");
+    }
+    return exl3k::kGemvBlocksPerSm;
+  }();
+  return blocks;
+}
 
 void set_fused_reconstruct_rows(int64_t rows) { g_reconstruct_rows.store(rows < 0 ? 0 : rows); }
 

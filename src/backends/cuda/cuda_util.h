@@ -78,19 +78,23 @@ void set_wide_transforms(bool on);
 // (3INST/MCG) or the prmt and f16x2 FMA (MUL1, whose affine map then runs once per output), at
 // twice the MMAs. Each weight then enters unrounded: within half an fp16 ulp of the stored value
 // (rms relative error of a product ~1.4e-4 instead of fp32-level). Off unless
-// TRELLIS_CUDA_GEMV_HALVES=1: not yet measured on a GPU.
+// TRELLIS_CUDA_GEMV_HALVES=1 (H200, session 13: MCG GEMV 1.03-1.06x, MUL1 0.94-0.98x, 8B MCG
+// decode +2.2%).
 bool gemv_halves();
 // Test hook: overrides the environment for launches recorded after the call.
 void set_gemv_halves(bool on);
-// Whether the 3INST/MCG GEMV (when not gemv_halves) decodes one weight per word, (w, w) from one
-// f16x2 add with swizzled operands, against (x, 0) activations, instead of pairing two weights per
-// word (two prmt per pair). Exact values as the default; twice the MMAs. Off unless
-// TRELLIS_CUDA_GEMV_SPLIT=1: not yet measured on a GPU.
-bool gemv_split();
-void set_gemv_split(bool on);  // test hook
+// Whether the EXL3 GEMV at m <= 4 hands the decoded weights to mma.m16n8k16 as its A operand (16
+// output columns x 16 k per tile) and the activations as B (columns: each batch row's hi and lo
+// parts), instead of weights as B and activations as A (rows: hi and lo parts, 14 of 16 rows zero
+// at m = 1): one MMA per tile instead of two (two instead of four with gemv_halves) and half the
+// accumulator registers, for the same products and sums (cuda_exl3_gemv.cu, "*WA" modes). Off
+// unless TRELLIS_CUDA_GEMV_WEIGHTS_A=1: not yet measured on a GPU.
+bool gemv_weights_a();
+void set_gemv_weights_a(bool on);  // test hook
 // Whether the EXL3 GEMV (m <= 8) applies the output transform itself: the last block of each
 // 128-column group sums the k-split partials and writes y (same bits as exl3_hadamard_out), one
-// launch fewer per linear (group). Off unless TRELLIS_CUDA_GEMV_FUSED_OUT=1: not yet measured.
+// launch fewer per linear (group). Off unless TRELLIS_CUDA_GEMV_FUSED_OUT=1; gemv_fused_in (the
+// default) fuses the output too, and down's fused-silu input then gets only this.
 bool gemv_fused_out();
 void set_gemv_fused_out(bool on);  // test hook
 // Whether the EXL3 GEMV also applies the input transform itself (each block transforms its own
@@ -107,6 +111,12 @@ void set_gemv_fused_in(bool on);  // test hook
 bool gemv_occupancy();
 void set_gemv_occupancy(bool on);  // test hook
 
+// Blocks per SM the EXL3 GEMV's k-split aims its grid at (exl3k::kGemvBlocksPerSm = 12 unless
+// TRELLIS_CUDA_GEMV_BLOCKS_PER_SM = 1..32 says otherwise; read when a linear is created). 12 won
+// the session 5 sweep when the kernel held 72 registers; at today's ~104-120 only 8-9 blocks are
+// resident (bench/sass_loop_stats.py, cuobjdump -res-usage), so the grid of a large linear is
+// ~1.5 waves: a tuning knob for the next GPU run (bench/gpu_acceptance.sh ab takes VAR=a/b).
+int gemv_blocks_per_sm();
 // Whether launch() (cuda_launch.cuh) gives kernels on the current device the programmatic
 // dependent launch attribute: compute capability >= 9.0 and TRELLIS_CUDA_PDL not "0".
 bool pdl_enabled();
