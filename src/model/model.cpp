@@ -162,6 +162,10 @@ void Model::load_weights(const ModelOptions& options) {
     fail(ErrorKind::kUnsupported, "{}: hidden_act '{}' is not supported (only silu)", c.path, c.hidden_act);
   const int64_t max_pos = c.max_position_embeddings > 0 ? c.max_position_embeddings : 8192;
   max_context_ = options.max_context > 0 ? std::min(options.max_context, max_pos) : std::min<int64_t>(max_pos, 8192);
+  if (options.max_context > max_pos)
+    log_warn("{}: a context of {} tokens was asked for; the model's max_position_embeddings is {}, so the KV cache "
+             "holds {}",
+             c.path, options.max_context, max_pos, max_context_);
   const int64_t batch = options.max_batch > 0 ? options.max_batch : backend_.preferred_batch();
   max_batch_ = std::max<int64_t>(1, std::min(batch, max_context_));
   rope_ = make_rope_params(c);

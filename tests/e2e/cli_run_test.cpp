@@ -145,5 +145,22 @@ TEST(CliRun, BadOptionsFailWithAMessage) {
   }
 }
 
+// A --ctx beyond the model's max_position_embeddings (tiny-llama: 2048) is capped to it, and
+// the run says so on stderr instead of silently allocating less than asked for.
+TEST(CliRun, ContextBeyondTheModelIsCappedWithAWarning) {
+  if (!test::have_shared()) GTEST_SKIP() << "../shared not found";
+  const std::string dir = test::shared_path("fixtures/tiny-llama/exl3-q3_mcg");
+  std::string out;
+  ASSERT_EQ(test::run_command(test::trellis_binary() + " run -m " + quote(dir) + " --ctx 100000 -p hi -n 2 -t 0 2>&1", &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("a context of 100000 tokens was asked for"), std::string::npos) << out;
+  EXPECT_NE(out.find("max_position_embeddings is 2048"), std::string::npos) << out;
+  ASSERT_EQ(test::run_command(test::trellis_binary() + " run -m " + quote(dir) + " --ctx 2048 -p hi -n 2 -t 0 2>&1", &out),
+            0)
+      << out;
+  EXPECT_EQ(out.find("was asked for"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace trellis
