@@ -245,6 +245,7 @@ if wants profile && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
       --gen 64 --reps 3 > '$out/profile/decode_wall.json' 2> '$out/profile/decode_wall.log'"
     for g in 2 6; do
       step "profile_decode_g$g" bash -c "'$ncu' --clock-control none --cache-control none --csv --print-units base \
+        --kernel-name-base demangled \
         --metrics gpu__time_duration.sum --log-file '$out/profile/decode_g$g.csv' '$bin/trellis_bench_model' \
         -m '$models/l8b3' --device cuda:0 --prompt 256 --gen $g --reps 1 --warmup 0 > /dev/null \
         2> '$out/profile/decode_g$g.log'"

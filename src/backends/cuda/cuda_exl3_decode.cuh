@@ -17,7 +17,6 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
-#include <cstring>
 
 namespace trellis::cuda::exl3k {
 
@@ -111,17 +110,6 @@ __device__ __forceinline__ uint32_t hadd2_bits(uint32_t a, uint32_t b) {
 __device__ __forceinline__ uint32_t hfma2_bits(uint32_t a, uint32_t b, uint32_t c) {
   uint32_t d;
   asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-
-// (lo + hi, lo + hi) of an f16x2 word, rounded to nearest: one HADD2 whose operands ptxas takes
-// with H0_H0 / H1_H1 selects (an asm add would need two prmt first).
-__device__ __forceinline__ uint32_t sum_halves_twice(uint32_t y) {
-  __half2 h;
-  memcpy(&h, &y, 4);
-  const __half2 r = __hadd2_rn(__low2half2(h), __high2half2(h));
-  uint32_t d;
-  memcpy(&d, &r, 4);
   return d;
 }
 
