@@ -12,11 +12,24 @@
 // Values are bit-exact with exl3::decode_state: 3INST/MCG add the two fp16 halves with one
 // f16x2 add (two weights per instruction), MUL1 forms 0x6400 + bytesum with dp4a and runs one
 // f16x2 FMA (spec 3.6).
+//
+// The header also compiles as plain C++ (no __CUDACC__): the CUDA intrinsics and PTX it uses get
+// host definitions below, so tests/unit/cuda_decode_host_test.cpp checks the window cutting and
+// the decode against exl3::decode_state in every build, GPU or not.
 #pragma once
 
-#include <cuda_fp16.h>
-
 #include <cstdint>
+
+#ifdef __CUDACC__
+#define TRELLIS_DECODE_FN __device__ __forceinline__
+#define TRELLIS_DECODE_UNROLL _Pragma("unroll")
+#else
+#include <cmath>
+
+#include "core/fp16.h"
+#define TRELLIS_DECODE_FN inline
+#define TRELLIS_DECODE_UNROLL
+#endif
 
 namespace trellis::cuda::exl3k {
 
@@ -37,11 +50,36 @@ constexpr int max_group_offset(int K, int j0) {
 // rather than as a shift and a mask (two ALU ops).
 // The powers of two live in constant memory because ptxas turns a multiply by a known power of
 // two back into a shift; IMAD takes the constant-bank operand directly.
+#ifdef __CUDACC__
 __constant__ uint32_t kPow2[16] = {1u << 0, 1u << 1, 1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
                                    1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
+#else
+inline constexpr uint32_t kPow2[16] = {1u << 0, 1u << 1, 1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
+                                       1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
+
+// Host definitions of the CUDA intrinsics used below (CUDA C++ Programming Guide semantics).
+inline uint32_t __funnelshift_l(uint32_t lo, uint32_t hi, uint32_t shift) {
+  const uint64_t v = (static_cast<uint64_t>(hi) << 32) | lo;
+  return static_cast<uint32_t>((v << (shift & 31)) >> 32);
+}
+inline uint32_t __funnelshift_r(uint32_t lo, uint32_t hi, uint32_t shift) {
+  const uint64_t v = (static_cast<uint64_t>(hi) << 32) | lo;
+  return static_cast<uint32_t>(v >> (shift & 31));
+}
+inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
+  const uint64_t v = (static_cast<uint64_t>(y) << 32) | x;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) r |= static_cast<uint32_t>((v >> (8 * ((s >> (4 * i)) & 7))) & 0xFF) << (8 * i);
+  return r;
+}
+inline uint32_t __dp4a(uint32_t a, uint32_t b, uint32_t c) {
+  for (int i = 0; i < 4; ++i) c += ((a >> (8 * i)) & 0xFF) * ((b >> (8 * i)) & 0xFF);
+  return c;
+}
+#endif
 
 template <int P, bool Imad>
-__device__ __forceinline__ uint32_t window(uint32_t a0, uint32_t a1) {
+TRELLIS_DECODE_FN uint32_t window(uint32_t a0, uint32_t a1) {
   if constexpr (P == 0) return a0 >> 16;
   else if constexpr (P < 16 && !Imad) return (a0 >> (16 - P)) & 0xFFFFu;
   else if constexpr (P > 32 && P < 48 && !Imad) return (a1 >> (48 - P)) & 0xFFFFu;
@@ -55,7 +93,7 @@ __device__ __forceinline__ uint32_t window(uint32_t a0, uint32_t a1) {
 
 // s[j] = window j·K of a0:a1 for j < GS.
 template <int K, int GS, bool Imad, int J = 0>
-__device__ __forceinline__ void windows(uint32_t a0, uint32_t a1, uint32_t* s) {
+TRELLIS_DECODE_FN void windows(uint32_t a0, uint32_t a1, uint32_t* s) {
   if constexpr (J < GS) {
     s[J] = window<J * K, Imad>(a0, a1);
     windows<K, GS, Imad, J + 1>(a0, a1, s);
@@ -63,13 +101,13 @@ __device__ __forceinline__ void windows(uint32_t a0, uint32_t a1, uint32_t* s) {
 }
 
 template <int K>
-__device__ __forceinline__ int wrap_word(int i) {
+TRELLIS_DECODE_FN int wrap_word(int i) {
   return i >= 8 * K ? i - 8 * K : i;
 }
 
 // States of steps 8·lane + J0 .. 8·lane + J0 + GS - 1 of the tile whose 8K words start at `tw`.
 template <int K, int J0, int GS, bool Imad, typename Ptr>
-__device__ __forceinline__ void group_states(Ptr tw, int lane, uint32_t* s) {
+TRELLIS_DECODE_FN void group_states(Ptr tw, int lane, uint32_t* s) {
   constexpr int kSpan = 16 + (GS - 1) * K;
   static_assert(kSpan <= 64, "a group of windows must fit in 64 bits");
   int start = (8 * lane + J0 + 1) * K - 16;  // first bit of the first window (cyclic)
@@ -91,7 +129,7 @@ __device__ __forceinline__ void group_states(Ptr tw, int lane, uint32_t* s) {
 // than shift + mask (ALU pipe); pays for 3INST/MCG, whose pair step is ALU-heavy, not for MUL1,
 // whose dp4a already loads the FMA pipe.
 template <int K, bool Imad = true, typename Ptr>
-__device__ __forceinline__ void lane_states(Ptr tw, int lane, uint32_t s[8]) {
+TRELLIS_DECODE_FN void lane_states(Ptr tw, int lane, uint32_t s[8]) {
   if constexpr (K <= 6) {
     group_states<K, 0, 8, Imad>(tw, lane, s);
   } else {
@@ -101,29 +139,55 @@ __device__ __forceinline__ void lane_states(Ptr tw, int lane, uint32_t s[8]) {
 }
 
 
-__device__ __forceinline__ uint32_t hadd2_bits(uint32_t a, uint32_t b) {
+#ifdef __CUDACC__
+TRELLIS_DECODE_FN uint32_t hadd2_bits(uint32_t a, uint32_t b) {
   uint32_t d;
   asm("add.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
   return d;
 }
 
-__device__ __forceinline__ uint32_t hfma2_bits(uint32_t a, uint32_t b, uint32_t c) {
+TRELLIS_DECODE_FN uint32_t hfma2_bits(uint32_t a, uint32_t b, uint32_t c) {
   uint32_t d;
   asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
   return d;
 }
+#else
+// Host versions, lane by lane: the exact result in fp64, rounded once to binary16. Exact for the
+// add of any two binary16 values; for the FMA whenever a·b + c fits 53 bits (MUL1's operands do).
+inline uint32_t hadd2_bits(uint32_t a, uint32_t b) {
+  uint32_t d = 0;
+  for (int h = 0; h < 2; ++h) {
+    const double x = static_cast<double>(trellis::fp16_to_fp32(static_cast<uint16_t>(a >> (16 * h)))) +
+                     static_cast<double>(trellis::fp16_to_fp32(static_cast<uint16_t>(b >> (16 * h))));
+    d |= static_cast<uint32_t>(trellis::fp64_to_fp16(x)) << (16 * h);
+  }
+  return d;
+}
+inline uint32_t hfma2_bits(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d = 0;
+  for (int h = 0; h < 2; ++h) {
+    auto lane = [h](uint32_t v) { return static_cast<double>(trellis::fp16_to_fp32(static_cast<uint16_t>(v >> (16 * h)))); };
+    d |= static_cast<uint32_t>(trellis::fp64_to_fp16(std::fma(lane(a), lane(b), lane(c)))) << (16 * h);
+  }
+  return d;
+}
+#endif
 
 // (a & b) ^ c as one lop3. Written out because ptxas does not merge an and and an xor with two
 // immediate masks (a LOP3 takes one immediate), which costs an extra ALU op per weight.
-__device__ __forceinline__ uint32_t and_xor(uint32_t a, uint32_t b, uint32_t c) {
+TRELLIS_DECODE_FN uint32_t and_xor(uint32_t a, uint32_t b, uint32_t c) {
+#ifdef __CUDACC__
   uint32_t d;
   asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
   return d;
+#else
+  return (a & b) ^ c;
+#endif
 }
 
 // Two decoded weights as f16x2 bits (s0's value in the low half), codebook id CB (spec 2.10).
 template <int CB>
-__device__ __forceinline__ uint32_t decode_pair(uint32_t s0, uint32_t s1) {
+TRELLIS_DECODE_FN uint32_t decode_pair(uint32_t s0, uint32_t s1) {
   if constexpr (CB == 2) {
     // MUL1: h = 0x6400 + bytesum(s · 0x83DCD12D) is fp16 1024 + S; value = fma(h, k_inv, k_bias).
     const uint32_t h0 = __dp4a(s0 * 0x83DCD12Du, 0x01010101u, 0x6400u);
@@ -143,7 +207,7 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t s0, uint32_t s1) {
 // y = (x & 0x8FFF8FFF) ^ 0x3B603B60, whose value is lo + hi; MUL1 gives fp16 1024 + bytesum in the
 // low half and +0 in the high half, whose value is fma(that, k_inv, k_bias) (spec 3.6).
 template <int CB>
-__device__ __forceinline__ uint32_t decode_halves(uint32_t s) {
+TRELLIS_DECODE_FN uint32_t decode_halves(uint32_t s) {
   if constexpr (CB == 2) {
     return __dp4a(s * 0x83DCD12Du, 0x01010101u, 0x6400u);
   } else {
@@ -158,20 +222,20 @@ inline constexpr float kMul1Bias = -10.3828125f;          // fp16 0xC931, exactl
 // Lane `lane`'s 8 weights in step order, each as decode_halves: y[0..3] are the weights of
 // B fragments {b0, b1} for tile columns 0-7 (k 2t, 2t+1, 2t+8, 2t+9), y[4..7] for columns 8-15.
 template <int K, int CB, typename Ptr>
-__device__ __forceinline__ void decode_lane_halves(Ptr tw, int lane, uint32_t y[8]) {
+TRELLIS_DECODE_FN void decode_lane_halves(Ptr tw, int lane, uint32_t y[8]) {
   uint32_t s[8];
   lane_states<K, CB != 2>(tw, lane, s);
-#pragma unroll
+TRELLIS_DECODE_UNROLL
   for (int i = 0; i < 8; ++i) y[i] = decode_halves<CB>(s[i]);
 }
 
 // Lane `lane`'s 8 weights as 4 f16x2 words: {steps 0,1}, {2,3}, {4,5}, {6,7} of its 8 steps, i.e.
 // B fragments {b0, b1} for tile columns 0-7 and {b2, b3} for columns 8-15.
 template <int K, int CB, typename Ptr>
-__device__ __forceinline__ void decode_lane(Ptr tw, int lane, uint32_t b[4]) {
+TRELLIS_DECODE_FN void decode_lane(Ptr tw, int lane, uint32_t b[4]) {
   uint32_t s[8];
   lane_states<K, CB != 2>(tw, lane, s);
-#pragma unroll
+TRELLIS_DECODE_UNROLL
   for (int i = 0; i < 4; ++i) b[i] = decode_pair<CB>(s[2 * i], s[2 * i + 1]);
 }
 
