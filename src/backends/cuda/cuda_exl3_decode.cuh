@@ -9,9 +9,9 @@
 // every window sits at a compile-time position of the 64-bit a0:a1. K <= 6 fits all 8 windows in
 // 64 bits (16 + 7·6 = 58); K = 7, 8 use two groups of 4 (16 + 3·8 = 40).
 //
-// Values are bit-exact with exl3::decode_state: 3INST/MCG add the two fp16 halves with one
-// f16x2 add (two weights per instruction), MUL1 forms 0x6400 + bytesum with dp4a and runs one
-// f16x2 FMA (spec 3.6).
+// Values are bit-exact with exl3::decode_state: 3INST/MCG add each weight's two fp16 halves with
+// one HADD2 (operand selects) and pair two weights with one prmt, MUL1 forms 0x6400 + bytesum
+// with dp4a and runs one f16x2 FMA per pair (spec 3.6).
 //
 // The header also compiles as plain C++ (no __CUDACC__): the CUDA intrinsics and PTX it uses get
 // host definitions below, so tests/unit/cuda_decode_host_test.cpp checks the window cutting and
@@ -21,6 +21,9 @@
 #include <cstdint>
 
 #ifdef __CUDACC__
+#include <cuda_fp16.h>
+
+#include <cstring>
 #define TRELLIS_DECODE_FN __device__ __forceinline__
 #define TRELLIS_DECODE_UNROLL _Pragma("unroll")
 #else
@@ -173,6 +176,23 @@ inline uint32_t hfma2_bits(uint32_t a, uint32_t b, uint32_t c) {
 }
 #endif
 
+// (lo + hi, lo + hi) of an f16x2 word, rounded to nearest: one HADD2 whose operands ptxas takes
+// with H0_H0 / H1_H1 selects (on the FMA pipe; an asm add would need two prmt first).
+#ifdef __CUDACC__
+TRELLIS_DECODE_FN uint32_t sum_halves_twice(uint32_t y) {
+  __half2 h;
+  memcpy(&h, &y, 4);
+  const __half2 r = __hadd2_rn(__low2half2(h), __high2half2(h));
+  uint32_t d;
+  memcpy(&d, &r, 4);
+  return d;
+}
+#else
+inline uint32_t sum_halves_twice(uint32_t y) {
+  return hadd2_bits(__byte_perm(y, 0u, 0x1010), __byte_perm(y, 0u, 0x3232));
+}
+#endif
+
 // (a & b) ^ c as one lop3. Written out because ptxas does not merge an and and an xor with two
 // immediate masks (a LOP3 takes one immediate), which costs an extra ALU op per weight.
 TRELLIS_DECODE_FN uint32_t and_xor(uint32_t a, uint32_t b, uint32_t c) {
@@ -194,12 +214,22 @@ TRELLIS_DECODE_FN uint32_t decode_pair(uint32_t s0, uint32_t s1) {
     const uint32_t h1 = __dp4a(s1 * 0x83DCD12Du, 0x01010101u, 0x6400u);
     return hfma2_bits(__byte_perm(h0, h1, 0x5410), 0x1EEE1EEEu, 0xC931C931u);  // h < 2^16
   } else {
-    // 3INST (CB 0) / MCG (CB 1): y = (x & 0x8FFF8FFF) ^ 0x3B603B60 (one lop3), value = lo + hi.
+    // 3INST (CB 0) / MCG (CB 1): y = (x & 0x8FFF8FFF) ^ 0x3B603B60 (one lop3), value = lo + hi:
+    // one HADD2 per weight with operand selects, (w, w), then one prmt per pair. The same bits as
+    // gathering both weights' low and high halves first (two prmt) and one f16x2 add, with the
+    // same instruction count, but one ALU-pipe op per pair instead of two: the default K = 3 MCG
+    // GEMV loop goes from 233 to 203 ALU-pipe ops of 435 (sm_90), from ALU-pipe bound to issue
+    // bound (session 14, from SASS; not yet timed on a GPU). -DTRELLIS_CUDA_PAIR_PRMT builds the
+    // earlier form for an A/B.
     const uint32_t x0 = CB == 0 ? s0 * 89226354u + 64248484u : s0 * 0xCBAC1FEDu;
     const uint32_t x1 = CB == 0 ? s1 * 89226354u + 64248484u : s1 * 0xCBAC1FEDu;
     const uint32_t y0 = and_xor(x0, 0x8FFF8FFFu, 0x3B603B60u);
     const uint32_t y1 = and_xor(x1, 0x8FFF8FFFu, 0x3B603B60u);
+#ifdef TRELLIS_CUDA_PAIR_PRMT
     return hadd2_bits(__byte_perm(y0, y1, 0x5410), __byte_perm(y0, y1, 0x7632));
+#else
+    return __byte_perm(sum_halves_twice(y0), sum_halves_twice(y1), 0x5410);
+#endif
   }
 }
 
