@@ -45,4 +45,16 @@ uint64_t fnv1a64(const void* data, size_t n, uint64_t h = 0xCBF29CE484222325ull)
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& cmd, std::string* output);
 
+// The dimensions of a Llama model cut out of the tiny-llama fixture (write_cut_tiny_llama).
+struct CutLlamaShape {
+  int64_t hidden = 256, inter = 768, heads = 4, kv_heads = 2, head_dim = 64, layers = 4;
+};
+
+// Writes a Hugging Face model directory `dir` (created) with tiny-llama's tokenizer, vocabulary
+// (1024) and config.json but the dimensions of `s`: every tensor is the top-left corner of
+// tiny-llama's (trained weights, so the logits mean something); rows beyond the source's (k/v
+// with more KV heads than it has) repeat it from the top. Records gtest failures (check
+// HasFatalFailure() after the call) when the fixture does not fit the shape.
+void write_cut_tiny_llama(const std::string& dir, const CutLlamaShape& s);
+
 }  // namespace trellis::test
