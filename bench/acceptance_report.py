@@ -113,8 +113,12 @@ def section_cli(out):
     if not os.path.isdir(cli):
         return
     print("## CLI on each device (tiny-llama exl3-q3_mcg, against the CPU backend)\n")
-    print("Greedy `trellis run` text; `trellis ppl` over 16 × 512 tokens (issue 5: within 0.1% of the CPU's); "
-          "`trellis kld` against the fp16 model over 8 × 512; `trellis logits` of 128 tokens.\n")
+    # Chunk counts as run (the quick mode runs fewer).
+    ppl_run = load_json(os.path.join(cli, "cpu.ppl.json")) or {}
+    kld_run = load_json(os.path.join(cli, "cpu.kld.json")) or {}
+    print(f"Greedy `trellis run` text; `trellis ppl` over {ppl_run.get('chunks', 16)} × {ppl_run.get('ctx', 512)} "
+          f"tokens (issue 5: within 0.1% of the CPU's); `trellis kld` against the fp16 model over "
+          f"{kld_run.get('chunks', 8)} × {kld_run.get('ctx', 512)}; `trellis logits` of 128 tokens.\n")
     print("| device | run text = CPU's | ppl | ppl vs CPU | kld | top-1 | logits rel. RMS vs CPU |")
     print("|---|---|---|---|---|---|---|")
 

@@ -7,8 +7,8 @@
 #            trellis_bench_cuda_exl3 / trellis_bench_vulkan_exl3 where built)
 #   OUT_DIR  created if missing; receives every log and JSON file, and report.md
 #            (bench/acceptance_report.py OUT_DIR renders it again)
-#   --quick  small shapes and a 2-layer SmolLM2-shaped model only: checks the script and the
-#            report end to end in a few minutes (on lavapipe, say); its numbers mean nothing
+#   --quick  small shapes, 2 ppl / 1 kld chunks, a 2-layer SmolLM2-shaped model: checks the
+#            script and the report end to end in minutes (on lavapipe, say); numbers mean nothing
 #   --only   run only these steps: devices, tests, cli, gemv, models, memory, ab, profile
 # Steps, each on every backend `trellis devices` lists (CUDA and Vulkan device 0; the CPU as the
 # reference where one is needed):
@@ -106,6 +106,8 @@ fi
 
 if wants cli; then
   mkdir -p "$out/cli"
+  ppl_chunks=16; kld_chunks=8
+  [ $quick = 1 ] && { ppl_chunks=2; kld_chunks=1; }  # lavapipe: ~7 s per 512-token chunk and model
   for d in cpu auto "${devs[@]}"; do
     f=$out/cli/${d%%:*}
     [ "$d" = auto ] && f=$out/cli/auto
@@ -113,10 +115,10 @@ if wants cli; then
     step "run_$d" bash -c "'$bin/trellis' $v run -m '$tiny/exl3-q3_mcg' --device $d -p 'The capital of France is' \
       -n 24 -t 0 > '$f.run.txt' 2> '$f.run.log'"
     [ "$d" = auto ] && continue
-    step "ppl_$d" bash -c "'$bin/trellis' ppl -m '$tiny/exl3-q3_mcg' -f '$wiki' --device $d --ctx 512 --chunks 16 \
-      --json > '$f.ppl.json' 2> '$f.ppl.log'"
+    step "ppl_$d" bash -c "'$bin/trellis' ppl -m '$tiny/exl3-q3_mcg' -f '$wiki' --device $d --ctx 512 \
+      --chunks $ppl_chunks --json > '$f.ppl.json' 2> '$f.ppl.log'"
     step "kld_$d" bash -c "'$bin/trellis' kld -m '$tiny/exl3-q3_mcg' --ref '$tiny/hf' -f '$wiki' --device $d \
-      --ctx 512 --chunks 8 --json > '$f.kld.json' 2> '$f.kld.log'"
+      --ctx 512 --chunks $kld_chunks --json > '$f.kld.json' 2> '$f.kld.log'"
     step "logits_$d" bash -c "'$bin/trellis' logits -m '$tiny/exl3-q3_mcg' -f '$wiki' --device $d --tokens 128 \
       -o '$f.logits.safetensors' > /dev/null 2> '$f.logits.log'"
   done
@@ -187,7 +189,7 @@ fi
 if wants ab && [ ${#devs[@]} -gt 0 ]; then
   mkdir -p "$out/ab" "$models"
   if [ $quick = 1 ]; then
-    ab_shapes=(256x256); ab_ks=(3); ab_model=smol3q; ab_prompt=16; ab_extra=(--reps 3 --warmup 1); ab_run=(8 1)
+    ab_shapes=(256x256); ab_ks=(3); ab_model=smol3q; ab_prompt=1; ab_extra=(--reps 3 --warmup 1); ab_run=(8 1)
     step gen_smol3q gen smol3q --preset smollm2-135m --bits 3 --codebook mcg --layers 2
   else
     ab_shapes=(4096x4096 4096x14336 14336x4096 8192x28672); ab_ks=(2 3); ab_model=l8b3; ab_prompt=256; ab_extra=()
