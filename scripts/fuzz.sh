@@ -8,8 +8,8 @@
 # target crashed, leaked, timed out or could not run. Crash inputs are kept in
 # build-fuzz/fuzz-work/<target>/artifacts/, the full log in .../log.txt.
 #
-# Environment: JOBS (build parallelism, default 2), FUZZ_TARGETS (space-separated subset),
-# FUZZ_ARGS (extra libFuzzer flags).
+# Environment: JOBS (build parallelism, default 2), FUZZ_JOBS (targets run at once, default: the
+# number of cores), FUZZ_TARGETS (space-separated subset), FUZZ_ARGS (extra libFuzzer flags).
 set -uo pipefail
 
 seconds="${1:-30}"
@@ -47,15 +47,17 @@ cmake --build "$build" --parallel "${JOBS:-2}" --target $targets || {
   exit 1
 }
 
-failed=0
-for t in $targets; do
-  work="$build/fuzz-work/$t"
+# One target: fresh corpus copy, the run, and its summary line in $work/summary.txt.
+fuzz_one() {
+  local t=$1
+  local work="$build/fuzz-work/$t"
   rm -rf "$work"
   mkdir -p "$work/corpus" "$work/artifacts"
   cp -r "$root/fuzz/corpus/$t/." "$work/corpus/"
+  local seeds dict start rc elapsed execs last cov ft corp crashes status
   seeds=$(find "$work/corpus" -type f | wc -l)
   dict="$(dict_for "$t")"
-  dict_arg=()
+  local dict_arg=()
   [ -n "$dict" ] && [ -f "$dict" ] && dict_arg=("-dict=$dict")
   start=$(date +%s)
   # shellcheck disable=SC2086
@@ -73,10 +75,35 @@ for t in $targets; do
   status=OK
   if [ "$rc" -ne 0 ] || [ "$crashes" -ne 0 ]; then
     status="FAIL(rc=$rc)"
-    failed=1
   fi
   printf '%s: %s execs=%s time=%ss exec/s=%s cov=%s ft=%s corpus=%s->%s artifacts=%s log=%s\n' \
     "$t" "$status" "${execs:-?}" "$elapsed" "$(( ${execs:-0} / (elapsed > 0 ? elapsed : 1) ))" \
-    "${cov:-?}" "${ft:-?}" "$seeds" "$corp" "$crashes" "$work/log.txt"
+    "${cov:-?}" "${ft:-?}" "$seeds" "$corp" "$crashes" "$work/log.txt" >"$work/summary.txt"
+}
+
+# Each target is one single-threaded process, so targets run side by side, one per core
+# (FUZZ_JOBS, default: the number of cores): each still gets SECONDS_PER_TARGET on a core of its
+# own, and the whole run takes that per round of targets instead of per target.
+jobs="${FUZZ_JOBS:-$(nproc)}"
+running=0
+for t in $targets; do
+  fuzz_one "$t" &
+  running=$((running + 1))
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n
+    running=$((running - 1))
+  fi
+done
+wait
+failed=0
+for t in $targets; do
+  summary="$build/fuzz-work/$t/summary.txt"
+  if [ -f "$summary" ]; then
+    cat "$summary"
+    grep -q "^$t: OK " "$summary" || failed=1
+  else
+    echo "$t: FAIL (no summary: the run did not finish)"
+    failed=1
+  fi
 done
 exit "$failed"
