@@ -26,12 +26,14 @@
 #include <cstring>
 #define TRELLIS_DECODE_FN __device__ __forceinline__
 #define TRELLIS_DECODE_UNROLL _Pragma("unroll")
+#define TRELLIS_DECODE_CONST __constant__
 #else
 #include <cmath>
 
 #include "core/fp16.h"
 #define TRELLIS_DECODE_FN inline
 #define TRELLIS_DECODE_UNROLL
+#define TRELLIS_DECODE_CONST inline constexpr
 #endif
 
 namespace trellis::cuda::exl3k {
@@ -53,13 +55,11 @@ constexpr int max_group_offset(int K, int j0) {
 // rather than as a shift and a mask (two ALU ops).
 // The powers of two live in constant memory because ptxas turns a multiply by a known power of
 // two back into a shift; IMAD takes the constant-bank operand directly.
-#ifdef __CUDACC__
-__constant__ uint32_t kPow2[16] = {1u << 0, 1u << 1, 1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
-                                   1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
-#else
-inline constexpr uint32_t kPow2[16] = {1u << 0, 1u << 1, 1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
-                                       1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
+TRELLIS_DECODE_CONST uint32_t kPow2[16] = {1u << 0, 1u << 1, 1u << 2,  1u << 3,  1u << 4,  1u << 5,
+                                           1u << 6, 1u << 7, 1u << 8,  1u << 9,  1u << 10, 1u << 11,
+                                           1u << 12, 1u << 13, 1u << 14, 1u << 15};
 
+#ifndef __CUDACC__
 // Host definitions of the CUDA intrinsics used below (CUDA C++ Programming Guide semantics).
 inline uint32_t __funnelshift_l(uint32_t lo, uint32_t hi, uint32_t shift) {
   const uint64_t v = (static_cast<uint64_t>(hi) << 32) | lo;

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "backends/cuda/cuda_exl3_kernels.cuh"
+#include "core/env.h"
 #include "core/error.h"
 
 namespace trellis::cuda {
@@ -57,16 +58,8 @@ void set_gemv_occupancy(bool on) { g_gemv_occupancy.store(on ? 1 : 0); }
 bool gemv_occupancy() { return cached_switch(g_gemv_occupancy, "TRELLIS_CUDA_GEMV_OCCUPANCY", false); }
 
 int gemv_blocks_per_sm() {
-  static const int blocks = [] {
-    if (const char* e = std::getenv("TRELLIS_CUDA_GEMV_BLOCKS_PER_SM"); e && *e) {
-      char* end = nullptr;
-      const long v = std::strtol(e, &end, 10);
-      if (end && *end == '\0' && v >= 1 && v <= 32) return static_cast<int>(v);
-      throw Error(ErrorKind::kInvalidArgument,
-                  std::string("TRELLIS_CUDA_GEMV_BLOCKS_PER_SM must be an integer in 1..32, got '") + e + "'");
-    }
-    return exl3k::kGemvBlocksPerSm;
-  }();
+  static const int blocks =
+      static_cast<int>(env_int("TRELLIS_CUDA_GEMV_BLOCKS_PER_SM", exl3k::kGemvBlocksPerSm, 1, 32));
   return blocks;
 }
 

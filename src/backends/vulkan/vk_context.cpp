@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -986,17 +985,6 @@ bool env_flag(const char* name, bool fallback) {
   const char* v = std::getenv(name);
   if (!v || !*v) return fallback;
   return std::strcmp(v, "0") != 0;
-}
-
-int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return fallback;
-  char* end = nullptr;
-  errno = 0;
-  const long long x = std::strtoll(v, &end, 10);
-  if (errno != 0 || *end != '\0' || x < lo || x > hi)
-    throw Error(ErrorKind::kInvalidArgument, fmt::format("{}={}: expected an integer in [{}, {}]", name, v, lo, hi));
-  return x;
 }
 
 }  // namespace trellis::vk

@@ -42,6 +42,7 @@
 
 #include "backends/backend.h"
 #include "backends/vulkan/vk_coop.h"
+#include "core/env.h"
 
 namespace trellis::vk {
 
@@ -272,8 +273,7 @@ class Context : public std::enable_shared_from_this<Context> {
 // A switch from the environment: `fallback` when `name` is unset or empty, else false for "0"
 // and true for anything else (the backend's TRELLIS_VULKAN_* switches).
 bool env_flag(const char* name, bool fallback);
-// A tuning number from the environment: `fallback` when `name` is unset or empty; a value that is
-// not an integer in [lo, hi] is an error naming the variable.
-int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi);
+// Tuning numbers: trellis::env_int (core/env.h).
+using trellis::env_int;
 
 }  // namespace trellis::vk
