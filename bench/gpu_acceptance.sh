@@ -12,7 +12,7 @@
 #   --only   run only these steps: devices, tests, cli, gemv, models, memory, ab, profile
 # Steps, each on every backend `trellis devices` lists (CUDA and Vulkan device 0; the CPU as the
 # reference where one is needed):
-#   tests    trellis_tests '*Cuda*' and '*Vulkan*' (gtest XML)
+#   tests    trellis_tests '*Cuda*' and '*Vulkan*' (gtest XML); TRELLIS_TESTS_FILTER=F runs filter F only
 #   cli      run (greedy) / ppl / kld / logits on the tiny-llama fixture with --device auto, cpu,
 #            cuda, vulkan: text, perplexity and logits compared with the CPU's in the report
 #   gemv     EXL3 GEMV for K = 1..8 x 3 codebooks on the four shapes of issue 5 (CUDA next to
@@ -98,8 +98,13 @@ has vulkan && devs+=(vulkan:0)
 echo "GPU devices: ${devs[*]:-none}" >&2
 
 if wants tests; then
-  for b in Cuda Vulkan; do
-    step "tests_$b" bash -c "'$bin/trellis_tests' --gtest_filter='*$b*' --gtest_output=xml:'$out/tests_$b.xml' \
+  # TRELLIS_TESTS_FILTER narrows the run to one gtest filter (one step, tests_filtered).
+  backends=(Cuda Vulkan)
+  [ -n "${TRELLIS_TESTS_FILTER:-}" ] && backends=(filtered)
+  for b in "${backends[@]}"; do
+    filter="*$b*"
+    [ "$b" = filtered ] && filter=$TRELLIS_TESTS_FILTER
+    step "tests_$b" bash -c "'$bin/trellis_tests' --gtest_filter='$filter' --gtest_output=xml:'$out/tests_$b.xml' \
       > '$out/tests_$b.log' 2>&1"
   done
 fi
