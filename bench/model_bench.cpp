@@ -126,7 +126,8 @@ int main(int argc, char** argv) {
     }
     std::vector<float> logits;
     const std::span<const int32_t> all(ids);
-    model->forward(all.first(8), 0, false, logits);  // warm-up: pages in the weights
+    // Warm-up: pages in the weights (at most the tokens the context holds).
+    model->forward(all.first(std::min<size_t>(8, all.size())), 0, false, logits);
     if (warmup < 0) warmup = device.rfind("cpu", 0) == 0 ? 0 : 1;
     std::vector<double> prefill_s, decode_s;
     for (int r = 0; r < warmup + reps; ++r) {
