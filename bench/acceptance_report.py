@@ -65,12 +65,13 @@ def section_tests(out):
     print("## Tests\n")
     print("| filter | tests | failures | errors | skipped |")
     print("|---|---|---|---|---|")
-    for b in ("Cuda", "Vulkan"):
+    for b in ("Cuda", "Vulkan", "filtered"):
         path = os.path.join(out, f"tests_{b}.xml")
         try:
             root = ET.parse(path).getroot()
         except (OSError, ET.ParseError):
-            print(f"| `*{b}*` | not run | | | |")
+            if b != "filtered":
+                print(f"| `*{b}*` | not run | | | |")
             continue
         skipped = sum(1 for tc in root.iter("testcase") if tc.find("skipped") is not None)
         if int(root.get("failures", 0)) or int(root.get("errors", 0)):
@@ -310,7 +311,9 @@ def section_ab(out):
     for switch, by_value in sorted(runs.items()):
         off, on = by_value.get("0", {}), by_value.get("1", {})
         print(f"### `{switch}`\n")
-        if "=" in switch:  # a knob: VAR=a-b ran VAR=a as "0" and VAR=b as "1"
+        if switch.startswith("BUILD_"):  # @DIR: another build's binaries as "0"
+            print(f"Two builds, not a switch: \"0\" is the build {switch[6:]}, \"1\" this run's binaries.\n")
+        elif "=" in switch:  # a knob: VAR=a-b ran VAR=a as "0" and VAR=b as "1"
             var, pair = switch.split("=", 1)
             a, b = pair.split("-", 1)
             print(f"A knob, not a switch: \"0\" is {var}={a}, \"1\" is {var}={b}.\n")

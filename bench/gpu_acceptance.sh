@@ -23,7 +23,8 @@
 #   memory   peak GPU memory (nvidia-smi, every 0.2 s) of the 3 bpw 8B model with an 8K context
 #   ab       every switch named in $TRELLIS_AB (default: the CUDA and Vulkan GEMV variants not
 #            yet measured on a GPU, one at a time and two together; A+B sets both; VAR=a/b
-#            compares two values of a knob) at 0 and 1
+#            compares two values of a knob; @DIR runs another build's binaries from DIR as "0"
+#            against BIN_DIR's as "1") at 0 and 1
 #            alternately, twice: for TRELLIS_CUDA_* the CUDA GEMV at K = 2, 3 x MCG, MUL1 on the
 #            four shapes, and the 3 bpw 8B model's decode at context 256 on the backend the
 #            switch belongs to; the report gives the ratios (roughly 1.5 minutes per switch on
@@ -209,8 +210,12 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
   ab_default+=" TRELLIS_CUDA_GEMV_BLOCKS_PER_SM=12/8 TRELLIS_CUDA_GEMV_HALVES"
   [ -z "${TRELLIS_AB:-}" ] && [ "${TRELLIS_CUDA_GEMV_FUSED_IN:-}" = 0 ] && ab_default+=" TRELLIS_CUDA_GEMV_OCCUPANCY"
   for spec in ${TRELLIS_AB:-$ab_default}; do
-    sw=$spec values=(0 1)
-    if [[ $spec == *=*/* ]]; then
+    sw=$spec values=(0 1) bins=("$bin" "$bin")
+    if [[ $spec == @* ]]; then  # @DIR: role 0 runs DIR's binaries (another build), role 1 BIN_DIR's
+      bins=("${spec#@}" "$bin")
+      sw=BUILD_$(basename "${spec#@}")
+      label=$sw
+    elif [[ $spec == *=*/* ]]; then
       sw=${spec%%=*}
       values=("${spec#*=}")
       values=("${values[0]%%/*}" "${values[0]#*/}")
@@ -224,12 +229,13 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
     for r in 1 2; do
       for v in 0 1; do
         set_env=""
-        for part in ${sw//+/ }; do set_env+="$part=${values[$v]} "; done
+        [[ $sw == BUILD_* ]] || for part in ${sw//+/ }; do set_env+="$part=${values[$v]} "; done
+        b=${bins[$v]}
         [ $ab_dev = cuda:0 ] &&
-          step "ab_gemv_${label}_${v}_r$r" bash -c "$set_env '$bin/trellis_bench_cuda_exl3' --K ${ab_ks[*]} \
+          step "ab_gemv_${label}_${v}_r$r" bash -c "$set_env '$b/trellis_bench_cuda_exl3' --K ${ab_ks[*]} \
             --codebooks mcg mul1 --shapes ${ab_shapes[*]} ${ab_extra[*]} > '$out/ab/gemv_${label}_${v}_r$r.json' \
             2> '$out/ab/gemv_${label}_${v}_r$r.log'"
-        step "ab_model_${label}_${v}_r$r" bash -c "$set_env timeout 300 '$bin/trellis_bench_model' \
+        step "ab_model_${label}_${v}_r$r" bash -c "$set_env timeout 300 '$b/trellis_bench_model' \
           -m '$models/$ab_model' --device $ab_dev --prompt $ab_prompt --gen ${ab_run[0]} --reps ${ab_run[1]} \
           > '$out/ab/model_${label}_${v}_r$r.json' 2> '$out/ab/model_${label}_${v}_r$r.log'"
       done
