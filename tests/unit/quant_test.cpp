@@ -72,12 +72,16 @@ TEST(QuantAllocation, FractionalTargetsStayWithinBudgetAndFavourAttentionAndEnds
       int64_t cost = 0;
       for (const auto& x : t)
         if (x.group == g && x.K < 8) cost += x.numel;
-      if (cost > 0) EXPECT_GT(used + cost, static_cast<int64_t>(bits * static_cast<double>(total))) << bits << " group " << g;
+      if (cost > 0) {
+        EXPECT_GT(used + cost, static_cast<int64_t>(bits * static_cast<double>(total))) << bits << " group " << g;
+      }
     }
     // Members of a group share K.
     for (const auto& a : t)
       for (const auto& b : t)
-        if (a.group == b.group) EXPECT_EQ(a.K, b.K);
+        if (a.group == b.group) {
+          EXPECT_EQ(a.K, b.K);
+        }
   }
   auto t = llama_like(6);
   allocate_bits(t, 2.5, 6);
