@@ -7,6 +7,8 @@
 #
 # Usage (here):  bench/stage_gpu_run.sh [STAGE_DIR]      default STAGE_DIR .gpurun
 #   BUILD_DIR    the build to use (default build-gpu, configured for CUDA sm_90 when new)
+#   AB_BUILDS    other builds (e.g. one configured with -DCMAKE_CUDA_FLAGS=-DTRELLIS_CUDA_PAIR_PRMT)
+#                whose bench binaries the ab step compares ('@/tmp/NAME', bench/gpu_session.sh)
 #   TRELLIS_SHARED  the shared fixtures (default ../shared)
 # Then (there), with STAGE_DIR and .gl carried:
 #   bash .gpurun/run.sh --only devices,tests,cli,gemv       (results under $OUT/acceptance)
@@ -49,6 +51,18 @@ cp -r "$shared" "$pack/shared"
 # 47 MiB; the device call's working tree may be 64 MiB in all). Unpacking needs ~260 MiB.
 tar cf - -C "$pack" . | xz -T1 --lzma2=preset=9,dict=256MiB > "$stage/pack.tar.xz"
 rm -rf "$pack"
+
+# Other builds for the ab step's '@DIR' entries (AB_BUILDS="build-prmt ..."): their two bench
+# binaries as STAGE_DIR/NAME.tar.xz, which bench/gpu_session.sh unpacks into /tmp/NAME.
+for extra in ${AB_BUILDS:-}; do
+  name=$(basename "$extra")
+  cmake --build "$extra" -j "$(nproc)" --target trellis_bench_model trellis_bench_cuda_exl3
+  rm -rf "/tmp/stage-$name" && mkdir -p "/tmp/stage-$name/$name"
+  cp "$extra/bin/trellis_bench_model" "$extra/bin/trellis_bench_cuda_exl3" "/tmp/stage-$name/$name/"
+  strip "/tmp/stage-$name/$name/"*
+  tar cf - -C "/tmp/stage-$name" "$name" | xz -T1 --lzma2=preset=9,dict=64MiB > "$stage/$name.tar.xz"
+  rm -rf "/tmp/stage-$name"
+done
 
 if ! ls .gl/libglvnd0_*.deb > /dev/null 2>&1; then
   mkdir -p .gl /tmp/amd64/partial
