@@ -104,7 +104,7 @@ if wants tests; then
   [ -n "${TRELLIS_TESTS_FILTER:-}" ] && backends=(filtered)
   for b in "${backends[@]}"; do
     filter="*$b*"
-    [ "$b" = filtered ] && filter=$TRELLIS_TESTS_FILTER
+    [ "$b" = filtered ] && { filter=$TRELLIS_TESTS_FILTER; echo "$filter" > "$out/tests_filtered.filter"; }
     step "tests_$b" bash -c "'$bin/trellis_tests' --gtest_filter='$filter' --gtest_output=xml:'$out/tests_$b.xml' \
       > '$out/tests_$b.log' 2>&1"
   done
