@@ -270,7 +270,9 @@ if wants profile && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
     # The GEMV's limiter: NAME|the kernel's template arguments after <K, CB, (Mode, Fuse, MinBlocks)|ENV.
     # The bench times the product kernel alone (Fuse 0) and then the whole forward (fused default: Fuse 2).
     variants=("fused|0, 2, 1>|" "halves|1, 2, 1>|TRELLIS_CUDA_GEMV_HALVES=1" "unfused|0, 0, 1>|TRELLIS_CUDA_GEMV_FUSED_IN=0"
-      "occupancy|0, 0, 10>|TRELLIS_CUDA_GEMV_FUSED_IN=0 TRELLIS_CUDA_GEMV_OCCUPANCY=1")
+      "occupancy|0, 0, 10>|TRELLIS_CUDA_GEMV_FUSED_IN=0 TRELLIS_CUDA_GEMV_OCCUPANCY=1"
+      "weightsA|2, 2, 1>|TRELLIS_CUDA_GEMV_WEIGHTS_A=1"
+      "halvesWA|3, 2, 1>|TRELLIS_CUDA_GEMV_HALVES=1 TRELLIS_CUDA_GEMV_WEIGHTS_A=1")
     for v in "${variants[@]}"; do
       IFS='|' read -r name targs env_set <<< "$v"
       step "profile_gemv_$name" bash -c "$env_set '$ncu' --clock-control none --kernel-name-base demangled \
