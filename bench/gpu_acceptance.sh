@@ -32,8 +32,8 @@
 #   profile  (only when named) Nsight Compute on the CUDA backend: the 3 bpw 8B model's decode
 #            step at context 256, GPU time per kernel (bench/profile_report.py), and the
 #            scheduler, warp-state, pipe and occupancy sections of the K = 3 MCG GEMV on
-#            8192x28672 in four variants (the fused default, halves, unfused, the unfused
-#            occupancy build); a few minutes on an H200 (an estimate)
+#            8192x28672 in six variants (the fused default, halves, unfused, the unfused
+#            occupancy build, weights-as-A with pairs and with halves); a few minutes on an H200 (an estimate)
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 # TRELLIS_SHARED points at the shared fixtures (default: ../shared of the source tree); the Vulkan
 # loader must find the GPU's driver (e.g. VK_DRIVER_FILES=/path/to/nvidia_icd.json).
