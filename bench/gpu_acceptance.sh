@@ -206,8 +206,8 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
   # the occupancy build replaces the unfused kernel only, hence FUSED_IN=0 beside it. A switch
   # written VAR=a/b runs VAR=a in the "0" role and VAR=b in the "1" role (a knob, not an on/off
   # switch); its label in file names and the report is VAR=a-b.
-  ab_default="TRELLIS_CUDA_GEMV_WEIGHTS_A TRELLIS_CUDA_GEMV_HALVES+TRELLIS_CUDA_GEMV_WEIGHTS_A"
-  ab_default+=" TRELLIS_CUDA_GEMV_BLOCKS_PER_SM=12/8 TRELLIS_CUDA_GEMV_HALVES"
+  # (Weights as A became the default in session 17, so HALVES runs on top of it.)
+  ab_default="TRELLIS_CUDA_GEMV_HALVES TRELLIS_CUDA_GEMV_BLOCKS_PER_SM=12/8"
   [ -z "${TRELLIS_AB:-}" ] && [ "${TRELLIS_CUDA_GEMV_FUSED_IN:-}" = 0 ] && ab_default+=" TRELLIS_CUDA_GEMV_OCCUPANCY"
   for spec in ${TRELLIS_AB:-$ab_default}; do
     sw=$spec values=(0 1) bins=("$bin" "$bin")
@@ -269,14 +269,18 @@ if wants profile && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
       '$out/profile/decode_g6.csv' 6 --wall-tok-s $wall > '$out/profile/decode.md'"
     # The GEMV's limiter: NAME|the kernel's template arguments after <K, CB, (Mode, Fuse, MinBlocks)|ENV.
     # The bench times the product kernel alone (Fuse 0) and then the whole forward (fused default: Fuse 2).
-    variants=("fused|0, 2, 1>|" "halves|1, 2, 1>|TRELLIS_CUDA_GEMV_HALVES=1" "unfused|0, 0, 1>|TRELLIS_CUDA_GEMV_FUSED_IN=0"
-      "occupancy|0, 0, 10>|TRELLIS_CUDA_GEMV_FUSED_IN=0 TRELLIS_CUDA_GEMV_OCCUPANCY=1"
-      "weightsA|2, 2, 1>|TRELLIS_CUDA_GEMV_WEIGHTS_A=1"
-      "halvesWA|3, 2, 1>|TRELLIS_CUDA_GEMV_HALVES=1 TRELLIS_CUDA_GEMV_WEIGHTS_A=1")
+    # ncu's demangled names spell template arguments "(int)3", hence the regex built from NAME's list.
+    variants=("fused|0, 2, 1|TRELLIS_CUDA_GEMV_WEIGHTS_A=0"
+      "halves|1, 2, 1|TRELLIS_CUDA_GEMV_HALVES=1 TRELLIS_CUDA_GEMV_WEIGHTS_A=0"
+      "unfused|0, 0, 1|TRELLIS_CUDA_GEMV_FUSED_IN=0 TRELLIS_CUDA_GEMV_WEIGHTS_A=0"
+      "occupancy|0, 0, 10|TRELLIS_CUDA_GEMV_FUSED_IN=0 TRELLIS_CUDA_GEMV_OCCUPANCY=1 TRELLIS_CUDA_GEMV_WEIGHTS_A=0"
+      "weightsA|2, 2, 1|TRELLIS_CUDA_GEMV_WEIGHTS_A=1"
+      "halvesWA|3, 2, 1|TRELLIS_CUDA_GEMV_HALVES=1 TRELLIS_CUDA_GEMV_WEIGHTS_A=1")
     for v in "${variants[@]}"; do
       IFS='|' read -r name targs env_set <<< "$v"
+      kre=$(sed 's/\([0-9][0-9]*\)/\\(int\\)\1/g' <<< "3, 1, $targs")
       step "profile_gemv_$name" bash -c "$env_set '$ncu' --clock-control none --kernel-name-base demangled \
-        -k 'regex:gemv_kernel<3, 1, $targs' --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+        -k 'regex:gemv_kernel<$kre>' --launch-skip 2 --launch-count 1 --section SpeedOfLight \
         --section Occupancy --section LaunchStats --section SchedulerStats --section WarpStateStats \
         --section ComputeWorkloadAnalysis --section InstructionStats --section MemoryWorkloadAnalysis \
         --log-file '$out/profile/gemv_$name.txt' '$bin/trellis_bench_cuda_exl3' --K 3 --codebooks mcg \

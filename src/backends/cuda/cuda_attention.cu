@@ -217,24 +217,54 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a)
   }
 }
 
-// One block per (row, head): merges the splits' partial (acc, m, l) in one pass per output dim
-// (online rescaling, so the splits' loads do not wait on a first max pass).
+// One block per (row, head): merges the splits' partial (acc, m, l). Warp 0 reads every split's
+// (m, l), takes their max M and gives split s the weight exp(m_s - M) / sum_s' l_s' exp(m_s' - M) in
+// shared memory; then every thread sums its dims' weighted accs. The loads of the second pass are
+// independent of each other, so they are all in flight at once: the earlier one-pass online merge
+// chained every split's load behind the previous split's rescale, ~15.6 us per launch for 32
+// splits on the H100 (ncu, session 17), 10% of an 8B decode step; this form has two dependent
+// load rounds (7.8 us under ncu with 8 loads in flight per thread; now 32). Empty splits (l = 0)
+// get weight 0 and their acc is not read.
+constexpr int kMergeMaxSplits = 64;
+
 __global__ void attention_merge_kernel(AttentionArgs a) {
+  __shared__ float weight[kMergeMaxSplits];
   pdl_begin();
   const int64_t qi = blockIdx.x, n_q = a.rows * a.n_heads, d = a.head_dim;
-  const int64_t r = qi / a.n_heads, h = qi % a.n_heads;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
-    float mx = -INFINITY, total = 0.0f, o = 0.0f;
-    for (int s = 0; s < a.splits; ++s) {
-      const float* p = a.partial + (s * n_q + qi) * (d + 2);
-      const float ms = p[d], ls = p[d + 1], vs = p[i];
-      if (!(ls > 0)) continue;  // an empty split
-      const float nm = fmaxf(mx, ms), c = expf(mx - nm), cs = expf(ms - nm);
-      total = total * c + ls * cs;
-      o = o * c + vs * cs;
-      mx = nm;
+  const int64_t r = qi / a.n_heads, h = qi % a.n_heads, stride = n_q * (d + 2);
+  const float* base = a.partial + qi * (d + 2);
+  const int splits = a.splits;
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    float mx = -INFINITY;
+    for (int s = lane; s < splits; s += 32) {
+      const float* p = base + s * stride;
+      if (p[d + 1] > 0) mx = fmaxf(mx, p[d]);
     }
-    a.out[r * a.n_heads * d + h * d + i] = total > 0 ? o / total : 0.0f;
+    mx = warp_max(mx);
+    float total = 0.0f;
+    for (int s = lane; s < splits; s += 32) {
+      const float* p = base + s * stride;
+      const float ls = p[d + 1], w = ls > 0 ? expf(p[d] - mx) : 0.0f;
+      total += ls * w;
+      weight[s] = w;
+    }
+    total = warp_sum(total);
+    const float inv = total > 0 ? 1.0f / total : 0.0f;
+    for (int s = lane; s < splits; s += 32) weight[s] *= inv;
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    float o = 0.0f;
+    for (int s0 = 0; s0 < splits; s0 += 32) {  // 32 loads in flight before the first use
+      float v[32];
+#pragma unroll
+      for (int j = 0; j < 32; ++j) v[j] = s0 + j < splits && weight[s0 + j] > 0 ? base[(s0 + j) * stride + i] : 0.0f;
+#pragma unroll
+      for (int j = 0; j < 32; ++j)
+        if (s0 + j < splits) o += v[j] * weight[s0 + j];
+    }
+    a.out[r * a.n_heads * d + h * d + i] = o;
   }
 }
 
@@ -494,6 +524,9 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.head_dim > kAttentionMaxHeadDim || a.head_dim % 2 != 0)
     raise(ErrorKind::kUnsupported, "CUDA attention: head_dim " + std::to_string(a.head_dim) +
                                        " is not supported (even, at most 256)");
+  if (a.splits > kMergeMaxSplits)
+    raise(ErrorKind::kUnsupported, "CUDA attention: " + std::to_string(a.splits) + " key-range splits (at most " +
+                                       std::to_string(kMergeMaxSplits) + ")");
   const bool aligned = (reinterpret_cast<uintptr_t>(a.k_cache) | reinterpret_cast<uintptr_t>(a.v_cache)) % 16 == 0;
   const bool decode = aligned && reinterpret_cast<uintptr_t>(a.q) % 16 == 0 &&
                       attention_uses_decode_kernel(a.rows, a.n_heads, a.n_kv_heads, a.head_dim);

@@ -46,7 +46,7 @@ void set_gemv_halves(bool on) { g_gemv_halves.store(on ? 1 : 0); }
 bool gemv_halves() { return cached_switch(g_gemv_halves, "TRELLIS_CUDA_GEMV_HALVES", false); }
 
 void set_gemv_weights_a(bool on) { g_gemv_weights_a.store(on ? 1 : 0); }
-bool gemv_weights_a() { return cached_switch(g_gemv_weights_a, "TRELLIS_CUDA_GEMV_WEIGHTS_A", false); }
+bool gemv_weights_a() { return cached_switch(g_gemv_weights_a, "TRELLIS_CUDA_GEMV_WEIGHTS_A", true); }
 
 void set_gemv_fused_out(bool on) { g_gemv_fused_out.store(on ? 1 : 0); }
 bool gemv_fused_out() { return cached_switch(g_gemv_fused_out, "TRELLIS_CUDA_GEMV_FUSED_OUT", false); }

@@ -79,7 +79,8 @@ void set_wide_transforms(bool on);
 // twice the MMAs. Each weight then enters unrounded: within half an fp16 ulp of the stored value
 // (rms relative error of a product ~1.4e-4 instead of fp32-level). Off unless
 // TRELLIS_CUDA_GEMV_HALVES=1 (H200, session 13: MCG GEMV 1.03-1.06x, MUL1 0.94-0.98x, 8B MCG
-// decode +2.2%).
+// decode +2.2%; H100, session 17, on top of weights-as-A: forward 0.99-1.09x, 8B MCG decode
+// +3.7%): kept opt-in because the weights then differ from the format's fp16 values.
 bool gemv_halves();
 // Test hook: overrides the environment for launches recorded after the call.
 void set_gemv_halves(bool on);
@@ -87,8 +88,10 @@ void set_gemv_halves(bool on);
 // output columns x 16 k per tile) and the activations as B (columns: each batch row's hi and lo
 // parts), instead of weights as B and activations as A (rows: hi and lo parts, 14 of 16 rows zero
 // at m = 1): one MMA per tile instead of two (two instead of four with gemv_halves) and half the
-// accumulator registers, for the same products and sums (cuda_exl3_gemv.cu, "*WA" modes). Off
-// unless TRELLIS_CUDA_GEMV_WEIGHTS_A=1: not yet measured on a GPU.
+// accumulator registers, for the same products and sums (cuda_exl3_gemv.cu, "*WA" modes). On by
+// default (H100, session 17: bitwise equal outputs in all 1728 test cases; forward 1.04-1.10x on
+// the four large shapes, K = 2, 3, both codebooks; 8B MCG decode +4.1%); TRELLIS_CUDA_GEMV_WEIGHTS_A=0
+// keeps the weights as the B operand.
 bool gemv_weights_a();
 void set_gemv_weights_a(bool on);  // test hook
 // Whether the EXL3 GEMV (m <= 8) applies the output transform itself: the last block of each
@@ -113,9 +116,10 @@ void set_gemv_occupancy(bool on);  // test hook
 
 // Blocks per SM the EXL3 GEMV's k-split aims its grid at (exl3k::kGemvBlocksPerSm = 12 unless
 // TRELLIS_CUDA_GEMV_BLOCKS_PER_SM = 1..32 says otherwise; read when a linear is created). 12 won
-// the session 5 sweep when the kernel held 72 registers; at today's ~104-120 only 8-9 blocks are
-// resident (bench/sass_loop_stats.py, cuobjdump -res-usage), so the grid of a large linear is
-// ~1.5 waves: a tuning knob for the next GPU run (bench/gpu_acceptance.sh ab takes VAR=a/b).
+// the session 5 sweep when the kernel held 72 registers; at today's ~104-120 only 8 blocks are
+// resident (ncu: 1.7 waves on 8192x28672), yet 12 still beats 8 on the H100 (session 17:
+// 8192x28672 forward 1.15-1.20x, the 8B shapes within 2%, 8B decode +1%). Larger values are
+// untried (bench/gpu_acceptance.sh ab takes VAR=a/b).
 int gemv_blocks_per_sm();
 // Whether launch() (cuda_launch.cuh) gives kernels on the current device the programmatic
 // dependent launch attribute: compute capability >= 9.0 and TRELLIS_CUDA_PDL not "0".
