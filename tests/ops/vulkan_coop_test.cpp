@@ -193,6 +193,42 @@ TEST(VulkanCoop, GemmMatchesReference) {
     if (vk->coop2_shape_fits(i)) kernels.emplace_back(2, i);
   for (size_t i = 0; i < std::size(vk::kCoop3Variants); ++i)
     if (vk->coop3_variant_fits(i)) kernels.emplace_back(3, i);
+  // Inputs and the fp64 reference of each case, once: every (path, kernel) pair below is
+  // compared against the same sums (computing them per pair took ~95 s on the H100 host).
+  struct Data {
+    std::vector<float> x;
+    std::vector<uint16_t> w16, b16;
+    std::vector<double> want, mag;  // [m][out]
+  };
+  std::vector<Data> data;
+  for (const Case& c : cases) {
+    Data d;
+    d.x = random_floats(static_cast<size_t>(c.m * c.in), 40 + static_cast<uint64_t>(c.in), 3.0f);
+    const auto w32 = random_floats(static_cast<size_t>(c.in * c.out), 41 + static_cast<uint64_t>(c.out));
+    const auto b32 = random_floats(static_cast<size_t>(c.out), 42);
+    d.w16.resize(w32.size());
+    d.b16.resize(b32.size());
+    for (size_t i = 0; i < w32.size(); ++i) d.w16[i] = fp32_to_fp16(w32[i]);
+    for (size_t i = 0; i < b32.size(); ++i) d.b16[i] = fp32_to_fp16(b32[i]);
+    std::vector<double> xr(d.x.size()), wr(d.w16.size());  // the fp16-rounded operands
+    for (size_t i = 0; i < xr.size(); ++i) xr[i] = fp16_to_fp32(fp32_to_fp16(d.x[i]));
+    for (size_t i = 0; i < wr.size(); ++i) wr[i] = fp16_to_fp32(d.w16[i]);
+    d.want.assign(static_cast<size_t>(c.m * c.out), 0.0);
+    d.mag.assign(d.want.size(), 0.0);
+    for (int64_t r = 0; r < c.m; ++r)
+      for (int64_t j = 0; j < c.out; ++j) {
+        double sum = 0, mag = 0;
+        for (int64_t i = 0; i < c.in; ++i) {
+          const double t = xr[static_cast<size_t>(r * c.in + i)] * wr[static_cast<size_t>(j * c.in + i)];
+          sum += t;
+          mag += std::fabs(t);
+        }
+        if (c.bias) sum += fp16_to_fp32(d.b16[static_cast<size_t>(j)]);
+        d.want[static_cast<size_t>(r * c.out + j)] = sum;
+        d.mag[static_cast<size_t>(r * c.out + j)] = mag;
+      }
+    data.push_back(std::move(d));
+  }
   for (vk::CoopPath path : paths)
   for (const auto& [version, shape] : kernels) {
     vk->set_coop_path(path);
@@ -202,42 +238,30 @@ TEST(VulkanCoop, GemmMatchesReference) {
     std::string label = fmt::format("{} v{}", vk::coop_path_name(path), version);
     if (version == 2) label += fmt::format(" {}", vk::coop2_shape_name(vk::kCoop2Shapes[shape]));
     if (version == 3) label += fmt::format(" {}", vk::coop3_variant_name(vk::kCoop3Variants[shape]));
-    for (const Case& c : cases) {
-      const auto x = random_floats(static_cast<size_t>(c.m * c.in), 40 + static_cast<uint64_t>(c.in), 3.0f);
-      const auto w32 = random_floats(static_cast<size_t>(c.in * c.out), 41 + static_cast<uint64_t>(c.out));
-      const auto b32 = random_floats(static_cast<size_t>(c.out), 42);
-      std::vector<uint16_t> w16(w32.size()), b16(b32.size());
-      for (size_t i = 0; i < w32.size(); ++i) w16[i] = fp32_to_fp16(w32[i]);
-      for (size_t i = 0; i < b32.size(); ++i) b16[i] = fp32_to_fp16(b32[i]);
+    for (size_t ci = 0; ci < std::size(cases); ++ci) {
+      const Case& c = cases[ci];
+      const Data& d = data[ci];
       LinearSource src;
       src.name = "test.coop";
       src.in_features = c.in;
       src.out_features = c.out;
-      src.dense = TensorView{DType::kF16, {c.out, c.in}, reinterpret_cast<const std::byte*>(w16.data())};
-      if (c.bias) src.bias = TensorView{DType::kF16, {c.out}, reinterpret_cast<const std::byte*>(b16.data())};
+      src.dense = TensorView{DType::kF16, {c.out, c.in}, reinterpret_cast<const std::byte*>(d.w16.data())};
+      if (c.bias) src.bias = TensorView{DType::kF16, {c.out}, reinterpret_cast<const std::byte*>(d.b16.data())};
       const auto lw = vk->prepare_linear(src);
       const DeviceTensor xt =
-          vk->upload(TensorView{DType::kF32, {c.m, c.in}, reinterpret_cast<const std::byte*>(x.data())}, DType::kF32);
+          vk->upload(TensorView{DType::kF32, {c.m, c.in}, reinterpret_cast<const std::byte*>(d.x.data())}, DType::kF32);
       DeviceTensor y = vk->alloc(DType::kF32, {c.m, c.out});
       vk->linear(*lw, xt, y);
       std::vector<float> got(static_cast<size_t>(c.m * c.out));
       vk->download(y, got.data());
       int bad = 0;
-      for (int64_t r = 0; r < c.m; ++r)
-        for (int64_t j = 0; j < c.out; ++j) {
-          double sum = 0, mag = 0;
-          for (int64_t i = 0; i < c.in; ++i) {
-            const double t = static_cast<double>(fp16_to_fp32(fp32_to_fp16(x[static_cast<size_t>(r * c.in + i)]))) *
-                             fp16_to_fp32(w16[static_cast<size_t>(j * c.in + i)]);
-            sum += t;
-            mag += std::fabs(t);
-          }
-          if (c.bias) sum += fp16_to_fp32(b16[static_cast<size_t>(j)]);
-          const double g = got[static_cast<size_t>(r * c.out + j)];
-          if (!(std::fabs(g - sum) <= 1e-5 * mag + 1e-6) && bad++ < 5)
-            ADD_FAILURE() << label << " m=" << c.m << " in=" << c.in << " out=" << c.out << " y[" << r
-                          << "," << j << "] = " << g << ", want " << sum;
-        }
+      for (size_t e = 0; e < got.size(); ++e) {
+        const double g = got[e], want = d.want[e];
+        if (!(std::fabs(g - want) <= 1e-5 * d.mag[e] + 1e-6) && bad++ < 5)
+          ADD_FAILURE() << label << " m=" << c.m << " in=" << c.in << " out=" << c.out << " y["
+                        << static_cast<int64_t>(e) / c.out << "," << static_cast<int64_t>(e) % c.out << "] = " << g
+                        << ", want " << want;
+      }
       EXPECT_EQ(bad, 0) << label << " m=" << c.m << " in=" << c.in << " out=" << c.out;
     }
   }
