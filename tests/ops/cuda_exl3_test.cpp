@@ -863,6 +863,137 @@ TEST(CudaExl3, FusedInGemvEqualsSeparateTransforms) {
   }
 }
 
+// Down's silu input without a product buffer (the decode MLP: one launch, silu(g) · u formed by
+// each block for its k range, nothing written back): the same bits as cuda::silu_mul and then the
+// separate input transform, where the split ranges coincide (3 splits of 24 slabs); padded k
+// (in 300 of 384); g and u unchanged. Without the fused-input path it is refused.
+TEST(CudaExl3, FusedSiluInputWithoutProductBuffer) {
+  CUDA_OR_SKIP();
+  const int64_t k = 384, in_f = 300, out_f = 200;
+  for (Codebook cb : kCodebooks) {
+    const Layer ld = random_layer(k, 256, 3, cb, 1350 + static_cast<uint64_t>(cb), true);
+    auto dd = upload(ld, in_f, out_f);
+    dd->set_gemv_splits(3);
+    for (int64_t m : {1, 4, 8}) {
+      const auto g = random_rows(m, in_f, 1360 + static_cast<uint64_t>(m)), u = random_rows(m, in_f, 1370);
+      const size_t n = g.size(), ny = static_cast<size_t>(m * out_f);
+      Guarded gb(n), ub(n), ob(n), y1(ny), y2(ny), sb(dd->scratch_bytes(m) / 4 + 1);
+      gb.upload(g.data(), n * 4);
+      ub.upload(u.data(), n * 4);
+      {
+        const GemvFusedIn separate(false);
+        cuda::silu_mul(gb.at<float>(), ub.at<float>(), ob.at<float>(), static_cast<int64_t>(n), nullptr);
+        dd->forward(ob.at<float>(), m, y1.at<float>(), nullptr, sb.at<void>());
+        EXPECT_THROW(dd->forward(gb.at<float>(), m, y2.at<float>(), nullptr, sb.at<void>(), ub.at<float>(), nullptr),
+                     Error);
+      }
+      const GemvFusedIn on(true);
+      ASSERT_TRUE(dd->fused_in(m));
+      dd->forward(gb.at<float>(), m, y2.at<float>(), nullptr, sb.at<void>(), ub.at<float>(), nullptr);
+      ok(cudaDeviceSynchronize());
+      EXPECT_TRUE(y2.guards_intact() && sb.guards_intact() && gb.guards_intact()) << "overrun, m=" << m;
+      EXPECT_EQ(gb.download<float>(n), g) << "g changed, m=" << m;
+      EXPECT_EQ(ub.download<float>(n), u) << "u changed, m=" << m;
+      const auto a = y1.download<float>(ny), b = y2.download<float>(ny);
+      EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << exl3::codebook_name(cb) << " m=" << m;
+    }
+  }
+}
+
+// The decode fusions of the residual stream (cuda::Exl3Fusion): a linear that adds its output
+// into the residual stream and writes the stream's 128-column sums of squares, then linears
+// (a one-launch group and a single one) whose input transform forms the RMSNorm from those sums,
+// give the same bits as forward(), cuda::add, cuda::rms_norm (its whole-row kernel) and forward()
+// of the normed rows: outputs, the updated stream and the normed rows written back; the sums
+// agree with fp64. Hidden 1024 and 4096 (the widest fused), m = 1, 3, 8. Misuse is refused.
+TEST(CudaExl3, ResidualAndNormFusionsGiveTheSameBits) {
+  CUDA_OR_SKIP();
+  const GemvFusedIn on(true);
+  const int64_t kin = 384;
+  const float eps = 1e-5f;
+  for (int64_t hid : {1024, 4096}) {
+    const Layer lo = random_layer(kin, hid, 3, Codebook::kMcg, 1401 + static_cast<uint64_t>(hid), true);
+    const Layer lq = random_layer(hid, 256, 3, Codebook::kMcg, 1402 + static_cast<uint64_t>(hid), true);
+    const Layer lk = random_layer(hid, 128, 3, Codebook::kMcg, 1403 + static_cast<uint64_t>(hid), false);
+    auto d_o = upload(lo, kin, hid), d_q = upload(lq, hid, 256), d_k = upload(lk, hid, 128);
+    const CudaExl3Linear* group[2] = {d_q.get(), d_k.get()};
+    const auto nw = random_rows(1, hid, 1404);
+    Guarded nwb(static_cast<size_t>(hid));
+    nwb.upload(nw.data(), nw.size() * 4);
+    for (int64_t m : {1, 3, 8}) {
+      ASSERT_TRUE(d_o->fusable_resid(m) && d_q->fusable_norm(m) && d_k->fusable_norm(m)) << "hid=" << hid << " m=" << m;
+      const auto a = random_rows(m, kin, 1410 + static_cast<uint64_t>(m));
+      const auto x = random_rows(m, hid, 1420 + static_cast<uint64_t>(m));
+      const size_t nx = x.size(), ng = static_cast<size_t>(m * hid / 128);
+      Guarded ab(a.size()), xr(nx), xf(nx), yr(nx), yf(nx), hr(nx), hf(nx), ss(ng);
+      Guarded qr(static_cast<size_t>(m * 256)), qf(static_cast<size_t>(m * 256)), q1(static_cast<size_t>(m * 256));
+      Guarded kr(static_cast<size_t>(m * 128)), kf(static_cast<size_t>(m * 128));
+      Guarded so(d_o->scratch_bytes(m) / 4 + 1), sq(d_q->scratch_bytes(m) / 4 + 1);
+      Guarded sg(CudaExl3Linear::group_scratch_bytes(group, m) / 4 + 1);
+      ab.upload(a.data(), a.size() * 4);
+      xr.upload(x.data(), nx * 4);
+      xf.upload(x.data(), nx * 4);
+      // The separate launches.
+      d_o->forward(ab.at<float>(), m, yr.at<float>(), nullptr, so.at<void>());
+      cuda::add(xr.at<float>(), yr.at<float>(), static_cast<int64_t>(nx), nullptr);
+      cuda::rms_norm(xr.at<float>(), nwb.at<float>(), eps, m, hid, hr.at<float>(), nullptr);
+      float* ysr[2] = {qr.at<float>(), kr.at<float>()};
+      CudaExl3Linear::forward_group(group, hr.at<float>(), m, ysr, nullptr, sg.at<void>());
+      // The fused ones.
+      cuda::Exl3Fusion fo;
+      fo.resid = xf.at<float>();
+      fo.resid_sumsq = ss.at<float>();
+      d_o->forward(ab.at<float>(), m, yf.at<float>(), nullptr, so.at<void>(), nullptr, nullptr, &fo);
+      cuda::Exl3Fusion fn;
+      fn.norm_w = nwb.at<float>();
+      fn.norm_sumsq = ss.at<float>();
+      fn.norm_eps = eps;
+      fn.norm_out = hf.at<float>();
+      float* ysf[2] = {qf.at<float>(), kf.at<float>()};
+      CudaExl3Linear::forward_group(group, xf.at<float>(), m, ysf, nullptr, sg.at<void>(), &fn);
+      fn.norm_out = nullptr;
+      d_q->forward(xf.at<float>(), m, q1.at<float>(), nullptr, sq.at<void>(), nullptr, nullptr, &fn);
+      ok(cudaDeviceSynchronize());
+      const std::string at = "hid=" + std::to_string(hid) + " m=" + std::to_string(m);
+      for (Guarded* gb : {&xf, &yf, &hf, &ss, &qf, &kf, &q1, &so, &sq, &sg}) EXPECT_TRUE(gb->guards_intact()) << at;
+      auto same = [&](Guarded& p, Guarded& q, size_t count, const char* what) {
+        const auto u = p.download<float>(count), v = q.download<float>(count);
+        EXPECT_EQ(std::memcmp(u.data(), v.data(), count * 4), 0) << what << ", " << at;
+      };
+      same(yr, yf, nx, "linear output");
+      same(xr, xf, nx, "residual stream");
+      same(hr, hf, nx, "normed rows");
+      same(qr, qf, static_cast<size_t>(m * 256), "group output 0");
+      same(kr, kf, static_cast<size_t>(m * 128), "group output 1");
+      same(qr, q1, static_cast<size_t>(m * 256), "single linear output");
+      const auto xs = xr.download<float>(nx), sums = ss.download<float>(ng);
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t gi = 0; gi < hid / 128; ++gi) {
+          double want = 0;
+          for (int64_t e = gi * 128; e < gi * 128 + 128; ++e) want += static_cast<double>(xs[r * hid + e]) * xs[r * hid + e];
+          EXPECT_NEAR(sums[static_cast<size_t>(r * hid / 128 + gi)], want, 1e-5 * want) << at << " group " << gi;
+        }
+    }
+    // Misuse: both sides in one launch; a fused norm on a linear whose input is padded.
+    cuda::Exl3Fusion both;
+    Guarded xb(static_cast<size_t>(hid)), yb(static_cast<size_t>(hid)), sb(d_o->scratch_bytes(1) / 4 + 1), ss(64);
+    both.resid = xb.at<float>();
+    both.resid_sumsq = ss.at<float>();
+    both.norm_w = nwb.at<float>();
+    both.norm_sumsq = ss.at<float>();
+    EXPECT_THROW(d_o->forward(xb.at<float>(), 1, yb.at<float>(), nullptr, sb.at<void>(), nullptr, nullptr, &both), Error);
+  }
+  const Layer lp = random_layer(384, 256, 3, Codebook::kMcg, 1430, false);
+  auto dp = upload(lp, 300, 200);
+  EXPECT_FALSE(dp->fusable_norm(1));
+  EXPECT_FALSE(dp->fusable_resid(1));
+  cuda::Exl3Fusion fn;
+  Guarded xb(384), yb(256), sb(dp->scratch_bytes(1) / 4 + 1), ss(64), wb(384);
+  fn.norm_w = wb.at<float>();
+  fn.norm_sumsq = ss.at<float>();
+  EXPECT_THROW(dp->forward(xb.at<float>(), 1, yb.at<float>(), nullptr, sb.at<void>(), nullptr, nullptr, &fn), Error);
+}
+
 // The default GEMV built for more resident blocks (cuda::gemv_occupancy: 96 registers) computes
 // the same thing in the same order: the same bits, every K and codebook, m = 1, 3, 8.
 TEST(CudaExl3, OccupancyBuildGivesTheSameBits) {

@@ -101,6 +101,10 @@ CudaBackend::CudaBackend(int index) : device_(index) {
   check(cublasSetStream(cublas_, stream_), "cublasSetStream");
   // A fixed workspace: cuBLAS then never allocates, which graph capture requires.
   cublas_workspace_ = std::make_shared<CudaBuffer>(kCublasWorkspaceBytes, "the cuBLAS workspace");
+#if TRELLIS_CUDA_HAS_EXL3
+  norm_sumsq_ = std::make_shared<CudaBuffer>(kExl3GemvMaxRows * (kExl3FusedNormMaxCols / 128) * sizeof(float),
+                                             "the fused norm's sums of squares");
+#endif
   check(cublasSetWorkspace(cublas_, cublas_workspace_->data(), kCublasWorkspaceBytes), "cublasSetWorkspace");
   attention_prepare();
   if (const char* env = std::getenv("TRELLIS_CUDA_GRAPHS"); env && std::string(env) == "0") graphs_ = false;
@@ -179,6 +183,9 @@ void CudaBackend::record(std::span<const uint64_t> key, Launch launch) {
   last_add_.reset();
   last_rope_.reset();
   last_silu_.reset();
+  last_exl3_.reset();
+  last_resid_.reset();
+  last_norm_.reset();
   key_.insert(key_.end(), key.begin(), key.end());
   key_.push_back(~uint64_t{0});  // op separator
   launches_.push_back(std::move(launch));
@@ -227,6 +234,9 @@ void CudaBackend::flush() {
   last_add_.reset();  // the recorded launches are about to run: nothing left to fuse with
   last_rope_.reset();
   last_silu_.reset();
+  last_exl3_.reset();
+  last_resid_.reset();
+  last_norm_.reset();
   if (launches_.empty()) return;
   set_device();
   if (stage_used_ > 0) {
@@ -462,12 +472,54 @@ void CudaBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceT
              [=](const std::byte*) { impl->forward(g, m, yp, s, sc, u, o); });
       return;
     }
-    record({kExl3, addr(impl), addr(xp), addr(yp), addr(sc), static_cast<uint64_t>(m), path},
-           [=](const std::byte*) { impl->forward(xp, m, yp, s, sc); });
+    if (last_norm_ && last_norm_->out == xp && last_norm_->rows == m && last_norm_->cols == in && yp != xp &&
+        yp != last_norm_->x && impl->fusable_norm(m) && impl->in_features() == in) {
+      const LastNorm ln = *last_norm_;
+      launches_.pop_back();
+      key_.resize(ln.key_size);
+      record_exl3({impl, ln.x, nullptr, yp, sc, m, nullptr, true, 0}, &ln);
+      return;
+    }
+    record_exl3({impl, xp, nullptr, yp, sc, m, nullptr, false, 0}, nullptr);
+    (void)path;
     return;
   }
 #endif
   fail(ErrorKind::kInternal, "CUDA linear: weights were not prepared by the CUDA backend");
+}
+
+void CudaBackend::record_exl3(const LastExl3& c, const LastNorm* norm) {
+#if TRELLIS_CUDA_HAS_EXL3
+  Exl3Fusion f;
+  f.resid = c.resid;
+  f.resid_sumsq = c.resid ? reinterpret_cast<float*>(norm_sumsq_->data()) : nullptr;
+  if (norm) {
+    f.norm_w = norm->w;
+    f.norm_sumsq = reinterpret_cast<const float*>(norm_sumsq_->data());
+    f.norm_eps = norm->eps;
+    f.norm_out = norm->out;
+  }
+  const bool fused = c.resid || norm;
+  const CudaExl3Linear* impl = c.impl;
+  const float* xp = c.x;
+  const float* up = c.up;
+  float* yp = c.y;
+  void* sc = c.sc;
+  const int64_t m = c.m;
+  cudaStream_t s = stream_;
+  const size_t key_size = key_.size();
+  record({kExl3, addr(impl), addr(xp), addr(up), addr(yp), addr(sc), static_cast<uint64_t>(m), exl3_path(m),
+          addr(f.resid), addr(f.norm_w), addr(f.norm_out), bits(f.norm_eps)},
+         [=](const std::byte*) {
+           // up without a product buffer: down's fused silu input (mlp)
+           impl->forward(xp, m, yp, s, sc, up, nullptr, fused ? &f : nullptr);
+         });
+  last_exl3_ = c;
+  last_exl3_->key_size = key_size;
+#else
+  (void)c;
+  (void)norm;
+#endif
 }
 
 void CudaBackend::linears(std::span<const LinearWeights* const> ws, const DeviceTensor& x,
@@ -497,6 +549,27 @@ void CudaBackend::linears(std::span<const LinearWeights* const> ws, const Device
     void* sc = scratch(2, std::max<size_t>(CudaExl3Linear::group_scratch_bytes(impls, m), 16));
     key.push_back(addr(sc));
     cudaStream_t s = stream_;
+    // rms_norm(resid, w, x) right before: the group's input transform forms the norm (last_norm_).
+    bool norm = last_norm_ && last_norm_->out == xp && last_norm_->rows == m && last_norm_->cols == x.cols();
+    for (size_t i = 0; norm && i < impls.size(); ++i)
+      norm = impls[i]->fusable_norm(m) && impls[i]->K() == impls[0]->K() &&
+             impls[i]->codebook() == impls[0]->codebook() && yps[i] != last_norm_->x && yps[i] != xp;
+    if (norm) {
+      const LastNorm ln = *last_norm_;
+      launches_.pop_back();
+      key_.resize(ln.key_size);
+      Exl3Fusion f;
+      f.norm_w = ln.w;
+      f.norm_sumsq = reinterpret_cast<const float*>(norm_sumsq_->data());
+      f.norm_eps = ln.eps;
+      f.norm_out = ln.out;
+      const float* res = ln.x;
+      key.push_back(addr(res));
+      key.push_back(addr(ln.w));
+      key.push_back(bits(ln.eps));
+      record(key, [=](const std::byte*) { CudaExl3Linear::forward_group(impls, res, m, yps, s, sc, &f); });
+      return;
+    }
     record(key, [=](const std::byte*) { CudaExl3Linear::forward_group(impls, xp, m, yps, s, sc); });
     return;
   }
@@ -531,6 +604,24 @@ void CudaBackend::mlp(const LinearWeights& gate, const LinearWeights& up, const 
     record({kExl3Mlp, addr(ig), addr(iu), addr(id), addr(xp), addr(gp), addr(up_), addr(yp), addr(sc),
             static_cast<uint64_t>(m)},
            [=](const std::byte*) { CudaExl3Linear::forward_mlp(*ig, *iu, *id, xp, m, gp, up_, yp, s, sc); });
+    return;
+  }
+  if (eg && eu && ed && m >= 1 && decode_fusion() && ed->impl->fused_in(m) && g.rows() == m && u.rows() == m && y.rows() == m &&
+      g.cols() == gate.out_features && u.cols() == up.out_features && y.cols() == down.out_features &&
+      gate.out_features == down.in_features && up.out_features == down.in_features && g.dtype == DType::kF32 &&
+      u.dtype == DType::kF32) {
+    // Decode: gate and up as usual (one grouped launch), then down as one GEMV whose blocks form
+    // silu(g) · u for their own k range: the product is never written (g and u are work space
+    // here), so the separate input-transform launch goes.
+    const LinearWeights* gu[2] = {&gate, &up};
+    DeviceTensor* outs[2] = {&g, &u};
+    linears(gu, x, outs);
+    const CudaExl3Linear* id = ed->impl.get();
+    keep(g);
+    keep(u);
+    keep(y);
+    void* sc = scratch(2, std::max<size_t>(id->scratch_bytes(m), 16));
+    record_exl3({id, f32(g), f32(u), f32(y), sc, m, nullptr, false, 0}, nullptr);
     return;
   }
 #endif
@@ -627,9 +718,16 @@ void CudaBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, fl
            [=](const std::byte*) { cuda::add_rms_norm(xp, y, wp, eps, groups, group, op, s); });
     return;
   }
+  // The whole-row kernel's order is cuda_norm.cuh's for these rows (512 < cols <= 4096, aligned).
+  const bool fusable = decode_fusion() && last_resid_ && last_resid_->x == xp && last_resid_->rows == x.rows() &&
+                       last_resid_->cols == x.cols() && group == x.cols() && group > 512 && group % 128 == 0 &&
+                       group <= 4096 && op != xp && reinterpret_cast<uintptr_t>(wp) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(op) % 16 == 0;
+  const size_t key_size = key_.size();
   record({kRmsNorm, addr(xp), addr(wp), addr(op), bits(eps), static_cast<uint64_t>(groups),
           static_cast<uint64_t>(group)},
          [=](const std::byte*) { cuda::rms_norm(xp, wp, eps, groups, group, op, s); });
+  if (fusable) last_norm_ = LastNorm{xp, wp, eps, op, x.rows(), x.cols(), key_size};
 }
 
 void CudaBackend::rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_t> positions, const RopeParams& rp) {
@@ -803,6 +901,21 @@ void CudaBackend::add(DeviceTensor& x, const DeviceTensor& y) {
   keep(x);
   keep(y);
   cudaStream_t s = stream_;
+#if TRELLIS_CUDA_HAS_EXL3
+  if (decode_fusion() && last_exl3_ && last_exl3_->y == b && !last_exl3_->resid && !last_exl3_->normed && last_exl3_->impl->fusable_resid(last_exl3_->m) &&
+      x.rows() == last_exl3_->m && x.cols() == last_exl3_->impl->out_features() && y.rows() == x.rows() &&
+      y.cols() == x.cols() && a != last_exl3_->x && a != last_exl3_->up && a != b &&
+      reinterpret_cast<uintptr_t>(a) % 16 == 0) {
+    // The linear that wrote y adds it into x itself (and x's group sums of squares: last_resid_).
+    LastExl3 c = *last_exl3_;
+    launches_.pop_back();
+    key_.resize(c.key_size);
+    c.resid = a;
+    record_exl3(c, nullptr);
+    last_resid_ = LastResid{a, x.rows(), x.cols()};
+    return;
+  }
+#endif
   const size_t key_size = key_.size();
   record({kAdd, addr(a), addr(b), static_cast<uint64_t>(n)}, [=](const std::byte*) { cuda::add(a, b, n, s); });
   last_add_ = LastAdd{a, b, n, key_size};

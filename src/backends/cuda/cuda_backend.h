@@ -40,6 +40,8 @@
 
 namespace trellis::cuda {
 
+class CudaExl3Linear;
+
 // Device memory of one tensor or weight (cudaMalloc; freed on destruction).
 class CudaBuffer : public DeviceBuffer {
  public:
@@ -174,6 +176,41 @@ class CudaBackend : public Backend {
     size_t key_size;
   };
   std::optional<LastSilu> last_silu_;
+  // The decode fusions of the residual stream (CudaExl3Linear's Exl3Fusion): an EXL3 linear
+  // recorded last (last_exl3_) whose output the next add(x, y) adds takes the add into its launch
+  // (last_resid_: x then holds the sum, and norm_sumsq_ its 128-column group sums of squares); a
+  // whole-row rms_norm(x, w, out) of that x right after is recorded as usual (last_norm_), and an
+  // EXL3 linear or group reading `out` right after replaces that launch: its input transform forms
+  // the norm itself (and still writes out). Bit-identical to the separate launches.
+  struct LastExl3 {
+    const CudaExl3Linear* impl;
+    const float* x;
+    const float* up;  // down's silu input (mlp): silu(x) · up
+    float* y;
+    void* sc;
+    int64_t m;
+    float* resid;  // set once an add has joined
+    bool normed;   // its input is a fused norm (then no add joins: one side per launch)
+    size_t key_size;
+  };
+  std::optional<LastExl3> last_exl3_;
+  struct LastResid {
+    float* x;
+    int64_t rows, cols;
+  };
+  std::optional<LastResid> last_resid_;
+  struct LastNorm {
+    float* x;
+    const float* w;
+    float eps;
+    float* out;
+    int64_t rows, cols;
+    size_t key_size;
+  };
+  std::optional<LastNorm> last_norm_;
+  std::shared_ptr<CudaBuffer> norm_sumsq_;  // [kExl3GemvMaxRows, 4096 / 128] fp32
+  // Records an EXL3 linear (a LastExl3, key_size ignored) with its fusions, and sets last_exl3_.
+  void record_exl3(const LastExl3& c, const LastNorm* norm);
 
   std::vector<Launch> launches_;
   std::vector<uint64_t> key_, prev_key_, graph_key_;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "backends/cuda/cuda_exl3_kernels.cuh"
+#include "backends/cuda/cuda_norm.cuh"
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_util.h"
 #include "core/fp16.h"
@@ -228,15 +229,66 @@ void CudaExl3Linear::reconstructed_product(int64_t m, float* y, cudaStream_t str
   }
 }
 
+namespace {
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+}  // namespace
+
+static_assert(kExl3FusedNormMaxCols == kFusedNormMaxCols);
+
+bool CudaExl3Linear::fusable_resid(int64_t m) const {
+  return fused_in(m) && out_features_ == n_ && n_ <= kExl3FusedNormMaxCols;
+}
+
+bool CudaExl3Linear::fusable_norm(int64_t m) const {
+  return fused_in(m) && in_features_ == k_ && k_ <= kExl3FusedNormMaxCols;
+}
+
+namespace {
+// Checks `f` against linear `l` (input x, silu `up`) and copies it into the launch item.
+void apply_fusion(const CudaExl3Linear& l, int64_t m, const Exl3Fusion& f, const float* x, const float* up,
+                  exl3k::GemvItem& item) {
+  const bool out_side = f.resid || f.resid_sumsq, in_side = f.norm_w || f.norm_sumsq || f.norm_out;
+  if (out_side && in_side) bad("a fused residual add and a fused norm in one launch");
+  if (out_side) {
+    if (!l.fusable_resid(m)) bad("this linear cannot fuse the residual add at m = " + std::to_string(m));
+    if (!f.resid || !f.resid_sumsq || !aligned16(f.resid) || !aligned16(f.resid_sumsq) || f.resid == x ||
+        (up && f.resid == up))
+      bad("fused residual add: null, unaligned or aliased buffers");
+    item.resid = f.resid;
+    item.resid_sumsq = f.resid_sumsq;
+  }
+  if (in_side) {
+    if (!l.fusable_norm(m) || up) bad("this linear cannot fuse the input norm at m = " + std::to_string(m));
+    if (!f.norm_w || !f.norm_sumsq || !aligned16(f.norm_w) || !aligned16(x) || (f.norm_out && !aligned16(f.norm_out)))
+      bad("fused norm: null or unaligned buffers");
+    item.norm_w = f.norm_w;
+    item.norm_sumsq = f.norm_sumsq;
+    item.norm_eps = f.norm_eps;
+    item.norm_out = f.norm_out;
+  }
+}
+}  // namespace
+
 void CudaExl3Linear::forward(const float* x, int64_t m, float* y, cudaStream_t stream, void* scratch, const float* up,
-                             float* silu_out) const {
+                             float* silu_out, const Exl3Fusion* fusion) const {
   if (m == 0) return;
   if (m < 0 || m > kMaxGridRows) bad("m = " + std::to_string(m) + " (expected 0.." + std::to_string(kMaxGridRows) + ")");
-  if (!x || !y || !scratch || (up && !silu_out)) bad("null input, output or scratch");
+  if (!x || !y || !scratch) bad("null input, output or scratch");
   const ScratchLayout s = layout(m);
   auto* sc = static_cast<std::byte*>(scratch);
   auto* xa = reinterpret_cast<uint16_t*>(sc);
   const bool gemv = m <= kExl3GemvMaxRows;
+  if ((up && !silu_out) || fusion) {  // only the fused input path skips the silu product or fuses more
+    if (!gemv || !fused_in(m)) bad("a fused silu or residual input needs the fused-input GEMV");
+    exl3k::GemvItem item = gemv_item(nullptr, reinterpret_cast<float*>(sc + s.act), y);
+    item.x = x;
+    item.up = up;
+    item.suh = suh_;
+    item.in_features = static_cast<int>(in_features_);
+    if (fusion) apply_fusion(*this, m, *fusion, x, up, item);
+    exl3k::gemv_group(K_, static_cast<int>(codebook_), std::span<const exl3k::GemvItem>(&item, 1), m, k_, stream);
+    return;
+  }
   if (!gemv && fused_reconstruct(m)) {
     exl3k::hadamard_in(x, m, in_features_, k_, suh_, xa, exl3k::ActLayout::kPlainHalf, stream, up, silu_out);
     reconstructed_product(m, y, stream, sc, s);
@@ -337,7 +389,8 @@ void CudaExl3Linear::forward_mlp(const CudaExl3Linear& g, const CudaExl3Linear& 
 }
 
 void CudaExl3Linear::forward_group(std::span<const CudaExl3Linear* const> ls, const float* x, int64_t m,
-                                   std::span<float* const> ys, cudaStream_t stream, void* scratch) {
+                                   std::span<float* const> ys, cudaStream_t stream, void* scratch,
+                                   const Exl3Fusion* norm) {
   auto bad_group = [](const std::string& why) { throw Error(ErrorKind::kInternal, "EXL3 linear group: " + why); };
   if (ls.empty() || ls.size() > exl3k::kMaxGroup || ys.size() != ls.size())
     bad_group(std::to_string(ls.size()) + " linears, " + std::to_string(ys.size()) + " outputs");
@@ -408,6 +461,8 @@ void CudaExl3Linear::forward_group(std::span<const CudaExl3Linear* const> ls, co
     one_launch = one_launch && ls[i]->K_ == ls[0]->K_ && ls[i]->codebook_ == ls[0]->codebook_;
   bool all_fused_in = one_launch;
   for (size_t i = 0; i < count; ++i) all_fused_in = all_fused_in && ls[i]->fused_in(m);
+  if (norm && !all_fused_in) bad_group("a fused norm needs one fused-input launch");
+  if (norm && (norm->resid || norm->resid_sumsq)) bad_group("a fused residual add on a group");
   if (all_fused_in) {  // one launch for the whole group: transforms and products
     std::array<exl3k::GemvItem, exl3k::kMaxGroup> gi{};
     for (size_t i = 0; i < count; ++i) {
@@ -415,6 +470,7 @@ void CudaExl3Linear::forward_group(std::span<const CudaExl3Linear* const> ls, co
       gi[i].x = x;
       gi[i].suh = ls[i]->suh_;
       gi[i].in_features = static_cast<int>(ls[i]->in_features_);
+      if (norm) apply_fusion(*ls[i], m, *norm, x, nullptr, gi[i]);
     }
     exl3k::gemv_group(ls[0]->K_, static_cast<int>(ls[0]->codebook_), std::span(gi.data(), count), m, ls[0]->k_, stream);
     return;

@@ -46,6 +46,25 @@ struct GemvItem;
 // Rows up to which forward() runs the fused GEMV; larger batches decode Ŵ and call cuBLAS.
 inline constexpr int64_t kExl3GemvMaxRows = 8;
 
+// The decode fusions of the residual stream around an EXL3 GEMV (CudaExl3Linear::forward /
+// forward_group, m <= kExl3GemvMaxRows on the fused-input path). Output side (fusable_resid):
+// resid [m, out_features] += y after y is written, as cuda::add, and resid_sumsq [m, n / 128] gets
+// the new resid's sum of squares per 128-column group. Input side (fusable_norm): x is the
+// residual stream, norm_sumsq its group sums (a resid_sumsq written by the linear before), and
+// the linear's input is rms_norm(x) · norm_w with norm_eps: the same bits as cuda::rms_norm's
+// whole-row kernel (cuda_norm.cuh); with norm_out set that input is also written there [m,
+// in_features]. All pointers 16-byte aligned; resid must not alias the linear's x or up.
+struct Exl3Fusion {
+  float* resid = nullptr;
+  float* resid_sumsq = nullptr;
+  const float* norm_w = nullptr;
+  const float* norm_sumsq = nullptr;
+  float norm_eps = 0.0f;
+  float* norm_out = nullptr;
+};
+// Widest rows the fusions take (cuda_norm.cuh kFusedNormMaxCols).
+inline constexpr int64_t kExl3FusedNormMaxCols = 4096;
+
 class CudaExl3Linear {
  public:
   // Uploads trellis, suh, svh and the bias of one EXL3 linear to the current device, enqueued on
@@ -69,9 +88,15 @@ class CudaExl3Linear {
   // `scratch` is a device buffer of scratch_bytes(m) bytes, 256-byte aligned, not shared with a
   // concurrent call. Only enqueues on `stream`; m == 0 is a no-op.
   // With `up` set (fused silu_mul): the input is silu(x) · up, bit-identical to cuda::silu_mul,
-  // and that product is also written to silu_out [m, in_features] (which may alias x).
+  // and that product is also written to silu_out [m, in_features] (which may alias x). With
+  // silu_out null the product is not written: only where fused_in(m) (one GEMV launch whose blocks
+  // compute silu(x) · up for their own k range; the gated MLP's down projection at decode).
+  // `fusion` (nullptr: none): Exl3Fusion above; needs fused_in(m), and fusable_resid(m) /
+  // fusable_norm(m) for the side it uses (not both at once).
   void forward(const float* x, int64_t m, float* y, cudaStream_t stream, void* scratch, const float* up = nullptr,
-               float* silu_out = nullptr) const;
+               float* silu_out = nullptr, const Exl3Fusion* fusion = nullptr) const;
+  bool fusable_resid(int64_t m) const;
+  bool fusable_norm(int64_t m) const;
   size_t scratch_bytes(int64_t m) const;
   // forward() of up to kMaxGroup linears that read the same x (same in_features and k). For m in
   // 1..kExl3GemvMaxRows: one launch of each Hadamard transform for the whole group and one GEMV
@@ -80,8 +105,10 @@ class CudaExl3Linear {
   // `scratch`: group_scratch_bytes(ls, m) bytes, 256-byte aligned. Bad groups (other m included):
   // trellis::Error kInternal.
   static constexpr size_t kMaxGroup = 4;
+  // `norm` (input side only, every linear fusable_norm(m), one launch): as forward()'s fusion.
   static void forward_group(std::span<const CudaExl3Linear* const> ls, const float* x, int64_t m,
-                            std::span<float* const> ys, cudaStream_t stream, void* scratch);
+                            std::span<float* const> ys, cudaStream_t stream, void* scratch,
+                            const Exl3Fusion* norm = nullptr);
   static size_t group_scratch_bytes(std::span<const CudaExl3Linear* const> ls, int64_t m);
   // The gated MLP y = (silu(x·gateᵀ + b_g) ⊙ (x·upᵀ + b_u))·downᵀ + b_d at prefill sizes, where
   // mlp_fusable(): one input transform for gate and up (x read once), their products straight into

@@ -44,6 +44,7 @@
 #include "backends/cuda/cuda_exl3_kernels.cuh"
 #include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_mma.cuh"
+#include "backends/cuda/cuda_norm.cuh"
 #include "backends/cuda/cuda_util.h"
 
 namespace trellis::cuda::exl3k {
@@ -158,14 +159,47 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
     // pairs w, w + W, ...; hadamard_in's arithmetic, into the fragment layout at act_area.
     const int nhb = tk1 > tk0 ? (tk1 - tk0) / 8 : 0;
     auto* xs = reinterpret_cast<uint16_t*>(act_area);
+    // Fused RMSNorm: lane r < m adds row r's group sums in group order (cuda_norm.cuh).
+    __shared__ float norm_inv[8];
+    if (item.norm_w) {
+      if (warp == 0 && lane < m) {
+        const int groups = item.in_features / 128;
+        const float* ps = item.norm_sumsq + static_cast<int64_t>(lane) * groups;
+        float total = 0.0f;
+        for (int i = 0; i < groups; ++i) total = __fadd_rn(total, ps[i]);
+        norm_inv[lane] = rms_inv(total, item.in_features, item.norm_eps);
+      }
+      __syncthreads();
+    }
+    const bool writes_norm = item.norm_out && li == 0 && group == 0;
     for (int idx = warp; idx < m * nhb; idx += kGemvWarps) {
       const int row = idx / nhb, el = (idx - row * nhb) * 128 + 4 * lane, e0 = tk0 * 16 + el;
       const float* xr = item.x + static_cast<int64_t>(row) * item.in_features;
       const float4 sv = ld4(item.suh + e0);
       const float su[4] = {sv.x, sv.y, sv.z, sv.w};
       float v[4];
+      if (item.norm_w) {  // in_features == k: every element is inside
+        const float4 xv = ld4(xr + e0), wv = ld4(item.norm_w + e0);
+        const float inv = norm_inv[row];
+        const float h[4] = {rms_apply(xv.x, inv, wv.x), rms_apply(xv.y, inv, wv.y), rms_apply(xv.z, inv, wv.z),
+                            rms_apply(xv.w, inv, wv.w)};
+        if (writes_norm)
+          *reinterpret_cast<float4*>(item.norm_out + static_cast<int64_t>(row) * item.in_features + e0) =
+              make_float4(h[0], h[1], h[2], h[3]);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) v[j] = __fmul_rn(e0 + j < item.in_features ? xr[e0 + j] : 0.0f, su[j]);
+        for (int j = 0; j < 4; ++j) v[j] = __fmul_rn(h[j], su[j]);
+      } else if (item.up) {  // silu(x) · up, silu_mul's expression operation for operation
+        const float* ur = item.up + static_cast<int64_t>(row) * item.in_features;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          float t = 0.0f;
+          if (e0 + j < item.in_features) t = xr[e0 + j] / (1.0f + expf(-xr[e0 + j])) * ur[e0 + j];
+          v[j] = __fmul_rn(t, su[j]);
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = __fmul_rn(e0 + j < item.in_features ? xr[e0 + j] : 0.0f, su[j]);
+      }
       fwht128(v, lane);
       uint16_t hi[4], lo[4];
       hi_lo4(v, hi, lo);
@@ -324,8 +358,20 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
           v[3] += t.w;
         }
         fwht128(v, lane);
+        float r[4];
         out_store4(v, e0, item.out_features, item.svh, item.bias,
-                   item.y + static_cast<int64_t>(row) * item.out_features + e0);
+                   item.y + static_cast<int64_t>(row) * item.out_features + e0, r);
+        if (item.resid) {  // out_features == n: every element is inside
+          float* xr = item.resid + static_cast<int64_t>(row) * item.out_features + e0;
+          float4 xv = ld4(xr);
+          xv.x += r[0];
+          xv.y += r[1];
+          xv.z += r[2];
+          xv.w += r[3];
+          *reinterpret_cast<float4*>(xr) = xv;
+          const float ss = warp_sum_xor(sumsq4(xv.x, xv.y, xv.z, xv.w));
+          if (lane == 0) item.resid_sumsq[static_cast<int64_t>(row) * (n / kCols) + group] = ss;
+        }
       }
       if (threadIdx.x == 0) item.done[group] = 0;  // ready for the next launch (graph replays)
     }

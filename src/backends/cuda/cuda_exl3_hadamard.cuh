@@ -35,17 +35,21 @@ __device__ __forceinline__ void fwht128(float v[4], int lane) {
   }
 }
 
-// y elements e0 .. e0+3 of one row from the transformed sums v: ⊙ svh (· kScale), + bias, padded
-// columns dropped.
-__device__ __forceinline__ void out_store4(const float v[4], int e0, int out_features, const float* __restrict__ svh,
-                                           const float* __restrict__ bias, float* __restrict__ yr) {
-  float r[4];
+// y elements e0 .. e0+3 of one row from the transformed sums v: ⊙ svh (· kScale), + bias, into r
+// (out_store4 then stores them, padded columns dropped).
+__device__ __forceinline__ void out_values4(const float v[4], int e0, int out_features, const float* __restrict__ svh,
+                                            const float* __restrict__ bias, float r[4]) {
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
     const int e = e0 + q;
     r[q] = __fmul_rn(__fmul_rn(v[q], kScale), svh[e]);  // svh has n entries
     if (bias && e < out_features) r[q] = __fadd_rn(r[q], bias[e]);
   }
+}
+
+__device__ __forceinline__ void out_store4(const float v[4], int e0, int out_features, const float* __restrict__ svh,
+                                           const float* __restrict__ bias, float* __restrict__ yr, float r[4]) {
+  out_values4(v, e0, out_features, svh, bias, r);
   if (e0 + 3 < out_features && aligned16(yr)) {
     *reinterpret_cast<float4*>(yr) = make_float4(r[0], r[1], r[2], r[3]);
   } else {
@@ -53,6 +57,12 @@ __device__ __forceinline__ void out_store4(const float v[4], int e0, int out_fea
     for (int q = 0; q < 4; ++q)
       if (e0 + q < out_features) yr[q] = r[q];
   }
+}
+
+__device__ __forceinline__ void out_store4(const float v[4], int e0, int out_features, const float* __restrict__ svh,
+                                           const float* __restrict__ bias, float* __restrict__ yr) {
+  float r[4];
+  out_store4(v, e0, out_features, svh, bias, yr, r);
 }
 
 // The fp16 hi and lo parts of 4 transformed input values: f = v·kScale, hi = fp16(f), lo =

@@ -99,6 +99,24 @@ struct GemvItem {
   const float* x = nullptr;
   const float* suh = nullptr;
   int in_features = 0;
+  // With `up` set too, the input is silu(x) · up (the gated MLP's down projection), computed as
+  // cuda::silu_mul does (same bits); the product is not written anywhere.
+  const float* up = nullptr;
+  // Fused residual add (needs `done`, out_features == n, n <= kFusedNormMaxCols): the last block
+  // of each 128-column group also adds y into resid [m, out_features] (resid += y, as cuda::add)
+  // and writes the new resid's sum of squares of that group to resid_sumsq [m, n / 128] (the
+  // order of cuda_norm.cuh).
+  float* resid = nullptr;
+  float* resid_sumsq = nullptr;
+  // Fused RMSNorm input (needs `x`, in_features == k, a multiple of 128 up to kFusedNormMaxCols,
+  // no `up`): x is the residual stream and norm_sumsq [m, k / 128] its group sums as resid_sumsq
+  // holds them; the input is rms_norm(x) · norm_w, the same bits as cuda::rms_norm's whole-row
+  // kernel. With norm_out set, the blocks of column group 0 of item 0 also write that normed
+  // input there [m, in_features] (each element once).
+  const float* norm_w = nullptr;
+  const float* norm_sumsq = nullptr;
+  float norm_eps = 0.0f;
+  float* norm_out = nullptr;
 };
 inline constexpr int kFusedInActBytes = 32 * 1024;
 // Slabs per split of a GEMV with k/16 = k_tiles slabs in `splits` splits; `whole_blocks` (the

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "backends/cuda/cuda_launch.cuh"
+#include "backends/cuda/cuda_norm.cuh"
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_util.h"
 
@@ -151,21 +152,23 @@ __global__ void __launch_bounds__(1024) rms_norm_row_kernel(float* x, const floa
   for (int c = 0; c < C; ++c) {
     const int64_t i = threadIdx.x + int64_t{c} * blockDim.x;
     if (residual && i < chunks) reinterpret_cast<float4*>(x + base)[i] = v[c];
-    ss += v[c].x * v[c].x + v[c].y * v[c].y + v[c].z * v[c].z + v[c].w * v[c].w;
+    ss = __fadd_rn(ss, sumsq4(v[c].x, v[c].y, v[c].z, v[c].w));
   }
-  ss = warp_sum(ss);
+  // With C = 1 and group % 128 == 0, warp w's sum is that of the row's 128-element chunk w, in
+  // the order of cuda_norm.cuh, which the EXL3 GEMV's fused residual add and norm follow too.
+  ss = warp_sum_xor(ss);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
   __syncthreads();
   float total = 0;
-  for (int i = 0; i < static_cast<int>(blockDim.x / 32); ++i) total += partial[i];
-  const float inv = 1.0f / sqrtf(total / static_cast<float>(group) + eps);
+  for (int i = 0; i < static_cast<int>(blockDim.x / 32); ++i) total = __fadd_rn(total, partial[i]);
+  const float inv = rms_inv(total, static_cast<int>(group), eps);
 #pragma unroll
   for (int c = 0; c < C; ++c) {
     const int64_t i = threadIdx.x + int64_t{c} * blockDim.x;
     if (i < chunks) {
       const float4 wv = reinterpret_cast<const float4*>(w)[i];
-      reinterpret_cast<float4*>(out + base)[i] =
-          make_float4(v[c].x * inv * wv.x, v[c].y * inv * wv.y, v[c].z * inv * wv.z, v[c].w * inv * wv.w);
+      reinterpret_cast<float4*>(out + base)[i] = make_float4(rms_apply(v[c].x, inv, wv.x), rms_apply(v[c].y, inv, wv.y),
+                                                             rms_apply(v[c].z, inv, wv.z), rms_apply(v[c].w, inv, wv.w));
     }
   }
 }

@@ -114,6 +114,13 @@ void set_gemv_fused_in(bool on);  // test hook
 // against the unfused kernel's 75.5, occupancy 25% against 21%: slower).
 bool gemv_occupancy();
 void set_gemv_occupancy(bool on);  // test hook
+// Whether the CUDA backend fuses the decode step's residual stream into its EXL3 GEMVs (needs
+// gemv_fused_in; cuda_backend.h LastExl3): the residual add into the linear before it, the
+// following whole-row RMSNorm into the linears after it, and the MLP's silu(gate) · up into down's
+// input, without writing the product. Bit-identical; 3 launches fewer per Llama layer. On unless
+// TRELLIS_CUDA_DECODE_FUSION=0.
+bool decode_fusion();
+void set_decode_fusion(bool on);  // test hook
 
 // Blocks per SM the EXL3 GEMV's k-split aims its grid at (exl3k::kGemvBlocksPerSm = 12 unless
 // TRELLIS_CUDA_GEMV_BLOCKS_PER_SM = 1..32 says otherwise; read when a linear is created). 12 won
