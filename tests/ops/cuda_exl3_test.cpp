@@ -774,11 +774,12 @@ TEST(CudaExl3, FusedOutGemvEqualsSeparateTransform) {
 }
 
 
-// The GEMV with both transforms fused (each block transforms its k range of x, rounded to whole
-// 128-blocks): the same bits as the separate transforms where the split ranges coincide (1 and 3
-// splits of 24 slabs), the reference to fp32 level at other split counts; every K and codebook,
-// m = 1, 3, 8, x at an unaligned address (run_forward), forward() and a one-launch group, each
-// call twice. The fused silu input (down's) keeps the separate transform: same bits as without.
+// The GEMV with both transforms fused (each block transforms the 128-blocks its k range overlaps
+// and keeps its own slabs): the same bits as the separate transforms at every split count (1, 3,
+// the automatic one, 32: ranges that start and end inside 128-blocks included), and the reference
+// to fp32 level; every K and codebook, m = 1, 3, 8, x at an unaligned address (run_forward),
+// forward() and a one-launch group, each call twice. The fused silu input with a product buffer
+// (down's, prefill-style) keeps the separate transform: same bits as without.
 TEST(CudaExl3, FusedInGemvEqualsSeparateTransforms) {
   CUDA_OR_SKIP();
   const GemvFusedIn separate(false);  // `want`: the separate transform kernels
@@ -798,10 +799,8 @@ TEST(CudaExl3, FusedInGemvEqualsSeparateTransforms) {
           EXPECT_TRUE(d->fused_in(m));
           for (int rep = 0; rep < 2; ++rep) {
             const auto got = run_forward(*d, x, m, in_f, out_f);
-            if (splits == 1 || splits == 3) {
-              EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
-                  << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << " splits=" << splits;
-            }
+            EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
+                << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << " splits=" << splits;
             EXPECT_LT(rel_rms(got, ref), 2e-5)
                 << "K=" << K << " cb=" << exl3::codebook_name(cb) << " m=" << m << " splits=" << splits;
           }
@@ -865,7 +864,7 @@ TEST(CudaExl3, FusedInGemvEqualsSeparateTransforms) {
 
 // Down's silu input without a product buffer (the decode MLP: one launch, silu(g) · u formed by
 // each block for its k range, nothing written back): the same bits as cuda::silu_mul and then the
-// separate input transform, where the split ranges coincide (3 splits of 24 slabs); padded k
+// separate input transform, at 3 and 5 splits of 24 slabs (ranges off the 128-blocks); padded k
 // (in 300 of 384); g and u unchanged. Without the fused-input path it is refused.
 TEST(CudaExl3, FusedSiluInputWithoutProductBuffer) {
   CUDA_OR_SKIP();
@@ -873,8 +872,9 @@ TEST(CudaExl3, FusedSiluInputWithoutProductBuffer) {
   for (Codebook cb : kCodebooks) {
     const Layer ld = random_layer(k, 256, 3, cb, 1350 + static_cast<uint64_t>(cb), true);
     auto dd = upload(ld, in_f, out_f);
-    dd->set_gemv_splits(3);
+    for (int splits : {3, 5})
     for (int64_t m : {1, 4, 8}) {
+      dd->set_gemv_splits(splits);
       const auto g = random_rows(m, in_f, 1360 + static_cast<uint64_t>(m)), u = random_rows(m, in_f, 1370);
       const size_t n = g.size(), ny = static_cast<size_t>(m * out_f);
       Guarded gb(n), ub(n), ob(n), y1(ny), y2(ny), sb(dd->scratch_bytes(m) / 4 + 1);

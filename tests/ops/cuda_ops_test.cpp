@@ -694,7 +694,7 @@ struct Exl3Source {
 // steps with CUDA graphs, m = 1 and 3; and they do take launches away.
 TEST(CudaOps, DecodeFusionsGiveTheSameBits) {
   TRELLIS_CUDA_OR_SKIP(cu);
-  const int64_t hid = 1024, inter = 768, heads_out = 512;
+  const int64_t hid = 1024, inter = 1408, heads_out = 512;  // inter: 88 slabs, splits off the 128-blocks
   const float eps = 1e-5f;
   const Exl3Source so(heads_out, hid, 1501), sq(hid, 512, 1502), sk(hid, 128, 1503), sg(hid, inter, 1504),
       su(hid, inter, 1505), sd(inter, hid, 1506), sh(hid, 384, 1507);

@@ -495,7 +495,7 @@ void CudaExl3Linear::forward_group(std::span<const CudaExl3Linear* const> ls, co
 
 bool CudaExl3Linear::fused_in(int64_t m) const {
   return m >= 1 && m <= kExl3GemvMaxRows && gemv_fused_in() &&
-         m * exl3k::gemv_split_slabs(static_cast<int>(k_ / 16), gemv_splits_, true) * 64 <= exl3k::kFusedInActBytes;
+         m * exl3k::gemv_split_slabs(static_cast<int>(k_ / 16), gemv_splits_) * 64 <= exl3k::kFusedInActBytes;
 }
 
 exl3k::GemvItem CudaExl3Linear::gemv_item(const uint16_t* xa, float* z, float* y) const {

@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
   const int stage_bytes = (kChunksT + 4 * m) * 16;
   unsigned char* ring = smem + warp * kStages * stage_bytes;
 
-  const int per = gemv_split_slabs(k_tiles, splits, Fuse == 2);
+  const int per = gemv_split_slabs(k_tiles, splits);
   const int tk0 = split * per, tk1 = min(k_tiles, tk0 + per);
   const int first = tk0 + warp;
   const int iters = first < tk1 ? (tk1 - first + kGemvWarps - 1) / kGemvWarps : 0;
@@ -155,25 +155,31 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
     cp_async_commit();
   }
   if constexpr (Fuse == 2) {
-    // The input transform of this block's k range (whole 128-blocks): warp w takes (row, block)
-    // pairs w, w + W, ...; hadamard_in's arithmetic, into the fragment layout at act_area.
-    const int nhb = tk1 > tk0 ? (tk1 - tk0) / 8 : 0;
+    // The input transform of the 128-blocks that overlap this block's k range (slabs tk0 .. tk1 - 1):
+    // warp w takes (row, 128-block) pairs w, w + W, ...; hadamard_in's arithmetic, into the
+    // fragment layout at act_area. A split need not start or end on a 128-block: its edge blocks
+    // are transformed whole and only the slabs inside kept, so the k ranges (and the fp32 sums of
+    // the products) are exactly those of the separate transform's GEMV.
+    const int hb0 = tk0 / 8, hb1 = tk1 > tk0 ? (tk1 + 7) / 8 : hb0;
+    const int nhb = hb1 - hb0;
     auto* xs = reinterpret_cast<uint16_t*>(act_area);
-    // Fused RMSNorm: lane r < m adds row r's group sums in group order (cuda_norm.cuh).
+    // Fused RMSNorm: the row's group sums of squares added in group order (cuda_norm.cuh), one
+    // warp per row: lane i loads group i's sum, the lanes add them in order through shuffles.
     __shared__ float norm_inv[8];
     if (item.norm_w) {
-      if (warp == 0 && lane < m) {
-        const int groups = item.in_features / 128;
-        const float* ps = item.norm_sumsq + static_cast<int64_t>(lane) * groups;
+      const int groups = item.in_features / 128;  // <= 32
+      for (int row = warp; row < m; row += kGemvWarps) {
+        const float p = lane < groups ? item.norm_sumsq[static_cast<int64_t>(row) * groups + lane] : 0.0f;
         float total = 0.0f;
-        for (int i = 0; i < groups; ++i) total = __fadd_rn(total, ps[i]);
-        norm_inv[lane] = rms_inv(total, item.in_features, item.norm_eps);
+        for (int i = 0; i < groups; ++i) total = __fadd_rn(total, __shfl_sync(0xFFFFFFFFu, p, i));
+        if (lane == 0) norm_inv[row] = rms_inv(total, item.in_features, item.norm_eps);
       }
       __syncthreads();
     }
     const bool writes_norm = item.norm_out && li == 0 && group == 0;
     for (int idx = warp; idx < m * nhb; idx += kGemvWarps) {
-      const int row = idx / nhb, el = (idx - row * nhb) * 128 + 4 * lane, e0 = tk0 * 16 + el;
+      const int row = idx / nhb, e0 = (hb0 + idx - row * nhb) * 128 + 4 * lane;
+      const bool inside = (e0 >> 4) >= tk0 && (e0 >> 4) < tk1;  // this lane's slab is the split's
       const float* xr = item.x + static_cast<int64_t>(row) * item.in_features;
       const float4 sv = ld4(item.suh + e0);
       const float su[4] = {sv.x, sv.y, sv.z, sv.w};
@@ -183,7 +189,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
         const float inv = norm_inv[row];
         const float h[4] = {rms_apply(xv.x, inv, wv.x), rms_apply(xv.y, inv, wv.y), rms_apply(xv.z, inv, wv.z),
                             rms_apply(xv.w, inv, wv.w)};
-        if (writes_norm)
+        if (writes_norm && inside)
           *reinterpret_cast<float4*>(item.norm_out + static_cast<int64_t>(row) * item.in_features + e0) =
               make_float4(h[0], h[1], h[2], h[3]);
 #pragma unroll
@@ -203,7 +209,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
       fwht128(v, lane);
       uint16_t hi[4], lo[4];
       hi_lo4(v, hi, lo);
-      store_fragments4(hi, lo, xs, m, row, el);
+      if (inside) store_fragments4(hi, lo, xs, m, row, e0 - tk0 * 16);
     }
     __syncthreads();
   }
@@ -349,6 +355,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
       __threadfence();
       const int e0 = group * kCols + 4 * lane;
       for (int row = warp; row < m; row += kGemvWarps) {
+        float* xres = item.resid ? item.resid + static_cast<int64_t>(row) * item.out_features + e0 : nullptr;
+        const float4 xold = xres ? ld4(xres) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // in flight with the sums
         float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int p = 0; p < splits; ++p) {  // split order, as hadamard_out sums its parts
           const float4 t = __ldcg(reinterpret_cast<const float4*>(z + (static_cast<int64_t>(p) * m + row) * n + e0));
@@ -361,14 +369,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
         float r[4];
         out_store4(v, e0, item.out_features, item.svh, item.bias,
                    item.y + static_cast<int64_t>(row) * item.out_features + e0, r);
-        if (item.resid) {  // out_features == n: every element is inside
-          float* xr = item.resid + static_cast<int64_t>(row) * item.out_features + e0;
-          float4 xv = ld4(xr);
+        if (xres) {  // out_features == n: every element is inside
+          float4 xv = xold;
           xv.x += r[0];
           xv.y += r[1];
           xv.z += r[2];
           xv.w += r[3];
-          *reinterpret_cast<float4*>(xr) = xv;
+          *reinterpret_cast<float4*>(xres) = xv;
           const float ss = warp_sum_xor(sumsq4(xv.x, xv.y, xv.z, xv.w));
           if (lane == 0) item.resid_sumsq[static_cast<int64_t>(row) * (n / kCols) + group] = ss;
         }
@@ -502,7 +509,7 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
     if ((it.x ? 2 : it.done ? 1 : 0) != fuse || (it.x && !it.done))
       throw Error(ErrorKind::kInternal, "exl3_gemv: group mixes fused and separate transforms");
     if (fuse == 2) {
-      const size_t act = static_cast<size_t>(m) * gemv_split_slabs(args.k_tiles, it.splits, true) * 64;
+      const size_t act = static_cast<size_t>(m) * gemv_split_slabs(args.k_tiles, it.splits) * 64;
       if (act > kFusedInActBytes) throw Error(ErrorKind::kInternal, "exl3_gemv: fused input range too large");
       smem = std::max(smem, gemv_ring_bytes(K, m) + act);
     }

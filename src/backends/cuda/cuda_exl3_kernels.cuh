@@ -94,8 +94,8 @@ struct GemvItem {
   int out_features = 0;
   // With `x` set too (needs `done`), the input transform is fused as well (gemv_fused_in): each
   // block transforms its own k range of x [m, in_features] (suh [k]) into shared memory, as
-  // hadamard_in would (same bits), and xa is not read. The k range of a split is then rounded up to
-  // whole 128-blocks (8 slabs), and m·that·64 bytes must not exceed kFusedInActBytes.
+  // hadamard_in would (same bits), and xa is not read. m·(the split's slabs)·64 bytes must not
+  // exceed kFusedInActBytes.
   const float* x = nullptr;
   const float* suh = nullptr;
   int in_features = 0;
@@ -119,12 +119,10 @@ struct GemvItem {
   float* norm_out = nullptr;
 };
 inline constexpr int kFusedInActBytes = 32 * 1024;
-// Slabs per split of a GEMV with k/16 = k_tiles slabs in `splits` splits; `whole_blocks` (the
-// fused input transform) rounds them up to a multiple of 8.
-__host__ __device__ inline int gemv_split_slabs(int k_tiles, int splits, bool whole_blocks) {
-  const int per = (k_tiles + splits - 1) / splits;
-  return whole_blocks ? (per + 7) / 8 * 8 : per;
-}
+// Slabs per split of a GEMV with k/16 = k_tiles slabs in `splits` splits (the fused input
+// transform covers the same ranges: a split's edge 128-blocks are transformed whole and only the
+// slabs inside kept).
+__host__ __device__ inline int gemv_split_slabs(int k_tiles, int splits) { return (k_tiles + splits - 1) / splits; }
 
 // z_s [m, n] (z + s·m·n, s < splits) = Σ over k-slabs of split s of xa · Ŵ; m in 1..8,
 // n/16 a multiple of gemv_tiles(K), k/16 >= 1. Dynamic shared memory gemv_smem_bytes(K, m).
