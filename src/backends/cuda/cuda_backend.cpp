@@ -481,24 +481,31 @@ void CudaBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceT
       return;
     }
     record_exl3({impl, xp, nullptr, yp, sc, m, nullptr, false, 0}, nullptr);
-    (void)path;
     return;
   }
 #endif
   fail(ErrorKind::kInternal, "CUDA linear: weights were not prepared by the CUDA backend");
 }
 
+#if TRELLIS_CUDA_HAS_EXL3
+namespace {
+// The input side of a fusion: the RMSNorm (weight w, eps, written to out) from the group sums.
+Exl3Fusion norm_fusion(const float* w, float eps, float* out, const CudaBuffer& sumsq) {
+  Exl3Fusion f;
+  f.norm_w = w;
+  f.norm_sumsq = reinterpret_cast<const float*>(sumsq.data());
+  f.norm_eps = eps;
+  f.norm_out = out;
+  return f;
+}
+}  // namespace
+#endif
+
 void CudaBackend::record_exl3(const LastExl3& c, const LastNorm* norm) {
 #if TRELLIS_CUDA_HAS_EXL3
-  Exl3Fusion f;
+  Exl3Fusion f = norm ? norm_fusion(norm->w, norm->eps, norm->out, *norm_sumsq_) : Exl3Fusion{};
   f.resid = c.resid;
   f.resid_sumsq = c.resid ? reinterpret_cast<float*>(norm_sumsq_->data()) : nullptr;
-  if (norm) {
-    f.norm_w = norm->w;
-    f.norm_sumsq = reinterpret_cast<const float*>(norm_sumsq_->data());
-    f.norm_eps = norm->eps;
-    f.norm_out = norm->out;
-  }
   const bool fused = c.resid || norm;
   const CudaExl3Linear* impl = c.impl;
   const float* xp = c.x;
@@ -558,11 +565,7 @@ void CudaBackend::linears(std::span<const LinearWeights* const> ws, const Device
       const LastNorm ln = *last_norm_;
       launches_.pop_back();
       key_.resize(ln.key_size);
-      Exl3Fusion f;
-      f.norm_w = ln.w;
-      f.norm_sumsq = reinterpret_cast<const float*>(norm_sumsq_->data());
-      f.norm_eps = ln.eps;
-      f.norm_out = ln.out;
+      const Exl3Fusion f = norm_fusion(ln.w, ln.eps, ln.out, *norm_sumsq_);
       const float* res = ln.x;
       key.push_back(addr(res));
       key.push_back(addr(ln.w));
@@ -718,11 +721,12 @@ void CudaBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, fl
            [=](const std::byte*) { cuda::add_rms_norm(xp, y, wp, eps, groups, group, op, s); });
     return;
   }
-  // The whole-row kernel's order is cuda_norm.cuh's for these rows (512 < cols <= 4096, aligned).
+  // The whole-row kernel's order is cuda_norm.cuh's for these rows (512 < cols, aligned); last_resid_
+  // is set only for rows the EXL3 GEMV can fuse (CudaExl3Linear::fusable_resid: cols a multiple of
+  // 128, at most kExl3FusedNormMaxCols).
   const bool fusable = decode_fusion() && last_resid_ && last_resid_->x == xp && last_resid_->rows == x.rows() &&
-                       last_resid_->cols == x.cols() && group == x.cols() && group > 512 && group % 128 == 0 &&
-                       group <= 4096 && op != xp && reinterpret_cast<uintptr_t>(wp) % 16 == 0 &&
-                       reinterpret_cast<uintptr_t>(op) % 16 == 0;
+                       last_resid_->cols == x.cols() && group == x.cols() && group > 512 && op != xp &&
+                       reinterpret_cast<uintptr_t>(wp) % 16 == 0 && reinterpret_cast<uintptr_t>(op) % 16 == 0;
   const size_t key_size = key_.size();
   record({kRmsNorm, addr(xp), addr(wp), addr(op), bits(eps), static_cast<uint64_t>(groups),
           static_cast<uint64_t>(group)},

@@ -233,8 +233,6 @@ namespace {
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 }  // namespace
 
-static_assert(kExl3FusedNormMaxCols == kFusedNormMaxCols);
-
 bool CudaExl3Linear::fusable_resid(int64_t m) const {
   return fused_in(m) && out_features_ == n_ && n_ <= kExl3FusedNormMaxCols;
 }
@@ -244,7 +242,7 @@ bool CudaExl3Linear::fusable_norm(int64_t m) const {
 }
 
 namespace {
-// Checks `f` against linear `l` (input x, silu `up`) and copies it into the launch item.
+// Checks `f` against linear `l` (input x, silu `up`) and puts it into the launch item.
 void apply_fusion(const CudaExl3Linear& l, int64_t m, const Exl3Fusion& f, const float* x, const float* up,
                   exl3k::GemvItem& item) {
   const bool out_side = f.resid || f.resid_sumsq, in_side = f.norm_w || f.norm_sumsq || f.norm_out;
@@ -254,18 +252,13 @@ void apply_fusion(const CudaExl3Linear& l, int64_t m, const Exl3Fusion& f, const
     if (!f.resid || !f.resid_sumsq || !aligned16(f.resid) || !aligned16(f.resid_sumsq) || f.resid == x ||
         (up && f.resid == up))
       bad("fused residual add: null, unaligned or aliased buffers");
-    item.resid = f.resid;
-    item.resid_sumsq = f.resid_sumsq;
   }
   if (in_side) {
     if (!l.fusable_norm(m) || up) bad("this linear cannot fuse the input norm at m = " + std::to_string(m));
     if (!f.norm_w || !f.norm_sumsq || !aligned16(f.norm_w) || !aligned16(x) || (f.norm_out && !aligned16(f.norm_out)))
       bad("fused norm: null or unaligned buffers");
-    item.norm_w = f.norm_w;
-    item.norm_sumsq = f.norm_sumsq;
-    item.norm_eps = f.norm_eps;
-    item.norm_out = f.norm_out;
   }
+  item.fusion = f;
 }
 }  // namespace
 

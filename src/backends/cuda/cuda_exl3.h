@@ -62,7 +62,7 @@ struct Exl3Fusion {
   float norm_eps = 0.0f;
   float* norm_out = nullptr;
 };
-// Widest rows the fusions take (cuda_norm.cuh kFusedNormMaxCols).
+// Widest rows the fusions take: rows the whole-row RMSNorm kernel sums in cuda_norm.cuh's order.
 inline constexpr int64_t kExl3FusedNormMaxCols = 4096;
 
 class CudaExl3Linear {

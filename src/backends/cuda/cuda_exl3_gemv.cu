@@ -166,17 +166,17 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
     // Fused RMSNorm: the row's group sums of squares added in group order (cuda_norm.cuh), one
     // warp per row: lane i loads group i's sum, the lanes add them in order through shuffles.
     __shared__ float norm_inv[8];
-    if (item.norm_w) {
+    if (item.fusion.norm_w) {
       const int groups = item.in_features / 128;  // <= 32
       for (int row = warp; row < m; row += kGemvWarps) {
-        const float p = lane < groups ? item.norm_sumsq[static_cast<int64_t>(row) * groups + lane] : 0.0f;
+        const float p = lane < groups ? item.fusion.norm_sumsq[static_cast<int64_t>(row) * groups + lane] : 0.0f;
         float total = 0.0f;
         for (int i = 0; i < groups; ++i) total = __fadd_rn(total, __shfl_sync(0xFFFFFFFFu, p, i));
-        if (lane == 0) norm_inv[row] = rms_inv(total, item.in_features, item.norm_eps);
+        if (lane == 0) norm_inv[row] = rms_inv(total, item.in_features, item.fusion.norm_eps);
       }
       __syncthreads();
     }
-    const bool writes_norm = item.norm_out && li == 0 && group == 0;
+    const bool writes_norm = item.fusion.norm_out && li == 0 && group == 0;
     for (int idx = warp; idx < m * nhb; idx += kGemvWarps) {
       const int row = idx / nhb, e0 = (hb0 + idx - row * nhb) * 128 + 4 * lane;
       const bool inside = (e0 >> 4) >= tk0 && (e0 >> 4) < tk1;  // this lane's slab is the split's
@@ -184,13 +184,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
       const float4 sv = ld4(item.suh + e0);
       const float su[4] = {sv.x, sv.y, sv.z, sv.w};
       float v[4];
-      if (item.norm_w) {  // in_features == k: every element is inside
-        const float4 xv = ld4(xr + e0), wv = ld4(item.norm_w + e0);
+      if (item.fusion.norm_w) {  // in_features == k: every element is inside
+        const float4 xv = ld4(xr + e0), wv = ld4(item.fusion.norm_w + e0);
         const float inv = norm_inv[row];
         const float h[4] = {rms_apply(xv.x, inv, wv.x), rms_apply(xv.y, inv, wv.y), rms_apply(xv.z, inv, wv.z),
                             rms_apply(xv.w, inv, wv.w)};
         if (writes_norm && inside)
-          *reinterpret_cast<float4*>(item.norm_out + static_cast<int64_t>(row) * item.in_features + e0) =
+          *reinterpret_cast<float4*>(item.fusion.norm_out + static_cast<int64_t>(row) * item.in_features + e0) =
               make_float4(h[0], h[1], h[2], h[3]);
 #pragma unroll
         for (int j = 0; j < 4; ++j) v[j] = __fmul_rn(h[j], su[j]);
@@ -355,7 +355,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
       __threadfence();
       const int e0 = group * kCols + 4 * lane;
       for (int row = warp; row < m; row += kGemvWarps) {
-        float* xres = item.resid ? item.resid + static_cast<int64_t>(row) * item.out_features + e0 : nullptr;
+        float* xres = item.fusion.resid ? item.fusion.resid + static_cast<int64_t>(row) * item.out_features + e0 : nullptr;
         const float4 xold = xres ? ld4(xres) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // in flight with the sums
         float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int p = 0; p < splits; ++p) {  // split order, as hadamard_out sums its parts
@@ -377,7 +377,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
           xv.w += r[3];
           *reinterpret_cast<float4*>(xres) = xv;
           const float ss = warp_sum_xor(sumsq4(xv.x, xv.y, xv.z, xv.w));
-          if (lane == 0) item.resid_sumsq[static_cast<int64_t>(row) * (n / kCols) + group] = ss;
+          if (lane == 0) item.fusion.resid_sumsq[static_cast<int64_t>(row) * (n / kCols) + group] = ss;
         }
       }
       if (threadIdx.x == 0) item.done[group] = 0;  // ready for the next launch (graph replays)

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <span>
 
+#include "backends/cuda/cuda_exl3.h"
+
 namespace trellis::cuda::exl3k {
 
 // GEMV block shape. Measured on the H200 (docs/BENCHMARKS.md, 2026-12-04): 2 warps x 8 tiles
@@ -102,21 +104,13 @@ struct GemvItem {
   // With `up` set too, the input is silu(x) · up (the gated MLP's down projection), computed as
   // cuda::silu_mul does (same bits); the product is not written anywhere.
   const float* up = nullptr;
-  // Fused residual add (needs `done`, out_features == n, n <= kFusedNormMaxCols): the last block
-  // of each 128-column group also adds y into resid [m, out_features] (resid += y, as cuda::add)
-  // and writes the new resid's sum of squares of that group to resid_sumsq [m, n / 128] (the
-  // order of cuda_norm.cuh).
-  float* resid = nullptr;
-  float* resid_sumsq = nullptr;
-  // Fused RMSNorm input (needs `x`, in_features == k, a multiple of 128 up to kFusedNormMaxCols,
-  // no `up`): x is the residual stream and norm_sumsq [m, k / 128] its group sums as resid_sumsq
-  // holds them; the input is rms_norm(x) · norm_w, the same bits as cuda::rms_norm's whole-row
-  // kernel. With norm_out set, the blocks of column group 0 of item 0 also write that normed
-  // input there [m, in_features] (each element once).
-  const float* norm_w = nullptr;
-  const float* norm_sumsq = nullptr;
-  float norm_eps = 0.0f;
-  float* norm_out = nullptr;
+  // The decode fusions of the residual stream (cuda_exl3.h Exl3Fusion; CudaExl3Linear checks
+  // them): resid += y with its 128-column sums of squares written by the fused output transform
+  // (needs `done`, out_features == n), or the RMSNorm of x formed by the fused input transform
+  // (needs `x`, in_features == k, no `up`), the same bits as cuda::add and cuda::rms_norm; with
+  // norm_out set, the blocks of column group 0 of item 0 also write the normed input (each
+  // element once).
+  Exl3Fusion fusion = {};
 };
 inline constexpr int kFusedInActBytes = 32 * 1024;
 // Slabs per split of a GEMV with k/16 = k_tiles slabs in `splits` splits (the fused input

@@ -3,19 +3,17 @@
 // GEMV's fused residual add (sums of squares per 128-column group, written by the output
 // transform) and fused norm input (the input transform of the next linear).
 //
-// The order that both follow: a row of `cols` elements (cols % 128 == 0, cols <= 4096) is 128-
-// element chunks; lane t of a warp holds elements 4t .. 4t+3 of one chunk, squares and sums them
-// with sumsq4, and the warp adds its 32 lane sums with warp_sum_xor; the row's total is the chunk
-// sums added in chunk order starting from 0, and the scale is rms_inv(total, cols, eps). Every
-// step uses explicitly rounded intrinsics, so no compiler contraction can differ between kernels.
+// The order that both follow: a row of `cols` elements (cols % 128 == 0, at most cuda_exl3.h's
+// kExl3FusedNormMaxCols) is 128-element chunks; lane t of a warp holds elements 4t .. 4t+3 of one
+// chunk, squares and sums them with sumsq4, and the warp adds its 32 lane sums with warp_sum_xor;
+// the row's total is the chunk sums added in chunk order starting from 0, and the scale is
+// rms_inv(total, cols, eps). Every step uses explicitly rounded intrinsics, so no compiler
+// contraction can differ between kernels.
 #pragma once
 
 #include <cuda_runtime.h>
 
 namespace trellis::cuda {
-
-// Rows whose norm the GEMV can fuse (and the row kernel then computes in the order above).
-inline constexpr int kFusedNormMaxCols = 4096;
 
 __device__ __forceinline__ float sumsq4(float a, float b, float c, float d) {
   return __fmaf_rn(d, d, __fmaf_rn(c, c, __fmaf_rn(b, b, __fmul_rn(a, a))));
