@@ -259,6 +259,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
   const uint32_t act_step = static_cast<uint32_t>(pin(Fuse == 2 ? kGemvWarps * m * 64 : 0));
   const bool odd_g = pin(g & 1) != 0;  // weights as A: B column g holds the lo parts
   uint32_t act_at = act_s;
+  // lds32/lds128 are volatile asm without a memory clobber (a clobber would make ptxas reload the
+  // launch arguments after every load): this compiler fence keeps them after the input
+  // transform's shared-memory stores and __syncthreads above, and volatile asm stays in order
+  // with the cp.async waits.
+  asm volatile("" ::: "memory");
   for (int it = 0; it < iters; ++it) {
     issue();
     cp_async_wait<kStages - 1>();
