@@ -489,7 +489,7 @@ TEST(CudaOps, TensorCoreAttentionAgreesWithFp32Kernel) {
 // The one-row decode kernel against the general fp32 kernel on the same cache (both fp32 math):
 // head_dim 64 and 128, GQA groups 1-4, contexts from 1 key to past 2048, with and without a
 // sliding window, with the backend's flash-decoding splits (32 here; one split needs more kv heads
-// than SMs).
+// than SMs); and the merge inside the decode kernel bitwise against its separate launch.
 TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
   TRELLIS_CUDA_OR_SKIP(cu);
   struct Shape {
@@ -516,18 +516,26 @@ TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
         cu->kv_store(cu->upload(f32_view(k, {ctx, kvw}), DType::kF32), cu->upload(f32_view(v, {ctx, kvw}), DType::kF32),
                      all, kc, vc);
         const DeviceTensor qt = cu->upload(f32_view(q, {1, sh.nh * sh.d}), DType::kF32);
-        std::vector<float> res[2];
-        for (int dec = 0; dec < 2; ++dec) {
-          cuda::set_decode_attention(dec == 1);
+        // 0: the fp32 kernel; 1: the decode kernel and the separate merge launch; 2: the decode
+        // kernel merging in its last block per kv head (counters reset by the kernel: every later
+        // shape and context relies on that).
+        std::vector<float> res[3];
+        for (int dec = 0; dec < 3; ++dec) {
+          cuda::set_decode_attention(dec >= 1);
+          cuda::set_attention_merge_fused(dec == 2);
           DeviceTensor out = cu->alloc(DType::kF32, {1, sh.nh * sh.d});
           cu->attention(qt, kc, vc, pos, ap, out);
           res[dec] = fetch(*cu, out);
         }
         cuda::set_decode_attention(true);
+        cuda::set_attention_merge_fused(true);
         const double rel = cuda_rel_rms(res[1], res[0]);
         EXPECT_LT(rel, 1e-5) << "heads " << sh.nh << "/" << sh.nkv << " d " << sh.d << " ctx " << ctx << " window "
                              << window;
         for (float x : res[1]) ASSERT_TRUE(std::isfinite(x));
+        EXPECT_EQ(0, std::memcmp(res[1].data(), res[2].data(), res[1].size() * sizeof(float)))
+            << "merge inside the decode kernel differs from the merge launch: heads " << sh.nh << "/" << sh.nkv
+            << " d " << sh.d << " ctx " << ctx << " window " << window;
       }
 }
 

@@ -44,6 +44,7 @@
 #include <string>
 
 #include "backends/cuda/cuda_attention_flash.h"
+#include "backends/cuda/cuda_attention_merge.cuh"
 #include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_mma.cuh"
 #include "backends/cuda/cuda_ops.h"
@@ -217,55 +218,22 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a)
   }
 }
 
-// One block per (row, head): merges the splits' partial (acc, m, l). Warp 0 reads every split's
-// (m, l), takes their max M and gives split s the weight exp(m_s - M) / sum_s' l_s' exp(m_s' - M) in
-// shared memory; then every thread sums its dims' weighted accs. The loads of the second pass are
-// independent of each other, so they are all in flight at once: the earlier one-pass online merge
-// chained every split's load behind the previous split's rescale, ~15.6 us per launch for 32
-// splits on the H100 (ncu, session 17), 10% of an 8B decode step; this form has two dependent
-// load rounds (7.8 us under ncu with 8 loads in flight per thread; now 32). Empty splits (l = 0)
-// get weight 0 and their acc is not read.
-constexpr int kMergeMaxSplits = 64;
-
+// One block per (row, head): merges the splits' partial (acc, m, l) with the arithmetic of
+// cuda_attention_merge.cuh (warp 0 computes the weights, then every thread sums its dims with all
+// 32 loads in flight). The earlier one-pass online merge chained every split's load behind the
+// previous split's rescale, ~15.6 us per launch for 32 splits on the H100 (ncu, session 17), 10% of
+// an 8B decode step; this form has two dependent load rounds (5.5 us under ncu). The decode kernel
+// does the same merge itself in its last block per kv head when given counters (AttentionArgs::done).
 __global__ void attention_merge_kernel(AttentionArgs a) {
   __shared__ float weight[kMergeMaxSplits];
   pdl_begin();
   const int64_t qi = blockIdx.x, n_q = a.rows * a.n_heads, d = a.head_dim;
   const int64_t r = qi / a.n_heads, h = qi % a.n_heads, stride = n_q * (d + 2);
   const float* base = a.partial + qi * (d + 2);
-  const int splits = a.splits;
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    float mx = -INFINITY;
-    for (int s = lane; s < splits; s += 32) {
-      const float* p = base + s * stride;
-      if (p[d + 1] > 0) mx = fmaxf(mx, p[d]);
-    }
-    mx = warp_max(mx);
-    float total = 0.0f;
-    for (int s = lane; s < splits; s += 32) {
-      const float* p = base + s * stride;
-      const float ls = p[d + 1], w = ls > 0 ? expf(p[d] - mx) : 0.0f;
-      total += ls * w;
-      weight[s] = w;
-    }
-    total = warp_sum(total);
-    const float inv = total > 0 ? 1.0f / total : 0.0f;
-    for (int s = lane; s < splits; s += 32) weight[s] *= inv;
-  }
+  if (threadIdx.x < 32) merge_split_weights(base, stride, a.splits, d, static_cast<int>(threadIdx.x), weight);
   __syncthreads();
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
-    float o = 0.0f;
-    for (int s0 = 0; s0 < splits; s0 += 32) {  // 32 loads in flight before the first use
-      float v[32];
-#pragma unroll
-      for (int j = 0; j < 32; ++j) v[j] = s0 + j < splits && weight[s0 + j] > 0 ? base[(s0 + j) * stride + i] : 0.0f;
-#pragma unroll
-      for (int j = 0; j < 32; ++j)
-        if (s0 + j < splits) o += v[j] * weight[s0 + j];
-    }
-    a.out[r * a.n_heads * d + h * d + i] = o;
-  }
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
+    a.out[r * a.n_heads * d + h * d + i] = merge_split_dim(base, stride, a.splits, i, weight);
 }
 
 template <int DPL>
@@ -556,7 +524,7 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   else
     launch_fp32<8>(a, stream);
   check_launch("attention");
-  if (a.splits > 1) {
+  if (a.splits > 1 && !(decode && a.done)) {
     launch("attention (merge of splits)", attention_merge_kernel, dim3(static_cast<unsigned>(a.rows * a.n_heads)),
            dim3(128), 0, stream, a);
   }

@@ -15,7 +15,8 @@
 //     slot keeps its own online softmax (m, l, acc) in base 2.
 //   * At the end the key slots of a warp merge by shuffles, the 4 warps through shared memory;
 //     the block writes its (acc, m, l) to `partial` for attention_merge_kernel (m converted back to
-//     natural-log units), or the normalised output when there is one split.
+//     natural-log units), or the normalised output when there is one split. Given counters
+//     (AttentionArgs::done), the kv head's last block to finish does that merge itself instead.
 // Accuracy: fp32 throughout (fp16 cache values are exact in fp32); differs from the general
 // kernel only in summation order and exp2 vs exp.
 #include <cuda_fp16.h>
@@ -26,6 +27,7 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "backends/cuda/cuda_attention_merge.cuh"
 #include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_util.h"
@@ -190,6 +192,29 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
       else p[D + 1] = lsum;
     }
   }
+  if (a.splits == 1 || !a.done) return;
+
+  // The merge without its own launch: the last of the kv head's split blocks to finish (counted
+  // in a.done) merges the group's G heads, warp g computing head g's split weights, with the
+  // arithmetic attention_merge_kernel uses (cuda_attention_merge.cuh: the same bits).
+  static_assert(kMaxGroup <= kWarps, "one warp per head of the group computes its merge weights");
+  __shared__ float weight[G][kMergeMaxSplits];
+  __shared__ bool merges;
+  __threadfence();  // this block's partials are visible device-wide before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) merges = atomicAdd(a.done + kvh, 1u) == static_cast<unsigned>(a.splits - 1);
+  __syncthreads();
+  if (!merges) return;
+  __threadfence();
+  const int64_t stride = n_q * (D + 2);
+  const float* base = a.partial + int64_t{kvh} * G * (D + 2);
+  if (warp < G) merge_split_weights(base + warp * (D + 2), stride, a.splits, D, lane, weight[warp]);
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * D; idx += kWarps * 32) {
+    const int g = idx / D, i = idx % D;
+    a.out[(int64_t{kvh} * G + g) * D + i] = merge_split_dim(base + g * (D + 2), stride, a.splits, i, weight[g]);
+  }
+  if (threadIdx.x == 0) a.done[kvh] = 0;  // ready for the next launch (graph replays)
 }
 
 using DecodeFn = void (*)(AttentionArgs);
@@ -204,9 +229,24 @@ DecodeFn decode_fn(int64_t group) {
   }
 }
 
+std::atomic<int> g_merge{-1};  // -1: not read yet; then 0 or 1
+
 }  // namespace
 
 void set_decode_attention(bool on) { g_decode.store(on ? 1 : 0); }
+
+bool attention_merge_fused() {
+  int v = g_merge.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* e = std::getenv("TRELLIS_CUDA_ATTENTION_MERGE");
+    int expected = -1;
+    g_merge.compare_exchange_strong(expected, e && std::string_view(e) == "0" ? 0 : 1);
+    v = g_merge.load();
+  }
+  return v == 1;
+}
+
+void set_attention_merge_fused(bool on) { g_merge.store(on ? 1 : 0); }
 
 bool attention_uses_decode_kernel(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim) {
   return decode_enabled() && rows == 1 && (head_dim == 64 || head_dim == 128) && n_kv_heads > 0 &&

@@ -106,6 +106,9 @@ CudaBackend::CudaBackend(int index) : device_(index) {
                                              "the fused norm's sums of squares");
 #endif
   check(cublasSetWorkspace(cublas_, cublas_workspace_->data(), kCublasWorkspaceBytes), "cublasSetWorkspace");
+  attention_done_ = std::make_shared<CudaBuffer>(kAttentionDoneCounters * sizeof(unsigned), "the attention merge counters");
+  check(cudaMemsetAsync(attention_done_->data(), 0, kAttentionDoneCounters * sizeof(unsigned), stream_),
+        "clearing the attention merge counters");
   attention_prepare();
   if (const char* env = std::getenv("TRELLIS_CUDA_GRAPHS"); env && std::string(env) == "0") graphs_ = false;
   if (const char* env = std::getenv("TRELLIS_CUDA_HOST_EMBEDDING"); env && std::string(env) == "0")
@@ -857,15 +860,18 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
   a.sliding_window = ap.sliding_window;
   a.scale = ap.scale;
   a.splits = attention_splits(rows, ap.n_heads, ap.n_kv_heads, sm_count_);
-  if (a.splits > 1)
+  if (a.splits > 1) {
     a.partial = reinterpret_cast<float*>(scratch(1, static_cast<size_t>(attention_partial_floats(a)) * 4));
+    if (attention_merge_fused() && a.n_kv_heads <= kAttentionDoneCounters)
+      a.done = reinterpret_cast<unsigned*>(attention_done_->data());
+  }
   const size_t off = stage(positions.data(), positions.size() * 4);
   keep(q);
   keep(k_cache);
   keep(v_cache);
   keep(out);
   cudaStream_t s = stream_;
-  record({kAttention, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial),
+  record({kAttention, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial), addr(a.done),
           static_cast<uint64_t>(rows), static_cast<uint64_t>(a.n_heads), static_cast<uint64_t>(a.n_kv_heads),
           static_cast<uint64_t>(a.head_dim), static_cast<uint64_t>(a.sliding_window), bits(a.scale),
           static_cast<uint64_t>(a.splits), off,

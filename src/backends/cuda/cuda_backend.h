@@ -209,6 +209,10 @@ class CudaBackend : public Backend {
   };
   std::optional<LastNorm> last_norm_;
   std::shared_ptr<CudaBuffer> norm_sumsq_;  // [kExl3GemvMaxRows, 4096 / 128] fp32
+  // [kAttentionDoneCounters] counters of the decode attention's merge (AttentionArgs::done), zero
+  // between launches.
+  static constexpr int64_t kAttentionDoneCounters = 1024;
+  std::shared_ptr<CudaBuffer> attention_done_;
   // Records an EXL3 linear (a LastExl3, key_size ignored) with its fusions, and sets last_exl3_.
   void record_exl3(const LastExl3& c, const LastNorm* norm);
 

@@ -90,6 +90,11 @@ struct AttentionArgs {
   // attention_partial_floats() floats. Chosen by attention_splits().
   int splits = 1;
   float* partial = nullptr;
+  // Optional: n_kv_heads counters, zero between launches. Where the one-row decode kernel runs with
+  // splits > 1, the last of a kv head's split blocks (counted here) merges the head group's
+  // partials itself and resets its counter, so no attention_merge_kernel launch follows; the
+  // output is bitwise the same (cuda_attention_merge.cuh). Ignored by the other kernels.
+  unsigned* done = nullptr;
 };
 inline constexpr int64_t kAttentionMaxHeadDim = 256;
 // Splits that fill the GPU for this shape (1 for prefill-sized batches).
@@ -116,6 +121,11 @@ void set_attention_kernel(AttentionKernel k);
 bool attention_uses_decode_kernel(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim);
 // Test hook: overrides TRELLIS_CUDA_DECODE_ATTENTION for launches recorded after the call.
 void set_decode_attention(bool on);
+// Whether the backend passes AttentionArgs::done (the merge inside the decode kernel):
+// TRELLIS_CUDA_ATTENTION_MERGE=0 keeps the separate merge launch; set_attention_merge_fused
+// overrides it for launches recorded after the call (tests, A/B).
+bool attention_merge_fused();
+void set_attention_merge_fused(bool on);
 // The decode kernel itself (attention() dispatches to it); writes `partial` when splits > 1.
 void attention_decode(const AttentionArgs& a, cudaStream_t stream);
 // Raises kUnsupported for head_dim > kAttentionMaxHeadDim. Sets its kernels' shared-memory limit
