@@ -539,6 +539,85 @@ TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
       }
 }
 
+// A decode step's rope(q), rope(k), kv_store(k, v), attention(q) as the model records them: with
+// the fold (and the merge inside the decode kernel) they run as one launch, and attention's
+// output, the rotated q and k and both caches equal the unfolded launches bit for bit. Shapes with
+// 32 splits (GQA groups 1-4) and one with a single split (more kv heads than SMs); with the merge
+// launch kept, the fold does not apply where there are splits and the results still agree.
+TEST(CudaOps, RopeAndKvStoreFoldIntoDecodeAttention) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  struct Shape {
+    int64_t nh, nkv, d;
+  };
+  for (const Shape sh : {Shape{32, 8, 128}, Shape{6, 2, 64}, Shape{4, 4, 64}, Shape{12, 4, 128}, Shape{144, 144, 64}})
+    for (const int64_t ctx : {int64_t{1}, int64_t{100}, int64_t{2100}})
+      for (const int64_t window : {int64_t{0}, int64_t{300}}) {
+        const std::string what = "heads " + std::to_string(sh.nh) + "/" + std::to_string(sh.nkv) + " d " +
+                                 std::to_string(sh.d) + " ctx " + std::to_string(ctx) + " window " +
+                                 std::to_string(window);
+        AttentionParams ap;
+        ap.n_heads = sh.nh;
+        ap.n_kv_heads = sh.nkv;
+        ap.head_dim = sh.d;
+        ap.sliding_window = window;
+        ap.scale = 1.0f / std::sqrt(static_cast<float>(sh.d));
+        RopeParams rp;
+        for (int64_t i = 0; i < sh.d / 2; ++i)
+          rp.inv_freq.push_back(std::pow(500000.0f, -2.0f * static_cast<float>(i) / static_cast<float>(sh.d)));
+        rp.attention_scaling = 1.25f;
+        const int64_t kvw = sh.nkv * sh.d, qw = sh.nh * sh.d;
+        const auto q = random_floats(static_cast<size_t>(qw), 60 + static_cast<uint64_t>(ctx), 2.0f);
+        const auto k = random_floats(static_cast<size_t>(ctx * kvw), 61, 2.0f);
+        const auto v = random_floats(static_cast<size_t>(ctx * kvw), 62);
+        std::vector<int32_t> earlier(static_cast<size_t>(ctx - 1));
+        for (int64_t i = 0; i + 1 < ctx; ++i) earlier[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+        const std::vector<int32_t> pos = {static_cast<int32_t>(ctx - 1)};
+        const std::vector<float> k_new(k.end() - kvw, k.end()), v_new(v.end() - kvw, v.end());
+        // runs: 0 unfolded (merge inside), 1 folded, 2 fold asked for with the merge launch kept
+        std::vector<float> res[3][5];  // out, q, k, k cache, v cache
+        uint64_t launches[3] = {};
+        for (int run = 0; run < 3; ++run) {
+          cuda::set_rope_attention_fold(run >= 1);
+          cuda::set_attention_merge_fused(run <= 1);
+          DeviceTensor kc = cu->alloc(DType::kF16, {ctx + 3, kvw}), vc = cu->alloc(DType::kF16, {ctx + 3, kvw});
+          if (ctx > 1)
+            cu->kv_store(cu->upload(f32_view(k, {ctx - 1, kvw}), DType::kF32),
+                         cu->upload(f32_view(v, {ctx - 1, kvw}), DType::kF32), earlier, kc, vc);
+          DeviceTensor qt = cu->upload(f32_view(q, {1, qw}), DType::kF32);
+          DeviceTensor kt = cu->upload(f32_view(k_new, {1, kvw}), DType::kF32);
+          const DeviceTensor vt = cu->upload(f32_view(v_new, {1, kvw}), DType::kF32);
+          DeviceTensor out = cu->alloc(DType::kF32, {1, qw});
+          cu->synchronize();
+          const uint64_t before = cu->stats().launches;
+          cu->rope(qt, sh.d, pos, rp);
+          cu->rope(kt, sh.d, pos, rp);
+          cu->kv_store(kt, vt, pos, kc, vc);
+          cu->attention(qt, kc, vc, pos, ap, out);
+          cu->synchronize();
+          launches[run] = cu->stats().launches - before;
+          res[run][0] = fetch(*cu, out);
+          res[run][1] = fetch(*cu, qt);
+          res[run][2] = fetch(*cu, kt);
+          res[run][3] = fetch(*cu, kc);
+          res[run][4] = fetch(*cu, vc);
+        }
+        cuda::set_rope_attention_fold(true);
+        cuda::set_attention_merge_fused(true);
+        // Recorded ops (attention and its merge launch count as one): at most 8 kv heads always get
+        // splits, which rule the fold out without the merge inside; 144 kv heads have one split on a
+        // GPU of up to 144 SMs.
+        EXPECT_EQ(launches[0], 2u) << what;
+        EXPECT_EQ(launches[1], 1u) << what;
+        if (sh.nkv <= 8) {
+          EXPECT_EQ(launches[2], 2u) << what;
+        }
+        for (int run = 1; run < 3; ++run)
+          for (int t = 0; t < 5; ++t)
+            EXPECT_EQ(0, std::memcmp(res[0][t].data(), res[run][t].data(), res[0][t].size() * sizeof(float)))
+                << what << ": run " << run << " differs in tensor " << t << " (out, q, k, k cache, v cache)";
+      }
+}
+
 TEST(CudaOps, SiluMulAndAdd) {
   TRELLIS_CUDA_OR_SKIP(cu);
   Backend& cpu = cpu_backend();

@@ -487,6 +487,12 @@ bool attention_uses_tensor_cores(int64_t rows, int64_t n_heads, int64_t n_kv_hea
   return attention_kernel_for(rows, n_heads, n_kv_heads, head_dim, splits) != AttentionKernel::kFp32;
 }
 
+bool attention_takes_decode_kernel(const AttentionArgs& a) {
+  return (reinterpret_cast<uintptr_t>(a.k_cache) | reinterpret_cast<uintptr_t>(a.v_cache) |
+          reinterpret_cast<uintptr_t>(a.q)) % 16 == 0 &&
+         attention_uses_decode_kernel(a.rows, a.n_heads, a.n_kv_heads, a.head_dim);
+}
+
 void attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.rows <= 0) return;
   if (a.head_dim > kAttentionMaxHeadDim || a.head_dim % 2 != 0)
@@ -496,8 +502,9 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
     raise(ErrorKind::kUnsupported, "CUDA attention: " + std::to_string(a.splits) + " key-range splits (at most " +
                                        std::to_string(kMergeMaxSplits) + ")");
   const bool aligned = (reinterpret_cast<uintptr_t>(a.k_cache) | reinterpret_cast<uintptr_t>(a.v_cache)) % 16 == 0;
-  const bool decode = aligned && reinterpret_cast<uintptr_t>(a.q) % 16 == 0 &&
-                      attention_uses_decode_kernel(a.rows, a.n_heads, a.n_kv_heads, a.head_dim);
+  const bool decode = attention_takes_decode_kernel(a);
+  if (a.rope_k && (!decode || (a.splits > 1 && !a.done)))
+    raise(ErrorKind::kInternal, "CUDA attention: rope folded into a launch that is not the one-row decode kernel");
   const AttentionKernel kernel =
       aligned ? attention_kernel_for(a.rows, a.n_heads, a.n_kv_heads, a.head_dim, a.splits) : AttentionKernel::kFp32;
   if (!decode && kernel == AttentionKernel::kFlash) {

@@ -39,18 +39,23 @@ constexpr int kWarps = 4;
 constexpr int kMaxGroup = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
+// Switches read from the environment on first use, overridable by the test hooks below.
 std::atomic<int> g_decode{-1};  // -1: not read yet; then 0 or 1
+std::atomic<int> g_merge{-1};
+std::atomic<int> g_rope{-1};
 
-bool decode_enabled() {
-  int v = g_decode.load(std::memory_order_relaxed);
+bool env_switch(std::atomic<int>& g, const char* name) {
+  int v = g.load(std::memory_order_relaxed);
   if (v < 0) {
-    const char* e = std::getenv("TRELLIS_CUDA_DECODE_ATTENTION");
+    const char* e = std::getenv(name);
     int expected = -1;
-    g_decode.compare_exchange_strong(expected, e && std::string_view(e) == "0" ? 0 : 1);
-    v = g_decode.load();
+    g.compare_exchange_strong(expected, e && std::string_view(e) == "0" ? 0 : 1);
+    v = g.load();
   }
   return v == 1;
 }
+
+bool decode_enabled() { return env_switch(g_decode, "TRELLIS_CUDA_DECODE_ATTENTION"); }
 
 __device__ __forceinline__ void to_floats(const uint4& u, float f[8]) {
   const __half2* h = reinterpret_cast<const __half2*>(&u);
@@ -92,10 +97,51 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
   const int64_t kb = first + split * per, ke = min(last + 1, kb + per);  // keys [kb, ke)
   const int64_t steps = ke > kb ? (ke - kb + kKeysPerStep - 1) / kKeysPerStep : 0;
 
+  // RoPE and the KV store folded in (AttentionArgs::rope_k): every block rotates its group's q
+  // heads into shared memory; the block whose key range holds the new position rotates k and stores
+  // k and v there before its first key load (the block's own loads see them after the barrier;
+  // no other block reads that key). Same arithmetic per element as rope_qk_store_kernel.
+  __shared__ __align__(16) float q_rot[G][D];
+  const bool rope = a.rope_k != nullptr;
+  if (rope) {
+    constexpr int kHalf = D / 2;
+    const float p = static_cast<float>(last);
+    for (int t = threadIdx.x; t < G * kHalf; t += kWarps * 32) {
+      const int g = t / kHalf, i = t % kHalf;
+      const float angle = p * a.rope_inv_freq[i];
+      const float c = cosf(angle) * a.rope_scaling, s = sinf(angle) * a.rope_scaling;
+      const float* row = a.q + (int64_t{kvh} * G + g) * D;
+      const float x1 = row[i], x2 = row[i + kHalf];
+      q_rot[g][i] = x1 * c - x2 * s;
+      q_rot[g][i + kHalf] = x2 * c + x1 * s;
+    }
+    if (kb <= last && last < ke) {
+      __half* kc = reinterpret_cast<__half*>(a.rope_k_cache) + last * kv_width + int64_t{kvh} * D;
+      __half* vc = reinterpret_cast<__half*>(a.rope_v_cache) + last * kv_width + int64_t{kvh} * D;
+      float* row = a.rope_k + int64_t{kvh} * D;
+      for (int i = threadIdx.x; i < kHalf; i += kWarps * 32) {
+        const float angle = p * a.rope_inv_freq[i];
+        const float c = cosf(angle) * a.rope_scaling, s = sinf(angle) * a.rope_scaling;
+        const float x1 = row[i], x2 = row[i + kHalf];
+        const float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+        row[i] = y1;  // k rotated in place, as rope() leaves it (only this block reads it)
+        row[i + kHalf] = y2;
+        kc[i] = __float2half_rn(y1);
+        kc[i + kHalf] = __float2half_rn(y2);
+      }
+      for (int i = threadIdx.x; i < D; i += kWarps * 32) vc[i] = __float2half_rn(a.rope_v[int64_t{kvh} * D + i]);
+    }
+    __syncthreads();
+    // q rotated in place as rope() leaves it, once no block can still read it unrotated: here with
+    // one split; with several, by the block that merges (below).
+    if (a.splits == 1)
+      for (int t = threadIdx.x; t < G * D; t += kWarps * 32) a.rope_q[int64_t{kvh} * G * D + t] = q_rot[t / D][t % D];
+  }
+
   float q[G][8], m[G], l[G], acc[G][8];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-    const float4* qp = reinterpret_cast<const float4*>(a.q + (int64_t{kvh} * G + g) * D + dl * 8);
+    const float4* qp = reinterpret_cast<const float4*>(rope ? &q_rot[g][dl * 8] : a.q + (int64_t{kvh} * G + g) * D + dl * 8);
     const float4 q0 = qp[0], q1 = qp[1];
     const float s = a.scale * kLog2e;
     q[g][0] = q0.x * s, q[g][1] = q0.y * s, q[g][2] = q0.z * s, q[g][3] = q0.w * s;
@@ -214,6 +260,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
     const int g = idx / D, i = idx % D;
     a.out[(int64_t{kvh} * G + g) * D + i] = merge_split_dim(base + g * (D + 2), stride, a.splits, i, weight[g]);
   }
+  if (rope)
+    for (int t = threadIdx.x; t < G * D; t += kWarps * 32) a.rope_q[int64_t{kvh} * G * D + t] = q_rot[t / D][t % D];
   if (threadIdx.x == 0) a.done[kvh] = 0;  // ready for the next launch (graph replays)
 }
 
@@ -229,24 +277,17 @@ DecodeFn decode_fn(int64_t group) {
   }
 }
 
-std::atomic<int> g_merge{-1};  // -1: not read yet; then 0 or 1
-
 }  // namespace
 
 void set_decode_attention(bool on) { g_decode.store(on ? 1 : 0); }
 
-bool attention_merge_fused() {
-  int v = g_merge.load(std::memory_order_relaxed);
-  if (v < 0) {
-    const char* e = std::getenv("TRELLIS_CUDA_ATTENTION_MERGE");
-    int expected = -1;
-    g_merge.compare_exchange_strong(expected, e && std::string_view(e) == "0" ? 0 : 1);
-    v = g_merge.load();
-  }
-  return v == 1;
-}
+bool attention_merge_fused() { return env_switch(g_merge, "TRELLIS_CUDA_ATTENTION_MERGE"); }
 
 void set_attention_merge_fused(bool on) { g_merge.store(on ? 1 : 0); }
+
+bool rope_attention_fold() { return env_switch(g_rope, "TRELLIS_CUDA_ROPE_ATTENTION"); }
+
+void set_rope_attention_fold(bool on) { g_rope.store(on ? 1 : 0); }
 
 bool attention_uses_decode_kernel(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim) {
   return decode_enabled() && rows == 1 && (head_dim == 64 || head_dim == 128) && n_kv_heads > 0 &&

@@ -166,6 +166,19 @@ class CudaBackend : public Backend {
     size_t pos_off, freq_off, key_size;
   };
   std::optional<LastRope> last_rope_;
+  // That fused rope + kv_store launch followed by a one-row attention over the same q, caches and
+  // position: the decode attention kernel does the rope and the store itself (AttentionArgs::rope_k,
+  // bit-identical). Set by kv_store(), cleared by record().
+  struct LastRopeStore {
+    float* q;
+    float* k;
+    const float* v;
+    uint16_t *kc, *vc;
+    int64_t rows, q_cols, width, head_dim;
+    float scaling;
+    size_t pos_off, freq_off, key_size;
+  };
+  std::optional<LastRopeStore> last_rope_store_;
   // silu_mul(g, u, o) followed by an EXL3 linear reading o: the linear's input transform computes
   // silu(g) · u itself (and still writes o). Set by silu_mul(), cleared by record().
   struct LastSilu {
