@@ -30,6 +30,7 @@
 #include "backends/cuda/cuda_attention_merge.cuh"
 #include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/cuda_rope.cuh"
 #include "backends/cuda/cuda_util.h"
 
 namespace trellis::cuda {
@@ -97,6 +98,24 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
   const int64_t kb = first + split * per, ke = min(last + 1, kb + per);  // keys [kb, ke)
   const int64_t steps = ke > kb ? (ke - kb + kKeysPerStep - 1) / kKeysPerStep : 0;
 
+  const uint16_t* kp = a.k_cache + int64_t{kvh} * D + dl * 8;
+  const uint16_t* vp = a.v_cache + int64_t{kvh} * D + dl * 8;
+  const int64_t key0 = kb + warp * kKeysPerWarp + slot;
+  auto load = [&](int64_t step, uint4& kv, uint4& vv) {
+    const int64_t key = key0 + step * kKeysPerStep;
+    if (step < steps && key < ke) {
+      kv = *reinterpret_cast<const uint4*>(kp + key * kv_width);
+      vv = *reinterpret_cast<const uint4*>(vp + key * kv_width);
+    } else {
+      kv = vv = make_uint4(0, 0, 0, 0);
+    }
+  };
+  uint4 kn, vn;
+  // The first keys' loads go out before the rope work, except in the block that stores the new key
+  // (it loads after its store and the barrier below).
+  const bool stores_key = a.rope_k != nullptr && kb <= last && last < ke;
+  if (!stores_key) load(0, kn, vn);
+
   // RoPE and the KV store folded in (AttentionArgs::rope_k): every block rotates its group's q
   // heads into shared memory; the block whose key range holds the new position rotates k and stores
   // k and v there before its first key load (the block's own loads see them after the barrier;
@@ -108,22 +127,16 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
     const float p = static_cast<float>(last);
     for (int t = threadIdx.x; t < G * kHalf; t += kWarps * 32) {
       const int g = t / kHalf, i = t % kHalf;
-      const float angle = p * a.rope_inv_freq[i];
-      const float c = cosf(angle) * a.rope_scaling, s = sinf(angle) * a.rope_scaling;
       const float* row = a.q + (int64_t{kvh} * G + g) * D;
-      const float x1 = row[i], x2 = row[i + kHalf];
-      q_rot[g][i] = x1 * c - x2 * s;
-      q_rot[g][i + kHalf] = x2 * c + x1 * s;
+      rope_pair(row[i], row[i + kHalf], p, a.rope_inv_freq[i], a.rope_scaling, q_rot[g][i], q_rot[g][i + kHalf]);
     }
-    if (kb <= last && last < ke) {
+    if (stores_key) {
       __half* kc = reinterpret_cast<__half*>(a.rope_k_cache) + last * kv_width + int64_t{kvh} * D;
       __half* vc = reinterpret_cast<__half*>(a.rope_v_cache) + last * kv_width + int64_t{kvh} * D;
       float* row = a.rope_k + int64_t{kvh} * D;
       for (int i = threadIdx.x; i < kHalf; i += kWarps * 32) {
-        const float angle = p * a.rope_inv_freq[i];
-        const float c = cosf(angle) * a.rope_scaling, s = sinf(angle) * a.rope_scaling;
-        const float x1 = row[i], x2 = row[i + kHalf];
-        const float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+        float y1, y2;
+        rope_pair(row[i], row[i + kHalf], p, a.rope_inv_freq[i], a.rope_scaling, y1, y2);
         row[i] = y1;  // k rotated in place, as rope() leaves it (only this block reads it)
         row[i + kHalf] = y2;
         kc[i] = __float2half_rn(y1);
@@ -137,6 +150,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
     if (a.splits == 1)
       for (int t = threadIdx.x; t < G * D; t += kWarps * 32) a.rope_q[int64_t{kvh} * G * D + t] = q_rot[t / D][t % D];
   }
+
+  if (stores_key) load(0, kn, vn);
 
   float q[G][8], m[G], l[G], acc[G][8];
 #pragma unroll
@@ -152,20 +167,6 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
     for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
   }
 
-  const uint16_t* kp = a.k_cache + int64_t{kvh} * D + dl * 8;
-  const uint16_t* vp = a.v_cache + int64_t{kvh} * D + dl * 8;
-  const int64_t key0 = kb + warp * kKeysPerWarp + slot;
-  auto load = [&](int64_t step, uint4& kv, uint4& vv) {
-    const int64_t key = key0 + step * kKeysPerStep;
-    if (step < steps && key < ke) {
-      kv = *reinterpret_cast<const uint4*>(kp + key * kv_width);
-      vv = *reinterpret_cast<const uint4*>(vp + key * kv_width);
-    } else {
-      kv = vv = make_uint4(0, 0, 0, 0);
-    }
-  };
-  uint4 kn, vn;
-  load(0, kn, vn);
   for (int64_t step = 0; step < steps; ++step) {  // uniform over the block: shuffles below are safe
     const uint4 kc = kn, vc = vn;
     load(step + 1, kn, vn);
@@ -256,9 +257,10 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
   const float* base = a.partial + int64_t{kvh} * G * (D + 2);
   if (warp < G) merge_split_weights(base + warp * (D + 2), stride, a.splits, D, lane, weight[warp]);
   __syncthreads();
-  for (int idx = threadIdx.x; idx < G * D; idx += kWarps * 32) {
+  for (int idx = 2 * threadIdx.x; idx < G * D; idx += 2 * kWarps * 32) {
     const int g = idx / D, i = idx % D;
-    a.out[(int64_t{kvh} * G + g) * D + i] = merge_split_dim(base + g * (D + 2), stride, a.splits, i, weight[g]);
+    *reinterpret_cast<float2*>(a.out + (int64_t{kvh} * G + g) * D + i) =
+        merge_split_dims2(base + g * (D + 2), stride, a.splits, i, weight[g]);
   }
   if (rope)
     for (int t = threadIdx.x; t < G * D; t += kWarps * 32) a.rope_q[int64_t{kvh} * G * D + t] = q_rot[t / D][t % D];
