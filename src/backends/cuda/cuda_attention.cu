@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 
 #include "backends/cuda/cuda_attention_flash.h"
 #include "backends/cuda/cuda_attention_merge.cuh"
@@ -448,13 +449,38 @@ AttentionKernel kernel_setting() {
   return static_cast<AttentionKernel>(v);
 }
 
+// Flash-decoding splits of fewer keys than this cost more in the merge than they save.
+constexpr int64_t kMinKeysPerSplit = 64;
+std::atomic<int> g_context_splits{-1};  // -1: not read yet; then 0 or 1
+
+bool context_splits_enabled() {
+  int v = g_context_splits.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* e = std::getenv("TRELLIS_CUDA_ATTENTION_CONTEXT_SPLITS");
+    int expected = -1;
+    g_context_splits.compare_exchange_strong(expected, e && std::string_view(e) == "0" ? 0 : 1);
+    v = g_context_splits.load();
+  }
+  return v == 1;
+}
+
 }  // namespace
 
-int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_count) {
+void set_attention_context_splits(bool on) { g_context_splits.store(on ? 1 : 0); }
+
+int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_count, int64_t keys) {
   const int64_t blocks = (rows * (n_heads / n_kv_heads) + kQPerBlock - 1) / kQPerBlock * n_kv_heads;
   if (blocks >= sm_count) return 1;
-  const int64_t s = (2 * int64_t{sm_count} + blocks - 1) / blocks;
-  return static_cast<int>(s < 32 ? s : 32);
+  int64_t s = (2 * int64_t{sm_count} + blocks - 1) / blocks;
+  s = s < 32 ? s : 32;
+  if (keys > 0 && context_splits_enabled()) {
+    // At least kMinKeysPerSplit keys per split, the cap a power of two (a captured graph is keyed
+    // by its split count: a decode re-captures at 5 context lengths, not every 64 tokens).
+    int64_t cap = 1;
+    while (cap < s && cap * kMinKeysPerSplit < keys) cap *= 2;
+    s = s < cap ? s : cap;
+  }
+  return static_cast<int>(s);
 }
 
 int64_t attention_partial_floats(const AttentionArgs& a) {

@@ -862,7 +862,12 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
   a.head_dim = ap.head_dim;
   a.sliding_window = ap.sliding_window;
   a.scale = ap.scale;
-  a.splits = attention_splits(rows, ap.n_heads, ap.n_kv_heads, sm_count_);
+  int64_t keys = 0;  // the most keys any row attends to
+  for (int32_t p : positions) {
+    const int64_t span = ap.sliding_window > 0 ? std::min<int64_t>(p + 1, ap.sliding_window) : int64_t{p} + 1;
+    keys = std::max(keys, span);
+  }
+  a.splits = attention_splits(rows, ap.n_heads, ap.n_kv_heads, sm_count_, keys);
   if (a.splits > 1) {
     a.partial = reinterpret_cast<float*>(scratch(1, static_cast<size_t>(attention_partial_floats(a)) * 4));
     if (attention_merge_fused() && a.n_kv_heads <= kAttentionDoneCounters)
