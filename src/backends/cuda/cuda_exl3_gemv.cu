@@ -400,23 +400,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
         float* xres = item.fusion.resid ? item.fusion.resid + static_cast<int64_t>(row) * item.out_features + e0 : nullptr;
         const float4 xold = xres ? ld4(xres) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // in flight with the sums
         float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        // Split order, as hadamard_out sums its parts; the loads go out kSumBatch at a time (a
-        // plain loop kept about one L2 round trip per split on this block's critical path).
-        constexpr int kSumBatch = 8;
-        for (int p0 = 0; p0 < splits; p0 += kSumBatch) {
-          float4 t[kSumBatch];
-#pragma unroll
-          for (int i = 0; i < kSumBatch; ++i)
-            if (p0 + i < splits)
-              t[i] = __ldcg(reinterpret_cast<const float4*>(z + (static_cast<int64_t>(p0 + i) * m + row) * n + e0));
-#pragma unroll
-          for (int i = 0; i < kSumBatch; ++i)
-            if (p0 + i < splits) {
-              v[0] += t[i].x;
-              v[1] += t[i].y;
-              v[2] += t[i].z;
-              v[3] += t[i].w;
-            }
+        for (int p = 0; p < splits; ++p) {  // split order, as hadamard_out sums its parts
+          const float4 t = __ldcg(reinterpret_cast<const float4*>(z + (static_cast<int64_t>(p) * m + row) * n + e0));
+          v[0] += t.x;
+          v[1] += t.y;
+          v[2] += t.z;
+          v[3] += t.w;
         }
         fwht128(v, lane);
         float r[4];
