@@ -494,6 +494,7 @@ TEST(CudaOps, TensorCoreAttentionAgreesWithFp32Kernel) {
 // merge inside the decode kernel bitwise against its separate launch.
 TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
   TRELLIS_CUDA_OR_SKIP(cu);
+  const bool merge_was = cuda::attention_merge_fused();
   struct Shape {
     int64_t nh, nkv, d;
   };
@@ -530,7 +531,7 @@ TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
           res[dec] = fetch(*cu, out);
         }
         cuda::set_decode_attention(true);
-        cuda::set_attention_merge_fused(true);
+        cuda::set_attention_merge_fused(merge_was);
         const double rel = cuda_rel_rms(res[1], res[0]);
         EXPECT_LT(rel, 1e-5) << "heads " << sh.nh << "/" << sh.nkv << " d " << sh.d << " ctx " << ctx << " window "
                              << window;
@@ -548,6 +549,7 @@ TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
 // fold does not apply where there are splits and the results still agree.
 TEST(CudaOps, RopeAndKvStoreFoldIntoDecodeAttention) {
   TRELLIS_CUDA_OR_SKIP(cu);
+  const bool merge_was = cuda::attention_merge_fused(), fold_was = cuda::rope_attention_fold();
   struct Shape {
     int64_t nh, nkv, d;
   };
@@ -603,8 +605,8 @@ TEST(CudaOps, RopeAndKvStoreFoldIntoDecodeAttention) {
           res[run][3] = fetch(*cu, kc);
           res[run][4] = fetch(*cu, vc);
         }
-        cuda::set_rope_attention_fold(true);
-        cuda::set_attention_merge_fused(true);
+        cuda::set_rope_attention_fold(fold_was);
+        cuda::set_attention_merge_fused(merge_was);
         // Recorded ops (attention and its merge launch count as one): splits rule the fold out
         // without the merge inside.
         EXPECT_EQ(launches[0], 2u) << what;

@@ -137,8 +137,8 @@ void set_attention_kernel(AttentionKernel k);
 bool attention_uses_decode_kernel(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim);
 // Test hook: overrides TRELLIS_CUDA_DECODE_ATTENTION for launches recorded after the call.
 void set_decode_attention(bool on);
-// Whether the backend passes AttentionArgs::done (the merge inside the decode kernel):
-// TRELLIS_CUDA_ATTENTION_MERGE=0 keeps the separate merge launch; set_attention_merge_fused
+// Whether the backend passes AttentionArgs::done (the merge inside the decode kernel): off unless
+// TRELLIS_CUDA_ATTENTION_MERGE=1 (measured no faster: docs/CUDA.md); set_attention_merge_fused
 // overrides it for launches recorded after the call (tests, A/B).
 bool attention_merge_fused();
 void set_attention_merge_fused(bool on);
