@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -407,7 +408,8 @@ void check_attention(cuda::CudaBackend* cu, const AttnCase& c) {
     // differs from the CPU only in summation order.
     const cuda::AttentionKernel ran = cuda::attention_kernel_for(
         c.prefill, c.n_heads, c.n_kv_heads, c.head_dim,
-        cuda::attention_splits(c.prefill, c.n_heads, c.n_kv_heads, cu->info().threads));
+        cuda::attention_splits(c.prefill, c.n_heads, c.n_kv_heads, cu->info().threads,
+                               c.window > 0 ? std::min(c.start + c.prefill, c.window) : c.start + c.prefill));
     const bool tc = ran != cuda::AttentionKernel::kFp32;
     const double prefill_rel = cuda_rel_rms(got[0], want[0]);
     if (tc) std::printf("%s prefill %s: rel-RMS %.2e vs CPU\n", kernel_name(ran), name.c_str(), prefill_rel);
@@ -488,10 +490,11 @@ TEST(CudaOps, TensorCoreAttentionAgreesWithFp32Kernel) {
 
 // The one-row decode kernel against the general fp32 kernel on the same cache (both fp32 math):
 // head_dim 64 and 128, GQA groups 1-4, contexts from 1 key to past 2048, with and without a
-// sliding window, with the backend's flash-decoding splits (32 here; one split needs more kv heads
-// than SMs).
+// sliding window, with the backend's flash-decoding splits (1 to 32 by context length); and the
+// merge inside the decode kernel bitwise against its separate launch.
 TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
   TRELLIS_CUDA_OR_SKIP(cu);
+  const bool merge_was = cuda::attention_merge_fused();
   struct Shape {
     int64_t nh, nkv, d;
   };
@@ -516,18 +519,104 @@ TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
         cu->kv_store(cu->upload(f32_view(k, {ctx, kvw}), DType::kF32), cu->upload(f32_view(v, {ctx, kvw}), DType::kF32),
                      all, kc, vc);
         const DeviceTensor qt = cu->upload(f32_view(q, {1, sh.nh * sh.d}), DType::kF32);
-        std::vector<float> res[2];
-        for (int dec = 0; dec < 2; ++dec) {
-          cuda::set_decode_attention(dec == 1);
+        // 0: the fp32 kernel; 1: the decode kernel and the separate merge launch; 2: the decode
+        // kernel merging in its last block per kv head (counters reset by the kernel: every later
+        // shape and context relies on that).
+        std::vector<float> res[3];
+        for (int dec = 0; dec < 3; ++dec) {
+          cuda::set_decode_attention(dec >= 1);
+          cuda::set_attention_merge_fused(dec == 2);
           DeviceTensor out = cu->alloc(DType::kF32, {1, sh.nh * sh.d});
           cu->attention(qt, kc, vc, pos, ap, out);
           res[dec] = fetch(*cu, out);
         }
         cuda::set_decode_attention(true);
+        cuda::set_attention_merge_fused(merge_was);
         const double rel = cuda_rel_rms(res[1], res[0]);
         EXPECT_LT(rel, 1e-5) << "heads " << sh.nh << "/" << sh.nkv << " d " << sh.d << " ctx " << ctx << " window "
                              << window;
         for (float x : res[1]) ASSERT_TRUE(std::isfinite(x));
+        EXPECT_EQ(0, std::memcmp(res[1].data(), res[2].data(), res[1].size() * sizeof(float)))
+            << "merge inside the decode kernel differs from the merge launch: heads " << sh.nh << "/" << sh.nkv
+            << " d " << sh.d << " ctx " << ctx << " window " << window;
+      }
+}
+
+// A decode step's rope(q), rope(k), kv_store(k, v), attention(q) as the model records them: with
+// the fold (and the merge inside the decode kernel) they run as one launch, and attention's
+// output, the rotated q and k and both caches equal the unfolded launches bit for bit. GQA groups
+// 1-4, 1 to 32 splits (by context; more kv heads than SMs: one); with the merge launch kept, the
+// fold does not apply where there are splits and the results still agree.
+TEST(CudaOps, RopeAndKvStoreFoldIntoDecodeAttention) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  const bool merge_was = cuda::attention_merge_fused(), fold_was = cuda::rope_attention_fold();
+  struct Shape {
+    int64_t nh, nkv, d;
+  };
+  for (const Shape sh : {Shape{32, 8, 128}, Shape{6, 2, 64}, Shape{4, 4, 64}, Shape{12, 4, 128}, Shape{144, 144, 64}})
+    for (const int64_t ctx : {int64_t{1}, int64_t{100}, int64_t{2100}})
+      for (const int64_t window : {int64_t{0}, int64_t{300}}) {
+        const std::string what = "heads " + std::to_string(sh.nh) + "/" + std::to_string(sh.nkv) + " d " +
+                                 std::to_string(sh.d) + " ctx " + std::to_string(ctx) + " window " +
+                                 std::to_string(window);
+        AttentionParams ap;
+        ap.n_heads = sh.nh;
+        ap.n_kv_heads = sh.nkv;
+        ap.head_dim = sh.d;
+        ap.sliding_window = window;
+        ap.scale = 1.0f / std::sqrt(static_cast<float>(sh.d));
+        RopeParams rp;
+        for (int64_t i = 0; i < sh.d / 2; ++i)
+          rp.inv_freq.push_back(std::pow(500000.0f, -2.0f * static_cast<float>(i) / static_cast<float>(sh.d)));
+        rp.attention_scaling = 1.25f;
+        const int64_t kvw = sh.nkv * sh.d, qw = sh.nh * sh.d;
+        const auto q = random_floats(static_cast<size_t>(qw), 60 + static_cast<uint64_t>(ctx), 2.0f);
+        const auto k = random_floats(static_cast<size_t>(ctx * kvw), 61, 2.0f);
+        const auto v = random_floats(static_cast<size_t>(ctx * kvw), 62);
+        std::vector<int32_t> earlier(static_cast<size_t>(ctx - 1));
+        for (int64_t i = 0; i + 1 < ctx; ++i) earlier[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+        const std::vector<int32_t> pos = {static_cast<int32_t>(ctx - 1)};
+        const std::vector<float> k_new(k.end() - kvw, k.end()), v_new(v.end() - kvw, v.end());
+        // runs: 0 unfolded (merge inside), 1 folded, 2 fold asked for with the merge launch kept
+        std::vector<float> res[3][5];  // out, q, k, k cache, v cache
+        uint64_t launches[3] = {};
+        for (int run = 0; run < 3; ++run) {
+          cuda::set_rope_attention_fold(run >= 1);
+          cuda::set_attention_merge_fused(run <= 1);
+          DeviceTensor kc = cu->alloc(DType::kF16, {ctx + 3, kvw}), vc = cu->alloc(DType::kF16, {ctx + 3, kvw});
+          if (ctx > 1)
+            cu->kv_store(cu->upload(f32_view(k, {ctx - 1, kvw}), DType::kF32),
+                         cu->upload(f32_view(v, {ctx - 1, kvw}), DType::kF32), earlier, kc, vc);
+          DeviceTensor qt = cu->upload(f32_view(q, {1, qw}), DType::kF32);
+          DeviceTensor kt = cu->upload(f32_view(k_new, {1, kvw}), DType::kF32);
+          const DeviceTensor vt = cu->upload(f32_view(v_new, {1, kvw}), DType::kF32);
+          DeviceTensor out = cu->alloc(DType::kF32, {1, qw});
+          cu->synchronize();
+          const uint64_t before = cu->stats().launches;
+          cu->rope(qt, sh.d, pos, rp);
+          cu->rope(kt, sh.d, pos, rp);
+          cu->kv_store(kt, vt, pos, kc, vc);
+          cu->attention(qt, kc, vc, pos, ap, out);
+          cu->synchronize();
+          launches[run] = cu->stats().launches - before;
+          res[run][0] = fetch(*cu, out);
+          res[run][1] = fetch(*cu, qt);
+          res[run][2] = fetch(*cu, kt);
+          res[run][3] = fetch(*cu, kc);
+          res[run][4] = fetch(*cu, vc);
+        }
+        cuda::set_rope_attention_fold(fold_was);
+        cuda::set_attention_merge_fused(merge_was);
+        // Recorded ops (attention and its merge launch count as one): splits rule the fold out
+        // without the merge inside.
+        EXPECT_EQ(launches[0], 2u) << what;
+        EXPECT_EQ(launches[1], 1u) << what;
+        const int splits = cuda::attention_splits(1, sh.nh, sh.nkv, cu->info().threads, window > 0 ? std::min(ctx, window) : ctx);
+        EXPECT_EQ(launches[2], splits > 1 ? 2u : 1u) << what << ", " << splits << " splits";
+        for (int run = 1; run < 3; ++run)
+          for (int t = 0; t < 5; ++t)
+            EXPECT_EQ(0, std::memcmp(res[0][t].data(), res[run][t].data(), res[0][t].size() * sizeof(float)))
+                << what << ": run " << run << " differs in tensor " << t << " (out, q, k, k cache, v cache)";
       }
 }
 

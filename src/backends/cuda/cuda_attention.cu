@@ -42,8 +42,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 
 #include "backends/cuda/cuda_attention_flash.h"
+#include "backends/cuda/cuda_attention_merge.cuh"
 #include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_mma.cuh"
 #include "backends/cuda/cuda_ops.h"
@@ -217,55 +219,22 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a)
   }
 }
 
-// One block per (row, head): merges the splits' partial (acc, m, l). Warp 0 reads every split's
-// (m, l), takes their max M and gives split s the weight exp(m_s - M) / sum_s' l_s' exp(m_s' - M) in
-// shared memory; then every thread sums its dims' weighted accs. The loads of the second pass are
-// independent of each other, so they are all in flight at once: the earlier one-pass online merge
-// chained every split's load behind the previous split's rescale, ~15.6 us per launch for 32
-// splits on the H100 (ncu, session 17), 10% of an 8B decode step; this form has two dependent
-// load rounds (7.8 us under ncu with 8 loads in flight per thread; now 32). Empty splits (l = 0)
-// get weight 0 and their acc is not read.
-constexpr int kMergeMaxSplits = 64;
-
+// One block per (row, head): merges the splits' partial (acc, m, l) with the arithmetic of
+// cuda_attention_merge.cuh (warp 0 computes the weights, then every thread sums its dims with all
+// 32 loads in flight). The earlier one-pass online merge chained every split's load behind the
+// previous split's rescale, ~15.6 us per launch for 32 splits on the H100 (ncu, session 17), 10% of
+// an 8B decode step; this form has two dependent load rounds (5.5 us under ncu). The decode kernel
+// does the same merge itself in its last block per kv head when given counters (AttentionArgs::done).
 __global__ void attention_merge_kernel(AttentionArgs a) {
   __shared__ float weight[kMergeMaxSplits];
   pdl_begin();
   const int64_t qi = blockIdx.x, n_q = a.rows * a.n_heads, d = a.head_dim;
   const int64_t r = qi / a.n_heads, h = qi % a.n_heads, stride = n_q * (d + 2);
   const float* base = a.partial + qi * (d + 2);
-  const int splits = a.splits;
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    float mx = -INFINITY;
-    for (int s = lane; s < splits; s += 32) {
-      const float* p = base + s * stride;
-      if (p[d + 1] > 0) mx = fmaxf(mx, p[d]);
-    }
-    mx = warp_max(mx);
-    float total = 0.0f;
-    for (int s = lane; s < splits; s += 32) {
-      const float* p = base + s * stride;
-      const float ls = p[d + 1], w = ls > 0 ? expf(p[d] - mx) : 0.0f;
-      total += ls * w;
-      weight[s] = w;
-    }
-    total = warp_sum(total);
-    const float inv = total > 0 ? 1.0f / total : 0.0f;
-    for (int s = lane; s < splits; s += 32) weight[s] *= inv;
-  }
+  if (threadIdx.x < 32) merge_split_weights(base, stride, a.splits, d, static_cast<int>(threadIdx.x), weight);
   __syncthreads();
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
-    float o = 0.0f;
-    for (int s0 = 0; s0 < splits; s0 += 32) {  // 32 loads in flight before the first use
-      float v[32];
-#pragma unroll
-      for (int j = 0; j < 32; ++j) v[j] = s0 + j < splits && weight[s0 + j] > 0 ? base[(s0 + j) * stride + i] : 0.0f;
-#pragma unroll
-      for (int j = 0; j < 32; ++j)
-        if (s0 + j < splits) o += v[j] * weight[s0 + j];
-    }
-    a.out[r * a.n_heads * d + h * d + i] = o;
-  }
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
+    a.out[r * a.n_heads * d + h * d + i] = merge_split_dim(base, stride, a.splits, i, weight);
 }
 
 template <int DPL>
@@ -480,13 +449,38 @@ AttentionKernel kernel_setting() {
   return static_cast<AttentionKernel>(v);
 }
 
+// Flash-decoding splits of fewer keys than this cost more in the merge than they save.
+constexpr int64_t kMinKeysPerSplit = 64;
+std::atomic<int> g_context_splits{-1};  // -1: not read yet; then 0 or 1
+
+bool context_splits_enabled() {
+  int v = g_context_splits.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* e = std::getenv("TRELLIS_CUDA_ATTENTION_CONTEXT_SPLITS");
+    int expected = -1;
+    g_context_splits.compare_exchange_strong(expected, e && std::string_view(e) == "0" ? 0 : 1);
+    v = g_context_splits.load();
+  }
+  return v == 1;
+}
+
 }  // namespace
 
-int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_count) {
+void set_attention_context_splits(bool on) { g_context_splits.store(on ? 1 : 0); }
+
+int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_count, int64_t keys) {
   const int64_t blocks = (rows * (n_heads / n_kv_heads) + kQPerBlock - 1) / kQPerBlock * n_kv_heads;
   if (blocks >= sm_count) return 1;
-  const int64_t s = (2 * int64_t{sm_count} + blocks - 1) / blocks;
-  return static_cast<int>(s < 32 ? s : 32);
+  int64_t s = (2 * int64_t{sm_count} + blocks - 1) / blocks;
+  s = s < 32 ? s : 32;
+  if (keys > 0 && context_splits_enabled()) {
+    // At least kMinKeysPerSplit keys per split, the cap a power of two (a captured graph is keyed
+    // by its split count: a decode re-captures at 5 context lengths, not every 64 tokens).
+    int64_t cap = 1;
+    while (cap < s && cap * kMinKeysPerSplit < keys) cap *= 2;
+    s = s < cap ? s : cap;
+  }
+  return static_cast<int>(s);
 }
 
 int64_t attention_partial_floats(const AttentionArgs& a) {
@@ -519,6 +513,12 @@ bool attention_uses_tensor_cores(int64_t rows, int64_t n_heads, int64_t n_kv_hea
   return attention_kernel_for(rows, n_heads, n_kv_heads, head_dim, splits) != AttentionKernel::kFp32;
 }
 
+bool attention_takes_decode_kernel(const AttentionArgs& a) {
+  return (reinterpret_cast<uintptr_t>(a.k_cache) | reinterpret_cast<uintptr_t>(a.v_cache) |
+          reinterpret_cast<uintptr_t>(a.q)) % 16 == 0 &&
+         attention_uses_decode_kernel(a.rows, a.n_heads, a.n_kv_heads, a.head_dim);
+}
+
 void attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.rows <= 0) return;
   if (a.head_dim > kAttentionMaxHeadDim || a.head_dim % 2 != 0)
@@ -528,8 +528,9 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
     raise(ErrorKind::kUnsupported, "CUDA attention: " + std::to_string(a.splits) + " key-range splits (at most " +
                                        std::to_string(kMergeMaxSplits) + ")");
   const bool aligned = (reinterpret_cast<uintptr_t>(a.k_cache) | reinterpret_cast<uintptr_t>(a.v_cache)) % 16 == 0;
-  const bool decode = aligned && reinterpret_cast<uintptr_t>(a.q) % 16 == 0 &&
-                      attention_uses_decode_kernel(a.rows, a.n_heads, a.n_kv_heads, a.head_dim);
+  const bool decode = attention_takes_decode_kernel(a);
+  if (a.rope_k && (!decode || (a.splits > 1 && !a.done)))
+    raise(ErrorKind::kInternal, "CUDA attention: rope folded into a launch that is not the one-row decode kernel");
   const AttentionKernel kernel =
       aligned ? attention_kernel_for(a.rows, a.n_heads, a.n_kv_heads, a.head_dim, a.splits) : AttentionKernel::kFp32;
   if (!decode && kernel == AttentionKernel::kFlash) {
@@ -556,7 +557,7 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   else
     launch_fp32<8>(a, stream);
   check_launch("attention");
-  if (a.splits > 1) {
+  if (a.splits > 1 && !(decode && a.done)) {
     launch("attention (merge of splits)", attention_merge_kernel, dim3(static_cast<unsigned>(a.rows * a.n_heads)),
            dim3(128), 0, stream, a);
   }

@@ -15,7 +15,8 @@
 //     slot keeps its own online softmax (m, l, acc) in base 2.
 //   * At the end the key slots of a warp merge by shuffles, the 4 warps through shared memory;
 //     the block writes its (acc, m, l) to `partial` for attention_merge_kernel (m converted back to
-//     natural-log units), or the normalised output when there is one split.
+//     natural-log units), or the normalised output when there is one split. Given counters
+//     (AttentionArgs::done), the kv head's last block to finish does that merge itself instead.
 // Accuracy: fp32 throughout (fp16 cache values are exact in fp32); differs from the general
 // kernel only in summation order and exp2 vs exp.
 #include <cuda_fp16.h>
@@ -26,8 +27,10 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "backends/cuda/cuda_attention_merge.cuh"
 #include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/cuda_rope.cuh"
 #include "backends/cuda/cuda_util.h"
 
 namespace trellis::cuda {
@@ -37,18 +40,24 @@ constexpr int kWarps = 4;
 constexpr int kMaxGroup = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
+// Switches read from the environment on first use, overridable by the test hooks below.
 std::atomic<int> g_decode{-1};  // -1: not read yet; then 0 or 1
+std::atomic<int> g_merge{-1};
+std::atomic<int> g_rope{-1};
 
-bool decode_enabled() {
-  int v = g_decode.load(std::memory_order_relaxed);
+bool env_switch(std::atomic<int>& g, const char* name, bool on_by_default = true) {
+  int v = g.load(std::memory_order_relaxed);
   if (v < 0) {
-    const char* e = std::getenv("TRELLIS_CUDA_DECODE_ATTENTION");
+    const char* e = std::getenv(name);
     int expected = -1;
-    g_decode.compare_exchange_strong(expected, e && std::string_view(e) == "0" ? 0 : 1);
-    v = g_decode.load();
+    const bool on = e && *e ? std::string_view(e) != "0" : on_by_default;
+    g.compare_exchange_strong(expected, on ? 1 : 0);
+    v = g.load();
   }
   return v == 1;
 }
+
+bool decode_enabled() { return env_switch(g_decode, "TRELLIS_CUDA_DECODE_ATTENTION"); }
 
 __device__ __forceinline__ void to_floats(const uint4& u, float f[8]) {
   const __half2* h = reinterpret_cast<const __half2*>(&u);
@@ -90,20 +99,6 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
   const int64_t kb = first + split * per, ke = min(last + 1, kb + per);  // keys [kb, ke)
   const int64_t steps = ke > kb ? (ke - kb + kKeysPerStep - 1) / kKeysPerStep : 0;
 
-  float q[G][8], m[G], l[G], acc[G][8];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    const float4* qp = reinterpret_cast<const float4*>(a.q + (int64_t{kvh} * G + g) * D + dl * 8);
-    const float4 q0 = qp[0], q1 = qp[1];
-    const float s = a.scale * kLog2e;
-    q[g][0] = q0.x * s, q[g][1] = q0.y * s, q[g][2] = q0.z * s, q[g][3] = q0.w * s;
-    q[g][4] = q1.x * s, q[g][5] = q1.y * s, q[g][6] = q1.z * s, q[g][7] = q1.w * s;
-    m[g] = -INFINITY;
-    l[g] = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
-  }
-
   const uint16_t* kp = a.k_cache + int64_t{kvh} * D + dl * 8;
   const uint16_t* vp = a.v_cache + int64_t{kvh} * D + dl * 8;
   const int64_t key0 = kb + warp * kKeysPerWarp + slot;
@@ -117,7 +112,62 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
     }
   };
   uint4 kn, vn;
-  load(0, kn, vn);
+  // The first keys' loads go out before the rope work, except in the block that stores the new key
+  // (it loads after its store and the barrier below).
+  const bool stores_key = a.rope_k != nullptr && kb <= last && last < ke;
+  if (!stores_key) load(0, kn, vn);
+
+  // RoPE and the KV store folded in (AttentionArgs::rope_k): every block rotates its group's q
+  // heads into shared memory; the block whose key range holds the new position rotates k and stores
+  // k and v there before its first key load (the block's own loads see them after the barrier;
+  // no other block reads that key). Same arithmetic per element as rope_qk_store_kernel.
+  __shared__ __align__(16) float q_rot[G][D];
+  const bool rope = a.rope_k != nullptr;
+  if (rope) {
+    constexpr int kHalf = D / 2;
+    const float p = static_cast<float>(last);
+    for (int t = threadIdx.x; t < G * kHalf; t += kWarps * 32) {
+      const int g = t / kHalf, i = t % kHalf;
+      const float* row = a.q + (int64_t{kvh} * G + g) * D;
+      rope_pair(row[i], row[i + kHalf], p, a.rope_inv_freq[i], a.rope_scaling, q_rot[g][i], q_rot[g][i + kHalf]);
+    }
+    if (stores_key) {
+      __half* kc = reinterpret_cast<__half*>(a.rope_k_cache) + last * kv_width + int64_t{kvh} * D;
+      __half* vc = reinterpret_cast<__half*>(a.rope_v_cache) + last * kv_width + int64_t{kvh} * D;
+      float* row = a.rope_k + int64_t{kvh} * D;
+      for (int i = threadIdx.x; i < kHalf; i += kWarps * 32) {
+        float y1, y2;
+        rope_pair(row[i], row[i + kHalf], p, a.rope_inv_freq[i], a.rope_scaling, y1, y2);
+        row[i] = y1;  // k rotated in place, as rope() leaves it (only this block reads it)
+        row[i + kHalf] = y2;
+        kc[i] = __float2half_rn(y1);
+        kc[i + kHalf] = __float2half_rn(y2);
+      }
+      for (int i = threadIdx.x; i < D; i += kWarps * 32) vc[i] = __float2half_rn(a.rope_v[int64_t{kvh} * D + i]);
+    }
+    __syncthreads();
+    // q rotated in place as rope() leaves it, once no block can still read it unrotated: here with
+    // one split; with several, by the block that merges (below).
+    if (a.splits == 1)
+      for (int t = threadIdx.x; t < G * D; t += kWarps * 32) a.rope_q[int64_t{kvh} * G * D + t] = q_rot[t / D][t % D];
+  }
+
+  if (stores_key) load(0, kn, vn);
+
+  float q[G][8], m[G], l[G], acc[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const float4* qp = reinterpret_cast<const float4*>(rope ? &q_rot[g][dl * 8] : a.q + (int64_t{kvh} * G + g) * D + dl * 8);
+    const float4 q0 = qp[0], q1 = qp[1];
+    const float s = a.scale * kLog2e;
+    q[g][0] = q0.x * s, q[g][1] = q0.y * s, q[g][2] = q0.z * s, q[g][3] = q0.w * s;
+    q[g][4] = q1.x * s, q[g][5] = q1.y * s, q[g][6] = q1.z * s, q[g][7] = q1.w * s;
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
+  }
+
   for (int64_t step = 0; step < steps; ++step) {  // uniform over the block: shuffles below are safe
     const uint4 kc = kn, vc = vn;
     load(step + 1, kn, vn);
@@ -190,6 +240,32 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
       else p[D + 1] = lsum;
     }
   }
+  if (a.splits == 1 || !a.done) return;
+
+  // The merge without its own launch: the last of the kv head's split blocks to finish (counted
+  // in a.done) merges the group's G heads, warp g computing head g's split weights, with the
+  // arithmetic attention_merge_kernel uses (cuda_attention_merge.cuh: the same bits).
+  static_assert(kMaxGroup <= kWarps, "one warp per head of the group computes its merge weights");
+  __shared__ float weight[G][kMergeMaxSplits];
+  __shared__ bool merges;
+  __threadfence();  // this block's partials are visible device-wide before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) merges = atomicAdd(a.done + kvh, 1u) == static_cast<unsigned>(a.splits - 1);
+  __syncthreads();
+  if (!merges) return;
+  __threadfence();
+  const int64_t stride = n_q * (D + 2);
+  const float* base = a.partial + int64_t{kvh} * G * (D + 2);
+  if (warp < G) merge_split_weights(base + warp * (D + 2), stride, a.splits, D, lane, weight[warp]);
+  __syncthreads();
+  for (int idx = 2 * threadIdx.x; idx < G * D; idx += 2 * kWarps * 32) {
+    const int g = idx / D, i = idx % D;
+    *reinterpret_cast<float2*>(a.out + (int64_t{kvh} * G + g) * D + i) =
+        merge_split_dims2(base + g * (D + 2), stride, a.splits, i, weight[g]);
+  }
+  if (rope)
+    for (int t = threadIdx.x; t < G * D; t += kWarps * 32) a.rope_q[int64_t{kvh} * G * D + t] = q_rot[t / D][t % D];
+  if (threadIdx.x == 0) a.done[kvh] = 0;  // ready for the next launch (graph replays)
 }
 
 using DecodeFn = void (*)(AttentionArgs);
@@ -207,6 +283,15 @@ DecodeFn decode_fn(int64_t group) {
 }  // namespace
 
 void set_decode_attention(bool on) { g_decode.store(on ? 1 : 0); }
+
+// Off by default: 0.992x on the 8B decode at context 256 (H200, session 19), no gain.
+bool attention_merge_fused() { return env_switch(g_merge, "TRELLIS_CUDA_ATTENTION_MERGE", false); }
+
+void set_attention_merge_fused(bool on) { g_merge.store(on ? 1 : 0); }
+
+bool rope_attention_fold() { return env_switch(g_rope, "TRELLIS_CUDA_ROPE_ATTENTION"); }
+
+void set_rope_attention_fold(bool on) { g_rope.store(on ? 1 : 0); }
 
 bool attention_uses_decode_kernel(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim) {
   return decode_enabled() && rows == 1 && (head_dim == 64 || head_dim == 128) && n_kv_heads > 0 &&

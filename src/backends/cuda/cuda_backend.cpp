@@ -32,7 +32,7 @@ constexpr size_t kGraphMinLaunches = 4;                 // smaller segments run 
 
 enum Op : uint64_t {
   kEmbedding = 1, kRmsNorm, kGemv, kGemm, kExl3, kRope, kKvStore, kAttention, kSiluMul, kAdd, kAddRmsNorm, kGram, kExl3Group, kEmbeddingHost,
-  kRopeQk, kRopeQkStore, kExl3Silu, kExl3Mlp
+  kRopeQk, kRopeQkStore, kExl3Silu, kExl3Mlp, kAttentionRope
 };
 
 uint64_t addr(const void* p) { return reinterpret_cast<uint64_t>(p); }
@@ -106,6 +106,9 @@ CudaBackend::CudaBackend(int index) : device_(index) {
                                              "the fused norm's sums of squares");
 #endif
   check(cublasSetWorkspace(cublas_, cublas_workspace_->data(), kCublasWorkspaceBytes), "cublasSetWorkspace");
+  attention_done_ = std::make_shared<CudaBuffer>(kAttentionDoneCounters * sizeof(unsigned), "the attention merge counters");
+  check(cudaMemsetAsync(attention_done_->data(), 0, kAttentionDoneCounters * sizeof(unsigned), stream_),
+        "clearing the attention merge counters");
   attention_prepare();
   if (const char* env = std::getenv("TRELLIS_CUDA_GRAPHS"); env && std::string(env) == "0") graphs_ = false;
   if (const char* env = std::getenv("TRELLIS_CUDA_HOST_EMBEDDING"); env && std::string(env) == "0")
@@ -182,6 +185,7 @@ void CudaBackend::record(std::initializer_list<uint64_t> key, Launch launch) {
 void CudaBackend::record(std::span<const uint64_t> key, Launch launch) {
   last_add_.reset();
   last_rope_.reset();
+  last_rope_store_.reset();
   last_silu_.reset();
   last_exl3_.reset();
   last_resid_.reset();
@@ -812,6 +816,7 @@ void CudaBackend::kv_store(const DeviceTensor& k, const DeviceTensor& v, std::sp
     const int64_t q_cols = lr.q_cols, head_dim = lr.head_dim;
     const float scaling = lr.scaling;
     const size_t freq_off = lr.freq_off;
+    const size_t key_size = key_.size();
     record({kRopeQkStore, addr(qp), addr(kr), addr(vp), addr(kc), addr(vc), static_cast<uint64_t>(rows),
             static_cast<uint64_t>(q_cols), static_cast<uint64_t>(width), static_cast<uint64_t>(head_dim), bits(scaling),
             off, freq_off},
@@ -819,6 +824,7 @@ void CudaBackend::kv_store(const DeviceTensor& k, const DeviceTensor& v, std::sp
              cuda::rope_qk_store(qp, q_cols, kr, width, vp, rows, head_dim, reinterpret_cast<const int32_t*>(st + off),
                                  reinterpret_cast<const float*>(st + freq_off), scaling, kc, vc, s);
            });
+    last_rope_store_ = LastRopeStore{qp, kr, vp, kc, vc, rows, q_cols, width, head_dim, scaling, off, freq_off, key_size};
     return;
   }
   record({kKvStore, addr(kp), addr(vp), addr(kc), addr(vc), static_cast<uint64_t>(rows), static_cast<uint64_t>(width),
@@ -856,16 +862,52 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
   a.head_dim = ap.head_dim;
   a.sliding_window = ap.sliding_window;
   a.scale = ap.scale;
-  a.splits = attention_splits(rows, ap.n_heads, ap.n_kv_heads, sm_count_);
-  if (a.splits > 1)
+  int64_t keys = 0;  // the most keys any row attends to
+  for (int32_t p : positions) {
+    const int64_t span = ap.sliding_window > 0 ? std::min<int64_t>(p + 1, ap.sliding_window) : int64_t{p} + 1;
+    keys = std::max(keys, span);
+  }
+  a.splits = attention_splits(rows, ap.n_heads, ap.n_kv_heads, sm_count_, keys);
+  if (a.splits > 1) {
     a.partial = reinterpret_cast<float*>(scratch(1, static_cast<size_t>(attention_partial_floats(a)) * 4));
+    if (attention_merge_fused() && a.n_kv_heads <= kAttentionDoneCounters)
+      a.done = reinterpret_cast<unsigned*>(attention_done_->data());
+  }
   const size_t off = stage(positions.data(), positions.size() * 4);
   keep(q);
   keep(k_cache);
   keep(v_cache);
   keep(out);
   cudaStream_t s = stream_;
-  record({kAttention, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial),
+  if (const auto& lr = last_rope_store_;
+      lr && rope_attention_fold() && rows == 1 && lr->rows == 1 && lr->q == a.q && lr->kc == a.k_cache &&
+      lr->vc == a.v_cache && lr->pos_off == off && lr->head_dim == a.head_dim &&
+      lr->q_cols == a.n_heads * a.head_dim && lr->width == a.n_kv_heads * a.head_dim &&
+      attention_takes_decode_kernel(a) && (a.splits == 1 || a.done)) {
+    // rope(q), rope(k), kv_store(k, v) were the last launch: the decode kernel does them itself.
+    const LastRopeStore f = *lr;
+    launches_.pop_back();
+    key_.resize(f.key_size);
+    a.rope_q = f.q;
+    a.rope_k = f.k;
+    a.rope_v = f.v;
+    a.rope_scaling = f.scaling;
+    a.rope_k_cache = f.kc;
+    a.rope_v_cache = f.vc;
+    const size_t freq_off = f.freq_off;
+    record({kAttentionRope, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial), addr(a.done),
+            addr(a.rope_k), addr(a.rope_v), static_cast<uint64_t>(a.n_heads), static_cast<uint64_t>(a.n_kv_heads),
+            static_cast<uint64_t>(a.head_dim), static_cast<uint64_t>(a.sliding_window), bits(a.scale),
+            bits(a.rope_scaling), static_cast<uint64_t>(a.splits), off, freq_off},
+           [=](const std::byte* st) {
+             AttentionArgs b = a;
+             b.pos = reinterpret_cast<const int32_t*>(st + off);
+             b.rope_inv_freq = reinterpret_cast<const float*>(st + freq_off);
+             cuda::attention(b, s);
+           });
+    return;
+  }
+  record({kAttention, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial), addr(a.done),
           static_cast<uint64_t>(rows), static_cast<uint64_t>(a.n_heads), static_cast<uint64_t>(a.n_kv_heads),
           static_cast<uint64_t>(a.head_dim), static_cast<uint64_t>(a.sliding_window), bits(a.scale),
           static_cast<uint64_t>(a.splits), off,

@@ -166,6 +166,19 @@ class CudaBackend : public Backend {
     size_t pos_off, freq_off, key_size;
   };
   std::optional<LastRope> last_rope_;
+  // That fused rope + kv_store launch followed by a one-row attention over the same q, caches and
+  // position: the decode attention kernel does the rope and the store itself (AttentionArgs::rope_k,
+  // bit-identical). Set by kv_store(), cleared by record().
+  struct LastRopeStore {
+    float* q;
+    float* k;
+    const float* v;
+    uint16_t *kc, *vc;
+    int64_t rows, q_cols, width, head_dim;
+    float scaling;
+    size_t pos_off, freq_off, key_size;
+  };
+  std::optional<LastRopeStore> last_rope_store_;
   // silu_mul(g, u, o) followed by an EXL3 linear reading o: the linear's input transform computes
   // silu(g) · u itself (and still writes o). Set by silu_mul(), cleared by record().
   struct LastSilu {
@@ -209,6 +222,10 @@ class CudaBackend : public Backend {
   };
   std::optional<LastNorm> last_norm_;
   std::shared_ptr<CudaBuffer> norm_sumsq_;  // [kExl3GemvMaxRows, 4096 / 128] fp32
+  // [kAttentionDoneCounters] counters of the decode attention's merge (AttentionArgs::done), zero
+  // between launches.
+  static constexpr int64_t kAttentionDoneCounters = 1024;
+  std::shared_ptr<CudaBuffer> attention_done_;
   // Records an EXL3 linear (a LastExl3, key_size ignored) with its fusions, and sets last_exl3_.
   void record_exl3(const LastExl3& c, const LastNorm* norm);
 

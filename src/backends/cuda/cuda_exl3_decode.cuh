@@ -108,39 +108,68 @@ TRELLIS_DECODE_FN int wrap_word(int i) {
   return i >= 8 * K ? i - 8 * K : i;
 }
 
-// States of steps 8·lane + J0 .. 8·lane + J0 + GS - 1 of the tile whose 8K words start at `tw`.
+// Where a lane's windows sit in its tile's 8K words: for each group of windows (one for K <= 6,
+// steps 8·lane + 0..7; two for K = 7, 8, steps + 0..3 and + 4..7), the indices of the (at most
+// three) words that hold it and the bit offset of its first window in the first word. They
+// depend on the lane only, so a kernel that decodes many tiles per lane (the GEMV) computes them
+// once (lane_words) rather than per tile.
+struct LaneWords {
+  int w0[2], w1[2], w2[2], off[2];
+};
+
+template <int K>
+TRELLIS_DECODE_FN LaneWords lane_words(int lane) {
+  LaneWords lw{};
+  for (int g = 0; g < (K <= 6 ? 1 : 2); ++g) {
+    int start = (8 * lane + 4 * g + 1) * K - 16;  // first bit of the first window (cyclic)
+    if (start < 0) start += 256 * K;
+    const int w = start >> 5;
+    lw.w0[g] = w;
+    lw.w1[g] = wrap_word<K>(w + 1);
+    lw.w2[g] = wrap_word<K>(w + 2);
+    lw.off[g] = start & 31;
+  }
+  return lw;
+}
+
+// States of steps 8·lane + J0 .. 8·lane + J0 + GS - 1 (group G = J0 / 4 of lw) of the tile whose
+// 8K words start at `tw`.
 template <int K, int J0, int GS, bool Imad, typename Ptr>
-TRELLIS_DECODE_FN void group_states(Ptr tw, int lane, uint32_t* s) {
+TRELLIS_DECODE_FN void group_states(Ptr tw, const LaneWords& lw, uint32_t* s) {
   constexpr int kSpan = 16 + (GS - 1) * K;
+  constexpr int G = J0 / 4;
   static_assert(kSpan <= 64, "a group of windows must fit in 64 bits");
-  int start = (8 * lane + J0 + 1) * K - 16;  // first bit of the first window (cyclic)
-  if (start < 0) start += 256 * K;
-  const int w = start >> 5, off = start & 31;
-  const uint32_t w0 = tw[w];
-  const uint32_t w1 = tw[wrap_word<K>(w + 1)];
+  const int off = lw.off[G];
+  const uint32_t w0 = tw[lw.w0[G]];
+  const uint32_t w1 = tw[lw.w1[G]];
   const uint32_t a0 = __funnelshift_l(w1, w0, off);  // stream bits [start, start + 32)
   uint32_t a1 = 0;                                   // stream bits [start + 32, start + 64)
   if constexpr (kSpan > 32) {
     uint32_t w2 = 0;
-    if constexpr (max_group_offset(K, J0) + kSpan > 64) w2 = tw[wrap_word<K>(w + 2)];
+    if constexpr (max_group_offset(K, J0) + kSpan > 64) w2 = tw[lw.w2[G]];
     a1 = __funnelshift_l(w2, w1, off);
   }
   windows<K, GS, Imad>(a0, a1, s);
 }
 
-// The 8 states of lane `lane`, in step order. Imad: cut windows with IMAD.SHL (FMA pipe) rather
-// than shift + mask (ALU pipe); pays for 3INST/MCG, whose pair step is ALU-heavy, not for MUL1,
-// whose dp4a already loads the FMA pipe.
+// The 8 states of the lane whose LaneWords are lw, in step order. Imad: cut windows with IMAD.SHL
+// (FMA pipe) rather than shift + mask (ALU pipe); pays for 3INST/MCG, whose pair step is
+// ALU-heavy, not for MUL1, whose dp4a already loads the FMA pipe.
 template <int K, bool Imad = true, typename Ptr>
-TRELLIS_DECODE_FN void lane_states(Ptr tw, int lane, uint32_t s[8]) {
+TRELLIS_DECODE_FN void lane_states(Ptr tw, const LaneWords& lw, uint32_t s[8]) {
   if constexpr (K <= 6) {
-    group_states<K, 0, 8, Imad>(tw, lane, s);
+    group_states<K, 0, 8, Imad>(tw, lw, s);
   } else {
-    group_states<K, 0, 4, Imad>(tw, lane, s);
-    group_states<K, 4, 4, Imad>(tw, lane, s + 4);
+    group_states<K, 0, 4, Imad>(tw, lw, s);
+    group_states<K, 4, 4, Imad>(tw, lw, s + 4);
   }
 }
 
+// The same for lane `lane`.
+template <int K, bool Imad = true, typename Ptr>
+TRELLIS_DECODE_FN void lane_states(Ptr tw, int lane, uint32_t s[8]) {
+  lane_states<K, Imad>(tw, lane_words<K>(lane), s);
+}
 
 #ifdef __CUDACC__
 TRELLIS_DECODE_FN uint32_t hadd2_bits(uint32_t a, uint32_t b) {
@@ -251,8 +280,9 @@ inline constexpr float kMul1Bias = -10.3828125f;          // fp16 0xC931, exactl
 
 // Lane `lane`'s 8 weights in step order, each as decode_halves: y[0..3] are the weights of
 // B fragments {b0, b1} for tile columns 0-7 (k 2t, 2t+1, 2t+8, 2t+9), y[4..7] for columns 8-15.
-template <int K, int CB, typename Ptr>
-TRELLIS_DECODE_FN void decode_lane_halves(Ptr tw, int lane, uint32_t y[8]) {
+// L: the lane (int) or its LaneWords.
+template <int K, int CB, typename Ptr, typename L>
+TRELLIS_DECODE_FN void decode_lane_halves(Ptr tw, const L& lane, uint32_t y[8]) {
   uint32_t s[8];
   lane_states<K, CB != 2>(tw, lane, s);
 TRELLIS_DECODE_UNROLL
@@ -260,9 +290,10 @@ TRELLIS_DECODE_UNROLL
 }
 
 // Lane `lane`'s 8 weights as 4 f16x2 words: {steps 0,1}, {2,3}, {4,5}, {6,7} of its 8 steps, i.e.
-// B fragments {b0, b1} for tile columns 0-7 and {b2, b3} for columns 8-15.
-template <int K, int CB, typename Ptr>
-TRELLIS_DECODE_FN void decode_lane(Ptr tw, int lane, uint32_t b[4]) {
+// B fragments {b0, b1} for tile columns 0-7 and {b2, b3} for columns 8-15. L: the lane (int) or
+// its LaneWords.
+template <int K, int CB, typename Ptr, typename L>
+TRELLIS_DECODE_FN void decode_lane(Ptr tw, const L& lane, uint32_t b[4]) {
   uint32_t s[8];
   lane_states<K, CB != 2>(tw, lane, s);
 TRELLIS_DECODE_UNROLL

@@ -54,6 +54,25 @@ constexpr int kStages = 4;
 constexpr int kGemvOccupancyBlocks = 10;  // per-warp ring depth (slabs); 6 measured no faster
 constexpr int kActBytesMax = 8 * 64;
 
+// Shared-memory loads at 32-bit shared-window addresses. The GEMV's loop addresses its ring and
+// activations through these, from bases computed once: with generic pointers ptxas rebuilt the
+// shared window's base and the lane's offsets in every iteration.
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr));
+  return v;
+}
+__device__ __forceinline__ uint4 lds128(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
+}
+// A tile's words in shared memory, indexed as the decode functions index a pointer.
+struct SharedWords {
+  uint32_t base;
+  __device__ __forceinline__ uint32_t operator[](int i) const { return lds32(base + 4u * static_cast<uint32_t>(i)); }
+};
+
 // Up to kMaxGroup linears with the same K, codebook and k in one launch: blocks [0, blocks_0) are
 // linear 0's (group-major within each split, as a 2-D grid would order them), and so on.
 struct GemvGroupArgs {
@@ -216,26 +235,49 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
   issued = kStages - 1;
   src_t += (kStages - 1) * stride_t;
   src_a += (kStages - 1) * stride_a;
+  // The lane's window positions (lane_words) and its activation fragment's offset, computed once
+  // and passed through an identity shuffle, which ptxas cannot recompute: without it ptxas
+  // rederived them from %tid in every iteration (K=3 MCG loop: 471 instructions against 429,
+  // session 18, bench/sass_loop_stats.py).
+  auto pin = [&](int v) { return __shfl_sync(0xFFFFFFFFu, v, lane); };
+  LaneWords lw = lane_words<K>(lane);
+#pragma unroll
+  for (int gi = 0; gi < (K <= 6 ? 1 : 2); ++gi) {
+    lw.w0[gi] = pin(lw.w0[gi]);
+    lw.w1[gi] = pin(lw.w1[gi]);
+    lw.w2[gi] = pin(lw.w2[gi]);
+    lw.off[gi] = pin(lw.off[gi]);
+  }
+  const int a_row = weights_as_a(Mode) ? g >> 1 : g;
+  const bool has_a_row = pin(weights_as_a(Mode) ? g < 2 * m : g < m) != 0;
+  // Shared addresses: this warp's ring, and its first slab's activation fragment (Fuse 2: the
+  // transformed activations; otherwise the ring slot's activation chunk).
+  const uint32_t ring_s = static_cast<uint32_t>(pin(static_cast<int>(static_cast<uint32_t>(__cvta_generic_to_shared(ring)))));
+  const uint32_t act_s = static_cast<uint32_t>(pin(static_cast<int>(
+      Fuse == 2 ? static_cast<uint32_t>(__cvta_generic_to_shared(act_area)) + (first - tk0) * m * 64 + (a_row * 4 + q) * 16
+                : static_cast<uint32_t>(__cvta_generic_to_shared(ring)) + kChunksT * 16 + (a_row * 4 + q) * 16)));
+  const uint32_t act_step = static_cast<uint32_t>(pin(Fuse == 2 ? kGemvWarps * m * 64 : 0));
+  const bool odd_g = pin(g & 1) != 0;  // weights as A: B column g holds the lo parts
+  uint32_t act_at = act_s;
+  // lds32/lds128 are volatile asm without a memory clobber (a clobber would make ptxas reload the
+  // launch arguments after every load): this compiler fence keeps them after the input
+  // transform's shared-memory stores and __syncthreads above, and volatile asm stays in order
+  // with the cp.async waits.
+  asm volatile("" ::: "memory");
   for (int it = 0; it < iters; ++it) {
     issue();
     cp_async_wait<kStages - 1>();
     __syncwarp();
-    const unsigned char* st = ring + (it % kStages) * stage_bytes;
-    // The activations' A fragment of batch row `row` (g, or g / 2 when they are B) for quad q.
-    const int row = weights_as_a(Mode) ? g >> 1 : g;
-    const bool has_row = weights_as_a(Mode) ? g < 2 * m : g < m;
+    const uint32_t slot = static_cast<uint32_t>((it % kStages) * stage_bytes);
+    // The activations' A fragment of batch row a_row (g, or g / 2 when they are B) for quad q.
     uint4 a = make_uint4(0, 0, 0, 0);
-    if constexpr (Fuse == 2) {
-      const int slab = first + it * kGemvWarps - tk0;
-      if (has_row) a = *reinterpret_cast<const uint4*>(act_area + ((slab * m + row) * 4 + q) * 16);
-    } else {
-      if (has_row) a = *reinterpret_cast<const uint4*>(st + kChunksT * 16 + (row * 4 + q) * 16);
-    }
-    const uint32_t* tw = reinterpret_cast<const uint32_t*>(st);
+    if (has_a_row) a = lds128(Fuse == 2 ? act_at : act_s + slot);
+    act_at += act_step;
+    const uint32_t tw0 = ring_s + slot;
     if constexpr (weights_as_a(Mode)) {
       // B column g = batch row g / 2, its hi part (even g: A's a0, a2) or lo part (odd g: a1, a3):
       // b0 = elements 2t, 2t+1 and b1 = 2t+8, 2t+9 of the slab.
-      const uint32_t b0 = (g & 1) ? a.y : a.x, b1 = (g & 1) ? a.w : a.z;
+      const uint32_t b0 = odd_g ? a.y : a.x, b1 = odd_g ? a.w : a.z;
       if constexpr (Mode == kHalvesWA) {
         // Each weight word stands for two k positions of one input: B repeats each activation.
         const uint32_t be0 = __byte_perm(b0, 0u, 0x1010), be1 = __byte_perm(b1, 0u, 0x1010);
@@ -247,7 +289,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
 #pragma unroll
         for (int i = 0; i < G; ++i) {
           uint32_t y[8];
-          decode_lane_halves<K, CB>(tw + i * 8 * K, lane, y);
+          decode_lane_halves<K, CB>(SharedWords{tw0 + 32u * K * i}, lw, y);
           const uint32_t ae[4] = {y[0], y[4], y[2], y[6]};  // tile rows 2t, 2t+8
           const uint32_t ao[4] = {y[1], y[5], y[3], y[7]};  // tile rows 2t+1, 2t+9
           mma_m16n8k16(acc[i][0], ae, be0, be1);
@@ -257,7 +299,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
 #pragma unroll
         for (int i = 0; i < G; ++i) {
           uint32_t w[4];
-          decode_lane<K, CB>(tw + i * 8 * K, lane, w);
+          decode_lane<K, CB>(SharedWords{tw0 + 32u * K * i}, lw, w);
           const uint32_t wa[4] = {w[0], w[2], w[1], w[3]};
           mma_m16n8k16(acc[i][0], wa, b0, b1);
         }
@@ -277,7 +319,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
 #pragma unroll
       for (int i = 0; i < G; ++i) {
         uint32_t y[8];
-        decode_lane_halves<K, CB>(tw + i * 8 * K, lane, y);
+        decode_lane_halves<K, CB>(SharedWords{tw0 + 32u * K * i}, lw, y);
         mma_m16n8k16(acc[i][0], ae, y[0], y[2]);  // tile rows 2t, 2t+8
         mma_m16n8k16(acc[i][0], ao, y[1], y[3]);  // tile rows 2t+1, 2t+9
         mma_m16n8k16(acc[i][1], ae, y[4], y[6]);
@@ -287,7 +329,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
 #pragma unroll
       for (int i = 0; i < G; ++i) {
         uint32_t b[4];
-        decode_lane<K, CB>(tw + i * 8 * K, lane, b);
+        decode_lane<K, CB>(SharedWords{tw0 + 32u * K * i}, lw, b);
         mma_m16n8k16(acc[i][0], a, b[0], b[1]);
         mma_m16n8k16(acc[i][1], a, b[2], b[3]);
       }

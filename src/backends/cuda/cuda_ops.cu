@@ -12,6 +12,7 @@
 #include "backends/cuda/cuda_launch.cuh"
 #include "backends/cuda/cuda_norm.cuh"
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/cuda_rope.cuh"
 #include "backends/cuda/cuda_util.h"
 
 namespace trellis::cuda {
@@ -180,12 +181,8 @@ __global__ void rope_kernel(float* x, int64_t cols, int64_t head_dim, const int3
   const float p = static_cast<float>(pos[r]);
   for (int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; t < pairs; t += int64_t{gridDim.x} * blockDim.x) {
     const int64_t h = t / half, i = t % half;
-    const float angle = p * inv_freq[i];
-    const float c = cosf(angle) * scaling, s = sinf(angle) * scaling;
     float* v = x + r * cols + h * head_dim;
-    const float x1 = v[i], x2 = v[i + half];
-    v[i] = x1 * c - x2 * s;
-    v[i + half] = x2 * c + x1 * s;
+    rope_pair(v[i], v[i + half], p, inv_freq[i], scaling, v[i], v[i + half]);
   }
 }
 
@@ -207,11 +204,9 @@ __global__ void rope_qk_store_kernel(float* q, int64_t q_cols, float* k, int64_t
   const float p = static_cast<float>(pos[r]);
   for (int64_t t = first; t < pairs; t += step) {
     const int64_t h = t / half, i = t % half;
-    const float angle = p * inv_freq[i];
-    const float c = cosf(angle) * scaling, s = sinf(angle) * scaling;
     float* row = x + r * cols + h * head_dim;
-    const float x1 = row[i], x2 = row[i + half];
-    const float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+    float y1, y2;
+    rope_pair(row[i], row[i + half], p, inv_freq[i], scaling, y1, y2);
     row[i] = y1;
     row[i + half] = y2;
     if (z == 1 && kc) {

@@ -90,10 +90,31 @@ struct AttentionArgs {
   // attention_partial_floats() floats. Chosen by attention_splits().
   int splits = 1;
   float* partial = nullptr;
+  // Optional: n_kv_heads counters, zero between launches. Where the one-row decode kernel runs with
+  // splits > 1, the last of a kv head's split blocks (counted here) merges the head group's
+  // partials itself and resets its counter, so no attention_merge_kernel launch follows; the
+  // output is bitwise the same (cuda_attention_merge.cuh). Ignored by the other kernels.
+  unsigned* done = nullptr;
+  // Optional, one-row decode kernel only (attention_takes_decode_kernel; splits == 1 or `done`
+  // set): rope(q), rope(k) and kv_store(k, v) folded into the launch, bitwise as rope_qk_store
+  // leaves them. q is then the unrotated q (== rope_q, rotated in place by the end of the launch),
+  // rope_k the unrotated k row (rotated in place), rope_v the v row; k and v go to the caches
+  // (rope_k_cache/rope_v_cache, the same buffers as k_cache/v_cache) at pos[0].
+  float* rope_q = nullptr;
+  float* rope_k = nullptr;
+  const float* rope_v = nullptr;
+  const float* rope_inv_freq = nullptr;  // [head_dim / 2]
+  float rope_scaling = 1.0f;
+  uint16_t* rope_k_cache = nullptr;
+  uint16_t* rope_v_cache = nullptr;
 };
 inline constexpr int64_t kAttentionMaxHeadDim = 256;
-// Splits that fill the GPU for this shape (1 for prefill-sized batches).
-int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_count);
+// Splits that fill the GPU for this shape (1 for prefill-sized batches). Given `keys` (the most
+// keys a query row attends to, > 0), at least 64 keys per split, the count capped at a power of
+// two (TRELLIS_CUDA_ATTENTION_CONTEXT_SPLITS=0 ignores `keys`; set_attention_context_splits
+// overrides the variable).
+int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_count, int64_t keys = 0);
+void set_attention_context_splits(bool on);
 int64_t attention_partial_floats(const AttentionArgs& a);
 // The kernels attention() chooses from. TRELLIS_CUDA_TC_ATTENTION=0 asks for kFp32 everywhere,
 // =1 for kTensorCore (attention_tc_kernel), unset or =2 for kFlash (attention_flash_kernel, the
@@ -116,6 +137,18 @@ void set_attention_kernel(AttentionKernel k);
 bool attention_uses_decode_kernel(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim);
 // Test hook: overrides TRELLIS_CUDA_DECODE_ATTENTION for launches recorded after the call.
 void set_decode_attention(bool on);
+// Whether the backend passes AttentionArgs::done (the merge inside the decode kernel): off unless
+// TRELLIS_CUDA_ATTENTION_MERGE=1 (measured no faster: docs/CUDA.md); set_attention_merge_fused
+// overrides it for launches recorded after the call (tests, A/B).
+bool attention_merge_fused();
+void set_attention_merge_fused(bool on);
+// Whether attention(a) runs the one-row decode kernel (the shape test above, 16-byte aligned q
+// and caches): the condition for AttentionArgs::rope_k.
+bool attention_takes_decode_kernel(const AttentionArgs& a);
+// Whether rope + kv_store fold into the decode attention: TRELLIS_CUDA_ROPE_ATTENTION=0 keeps
+// rope_qk_store's launch; set_rope_attention_fold overrides it for launches recorded after the call.
+bool rope_attention_fold();
+void set_rope_attention_fold(bool on);
 // The decode kernel itself (attention() dispatches to it); writes `partial` when splits > 1.
 void attention_decode(const AttentionArgs& a, cudaStream_t stream);
 // Raises kUnsupported for head_dim > kAttentionMaxHeadDim. Sets its kernels' shared-memory limit

@@ -1,0 +1,98 @@
+// backends/cuda/cuda_attention_merge.cuh: the arithmetic of merging flash-decoding splits, shared
+// by attention_merge_kernel (cuda_attention.cu, its own launch) and the decode kernel's last block
+// per kv head (cuda_attention_decode.cu, the merge without a launch), so both give the same bits.
+//
+// A split's partial row is (acc[0..d), m, l) in natural-log units, rows `stride` floats apart.
+// merge_split_weights (one warp) gives split s the weight exp(m_s - M) / sum_s' l_s' exp(m_s' - M),
+// M the max over non-empty splits (l > 0), and 0 to empty ones; merge_split_dim sums one dim's
+// weighted accs with 32 loads in flight before the first use (the second load round does not wait
+// on the first split's rescale). Loads go through L2 (__ldcg): in the fused form the partials were
+// written by other blocks of the same launch, published by __threadfence and an atomic counter.
+#pragma once
+
+#include <cstdint>
+
+namespace trellis::cuda {
+
+inline constexpr int kMergeMaxSplits = 64;
+
+__device__ __forceinline__ float merge_warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float merge_warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Called by all 32 lanes of one warp; writes weight[0..splits). Each lane loads its splits' (m, l)
+// once (splits <= kMergeMaxSplits = 2 per lane).
+__device__ __forceinline__ void merge_split_weights(const float* base, int64_t stride, int splits, int64_t d,
+                                                    int lane, float* weight) {
+  static_assert(kMergeMaxSplits <= 64, "two splits per lane");
+  float ms[2], ls[2];
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int s = lane + 32 * j;
+    const float* p = base + s * stride;
+    ls[j] = s < splits ? __ldcg(p + d + 1) : 0.0f;
+    ms[j] = s < splits ? __ldcg(p + d) : -INFINITY;
+  }
+  float mx = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+    if (ls[j] > 0) mx = fmaxf(mx, ms[j]);
+  mx = merge_warp_max(mx);
+  float total = 0.0f, w[2];
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    w[j] = ls[j] > 0 ? expf(ms[j] - mx) : 0.0f;
+    total += ls[j] * w[j];
+  }
+  total = merge_warp_sum(total);
+  const float inv = total > 0 ? 1.0f / total : 0.0f;
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+    if (lane + 32 * j < splits) weight[lane + 32 * j] = w[j] * inv;
+}
+
+// Dim i of the merged output, after merge_split_weights' weights are visible to the caller.
+__device__ __forceinline__ float merge_split_dim(const float* base, int64_t stride, int splits, int64_t i,
+                                                 const float* weight) {
+  float o = 0.0f;
+  for (int s0 = 0; s0 < splits; s0 += 32) {
+    float v[32];
+#pragma unroll
+    for (int j = 0; j < 32; ++j)
+      v[j] = s0 + j < splits && weight[s0 + j] > 0 ? __ldcg(base + (s0 + j) * stride + i) : 0.0f;
+#pragma unroll
+    for (int j = 0; j < 32; ++j)
+      if (s0 + j < splits) o = fmaf(v[j], weight[s0 + j], o);
+  }
+  return o;
+}
+
+// Dims i and i + 1 (i even; partial rows are d + 2 floats, 8-byte aligned) at once: per dim the
+// same operations in the same order as merge_split_dim, so the same bits; 32 splits' loads in
+// flight per round.
+__device__ __forceinline__ float2 merge_split_dims2(const float* base, int64_t stride, int splits, int64_t i,
+                                                    const float* weight) {
+  float2 o = make_float2(0.0f, 0.0f);
+  for (int s0 = 0; s0 < splits; s0 += 32) {
+    float2 v[32];
+#pragma unroll
+    for (int j = 0; j < 32; ++j)
+      v[j] = s0 + j < splits && weight[s0 + j] > 0 ? __ldcg(reinterpret_cast<const float2*>(base + (s0 + j) * stride + i))
+                                                   : make_float2(0.0f, 0.0f);
+#pragma unroll
+    for (int j = 0; j < 32; ++j)
+      if (s0 + j < splits) {
+        const float w = weight[s0 + j];
+        o.x = fmaf(v[j].x, w, o.x);
+        o.y = fmaf(v[j].y, w, o.y);
+      }
+  }
+  return o;
+}
+
+}  // namespace trellis::cuda
