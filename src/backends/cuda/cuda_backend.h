@@ -20,7 +20,8 @@
 // accumulation (m > 8); attention: attention (+ merge of flash-decoding splits); EXL3 linear:
 // CudaExl3Linear (cuda_exl3.h) when that part is built in. Peephole fusions of ops recorded back to
 // back, each bit-identical to the separate launches: add + rms_norm of the same rows (add_rms_norm),
-// rope(q) + rope(k) [+ kv_store(k, v)] (rope_qk_store), silu_mul + the EXL3 linear that reads its
+// rope(q) + rope(k) [+ kv_store(k, v)] (rope_qk_store) [+ a one-row attention that needs no merge
+// launch: folded into the decode attention kernel], silu_mul + the EXL3 linear that reads its
 // output (silu in the linear's input transform); at prefill sizes the gated MLP runs as
 // CudaExl3Linear::forward_mlp. Kernels launch with programmatic dependent
 // launch on sm_90+ (cuda_launch.cuh), so a kernel's launch overlaps its predecessor's tail.
