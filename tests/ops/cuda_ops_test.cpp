@@ -488,6 +488,39 @@ TEST(CudaOps, TensorCoreAttentionAgreesWithFp32Kernel) {
     }
 }
 
+// The split-count policy (host code, runs without a GPU): context-capped splits never exceed the
+// shape's fill-the-GPU count, keep at least 64 keys per split once there are several, are a power
+// of two when the cap binds, and grow with the context; 0 keys or the switch off give the
+// shape-only count.
+TEST(CudaOps, ContextCappedAttentionSplits) {
+  for (const int sms : {1, 20, 132, 144})
+    for (const int64_t kvh : {int64_t{1}, int64_t{2}, int64_t{8}, int64_t{200}}) {
+      const int fill = cuda::attention_splits(1, 4 * kvh, kvh, sms);
+      ASSERT_GE(fill, 1);
+      ASSERT_LE(fill, 32);
+      int before = 1;
+      for (int64_t keys = 1; keys <= 5000; keys += keys < 300 ? 1 : 37) {
+        const int s = cuda::attention_splits(1, 4 * kvh, kvh, sms, keys);
+        const std::string what = std::to_string(sms) + " SMs, " + std::to_string(kvh) + " kv heads, " +
+                                 std::to_string(keys) + " keys: " + std::to_string(s) + " splits";
+        ASSERT_GE(s, 1) << what;
+        ASSERT_LE(s, fill) << what;
+        ASSERT_GE(s, before) << what;
+        if (s > 1) {
+          EXPECT_GT(keys, 64 * (s / 2)) << what;  // a split count is only reached with enough keys
+          if (s < fill) {
+            EXPECT_EQ(s & (s - 1), 0) << what;
+          }
+        }
+        before = s;
+      }
+      EXPECT_EQ(cuda::attention_splits(1, 4 * kvh, kvh, sms, 0), fill);
+      cuda::set_attention_context_splits(false);
+      EXPECT_EQ(cuda::attention_splits(1, 4 * kvh, kvh, sms, 100), fill);
+      cuda::set_attention_context_splits(true);
+    }
+}
+
 // The one-row decode kernel against the general fp32 kernel on the same cache (both fp32 math):
 // head_dim 64 and 128, GQA groups 1-4, contexts from 1 key to past 2048, with and without a
 // sliding window, with the backend's flash-decoding splits (1 to 32 by context length); and the

@@ -42,7 +42,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
-#include <string_view>
 
 #include "backends/cuda/cuda_attention_flash.h"
 #include "backends/cuda/cuda_attention_merge.cuh"
@@ -454,14 +453,7 @@ constexpr int64_t kMinKeysPerSplit = 64;
 std::atomic<int> g_context_splits{-1};  // -1: not read yet; then 0 or 1
 
 bool context_splits_enabled() {
-  int v = g_context_splits.load(std::memory_order_relaxed);
-  if (v < 0) {
-    const char* e = std::getenv("TRELLIS_CUDA_ATTENTION_CONTEXT_SPLITS");
-    int expected = -1;
-    g_context_splits.compare_exchange_strong(expected, e && std::string_view(e) == "0" ? 0 : 1);
-    v = g_context_splits.load();
-  }
-  return v == 1;
+  return cached_switch(g_context_splits, "TRELLIS_CUDA_ATTENTION_CONTEXT_SPLITS", true);
 }
 
 }  // namespace

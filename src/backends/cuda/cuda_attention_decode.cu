@@ -24,8 +24,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <string_view>
 
 #include "backends/cuda/cuda_attention_merge.cuh"
 #include "backends/cuda/cuda_launch.cuh"
@@ -40,24 +38,13 @@ constexpr int kWarps = 4;
 constexpr int kMaxGroup = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Switches read from the environment on first use, overridable by the test hooks below.
-std::atomic<int> g_decode{-1};  // -1: not read yet; then 0 or 1
+// Switches read from the environment on first use (cached_switch), overridable by the test hooks
+// below.
+std::atomic<int> g_decode{-1};
 std::atomic<int> g_merge{-1};
 std::atomic<int> g_rope{-1};
 
-bool env_switch(std::atomic<int>& g, const char* name, bool on_by_default = true) {
-  int v = g.load(std::memory_order_relaxed);
-  if (v < 0) {
-    const char* e = std::getenv(name);
-    int expected = -1;
-    const bool on = e && *e ? std::string_view(e) != "0" : on_by_default;
-    g.compare_exchange_strong(expected, on ? 1 : 0);
-    v = g.load();
-  }
-  return v == 1;
-}
-
-bool decode_enabled() { return env_switch(g_decode, "TRELLIS_CUDA_DECODE_ATTENTION"); }
+bool decode_enabled() { return cached_switch(g_decode, "TRELLIS_CUDA_DECODE_ATTENTION", true); }
 
 __device__ __forceinline__ void to_floats(const uint4& u, float f[8]) {
   const __half2* h = reinterpret_cast<const __half2*>(&u);
@@ -285,11 +272,11 @@ DecodeFn decode_fn(int64_t group) {
 void set_decode_attention(bool on) { g_decode.store(on ? 1 : 0); }
 
 // Off by default: 0.992x on the 8B decode at context 256 (H200, session 19), no gain.
-bool attention_merge_fused() { return env_switch(g_merge, "TRELLIS_CUDA_ATTENTION_MERGE", false); }
+bool attention_merge_fused() { return cached_switch(g_merge, "TRELLIS_CUDA_ATTENTION_MERGE", false); }
 
 void set_attention_merge_fused(bool on) { g_merge.store(on ? 1 : 0); }
 
-bool rope_attention_fold() { return env_switch(g_rope, "TRELLIS_CUDA_ROPE_ATTENTION"); }
+bool rope_attention_fold() { return cached_switch(g_rope, "TRELLIS_CUDA_ROPE_ATTENTION", true); }
 
 void set_rope_attention_fold(bool on) { g_rope.store(on ? 1 : 0); }
 

@@ -22,8 +22,8 @@ std::atomic<int> g_gemv_fused_in{-1};          // -1: not read yet; then 0 or 1
 std::atomic<int> g_gemv_occupancy{-1};         // -1: not read yet; then 0 or 1
 std::atomic<int> g_decode_fusion{-1};          // -1: not read yet; then 0 or 1
 
-// A switch read from the environment once (set and not empty: on unless "0"; else `dflt`) and
-// overridden by its test hook (a store of 0 or 1 into `slot`).
+}  // namespace
+
 bool cached_switch(std::atomic<int>& slot, const char* env, bool dflt) {
   int on = slot.load(std::memory_order_relaxed);
   if (on < 0) {
@@ -35,7 +35,6 @@ bool cached_switch(std::atomic<int>& slot, const char* env, bool dflt) {
   }
   return on != 0;
 }
-}  // namespace
 
 void set_prefill_fusion(bool on) { g_prefill_fusion.store(on ? 1 : 0); }
 bool prefill_fusion() { return cached_switch(g_prefill_fusion, "TRELLIS_CUDA_PREFILL_FUSION", true); }

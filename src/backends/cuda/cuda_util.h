@@ -11,6 +11,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -19,6 +20,10 @@
 #include "trellis/error.h"
 
 namespace trellis::cuda {
+
+// A switch read from the environment once (set and not empty: on unless "0"; else `dflt`) and
+// overridden by its test hook (a store of 0 or 1 into `slot`, which starts at -1).
+bool cached_switch(std::atomic<int>& slot, const char* env, bool dflt);
 
 // Throws trellis::Error(kind, message).
 [[noreturn]] void raise(ErrorKind kind, const std::string& message);
