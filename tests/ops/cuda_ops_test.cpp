@@ -488,6 +488,21 @@ TEST(CudaOps, TensorCoreAttentionAgreesWithFp32Kernel) {
     }
 }
 
+// A one-row decode attention shape: heads, kv heads, head_dim.
+struct DecodeShape {
+  int64_t nh, nkv, d;
+};
+
+AttentionParams decode_params(const DecodeShape& sh, int64_t window) {
+  AttentionParams ap;
+  ap.n_heads = sh.nh;
+  ap.n_kv_heads = sh.nkv;
+  ap.head_dim = sh.d;
+  ap.sliding_window = window;
+  ap.scale = 1.0f / std::sqrt(static_cast<float>(sh.d));
+  return ap;
+}
+
 // The split-count policy (host code, runs without a GPU): context-capped splits never exceed the
 // shape's fill-the-GPU count, keep at least 64 keys per split once there are several, are a power
 // of two when the cap binds, and grow with the context; 0 keys or the switch off give the
@@ -528,19 +543,12 @@ TEST(CudaOps, ContextCappedAttentionSplits) {
 TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
   TRELLIS_CUDA_OR_SKIP(cu);
   const bool merge_was = cuda::attention_merge_fused();
-  struct Shape {
-    int64_t nh, nkv, d;
-  };
-  for (const Shape sh : {Shape{4, 4, 64}, Shape{6, 2, 64}, Shape{8, 4, 128}, Shape{32, 8, 128}})
+  for (const DecodeShape sh : {DecodeShape{4, 4, 64}, DecodeShape{6, 2, 64}, DecodeShape{8, 4, 128},
+                               DecodeShape{32, 8, 128}})
     for (const int64_t ctx : {int64_t{1}, int64_t{7}, int64_t{100}, int64_t{700}, int64_t{2100}})
       for (const int64_t window : {int64_t{0}, int64_t{300}}) {
         ASSERT_TRUE(cuda::attention_uses_decode_kernel(1, sh.nh, sh.nkv, sh.d));
-        AttentionParams ap;
-        ap.n_heads = sh.nh;
-        ap.n_kv_heads = sh.nkv;
-        ap.head_dim = sh.d;
-        ap.sliding_window = window;
-        ap.scale = 1.0f / std::sqrt(static_cast<float>(sh.d));
+        const AttentionParams ap = decode_params(sh, window);
         const int64_t kvw = sh.nkv * sh.d;
         const auto q = random_floats(static_cast<size_t>(sh.nh * sh.d), 50 + static_cast<uint64_t>(ctx), 2.0f);
         const auto k = random_floats(static_cast<size_t>(ctx * kvw), 51, 2.0f);
@@ -583,21 +591,14 @@ TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
 TEST(CudaOps, RopeAndKvStoreFoldIntoDecodeAttention) {
   TRELLIS_CUDA_OR_SKIP(cu);
   const bool merge_was = cuda::attention_merge_fused(), fold_was = cuda::rope_attention_fold();
-  struct Shape {
-    int64_t nh, nkv, d;
-  };
-  for (const Shape sh : {Shape{32, 8, 128}, Shape{6, 2, 64}, Shape{4, 4, 64}, Shape{12, 4, 128}, Shape{144, 144, 64}})
+  for (const DecodeShape sh : {DecodeShape{32, 8, 128}, DecodeShape{6, 2, 64}, DecodeShape{4, 4, 64},
+                               DecodeShape{12, 4, 128}, DecodeShape{144, 144, 64}})
     for (const int64_t ctx : {int64_t{1}, int64_t{100}, int64_t{2100}})
       for (const int64_t window : {int64_t{0}, int64_t{300}}) {
         const std::string what = "heads " + std::to_string(sh.nh) + "/" + std::to_string(sh.nkv) + " d " +
                                  std::to_string(sh.d) + " ctx " + std::to_string(ctx) + " window " +
                                  std::to_string(window);
-        AttentionParams ap;
-        ap.n_heads = sh.nh;
-        ap.n_kv_heads = sh.nkv;
-        ap.head_dim = sh.d;
-        ap.sliding_window = window;
-        ap.scale = 1.0f / std::sqrt(static_cast<float>(sh.d));
+        const AttentionParams ap = decode_params(sh, window);
         RopeParams rp;
         for (int64_t i = 0; i < sh.d / 2; ++i)
           rp.inv_freq.push_back(std::pow(500000.0f, -2.0f * static_cast<float>(i) / static_cast<float>(sh.d)));

@@ -58,14 +58,6 @@ constexpr int kWarps = 4;
 constexpr int kQPerWarp = 4;
 constexpr int kQPerBlock = kWarps * kQPerWarp;
 
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 size_t smem_bytes(int64_t d) {
   return static_cast<size_t>(kQPerBlock * d) * 4 + static_cast<size_t>(kTile * (d + 2)) * 2 +
@@ -168,11 +160,11 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a)
       if (jj >= nw) continue;
       const bool valid = key >= qfirst[jj] && key <= qlast[jj];
       const float sc = valid ? s[jj] * a.scale : -INFINITY;
-      const float m_new = fmaxf(m[jj], warp_max(sc));
+      const float m_new = fmaxf(m[jj], warp_max_xor(sc));
       if (m_new == -INFINITY) continue;  // warp-uniform: no valid key yet
       const float c = expf(m[jj] - m_new);
       p[jj] = valid ? expf(sc - m_new) : 0.0f;
-      l[jj] = l[jj] * c + warp_sum(p[jj]);
+      l[jj] = l[jj] * c + warp_sum_xor(p[jj]);
       m[jj] = m_new;
 #pragma unroll
       for (int dd = 0; dd < DPL; ++dd) acc[jj][dd] *= c;

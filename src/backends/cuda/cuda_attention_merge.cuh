@@ -12,16 +12,16 @@
 
 #include <cstdint>
 
+#include "backends/cuda/cuda_norm.cuh"
+
 namespace trellis::cuda {
 
 inline constexpr int kMergeMaxSplits = 64;
 
-__device__ __forceinline__ float merge_warp_max(float v) {
+// The warp's max by an xor butterfly (the sum is cuda_norm.cuh's warp_sum_xor).
+__device__ __forceinline__ float warp_max_xor(float v) {
+#pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float merge_warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
 
@@ -42,14 +42,14 @@ __device__ __forceinline__ void merge_split_weights(const float* base, int64_t s
 #pragma unroll
   for (int j = 0; j < 2; ++j)
     if (ls[j] > 0) mx = fmaxf(mx, ms[j]);
-  mx = merge_warp_max(mx);
+  mx = warp_max_xor(mx);
   float total = 0.0f, w[2];
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     w[j] = ls[j] > 0 ? expf(ms[j] - mx) : 0.0f;
     total += ls[j] * w[j];
   }
-  total = merge_warp_sum(total);
+  total = warp_sum_xor(total);
   const float inv = total > 0 ? 1.0f / total : 0.0f;
 #pragma unroll
   for (int j = 0; j < 2; ++j)
