@@ -508,6 +508,8 @@ AttentionParams decode_params(const DecodeShape& sh, int64_t window) {
 // of two when the cap binds, and grow with the context; 0 keys or the switch off give the
 // shape-only count.
 TEST(CudaOps, ContextCappedAttentionSplits) {
+  const bool was = cuda::attention_context_splits();
+  cuda::set_attention_context_splits(true);
   for (const int sms : {1, 20, 132, 144})
     for (const int64_t kvh : {int64_t{1}, int64_t{2}, int64_t{8}, int64_t{200}}) {
       const int fill = cuda::attention_splits(1, 4 * kvh, kvh, sms);
@@ -532,7 +534,7 @@ TEST(CudaOps, ContextCappedAttentionSplits) {
       EXPECT_EQ(cuda::attention_splits(1, 4 * kvh, kvh, sms, 0), fill);
       cuda::set_attention_context_splits(false);
       EXPECT_EQ(cuda::attention_splits(1, 4 * kvh, kvh, sms, 100), fill);
-      cuda::set_attention_context_splits(true);
+      cuda::set_attention_context_splits(was);
     }
 }
 

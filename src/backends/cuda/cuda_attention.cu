@@ -58,7 +58,6 @@ constexpr int kWarps = 4;
 constexpr int kQPerWarp = 4;
 constexpr int kQPerBlock = kWarps * kQPerWarp;
 
-
 size_t smem_bytes(int64_t d) {
   return static_cast<size_t>(kQPerBlock * d) * 4 + static_cast<size_t>(kTile * (d + 2)) * 2 +
          static_cast<size_t>(kTile * d) * 2;
@@ -224,8 +223,11 @@ __global__ void attention_merge_kernel(AttentionArgs a) {
   const float* base = a.partial + qi * (d + 2);
   if (threadIdx.x < 32) merge_split_weights(base, stride, a.splits, d, static_cast<int>(threadIdx.x), weight);
   __syncthreads();
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-    a.out[r * a.n_heads * d + h * d + i] = merge_split_dim(base, stride, a.splits, i, weight);
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    float o[1];
+    merge_split_dims(base, stride, a.splits, i, weight, o);
+    a.out[r * a.n_heads * d + h * d + i] = o[0];
+  }
 }
 
 template <int DPL>
@@ -444,11 +446,11 @@ AttentionKernel kernel_setting() {
 constexpr int64_t kMinKeysPerSplit = 64;
 std::atomic<int> g_context_splits{-1};  // -1: not read yet; then 0 or 1
 
-bool context_splits_enabled() {
+}  // namespace
+
+bool attention_context_splits() {
   return cached_switch(g_context_splits, "TRELLIS_CUDA_ATTENTION_CONTEXT_SPLITS", true);
 }
-
-}  // namespace
 
 void set_attention_context_splits(bool on) { g_context_splits.store(on ? 1 : 0); }
 
@@ -457,7 +459,7 @@ int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_c
   if (blocks >= sm_count) return 1;
   int64_t s = (2 * int64_t{sm_count} + blocks - 1) / blocks;
   s = s < 32 ? s : 32;
-  if (keys > 0 && context_splits_enabled()) {
+  if (keys > 0 && attention_context_splits()) {
     // At least kMinKeysPerSplit keys per split, the cap a power of two (a captured graph is keyed
     // by its split count: a decode re-captures at 5 context lengths, not every 64 tokens).
     int64_t cap = 1;

@@ -110,6 +110,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
   // no other block reads that key). Same arithmetic per element as rope_qk_store_kernel.
   __shared__ __align__(16) float q_rot[G][D];
   const bool rope = a.rope_k != nullptr;
+  // With rope folded in, this launch owns q and the caches (AttentionArgs::rope_k).
+  float* const q_out = const_cast<float*>(a.q) + int64_t{kvh} * G * D;
   if (rope) {
     constexpr int kHalf = D / 2;
     const float p = static_cast<float>(last);
@@ -119,8 +121,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
       rope_pair(row[i], row[i + kHalf], p, a.rope_inv_freq[i], a.rope_scaling, q_rot[g][i], q_rot[g][i + kHalf]);
     }
     if (stores_key) {
-      __half* kc = reinterpret_cast<__half*>(a.rope_k_cache) + last * kv_width + int64_t{kvh} * D;
-      __half* vc = reinterpret_cast<__half*>(a.rope_v_cache) + last * kv_width + int64_t{kvh} * D;
+      __half* kc = reinterpret_cast<__half*>(const_cast<uint16_t*>(a.k_cache)) + last * kv_width + int64_t{kvh} * D;
+      __half* vc = reinterpret_cast<__half*>(const_cast<uint16_t*>(a.v_cache)) + last * kv_width + int64_t{kvh} * D;
       float* row = a.rope_k + int64_t{kvh} * D;
       for (int i = threadIdx.x; i < kHalf; i += kWarps * 32) {
         float y1, y2;
@@ -136,7 +138,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
     // q rotated in place as rope() leaves it, once no block can still read it unrotated: here with
     // one split; with several, by the block that merges (below).
     if (a.splits == 1)
-      for (int t = threadIdx.x; t < G * D; t += kWarps * 32) a.rope_q[int64_t{kvh} * G * D + t] = q_rot[t / D][t % D];
+      for (int t = threadIdx.x; t < G * D; t += kWarps * 32) q_out[t] = q_rot[t / D][t % D];
   }
 
   if (stores_key) load(0, kn, vn);
@@ -247,11 +249,12 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
   __syncthreads();
   for (int idx = 2 * threadIdx.x; idx < G * D; idx += 2 * kWarps * 32) {
     const int g = idx / D, i = idx % D;
-    *reinterpret_cast<float2*>(a.out + (int64_t{kvh} * G + g) * D + i) =
-        merge_split_dims2(base + g * (D + 2), stride, a.splits, i, weight[g]);
+    float o[2];
+    merge_split_dims(base + g * (D + 2), stride, a.splits, i, weight[g], o);
+    *reinterpret_cast<float2*>(a.out + (int64_t{kvh} * G + g) * D + i) = make_float2(o[0], o[1]);
   }
   if (rope)
-    for (int t = threadIdx.x; t < G * D; t += kWarps * 32) a.rope_q[int64_t{kvh} * G * D + t] = q_rot[t / D][t % D];
+    for (int t = threadIdx.x; t < G * D; t += kWarps * 32) q_out[t] = q_rot[t / D][t % D];
   if (threadIdx.x == 0) a.done[kvh] = 0;  // ready for the next launch (graph replays)
 }
 

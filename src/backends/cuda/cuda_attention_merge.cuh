@@ -4,13 +4,14 @@
 //
 // A split's partial row is (acc[0..d), m, l) in natural-log units, rows `stride` floats apart.
 // merge_split_weights (one warp) gives split s the weight exp(m_s - M) / sum_s' l_s' exp(m_s' - M),
-// M the max over non-empty splits (l > 0), and 0 to empty ones; merge_split_dim sums one dim's
-// weighted accs with 32 loads in flight before the first use (the second load round does not wait
+// M the max over non-empty splits (l > 0), and 0 to empty ones; merge_split_dims sums a thread's
+// dims' weighted accs with 32 loads in flight before the first use (the second load round does not wait
 // on the first split's rescale). Loads go through L2 (__ldcg): in the fused form the partials were
 // written by other blocks of the same launch, published by __threadfence and an atomic counter.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "backends/cuda/cuda_norm.cuh"
 
@@ -56,43 +57,30 @@ __device__ __forceinline__ void merge_split_weights(const float* base, int64_t s
     if (lane + 32 * j < splits) weight[lane + 32 * j] = w[j] * inv;
 }
 
-// Dim i of the merged output, after merge_split_weights' weights are visible to the caller.
-__device__ __forceinline__ float merge_split_dim(const float* base, int64_t stride, int splits, int64_t i,
-                                                 const float* weight) {
-  float o = 0.0f;
+// Dims i..i+N-1 (N = 1, or 2 with i even: partial rows are d + 2 floats, 8-byte aligned) of the
+// merged output, after merge_split_weights' weights are visible to the caller; each dim's sum runs
+// over the splits in order, so N = 1 and N = 2 give the same bits.
+template <int N>
+__device__ __forceinline__ void merge_split_dims(const float* base, int64_t stride, int splits, int64_t i,
+                                                 const float* weight, float (&o)[N]) {
+  static_assert(N == 1 || N == 2, "one or two dims per thread");
+  using Vec = std::conditional_t<N == 1, float, float2>;
+#pragma unroll
+  for (int c = 0; c < N; ++c) o[c] = 0.0f;
   for (int s0 = 0; s0 < splits; s0 += 32) {
-    float v[32];
+    Vec v[32];
 #pragma unroll
     for (int j = 0; j < 32; ++j)
-      v[j] = s0 + j < splits && weight[s0 + j] > 0 ? __ldcg(base + (s0 + j) * stride + i) : 0.0f;
-#pragma unroll
-    for (int j = 0; j < 32; ++j)
-      if (s0 + j < splits) o = fmaf(v[j], weight[s0 + j], o);
-  }
-  return o;
-}
-
-// Dims i and i + 1 (i even; partial rows are d + 2 floats, 8-byte aligned) at once: per dim the
-// same operations in the same order as merge_split_dim, so the same bits; 32 splits' loads in
-// flight per round.
-__device__ __forceinline__ float2 merge_split_dims2(const float* base, int64_t stride, int splits, int64_t i,
-                                                    const float* weight) {
-  float2 o = make_float2(0.0f, 0.0f);
-  for (int s0 = 0; s0 < splits; s0 += 32) {
-    float2 v[32];
-#pragma unroll
-    for (int j = 0; j < 32; ++j)
-      v[j] = s0 + j < splits && weight[s0 + j] > 0 ? __ldcg(reinterpret_cast<const float2*>(base + (s0 + j) * stride + i))
-                                                   : make_float2(0.0f, 0.0f);
+      v[j] = s0 + j < splits && weight[s0 + j] > 0 ? __ldcg(reinterpret_cast<const Vec*>(base + (s0 + j) * stride + i))
+                                                   : Vec{};
 #pragma unroll
     for (int j = 0; j < 32; ++j)
       if (s0 + j < splits) {
-        const float w = weight[s0 + j];
-        o.x = fmaf(v[j].x, w, o.x);
-        o.y = fmaf(v[j].y, w, o.y);
+        const float* vj = reinterpret_cast<const float*>(&v[j]);
+#pragma unroll
+        for (int c = 0; c < N; ++c) o[c] = fmaf(vj[c], weight[s0 + j], o[c]);
       }
   }
-  return o;
 }
 
 }  // namespace trellis::cuda

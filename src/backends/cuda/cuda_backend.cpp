@@ -880,7 +880,7 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
   keep(out);
   cudaStream_t s = stream_;
   if (const auto& lr = last_rope_store_;
-      lr && rope_attention_fold() && rows == 1 && lr->rows == 1 && lr->q == a.q && lr->kc == a.k_cache &&
+      lr && rope_attention_fold() && lr->rows == rows && lr->q == a.q && lr->kc == a.k_cache &&
       lr->vc == a.v_cache && lr->pos_off == off && lr->head_dim == a.head_dim &&
       lr->q_cols == a.n_heads * a.head_dim && lr->width == a.n_kv_heads * a.head_dim &&
       attention_takes_decode_kernel(a) && (a.splits == 1 || a.done)) {
@@ -888,12 +888,9 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
     const LastRopeStore f = *lr;
     launches_.pop_back();
     key_.resize(f.key_size);
-    a.rope_q = f.q;
     a.rope_k = f.k;
     a.rope_v = f.v;
     a.rope_scaling = f.scaling;
-    a.rope_k_cache = f.kc;
-    a.rope_v_cache = f.vc;
     const size_t freq_off = f.freq_off;
     record({kAttentionRope, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial), addr(a.done),
             addr(a.rope_k), addr(a.rope_v), static_cast<uint64_t>(a.n_heads), static_cast<uint64_t>(a.n_kv_heads),

@@ -97,16 +97,13 @@ struct AttentionArgs {
   unsigned* done = nullptr;
   // Optional, one-row decode kernel only (attention_takes_decode_kernel; splits == 1 or `done`
   // set): rope(q), rope(k) and kv_store(k, v) folded into the launch, bitwise as rope_qk_store
-  // leaves them. q is then the unrotated q (== rope_q, rotated in place by the end of the launch),
-  // rope_k the unrotated k row (rotated in place), rope_v the v row; k and v go to the caches
-  // (rope_k_cache/rope_v_cache, the same buffers as k_cache/v_cache) at pos[0].
-  float* rope_q = nullptr;
+  // leaves them. Then q is the unrotated q and the launch also writes it (rotated in place, as
+  // rope() leaves it) and the caches: rope_k is the unrotated k row (rotated in place), rope_v the
+  // v row, both stored in k_cache/v_cache at pos[0].
   float* rope_k = nullptr;
   const float* rope_v = nullptr;
   const float* rope_inv_freq = nullptr;  // [head_dim / 2]
   float rope_scaling = 1.0f;
-  uint16_t* rope_k_cache = nullptr;
-  uint16_t* rope_v_cache = nullptr;
 };
 inline constexpr int64_t kAttentionMaxHeadDim = 256;
 // Splits that fill the GPU for this shape (1 for prefill-sized batches). Given `keys` (the most
@@ -114,6 +111,7 @@ inline constexpr int64_t kAttentionMaxHeadDim = 256;
 // two (TRELLIS_CUDA_ATTENTION_CONTEXT_SPLITS=0 ignores `keys`; set_attention_context_splits
 // overrides the variable).
 int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_count, int64_t keys = 0);
+bool attention_context_splits();
 void set_attention_context_splits(bool on);
 int64_t attention_partial_floats(const AttentionArgs& a);
 // The kernels attention() chooses from. TRELLIS_CUDA_TC_ATTENTION=0 asks for kFp32 everywhere,
