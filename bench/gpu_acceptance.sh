@@ -9,7 +9,7 @@
 #            (bench/acceptance_report.py OUT_DIR renders it again)
 #   --quick  small shapes, 2 ppl / 1 kld chunks, a 2-layer SmolLM2-shaped model: checks the
 #            script and the report end to end in minutes (on lavapipe, say); numbers mean nothing
-#   --only   run only these steps: devices, tests, cli, gemv, models, memory, ab, profile
+#   --only   run only these steps: devices, tests, cli, gemv, models, memory, ab, profile, srcprof, timeline
 # Steps, each on every backend `trellis devices` lists (CUDA and Vulkan device 0; the CPU as the
 # reference where one is needed):
 #   tests    trellis_tests '*Cuda*' and '*Vulkan*' (gtest XML); TRELLIS_TESTS_FILTER=F runs filter F only
@@ -29,6 +29,10 @@
 #            four shapes, and the 3 bpw 8B model's decode at context 256 on the backend the
 #            switch belongs to; the report gives the ratios (roughly 1.5 minutes per switch on
 #            an H200, an estimate: name three or four in TRELLIS_AB per 10-minute call)
+#   timeline (only when named) per-block phase times of decode GEMV launches, from a
+#            -DTRELLIS_CUDA_GEMV_TIMELINE build (bench/gemv_timeline.py): timeline/report.md
+#   srcprof  (only when named) Nsight Compute's per-instruction warp-state samples of one decode
+#            layer's four GEMV launches (the 3 bpw 8B model, context 256): srcprof/sass.csv
 #   profile  (only when named) Nsight Compute on the CUDA backend: the 3 bpw 8B model's decode
 #            step at context 256, GPU time per kernel (bench/profile_report.py), and the
 #            scheduler, warp-state, pipe and occupancy sections of the K = 3 MCG GEMV on
@@ -287,6 +291,45 @@ if wants profile && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
         --shapes 8192x28672 --reps 2 --warmup 0 > /dev/null 2> '$out/profile/gemv_$name.log'"
     done
   fi
+fi
+
+if wants srcprof && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
+  # Where the decode GEMVs' warps wait, instruction by instruction: Nsight Compute's source
+  # counters (warp-state samples per SASS instruction) of one layer's four K = 3 GEMV launches
+  # (q/k/v, o, gate/up, down) in the second decode step of the 8B model at context 256. The
+  # launches skipped are the first decode step's (TRELLIS_SRCPROF_SKIP, default 128).
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2> /dev/null | head -1)
+  if [ -z "$ncu" ]; then
+    echo "srcprof: no ncu (Nsight Compute) on this machine" >&2
+    echo "srcprof_ncu 1" >> "$steps"
+    status=1
+  else
+    mkdir -p "$out/srcprof" "$models"
+    step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
+    step srcprof_layer bash -c "'$ncu' --clock-control none --kernel-name-base demangled \
+      -k 'regex:gemv_kernel<\(int\)3' --launch-skip ${TRELLIS_SRCPROF_SKIP:-128} --launch-count 4 \
+      --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
+      --section WarpStateStats --section SourceCounters --import-source no -f -o '$out/srcprof/layer' \
+      '$bin/trellis_bench_model' -m '$models/l8b3' --device cuda:0 --prompt 256 --gen 3 --reps 1 --warmup 0 \
+      > '$out/srcprof/layer.log' 2>&1"
+    step srcprof_details bash -c "'$ncu' -i '$out/srcprof/layer.ncu-rep' --print-units base > '$out/srcprof/details.txt' 2>&1"
+    step srcprof_sass bash -c "'$ncu' -i '$out/srcprof/layer.ncu-rep' --page source --csv --print-source sass \
+      > '$out/srcprof/sass.csv' 2> '$out/srcprof/sass.log'"
+  fi
+fi
+
+if wants timeline && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
+  # Per-block phase times of eight decode GEMV launches (two layers of the second decode step of
+  # the 3 bpw 8B model at context 256), from a -DTRELLIS_CUDA_GEMV_TIMELINE build's bench binary
+  # in $TRELLIS_TIMELINE_BIN (default /tmp/tl: stage_gpu_run.sh's AB_BUILDS entry named tl).
+  tl_bin=${TRELLIS_TIMELINE_BIN:-/tmp/tl}
+  mkdir -p "$out/timeline" "$models"
+  step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
+  step timeline_run bash -c "TRELLIS_GEMV_TIMELINE_OUT='$out/timeline/records.txt' \
+    TRELLIS_GEMV_TIMELINE_FIRST=${TRELLIS_TIMELINE_FIRST:-129} '$tl_bin/trellis_bench_model' -m '$models/l8b3' \
+    --device cuda:0 --prompt 256 --gen 16 --reps 1 --warmup 0 > '$out/timeline/bench.json' 2> '$out/timeline/stderr.log'"
+  step timeline_report bash -c "'$py' '$src/bench/gemv_timeline.py' '$out/timeline/records.txt' \
+    '$out/timeline/stderr.log' > '$out/timeline/report.md'"
 fi
 
 # The report compares the logits files once (cli/logits_compare.json) and they go: 16+ MB each.

@@ -34,6 +34,8 @@
 #include <cuda_fp16.h>
 
 #include <array>
+#include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <span>
 #include <string>
@@ -78,7 +80,45 @@ struct SharedWords {
 struct GemvGroupArgs {
   GemvItem item[kMaxGroup];
   int count, m, k_tiles;
+#ifdef TRELLIS_CUDA_GEMV_TIMELINE
+  int tl_slot;  // which g_tl slot this launch records into, or -1
+#endif
 };
+
+#ifdef TRELLIS_CUDA_GEMV_TIMELINE
+// Diagnostic builds only (-DTRELLIS_CUDA_GEMV_TIMELINE; bench/gemv_timeline.py reads the file):
+// thread 0 of every block of kTlSlots chosen launches records when the block started
+// (%globaltimer, ns) and the SM clocks elapsed at each phase of the kernel, to find where a
+// decode-sized launch spends the time that the loop does not explain. Launches are numbered in
+// the order gemv_group() enqueues them (graph captures included: a replay overwrites its slots);
+// TRELLIS_GEMV_TIMELINE_FIRST picks the first recorded one (default 129: the second decode step of
+// an 8B model) and the records go to TRELLIS_GEMV_TIMELINE_OUT at exit.
+constexpr int kTlSlots = 8, kTlBlocks = 4096, kTlMarks = 6;
+struct TlRecord {
+  unsigned long long t0, t1;  // %globaltimer at entry and at exit
+  unsigned clk[kTlMarks];     // clock64() - entry: after pdl_begin, input transform, first slab, loop, count, merge
+  unsigned smid, last;
+};
+__device__ TlRecord g_tl[kTlSlots][kTlBlocks];
+__device__ __forceinline__ unsigned long long tl_gtimer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ unsigned tl_smid() {
+  unsigned v;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(v));
+  return v;
+}
+#define TRELLIS_TL_MARK(i)                                                                          \
+  do {                                                                                             \
+    if (tl) tl->clk[i] = static_cast<unsigned>(clock64() - tl_c0);                                 \
+  } while (0)
+#else
+#define TRELLIS_TL_MARK(i) \
+  do {                     \
+  } while (0)
+#endif
 
 // How lanes turn decoded weights into MMA operands (cuda_util.h gemv_halves / gemv_weights_a):
 // kPairs, two weights' fp16 values per word (the default); kHalves, one weight per word as its two
@@ -105,6 +145,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
   constexpr int kChunksT = 2 * K * G;  // 16-byte chunks of trellis per slab
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#ifdef TRELLIS_CUDA_GEMV_TIMELINE
+  TlRecord* const tl = args.tl_slot >= 0 && threadIdx.x == 0 && blockIdx.x < kTlBlocks ? &g_tl[args.tl_slot][blockIdx.x] : nullptr;
+  const long long tl_c0 = clock64();
+  if (tl) tl->t0 = tl_gtimer(), tl->smid = tl_smid(), tl->last = 0;
+#endif
   int b = static_cast<int>(blockIdx.x), li = 0;
   while (li + 1 < args.count && b >= args.item[li].blocks) b -= args.item[li].blocks, ++li;
   const GemvItem& item = args.item[li];
@@ -173,6 +218,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
     if (s < iters && copies_act) cp_async16(ring + s * stage_bytes + lane * 16 + kChunksT * 16, src_a + s * stride_a);
     cp_async_commit();
   }
+  TRELLIS_TL_MARK(0);
   if constexpr (Fuse == 2) {
     // The input transform of the 128-blocks that overlap this block's k range (slabs tk0 .. tk1 - 1):
     // warp w takes (row, 128-block) pairs w, w + W, ...; hadamard_in's arithmetic, into the
@@ -232,6 +278,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
     }
     __syncthreads();
   }
+  TRELLIS_TL_MARK(1);
   issued = kStages - 1;
   src_t += (kStages - 1) * stride_t;
   src_a += (kStages - 1) * stride_a;
@@ -268,6 +315,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
     issue();
     cp_async_wait<kStages - 1>();
     __syncwarp();
+#ifdef TRELLIS_CUDA_GEMV_TIMELINE
+    if (it == 0) TRELLIS_TL_MARK(2);
+#endif
     const uint32_t slot = static_cast<uint32_t>((it % kStages) * stage_bytes);
     // The activations' A fragment of batch row a_row (g, or g / 2 when they are B) for quad q.
     uint4 a = make_uint4(0, 0, 0, 0);
@@ -338,6 +388,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
   }
   cp_async_wait<0>();
   __syncthreads();
+  TRELLIS_TL_MARK(3);
 
   // Rows 0-7 of D are the hi products, rows 8-15 the lo products of the same batch rows.
   constexpr int kCols = 16 * G;
@@ -393,6 +444,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(item.done + group, 1u) == static_cast<unsigned>(splits - 1);
     __syncthreads();
+    TRELLIS_TL_MARK(4);
+#ifdef TRELLIS_CUDA_GEMV_TIMELINE
+    if (tl) tl->last = last;
+#endif
     if (last) {
       __threadfence();
       const int e0 = group * kCols + 4 * lane;
@@ -425,6 +480,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
       if (threadIdx.x == 0) item.done[group] = 0;  // ready for the next launch (graph replays)
     }
   }
+#ifdef TRELLIS_CUDA_GEMV_TIMELINE
+  __syncthreads();
+  TRELLIS_TL_MARK(5);
+  if (tl) tl->t1 = tl_gtimer();
+#endif
 }
 
 constexpr int kDecodeTiles = 4;  // tile rows per warp of decode_kernel; divides k/16 (k % 128 == 0)
@@ -503,6 +563,47 @@ const std::array<std::array<DecodeFn, 8>, 3> kDecodeTable = {decode_row<0>(std::
 
 const char* const kCbNames[3] = {"3inst", "mcg", "mul1"};
 
+#ifdef TRELLIS_CUDA_GEMV_TIMELINE
+// At exit (before the CUDA runtime tears down: registered after it initialised), the recorded
+// blocks as text: "slot block smid last t0 t1 clk0 .. clk5", one line each.
+void timeline_dump() {
+  const char* path = std::getenv("TRELLIS_GEMV_TIMELINE_OUT");
+  static TlRecord host[kTlSlots][kTlBlocks];
+  if (!path || cudaDeviceSynchronize() != cudaSuccess || cudaMemcpyFromSymbol(host, g_tl, sizeof(host)) != cudaSuccess) {
+    std::fprintf(stderr, "gemv timeline: nothing written\n");
+    return;
+  }
+  std::FILE* f = std::fopen(path, "w");
+  if (!f) return;
+  for (int s = 0; s < kTlSlots; ++s)
+    for (int b = 0; b < kTlBlocks; ++b) {
+      const TlRecord& r = host[s][b];
+      if (r.t0 == 0) continue;
+      std::fprintf(f, "%d %d %u %u %llu %llu", s, b, r.smid, r.last, r.t0, r.t1);
+      for (unsigned c : r.clk) std::fprintf(f, " %u", c);
+      std::fprintf(f, "\n");
+    }
+  std::fclose(f);
+}
+
+int timeline_slot(int K, int codebook, std::span<const GemvItem> items, int64_t m, int64_t k, int64_t blocks) {
+  static int seq = 0;
+  static const int first = [] {
+    const char* v = std::getenv("TRELLIS_GEMV_TIMELINE_FIRST");
+    std::atexit(timeline_dump);
+    return v ? std::atoi(v) : 129;
+  }();
+  const int slot = seq - first;
+  ++seq;
+  if (slot < 0 || slot >= kTlSlots) return -1;
+  std::fprintf(stderr, "gemv timeline slot %d: K %d cb %d m %lld k %lld blocks %lld items", slot, K, codebook,
+               static_cast<long long>(m), static_cast<long long>(k), static_cast<long long>(blocks));
+  for (const GemvItem& it : items) std::fprintf(stderr, " [n %d splits %d fused %d]", it.n_tiles * 16, it.splits, it.x ? 2 : it.done ? 1 : 0);
+  std::fprintf(stderr, "\n");
+  return slot;
+}
+#endif
+
 }  // namespace
 
 size_t gemv_ring_bytes(int K, int64_t m) {
@@ -567,6 +668,9 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
             "cudaFuncSetAttribute (EXL3 GEMV shared memory)");
     });
   }
+#ifdef TRELLIS_CUDA_GEMV_TIMELINE
+  args.tl_slot = timeline_slot(K, codebook, items, m, k, blocks);
+#endif
   launch(gemv_name(K, codebook), fn, dim3(static_cast<unsigned>(blocks)), dim3(kGemvWarps * 32), smem, stream, args);
 }
 
