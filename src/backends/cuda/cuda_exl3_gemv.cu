@@ -88,7 +88,6 @@ struct SharedWords {
 struct GemvGroupArgs {
   GemvItem item[kMaxGroup];
   int count, m, k_tiles;
-  int early_stages;  // ring stages whose trellis is requested before pdl_begin (1 .. kStages - 1)
 #ifdef TRELLIS_CUDA_GEMV_TIMELINE
   int tl_slot;  // which g_tl slot this launch records into, or -1
 #endif
@@ -209,28 +208,26 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
   float acc_sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // halves + MUL1: Σ of the activations (every column)
 
   const int g = lane >> 2, q = lane & 3;
-  // Prologue. The first stages' trellis is constant data, so the first args.early_stages stages'
-  // are requested before pdl_begin() (while the previous kernel may still be running); the
-  // activations only after. Group 0 holds all of those stages' trellis and stage 0's activations.
-  // The other prologue stages are requested after the fused input transform has loaded x, so that
-  // x's loads do not queue behind them (a decode-sized launch requests ~36 KB of trellis per SM
-  // here, ~1.5 µs of the SM's share of HBM bandwidth).
-  auto prologue_trellis = [&](int s) {
+  // Prologue. The first stages' trellis is constant data, so it is requested before pdl_begin()
+  // (while the previous kernel, e.g. the input transform, may still be running); the activations
+  // only after. Group 0 holds all of the prologue's trellis and stage 0's activations. (Requesting
+  // only stage 0 early and the rest after the fused input transform's loads measured no faster:
+  // session 20, docs/BENCHMARKS.md.)
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
     if (s < iters) {
       unsigned char* dst = ring + s * stage_bytes + lane * 16;
 #pragma unroll
       for (int c = 0; c < kChunksT; c += 32)
         if (kChunksT % 32 == 0 || c + lane < kChunksT) cp_async16(dst + c * 16, src_t + s * stride_t + c * 16);
     }
-  };
-  auto prologue_act = [&](int s) {
+  }
+  pdl_begin();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
     if (s < iters && copies_act) cp_async16(ring + s * stage_bytes + lane * 16 + kChunksT * 16, src_a + s * stride_a);
     cp_async_commit();
-  };
-  const int early = args.early_stages;
-  for (int s = 0; s < early; ++s) prologue_trellis(s);
-  pdl_begin();
-  for (int s = 0; s < early; ++s) prologue_act(s);
+  }
   TRELLIS_TL_MARK(0);
   if constexpr (Fuse == 2) {
     // The input transform of the 128-blocks that overlap this block's k range (slabs tk0 .. tk1 - 1):
@@ -288,12 +285,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
       hi_lo4(v, hi, lo);
       if (inside) store_fragments4(hi, lo, xs, m, row, e0 - tk0 * 16);
     }
+    __syncthreads();
   }
-  for (int s = early; s < kStages - 1; ++s) {
-    prologue_trellis(s);
-    prologue_act(s);
-  }
-  if constexpr (Fuse == 2) __syncthreads();
   TRELLIS_TL_MARK(1);
   issued = kStages - 1;
   src_t += (kStages - 1) * stride_t;
@@ -705,7 +698,6 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
       smem = std::max(smem, gemv_ring_bytes(K, m) + act);
     }
   }
-  args.early_stages = gemv_early_stages();
   for (const GemvItem& it : items)
     if (it.done && it.splits > kGemvMaxSplits)
       throw Error(ErrorKind::kInternal, "exl3_gemv: " + std::to_string(it.splits) + " k-splits (the fused output merges at most " +

@@ -66,11 +66,6 @@ int gemv_blocks_per_sm() {
   return blocks;
 }
 
-int gemv_early_stages() {
-  static const int stages = static_cast<int>(env_int("TRELLIS_CUDA_GEMV_EARLY_STAGES", 3, 1, 3));
-  return stages;
-}
-
 void set_fused_reconstruct_rows(int64_t rows) { g_reconstruct_rows.store(rows < 0 ? 0 : rows); }
 
 bool fused_reconstruct(int64_t m) {

@@ -134,12 +134,6 @@ void set_decode_fusion(bool on);  // test hook
 // 8192x28672 forward 1.15-1.20x, the 8B shapes within 2%, 8B decode +1%). Larger values are
 // untried (bench/gpu_acceptance.sh ab takes VAR=a/b).
 int gemv_blocks_per_sm();
-// How many of the EXL3 GEMV's 3 prologue ring stages have their trellis requested before the
-// kernel waits for its predecessor (pdl_begin): TRELLIS_CUDA_GEMV_EARLY_STAGES = 1..3, default 3.
-// The others are requested after the fused input transform has loaded x, so that x's loads do
-// not queue behind them (the session-20 timeline: a decode-sized launch spends ~2 µs in its input
-// transform, one x load deep).
-int gemv_early_stages();
 // Whether launch() (cuda_launch.cuh) gives kernels on the current device the programmatic
 // dependent launch attribute: compute capability >= 9.0 and TRELLIS_CUDA_PDL not "0".
 bool pdl_enabled();
