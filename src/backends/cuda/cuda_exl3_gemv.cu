@@ -445,8 +445,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
     z[(static_cast<int64_t>(split) * m + row) * n + static_cast<int64_t>(group) * kCols + col] = sum;
   }
   if constexpr (Fuse != 0) {
-    // Fused output transform: the last of the group's `splits` blocks (threadFenceReduction
-    // pattern) reads every partial back from L2 and runs hadamard_out's arithmetic on them.
+    // Fused output transform: the last of the group's `splits` blocks to be counted reads every
+    // partial back from L2 and runs hadamard_out's arithmetic on them.
     static_assert(kCols == 128, "one column group is one Hadamard block");
     // Counting: thread 0's acq_rel atomic releases the block's partials (ordered before it by the
     // barrier) and, in the last block, acquires everyone else's (the barrier after it orders the
