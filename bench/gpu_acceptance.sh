@@ -32,7 +32,8 @@
 #   timeline (only when named) per-block phase times of decode GEMV launches, from a
 #            -DTRELLIS_CUDA_GEMV_TIMELINE build (bench/gemv_timeline.py): timeline/report.md
 #   srcprof  (only when named) Nsight Compute's per-instruction warp-state samples of one decode
-#            layer's four GEMV launches (the 3 bpw 8B model, context 256): srcprof/sass.csv
+#            layer's four GEMV launches (the 3 bpw 8B model, context 256): srcprof/report.md
+#            (bench/srcprof_report.py) and srcprof/sass.csv
 #   profile  (only when named) Nsight Compute on the CUDA backend: the 3 bpw 8B model's decode
 #            step at context 256, GPU time per kernel (bench/profile_report.py), and the
 #            scheduler, warp-state, pipe and occupancy sections of the K = 3 MCG GEMV on
@@ -315,6 +316,7 @@ if wants srcprof && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
     step srcprof_details bash -c "'$ncu' -i '$out/srcprof/layer.ncu-rep' --print-units base > '$out/srcprof/details.txt' 2>&1"
     step srcprof_sass bash -c "'$ncu' -i '$out/srcprof/layer.ncu-rep' --page source --csv --print-source sass \
       > '$out/srcprof/sass.csv' 2> '$out/srcprof/sass.log'"
+    step srcprof_report bash -c "'$py' '$src/bench/srcprof_report.py' '$out/srcprof/sass.csv' > '$out/srcprof/report.md'"
   fi
 fi
 

@@ -53,6 +53,7 @@ namespace trellis::cuda::exl3k {
 namespace {
 
 constexpr int kStages = 4;
+constexpr int kGemvMaxSplits = CudaExl3Linear::kMaxGemvSplits;  // the fused output's merge holds them all
 constexpr int kGemvOccupancyBlocks = 10;  // per-warp ring depth (slabs); 6 measured no faster
 constexpr int kActBytesMax = 8 * 64;
 
@@ -69,6 +70,13 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr) {
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
   return v;
 }
+// old = *p, *p += v, with acquire and release semantics at GPU scope (PTX memory model).
+__device__ __forceinline__ unsigned atomic_add_acq_rel_gpu(unsigned* p, unsigned v) {
+  unsigned old;
+  asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+
 // A tile's words in shared memory, indexed as the decode functions index a pointer.
 struct SharedWords {
   uint32_t base;
@@ -202,7 +210,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
   const int g = lane >> 2, q = lane & 3;
   // Prologue. The first stages' trellis is constant data, so it is requested before pdl_begin()
   // (while the previous kernel, e.g. the input transform, may still be running); the activations
-  // only after. Group 0 holds all of the prologue's trellis and stage 0's activations.
+  // only after. Group 0 holds all of the prologue's trellis and stage 0's activations. (Requesting
+  // only stage 0 early and the rest after the fused input transform's loads measured no faster:
+  // session 20, docs/BENCHMARKS.md.)
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < iters) {
@@ -228,19 +238,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
     const int hb0 = tk0 / 8, hb1 = tk1 > tk0 ? (tk1 + 7) / 8 : hb0;
     const int nhb = hb1 - hb0;
     auto* xs = reinterpret_cast<uint16_t*>(act_area);
-    // Fused RMSNorm: the row's group sums of squares added in group order (cuda_norm.cuh), one
-    // warp per row: lane i loads group i's sum, the lanes add them in order through shuffles.
-    __shared__ float norm_inv[8];
-    if (item.fusion.norm_w) {
-      const int groups = item.in_features / 128;  // <= 32
-      for (int row = warp; row < m; row += kGemvWarps) {
-        const float p = lane < groups ? item.fusion.norm_sumsq[static_cast<int64_t>(row) * groups + lane] : 0.0f;
-        float total = 0.0f;
-        for (int i = 0; i < groups; ++i) total = __fadd_rn(total, __shfl_sync(0xFFFFFFFFu, p, i));
-        if (lane == 0) norm_inv[row] = rms_inv(total, item.in_features, item.fusion.norm_eps);
-      }
-      __syncthreads();
-    }
     const bool writes_norm = item.fusion.norm_out && li == 0 && group == 0;
     for (int idx = warp; idx < m * nhb; idx += kGemvWarps) {
       const int row = idx / nhb, e0 = (hb0 + idx - row * nhb) * 128 + 4 * lane;
@@ -251,7 +248,19 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
       float v[4];
       if (item.fusion.norm_w) {  // in_features == k: every element is inside
         const float4 xv = ld4(xr + e0), wv = ld4(item.fusion.norm_w + e0);
-        const float inv = norm_inv[row];
+        // Fused RMSNorm: the row's group sums of squares added in group order (cuda_norm.cuh). Every
+        // lane loads all of them along with x and adds them itself, so the norm costs no round
+        // trip of its own (it was a load, then 32 shuffles in a chain, then a barrier).
+        const int groups = item.in_features / 128;  // <= 32 (kExl3FusedNormMaxCols)
+        const float* ss = item.fusion.norm_sumsq + static_cast<int64_t>(row) * groups;
+        float part[32];
+#pragma unroll
+        for (int i = 0; i < 32; ++i) part[i] = i < groups ? ss[i] : 0.0f;
+        float total = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 32; ++i)
+          if (i < groups) total = __fadd_rn(total, part[i]);
+        const float inv = rms_inv(total, item.in_features, item.fusion.norm_eps);
         const float h[4] = {rms_apply(xv.x, inv, wv.x), rms_apply(xv.y, inv, wv.y), rms_apply(xv.z, inv, wv.z),
                             rms_apply(xv.w, inv, wv.w)};
         if (writes_norm && inside)
@@ -436,27 +445,53 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
     z[(static_cast<int64_t>(split) * m + row) * n + static_cast<int64_t>(group) * kCols + col] = sum;
   }
   if constexpr (Fuse != 0) {
-    // Fused output transform: the last of the group's `splits` blocks (threadFenceReduction
-    // pattern) reads every partial back from L2 and runs hadamard_out's arithmetic on them.
+    // Fused output transform: the last of the group's `splits` blocks to be counted reads every
+    // partial back from L2 and runs hadamard_out's arithmetic on them.
     static_assert(kCols == 128, "one column group is one Hadamard block");
+    // Counting: thread 0's acq_rel atomic releases the block's partials (ordered before it by the
+    // barrier) and, in the last block, acquires everyone else's (the barrier after it orders the
+    // other threads' loads after it): no device-wide fence by every thread.
     __shared__ unsigned last;
-    __threadfence();  // this block's partials are visible device-wide before it is counted
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(item.done + group, 1u) == static_cast<unsigned>(splits - 1);
+    if (threadIdx.x == 0) last = atomic_add_acq_rel_gpu(item.done + group, 1u) == static_cast<unsigned>(splits - 1);
     __syncthreads();
     TRELLIS_TL_MARK(4);
 #ifdef TRELLIS_CUDA_GEMV_TIMELINE
     if (tl) tl->last = last;
 #endif
     if (last) {
-      __threadfence();
       const int e0 = group * kCols + 4 * lane;
-      for (int row = warp; row < m; row += kGemvWarps) {
+      // svh and bias of the lane's 4 outputs, loaded before the sums so that they are in flight with them.
+      float svh[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) svh[j] = item.svh[e0 + j];  // svh has n entries
+      float bias[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      if (item.bias)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (e0 + j < item.out_features) bias[j] = item.bias[e0 + j];
+      // The split sums, in split order as hadamard_out adds its parts, one row at a time: the whole
+      // block copies every split's 128 partials of the row into shared memory with all copies in
+      // flight at once (gemv_merge_smem_bytes), then warp row % kGemvWarps adds them. The plain loop
+      // went out 16 loads at a time (two L2 round trips on the launch's critical path at 32 splits);
+      // holding all 32 in registers took ptxas to 176 registers.
+      const char* zg = reinterpret_cast<const char*>(z + static_cast<int64_t>(group) * kCols);
+      for (int row = 0; row < m; ++row) {
+        const bool mine = warp == row % kGemvWarps;
         float* xres = item.fusion.resid ? item.fusion.resid + static_cast<int64_t>(row) * item.out_features + e0 : nullptr;
-        const float4 xold = xres ? ld4(xres) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // in flight with the sums
+        const float4 xold = mine && xres ? ld4(xres) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // in flight with the copies
+        for (int c = static_cast<int>(threadIdx.x); c < splits * 32; c += kGemvWarps * 32)
+          cp_async16(smem + c * 16, zg + (static_cast<int64_t>(c >> 5) * m + row) * n * 4 + (c & 31) * 16);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        if (!mine) {
+          __syncthreads();
+          continue;
+        }
         float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int p = 0; p < splits; ++p) {  // split order, as hadamard_out sums its parts
-          const float4 t = __ldcg(reinterpret_cast<const float4*>(z + (static_cast<int64_t>(p) * m + row) * n + e0));
+        for (int p = 0; p < splits; ++p) {
+          const float4 t = *reinterpret_cast<const float4*>(smem + p * 512 + lane * 16);
           v[0] += t.x;
           v[1] += t.y;
           v[2] += t.z;
@@ -464,8 +499,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
         }
         fwht128(v, lane);
         float r[4];
-        out_store4(v, e0, item.out_features, item.svh, item.bias,
-                   item.y + static_cast<int64_t>(row) * item.out_features + e0, r);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) r[j] = out_value(v[j], svh[j], item.bias && e0 + j < item.out_features, bias[j]);
+        store_out4(r, e0, item.out_features, item.y + static_cast<int64_t>(row) * item.out_features + e0);
         if (xres) {  // out_features == n: every element is inside
           float4 xv = xold;
           xv.x += r[0];
@@ -476,6 +512,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
           const float ss = warp_sum_xor(sumsq4(xv.x, xv.y, xv.z, xv.w));
           if (lane == 0) item.fusion.resid_sumsq[static_cast<int64_t>(row) * (n / kCols) + group] = ss;
         }
+        __syncthreads();  // the next row's copies reuse the staging area
       }
       if (threadIdx.x == 0) item.done[group] = 0;  // ready for the next launch (graph replays)
     }
@@ -604,6 +641,9 @@ int timeline_slot(int K, int codebook, std::span<const GemvItem> items, int64_t 
 }
 #endif
 
+// Shared memory the fused output's merge stages the split partials of one row in.
+size_t gemv_merge_smem_bytes(int splits) { return static_cast<size_t>(splits) * 128 * sizeof(float); }
+
 }  // namespace
 
 size_t gemv_ring_bytes(int K, int64_t m) {
@@ -651,19 +691,26 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
   for (const GemvItem& it : items) {
     if ((it.x ? 2 : it.done ? 1 : 0) != fuse || (it.x && !it.done))
       throw Error(ErrorKind::kInternal, "exl3_gemv: group mixes fused and separate transforms");
+    if (fuse != 0) smem = std::max(smem, gemv_merge_smem_bytes(it.splits));
     if (fuse == 2) {
       const size_t act = static_cast<size_t>(m) * gemv_split_slabs(args.k_tiles, it.splits) * 64;
       if (act > kFusedInActBytes) throw Error(ErrorKind::kInternal, "exl3_gemv: fused input range too large");
       smem = std::max(smem, gemv_ring_bytes(K, m) + act);
     }
   }
+  for (const GemvItem& it : items)
+    if (it.done && it.splits > kGemvMaxSplits)
+      throw Error(ErrorKind::kInternal, "exl3_gemv: " + std::to_string(it.splits) + " k-splits (the fused output merges at most " +
+                                            std::to_string(kGemvMaxSplits) + ")");
   const int mode = (gemv_halves() ? kHalves : kPairs) + (m <= 4 && gemv_weights_a() ? kPairsWA : 0);
   const bool occ = mode == kPairs && fuse == 0 && gemv_occupancy();
   const GemvFn fn = occ ? kGemvOccupancyTable[codebook][K - 1] : kGemvTable[fuse][mode][codebook][K - 1];
   if (smem > 48 * 1024) {  // above the default dynamic shared memory limit: opt in once per kernel
     static std::once_flag once[2][3][4][3][8];
     std::call_once(once[occ][fuse][mode][codebook][K - 1], [&] {
-      const size_t most = std::max(gemv_smem_bytes(K, 8), fuse == 2 ? gemv_ring_bytes(K, 8) + kFusedInActBytes : 0);
+      const size_t merge = fuse != 0 ? gemv_merge_smem_bytes(kGemvMaxSplits) : 0;
+      const size_t most = std::max(std::max(gemv_smem_bytes(K, 8), merge),
+                                   fuse == 2 ? gemv_ring_bytes(K, 8) + kFusedInActBytes : size_t{0});
       check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)),
             "cudaFuncSetAttribute (EXL3 GEMV shared memory)");
     });

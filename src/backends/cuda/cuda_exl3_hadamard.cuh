@@ -35,21 +35,14 @@ __device__ __forceinline__ void fwht128(float v[4], int lane) {
   }
 }
 
-// y elements e0 .. e0+3 of one row from the transformed sums v: ⊙ svh (· kScale), + bias, into r
-// (out_store4 then stores them, padded columns dropped).
-__device__ __forceinline__ void out_values4(const float v[4], int e0, int out_features, const float* __restrict__ svh,
-                                            const float* __restrict__ bias, float r[4]) {
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    const int e = e0 + q;
-    r[q] = __fmul_rn(__fmul_rn(v[q], kScale), svh[e]);  // svh has n entries
-    if (bias && e < out_features) r[q] = __fadd_rn(r[q], bias[e]);
-  }
+// One output of the transformed sum v: · kScale, ⊙ svh, + bias where add_bias.
+__device__ __forceinline__ float out_value(float v, float svh, bool add_bias, float bias) {
+  const float r = __fmul_rn(__fmul_rn(v, kScale), svh);
+  return add_bias ? __fadd_rn(r, bias) : r;
 }
 
-__device__ __forceinline__ void out_store4(const float v[4], int e0, int out_features, const float* __restrict__ svh,
-                                           const float* __restrict__ bias, float* __restrict__ yr, float r[4]) {
-  out_values4(v, e0, out_features, svh, bias, r);
+// Stores y elements e0 .. e0+3 of one row (yr points at element e0), padded columns dropped.
+__device__ __forceinline__ void store_out4(const float r[4], int e0, int out_features, float* __restrict__ yr) {
   if (e0 + 3 < out_features && aligned16(yr)) {
     *reinterpret_cast<float4*>(yr) = make_float4(r[0], r[1], r[2], r[3]);
   } else {
@@ -57,6 +50,24 @@ __device__ __forceinline__ void out_store4(const float v[4], int e0, int out_fea
     for (int q = 0; q < 4; ++q)
       if (e0 + q < out_features) yr[q] = r[q];
   }
+}
+
+// y elements e0 .. e0+3 of one row from the transformed sums v: ⊙ svh (· kScale), + bias, into r
+// (out_store4 then stores them, padded columns dropped).
+__device__ __forceinline__ void out_values4(const float v[4], int e0, int out_features, const float* __restrict__ svh,
+                                            const float* __restrict__ bias, float r[4]) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int e = e0 + q;
+    const bool add_bias = bias && e < out_features;
+    r[q] = out_value(v[q], svh[e], add_bias, add_bias ? bias[e] : 0.0f);  // svh has n entries
+  }
+}
+
+__device__ __forceinline__ void out_store4(const float v[4], int e0, int out_features, const float* __restrict__ svh,
+                                           const float* __restrict__ bias, float* __restrict__ yr, float r[4]) {
+  out_values4(v, e0, out_features, svh, bias, r);
+  store_out4(r, e0, out_features, yr);
 }
 
 __device__ __forceinline__ void out_store4(const float v[4], int e0, int out_features, const float* __restrict__ svh,
