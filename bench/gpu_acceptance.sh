@@ -248,13 +248,18 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
   done
 fi
 
-if wants profile && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
+# find_ncu STEP: sets ncu to Nsight Compute's CLI, or logs STEP_ncu as failed and returns 1.
+find_ncu() {
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2> /dev/null | head -1)
-  if [ -z "$ncu" ]; then
-    echo "profile: no ncu (Nsight Compute) on this machine" >&2
-    echo "profile_ncu 1" >> "$steps"
-    status=1
-  else
+  [ -n "$ncu" ] && return 0
+  echo "$1: no ncu (Nsight Compute) on this machine" >&2
+  echo "$1_ncu 1" >> "$steps"
+  status=1
+  return 1
+}
+
+if wants profile && [[ " ${devs[*]} " == *" cuda:0 "* ]] && find_ncu profile; then
+  {
     mkdir -p "$out/profile" "$models"
     step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
     # The decode without the profiler, then the same decode under it with 2 and 6 steps: the
@@ -291,20 +296,15 @@ if wants profile && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
         --log-file '$out/profile/gemv_$name.txt' '$bin/trellis_bench_cuda_exl3' --K 3 --codebooks mcg \
         --shapes 8192x28672 --reps 2 --warmup 0 > /dev/null 2> '$out/profile/gemv_$name.log'"
     done
-  fi
+  }
 fi
 
-if wants srcprof && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
+if wants srcprof && [[ " ${devs[*]} " == *" cuda:0 "* ]] && find_ncu srcprof; then
   # Where the decode GEMVs' warps wait, instruction by instruction: Nsight Compute's source
   # counters (warp-state samples per SASS instruction) of one layer's four K = 3 GEMV launches
   # (q/k/v, o, gate/up, down) in the second decode step of the 8B model at context 256. The
   # launches skipped are the first decode step's (TRELLIS_SRCPROF_SKIP, default 128).
-  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2> /dev/null | head -1)
-  if [ -z "$ncu" ]; then
-    echo "srcprof: no ncu (Nsight Compute) on this machine" >&2
-    echo "srcprof_ncu 1" >> "$steps"
-    status=1
-  else
+  {
     mkdir -p "$out/srcprof" "$models"
     step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
     step srcprof_layer bash -c "'$ncu' --clock-control none --kernel-name-base demangled \
@@ -317,7 +317,7 @@ if wants srcprof && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
     step srcprof_sass bash -c "'$ncu' -i '$out/srcprof/layer.ncu-rep' --page source --csv --print-source sass \
       > '$out/srcprof/sass.csv' 2> '$out/srcprof/sass.log'"
     step srcprof_report bash -c "'$py' '$src/bench/srcprof_report.py' '$out/srcprof/sass.csv' > '$out/srcprof/report.md'"
-  fi
+  }
 fi
 
 if wants timeline && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then
