@@ -89,6 +89,7 @@ step() {  # step NAME COMMAND...: runs it, logs the exit status
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "commit: $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  [ -f "$bin/../build-info.txt" ] && echo "binaries: $(cat "$bin/../build-info.txt")"
   echo "host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
   command -v nvidia-smi > /dev/null &&
     echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader | head -1)"

@@ -46,6 +46,10 @@ ldd "${pack}"/bin/* | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
   grep -Ev '/(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*|libvulkan)\.so' |
   while read -r lib; do cp -L "$lib" "$pack/lib/"; done
 cp -r "$shared" "$pack/shared"
+# What the binaries were built from (the device's copy of the tree may carry an older .git).
+dirty=$(git status --porcelain --untracked-files=no | head -1)
+echo "$(git rev-parse --short HEAD)${dirty:+ with uncommitted changes}, staged $(date -u '+%Y-%m-%d %H:%M UTC')" \
+  > "$pack/build-info.txt"
 # One xz stream with a dictionary larger than the binaries: trellis, trellis_tests and
 # trellis_bench_model each hold the same CUDA fatbins, which then compress once (26 instead of
 # 47 MiB; the device call's working tree may be 64 MiB in all). Unpacking needs ~260 MiB.
