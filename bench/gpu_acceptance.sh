@@ -260,44 +260,42 @@ find_ncu() {
 }
 
 if wants profile && [[ " ${devs[*]} " == *" cuda:0 "* ]] && find_ncu profile; then
-  {
-    mkdir -p "$out/profile" "$models"
-    step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
-    # The decode without the profiler, then the same decode under it with 2 and 6 steps: the
-    # difference is four steady-state steps (profile_report.py).
-    step profile_decode_wall bash -c "'$bin/trellis_bench_model' -m '$models/l8b3' --device cuda:0 --prompt 256 \
-      --gen 64 --reps 3 > '$out/profile/decode_wall.json' 2> '$out/profile/decode_wall.log'"
-    for g in 2 6; do
-      step "profile_decode_g$g" bash -c "'$ncu' --clock-control none --cache-control none --csv --print-units base \
-        --kernel-name-base demangled \
-        --metrics gpu__time_duration.sum --log-file '$out/profile/decode_g$g.csv' '$bin/trellis_bench_model' \
-        -m '$models/l8b3' --device cuda:0 --prompt 256 --gen $g --reps 1 --warmup 0 > /dev/null \
-        2> '$out/profile/decode_g$g.log'"
-    done
-    wall=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['decode_tok_s'])" \
-      "$out/profile/decode_wall.json" 2> /dev/null || echo 0)
-    step profile_decode_report bash -c "'$py' '$src/bench/profile_report.py' '$out/profile/decode_g2.csv' 2 \
-      '$out/profile/decode_g6.csv' 6 --wall-tok-s $wall > '$out/profile/decode.md'"
-    # The GEMV's limiter: NAME|the kernel's template arguments after <K, CB, (Mode, Fuse, MinBlocks)|ENV.
-    # The bench times the product kernel alone (Fuse 0) and then the whole forward (fused default: Fuse 2).
-    # ncu's demangled names spell template arguments "(int)3", hence the regex built from NAME's list.
-    variants=("fused|0, 2, 1|TRELLIS_CUDA_GEMV_WEIGHTS_A=0"
-      "halves|1, 2, 1|TRELLIS_CUDA_GEMV_HALVES=1 TRELLIS_CUDA_GEMV_WEIGHTS_A=0"
-      "unfused|0, 0, 1|TRELLIS_CUDA_GEMV_FUSED_IN=0 TRELLIS_CUDA_GEMV_WEIGHTS_A=0"
-      "occupancy|0, 0, 10|TRELLIS_CUDA_GEMV_FUSED_IN=0 TRELLIS_CUDA_GEMV_OCCUPANCY=1 TRELLIS_CUDA_GEMV_WEIGHTS_A=0"
-      "weightsA|2, 2, 1|TRELLIS_CUDA_GEMV_WEIGHTS_A=1"
-      "halvesWA|3, 2, 1|TRELLIS_CUDA_GEMV_HALVES=1 TRELLIS_CUDA_GEMV_WEIGHTS_A=1")
-    for v in "${variants[@]}"; do
-      IFS='|' read -r name targs env_set <<< "$v"
-      kre=$(sed 's/\([0-9][0-9]*\)/\\(int\\)\1/g' <<< "3, 1, $targs")
-      step "profile_gemv_$name" bash -c "$env_set '$ncu' --clock-control none --kernel-name-base demangled \
-        -k 'regex:gemv_kernel<$kre>' --launch-skip 2 --launch-count 1 --section SpeedOfLight \
-        --section Occupancy --section LaunchStats --section SchedulerStats --section WarpStateStats \
-        --section ComputeWorkloadAnalysis --section InstructionStats --section MemoryWorkloadAnalysis \
-        --log-file '$out/profile/gemv_$name.txt' '$bin/trellis_bench_cuda_exl3' --K 3 --codebooks mcg \
-        --shapes 8192x28672 --reps 2 --warmup 0 > /dev/null 2> '$out/profile/gemv_$name.log'"
-    done
-  }
+  mkdir -p "$out/profile" "$models"
+  step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
+  # The decode without the profiler, then the same decode under it with 2 and 6 steps: the
+  # difference is four steady-state steps (profile_report.py).
+  step profile_decode_wall bash -c "'$bin/trellis_bench_model' -m '$models/l8b3' --device cuda:0 --prompt 256 \
+    --gen 64 --reps 3 > '$out/profile/decode_wall.json' 2> '$out/profile/decode_wall.log'"
+  for g in 2 6; do
+    step "profile_decode_g$g" bash -c "'$ncu' --clock-control none --cache-control none --csv --print-units base \
+      --kernel-name-base demangled \
+      --metrics gpu__time_duration.sum --log-file '$out/profile/decode_g$g.csv' '$bin/trellis_bench_model' \
+      -m '$models/l8b3' --device cuda:0 --prompt 256 --gen $g --reps 1 --warmup 0 > /dev/null \
+      2> '$out/profile/decode_g$g.log'"
+  done
+  wall=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['decode_tok_s'])" \
+    "$out/profile/decode_wall.json" 2> /dev/null || echo 0)
+  step profile_decode_report bash -c "'$py' '$src/bench/profile_report.py' '$out/profile/decode_g2.csv' 2 \
+    '$out/profile/decode_g6.csv' 6 --wall-tok-s $wall > '$out/profile/decode.md'"
+  # The GEMV's limiter: NAME|the kernel's template arguments after <K, CB, (Mode, Fuse, MinBlocks)|ENV.
+  # The bench times the product kernel alone (Fuse 0) and then the whole forward (fused default: Fuse 2).
+  # ncu's demangled names spell template arguments "(int)3", hence the regex built from NAME's list.
+  variants=("fused|0, 2, 1|TRELLIS_CUDA_GEMV_WEIGHTS_A=0"
+    "halves|1, 2, 1|TRELLIS_CUDA_GEMV_HALVES=1 TRELLIS_CUDA_GEMV_WEIGHTS_A=0"
+    "unfused|0, 0, 1|TRELLIS_CUDA_GEMV_FUSED_IN=0 TRELLIS_CUDA_GEMV_WEIGHTS_A=0"
+    "occupancy|0, 0, 10|TRELLIS_CUDA_GEMV_FUSED_IN=0 TRELLIS_CUDA_GEMV_OCCUPANCY=1 TRELLIS_CUDA_GEMV_WEIGHTS_A=0"
+    "weightsA|2, 2, 1|TRELLIS_CUDA_GEMV_WEIGHTS_A=1"
+    "halvesWA|3, 2, 1|TRELLIS_CUDA_GEMV_HALVES=1 TRELLIS_CUDA_GEMV_WEIGHTS_A=1")
+  for v in "${variants[@]}"; do
+    IFS='|' read -r name targs env_set <<< "$v"
+    kre=$(sed 's/\([0-9][0-9]*\)/\\(int\\)\1/g' <<< "3, 1, $targs")
+    step "profile_gemv_$name" bash -c "$env_set '$ncu' --clock-control none --kernel-name-base demangled \
+      -k 'regex:gemv_kernel<$kre>' --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+      --section Occupancy --section LaunchStats --section SchedulerStats --section WarpStateStats \
+      --section ComputeWorkloadAnalysis --section InstructionStats --section MemoryWorkloadAnalysis \
+      --log-file '$out/profile/gemv_$name.txt' '$bin/trellis_bench_cuda_exl3' --K 3 --codebooks mcg \
+      --shapes 8192x28672 --reps 2 --warmup 0 > /dev/null 2> '$out/profile/gemv_$name.log'"
+  done
 fi
 
 if wants srcprof && [[ " ${devs[*]} " == *" cuda:0 "* ]] && find_ncu srcprof; then
@@ -305,20 +303,18 @@ if wants srcprof && [[ " ${devs[*]} " == *" cuda:0 "* ]] && find_ncu srcprof; th
   # counters (warp-state samples per SASS instruction) of one layer's four K = 3 GEMV launches
   # (q/k/v, o, gate/up, down) in the second decode step of the 8B model at context 256. The
   # launches skipped are the first decode step's (TRELLIS_SRCPROF_SKIP, default 128).
-  {
-    mkdir -p "$out/srcprof" "$models"
-    step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
-    step srcprof_layer bash -c "'$ncu' --clock-control none --kernel-name-base demangled \
-      -k 'regex:gemv_kernel<\(int\)3' --launch-skip ${TRELLIS_SRCPROF_SKIP:-128} --launch-count 4 \
-      --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
-      --section WarpStateStats --section SourceCounters --import-source no -f -o '$out/srcprof/layer' \
-      '$bin/trellis_bench_model' -m '$models/l8b3' --device cuda:0 --prompt 256 --gen 3 --reps 1 --warmup 0 \
-      > '$out/srcprof/layer.log' 2>&1"
-    step srcprof_details bash -c "'$ncu' -i '$out/srcprof/layer.ncu-rep' --print-units base > '$out/srcprof/details.txt' 2>&1"
-    step srcprof_sass bash -c "'$ncu' -i '$out/srcprof/layer.ncu-rep' --page source --csv --print-source sass \
-      > '$out/srcprof/sass.csv' 2> '$out/srcprof/sass.log'"
-    step srcprof_report bash -c "'$py' '$src/bench/srcprof_report.py' '$out/srcprof/sass.csv' > '$out/srcprof/report.md'"
-  }
+  mkdir -p "$out/srcprof" "$models"
+  step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
+  step srcprof_layer bash -c "'$ncu' --clock-control none --kernel-name-base demangled \
+    -k 'regex:gemv_kernel<\(int\)3' --launch-skip ${TRELLIS_SRCPROF_SKIP:-128} --launch-count 4 \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
+    --section WarpStateStats --section SourceCounters --import-source no -f -o '$out/srcprof/layer' \
+    '$bin/trellis_bench_model' -m '$models/l8b3' --device cuda:0 --prompt 256 --gen 3 --reps 1 --warmup 0 \
+    > '$out/srcprof/layer.log' 2>&1"
+  step srcprof_details bash -c "'$ncu' -i '$out/srcprof/layer.ncu-rep' --print-units base > '$out/srcprof/details.txt' 2>&1"
+  step srcprof_sass bash -c "'$ncu' -i '$out/srcprof/layer.ncu-rep' --page source --csv --print-source sass \
+    > '$out/srcprof/sass.csv' 2> '$out/srcprof/sass.log'"
+  step srcprof_report bash -c "'$py' '$src/bench/srcprof_report.py' '$out/srcprof/sass.csv' > '$out/srcprof/report.md'"
 fi
 
 if wants timeline && [[ " ${devs[*]} " == *" cuda:0 "* ]]; then

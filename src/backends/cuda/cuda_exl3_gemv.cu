@@ -485,32 +485,30 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
         cp_async_commit();
         cp_async_wait<0>();
         __syncthreads();
-        if (!mine) {
-          __syncthreads();
-          continue;
-        }
-        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int p = 0; p < splits; ++p) {
-          const float4 t = *reinterpret_cast<const float4*>(smem + p * 512 + lane * 16);
-          v[0] += t.x;
-          v[1] += t.y;
-          v[2] += t.z;
-          v[3] += t.w;
-        }
-        fwht128(v, lane);
-        float r[4];
+        if (mine) {
+          float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          for (int p = 0; p < splits; ++p) {
+            const float4 t = *reinterpret_cast<const float4*>(smem + p * 512 + lane * 16);
+            v[0] += t.x;
+            v[1] += t.y;
+            v[2] += t.z;
+            v[3] += t.w;
+          }
+          fwht128(v, lane);
+          float r[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) r[j] = out_value(v[j], svh[j], item.bias && e0 + j < item.out_features, bias[j]);
-        store_out4(r, e0, item.out_features, item.y + static_cast<int64_t>(row) * item.out_features + e0);
-        if (xres) {  // out_features == n: every element is inside
-          float4 xv = xold;
-          xv.x += r[0];
-          xv.y += r[1];
-          xv.z += r[2];
-          xv.w += r[3];
-          *reinterpret_cast<float4*>(xres) = xv;
-          const float ss = warp_sum_xor(sumsq4(xv.x, xv.y, xv.z, xv.w));
-          if (lane == 0) item.fusion.resid_sumsq[static_cast<int64_t>(row) * (n / kCols) + group] = ss;
+          for (int j = 0; j < 4; ++j) r[j] = out_value(v[j], svh[j], item.bias && e0 + j < item.out_features, bias[j]);
+          store_out4(r, e0, item.out_features, item.y + static_cast<int64_t>(row) * item.out_features + e0);
+          if (xres) {  // out_features == n: every element is inside
+            float4 xv = xold;
+            xv.x += r[0];
+            xv.y += r[1];
+            xv.z += r[2];
+            xv.w += r[3];
+            *reinterpret_cast<float4*>(xres) = xv;
+            const float ss = warp_sum_xor(sumsq4(xv.x, xv.y, xv.z, xv.w));
+            if (lane == 0) item.fusion.resid_sumsq[static_cast<int64_t>(row) * (n / kCols) + group] = ss;
+          }
         }
         __syncthreads();  // the next row's copies reuse the staging area
       }
@@ -691,17 +689,19 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
   for (const GemvItem& it : items) {
     if ((it.x ? 2 : it.done ? 1 : 0) != fuse || (it.x && !it.done))
       throw Error(ErrorKind::kInternal, "exl3_gemv: group mixes fused and separate transforms");
-    if (fuse != 0) smem = std::max(smem, gemv_merge_smem_bytes(it.splits));
+    if (fuse != 0) {
+      if (it.splits > kGemvMaxSplits)
+        throw Error(ErrorKind::kInternal, "exl3_gemv: " + std::to_string(it.splits) +
+                                              " k-splits (the fused output merges at most " +
+                                              std::to_string(kGemvMaxSplits) + ")");
+      smem = std::max(smem, gemv_merge_smem_bytes(it.splits));
+    }
     if (fuse == 2) {
       const size_t act = static_cast<size_t>(m) * gemv_split_slabs(args.k_tiles, it.splits) * 64;
       if (act > kFusedInActBytes) throw Error(ErrorKind::kInternal, "exl3_gemv: fused input range too large");
       smem = std::max(smem, gemv_ring_bytes(K, m) + act);
     }
   }
-  for (const GemvItem& it : items)
-    if (it.done && it.splits > kGemvMaxSplits)
-      throw Error(ErrorKind::kInternal, "exl3_gemv: " + std::to_string(it.splits) + " k-splits (the fused output merges at most " +
-                                            std::to_string(kGemvMaxSplits) + ")");
   const int mode = (gemv_halves() ? kHalves : kPairs) + (m <= 4 && gemv_weights_a() ? kPairsWA : 0);
   const bool occ = mode == kPairs && fuse == 0 && gemv_occupancy();
   const GemvFn fn = occ ? kGemvOccupancyTable[codebook][K - 1] : kGemvTable[fuse][mode][codebook][K - 1];
