@@ -313,7 +313,8 @@ def section_ab(out):
     if not runs:
         return
     print("## A/B of switches not yet measured on a GPU\n")
-    print("Each switch at 0 and at 1, alternating, two rounds, in this run; medians over the rounds. "
+    rounds = max((len(g.get("model", [])) for v in runs.values() for g in v.values()), default=0)
+    print(f"Each switch at 0 and at 1, alternating, {rounds} rounds, in this run; medians over the rounds. "
           "Speed-up = time at 0 / time at 1 (above 1: the switch helps).\n")
     for switch, by_value in sorted(runs.items()):
         off, on = by_value.get("0", {}), by_value.get("1", {})

@@ -25,7 +25,8 @@
 #            yet measured on a GPU, one at a time and two together; A+B sets both; VAR=a/b
 #            compares two values of a knob; @DIR runs another build's binaries from DIR as "0"
 #            against BIN_DIR's as "1") at 0 and 1
-#            alternately, twice: for TRELLIS_CUDA_* the CUDA GEMV at K = 2, 3 x MCG, MUL1 on the
+#            alternately, in $TRELLIS_AB_ROUNDS rounds (default 2): for TRELLIS_CUDA_* the CUDA GEMV
+#            at K = 2, 3 x MCG, MUL1 on the
 #            four shapes, and the 3 bpw 8B model's decode at context 256 on the backend the
 #            switch belongs to; the report gives the ratios (roughly 1.5 minutes per switch on
 #            an H200, an estimate: name three or four in TRELLIS_AB per 10-minute call)
@@ -232,7 +233,7 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
     ab_dev=cuda:0
     [[ $sw == TRELLIS_VULKAN_* ]] && ab_dev=vulkan:0
     [[ " ${devs[*]} " == *" $ab_dev "* ]] || { echo "ab: $sw needs $ab_dev" >&2; continue; }
-    for r in 1 2; do
+    for r in $(seq 1 "${TRELLIS_AB_ROUNDS:-2}"); do
       for v in 0 1; do
         set_env=""
         [[ $sw == BUILD_* ]] || for part in ${sw//+/ }; do set_env+="$part=${values[$v]} "; done
