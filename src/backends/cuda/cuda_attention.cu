@@ -515,7 +515,7 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
                                        std::to_string(kMergeMaxSplits) + ")");
   const bool aligned = (reinterpret_cast<uintptr_t>(a.k_cache) | reinterpret_cast<uintptr_t>(a.v_cache)) % 16 == 0;
   const bool decode = attention_takes_decode_kernel(a);
-  if (a.rope_k && (!decode || (a.splits > 1 && !a.done)))
+  if (a.rope_k && (!decode || (a.splits > 1 && !a.done && !a.q_done)))
     raise(ErrorKind::kInternal, "CUDA attention: rope folded into a launch that is not the one-row decode kernel");
   const AttentionKernel kernel =
       aligned ? attention_kernel_for(a.rows, a.n_heads, a.n_kv_heads, a.head_dim, a.splits) : AttentionKernel::kFp32;

@@ -110,6 +110,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
   // no other block reads that key). Same arithmetic per element as rope_qk_store_kernel.
   __shared__ __align__(16) float q_rot[G][D];
   const bool rope = a.rope_k != nullptr;
+  unsigned q_ticket = 0;  // thread 0: this block's place in the q_done count
   // With rope folded in, this launch owns q and the caches (AttentionArgs::rope_k).
   float* const q_out = const_cast<float*>(a.q) + int64_t{kvh} * G * D;
   if (rope) {
@@ -136,9 +137,13 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
     }
     __syncthreads();
     // q rotated in place as rope() leaves it, once no block can still read it unrotated: here with
-    // one split; with several, by the block that merges (below).
+    // one split; with several, by the block that merges or the kv head's last block to be counted
+    // in q_done (below). The count goes out now (every thread's reads of q are done: the barrier
+    // above) and its answer is needed only at the end.
     if (a.splits == 1)
       for (int t = threadIdx.x; t < G * D; t += kWarps * 32) q_out[t] = q_rot[t / D][t % D];
+    else if (!a.done && a.q_done && threadIdx.x == 0)
+      q_ticket = atomicAdd(a.q_done + kvh, 1u);
   }
 
   if (stores_key) load(0, kn, vn);
@@ -227,6 +232,15 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
       if (i < D) p[i] = sum;
       else if (i == D) p[D] = mx == -INFINITY ? -INFINITY : mx / kLog2e;  // natural-log units
       else p[D + 1] = lsum;
+    }
+  }
+  if (rope && a.splits > 1 && !a.done && a.q_done) {
+    __shared__ bool writes_q;
+    if (threadIdx.x == 0) writes_q = q_ticket == static_cast<unsigned>(a.splits - 1);
+    __syncthreads();
+    if (writes_q) {
+      for (int t = threadIdx.x; t < G * D; t += kWarps * 32) q_out[t] = q_rot[t / D][t % D];
+      if (threadIdx.x == 0) a.q_done[kvh] = 0;  // ready for the next launch (graph replays)
     }
   }
   if (a.splits == 1 || !a.done) return;

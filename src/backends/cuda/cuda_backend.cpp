@@ -106,8 +106,8 @@ CudaBackend::CudaBackend(int index) : device_(index) {
                                              "the fused norm's sums of squares");
 #endif
   check(cublasSetWorkspace(cublas_, cublas_workspace_->data(), kCublasWorkspaceBytes), "cublasSetWorkspace");
-  attention_done_ = std::make_shared<CudaBuffer>(kAttentionDoneCounters * sizeof(unsigned), "the attention merge counters");
-  check(cudaMemsetAsync(attention_done_->data(), 0, kAttentionDoneCounters * sizeof(unsigned), stream_),
+  attention_done_ = std::make_shared<CudaBuffer>(2 * kAttentionDoneCounters * sizeof(unsigned), "the attention merge counters");
+  check(cudaMemsetAsync(attention_done_->data(), 0, 2 * kAttentionDoneCounters * sizeof(unsigned), stream_),
         "clearing the attention merge counters");
   attention_prepare();
   if (const char* env = std::getenv("TRELLIS_CUDA_GRAPHS"); env && std::string(env) == "0") graphs_ = false;
@@ -883,16 +883,17 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
       lr && rope_attention_fold() && lr->rows == rows && lr->q == a.q && lr->kc == a.k_cache &&
       lr->vc == a.v_cache && lr->pos_off == off && lr->head_dim == a.head_dim &&
       lr->q_cols == a.n_heads * a.head_dim && lr->width == a.n_kv_heads * a.head_dim &&
-      attention_takes_decode_kernel(a) && (a.splits == 1 || a.done)) {
+      attention_takes_decode_kernel(a) && (a.splits == 1 || a.done || a.n_kv_heads <= kAttentionDoneCounters)) {
     // rope(q), rope(k), kv_store(k, v) were the last launch: the decode kernel does them itself.
     const LastRopeStore f = *lr;
+    if (a.splits > 1 && !a.done) a.q_done = reinterpret_cast<unsigned*>(attention_done_->data()) + kAttentionDoneCounters;
     launches_.pop_back();
     key_.resize(f.key_size);
     a.rope_k = f.k;
     a.rope_v = f.v;
     a.rope_scaling = f.scaling;
     const size_t freq_off = f.freq_off;
-    record({kAttentionRope, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial), addr(a.done),
+    record({kAttentionRope, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial), addr(a.done), addr(a.q_done),
             addr(a.rope_k), addr(a.rope_v), static_cast<uint64_t>(a.n_heads), static_cast<uint64_t>(a.n_kv_heads),
             static_cast<uint64_t>(a.head_dim), static_cast<uint64_t>(a.sliding_window), bits(a.scale),
             bits(a.rope_scaling), static_cast<uint64_t>(a.splits), off, freq_off},

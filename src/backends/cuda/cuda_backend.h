@@ -223,8 +223,8 @@ class CudaBackend : public Backend {
   };
   std::optional<LastNorm> last_norm_;
   std::shared_ptr<CudaBuffer> norm_sumsq_;  // [kExl3GemvMaxRows, 4096 / 128] fp32
-  // [kAttentionDoneCounters] counters of the decode attention's merge (AttentionArgs::done), zero
-  // between launches.
+  // [2 x kAttentionDoneCounters] counters of the decode attention, zero between launches: its
+  // merge's (AttentionArgs::done), then those of the folded rope's q write-back (q_done).
   static constexpr int64_t kAttentionDoneCounters = 1024;
   std::shared_ptr<CudaBuffer> attention_done_;
   // Records an EXL3 linear (a LastExl3, key_size ignored) with its fusions, and sets last_exl3_.

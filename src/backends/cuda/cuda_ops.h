@@ -95,13 +95,17 @@ struct AttentionArgs {
   // partials itself and resets its counter, so no attention_merge_kernel launch follows; the
   // output is bitwise the same (cuda_attention_merge.cuh). Ignored by the other kernels.
   unsigned* done = nullptr;
-  // Optional, one-row decode kernel only (attention_takes_decode_kernel; splits == 1 or `done`
-  // set): rope(q), rope(k) and kv_store(k, v) folded into the launch, bitwise as rope_qk_store
-  // leaves them. Then q is the unrotated q and the launch also writes it (rotated in place, as
-  // rope() leaves it) and the caches: rope_k is the unrotated k row (rotated in place), rope_v the
-  // v row, both stored in k_cache/v_cache at pos[0].
+  // Optional, one-row decode kernel only (attention_takes_decode_kernel; splits == 1, or `done`
+  // or `q_done` set): rope(q), rope(k) and kv_store(k, v) folded into the launch, bitwise as
+  // rope_qk_store leaves them. Then q is the unrotated q and the launch also writes it (rotated in
+  // place, as rope() leaves it) and the caches: rope_k is the unrotated k row (rotated in place),
+  // rope_v the v row, both stored in k_cache/v_cache at pos[0]. With several splits, q may be
+  // written only once every split block has read it: by the block that merges (`done`), or else
+  // by the last of a kv head's blocks to count itself in `q_done` (n_kv_heads counters, zero
+  // between launches; that block resets its counter).
   float* rope_k = nullptr;
   const float* rope_v = nullptr;
+  unsigned* q_done = nullptr;
   const float* rope_inv_freq = nullptr;  // [head_dim / 2]
   float rope_scaling = 1.0f;
 };
