@@ -129,7 +129,7 @@ int main(int argc, char** argv) {
     // Warm-up: pages in the weights (at most the tokens the context holds).
     model->forward(all.first(std::min<size_t>(8, all.size())), 0, false, logits);
     if (warmup < 0) warmup = device.rfind("cpu", 0) == 0 ? 0 : 1;
-    std::vector<double> prefill_s, decode_s;
+    std::vector<double> prefill_s, decode_s, decode_host_s;
     for (int r = 0; r < warmup + reps; ++r) {
       const bool timed = r >= warmup;
       auto t0 = Clock::now();
@@ -137,10 +137,15 @@ int main(int argc, char** argv) {
       backend->synchronize();
       if (timed) prefill_s.push_back(seconds_since(t0));
       t0 = Clock::now();
+      const double wait0 = backend->host_wait_seconds();
       for (int t = 0; t < gen; ++t)
         model->forward(all.subspan(static_cast<size_t>(prompt + t), 1), prompt + t, false, logits);
       backend->synchronize();
-      if (timed) decode_s.push_back(seconds_since(t0));
+      if (timed) {
+        decode_s.push_back(seconds_since(t0));
+        // The host's own time: the steps' wall time less the time it sat waiting for the device.
+        decode_host_s.push_back(decode_s.back() - (backend->host_wait_seconds() - wait0));
+      }
     }
     const uint64_t wbytes = weight_bytes_per_token(*model);
     const double bw = device.rfind("cpu", 0) == 0 ? measure_read_bandwidth(size_t{1} << 30, 5, static_cast<size_t>(backend->info().threads)) : 0;
@@ -165,6 +170,10 @@ int main(int argc, char** argv) {
         {"decode_tok_s", decode_tps},
         {"weight_bytes_per_token", wbytes},
     };
+    // Backends that count their waits (CUDA): microseconds per decode step in which the host was not
+    // waiting for the device (recording the step's ops, launching, the logits copy's setup). Each
+    // step ends in a blocking logits download, so the device idles for about this long per token.
+    if (backend->host_wait_seconds() > 0) out["decode_host_us_per_token"] = median(decode_host_s) / gen * 1e6;
     if (bw > 0) {
       out["read_bandwidth_gb_s"] = bw / 1e9;
       out["roofline_decode_tok_s"] = bw / static_cast<double>(wbytes);

@@ -99,6 +99,10 @@ class Backend {
   virtual void download(const DeviceTensor& t, float* host) = 0;
   virtual std::unique_ptr<LinearWeights> prepare_linear(const LinearSource& source) = 0;
   virtual void synchronize() {}
+  // Seconds the host has spent blocked on the device in download() and synchronize() since the
+  // backend was made (benchmarks subtract it from a step's wall time to see the host's share); 0
+  // where the backend does not count it.
+  virtual double host_wait_seconds() const { return 0.0; }
 
   // out[r] = table[ids[r]]; table [vocab, dim].
   virtual void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) = 0;

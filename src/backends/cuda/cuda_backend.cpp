@@ -3,6 +3,7 @@
 #include "backends/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -282,9 +283,15 @@ void CudaBackend::flush() {
   stage_memo_.clear();
 }
 
+void CudaBackend::wait_for_stream(const char* what) {
+  const auto t0 = std::chrono::steady_clock::now();
+  check(cudaStreamSynchronize(stream_), what);
+  wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 void CudaBackend::synchronize() {
   flush();
-  check(cudaStreamSynchronize(stream_), "synchronize");
+  wait_for_stream("synchronize");
 }
 
 std::byte* CudaBackend::scratch(int slot, size_t bytes) {
@@ -357,14 +364,14 @@ void CudaBackend::download(const DeviceTensor& t, float* host) {
   const std::byte* src = ptr(t);
   if (t.dtype == DType::kF32) {
     check(cudaMemcpyAsync(host, src, n * 4, cudaMemcpyDeviceToHost, stream_), "download");
-    check(cudaStreamSynchronize(stream_), "download");
+    wait_for_stream("download");
     return;
   }
   if (t.dtype != DType::kF16 && t.dtype != DType::kBF16)
     fail(ErrorKind::kInternal, "CUDA backend: download of {}", dtype_name(t.dtype));
   std::vector<uint16_t> h(n);
   check(cudaMemcpyAsync(h.data(), src, n * 2, cudaMemcpyDeviceToHost, stream_), "download");
-  check(cudaStreamSynchronize(stream_), "download");
+  wait_for_stream("download");
   if (t.dtype == DType::kF16)
     fp16_to_fp32(h.data(), host, n);
   else

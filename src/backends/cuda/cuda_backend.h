@@ -96,6 +96,7 @@ class CudaBackend : public Backend {
   void silu_mul(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out) override;
   void add(DeviceTensor& x, const DeviceTensor& y) override;
   void gram_accumulate(const DeviceTensor& x, DeviceTensor& acc, DeviceTensor& stats) override;
+  double host_wait_seconds() const override { return wait_seconds_; }
 
   // Test and benchmark hooks: turn graph capture on or off, and count what flushes did.
   void set_graphs(bool on);
@@ -106,6 +107,9 @@ class CudaBackend : public Backend {
   cudaStream_t stream() const { return stream_; }
 
  private:
+  // cudaStreamSynchronize for download() and synchronize(), timed into wait_seconds_.
+  void wait_for_stream(const char* what);
+  double wait_seconds_ = 0.0;
   // A recorded launch; `stage` is the device address of this segment's staged host data.
   using Launch = std::function<void(const std::byte* stage)>;
 
