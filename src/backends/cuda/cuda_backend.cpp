@@ -283,15 +283,14 @@ void CudaBackend::flush() {
   stage_memo_.clear();
 }
 
-void CudaBackend::wait_for_stream(const char* what) {
-  const auto t0 = std::chrono::steady_clock::now();
+void CudaBackend::wait_for_stream(const char* what, std::chrono::steady_clock::time_point t0) {
   check(cudaStreamSynchronize(stream_), what);
   wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void CudaBackend::synchronize() {
   flush();
-  wait_for_stream("synchronize");
+  wait_for_stream("synchronize", std::chrono::steady_clock::now());
 }
 
 std::byte* CudaBackend::scratch(int slot, size_t bytes) {
@@ -363,15 +362,17 @@ void CudaBackend::download(const DeviceTensor& t, float* host) {
   const size_t n = static_cast<size_t>(shape_numel(t.shape));
   const std::byte* src = ptr(t);
   if (t.dtype == DType::kF32) {
+    const auto t0 = std::chrono::steady_clock::now();  // a copy into pageable memory waits for the stream
     check(cudaMemcpyAsync(host, src, n * 4, cudaMemcpyDeviceToHost, stream_), "download");
-    wait_for_stream("download");
+    wait_for_stream("download", t0);
     return;
   }
   if (t.dtype != DType::kF16 && t.dtype != DType::kBF16)
     fail(ErrorKind::kInternal, "CUDA backend: download of {}", dtype_name(t.dtype));
   std::vector<uint16_t> h(n);
+  const auto t0 = std::chrono::steady_clock::now();
   check(cudaMemcpyAsync(h.data(), src, n * 2, cudaMemcpyDeviceToHost, stream_), "download");
-  wait_for_stream("download");
+  wait_for_stream("download", t0);
   if (t.dtype == DType::kF16)
     fp16_to_fp32(h.data(), host, n);
   else

@@ -30,6 +30,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -107,8 +108,9 @@ class CudaBackend : public Backend {
   cudaStream_t stream() const { return stream_; }
 
  private:
-  // cudaStreamSynchronize for download() and synchronize(), timed into wait_seconds_.
-  void wait_for_stream(const char* what);
+  // cudaStreamSynchronize for download() and synchronize(); the time since t0 (download: before
+  // its copy, which into pageable memory already waits for the stream) goes into wait_seconds_.
+  void wait_for_stream(const char* what, std::chrono::steady_clock::time_point t0);
   double wait_seconds_ = 0.0;
   // A recorded launch; `stage` is the device address of this segment's staged host data.
   using Launch = std::function<void(const std::byte* stage)>;

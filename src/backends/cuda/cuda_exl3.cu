@@ -130,8 +130,7 @@ std::unique_ptr<CudaExl3Linear> CudaExl3Linear::create(const exl3::Exl3LinearVie
   l->sms_ = sms;
   const int64_t groups = view.n / 16 / exl3k::gemv_tiles(view.K);
   const int64_t k_tiles = view.k / 16;
-  const int64_t target = gemv_blocks_per_sm() * static_cast<int64_t>(sms);
-  int64_t splits = exl3k::kGemvWarps == 2 ? (target + groups - 1) / groups : target / groups;
+  int64_t splits = (gemv_blocks_per_sm() * static_cast<int64_t>(sms) + groups - 1) / groups;
   splits = std::min<int64_t>({splits, kMaxGemvSplits, std::max<int64_t>(1, k_tiles / (2 * exl3k::kGemvWarps))});
   l->gemv_splits_ = static_cast<int>(std::max<int64_t>(1, splits));
   return l;

@@ -18,16 +18,8 @@ namespace trellis::cuda::exl3k {
 // small blocks fill every SM evenly (no partial last wave) and leave more independent warps to
 // hide ALU latency. Each warp owns a strided share of the block's k range; a block covers 8 tiles
 // = 128 output columns.
-// -DTRELLIS_CUDA_GEMV_WARPS=N builds N warps per block (an experiment: with ~110 registers per
-// thread an SM holds 18 warps as 9 blocks of 2, 6 of 3 or 3 of 6, and fewer, larger blocks mean
-// fewer k-splits for each fused output to merge); the grid then aims at 18 / N blocks per SM,
-// rounding the splits down (cuda_exl3.cu).
-#ifndef TRELLIS_CUDA_GEMV_WARPS
-#define TRELLIS_CUDA_GEMV_WARPS 2
-#endif
-inline constexpr int kGemvWarps = TRELLIS_CUDA_GEMV_WARPS;
-static_assert(kGemvWarps >= 1 && kGemvWarps <= 8, "TRELLIS_CUDA_GEMV_WARPS: 1 to 8");
-inline constexpr int kGemvBlocksPerSm = kGemvWarps == 2 ? 12 : 18 / kGemvWarps;
+inline constexpr int kGemvWarps = 2;
+inline constexpr int kGemvBlocksPerSm = 12;
 constexpr int gemv_tiles(int /*K*/) { return 8; }
 
 // Activation layout for the GEMV (the mma.m16n8k16 A fragments, hi rows 0-7 and lo rows 8-15):
