@@ -99,6 +99,10 @@ class Backend {
   virtual void download(const DeviceTensor& t, float* host) = 0;
   virtual std::unique_ptr<LinearWeights> prepare_linear(const LinearSource& source) = 0;
   virtual void synchronize() {}
+  // A hint: start the device on the ops called so far, without waiting for them. Backends that
+  // record ops and run them later (CUDA) flush here, so the device works while the host goes on
+  // calling ops; the others ignore it.
+  virtual void submit() {}
   // Seconds the host has spent blocked on the device in download() and synchronize() since the
   // backend was made (benchmarks subtract it from a step's wall time to see the host's share); 0
   // where the backend does not count it.

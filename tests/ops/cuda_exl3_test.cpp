@@ -905,8 +905,7 @@ TEST(CudaExl3, FusedSiluInputWithoutProductBuffer) {
 // (a one-launch group and a single one) whose input transform forms the RMSNorm from those sums,
 // give the same bits as forward(), cuda::add, cuda::rms_norm (its whole-row kernel) and forward()
 // of the normed rows: outputs, the updated stream and the normed rows written back; the sums
-// agree with fp64. Hidden 1024 and 4096 (the widest fused), m = 1, 3, 8, with the GEMV's L2
-// prefetch on and off. Misuse is refused.
+// agree with fp64. Hidden 1024 and 4096 (the widest fused), m = 1, 3, 8. Misuse is refused.
 TEST(CudaExl3, ResidualAndNormFusionsGiveTheSameBits) {
   CUDA_OR_SKIP();
   const GemvFusedIn on(true);
@@ -921,10 +920,7 @@ TEST(CudaExl3, ResidualAndNormFusionsGiveTheSameBits) {
     const auto nw = random_rows(1, hid, 1404);
     Guarded nwb(static_cast<size_t>(hid));
     nwb.upload(nw.data(), nw.size() * 4);
-    // With and without the L2 prefetch of the fused transforms' vectors (a hint: the same bits).
-    for (const bool prefetch : {true, false})
     for (int64_t m : {1, 3, 8}) {
-      cuda::set_gemv_prefetch(prefetch);
       ASSERT_TRUE(d_o->fusable_resid(m) && d_q->fusable_norm(m) && d_k->fusable_norm(m)) << "hid=" << hid << " m=" << m;
       const auto a = random_rows(m, kin, 1410 + static_cast<uint64_t>(m));
       const auto x = random_rows(m, hid, 1420 + static_cast<uint64_t>(m));
@@ -958,7 +954,7 @@ TEST(CudaExl3, ResidualAndNormFusionsGiveTheSameBits) {
       fn.norm_out = nullptr;
       d_q->forward(xf.at<float>(), m, q1.at<float>(), nullptr, sq.at<void>(), nullptr, nullptr, &fn);
       ok(cudaDeviceSynchronize());
-      const std::string at = "hid=" + std::to_string(hid) + " m=" + std::to_string(m) + (prefetch ? " prefetch" : "");
+      const std::string at = "hid=" + std::to_string(hid) + " m=" + std::to_string(m);
       for (Guarded* gb : {&xf, &yf, &hf, &ss, &qf, &kf, &q1, &so, &sq, &sg}) EXPECT_TRUE(gb->guards_intact()) << at;
       auto same = [&](Guarded& p, Guarded& q, size_t count, const char* what) {
         const auto u = p.download<float>(count), v = q.download<float>(count);
@@ -978,7 +974,6 @@ TEST(CudaExl3, ResidualAndNormFusionsGiveTheSameBits) {
           EXPECT_NEAR(sums[static_cast<size_t>(r * hid / 128 + gi)], want, 1e-5 * want) << at << " group " << gi;
         }
     }
-    cuda::set_gemv_prefetch(true);
     // Misuse: both sides in one launch; a fused norm on a linear whose input is padded.
     cuda::Exl3Fusion both;
     Guarded xb(static_cast<size_t>(hid)), yb(static_cast<size_t>(hid)), sb(d_o->scratch_bytes(1) / 4 + 1), ss(64);

@@ -764,7 +764,9 @@ TEST(CudaOps, GraphReplaysEqualEagerRuns) {
   RopeParams rp;
   for (int64_t i = 0; i < head_dim / 2; ++i) rp.inv_freq.push_back(std::pow(100.0f, -static_cast<float>(i) / 16));
   AttentionParams ap{heads, heads, head_dim, 0.2f, 0};
-  auto run = [&](bool graphs) {
+  // split: every step goes to the device in two segments (Backend::submit), which alternate, so
+  // each needs its own cached graph.
+  auto run = [&](bool graphs, bool split) {
     cu->set_graphs(graphs);
     const auto before = cu->stats();
     const DeviceTensor tt = cu->upload(f32_view(table, {vocab, dim}), DType::kF16);
@@ -779,6 +781,7 @@ TEST(CudaOps, GraphReplaysEqualEagerRuns) {
       cu->embedding(tt, id, x);
       cu->rms_norm(x, nt, 1e-5f, dim, h);
       cu->linear(*lin, h, o);
+      if (split) cu->submit();
       cu->rope(o, head_dim, pos, rp);
       cu->kv_store(o, h, pos, kc, vc);
       cu->attention(o, kc, vc, pos, ap, h);
@@ -787,13 +790,16 @@ TEST(CudaOps, GraphReplaysEqualEagerRuns) {
       all.insert(all.end(), step.begin(), step.end());
     }
     const auto after = cu->stats();
-    if (graphs) EXPECT_GE(after.graph_replays - before.graph_replays, 3u);
+    EXPECT_GE(after.segments - before.segments, split ? 12u : 6u);
+    // Steps 3-6 replay (step 2 captures), each of their segments.
+    if (graphs) EXPECT_GE(after.graph_replays - before.graph_replays, split ? 8u : 4u) << "split " << split;
     else EXPECT_EQ(after.graph_replays, before.graph_replays);
     return all;
   };
-  const auto eager = run(false);
-  const auto graphed = run(true);
-  EXPECT_EQ(graphed, eager);
+  const auto eager = run(false, false);
+  EXPECT_EQ(run(true, false), eager);
+  EXPECT_EQ(run(false, true), eager);
+  EXPECT_EQ(run(true, true), eager);
 }
 
 // A random EXL3 linear (every bit string is a valid trellis) with its host storage.

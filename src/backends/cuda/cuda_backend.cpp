@@ -112,6 +112,7 @@ CudaBackend::CudaBackend(int index) : device_(index) {
         "clearing the attention merge counters");
   attention_prepare();
   if (const char* env = std::getenv("TRELLIS_CUDA_GRAPHS"); env && std::string(env) == "0") graphs_ = false;
+  if (const char* env = std::getenv("TRELLIS_CUDA_SUBMIT"); env && std::string(env) == "0") submit_ = false;
   if (const char* env = std::getenv("TRELLIS_CUDA_HOST_EMBEDDING"); env && std::string(env) == "0")
     host_embedding_ = false;
   info_.features.push_back("cuda_graphs");
@@ -139,9 +140,10 @@ void CudaBackend::set_graphs(bool on) {
 }
 
 void CudaBackend::release_graph() {
-  if (graph_) cudaGraphExecDestroy(graph_);
-  graph_ = nullptr;
-  graph_key_.clear();
+  for (CachedGraph& g : graphs_cache_)
+    if (g.exec) cudaGraphExecDestroy(g.exec);
+  graphs_cache_.clear();
+  seen_keys_.clear();
 }
 
 // ---- staging and recording ----
@@ -201,7 +203,7 @@ void CudaBackend::run_eagerly() {
   for (const Launch& l : launches_) l(stage);
 }
 
-bool CudaBackend::capture_graph() {
+bool CudaBackend::capture_graph(CachedGraph& slot) {
   check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
   cudaGraph_t g = nullptr;
   try {
@@ -215,22 +217,24 @@ bool CudaBackend::capture_graph() {
   cudaError_t e = cudaStreamEndCapture(stream_, &g);
   if (e == cudaSuccess) {
     cudaGraphExecUpdateResultInfo info{};
-    if (!graph_ || cudaGraphExecUpdate(graph_, g, &info) != cudaSuccess) {
+    if (!slot.exec || cudaGraphExecUpdate(slot.exec, g, &info) != cudaSuccess) {
       cudaGetLastError();
-      if (graph_) cudaGraphExecDestroy(graph_);
-      graph_ = nullptr;
-      e = cudaGraphInstantiate(&graph_, g, 0);
+      if (slot.exec) cudaGraphExecDestroy(slot.exec);
+      slot.exec = nullptr;
+      e = cudaGraphInstantiate(&slot.exec, g, 0);
     }
   }
   if (g) cudaGraphDestroy(g);
   if (e != cudaSuccess) {
     cudaGetLastError();
-    graph_ = nullptr;
+    slot.exec = nullptr;
+    slot.key.clear();
+    release_graph();
     graphs_ = false;
     log_warn("CUDA: graph capture failed ({}); running without graphs", cudaGetErrorString(e));
     return false;
   }
-  graph_key_ = key_;
+  slot.key = key_;
   ++stats_.graph_captures;
   return true;
 }
@@ -258,14 +262,43 @@ void CudaBackend::flush() {
   ++stats_.segments;
   stats_.launches += launches_.size();
   try {
-    const bool repeat = graphs_ && launches_.size() >= kGraphMinLaunches && key_ == prev_key_;
-    if (repeat && graph_ && key_ == graph_key_) {
-      check(cudaGraphLaunch(graph_, stream_), "cudaGraphLaunch");
+    ++flush_count_;
+    CachedGraph* hit = nullptr;
+    bool seen = false;
+    if (graphs_ && launches_.size() >= kGraphMinLaunches) {
+      for (CachedGraph& g : graphs_cache_)
+        if (g.exec && g.key == key_) hit = &g;
+      if (!hit)
+        for (auto it = seen_keys_.begin(); it != seen_keys_.end(); ++it)
+          if (*it == key_) {
+            seen = true;
+            seen_keys_.erase(it);
+            break;
+          }
+    }
+    if (hit) {
+      check(cudaGraphLaunch(hit->exec, stream_), "cudaGraphLaunch");
+      hit->last_used = flush_count_;
       ++stats_.graph_replays;
-    } else if (repeat && capture_graph()) {
-      check(cudaGraphLaunch(graph_, stream_), "cudaGraphLaunch");
+    } else if (seen) {
+      // The second time within the last kGraphKeys flushes: capture it, into a free slot or over
+      // the least recently used graph (updated in place where its topology matches).
+      if (graphs_cache_.size() < kGraphKeys) graphs_cache_.emplace_back();
+      CachedGraph* slot = &graphs_cache_.front();
+      for (CachedGraph& g : graphs_cache_)
+        if (g.last_used < slot->last_used) slot = &g;
+      if (capture_graph(*slot)) {
+        slot->last_used = flush_count_;
+        check(cudaGraphLaunch(slot->exec, stream_), "cudaGraphLaunch");
+      } else {
+        run_eagerly();
+      }
     } else {
       run_eagerly();
+      if (graphs_ && launches_.size() >= kGraphMinLaunches) {
+        if (seen_keys_.size() == kGraphKeys) seen_keys_.erase(seen_keys_.begin());
+        seen_keys_.push_back(key_);
+      }
     }
   } catch (...) {
     launches_.clear();
@@ -275,7 +308,6 @@ void CudaBackend::flush() {
     stage_memo_.clear();
     throw;
   }
-  prev_key_.swap(key_);
   key_.clear();
   launches_.clear();
   keep_.clear();

@@ -59,6 +59,13 @@ class CudaBuffer : public DeviceBuffer {
   size_t size_ = 0;
 };
 
+// A captured segment: its key (CudaBackend::record) and executable graph.
+struct CachedGraph {
+  std::vector<uint64_t> key;
+  cudaGraphExec_t exec = nullptr;
+  uint64_t last_used = 0;  // flush count of its last launch
+};
+
 class CudaBackend : public Backend {
  public:
   explicit CudaBackend(int index);
@@ -70,6 +77,11 @@ class CudaBackend : public Backend {
   void download(const DeviceTensor& t, float* host) override;
   std::unique_ptr<LinearWeights> prepare_linear(const LinearSource& source) override;
   void synchronize() override;
+  // Runs what has been recorded so far without waiting (a decode step's first layers start on the
+  // GPU while the host records the rest). TRELLIS_CUDA_SUBMIT=0: ignored (one segment per step).
+  void submit() override {
+    if (submit_) flush();
+  }
 
   void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) override;
   // Gathers the rows on the host into the staging buffer; one conversion kernel per call.
@@ -127,7 +139,9 @@ class CudaBackend : public Backend {
   // Runs the recorded segment (eagerly, by capturing a graph, or by replaying one).
   void flush();
   void run_eagerly();
-  bool capture_graph();
+  // Captures the recorded segment into `slot` (updating its executable graph in place where the
+  // topology allows); false (and graphs off from then on) if capture fails.
+  bool capture_graph(CachedGraph& slot);
   void release_graph();
   // Scratch buffer `slot` of at least `bytes` (contents unspecified). Growing it flushes first:
   // recorded launches hold its old address.
@@ -237,10 +251,17 @@ class CudaBackend : public Backend {
   void record_exl3(const LastExl3& c, const LastNorm* norm);
 
   std::vector<Launch> launches_;
-  std::vector<uint64_t> key_, prev_key_, graph_key_;
+  std::vector<uint64_t> key_;
   std::vector<std::shared_ptr<DeviceBuffer>> keep_;  // buffers the recorded launches use
-  cudaGraphExec_t graph_ = nullptr;
+  // Executable graphs of recent segment keys, least recently used replaced first: a decode step
+  // the model submits in several segments (Backend::submit) replays one graph per segment. A key
+  // is captured the second time it is flushed within the last kGraphKeys flushes.
+  static constexpr size_t kGraphKeys = 6;
+  std::vector<CachedGraph> graphs_cache_;
+  std::vector<std::vector<uint64_t>> seen_keys_;  // the last kGraphKeys flushed keys without a graph
+  uint64_t flush_count_ = 0;
   bool graphs_ = true;
+  bool submit_ = true;
   bool host_embedding_ = true;
 
   std::shared_ptr<CudaBuffer> scratch_[4];

@@ -88,7 +88,6 @@ struct SharedWords {
 struct GemvGroupArgs {
   GemvItem item[kMaxGroup];
   int count, m, k_tiles;
-  bool prefetch;  // L2 prefetch of the constant vectors (gemv_prefetch())
 #ifdef TRELLIS_CUDA_GEMV_TIMELINE
   int tl_slot;  // which g_tl slot this launch records into, or -1
 #endif
@@ -198,32 +197,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MinBlocks) gemv_kernel(const 
     ++issued;
     cp_async_commit();  // possibly empty: keeps the group count uniform
   };
-
-  // The launch's constant vectors (suh and the norm weights of the input transform; svh, bias and
-  // the residual rows of the fused output) were evicted from L2 by the previous layers' trellis,
-  // so their first loads would wait on DRAM behind the prologue's trellis requests, once in the
-  // input transform and once in the merge, both on the launch's critical path. One warp asks L2
-  // for their lines first, before any trellis request (TRELLIS_CUDA_GEMV_PREFETCH=0: off).
-  if (args.prefetch && warp == kGemvWarps - 1) {
-    if constexpr (Fuse == 2) {
-      const int hb0 = tk0 / 8, hb1 = tk1 > tk0 ? (tk1 + 7) / 8 : hb0;
-      const int lines = (hb1 - hb0) * 4;  // 128 floats = four 128-byte lines per 128-block
-      for (int l = lane; l < lines; l += 32) {
-        const int e = hb0 * 128 + l * 32;
-        prefetch_l2(item.suh + e);
-        if (item.fusion.norm_w) prefetch_l2(item.fusion.norm_w + e);
-      }
-    }
-    if constexpr (Fuse != 0) {
-      const int e = group * 128 + (lane & 3) * 32;
-      if (lane < 4) prefetch_l2(item.svh + e);  // svh has n entries
-      else if (lane < 8) {
-        if (item.bias && e < item.out_features) prefetch_l2(item.bias + e);
-      } else if (item.fusion.resid && lane < 8 + 4 * m) {
-        prefetch_l2(item.fusion.resid + static_cast<int64_t>((lane - 8) >> 2) * item.out_features + e);
-      }
-    }
-  }
 
   float acc[G][2][4];
 #pragma unroll
@@ -704,7 +677,6 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
   args.count = static_cast<int>(items.size());
   args.m = static_cast<int>(m);
   args.k_tiles = static_cast<int>(k / 16);
-  args.prefetch = gemv_prefetch();
   int64_t blocks = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     args.item[i] = items[i];

@@ -20,7 +20,6 @@ std::atomic<int> g_gemv_weights_a{-1};         // -1: not read yet; then 0 or 1
 std::atomic<int> g_gemv_fused_out{-1};         // -1: not read yet; then 0 or 1
 std::atomic<int> g_gemv_fused_in{-1};          // -1: not read yet; then 0 or 1
 std::atomic<int> g_gemv_occupancy{-1};         // -1: not read yet; then 0 or 1
-std::atomic<int> g_gemv_prefetch{-1};          // -1: not read yet; then 0 or 1
 std::atomic<int> g_decode_fusion{-1};          // -1: not read yet; then 0 or 1
 
 }  // namespace
@@ -57,9 +56,6 @@ bool gemv_fused_in() { return cached_switch(g_gemv_fused_in, "TRELLIS_CUDA_GEMV_
 
 void set_gemv_occupancy(bool on) { g_gemv_occupancy.store(on ? 1 : 0); }
 bool gemv_occupancy() { return cached_switch(g_gemv_occupancy, "TRELLIS_CUDA_GEMV_OCCUPANCY", false); }
-
-void set_gemv_prefetch(bool on) { g_gemv_prefetch.store(on ? 1 : 0); }
-bool gemv_prefetch() { return cached_switch(g_gemv_prefetch, "TRELLIS_CUDA_GEMV_PREFETCH", true); }
 
 void set_decode_fusion(bool on) { g_decode_fusion.store(on ? 1 : 0); }
 bool decode_fusion() { return cached_switch(g_decode_fusion, "TRELLIS_CUDA_DECODE_FUSION", true); }

@@ -99,11 +99,6 @@ void set_gemv_halves(bool on);
 // keeps the weights as the B operand.
 bool gemv_weights_a();
 void set_gemv_weights_a(bool on);  // test hook
-// Whether the EXL3 GEMV's fused transforms ask L2 for their constant vectors (suh, the norm
-// weights, svh, bias) and the residual rows at the start of each block, before the trellis
-// requests (cuda_exl3_gemv.cu). On unless TRELLIS_CUDA_GEMV_PREFETCH=0.
-bool gemv_prefetch();
-void set_gemv_prefetch(bool on);  // test hook
 // Whether the EXL3 GEMV (m <= 8) applies the output transform itself: the last block of each
 // 128-column group sums the k-split partials and writes y (same bits as exl3_hadamard_out), one
 // launch fewer per linear (group). Off unless TRELLIS_CUDA_GEMV_FUSED_OUT=1; gemv_fused_in (the
