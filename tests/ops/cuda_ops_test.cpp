@@ -764,8 +764,11 @@ TEST(CudaOps, GraphReplaysEqualEagerRuns) {
   RopeParams rp;
   for (int64_t i = 0; i < head_dim / 2; ++i) rp.inv_freq.push_back(std::pow(100.0f, -static_cast<float>(i) / 16));
   AttentionParams ap{heads, heads, head_dim, 0.2f, 0};
-  // split: every step goes to the device in two segments (Backend::submit), which alternate, so
-  // each needs its own cached graph.
+  // split: every step goes to the device in two segments (Backend::submit); the first (3 launches)
+  // is under the backend's minimum for a graph and runs eagerly, the second is captured at step 2
+  // and replayed from step 3 although the flushes alternate (a backend that captured only a key
+  // equal to the previous flush's never replayed it). Decode steps in three graphed segments:
+  // the CudaModel tests.
   auto run = [&](bool graphs, bool split) {
     cu->set_graphs(graphs);
     const auto before = cu->stats();
@@ -791,8 +794,8 @@ TEST(CudaOps, GraphReplaysEqualEagerRuns) {
     }
     const auto after = cu->stats();
     EXPECT_GE(after.segments - before.segments, split ? 12u : 6u);
-    // Steps 3-6 replay (step 2 captures), each of their segments.
-    if (graphs) EXPECT_GE(after.graph_replays - before.graph_replays, split ? 8u : 4u) << "split " << split;
+    // Steps 3-6 replay (step 2 captures).
+    if (graphs) EXPECT_GE(after.graph_replays - before.graph_replays, 4u) << "split " << split;
     else EXPECT_EQ(after.graph_replays, before.graph_replays);
     return all;
   };

@@ -143,7 +143,7 @@ void CudaBackend::release_graph() {
   for (CachedGraph& g : graphs_cache_)
     if (g.exec) cudaGraphExecDestroy(g.exec);
   graphs_cache_.clear();
-  seen_keys_.clear();
+  recent_keys_.clear();
 }
 
 // ---- staging and recording ----
@@ -263,27 +263,23 @@ void CudaBackend::flush() {
   stats_.launches += launches_.size();
   try {
     ++flush_count_;
+    const bool graphable = graphs_ && launches_.size() >= kGraphMinLaunches;
     CachedGraph* hit = nullptr;
-    bool seen = false;
-    if (graphs_ && launches_.size() >= kGraphMinLaunches) {
+    bool recent = false;
+    if (graphable) {
       for (CachedGraph& g : graphs_cache_)
         if (g.exec && g.key == key_) hit = &g;
-      if (!hit)
-        for (auto it = seen_keys_.begin(); it != seen_keys_.end(); ++it)
-          if (*it == key_) {
-            seen = true;
-            seen_keys_.erase(it);
-            break;
-          }
+      for (const auto& k : recent_keys_) recent = recent || (!hit && k == key_);
     }
     if (hit) {
       check(cudaGraphLaunch(hit->exec, stream_), "cudaGraphLaunch");
       hit->last_used = flush_count_;
       ++stats_.graph_replays;
-    } else if (seen) {
-      // The second time within the last kGraphKeys flushes: capture it, into a free slot or over
-      // the least recently used graph (updated in place where its topology matches).
-      if (graphs_cache_.size() < kGraphKeys) graphs_cache_.emplace_back();
+    } else if (recent) {
+      // Flushed again within the last kRecentFlushes flushes (a decode step's segments; equal
+      // prefill chunks): capture it, into a free slot or over the least recently used graph
+      // (updated in place where its topology matches).
+      if (graphs_cache_.size() < kGraphSlots) graphs_cache_.emplace_back();
       CachedGraph* slot = &graphs_cache_.front();
       for (CachedGraph& g : graphs_cache_)
         if (g.last_used < slot->last_used) slot = &g;
@@ -295,10 +291,13 @@ void CudaBackend::flush() {
       }
     } else {
       run_eagerly();
-      if (graphs_ && launches_.size() >= kGraphMinLaunches) {
-        if (seen_keys_.size() == kGraphKeys) seen_keys_.erase(seen_keys_.begin());
-        seen_keys_.push_back(key_);
-      }
+    }
+    if (graphable) {  // this key joins the recent ones (the oldest's storage is reused)
+      if (recent_keys_.size() < kRecentFlushes)
+        recent_keys_.emplace_back();
+      else
+        std::rotate(recent_keys_.begin(), recent_keys_.begin() + 1, recent_keys_.end());
+      recent_keys_.back().swap(key_);
     }
   } catch (...) {
     launches_.clear();

@@ -253,12 +253,15 @@ class CudaBackend : public Backend {
   std::vector<Launch> launches_;
   std::vector<uint64_t> key_;
   std::vector<std::shared_ptr<DeviceBuffer>> keep_;  // buffers the recorded launches use
-  // Executable graphs of recent segment keys, least recently used replaced first: a decode step
-  // the model submits in several segments (Backend::submit) replays one graph per segment. A key
-  // is captured the second time it is flushed within the last kGraphKeys flushes.
-  static constexpr size_t kGraphKeys = 6;
+  // Executable graphs of segment keys, the least recently used replaced first: a decode step the
+  // model submits in several segments (Backend::submit) replays one graph per segment. A key is
+  // captured when it was flushed before within the last kRecentFlushes flushes (the segments of
+  // one step); anything rarer runs eagerly, as a single-graph backend did (e.g. a prefill between
+  // decodes: a captured 256-row prefill replayed ~15% slower than eager runs on the H100, session
+  // 21, cause not profiled).
+  static constexpr size_t kGraphSlots = 6, kRecentFlushes = 3;
   std::vector<CachedGraph> graphs_cache_;
-  std::vector<std::vector<uint64_t>> seen_keys_;  // the last kGraphKeys flushed keys without a graph
+  std::vector<std::vector<uint64_t>> recent_keys_;  // keys of the last kRecentFlushes flushes
   uint64_t flush_count_ = 0;
   bool graphs_ = true;
   bool submit_ = true;
