@@ -172,7 +172,9 @@ int main(int argc, char** argv) {
     };
     // Backends that count their waits (CUDA): microseconds per decode step in which the host was not
     // waiting for the device (recording the step's ops, launching, the logits copy's setup). Each
-    // step ends in a blocking logits download, so the device idles for about this long per token.
+    // step ends in a blocking logits download; with the whole step submitted at its end
+    // (TRELLIS_CUDA_SUBMIT=0) the device idles for about this long per token, with segments
+    // (the default) only for the first segment's part of it.
     if (backend->host_wait_seconds() > 0) out["decode_host_us_per_token"] = median(decode_host_s) / gen * 1e6;
     if (bw > 0) {
       out["read_bandwidth_gb_s"] = bw / 1e9;
