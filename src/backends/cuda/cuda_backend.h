@@ -257,8 +257,8 @@ class CudaBackend : public Backend {
   // model submits in several segments (Backend::submit) replays one graph per segment. A key is
   // captured when it was flushed before within the last kRecentFlushes flushes (the segments of
   // one step); anything rarer runs eagerly, as a single-graph backend did (e.g. a prefill between
-  // decodes: a captured 256-row prefill replayed ~15% slower than eager runs on the H100, session
-  // 21, cause not profiled).
+  // decodes: capturing the bench's 256-row prefill made it ~15% and the decode after it 2.7%
+  // slower on the H100, session 21, cause not profiled).
   static constexpr size_t kGraphSlots = 6, kRecentFlushes = 3;
   std::vector<CachedGraph> graphs_cache_;
   std::vector<std::vector<uint64_t>> recent_keys_;  // keys of the last kRecentFlushes flushes
