@@ -268,8 +268,11 @@ void CudaBackend::flush() {
     bool recent = false;
     if (graphable) {
       for (CachedGraph& g : graphs_cache_)
-        if (g.exec && g.key == key_) hit = &g;
-      for (const auto& k : recent_keys_) recent = recent || (!hit && k == key_);
+        if (g.exec && g.key == key_) {
+          hit = &g;
+          break;
+        }
+      recent = !hit && std::find(recent_keys_.begin(), recent_keys_.end(), key_) != recent_keys_.end();
     }
     if (hit) {
       check(cudaGraphLaunch(hit->exec, stream_), "cudaGraphLaunch");

@@ -59,13 +59,6 @@ class CudaBuffer : public DeviceBuffer {
   size_t size_ = 0;
 };
 
-// A captured segment: its key (CudaBackend::record) and executable graph.
-struct CachedGraph {
-  std::vector<uint64_t> key;
-  cudaGraphExec_t exec = nullptr;
-  uint64_t last_used = 0;  // flush count of its last launch
-};
-
 class CudaBackend : public Backend {
  public:
   explicit CudaBackend(int index);
@@ -120,6 +113,12 @@ class CudaBackend : public Backend {
   cudaStream_t stream() const { return stream_; }
 
  private:
+  // A captured segment: its key (record()) and executable graph.
+  struct CachedGraph {
+    std::vector<uint64_t> key;
+    cudaGraphExec_t exec = nullptr;
+    uint64_t last_used = 0;  // flush count of its last launch
+  };
   // cudaStreamSynchronize for download() and synchronize(); the time since t0 (download: before
   // its copy, which into pageable memory already waits for the stream) goes into wait_seconds_.
   void wait_for_stream(const char* what, std::chrono::steady_clock::time_point t0);
