@@ -304,10 +304,13 @@ if wants srcprof && [[ " ${devs[*]} " == *" cuda:0 "* ]] && find_ncu srcprof; th
   # counters (warp-state samples per SASS instruction) of one layer's four K = 3 GEMV launches
   # (q/k/v, o, gate/up, down) in the second decode step of the 8B model at context 256. The
   # launches skipped are the first decode step's (TRELLIS_SRCPROF_SKIP, default 128).
+  # TRELLIS_SRCPROF_KERNEL (an ncu name regex) and TRELLIS_SRCPROF_COUNT pick other launches, e.g.
+  # attention_decode_kernel, skip 32, count 2: the second decode step's first two layers.
   mkdir -p "$out/srcprof" "$models"
   step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
   step srcprof_layer bash -c "'$ncu' --clock-control none --kernel-name-base demangled \
-    -k 'regex:gemv_kernel<\(int\)3' --launch-skip ${TRELLIS_SRCPROF_SKIP:-128} --launch-count 4 \
+    -k 'regex:${TRELLIS_SRCPROF_KERNEL:-gemv_kernel<\\(int\\)3}' --launch-skip ${TRELLIS_SRCPROF_SKIP:-128} \
+    --launch-count ${TRELLIS_SRCPROF_COUNT:-4} \
     --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
     --section WarpStateStats --section SourceCounters --import-source no -f -o '$out/srcprof/layer' \
     '$bin/trellis_bench_model' -m '$models/l8b3' --device cuda:0 --prompt 256 --gen 3 --reps 1 --warmup 0 \
