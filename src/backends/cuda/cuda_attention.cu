@@ -49,6 +49,7 @@
 #include "backends/cuda/cuda_mma.cuh"
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_util.h"
+#include "core/env.h"
 
 namespace trellis::cuda {
 namespace {
@@ -442,8 +443,13 @@ AttentionKernel kernel_setting() {
   return static_cast<AttentionKernel>(v);
 }
 
-// Flash-decoding splits of fewer keys than this cost more in the merge than they save.
+// Flash-decoding splits of fewer keys than this cost more in the merge than they save
+// (TRELLIS_CUDA_ATTENTION_MIN_KEYS overrides it, 8..4096, for A/B runs).
 constexpr int64_t kMinKeysPerSplit = 64;
+int64_t min_keys_per_split() {
+  static const int64_t v = env_int("TRELLIS_CUDA_ATTENTION_MIN_KEYS", kMinKeysPerSplit, 8, 4096);
+  return v;
+}
 std::atomic<int> g_context_splits{-1};  // -1: not read yet; then 0 or 1
 
 }  // namespace
@@ -463,7 +469,7 @@ int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_c
     // At least kMinKeysPerSplit keys per split, the cap a power of two (a captured graph is keyed
     // by its split count: a decode re-captures at 5 context lengths, not every 64 tokens).
     int64_t cap = 1;
-    while (cap < s && cap * kMinKeysPerSplit < keys) cap *= 2;
+    while (cap < s && cap * min_keys_per_split() < keys) cap *= 2;
     s = s < cap ? s : cap;
   }
   return static_cast<int>(s);
