@@ -504,9 +504,9 @@ AttentionParams decode_params(const DecodeShape& sh, int64_t window) {
 }
 
 // The split-count policy (host code, runs without a GPU): context-capped splits never exceed the
-// shape's fill-the-GPU count, keep at least 64 keys per split once there are several, are a power
-// of two when the cap binds, and grow with the context; 0 keys or the switch off give the
-// shape-only count.
+// shape's fill-the-GPU count, keep at least attention_min_keys_per_split() keys per split once
+// there are several, are a power of two when the cap binds, and grow with the context; 0 keys or
+// the switch off give the shape-only count.
 TEST(CudaOps, ContextCappedAttentionSplits) {
   const bool was = cuda::attention_context_splits();
   cuda::set_attention_context_splits(true);
@@ -524,7 +524,7 @@ TEST(CudaOps, ContextCappedAttentionSplits) {
         ASSERT_LE(s, fill) << what;
         ASSERT_GE(s, before) << what;
         if (s > 1) {
-          EXPECT_GT(keys, 64 * (s / 2)) << what;  // a split count is only reached with enough keys
+          EXPECT_GT(keys, cuda::attention_min_keys_per_split() * (s / 2)) << what;  // only reached with enough keys
           if (s < fill) {
             EXPECT_EQ(s & (s - 1), 0) << what;
           }

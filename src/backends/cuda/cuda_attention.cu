@@ -443,13 +443,21 @@ AttentionKernel kernel_setting() {
   return static_cast<AttentionKernel>(v);
 }
 
-// Flash-decoding splits of fewer keys than this cost more in the merge than they save
-// (TRELLIS_CUDA_ATTENTION_MIN_KEYS overrides it, 8..4096, for A/B runs).
-constexpr int64_t kMinKeysPerSplit = 64;
-int64_t min_keys_per_split() {
+// Keys per flash-decoding split at least (TRELLIS_CUDA_ATTENTION_MIN_KEYS overrides it, 8..4096).
+// 64 until session 22. At 257-320 keys on the 8B model, 16 (32 splits) decoded 1.013x and 32
+// (16 splits) 1.006x faster than 64 (8 splits), H100, 3 rounds each: the decode kernel is a
+// serial instruction chain at one warp per scheduler, and more, shorter splits use more SMs
+// (docs/BENCHMARKS.md session 22).
+constexpr int64_t kMinKeysPerSplit = 16;
+
+}  // namespace
+
+int64_t attention_min_keys_per_split() {
   static const int64_t v = env_int("TRELLIS_CUDA_ATTENTION_MIN_KEYS", kMinKeysPerSplit, 8, 4096);
   return v;
 }
+
+namespace {
 std::atomic<int> g_context_splits{-1};  // -1: not read yet; then 0 or 1
 
 }  // namespace
@@ -466,10 +474,10 @@ int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_c
   int64_t s = (2 * int64_t{sm_count} + blocks - 1) / blocks;
   s = s < 32 ? s : 32;
   if (keys > 0 && attention_context_splits()) {
-    // At least kMinKeysPerSplit keys per split, the cap a power of two (a captured graph is keyed
+    // At least attention_min_keys_per_split() keys per split, the cap a power of two (a captured graph is keyed
     // by its split count: a decode re-captures at 5 context lengths, not every 64 tokens).
     int64_t cap = 1;
-    while (cap < s && cap * min_keys_per_split() < keys) cap *= 2;
+    while (cap < s && cap * attention_min_keys_per_split() < keys) cap *= 2;
     s = s < cap ? s : cap;
   }
   return static_cast<int>(s);

@@ -111,13 +111,15 @@ struct AttentionArgs {
 };
 inline constexpr int64_t kAttentionMaxHeadDim = 256;
 // Splits that fill the GPU for this shape (1 for prefill-sized batches). Given `keys` (the most
-// keys a query row attends to, > 0), at least 64 keys per split, the count capped at a power of
+// keys a query row attends to, > 0), at least attention_min_keys_per_split() keys per split (16;
+// TRELLIS_CUDA_ATTENTION_MIN_KEYS), the count capped at a power of
 // two (TRELLIS_CUDA_ATTENTION_CONTEXT_SPLITS=0 ignores `keys`; set_attention_context_splits
 // overrides the variable).
 int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_count, int64_t keys = 0);
 bool attention_context_splits();
 void set_attention_context_splits(bool on);
 int64_t attention_partial_floats(const AttentionArgs& a);
+int64_t attention_min_keys_per_split();
 // The kernels attention() chooses from. TRELLIS_CUDA_TC_ATTENTION=0 asks for kFp32 everywhere,
 // =1 for kTensorCore (attention_tc_kernel), unset or =2 for kFlash (attention_flash_kernel, the
 // default); a tensor-core kernel runs only where its shape conditions hold (head_dim 64 or 128, no
