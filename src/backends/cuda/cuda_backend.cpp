@@ -242,6 +242,7 @@ bool CudaBackend::capture_graph(CachedGraph& slot) {
 void CudaBackend::flush() {
   last_add_.reset();  // the recorded launches are about to run: nothing left to fuse with
   last_rope_.reset();
+  last_rope_store_.reset();  // (an attention after a flush must not pop the launch that already ran)
   last_silu_.reset();
   last_exl3_.reset();
   last_resid_.reset();
