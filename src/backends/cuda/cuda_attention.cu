@@ -449,6 +449,7 @@ AttentionKernel kernel_setting() {
 // serial instruction chain at one warp per scheduler, and more, shorter splits use more SMs
 // (docs/BENCHMARKS.md session 22).
 constexpr int64_t kMinKeysPerSplit = 16;
+std::atomic<int> g_context_splits{-1};  // -1: not read yet; then 0 or 1
 
 }  // namespace
 
@@ -456,11 +457,6 @@ int64_t attention_min_keys_per_split() {
   static const int64_t v = env_int("TRELLIS_CUDA_ATTENTION_MIN_KEYS", kMinKeysPerSplit, 8, 4096);
   return v;
 }
-
-namespace {
-std::atomic<int> g_context_splits{-1};  // -1: not read yet; then 0 or 1
-
-}  // namespace
 
 bool attention_context_splits() {
   return cached_switch(g_context_splits, "TRELLIS_CUDA_ATTENTION_CONTEXT_SPLITS", true);
@@ -474,8 +470,8 @@ int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_c
   int64_t s = (2 * int64_t{sm_count} + blocks - 1) / blocks;
   s = s < 32 ? s : 32;
   if (keys > 0 && attention_context_splits()) {
-    // At least attention_min_keys_per_split() keys per split, the cap a power of two (a captured graph is keyed
-    // by its split count: a decode re-captures at 5 context lengths, not every 64 tokens).
+    // At least attention_min_keys_per_split() keys per split, the cap a power of two (a captured
+    // graph is keyed by its split count: a decode re-captures at 5 context lengths, not every step).
     int64_t cap = 1;
     while (cap < s && cap * attention_min_keys_per_split() < keys) cap *= 2;
     s = s < cap ? s : cap;

@@ -185,7 +185,7 @@ void CudaBackend::record(std::initializer_list<uint64_t> key, Launch launch) {
   record(std::span<const uint64_t>(key.begin(), key.size()), std::move(launch));
 }
 
-void CudaBackend::record(std::span<const uint64_t> key, Launch launch) {
+void CudaBackend::forget_fusions() {
   last_add_.reset();
   last_rope_.reset();
   last_rope_store_.reset();
@@ -193,6 +193,10 @@ void CudaBackend::record(std::span<const uint64_t> key, Launch launch) {
   last_exl3_.reset();
   last_resid_.reset();
   last_norm_.reset();
+}
+
+void CudaBackend::record(std::span<const uint64_t> key, Launch launch) {
+  forget_fusions();
   key_.insert(key_.end(), key.begin(), key.end());
   key_.push_back(~uint64_t{0});  // op separator
   launches_.push_back(std::move(launch));
@@ -240,13 +244,7 @@ bool CudaBackend::capture_graph(CachedGraph& slot) {
 }
 
 void CudaBackend::flush() {
-  last_add_.reset();  // the recorded launches are about to run: nothing left to fuse with
-  last_rope_.reset();
-  last_rope_store_.reset();  // (an attention after a flush must not pop the launch that already ran)
-  last_silu_.reset();
-  last_exl3_.reset();
-  last_resid_.reset();
-  last_norm_.reset();
+  forget_fusions();  // the recorded launches are about to run: nothing left to fuse with
   if (launches_.empty()) return;
   set_device();
   if (stage_used_ > 0) {
@@ -926,7 +924,7 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
       lr && rope_attention_fold() && lr->rows == rows && lr->q == a.q && lr->kc == a.k_cache &&
       lr->vc == a.v_cache && lr->pos_off == off && lr->head_dim == a.head_dim &&
       lr->q_cols == a.n_heads * a.head_dim && lr->width == a.n_kv_heads * a.head_dim &&
-      attention_takes_decode_kernel(a) && (a.splits == 1 || a.done || a.n_kv_heads <= kAttentionDoneCounters)) {
+      attention_takes_decode_kernel(a) && (a.splits == 1 || a.n_kv_heads <= kAttentionDoneCounters)) {
     // rope(q), rope(k), kv_store(k, v) were the last launch: the decode kernel does them itself.
     const LastRopeStore f = *lr;
     if (a.splits > 1 && !a.done) a.q_done = reinterpret_cast<unsigned*>(attention_done_->data()) + kAttentionDoneCounters;

@@ -134,6 +134,9 @@ class CudaBackend : public Backend {
   // Records a launch; `key` holds everything that determines the launch except staged values.
   void record(std::initializer_list<uint64_t> key, Launch launch);
   void record(std::span<const uint64_t> key, Launch launch);
+  // Clears every last_* fusion candidate below: a new op was recorded after them, or they are
+  // about to run (flush). A fusion that finds its candidate replaces that op's launch.
+  void forget_fusions();
   void keep(const DeviceTensor& t) { keep_.push_back(t.buffer); }
   // Runs the recorded segment (eagerly, by capturing a graph, or by replaying one).
   void flush();
