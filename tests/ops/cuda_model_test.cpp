@@ -177,7 +177,8 @@ TEST_P(CudaModel, LogitsGreedyAndGraphs) {
                            Variant{"fused input", cuda::set_gemv_fused_in, cuda::gemv_fused_in, 1e-4},
                            Variant{"halves", cuda::set_gemv_halves, cuda::gemv_halves, 1e-3},
                            Variant{"weights as A", cuda::set_gemv_weights_a, cuda::gemv_weights_a, 1e-5},
-                           Variant{"occupancy", cuda::set_gemv_occupancy, cuda::gemv_occupancy, 0.0}}) {
+                           Variant{"occupancy", cuda::set_gemv_occupancy, cuda::gemv_occupancy, 0.0},
+                           Variant{"attention cluster", cuda::set_attention_cluster, cuda::attention_cluster, 1e-4}}) {
     const bool was = v.get();
     v.set(!was);
     std::vector<float> got;

@@ -541,10 +541,12 @@ TEST(CudaOps, ContextCappedAttentionSplits) {
 // The one-row decode kernel against the general fp32 kernel on the same cache (both fp32 math):
 // head_dim 64 and 128, GQA groups 1-4, contexts from 1 key to past 2048, with and without a
 // sliding window, with the backend's flash-decoding splits (1 to 32 by context length); and the
-// merge inside the decode kernel bitwise against its separate launch.
+// merge inside the decode kernel bitwise against its separate launch; on sm_90+ the splits as a
+// thread-block cluster merging through distributed shared memory (at most 16 splits) against the
+// fp32 kernel too.
 TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
   TRELLIS_CUDA_OR_SKIP(cu);
-  const bool merge_was = cuda::attention_merge_fused();
+  const bool merge_was = cuda::attention_merge_fused(), cluster_was = cuda::attention_cluster();
   for (const DecodeShape sh : {DecodeShape{4, 4, 64}, DecodeShape{6, 2, 64}, DecodeShape{8, 4, 128},
                                DecodeShape{32, 8, 128}})
     for (const int64_t ctx : {int64_t{1}, int64_t{7}, int64_t{100}, int64_t{700}, int64_t{2100}})
@@ -564,17 +566,21 @@ TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
         const DeviceTensor qt = cu->upload(f32_view(q, {1, sh.nh * sh.d}), DType::kF32);
         // 0: the fp32 kernel; 1: the decode kernel and the separate merge launch; 2: the decode
         // kernel merging in its last block per kv head (counters reset by the kernel: every later
-        // shape and context relies on that).
-        std::vector<float> res[3];
-        for (int dec = 0; dec < 3; ++dec) {
+        // shape and context relies on that); 3: the splits as a cluster (sm_90+).
+        std::vector<float> res[4];
+        for (int dec = 0; dec < 4; ++dec) {
           cuda::set_decode_attention(dec >= 1);
           cuda::set_attention_merge_fused(dec == 2);
+          cuda::set_attention_cluster(dec == 3);
           DeviceTensor out = cu->alloc(DType::kF32, {1, sh.nh * sh.d});
           cu->attention(qt, kc, vc, pos, ap, out);
           res[dec] = fetch(*cu, out);
         }
         cuda::set_decode_attention(true);
         cuda::set_attention_merge_fused(merge_was);
+        cuda::set_attention_cluster(cluster_was);
+        EXPECT_LT(cuda_rel_rms(res[3], res[0]), 1e-5) << "cluster: heads " << sh.nh << "/" << sh.nkv << " d " << sh.d
+                                                        << " ctx " << ctx << " window " << window;
         const double rel = cuda_rel_rms(res[1], res[0]);
         EXPECT_LT(rel, 1e-5) << "heads " << sh.nh << "/" << sh.nkv << " d " << sh.d << " ctx " << ctx << " window "
                              << window;
@@ -593,6 +599,7 @@ TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
 TEST(CudaOps, RopeAndKvStoreFoldIntoDecodeAttention) {
   TRELLIS_CUDA_OR_SKIP(cu);
   const bool merge_was = cuda::attention_merge_fused(), fold_was = cuda::rope_attention_fold();
+  const bool cluster_was = cuda::attention_cluster();
   for (const DecodeShape sh : {DecodeShape{32, 8, 128}, DecodeShape{6, 2, 64}, DecodeShape{4, 4, 64},
                                DecodeShape{12, 4, 128}, DecodeShape{144, 144, 64}})
     for (const int64_t ctx : {int64_t{1}, int64_t{100}, int64_t{2100}})
@@ -613,12 +620,15 @@ TEST(CudaOps, RopeAndKvStoreFoldIntoDecodeAttention) {
         for (int64_t i = 0; i + 1 < ctx; ++i) earlier[static_cast<size_t>(i)] = static_cast<int32_t>(i);
         const std::vector<int32_t> pos = {static_cast<int32_t>(ctx - 1)};
         const std::vector<float> k_new(k.end() - kvw, k.end()), v_new(v.end() - kvw, v.end());
-        // runs: 0 unfolded (merge inside), 1 folded, 2 fold asked for with the merge launch kept
-        std::vector<float> res[3][5];  // out, q, k, k cache, v cache
-        uint64_t launches[3] = {};
-        for (int run = 0; run < 3; ++run) {
+        // runs: 0 unfolded (merge inside), 1 folded, 2 fold asked for with the merge launch kept,
+        // 3 folded into the cluster form (sm_90+; at most 16 splits: out within 1e-5, the rest
+        // bitwise)
+        std::vector<float> res[4][5];  // out, q, k, k cache, v cache
+        uint64_t launches[4] = {};
+        for (int run = 0; run < 4; ++run) {
           cuda::set_rope_attention_fold(run >= 1);
           cuda::set_attention_merge_fused(run <= 1);
+          cuda::set_attention_cluster(run == 3);
           DeviceTensor kc = cu->alloc(DType::kF16, {ctx + 3, kvw}), vc = cu->alloc(DType::kF16, {ctx + 3, kvw});
           if (ctx > 1)
             cu->kv_store(cu->upload(f32_view(k, {ctx - 1, kvw}), DType::kF32),
@@ -643,6 +653,12 @@ TEST(CudaOps, RopeAndKvStoreFoldIntoDecodeAttention) {
         }
         cuda::set_rope_attention_fold(fold_was);
         cuda::set_attention_merge_fused(merge_was);
+        cuda::set_attention_cluster(cluster_was);
+        EXPECT_EQ(launches[3], 1u) << what << " (cluster)";
+        EXPECT_LT(cuda_rel_rms(res[3][0], res[0][0]), 1e-5) << what << " (cluster)";
+        for (int t = 1; t < 5; ++t)
+          EXPECT_EQ(0, std::memcmp(res[0][t].data(), res[3][t].data(), res[0][t].size() * sizeof(float)))
+              << what << ": the cluster run differs in tensor " << t << " (q, k, k cache, v cache)";
         // Recorded ops (attention and its merge launch count as one): the fold applies with the
         // merge launch kept too (with several splits, q is written back by the kv head's last
         // block to be counted; the shapes run one after another, so a counter left unreset would

@@ -468,7 +468,8 @@ int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_c
   const int64_t blocks = (rows * (n_heads / n_kv_heads) + kQPerBlock - 1) / kQPerBlock * n_kv_heads;
   if (blocks >= sm_count) return 1;
   int64_t s = (2 * int64_t{sm_count} + blocks - 1) / blocks;
-  s = s < 32 ? s : 32;
+  const int64_t most = rows == 1 && attention_cluster() ? kAttentionMaxClusterSplits : 32;
+  s = s < most ? s : most;
   if (keys > 0 && attention_context_splits()) {
     // At least attention_min_keys_per_split() keys per split, the cap a power of two (a captured
     // graph is keyed by its split count: a decode re-captures at 5 context lengths, not every step).
@@ -525,7 +526,9 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
                                        std::to_string(kMergeMaxSplits) + ")");
   const bool aligned = (reinterpret_cast<uintptr_t>(a.k_cache) | reinterpret_cast<uintptr_t>(a.v_cache)) % 16 == 0;
   const bool decode = attention_takes_decode_kernel(a);
-  if (a.rope_k && (!decode || (a.splits > 1 && !a.done && !a.q_done)))
+  if (a.cluster && (!decode || a.splits < 2 || a.splits > kAttentionMaxClusterSplits))
+    raise(ErrorKind::kInternal, "CUDA attention: a cluster launch that is not the one-row decode kernel's");
+  if (a.rope_k && (!decode || (a.splits > 1 && !a.done && !a.q_done && !a.cluster)))
     raise(ErrorKind::kInternal, "CUDA attention: rope folded into a launch that is not the one-row decode kernel");
   const AttentionKernel kernel =
       aligned ? attention_kernel_for(a.rows, a.n_heads, a.n_kv_heads, a.head_dim, a.splits) : AttentionKernel::kFp32;
@@ -553,7 +556,7 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   else
     launch_fp32<8>(a, stream);
   check_launch("attention");
-  if (a.splits > 1 && !(decode && a.done)) {
+  if (a.splits > 1 && !(decode && (a.done || a.cluster))) {
     launch("attention (merge of splits)", attention_merge_kernel, dim3(static_cast<unsigned>(a.rows * a.n_heads)),
            dim3(128), 0, stream, a);
   }

@@ -19,11 +19,15 @@
 //     (AttentionArgs::done), the kv head's last block to finish does that merge itself instead.
 // Accuracy: fp32 throughout (fp16 cache values are exact in fp32); differs from the general
 // kernel only in summation order and exp2 vs exp.
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <mutex>
+#include <vector>
 
 #include "backends/cuda/cuda_attention_merge.cuh"
 #include "backends/cuda/cuda_launch.cuh"
@@ -43,6 +47,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 std::atomic<int> g_decode{-1};
 std::atomic<int> g_merge{-1};
 std::atomic<int> g_rope{-1};
+std::atomic<int> g_cluster{-1};
 
 bool decode_enabled() { return cached_switch(g_decode, "TRELLIS_CUDA_DECODE_ATTENTION", true); }
 
@@ -72,7 +77,9 @@ __device__ __forceinline__ void merge_state(float m[G], float l[G], float acc[G]
   }
 }
 
-template <int D, int G>
+// Cluster: the kv head's `splits` blocks form one thread-block cluster (AttentionArgs::cluster) and
+// merge through distributed shared memory at the end instead of writing `partial`.
+template <int D, int G, bool Cluster>
 __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(AttentionArgs a) {
   constexpr int kLanesPerKey = D / 8, kKeysPerWarp = 32 / kLanesPerKey, kKeysPerStep = kWarps * kKeysPerWarp;
   __shared__ float red[kWarps][G][D + 2];  // per warp: acc, then m and l
@@ -210,6 +217,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
   }
   __syncthreads();
   const int64_t n_q = a.n_heads;  // one row
+  __shared__ float cpart[Cluster ? G : 1][D + 2];  // Cluster: the block's merged acc, m (base 2), l per head
   for (int idx = threadIdx.x; idx < G * (D + 2); idx += kWarps * 32) {
     const int g = idx / (D + 2), i = idx % (D + 2);
     float mx = -INFINITY;
@@ -225,7 +233,9 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
       }
     }
     const int64_t h = int64_t{kvh} * G + g;
-    if (a.splits == 1) {
+    if constexpr (Cluster) {
+      cpart[g][i] = i < D ? sum : i == D ? mx : lsum;
+    } else if (a.splits == 1) {
       if (i < D) a.out[h * D + i] = lsum > 0 ? sum / lsum : 0.0f;
     } else {
       float* p = a.partial + (int64_t{split} * n_q + h) * (D + 2);
@@ -233,6 +243,51 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
       else if (i == D) p[D] = mx == -INFINITY ? -INFINITY : mx / kLog2e;  // natural-log units
       else p[D + 1] = lsum;
     }
+  }
+  if constexpr (Cluster) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // The cluster's merge: once every block's cpart is complete (the cluster barrier, release /
+    // acquire), block `rank` computes outputs rank, rank + splits, ... of the group's G·D from
+    // all blocks' parts, read through distributed shared memory, in split order. The second
+    // barrier keeps every block resident until the others have read its part.
+    namespace cg = cooperative_groups;
+    const cg::cluster_group cl = cg::this_cluster();
+    cl.sync();
+    const int n = a.splits, rank = static_cast<int>(cl.block_rank());
+    for (int idx = rank + n * static_cast<int>(threadIdx.x); idx < G * D; idx += n * kWarps * 32) {
+      const int g = idx / D, i = idx % D;
+      float ms[kAttentionMaxClusterSplits], ls[kAttentionMaxClusterSplits], vs[kAttentionMaxClusterSplits];
+#pragma unroll
+      for (int r = 0; r < kAttentionMaxClusterSplits; ++r) {
+        if (r < n) {
+          const float* p = cl.map_shared_rank(&cpart[g][0], r);
+          ms[r] = p[D];
+          ls[r] = p[D + 1];
+          vs[r] = p[i];
+        }
+      }
+      float mx = -INFINITY;
+#pragma unroll
+      for (int r = 0; r < kAttentionMaxClusterSplits; ++r)
+        if (r < n && ls[r] > 0) mx = fmaxf(mx, ms[r]);
+      float total = 0.0f, o = 0.0f;
+#pragma unroll
+      for (int r = 0; r < kAttentionMaxClusterSplits; ++r)
+        if (r < n && ls[r] > 0) {
+          const float w = exp2f(ms[r] - mx);
+          total = fmaf(ls[r], w, total);
+          o = fmaf(vs[r], w, o);
+        }
+      a.out[(int64_t{kvh} * G + g) * D + i] = total > 0 ? o / total : 0.0f;
+    }
+    // Every block of the kv head has read q (the barrier above): the first writes it back rotated.
+    if (rope && rank == 0)
+      for (int t = threadIdx.x; t < G * D; t += kWarps * 32) q_out[t] = q_rot[t / D][t % D];
+    cl.sync();
+#else
+    __trap();  // cluster launches need sm_90 (attention_cluster_usable)
+#endif
+    return;
   }
   if (rope && a.splits > 1 && !a.done && a.q_done) {
     __shared__ bool writes_q;
@@ -274,14 +329,20 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
 
 using DecodeFn = void (*)(AttentionArgs);
 
-template <int D>
+template <int D, bool Cluster>
 DecodeFn decode_fn(int64_t group) {
   switch (group) {
-    case 1: return attention_decode_kernel<D, 1>;
-    case 2: return attention_decode_kernel<D, 2>;
-    case 3: return attention_decode_kernel<D, 3>;
-    default: return attention_decode_kernel<D, 4>;
+    case 1: return attention_decode_kernel<D, 1, Cluster>;
+    case 2: return attention_decode_kernel<D, 2, Cluster>;
+    case 3: return attention_decode_kernel<D, 3, Cluster>;
+    default: return attention_decode_kernel<D, 4, Cluster>;
   }
+}
+
+DecodeFn pick(const AttentionArgs& a) {
+  const int64_t group = a.n_heads / a.n_kv_heads;
+  if (a.cluster) return a.head_dim == 64 ? decode_fn<64, true>(group) : decode_fn<128, true>(group);
+  return a.head_dim == 64 ? decode_fn<64, false>(group) : decode_fn<128, false>(group);
 }
 
 }  // namespace
@@ -302,11 +363,58 @@ bool attention_uses_decode_kernel(int64_t rows, int64_t n_heads, int64_t n_kv_he
          n_heads % n_kv_heads == 0 && n_heads / n_kv_heads <= kMaxGroup;
 }
 
+bool attention_cluster() { return cached_switch(g_cluster, "TRELLIS_CUDA_ATTENTION_CLUSTER", false); }
+
+void set_attention_cluster(bool on) { g_cluster.store(on ? 1 : 0); }
+
+bool attention_cluster_usable(int splits) {
+  if (!attention_cluster() || splits < 2 || splits > kAttentionMaxClusterSplits) return false;
+  constexpr int kDevices = 64;
+  static std::atomic<int> major[kDevices] = {};  // 0: not read yet
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices) return false;
+  int cc = major[device].load(std::memory_order_relaxed);
+  if (cc == 0) {
+    if (cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+    major[device].store(cc);
+  }
+  return cc >= 9;
+}
+
 void attention_decode(const AttentionArgs& a, cudaStream_t stream) {
-  const int64_t group = a.n_heads / a.n_kv_heads;
   const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(a.n_kv_heads));
-  launch("attention (decode)", a.head_dim == 64 ? decode_fn<64>(group) : decode_fn<128>(group), grid,
-         dim3(kWarps * 32), 0, stream, a);
+  const DecodeFn fn = pick(a);
+  if (!a.cluster) {
+    launch("attention (decode)", fn, grid, dim3(kWarps * 32), 0, stream, a);
+    return;
+  }
+  if (a.splits > 8) {  // beyond the portable cluster size: opt in, once per kernel
+    static std::mutex mu;
+    static std::vector<DecodeFn> allowed;
+    std::lock_guard<std::mutex> lock(mu);
+    if (std::find(allowed.begin(), allowed.end(), fn) == allowed.end()) {
+      check(cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+            "attention (decode): clusters of more than 8 blocks");
+      allowed.push_back(fn);
+    }
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kWarps * 32);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(a.splits);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.numAttrs = 1;
+  if (pdl_enabled()) {
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[1].val.programmaticStreamSerializationAllowed = 1;
+    cfg.numAttrs = 2;
+  }
+  cfg.attrs = attr;
+  check(cudaLaunchKernelEx(&cfg, fn, a), "attention (decode, cluster)");
 }
 
 }  // namespace trellis::cuda

@@ -108,7 +108,13 @@ struct AttentionArgs {
   unsigned* q_done = nullptr;
   const float* rope_inv_freq = nullptr;  // [head_dim / 2]
   float rope_scaling = 1.0f;
+  // One-row decode kernel with 2..kAttentionMaxClusterSplits splits on compute capability 9.0+
+  // (attention_cluster_usable): the kv head's split blocks run as one thread-block cluster and
+  // merge their (acc, m, l) through distributed shared memory, with no `partial`, `done`, `q_done`
+  // or merge launch; with rope folded in, the cluster's first block writes q back.
+  bool cluster = false;
 };
+inline constexpr int kAttentionMaxClusterSplits = 16;  // the H100's largest (non-portable) cluster
 inline constexpr int64_t kAttentionMaxHeadDim = 256;
 // Splits that fill the GPU for this shape (1 for prefill-sized batches). Given `keys` (the most
 // keys a query row attends to, > 0), at least attention_min_keys_per_split() keys per split (16;
@@ -146,6 +152,15 @@ void set_decode_attention(bool on);
 // overrides it for launches recorded after the call (tests, A/B).
 bool attention_merge_fused();
 void set_attention_merge_fused(bool on);
+// Whether the backend runs decode attention's splits as a thread-block cluster (AttentionArgs::
+// cluster): off unless TRELLIS_CUDA_ATTENTION_CLUSTER=1; with it on, attention_splits() gives one
+// row at most kAttentionMaxClusterSplits splits. set_attention_cluster overrides it for launches
+// recorded after the call.
+bool attention_cluster();
+void set_attention_cluster(bool on);
+// attention_cluster(), 2 <= splits <= kAttentionMaxClusterSplits, the current device of compute
+// capability 9.0 or newer.
+bool attention_cluster_usable(int splits);
 // Whether attention(a) runs the one-row decode kernel (the shape test above, 16-byte aligned q
 // and caches): the condition for AttentionArgs::rope_k.
 bool attention_takes_decode_kernel(const AttentionArgs& a);
