@@ -26,8 +26,9 @@
 #            compares two values of a knob; @DIR runs another build's binaries from DIR as "0"
 #            against BIN_DIR's as "1") at 0 and 1
 #            alternately, in $TRELLIS_AB_ROUNDS rounds (default 2): for TRELLIS_CUDA_* the CUDA GEMV
+#            (not with TRELLIS_AB_GEMV=0)
 #            at K = 2, 3 x MCG, MUL1 on the
-#            four shapes, and the 3 bpw 8B model's decode at context 256 on the backend the
+#            four shapes, and the 3 bpw 8B model's decode at context 256 (TRELLIS_AB_PROMPT) on the backend the
 #            switch belongs to; the report gives the ratios (roughly 1.5 minutes per switch on
 #            an H200, an estimate: name three or four in TRELLIS_AB per 10-minute call)
 #   timeline (only when named) per-block phase times of decode GEMV launches, from a
@@ -205,7 +206,7 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
     ab_shapes=(256x256); ab_ks=(3); ab_model=smol3q; ab_prompt=1; ab_extra=(--reps 3 --warmup 1); ab_run=(8 1)
     step gen_smol3q gen smol3q --preset smollm2-135m --bits 3 --codebook mcg --layers 2
   else
-    ab_shapes=(4096x4096 4096x14336 14336x4096 8192x28672); ab_ks=(2 3); ab_model=l8b3; ab_prompt=256; ab_extra=()
+    ab_shapes=(4096x4096 4096x14336 14336x4096 8192x28672); ab_ks=(2 3); ab_model=l8b3; ab_prompt=${TRELLIS_AB_PROMPT:-256}; ab_extra=()
     ab_run=(64 3)  # decoded tokens, reps
     step gen_l8b3 gen l8b3 --preset llama3-8b --bits 3 --codebook mcg
   fi
@@ -230,6 +231,7 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
     else
       label=$sw
     fi
+    [ "$ab_prompt" = 256 ] || [ $quick = 1 ] || label+="@ctx$ab_prompt"
     ab_dev=cuda:0
     [[ $sw == TRELLIS_VULKAN_* ]] && ab_dev=vulkan:0
     [[ " ${devs[*]} " == *" $ab_dev "* ]] || { echo "ab: $sw needs $ab_dev" >&2; continue; }
@@ -238,7 +240,7 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
         set_env=""
         [[ $sw == BUILD_* ]] || for part in ${sw//+/ }; do set_env+="$part=${values[$v]} "; done
         b=${bins[$v]}
-        [ $ab_dev = cuda:0 ] &&
+        [ $ab_dev = cuda:0 ] && [ "${TRELLIS_AB_GEMV:-1}" != 0 ] &&
           step "ab_gemv_${label}_${v}_r$r" bash -c "$set_env '$b/trellis_bench_cuda_exl3' --K ${ab_ks[*]} \
             --codebooks mcg mul1 --shapes ${ab_shapes[*]} ${ab_extra[*]} > '$out/ab/gemv_${label}_${v}_r$r.json' \
             2> '$out/ab/gemv_${label}_${v}_r$r.log'"

@@ -566,12 +566,14 @@ TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
         const DeviceTensor qt = cu->upload(f32_view(q, {1, sh.nh * sh.d}), DType::kF32);
         // 0: the fp32 kernel; 1: the decode kernel and the separate merge launch; 2: the decode
         // kernel merging in its last block per kv head (counters reset by the kernel: every later
-        // shape and context relies on that); 3: the splits as a cluster (sm_90+).
-        std::vector<float> res[4];
-        for (int dec = 0; dec < 4; ++dec) {
+        // shape and context relies on that); 3, 4: the splits as a cluster of blocks of 4 and 8
+        // warps (sm_90+).
+        std::vector<float> res[5];
+        for (int dec = 0; dec < 5; ++dec) {
           cuda::set_decode_attention(dec >= 1);
           cuda::set_attention_merge_fused(dec == 2);
-          cuda::set_attention_cluster(dec == 3);
+          cuda::set_attention_cluster(dec >= 3);
+          cuda::set_attention_cluster_warps(dec == 4 ? 8 : 4);
           DeviceTensor out = cu->alloc(DType::kF32, {1, sh.nh * sh.d});
           cu->attention(qt, kc, vc, pos, ap, out);
           res[dec] = fetch(*cu, out);
@@ -579,8 +581,11 @@ TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
         cuda::set_decode_attention(true);
         cuda::set_attention_merge_fused(merge_was);
         cuda::set_attention_cluster(cluster_was);
-        EXPECT_LT(cuda_rel_rms(res[3], res[0]), 1e-5) << "cluster: heads " << sh.nh << "/" << sh.nkv << " d " << sh.d
-                                                        << " ctx " << ctx << " window " << window;
+        cuda::set_attention_cluster_warps(0);
+        for (int dec = 3; dec < 5; ++dec)
+          EXPECT_LT(cuda_rel_rms(res[dec], res[0]), 1e-5) << "cluster of " << (dec == 4 ? 8 : 4) << "-warp blocks: heads "
+                                                          << sh.nh << "/" << sh.nkv << " d " << sh.d << " ctx " << ctx
+                                                          << " window " << window;
         const double rel = cuda_rel_rms(res[1], res[0]);
         EXPECT_LT(rel, 1e-5) << "heads " << sh.nh << "/" << sh.nkv << " d " << sh.d << " ctx " << ctx << " window "
                              << window;
@@ -629,6 +634,7 @@ TEST(CudaOps, RopeAndKvStoreFoldIntoDecodeAttention) {
           cuda::set_rope_attention_fold(run >= 1);
           cuda::set_attention_merge_fused(run <= 1);
           cuda::set_attention_cluster(run == 3);
+          cuda::set_attention_cluster_warps(8);  // run 3: blocks of 8 warps (the 4-warp form: the test above)
           DeviceTensor kc = cu->alloc(DType::kF16, {ctx + 3, kvw}), vc = cu->alloc(DType::kF16, {ctx + 3, kvw});
           if (ctx > 1)
             cu->kv_store(cu->upload(f32_view(k, {ctx - 1, kvw}), DType::kF32),
@@ -654,6 +660,7 @@ TEST(CudaOps, RopeAndKvStoreFoldIntoDecodeAttention) {
         cuda::set_rope_attention_fold(fold_was);
         cuda::set_attention_merge_fused(merge_was);
         cuda::set_attention_cluster(cluster_was);
+        cuda::set_attention_cluster_warps(0);
         EXPECT_EQ(launches[3], 1u) << what << " (cluster)";
         EXPECT_LT(cuda_rel_rms(res[3][0], res[0][0]), 1e-5) << what << " (cluster)";
         for (int t = 1; t < 5; ++t)

@@ -34,11 +34,12 @@
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/cuda_rope.cuh"
 #include "backends/cuda/cuda_util.h"
+#include "core/env.h"
 
 namespace trellis::cuda {
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 4;  // per block, but for the cluster form's attention_cluster_warps()
 constexpr int kMaxGroup = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -48,6 +49,7 @@ std::atomic<int> g_decode{-1};
 std::atomic<int> g_merge{-1};
 std::atomic<int> g_rope{-1};
 std::atomic<int> g_cluster{-1};
+std::atomic<int> g_cluster_warps{-1};  // -1: the environment's setting
 
 bool decode_enabled() { return cached_switch(g_decode, "TRELLIS_CUDA_DECODE_ATTENTION", true); }
 
@@ -78,9 +80,11 @@ __device__ __forceinline__ void merge_state(float m[G], float l[G], float acc[G]
 }
 
 // Cluster: the kv head's `splits` blocks form one thread-block cluster (AttentionArgs::cluster) and
-// merge through distributed shared memory at the end instead of writing `partial`.
-template <int D, int G, bool Cluster>
-__global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(AttentionArgs a) {
+// merge through distributed shared memory at the end instead of writing `partial`. W: warps per
+// block (4; the cluster form 4 or 8, attention_cluster_warps).
+template <int D, int G, bool Cluster, int W>
+__global__ void __launch_bounds__(W * 32) attention_decode_kernel(AttentionArgs a) {
+  constexpr int kWarps = W;
   constexpr int kLanesPerKey = D / 8, kKeysPerWarp = 32 / kLanesPerKey, kKeysPerStep = kWarps * kKeysPerWarp;
   __shared__ float red[kWarps][G][D + 2];  // per warp: acc, then m and l
   pdl_begin();
@@ -329,20 +333,21 @@ __global__ void __launch_bounds__(kWarps * 32) attention_decode_kernel(Attention
 
 using DecodeFn = void (*)(AttentionArgs);
 
-template <int D, bool Cluster>
+template <int D, bool Cluster, int W>
 DecodeFn decode_fn(int64_t group) {
   switch (group) {
-    case 1: return attention_decode_kernel<D, 1, Cluster>;
-    case 2: return attention_decode_kernel<D, 2, Cluster>;
-    case 3: return attention_decode_kernel<D, 3, Cluster>;
-    default: return attention_decode_kernel<D, 4, Cluster>;
+    case 1: return attention_decode_kernel<D, 1, Cluster, W>;
+    case 2: return attention_decode_kernel<D, 2, Cluster, W>;
+    case 3: return attention_decode_kernel<D, 3, Cluster, W>;
+    default: return attention_decode_kernel<D, 4, Cluster, W>;
   }
 }
 
-DecodeFn pick(const AttentionArgs& a) {
+DecodeFn pick(const AttentionArgs& a, int warps) {
   const int64_t group = a.n_heads / a.n_kv_heads;
-  if (a.cluster) return a.head_dim == 64 ? decode_fn<64, true>(group) : decode_fn<128, true>(group);
-  return a.head_dim == 64 ? decode_fn<64, false>(group) : decode_fn<128, false>(group);
+  if (a.cluster && warps == 8) return a.head_dim == 64 ? decode_fn<64, true, 8>(group) : decode_fn<128, true, 8>(group);
+  if (a.cluster) return a.head_dim == 64 ? decode_fn<64, true, 4>(group) : decode_fn<128, true, 4>(group);
+  return a.head_dim == 64 ? decode_fn<64, false, 4>(group) : decode_fn<128, false, 4>(group);
 }
 
 }  // namespace
@@ -363,9 +368,20 @@ bool attention_uses_decode_kernel(int64_t rows, int64_t n_heads, int64_t n_kv_he
          n_heads % n_kv_heads == 0 && n_heads / n_kv_heads <= kMaxGroup;
 }
 
-bool attention_cluster() { return cached_switch(g_cluster, "TRELLIS_CUDA_ATTENTION_CLUSTER", false); }
+// On by default where usable (sm_90+): H100, session 23: 8B decode at context 256 1.007x (16
+// splits of 4 warps in clusters against 32 splits and the merge launch; docs/BENCHMARKS.md).
+bool attention_cluster() { return cached_switch(g_cluster, "TRELLIS_CUDA_ATTENTION_CLUSTER", true); }
 
 void set_attention_cluster(bool on) { g_cluster.store(on ? 1 : 0); }
+
+int attention_cluster_warps() {
+  const int set = g_cluster_warps.load(std::memory_order_relaxed);
+  if (set > 0) return set;
+  static const int w = env_int("TRELLIS_CUDA_ATTENTION_CLUSTER_WARPS", 4, 4, 8) > 4 ? 8 : 4;
+  return w;
+}
+
+void set_attention_cluster_warps(int warps) { g_cluster_warps.store(warps <= 0 ? -1 : warps > 4 ? 8 : 4); }
 
 bool attention_cluster_usable(int splits) {
   if (!attention_cluster() || splits < 2 || splits > kAttentionMaxClusterSplits) return false;
@@ -383,7 +399,8 @@ bool attention_cluster_usable(int splits) {
 
 void attention_decode(const AttentionArgs& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(a.n_kv_heads));
-  const DecodeFn fn = pick(a);
+  const int warps = a.cluster ? attention_cluster_warps() : kWarps;
+  const DecodeFn fn = pick(a, warps);
   if (!a.cluster) {
     launch("attention (decode)", fn, grid, dim3(kWarps * 32), 0, stream, a);
     return;
@@ -400,7 +417,7 @@ void attention_decode(const AttentionArgs& a, cudaStream_t stream) {
   }
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
-  cfg.blockDim = dim3(kWarps * 32);
+  cfg.blockDim = dim3(warps * 32);
   cfg.stream = stream;
   cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;

@@ -938,7 +938,7 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
     record({kAttentionRope, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial), addr(a.done), addr(a.q_done),
             addr(a.rope_k), addr(a.rope_v), static_cast<uint64_t>(a.n_heads), static_cast<uint64_t>(a.n_kv_heads),
             static_cast<uint64_t>(a.head_dim), static_cast<uint64_t>(a.sliding_window), bits(a.scale),
-            bits(a.rope_scaling), static_cast<uint64_t>(a.splits) | (a.cluster ? 1ull << 32 : 0), off, freq_off},
+            bits(a.rope_scaling), static_cast<uint64_t>(a.splits) | (a.cluster ? static_cast<uint64_t>(attention_cluster_warps()) << 32 : 0), off, freq_off},
            [=](const std::byte* st) {
              AttentionArgs b = a;
              b.pos = reinterpret_cast<const int32_t*>(st + off);
@@ -950,7 +950,7 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
   record({kAttention, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial), addr(a.done),
           static_cast<uint64_t>(rows), static_cast<uint64_t>(a.n_heads), static_cast<uint64_t>(a.n_kv_heads),
           static_cast<uint64_t>(a.head_dim), static_cast<uint64_t>(a.sliding_window), bits(a.scale),
-          static_cast<uint64_t>(a.splits) | (a.cluster ? 1ull << 32 : 0), off,
+          static_cast<uint64_t>(a.splits) | (a.cluster ? static_cast<uint64_t>(attention_cluster_warps()) << 32 : 0), off,
           // the kernel choice (set_attention_kernel can change it): a graph replays the kernel it captured
           static_cast<uint64_t>(attention_kernel_for(rows, a.n_heads, a.n_kv_heads, a.head_dim, a.splits))},
          [=](const std::byte* st) {

@@ -153,11 +153,15 @@ void set_decode_attention(bool on);
 bool attention_merge_fused();
 void set_attention_merge_fused(bool on);
 // Whether the backend runs decode attention's splits as a thread-block cluster (AttentionArgs::
-// cluster): off unless TRELLIS_CUDA_ATTENTION_CLUSTER=1; with it on, attention_splits() gives one
+// cluster): on unless TRELLIS_CUDA_ATTENTION_CLUSTER=0; with it on, attention_splits() gives one
 // row at most kAttentionMaxClusterSplits splits. set_attention_cluster overrides it for launches
 // recorded after the call.
 bool attention_cluster();
 void set_attention_cluster(bool on);
+// Warps per block of the cluster form: 4 or 8 (TRELLIS_CUDA_ATTENTION_CLUSTER_WARPS); the test hook
+// overrides it for launches made after the call (0: back to the environment's setting).
+int attention_cluster_warps();
+void set_attention_cluster_warps(int warps);
 // attention_cluster(), 2 <= splits <= kAttentionMaxClusterSplits, the current device of compute
 // capability 9.0 or newer.
 bool attention_cluster_usable(int splits);
