@@ -566,14 +566,14 @@ TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
         const DeviceTensor qt = cu->upload(f32_view(q, {1, sh.nh * sh.d}), DType::kF32);
         // 0: the fp32 kernel; 1: the decode kernel and the separate merge launch; 2: the decode
         // kernel merging in its last block per kv head (counters reset by the kernel: every later
-        // shape and context relies on that); 3, 4: the splits as a cluster of blocks of 4 and 8
-        // warps (sm_90+).
-        std::vector<float> res[5];
-        for (int dec = 0; dec < 5; ++dec) {
+        // shape and context relies on that); 3, 4, 5: the splits as a cluster of blocks of 4, 8
+        // and 16 warps (sm_90+).
+        std::vector<float> res[6];
+        for (int dec = 0; dec < 6; ++dec) {
           cuda::set_decode_attention(dec >= 1);
           cuda::set_attention_merge_fused(dec == 2);
           cuda::set_attention_cluster(dec >= 3);
-          cuda::set_attention_cluster_warps(dec == 4 ? 8 : 4);
+          cuda::set_attention_cluster_warps(dec == 5 ? 16 : dec == 4 ? 8 : 4);
           DeviceTensor out = cu->alloc(DType::kF32, {1, sh.nh * sh.d});
           cu->attention(qt, kc, vc, pos, ap, out);
           res[dec] = fetch(*cu, out);
@@ -582,8 +582,8 @@ TEST(CudaOps, DecodeAttentionKernelAgreesWithFp32Kernel) {
         cuda::set_attention_merge_fused(merge_was);
         cuda::set_attention_cluster(cluster_was);
         cuda::set_attention_cluster_warps(0);
-        for (int dec = 3; dec < 5; ++dec)
-          EXPECT_LT(cuda_rel_rms(res[dec], res[0]), 1e-5) << "cluster of " << (dec == 4 ? 8 : 4) << "-warp blocks: heads "
+        for (int dec = 3; dec < 6; ++dec)
+          EXPECT_LT(cuda_rel_rms(res[dec], res[0]), 1e-5) << "cluster of " << (4 << (dec - 3)) << "-warp blocks: heads "
                                                           << sh.nh << "/" << sh.nkv << " d " << sh.d << " ctx " << ctx
                                                           << " window " << window;
         const double rel = cuda_rel_rms(res[1], res[0]);
@@ -634,7 +634,7 @@ TEST(CudaOps, RopeAndKvStoreFoldIntoDecodeAttention) {
           cuda::set_rope_attention_fold(run >= 1);
           cuda::set_attention_merge_fused(run <= 1);
           cuda::set_attention_cluster(run == 3);
-          cuda::set_attention_cluster_warps(8);  // run 3: blocks of 8 warps (the 4-warp form: the test above)
+          cuda::set_attention_cluster_warps(8);  // run 3: blocks of 8 warps (the other forms: the test above)
           DeviceTensor kc = cu->alloc(DType::kF16, {ctx + 3, kvw}), vc = cu->alloc(DType::kF16, {ctx + 3, kvw});
           if (ctx > 1)
             cu->kv_store(cu->upload(f32_view(k, {ctx - 1, kvw}), DType::kF32),

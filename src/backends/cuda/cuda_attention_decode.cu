@@ -343,8 +343,12 @@ DecodeFn decode_fn(int64_t group) {
   }
 }
 
+// The cluster form's block sizes: 4, 8 or 16 warps (the largest not above `warps`).
+int warps_form(int warps) { return warps >= 16 ? 16 : warps >= 8 ? 8 : 4; }
+
 DecodeFn pick(const AttentionArgs& a, int warps) {
   const int64_t group = a.n_heads / a.n_kv_heads;
+  if (a.cluster && warps == 16) return a.head_dim == 64 ? decode_fn<64, true, 16>(group) : decode_fn<128, true, 16>(group);
   if (a.cluster && warps == 8) return a.head_dim == 64 ? decode_fn<64, true, 8>(group) : decode_fn<128, true, 8>(group);
   if (a.cluster) return a.head_dim == 64 ? decode_fn<64, true, 4>(group) : decode_fn<128, true, 4>(group);
   return a.head_dim == 64 ? decode_fn<64, false, 4>(group) : decode_fn<128, false, 4>(group);
@@ -368,8 +372,9 @@ bool attention_uses_decode_kernel(int64_t rows, int64_t n_heads, int64_t n_kv_he
          n_heads % n_kv_heads == 0 && n_heads / n_kv_heads <= kMaxGroup;
 }
 
-// On by default where usable (sm_90+): H100, session 23: 8B decode at context 256 1.007x (16
-// splits of 4 warps in clusters against 32 splits and the merge launch; docs/BENCHMARKS.md).
+// On by default where usable (sm_90+). H100, session 23 (docs/BENCHMARKS.md), 8B decode at
+// context 256: 16 splits of 4 warps in clusters 1.007x against 32 splits and the merge launch, and
+// blocks of 8 warps 1.010x on top.
 bool attention_cluster() { return cached_switch(g_cluster, "TRELLIS_CUDA_ATTENTION_CLUSTER", true); }
 
 void set_attention_cluster(bool on) { g_cluster.store(on ? 1 : 0); }
@@ -377,11 +382,11 @@ void set_attention_cluster(bool on) { g_cluster.store(on ? 1 : 0); }
 int attention_cluster_warps() {
   const int set = g_cluster_warps.load(std::memory_order_relaxed);
   if (set > 0) return set;
-  static const int w = env_int("TRELLIS_CUDA_ATTENTION_CLUSTER_WARPS", 4, 4, 8) > 4 ? 8 : 4;
+  static const int w = warps_form(static_cast<int>(env_int("TRELLIS_CUDA_ATTENTION_CLUSTER_WARPS", 8, 4, 16)));
   return w;
 }
 
-void set_attention_cluster_warps(int warps) { g_cluster_warps.store(warps <= 0 ? -1 : warps > 4 ? 8 : 4); }
+void set_attention_cluster_warps(int warps) { g_cluster_warps.store(warps <= 0 ? -1 : warps_form(warps)); }
 
 bool attention_cluster_usable(int splits) {
   if (!attention_cluster() || splits < 2 || splits > kAttentionMaxClusterSplits) return false;

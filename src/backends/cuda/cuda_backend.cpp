@@ -221,7 +221,7 @@ bool CudaBackend::capture_graph(CachedGraph& slot) {
   cudaError_t e = cudaStreamEndCapture(stream_, &g);
   if (e == cudaSuccess) {
     cudaGraphExecUpdateResultInfo info{};
-    if (!slot.exec || cudaGraphExecUpdate(slot.exec, g, &info) != cudaSuccess) {
+    if (!slot.exec || slot.cluster || segment_cluster_ || cudaGraphExecUpdate(slot.exec, g, &info) != cudaSuccess) {
       cudaGetLastError();
       if (slot.exec) cudaGraphExecDestroy(slot.exec);
       slot.exec = nullptr;
@@ -239,6 +239,7 @@ bool CudaBackend::capture_graph(CachedGraph& slot) {
     return false;
   }
   slot.key = key_;
+  slot.cluster = segment_cluster_;
   ++stats_.graph_captures;
   return true;
 }
@@ -307,6 +308,7 @@ void CudaBackend::flush() {
     keep_.clear();
     stage_used_ = 0;
     stage_memo_.clear();
+    segment_cluster_ = false;
     throw;
   }
   key_.clear();
@@ -314,6 +316,7 @@ void CudaBackend::flush() {
   keep_.clear();
   stage_used_ = 0;
   stage_memo_.clear();
+  segment_cluster_ = false;
 }
 
 void CudaBackend::wait_for_stream(const char* what, std::chrono::steady_clock::time_point t0) {
@@ -910,6 +913,7 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
   }
   a.splits = attention_splits(rows, ap.n_heads, ap.n_kv_heads, sm_count_, keys);
   a.cluster = attention_cluster_usable(a.splits) && attention_takes_decode_kernel(a);
+  segment_cluster_ = segment_cluster_ || a.cluster;
   if (a.splits > 1 && !a.cluster) {
     a.partial = reinterpret_cast<float*>(scratch(1, static_cast<size_t>(attention_partial_floats(a)) * 4));
     if (attention_merge_fused() && a.n_kv_heads <= kAttentionDoneCounters)

@@ -118,7 +118,15 @@ class CudaBackend : public Backend {
     std::vector<uint64_t> key;
     cudaGraphExec_t exec = nullptr;
     uint64_t last_used = 0;  // flush count of its last launch
+    bool cluster = false;    // holds a thread-block-cluster launch (never updated in place)
   };
+  // Whether the segment being recorded launches a thread-block cluster (AttentionArgs::cluster).
+  // A graph that has or gets such a launch is instantiated anew rather than updated in place
+  // (cudaGraphExecUpdate). With in-place updates, the model test's later greedy runs diverged
+  // once graphs with cluster launches of several split counts had shared cache slots (H100,
+  // session 23; only after the test suite's earlier tests had shaped the allocator); the suspect is
+  // an update that keeps a kernel node's old cluster shape.
+  bool segment_cluster_ = false;
   // cudaStreamSynchronize for download() and synchronize(); the time since t0 (download: before
   // its copy, which into pageable memory already waits for the stream) goes into wait_seconds_.
   void wait_for_stream(const char* what, std::chrono::steady_clock::time_point t0);

@@ -158,7 +158,7 @@ void set_attention_merge_fused(bool on);
 // recorded after the call.
 bool attention_cluster();
 void set_attention_cluster(bool on);
-// Warps per block of the cluster form: 4 or 8 (TRELLIS_CUDA_ATTENTION_CLUSTER_WARPS); the test hook
+// Warps per block of the cluster form: 8 (4 and 16 with TRELLIS_CUDA_ATTENTION_CLUSTER_WARPS); the test hook
 // overrides it for launches made after the call (0: back to the environment's setting).
 int attention_cluster_warps();
 void set_attention_cluster_warps(int warps);
