@@ -6,7 +6,8 @@
 // serial chain over head_dim; with one row per step it took ~50 µs per layer at 2048 tokens of
 // context on the H200 (ncu), ~25x what reading the 8 MB of K and V takes.
 //
-// Shape: grid (splits, kv heads), 4 warps per block; split s covers a contiguous key range.
+// Shape: grid (splits, kv heads), 4 warps per block (the cluster form: 8 by default); split s
+// covers a contiguous key range.
 //   * Lanes own 8 dims each (one 16-byte load of K and of V per key), so D/8 lanes cover a key and
 //     a warp takes 32/(D/8) keys per step; keys go straight from global memory to registers, the
 //     next step's loads issued before the current step's math (no shared memory, no barriers).
@@ -17,6 +18,10 @@
 //     the block writes its (acc, m, l) to `partial` for attention_merge_kernel (m converted back to
 //     natural-log units), or the normalised output when there is one split. Given counters
 //     (AttentionArgs::done), the kv head's last block to finish does that merge itself instead.
+//   * The cluster form (AttentionArgs::cluster, sm_90+, the default there): the kv head's blocks
+//     are one thread-block cluster; each keeps its (acc, m, l) in shared memory and, after a
+//     cluster barrier, computes 1/splits of the outputs from all blocks' parts through
+//     distributed shared memory. No partials, counters or merge launch (docs/CUDA.md).
 // Accuracy: fp32 throughout (fp16 cache values are exact in fp32); differs from the general
 // kernel only in summation order and exp2 vs exp.
 #include <cooperative_groups.h>
