@@ -8,6 +8,7 @@
 #if TRELLIS_WITH_CUDA
 
 #include <gtest/gtest.h>
+#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
@@ -536,6 +537,39 @@ TEST(CudaOps, ContextCappedAttentionSplits) {
       EXPECT_EQ(cuda::attention_splits(1, 4 * kvh, kvh, sms, 100), fill);
       cuda::set_attention_context_splits(was);
     }
+}
+
+// On compute capability 9.0+ the decode attention's cluster form is usable for the 8B shape (32
+// heads over 8 kv heads, head_dim 128) and the tiny model's at every split count it may get
+// (2..16), in every block size: the occupancy query behind attention_cluster_usable() must not
+// turn the default path off silently. Below 9.0 it never is.
+TEST(CudaOps, ClusterAttentionIsUsableOnSm90) {
+  TRELLIS_CUDA_OR_SKIP(cu);
+  int device = 0, major = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+  const bool was = cuda::attention_cluster();
+  cuda::set_attention_cluster(true);
+  for (const int warps : {4, 8, 16}) {
+    cuda::set_attention_cluster_warps(warps);
+    for (const DecodeShape sh : {DecodeShape{32, 8, 128}, DecodeShape{4, 4, 64}})
+      for (int splits = 2; splits <= cuda::kAttentionMaxClusterSplits; splits *= 2) {
+        cuda::AttentionArgs a;
+        a.rows = 1;
+        a.n_heads = sh.nh;
+        a.n_kv_heads = sh.nkv;
+        a.head_dim = sh.d;
+        a.splits = splits;
+        EXPECT_EQ(cuda::attention_cluster_usable(a), major >= 9)
+            << "heads " << sh.nh << "/" << sh.nkv << " d " << sh.d << ", " << splits << " splits of " << warps
+            << " warps, compute capability " << major;
+      }
+  }
+  cuda::set_attention_cluster_warps(0);
+  cuda::set_attention_cluster(was);
+  cuda::AttentionArgs one;
+  one.rows = 1, one.n_heads = 32, one.n_kv_heads = 8, one.head_dim = 128, one.splits = 1;
+  EXPECT_FALSE(cuda::attention_cluster_usable(one)) << "one split is no cluster";
 }
 
 // The one-row decode kernel against the general fp32 kernel on the same cache (both fp32 math):

@@ -32,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "backends/cuda/cuda_attention_merge.cuh"
@@ -393,18 +394,74 @@ int attention_cluster_warps() {
 
 void set_attention_cluster_warps(int warps) { g_cluster_warps.store(warps <= 0 ? -1 : warps_form(warps)); }
 
-bool attention_cluster_usable(int splits) {
-  if (!attention_cluster() || splits < 2 || splits > kAttentionMaxClusterSplits) return false;
-  constexpr int kDevices = 64;
-  static std::atomic<int> major[kDevices] = {};  // 0: not read yet
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices) return false;
-  int cc = major[device].load(std::memory_order_relaxed);
-  if (cc == 0) {
-    if (cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
-    major[device].store(cc);
+namespace {
+
+// Clusters of more than 8 blocks (the portable size) need the kernel's opt-in, once per kernel.
+bool allow_nonportable_clusters(DecodeFn fn) {
+  static std::mutex mu;
+  static std::vector<DecodeFn> allowed;
+  std::lock_guard<std::mutex> lock(mu);
+  if (std::find(allowed.begin(), allowed.end(), fn) != allowed.end()) return true;
+  if (cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
   }
-  return cc >= 9;
+  allowed.push_back(fn);
+  return true;
+}
+
+}  // namespace
+
+bool attention_cluster_usable(const AttentionArgs& a) {
+  if (!attention_cluster() || a.splits < 2 || a.splits > kAttentionMaxClusterSplits) return false;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  AttentionArgs c = a;
+  c.cluster = true;
+  const int warps = attention_cluster_warps();
+  const DecodeFn fn = pick(c, warps);
+  // Whether one cluster of this kernel, block size and split count can be resident on this
+  // device (compute capability 9.0+, and the cluster size within what the GPU schedules: some
+  // sm_90+ parts may not take 16), asked once per combination and outside any graph capture (the
+  // backend calls this when it records the op).
+  struct Known {
+    int device;
+    DecodeFn fn;
+    int splits;
+    bool ok;
+  };
+  static std::mutex mu;
+  static std::vector<Known> known;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const Known& k : known)
+      if (k.device == device && k.fn == fn && k.splits == a.splits) return k.ok;
+  }
+  int major = 0;
+  bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9;
+  if (ok && a.splits > 8) ok = allow_nonportable_clusters(fn);
+  if (ok) {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(static_cast<unsigned>(a.splits), static_cast<unsigned>(a.n_kv_heads));
+    cfg.blockDim = dim3(static_cast<unsigned>(warps * 32));
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = static_cast<unsigned>(a.splits);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    ok = cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(fn), &cfg) == cudaSuccess &&
+         clusters > 0;
+  }
+  cudaGetLastError();  // a refused query leaves no sticky error behind
+  std::lock_guard<std::mutex> lock(mu);
+  known.push_back({device, fn, a.splits, ok});
+  return ok;
 }
 
 void attention_decode(const AttentionArgs& a, cudaStream_t stream) {
@@ -415,16 +472,11 @@ void attention_decode(const AttentionArgs& a, cudaStream_t stream) {
     launch("attention (decode)", fn, grid, dim3(kWarps * 32), 0, stream, a);
     return;
   }
-  if (a.splits > 8) {  // beyond the portable cluster size: opt in, once per kernel
-    static std::mutex mu;
-    static std::vector<DecodeFn> allowed;
-    std::lock_guard<std::mutex> lock(mu);
-    if (std::find(allowed.begin(), allowed.end(), fn) == allowed.end()) {
-      check(cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
-            "attention (decode): clusters of more than 8 blocks");
-      allowed.push_back(fn);
-    }
-  }
+  // Beyond the portable cluster size the kernel must have opted in (attention_cluster_usable did,
+  // when the op was recorded).
+  if (a.splits > 8 && !allow_nonportable_clusters(fn))
+    raise(ErrorKind::kInternal, "CUDA attention (decode): clusters of " + std::to_string(a.splits) +
+                                    " blocks refused by the device");
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(warps * 32);

@@ -912,7 +912,7 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
     keys = std::max(keys, span);
   }
   a.splits = attention_splits(rows, ap.n_heads, ap.n_kv_heads, sm_count_, keys);
-  a.cluster = attention_cluster_usable(a.splits) && attention_takes_decode_kernel(a);
+  a.cluster = attention_takes_decode_kernel(a) && attention_cluster_usable(a);
   segment_cluster_ = segment_cluster_ || a.cluster;
   if (a.splits > 1 && !a.cluster) {
     a.partial = reinterpret_cast<float*>(scratch(1, static_cast<size_t>(attention_partial_floats(a)) * 4));

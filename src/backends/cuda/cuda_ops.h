@@ -162,9 +162,11 @@ void set_attention_cluster(bool on);
 // overrides it for launches made after the call (0: back to the environment's setting).
 int attention_cluster_warps();
 void set_attention_cluster_warps(int warps);
-// attention_cluster(), 2 <= splits <= kAttentionMaxClusterSplits, the current device of compute
-// capability 9.0 or newer.
-bool attention_cluster_usable(int splits);
+// Whether a decode attention `a` (attention_takes_decode_kernel) may run as a cluster:
+// attention_cluster(), 2 <= splits <= kAttentionMaxClusterSplits, and the current device (compute
+// capability 9.0+) able to hold one such cluster (cudaOccupancyMaxActiveClusters, asked once per
+// kernel and split count; the opt-in for more than 8 blocks is made here, outside any capture).
+bool attention_cluster_usable(const AttentionArgs& a);
 // Whether attention(a) runs the one-row decode kernel (the shape test above, 16-byte aligned q
 // and caches): the condition for AttentionArgs::rope_k.
 bool attention_takes_decode_kernel(const AttentionArgs& a);
