@@ -468,7 +468,7 @@ int attention_splits(int64_t rows, int64_t n_heads, int64_t n_kv_heads, int sm_c
   const int64_t blocks = (rows * (n_heads / n_kv_heads) + kQPerBlock - 1) / kQPerBlock * n_kv_heads;
   if (blocks >= sm_count) return 1;
   int64_t s = (2 * int64_t{sm_count} + blocks - 1) / blocks;
-  const int64_t most = rows == 1 && attention_cluster() ? kAttentionMaxClusterSplits : 32;
+  const int64_t most = rows == 1 && attention_cluster() && attention_cluster_device() ? kAttentionMaxClusterSplits : 32;
   s = s < most ? s : most;
   if (keys > 0 && attention_context_splits()) {
     // At least attention_min_keys_per_split() keys per split, the cap a power of two (a captured

@@ -412,8 +412,28 @@ bool allow_nonportable_clusters(DecodeFn fn) {
 
 }  // namespace
 
+bool attention_cluster_device() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> major[kDevices] = {};  // 0: not read yet
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices) {
+    cudaGetLastError();
+    return false;
+  }
+  int cc = major[device].load(std::memory_order_relaxed);
+  if (cc == 0) {
+    if (cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    major[device].store(cc);
+  }
+  return cc >= 9;
+}
+
 bool attention_cluster_usable(const AttentionArgs& a) {
-  if (!attention_cluster() || a.splits < 2 || a.splits > kAttentionMaxClusterSplits) return false;
+  if (!attention_cluster() || a.splits < 2 || a.splits > kAttentionMaxClusterSplits || !attention_cluster_device())
+    return false;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) {
     cudaGetLastError();
@@ -440,9 +460,7 @@ bool attention_cluster_usable(const AttentionArgs& a) {
     for (const Known& k : known)
       if (k.device == device && k.fn == fn && k.splits == a.splits) return k.ok;
   }
-  int major = 0;
-  bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9;
-  if (ok && a.splits > 8) ok = allow_nonportable_clusters(fn);
+  bool ok = a.splits <= 8 || allow_nonportable_clusters(fn);
   if (ok) {
     cudaLaunchConfig_t cfg{};
     cfg.gridDim = dim3(static_cast<unsigned>(a.splits), static_cast<unsigned>(a.n_kv_heads));

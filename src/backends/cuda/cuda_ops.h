@@ -153,8 +153,9 @@ void set_decode_attention(bool on);
 bool attention_merge_fused();
 void set_attention_merge_fused(bool on);
 // Whether the backend runs decode attention's splits as a thread-block cluster (AttentionArgs::
-// cluster): on unless TRELLIS_CUDA_ATTENTION_CLUSTER=0; with it on, attention_splits() gives one
-// row at most kAttentionMaxClusterSplits splits. set_attention_cluster overrides it for launches
+// cluster): on unless TRELLIS_CUDA_ATTENTION_CLUSTER=0; with it on and a device of compute
+// capability 9.0+ (attention_cluster_device), attention_splits() gives one row at most
+// kAttentionMaxClusterSplits splits. set_attention_cluster overrides it for launches
 // recorded after the call.
 bool attention_cluster();
 void set_attention_cluster(bool on);
@@ -167,6 +168,9 @@ void set_attention_cluster_warps(int warps);
 // capability 9.0+) able to hold one such cluster (cudaOccupancyMaxActiveClusters, asked once per
 // kernel and split count; the opt-in for more than 8 blocks is made here, outside any capture).
 bool attention_cluster_usable(const AttentionArgs& a);
+// Whether the current device could run thread-block clusters at all (compute capability 9.0+;
+// false without a device).
+bool attention_cluster_device();
 // Whether attention(a) runs the one-row decode kernel (the shape test above, 16-byte aligned q
 // and caches): the condition for AttentionArgs::rope_k.
 bool attention_takes_decode_kernel(const AttentionArgs& a);
