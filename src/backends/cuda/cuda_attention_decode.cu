@@ -45,7 +45,7 @@
 namespace trellis::cuda {
 namespace {
 
-constexpr int kWarps = 4;  // per block, but for the cluster form's attention_cluster_warps()
+constexpr int kSplitWarps = 4;  // per block of the split form (the cluster form: attention_cluster_warps())
 constexpr int kMaxGroup = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -90,7 +90,7 @@ __device__ __forceinline__ void merge_state(float m[G], float l[G], float acc[G]
 // block (4; the cluster form 4 or 8, attention_cluster_warps).
 template <int D, int G, bool Cluster, int W>
 __global__ void __launch_bounds__(W * 32) attention_decode_kernel(AttentionArgs a) {
-  constexpr int kWarps = W;
+  constexpr int kWarps = W;  // this instantiation's warps per block
   constexpr int kLanesPerKey = D / 8, kKeysPerWarp = 32 / kLanesPerKey, kKeysPerStep = kWarps * kKeysPerWarp;
   __shared__ float red[kWarps][G][D + 2];  // per warp: acc, then m and l
   pdl_begin();
@@ -357,7 +357,7 @@ DecodeFn pick(const AttentionArgs& a, int warps) {
   if (a.cluster && warps == 16) return a.head_dim == 64 ? decode_fn<64, true, 16>(group) : decode_fn<128, true, 16>(group);
   if (a.cluster && warps == 8) return a.head_dim == 64 ? decode_fn<64, true, 8>(group) : decode_fn<128, true, 8>(group);
   if (a.cluster) return a.head_dim == 64 ? decode_fn<64, true, 4>(group) : decode_fn<128, true, 4>(group);
-  return a.head_dim == 64 ? decode_fn<64, false, 4>(group) : decode_fn<128, false, 4>(group);
+  return a.head_dim == 64 ? decode_fn<64, false, kSplitWarps>(group) : decode_fn<128, false, kSplitWarps>(group);
 }
 
 }  // namespace
@@ -484,10 +484,10 @@ bool attention_cluster_usable(const AttentionArgs& a) {
 
 void attention_decode(const AttentionArgs& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(a.n_kv_heads));
-  const int warps = a.cluster ? attention_cluster_warps() : kWarps;
+  const int warps = a.cluster ? attention_cluster_warps() : kSplitWarps;
   const DecodeFn fn = pick(a, warps);
   if (!a.cluster) {
-    launch("attention (decode)", fn, grid, dim3(kWarps * 32), 0, stream, a);
+    launch("attention (decode)", fn, grid, dim3(kSplitWarps * 32), 0, stream, a);
     return;
   }
   // Beyond the portable cluster size the kernel must have opted in (attention_cluster_usable did,
