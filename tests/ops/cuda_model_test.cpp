@@ -151,7 +151,9 @@ TEST_P(CudaModel, LogitsGreedyAndGraphs) {
   cu->set_graphs(true);
   const auto replays = cu->stats().graph_replays;
   const auto toks_graphs = greedy(*cu, &with_graphs);
-  EXPECT_GE(cu->stats().graph_replays - replays, 20u) << "decode steps did not replay a CUDA graph";
+  // Three segments per decode step replay three graphs; with TRELLIS_CUDA_SUBMIT=0 one segment
+  // per step replays one (24 steps less a first run and a capture at each of three split counts).
+  EXPECT_GE(cu->stats().graph_replays - replays, cu->submits() ? 20u : 12u) << "decode steps did not replay a CUDA graph";
   cu->set_graphs(false);
   const auto toks_eager = greedy(*cu, &without_graphs);
   cu->set_graphs(true);

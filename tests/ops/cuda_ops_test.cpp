@@ -850,7 +850,7 @@ TEST(CudaOps, GraphReplaysEqualEagerRuns) {
       all.insert(all.end(), step.begin(), step.end());
     }
     const auto after = cu->stats();
-    EXPECT_GE(after.segments - before.segments, split ? 12u : 6u);
+    EXPECT_GE(after.segments - before.segments, split && cu->submits() ? 12u : 6u);  // submit() may be off (env)
     // Steps 3-6 replay (step 2 captures).
     if (graphs) EXPECT_GE(after.graph_replays - before.graph_replays, 4u) << "split " << split;
     else EXPECT_EQ(after.graph_replays, before.graph_replays);

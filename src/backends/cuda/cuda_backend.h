@@ -75,6 +75,8 @@ class CudaBackend : public Backend {
   void submit() override {
     if (submit_) flush();
   }
+  // Whether submit() flushes (false with TRELLIS_CUDA_SUBMIT=0): tests count segments with it.
+  bool submits() const { return submit_; }
 
   void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) override;
   // Gathers the rows on the host into the staging buffer; one conversion kernel per call.
