@@ -526,7 +526,8 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
                                        std::to_string(kMergeMaxSplits) + ")");
   const bool aligned = (reinterpret_cast<uintptr_t>(a.k_cache) | reinterpret_cast<uintptr_t>(a.v_cache)) % 16 == 0;
   const bool decode = attention_takes_decode_kernel(a);
-  if (a.cluster && (!decode || a.splits < 2 || a.splits > kAttentionMaxClusterSplits))
+  if (a.cluster && (!decode || a.splits < 2 || a.splits > kAttentionMaxClusterSplits ||
+                    (a.cluster != 4 && a.cluster != 8 && a.cluster != 16)))
     raise(ErrorKind::kInternal, "CUDA attention: a cluster launch that is not the one-row decode kernel's");
   if (a.rope_k && (!decode || (a.splits > 1 && !a.done && !a.q_done && !a.cluster)))
     raise(ErrorKind::kInternal, "CUDA attention: rope folded into a launch that is not the one-row decode kernel");

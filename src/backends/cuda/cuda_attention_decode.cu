@@ -87,7 +87,7 @@ __device__ __forceinline__ void merge_state(float m[G], float l[G], float acc[G]
 
 // Cluster: the kv head's `splits` blocks form one thread-block cluster (AttentionArgs::cluster) and
 // merge through distributed shared memory at the end instead of writing `partial`. W: warps per
-// block (4; the cluster form 4 or 8, attention_cluster_warps).
+// block (4; the cluster form 4, 8 or 16: AttentionArgs::cluster).
 template <int D, int G, bool Cluster, int W>
 __global__ void __launch_bounds__(W * 32) attention_decode_kernel(AttentionArgs a) {
   constexpr int kWarps = W;  // this instantiation's warps per block
@@ -352,12 +352,31 @@ DecodeFn decode_fn(int64_t group) {
 // The cluster form's block sizes: 4, 8 or 16 warps (the largest not above `warps`).
 int warps_form(int warps) { return warps >= 16 ? 16 : warps >= 8 ? 8 : 4; }
 
-DecodeFn pick(const AttentionArgs& a, int warps) {
+// The kernel for `a`: the split form, or the cluster form with a.cluster warps per block.
+DecodeFn pick(const AttentionArgs& a) {
   const int64_t group = a.n_heads / a.n_kv_heads;
-  if (a.cluster && warps == 16) return a.head_dim == 64 ? decode_fn<64, true, 16>(group) : decode_fn<128, true, 16>(group);
-  if (a.cluster && warps == 8) return a.head_dim == 64 ? decode_fn<64, true, 8>(group) : decode_fn<128, true, 8>(group);
-  if (a.cluster) return a.head_dim == 64 ? decode_fn<64, true, 4>(group) : decode_fn<128, true, 4>(group);
-  return a.head_dim == 64 ? decode_fn<64, false, kSplitWarps>(group) : decode_fn<128, false, kSplitWarps>(group);
+  const bool d64 = a.head_dim == 64;
+  switch (a.cluster) {
+    case 0: return d64 ? decode_fn<64, false, kSplitWarps>(group) : decode_fn<128, false, kSplitWarps>(group);
+    case 4: return d64 ? decode_fn<64, true, 4>(group) : decode_fn<128, true, 4>(group);
+    case 8: return d64 ? decode_fn<64, true, 8>(group) : decode_fn<128, true, 8>(group);
+    default: return d64 ? decode_fn<64, true, 16>(group) : decode_fn<128, true, 16>(group);
+  }
+}
+
+// A launch configuration with a.splits blocks per kv head in one cluster along x; attr must hold
+// two entries (the second is left for the caller).
+cudaLaunchConfig_t cluster_config(const AttentionArgs& a, cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(a.splits), static_cast<unsigned>(a.n_kv_heads));
+  cfg.blockDim = dim3(static_cast<unsigned>(a.cluster * 32));
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(a.splits);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
 }
 
 }  // namespace
@@ -432,17 +451,15 @@ bool attention_cluster_device() {
 }
 
 bool attention_cluster_usable(const AttentionArgs& a) {
-  if (!attention_cluster() || a.splits < 2 || a.splits > kAttentionMaxClusterSplits || !attention_cluster_device())
-    return false;
+  if (!attention_cluster() || a.splits < 2 || a.splits > kAttentionMaxClusterSplits) return false;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }
   AttentionArgs c = a;
-  c.cluster = true;
-  const int warps = attention_cluster_warps();
-  const DecodeFn fn = pick(c, warps);
+  c.cluster = attention_cluster_warps();
+  const DecodeFn fn = pick(c);
   // Whether one cluster of this kernel, block size and split count can be resident on this
   // device (compute capability 9.0+, and the cluster size within what the GPU schedules: some
   // sm_90+ parts may not take 16), asked once per combination and outside any graph capture (the
@@ -460,18 +477,10 @@ bool attention_cluster_usable(const AttentionArgs& a) {
     for (const Known& k : known)
       if (k.device == device && k.fn == fn && k.splits == a.splits) return k.ok;
   }
-  bool ok = a.splits <= 8 || allow_nonportable_clusters(fn);
+  bool ok = attention_cluster_device() && (a.splits <= 8 || allow_nonportable_clusters(fn));
   if (ok) {
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(static_cast<unsigned>(a.splits), static_cast<unsigned>(a.n_kv_heads));
-    cfg.blockDim = dim3(static_cast<unsigned>(warps * 32));
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = static_cast<unsigned>(a.splits);
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr[2];
+    const cudaLaunchConfig_t cfg = cluster_config(c, attr);
     int clusters = 0;
     ok = cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(fn), &cfg) == cudaSuccess &&
          clusters > 0;
@@ -483,11 +492,10 @@ bool attention_cluster_usable(const AttentionArgs& a) {
 }
 
 void attention_decode(const AttentionArgs& a, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(a.n_kv_heads));
-  const int warps = a.cluster ? attention_cluster_warps() : kSplitWarps;
-  const DecodeFn fn = pick(a, warps);
+  const DecodeFn fn = pick(a);
   if (!a.cluster) {
-    launch("attention (decode)", fn, grid, dim3(kSplitWarps * 32), 0, stream, a);
+    launch("attention (decode)", fn, dim3(static_cast<unsigned>(a.splits), static_cast<unsigned>(a.n_kv_heads)),
+           dim3(kSplitWarps * 32), 0, stream, a);
     return;
   }
   // Beyond the portable cluster size the kernel must have opted in (attention_cluster_usable did,
@@ -495,22 +503,14 @@ void attention_decode(const AttentionArgs& a, cudaStream_t stream) {
   if (a.splits > 8 && !allow_nonportable_clusters(fn))
     raise(ErrorKind::kInternal, "CUDA attention (decode): clusters of " + std::to_string(a.splits) +
                                     " blocks refused by the device");
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(warps * 32);
-  cfg.stream = stream;
   cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(a.splits);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.numAttrs = 1;
+  cudaLaunchConfig_t cfg = cluster_config(a, attr);
+  cfg.stream = stream;
   if (pdl_enabled()) {
     attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.numAttrs = 2;
   }
-  cfg.attrs = attr;
   check(cudaLaunchKernelEx(&cfg, fn, a), "attention (decode, cluster)");
 }
 

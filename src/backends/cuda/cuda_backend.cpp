@@ -912,8 +912,9 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
     keys = std::max(keys, span);
   }
   a.splits = attention_splits(rows, ap.n_heads, ap.n_kv_heads, sm_count_, keys);
-  a.cluster = attention_takes_decode_kernel(a) && attention_cluster_usable(a);
-  segment_cluster_ = segment_cluster_ || a.cluster;
+  const bool decode = attention_takes_decode_kernel(a);
+  a.cluster = decode && attention_cluster_usable(a) ? attention_cluster_warps() : 0;
+  segment_cluster_ = segment_cluster_ || a.cluster != 0;
   if (a.splits > 1 && !a.cluster) {
     a.partial = reinterpret_cast<float*>(scratch(1, static_cast<size_t>(attention_partial_floats(a)) * 4));
     if (attention_merge_fused() && a.n_kv_heads <= kAttentionDoneCounters)
@@ -929,7 +930,7 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
       lr && rope_attention_fold() && lr->rows == rows && lr->q == a.q && lr->kc == a.k_cache &&
       lr->vc == a.v_cache && lr->pos_off == off && lr->head_dim == a.head_dim &&
       lr->q_cols == a.n_heads * a.head_dim && lr->width == a.n_kv_heads * a.head_dim &&
-      attention_takes_decode_kernel(a) && (a.splits == 1 || a.cluster || a.n_kv_heads <= kAttentionDoneCounters)) {
+      decode && (a.splits == 1 || a.cluster || a.n_kv_heads <= kAttentionDoneCounters)) {
     // rope(q), rope(k), kv_store(k, v) were the last launch: the decode kernel does them itself.
     const LastRopeStore f = *lr;
     if (a.splits > 1 && !a.done && !a.cluster) a.q_done = reinterpret_cast<unsigned*>(attention_done_->data()) + kAttentionDoneCounters;
@@ -942,7 +943,7 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
     record({kAttentionRope, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial), addr(a.done), addr(a.q_done),
             addr(a.rope_k), addr(a.rope_v), static_cast<uint64_t>(a.n_heads), static_cast<uint64_t>(a.n_kv_heads),
             static_cast<uint64_t>(a.head_dim), static_cast<uint64_t>(a.sliding_window), bits(a.scale),
-            bits(a.rope_scaling), static_cast<uint64_t>(a.splits) | (a.cluster ? static_cast<uint64_t>(attention_cluster_warps()) << 32 : 0), off, freq_off},
+            bits(a.rope_scaling), static_cast<uint64_t>(a.splits) | static_cast<uint64_t>(a.cluster) << 32, off, freq_off},
            [=](const std::byte* st) {
              AttentionArgs b = a;
              b.pos = reinterpret_cast<const int32_t*>(st + off);
@@ -954,7 +955,7 @@ void CudaBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache, 
   record({kAttention, addr(a.q), addr(a.k_cache), addr(a.v_cache), addr(a.out), addr(a.partial), addr(a.done),
           static_cast<uint64_t>(rows), static_cast<uint64_t>(a.n_heads), static_cast<uint64_t>(a.n_kv_heads),
           static_cast<uint64_t>(a.head_dim), static_cast<uint64_t>(a.sliding_window), bits(a.scale),
-          static_cast<uint64_t>(a.splits) | (a.cluster ? static_cast<uint64_t>(attention_cluster_warps()) << 32 : 0), off,
+          static_cast<uint64_t>(a.splits) | static_cast<uint64_t>(a.cluster) << 32, off,
           // the kernel choice (set_attention_kernel can change it): a graph replays the kernel it captured
           static_cast<uint64_t>(attention_kernel_for(rows, a.n_heads, a.n_kv_heads, a.head_dim, a.splits))},
          [=](const std::byte* st) {

@@ -109,10 +109,11 @@ struct AttentionArgs {
   const float* rope_inv_freq = nullptr;  // [head_dim / 2]
   float rope_scaling = 1.0f;
   // One-row decode kernel with 2..kAttentionMaxClusterSplits splits on compute capability 9.0+
-  // (attention_cluster_usable): the kv head's split blocks run as one thread-block cluster and
-  // merge their (acc, m, l) through distributed shared memory, with no `partial`, `done`, `q_done`
-  // or merge launch; with rope folded in, the cluster's first block writes q back.
-  bool cluster = false;
+  // (attention_cluster_usable): when non-zero, the warps per block (4, 8 or 16) with which the kv
+  // head's split blocks run as one thread-block cluster and merge their (acc, m, l) through
+  // distributed shared memory, with no `partial`, `done`, `q_done` or merge launch; with rope
+  // folded in, the cluster's first block writes q back. 0: the split form.
+  int cluster = 0;
 };
 inline constexpr int kAttentionMaxClusterSplits = 16;  // the H100's largest (non-portable) cluster
 inline constexpr int64_t kAttentionMaxHeadDim = 256;
@@ -163,10 +164,11 @@ void set_attention_cluster(bool on);
 // overrides it for launches made after the call (0: back to the environment's setting).
 int attention_cluster_warps();
 void set_attention_cluster_warps(int warps);
-// Whether a decode attention `a` (attention_takes_decode_kernel) may run as a cluster:
-// attention_cluster(), 2 <= splits <= kAttentionMaxClusterSplits, and the current device (compute
-// capability 9.0+) able to hold one such cluster (cudaOccupancyMaxActiveClusters, asked once per
-// kernel and split count; the opt-in for more than 8 blocks is made here, outside any capture).
+// Whether a decode attention `a` (attention_takes_decode_kernel) may run as a cluster of
+// attention_cluster_warps()-warp blocks: attention_cluster(), 2 <= splits <=
+// kAttentionMaxClusterSplits, and the current device (compute capability 9.0+) able to hold one
+// such cluster (cudaOccupancyMaxActiveClusters, asked once per kernel and split count; the opt-in
+// for more than 8 blocks is made here, outside any capture).
 bool attention_cluster_usable(const AttentionArgs& a);
 // Whether the current device could run thread-block clusters at all (compute capability 9.0+;
 // false without a device).
