@@ -1016,6 +1016,32 @@ TEST(CudaExl3, OccupancyBuildGivesTheSameBits) {
     }
 }
 
+// A fused GEMV whose dynamic shared memory is exactly 48 KiB (K = 8, m = 8, one split of 56
+// slabs: a 20 KiB copy ring and 28 KiB of transformed activations) needs the opt-in above the
+// default limit, which counts the kernel's static shared memory too: without it the launch failed
+// with cudaErrorInvalidValue. Every m and split count around it runs and matches the reference.
+TEST(CudaExl3, FusedGemvAtTheSharedMemoryLimit) {
+  CUDA_OR_SKIP();
+  const int64_t k = 56 * 16, n = 256, in_f = k, out_f = 256;
+  const GemvFusedIn on(true);
+  for (Codebook cb : kCodebooks) {
+    const Layer l = random_layer(k, n, 8, cb, 1700 + static_cast<uint64_t>(cb), false);
+    auto d = upload(l, in_f, out_f);
+    for (int splits : {1, 2}) {
+      d->set_gemv_splits(splits);
+      for (int64_t m : {7, 8}) {
+        EXPECT_TRUE(d->fused_in(m)) << "m=" << m << " splits=" << splits;
+        const auto x = random_rows(m, in_f, 1800 + static_cast<uint64_t>(m));
+        std::vector<float> got;
+        ASSERT_NO_THROW(got = run_forward(*d, x, m, in_f, out_f))
+            << "cb=" << exl3::codebook_name(cb) << " m=" << m << " splits=" << splits;
+        EXPECT_LT(rel_rms(got, reference(l, x, m, in_f, out_f)), 2e-5)
+            << "cb=" << exl3::codebook_name(cb) << " m=" << m << " splits=" << splits;
+      }
+    }
+  }
+}
+
 TEST(CudaExl3, BadLayersAreErrors) {
   CUDA_OR_SKIP();
   Layer l = random_layer(128, 128, 4, Codebook::kMcg, 1, false);

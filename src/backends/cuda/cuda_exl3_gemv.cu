@@ -705,7 +705,9 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
   const int mode = (gemv_halves() ? kHalves : kPairs) + (m <= 4 && gemv_weights_a() ? kPairsWA : 0);
   const bool occ = mode == kPairs && fuse == 0 && gemv_occupancy();
   const GemvFn fn = occ ? kGemvOccupancyTable[codebook][K - 1] : kGemvTable[fuse][mode][codebook][K - 1];
-  if (smem > 48 * 1024) {  // above the default dynamic shared memory limit: opt in once per kernel
+  // Above the default limit, which counts the kernel's static shared memory (~1 KiB) too: opt in
+  // once per kernel (a launch of exactly 48 KiB dynamic failed with cudaErrorInvalidValue).
+  if (smem + 2048 > 48 * 1024) {
     static std::once_flag once[2][3][4][3][8];
     std::call_once(once[occ][fuse][mode][codebook][K - 1], [&] {
       const size_t merge = fuse != 0 ? gemv_merge_smem_bytes(kGemvMaxSplits) : 0;
