@@ -142,10 +142,20 @@ TEST(VulkanOps, RmsNormPlainGroupedAndOffset) {
   }
 }
 
-TEST(VulkanOps, DenseLinearAllDtypesAndRowCounts) {
+// Odd sizes (in = 37: matmul_f16_gemv at m <= 8) and in % 8 == 0 (in = 264: matmul_f16_gemv8 at
+// m <= 8, and the legacy shader again with set_dense_gemv_legacy), every dtype and row count.
+class VulkanDenseLinear : public ::testing::TestWithParam<std::tuple<int64_t, bool>> {};
+
+TEST_P(VulkanDenseLinear, AllDtypesAndRowCounts) {
   TRELLIS_VULKAN_OR_SKIP(vk);
   Backend& cpu = cpu_backend();
-  const int64_t in = 37, out = 51;
+  const auto [in, legacy] = GetParam();
+  const int64_t out = 51;
+  vk->set_dense_gemv_legacy(legacy);
+  struct Reset {
+    vk::VulkanBackend* be;
+    ~Reset() { be->set_dense_gemv_legacy(false); }
+  } reset{vk};
   const auto w32 = random_floats(static_cast<size_t>(in * out), 5);
   const auto bias = random_floats(static_cast<size_t>(out), 6);
   std::vector<uint16_t> w16(w32.size()), wbf(w32.size()), b16(bias.size());
@@ -189,6 +199,10 @@ TEST(VulkanOps, DenseLinearAllDtypesAndRowCounts) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, VulkanDenseLinear,
+                         ::testing::Values(std::make_tuple(int64_t{37}, false), std::make_tuple(int64_t{264}, false),
+                                           std::make_tuple(int64_t{264}, true)));
 
 // EXL3 layer with random trellis bits, padded (in 250 of k 256, out 300 of n 384), with bias.
 TEST(VulkanOps, Exl3LinearEveryVariantMatchesCpu) {

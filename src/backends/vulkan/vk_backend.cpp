@@ -43,6 +43,7 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   fuse_ = env_flag("TRELLIS_VULKAN_FUSE", true);
   fuse_silu_ = env_flag("TRELLIS_VULKAN_FUSE_SILU", true);
   gemv_hin_ = env_flag("TRELLIS_VULKAN_GEMV_HIN", true);
+  dense_gemv_legacy_ = env_flag("TRELLIS_VULKAN_DENSE_GEMV_LEGACY", false);
   gemv_fout_ = env_flag("TRELLIS_VULKAN_GEMV_FUSED_OUT", false);
   gemv_scalar_add_ = env_flag("TRELLIS_VULKAN_GEMV_SCALAR_ADD", true);
   gemv_prefetch_ = env_flag("TRELLIS_VULKAN_GEMV_PREFETCH", true);

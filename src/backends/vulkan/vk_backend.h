@@ -203,6 +203,11 @@ class VulkanBackend : public Backend {
   // (H200, session 13: 8B decode 108.9 -> 118.8 tok/s); TRELLIS_VULKAN_GEMV_SCALAR_ADD=0 pairs.
   void set_gemv_scalar_add(bool on) { gemv_scalar_add_ = on; }
   bool gemv_scalar_add() const { return gemv_scalar_add_; }
+  // Dense fp16 linears at m <= kGemvMaxRows with in % 8 == 0 (and x 16-byte aligned) take
+  // matmul_f16_gemv8 (16-byte loads, 8 features per workgroup) unless
+  // TRELLIS_VULKAN_DENSE_GEMV_LEGACY=1 or set_dense_gemv_legacy(true) keeps matmul_f16_gemv
+  // (2-byte loads, one feature per workgroup), which every other shape takes.
+  void set_dense_gemv_legacy(bool on) { dense_gemv_legacy_ = on; }
   bool gemv_hin_applies(const LinearWeights& w, int64_t m) const;
   // EXL3 transforms by subgroup shuffles (exl3_hadamard_*_sg) where capable (subgroup shuffles, a
   // subgroup size that is a multiple of 8): on by default, TRELLIS_VULKAN_HADAMARD_SG=0 keeps the
@@ -412,6 +417,7 @@ class VulkanBackend : public Backend {
   bool gemv_fout_ = false;
   bool gemv_scalar_add_ = true;  // TRELLIS_VULKAN_GEMV_SCALAR_ADD=0: pair the halves first  // TRELLIS_VULKAN_GEMV_FUSED_OUT=1: exl3_gemv*_hin_fout where _hin applies
   bool gemv_hin_ = true;  // TRELLIS_VULKAN_GEMV_HIN=0: exl3_hadamard_in, then exl3_gemv
+  bool dense_gemv_legacy_ = false;  // TRELLIS_VULKAN_DENSE_GEMV_LEGACY=1: matmul_f16_gemv for every shape
   bool gemv_prefetch_ = true;  // TRELLIS_VULKAN_GEMV_PREFETCH=0: exl3_gemv loads each slab as it decodes it
   int64_t gemv_target_groups_ = kGemvTargetGroups;  // TRELLIS_VULKAN_GEMV_GROUPS
   int64_t gemv_tiles_ = 4;  // exl3_gemv's G at m = 1 (TRELLIS_VULKAN_GEMV_TILES: 1, 2, 4 or 8)

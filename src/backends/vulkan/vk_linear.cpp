@@ -414,9 +414,16 @@ void VulkanBackend::dense_linear(const DenseLinear& d, const DeviceTensor& x, De
   const int64_t m = x.rows();
   if (m <= kGemvMaxRows) {
     MatmulPush pc{u32(m), u32(d.in_features), u32(d.out_features), 0, elem(x, 4), elem(y, 4), 0, d.bias ? 1u : 0u};
-    const Pipeline& p = ctx_->pipeline("matmul_f16_gemv", "matmul_f16_gemv", {wg_}, 4, sizeof(pc), 1u << 2);
-    ctx_->dispatch_flat(p, {d.weight.get(), &buffer_of(x), &buffer_of(y), d.bias ? d.bias.get() : d.weight.get()}, &pc,
-                        static_cast<uint64_t>(d.out_features));
+    const std::vector<const Buffer*> bufs{d.weight.get(), &buffer_of(x), &buffer_of(y),
+                                          d.bias ? d.bias.get() : d.weight.get()};
+    if (d.in_features % 8 == 0 && pc.x_off % 4 == 0 && !dense_gemv_legacy_) {
+      // 16-byte loads of W and x, 8 features per workgroup (matmul_f16_gemv8.comp).
+      const Pipeline& p = ctx_->pipeline("matmul_f16_gemv8", "matmul_f16_gemv8", {}, 4, sizeof(pc), 1u << 2);
+      ctx_->dispatch_flat(p, bufs, &pc, static_cast<uint64_t>(ceil_div(d.out_features, 8)));
+    } else {
+      const Pipeline& p = ctx_->pipeline("matmul_f16_gemv", "matmul_f16_gemv", {wg_}, 4, sizeof(pc), 1u << 2);
+      ctx_->dispatch_flat(p, bufs, &pc, static_cast<uint64_t>(d.out_features));
+    }
   } else {
     gemm_f16(*d.weight, buffer_of(x), elem(x, 4), buffer_of(y), elem(y, 4), d.bias.get(), m, d.in_features,
              d.out_features);
