@@ -44,6 +44,12 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   fuse_silu_ = env_flag("TRELLIS_VULKAN_FUSE_SILU", true);
   gemv_hin_ = env_flag("TRELLIS_VULKAN_GEMV_HIN", true);
   dense_gemv_legacy_ = env_flag("TRELLIS_VULKAN_DENSE_GEMV_LEGACY", false);
+  dense_gemv_lanes_ = static_cast<int>(env_int("TRELLIS_VULKAN_DENSE_GEMV_LANES", 0, 0, 32));
+  if (dense_gemv_lanes_ != 0 && dense_gemv_lanes_ != 8 && dense_gemv_lanes_ != 16 && dense_gemv_lanes_ != 32) {
+    log_warn("Vulkan: TRELLIS_VULKAN_DENSE_GEMV_LANES={}: expected 8, 16 or 32; choosing by the input width",
+             dense_gemv_lanes_);
+    dense_gemv_lanes_ = 0;
+  }
   gemv_fout_ = env_flag("TRELLIS_VULKAN_GEMV_FUSED_OUT", false);
   gemv_scalar_add_ = env_flag("TRELLIS_VULKAN_GEMV_SCALAR_ADD", true);
   gemv_prefetch_ = env_flag("TRELLIS_VULKAN_GEMV_PREFETCH", true);

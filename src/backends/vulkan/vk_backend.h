@@ -418,6 +418,7 @@ class VulkanBackend : public Backend {
   bool gemv_scalar_add_ = true;  // TRELLIS_VULKAN_GEMV_SCALAR_ADD=0: pair the halves first  // TRELLIS_VULKAN_GEMV_FUSED_OUT=1: exl3_gemv*_hin_fout where _hin applies
   bool gemv_hin_ = true;  // TRELLIS_VULKAN_GEMV_HIN=0: exl3_hadamard_in, then exl3_gemv
   bool dense_gemv_legacy_ = false;  // TRELLIS_VULKAN_DENSE_GEMV_LEGACY=1: matmul_f16_gemv for every shape
+  int dense_gemv_lanes_ = 0;         // TRELLIS_VULKAN_DENSE_GEMV_LANES=8|16|32: matmul_f16_gemv8's lanes (0: by in)
   bool gemv_prefetch_ = true;  // TRELLIS_VULKAN_GEMV_PREFETCH=0: exl3_gemv loads each slab as it decodes it
   int64_t gemv_target_groups_ = kGemvTargetGroups;  // TRELLIS_VULKAN_GEMV_GROUPS
   int64_t gemv_tiles_ = 4;  // exl3_gemv's G at m = 1 (TRELLIS_VULKAN_GEMV_TILES: 1, 2, 4 or 8)

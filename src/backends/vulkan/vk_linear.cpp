@@ -417,9 +417,16 @@ void VulkanBackend::dense_linear(const DenseLinear& d, const DeviceTensor& x, De
     const std::vector<const Buffer*> bufs{d.weight.get(), &buffer_of(x), &buffer_of(y),
                                           d.bias ? d.bias.get() : d.weight.get()};
     if (d.in_features % 8 == 0 && pc.x_off % 4 == 0 && !dense_gemv_legacy_) {
-      // 16-byte loads of W and x, 8 features per workgroup (matmul_f16_gemv8.comp).
-      const Pipeline& p = ctx_->pipeline("matmul_f16_gemv8", "matmul_f16_gemv8", {}, 4, sizeof(pc), 1u << 2);
-      ctx_->dispatch_flat(p, bufs, &pc, static_cast<uint64_t>(ceil_div(d.out_features, 8)));
+      // 16-byte loads of W and x, 256 / lanes features per workgroup (matmul_f16_gemv8.comp): 8
+      // invocations per feature up to 768 inputs, else 32 (H100, session 24: 8 lanes 1.15x 32 at
+      // 512 inputs; 32 lanes 1.2-2.5x 8 or 16 from 1536 up). TRELLIS_VULKAN_DENSE_GEMV_LANES = 8,
+      // 16 or 32 fixes it (tuning on a new device).
+      const uint32_t lanes = dense_gemv_lanes_ != 0 ? static_cast<uint32_t>(dense_gemv_lanes_)
+                             : d.in_features <= 768 ? 8u
+                                                    : 32u;
+      const Pipeline& p = ctx_->pipeline(fmt::format("matmul_f16_gemv8_l{}", lanes), "matmul_f16_gemv8", {lanes}, 4,
+                                         sizeof(pc), 1u << 2);
+      ctx_->dispatch_flat(p, bufs, &pc, static_cast<uint64_t>(ceil_div(d.out_features, 256 / lanes)));
     } else {
       const Pipeline& p = ctx_->pipeline("matmul_f16_gemv", "matmul_f16_gemv", {wg_}, 4, sizeof(pc), 1u << 2);
       ctx_->dispatch_flat(p, bufs, &pc, static_cast<uint64_t>(d.out_features));

@@ -1,15 +1,18 @@
 #version 450
 // matmul_f16_gemv8: y[m, out] = x[m, in] · Wᵀ (+ bias) for small m (m <= 8 per pass), W (out,
 // in) fp16 row-major, for in % 8 == 0 with W and x 16-byte aligned (the host checks; other sizes
-// take matmul_f16_gemv). Each workgroup of 256 invocations takes 8 output features, 32
-// invocations per feature: invocation t reads 8 halves (one 16-byte load) at chunks t, t + 32, ...
-// of the row, so the 32 invocations of a feature read 512 contiguous bytes per step, and keeps one
-// fp32 sum per row of x; the 32 sums of a (feature, row) meet in a 5-level shared-memory tree.
+// take matmul_f16_gemv). Each workgroup of 256 invocations takes 256 / LANES output features,
+// LANES (id 0: 8, 16 or 32, the host's choice by `in`, so that narrow rows do not leave most
+// invocations idle) per feature: invocation t reads 8 halves (one 16-byte load) at chunks t,
+// t + LANES, ... of the row, so the invocations of a feature read 16 · LANES contiguous bytes per
+// step, and keeps one fp32 sum per row of x; the LANES sums of a (feature, row) meet in a
+// log2(LANES)-level shared-memory tree.
 // (matmul_f16_gemv gives each feature a workgroup of 128 invocations reading 2 bytes each and a
 // 7-level tree: ~0.1-0.3 of cuBLAS's bandwidth on the H100, session 24.)
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 layout(local_size_x = 256) in;
+layout(constant_id = 0) const uint LANES = 32;
 #include "common.glsl"
 
 layout(binding = 0) readonly buffer Wt { uvec4 w[]; };  // 8 halves per element
@@ -19,7 +22,7 @@ layout(binding = 3) readonly buffer B { float bias[]; };
 // x_off in floats (a multiple of 4), y_off and b_off in floats.
 layout(push_constant) uniform P { uint m, in_f, out_f, w_off, x_off, y_off, b_off, has_bias; } p;
 
-const uint R = 8u, LANES = 32u, OUTS = 8u;
+const uint R = 8u, OUTS = 256u / LANES;
 shared float red[OUTS * R * LANES];
 
 void main() {
