@@ -8,7 +8,8 @@
 // timed repetition is one segment of `calls` calls (the backend replays the recorded command
 // buffer from the second repetition on, like a decode step); its GPU time comes from timestamp
 // queries around the calls when the device has them, else from the wall time of the submission
-// (reported as "clock"). Time per call = median repetition / calls. "gemv" times the product
+// (reported as "clock"). Time per call = median repetition / calls; an untimed first repetition
+// multiplies the calls until a repetition lasts --min-rep-ms (default 2, at most 64x). "gemv" times the product
 // shader alone (what the dense GEMV is compared with); "forward" adds the input and output
 // Hadamard passes (what a model pays). GB/s counts trellis bytes (k·n·K/8) for EXL3 and weight
 // bytes (2·k·n) for the dense GEMV. Consecutive calls write the same output, so the backend puts
@@ -88,21 +89,37 @@ struct Timer {
   VulkanBackend& be;
   int warmup, reps;
   bool gpu_clock;
+  double min_rep_s;  // --min-rep-ms: calls per repetition grow (in whole multiples) to at least this much GPU time
 
-  // Median seconds per call of `calls` calls of body(i) recorded as one segment.
+  // Seconds of one repetition of `calls` calls of body(i) recorded as one segment.
+  template <typename Body>
+  double rep(int calls, Body& body) {
+    auto& ctx = be.context();
+    if (gpu_clock) ctx.timestamp(0);
+    for (int i = 0; i < calls; ++i) body(i);
+    if (gpu_clock) ctx.timestamp(1);
+    const auto t0 = std::chrono::steady_clock::now();
+    ctx.flush();
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return gpu_clock ? ctx.elapsed_seconds(0, 1) : wall;
+  }
+
+  // Median seconds per call. Short repetitions (a few hundred µs of GPU work after an idle gap
+  // while the host waits and records) are suspected of the 2x run-to-run swings of the GEMV
+  // timings on the H100 (docs/BENCHMARKS.md, session 24), so one untimed repetition first sizes
+  // the call count to min_rep_s.
   template <typename Body>
   double operator()(int calls, Body body) {
-    auto& ctx = be.context();
-    ctx.flush();
+    be.context().flush();
+    if (min_rep_s > 0) {
+      const double first = rep(calls, body);
+      if (first > 0 && first < min_rep_s)
+        calls *= static_cast<int>(std::min(64.0, std::ceil(min_rep_s / first)));
+    }
     std::vector<double> t;
     for (int r = 0; r < warmup + reps; ++r) {
-      if (gpu_clock) ctx.timestamp(0);
-      for (int i = 0; i < calls; ++i) body(i);
-      if (gpu_clock) ctx.timestamp(1);
-      const auto t0 = std::chrono::steady_clock::now();
-      ctx.flush();
-      const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (r >= warmup) t.push_back((gpu_clock ? ctx.elapsed_seconds(0, 1) : wall) / calls);
+      const double s = rep(calls, body);
+      if (r >= warmup) t.push_back(s / calls);
     }
     std::sort(t.begin(), t.end());
     return t[t.size() / 2];
@@ -119,6 +136,7 @@ int main(int argc, char** argv) {
   int reps = 15, warmup = 2, min_calls = 32, device = 0;
   size_t cold_mib = 160;
   bool wall_clock = false;
+  double min_rep_ms = 2.0;
   int64_t gemm_m = 0;
   int gemm_calls = 4;
   int64_t attn_rows = 0;
@@ -137,9 +155,11 @@ int main(int argc, char** argv) {
                  "also time prefill attention of this many rows, Llama-3.1-8B heads (0: off)");
   app.add_option("--attn-decode", attn_decode, "also time decode attention at these context lengths")->delimiter(',');
   app.add_flag("--wall-clock", wall_clock, "time submissions on the host even when timestamps exist");
+  app.add_option("--min-rep-ms", min_rep_ms,
+                 "grow each timing's calls per repetition (up to 64x) to at least this much time (0: off)");
   CLI11_PARSE(app, argc, argv);
-  if (reps < 1 || warmup < 0 || min_calls < 1) {
-    std::fprintf(stderr, "--reps and --calls must be >= 1, --warmup >= 0\n");
+  if (reps < 1 || warmup < 0 || min_calls < 1 || !(min_rep_ms >= 0)) {
+    std::fprintf(stderr, "--reps and --calls must be >= 1, --warmup and --min-rep-ms >= 0\n");
     return 1;
   }
   const size_t cold = cold_mib << 20;
@@ -156,7 +176,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto& ctx = be->context();
-  Timer timer{*be, warmup, reps, ctx.has_timestamps() && !wall_clock};
+  Timer timer{*be, warmup, reps, ctx.has_timestamps() && !wall_clock, min_rep_ms * 1e-3};
 
   nlohmann::json out;
   char date[32];
@@ -170,6 +190,7 @@ int main(int argc, char** argv) {
   out["gemv_reduction"] = be->gemv_subgroup() ? "subgroup" : "shared";
   out["coop"] = be->context().coop().detail;
   out["clock"] = timer.gpu_clock ? "timestamps" : "wall";
+  out["min_rep_ms"] = min_rep_ms;
   out["cold_bytes"] = cold;
   out["results"] = nlohmann::json::array();
 
