@@ -705,18 +705,17 @@ void gemv_group(int K, int codebook, std::span<const GemvItem> items, int64_t m,
   const int mode = (gemv_halves() ? kHalves : kPairs) + (m <= 4 && gemv_weights_a() ? kPairsWA : 0);
   const bool occ = mode == kPairs && fuse == 0 && gemv_occupancy();
   const GemvFn fn = occ ? kGemvOccupancyTable[codebook][K - 1] : kGemvTable[fuse][mode][codebook][K - 1];
-  // Above the default limit, which counts the kernel's static shared memory (~1 KiB) too: opt in
-  // once per kernel (a launch of exactly 48 KiB dynamic failed with cudaErrorInvalidValue).
-  if (smem + 2048 > 48 * 1024) {
-    static std::once_flag once[2][3][4][3][8];
-    std::call_once(once[occ][fuse][mode][codebook][K - 1], [&] {
-      const size_t merge = fuse != 0 ? gemv_merge_smem_bytes(kGemvMaxSplits) : 0;
-      const size_t most = std::max(std::max(gemv_smem_bytes(K, 8), merge),
-                                   fuse == 2 ? gemv_ring_bytes(K, 8) + kFusedInActBytes : size_t{0});
-      check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)),
-            "cudaFuncSetAttribute (EXL3 GEMV shared memory)");
-    });
-  }
+  // The most dynamic shared memory any launch of this kernel asks for, opted in once per kernel
+  // whatever this launch's size (as the other kernels do): the default limit counts the kernel's
+  // static shared memory too, so a launch just under 48 KiB dynamic failed without it.
+  static std::once_flag once[2][3][4][3][8];
+  std::call_once(once[occ][fuse][mode][codebook][K - 1], [&] {
+    const size_t merge = fuse != 0 ? gemv_merge_smem_bytes(kGemvMaxSplits) : 0;
+    const size_t most = std::max(std::max(gemv_smem_bytes(K, 8), merge),
+                                 fuse == 2 ? gemv_ring_bytes(K, 8) + kFusedInActBytes : size_t{0});
+    check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)),
+          "cudaFuncSetAttribute (EXL3 GEMV shared memory)");
+  });
 #ifdef TRELLIS_CUDA_GEMV_TIMELINE
   args.tl_slot = timeline_slot(K, codebook, items, m, k, blocks);
 #endif

@@ -204,7 +204,7 @@ class VulkanBackend : public Backend {
   void set_gemv_scalar_add(bool on) { gemv_scalar_add_ = on; }
   bool gemv_scalar_add() const { return gemv_scalar_add_; }
   // Dense fp16 linears at m <= kGemvMaxRows with in % 8 == 0 (and x 16-byte aligned) take
-  // matmul_f16_gemv8 (16-byte loads, 8 features per workgroup) unless
+  // matmul_f16_gemv8 (16-byte loads, 8 or 32 invocations per feature) unless
   // TRELLIS_VULKAN_DENSE_GEMV_LEGACY=1 or set_dense_gemv_legacy(true) keeps matmul_f16_gemv
   // (2-byte loads, one feature per workgroup), which every other shape takes.
   void set_dense_gemv_legacy(bool on) { dense_gemv_legacy_ = on; }
