@@ -16,7 +16,8 @@
 #   cli      run (greedy) / ppl / kld / logits on the tiny-llama fixture with --device auto, cpu,
 #            cuda, vulkan: text, perplexity and logits compared with the CPU's in the report
 #   gemv     EXL3 GEMV for K = 1..8 x 3 codebooks on the four shapes of issue 5 (CUDA next to
-#            cuBLAS fp16, Vulkan next to its dense fp16 GEMV)
+#            cuBLAS fp16, Vulkan next to its dense fp16 GEMV; Vulkan as the median of
+#            $TRELLIS_VULKAN_GEMV_ROUNDS sweeps, default 3)
 #   models   Llama-3.1-8B-shaped MCG models at K = 2, 3, 4 (bench/make_random_model.py, written
 #            to $TRELLIS_MODELS, default /dev/shm/trellis-models: ~3.5 GB each) and the
 #            SmolLM2-135M-shaped 3 bpw one: prefill and decode at contexts 1, 256 and 2048
@@ -147,8 +148,12 @@ if wants gemv; then
   for d in "${devs[@]}"; do
     b=${d%%:*}
     [ -x "$bin/trellis_bench_${b}_exl3" ] || { echo "no trellis_bench_${b}_exl3 in $bin" >&2; status=1; continue; }
+    # Vulkan: the median of $TRELLIS_VULKAN_GEMV_ROUNDS sweeps (default 3; single shapes moved 2x
+    # between runs on the H100, docs/BENCHMARKS.md session 25).
+    rounds=()
+    [ "$b" = vulkan ] && [ $quick = 0 ] && rounds=(--rounds "${TRELLIS_VULKAN_GEMV_ROUNDS:-3}")
     step "gemv_$b" bash -c "'$bin/trellis_bench_${b}_exl3' --K ${ks[*]} --codebooks 3inst mcg mul1 \
-      --shapes ${shapes[*]} ${extra[*]} > '$out/gemv_$b.json' 2> '$out/gemv_$b.log'"
+      --shapes ${shapes[*]} ${extra[*]} ${rounds[*]} > '$out/gemv_$b.json' 2> '$out/gemv_$b.log'"
   done
 fi
 

@@ -9,7 +9,10 @@
 // buffer from the second repetition on, like a decode step); its GPU time comes from timestamp
 // queries around the calls when the device has them, else from the wall time of the submission
 // (reported as "clock"). Time per call = median repetition / calls; an untimed first repetition
-// multiplies the calls until a repetition lasts --min-rep-ms (default 2, at most 64x). "gemv" times the product
+// multiplies the calls until a repetition lasts --min-rep-ms (default 2, at most 64x); --rounds N
+// sweeps every shape N times one after another and reports each variant's median over the sweeps,
+// with every sweep's forward time ("forward_us_rounds"; "us_rounds" for the dense GEMV): single
+// shapes still moved 2x between runs on the H100 (docs/BENCHMARKS.md, session 25). "gemv" times the product
 // shader alone (what the dense GEMV is compared with); "forward" adds the input and output
 // Hadamard passes (what a model pays). GB/s counts trellis bytes (k·n·K/8) for EXL3 and weight
 // bytes (2·k·n) for the dense GEMV. Consecutive calls write the same output, so the backend puts
@@ -44,8 +47,10 @@
 #include <cstring>
 #include <ctime>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gemv_bench_util.h"
@@ -137,6 +142,7 @@ int main(int argc, char** argv) {
   size_t cold_mib = 160;
   bool wall_clock = false;
   double min_rep_ms = 2.0;
+  int rounds = 1;
   int64_t gemm_m = 0;
   int gemm_calls = 4;
   int64_t attn_rows = 0;
@@ -157,9 +163,12 @@ int main(int argc, char** argv) {
   app.add_flag("--wall-clock", wall_clock, "time submissions on the host even when timestamps exist");
   app.add_option("--min-rep-ms", min_rep_ms,
                  "grow each timing's calls per repetition (up to 64x) to at least this much time (0: off)");
+  app.add_option("--rounds", rounds,
+                 "sweep the GEMV shapes this many times, one after another, and report each variant's median "
+                 "over the sweeps (with every sweep's time: single shapes moved 2x between runs on the H100)");
   CLI11_PARSE(app, argc, argv);
-  if (reps < 1 || warmup < 0 || min_calls < 1 || !(min_rep_ms >= 0)) {
-    std::fprintf(stderr, "--reps and --calls must be >= 1, --warmup and --min-rep-ms >= 0\n");
+  if (reps < 1 || warmup < 0 || min_calls < 1 || !(min_rep_ms >= 0) || rounds < 1) {
+    std::fprintf(stderr, "--reps, --calls and --rounds must be >= 1, --warmup and --min-rep-ms >= 0\n");
     return 1;
   }
   const size_t cold = cold_mib << 20;
@@ -191,9 +200,19 @@ int main(int argc, char** argv) {
   out["coop"] = be->context().coop().detail;
   out["clock"] = timer.gpu_clock ? "timestamps" : "wall";
   out["min_rep_ms"] = min_rep_ms;
+  out["rounds"] = rounds;
   out["cold_bytes"] = cold;
   out["results"] = nlohmann::json::array();
 
+  // Every sweep's seconds per call: dense per shape, (gemv, forward) per variant, in sweep order.
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::map<std::string, std::vector<double>> dense_times;
+  std::map<std::tuple<std::string, int, std::string>, std::pair<std::vector<double>, std::vector<double>>> times;
+  std::map<std::tuple<std::string, int, std::string>, nlohmann::json> facts;  // copies, hin
+  for (int round = 0; round < rounds; ++round)
   for (const std::string& shape : shapes) {
     int64_t k = 0, n = 0;
     if (std::sscanf(shape.c_str(), "%ldx%ld", &k, &n) != 2 || k <= 0 || n <= 0 || k % 128 || n % 128) {
@@ -223,9 +242,17 @@ int main(int argc, char** argv) {
       const int calls = std::max(min_calls, wcopies);
       dense_s = timer(calls, [&](int i) { be->linear(*ws[static_cast<size_t>(i % wcopies)], x, y); });
     }
+    dense_times[shape].push_back(dense_s);
+    if (round == rounds - 1) {
+      const double med = median(dense_times[shape]);
+      nlohmann::json us_rounds = nlohmann::json::array();
+      for (double t : dense_times[shape]) us_rounds.push_back(t * 1e6);
+      out["dense_f16"][shape] = {{"us", med * 1e6},
+                                 {"gbps", static_cast<double>(wbytes) / med * 1e-9},
+                                 {"copies", wcopies},
+                                 {"us_rounds", us_rounds}};
+    }
     const double dense_gbps = static_cast<double>(wbytes) / dense_s * 1e-9;
-    out["dense_f16"][shape] = {{"us", dense_s * 1e6}, {"gbps", dense_gbps}, {"copies", wcopies}};
-
     const auto suh = random_halves(static_cast<size_t>(k), 0.05f, 3);
     const auto svh = random_halves(static_cast<size_t>(n), 1.0f, 4);
     for (int K : Ks) {
@@ -270,28 +297,50 @@ int main(int argc, char** argv) {
         const double gemv_s =
             timer(calls, [&](int i) { be->bench_exl3_product(*layers[static_cast<size_t>(i % copies)], 1); });
         const double fwd_s = timer(calls, [&](int i) { be->linear(*layers[static_cast<size_t>(i % copies)], x, y); });
+        const auto key = std::make_tuple(shape, K, cbname);
+        times[key].first.push_back(gemv_s);
+        times[key].second.push_back(fwd_s);
+        facts[key] = {{"copies", copies}, {"hin", be->gemv_hin_applies(*layers[0], 1)}};
         const double gbps = static_cast<double>(tbytes) / gemv_s * 1e-9;
-        const double fgbps = static_cast<double>(tbytes) / fwd_s * 1e-9;
+        const std::string sweep = rounds > 1 ? fmt::format("  (sweep {})", round + 1) : "";
+        std::fprintf(stderr, "%-11s K=%d %-5s gemv %9.2f us %7.1f GB/s  fwd %9.2f us  dense f16 %7.1f GB/s  ratio %.2f%s\n",
+                     shape.c_str(), K, cbname.c_str(), gemv_s * 1e6, gbps, fwd_s * 1e6, dense_gbps, gbps / dense_gbps,
+                     sweep.c_str());
+      }
+    }
+  }
+  // One result per variant, the medians over the sweeps, in the order of the options.
+  for (const std::string& shape : shapes) {
+    int64_t k = 0, n = 0;
+    std::sscanf(shape.c_str(), "%ldx%ld", &k, &n);
+    const double dense_s = median(dense_times[shape]);
+    const double dense_gbps = static_cast<double>(k * n) * 2 / dense_s * 1e-9;
+    for (int K : Ks)
+      for (const std::string& cbname : codebooks) {
+        const auto key = std::make_tuple(shape, K, cbname);
+        const double tbytes = static_cast<double>(k * n) * K / 8;
+        const double gemv_s = median(times[key].first), fwd_s = median(times[key].second);
+        const double gbps = tbytes / gemv_s * 1e-9, fgbps = tbytes / fwd_s * 1e-9;
+        nlohmann::json fwd_rounds = nlohmann::json::array();
+        for (double t : times[key].second) fwd_rounds.push_back(t * 1e6);
         out["results"].push_back({{"shape", shape},
                                   {"k", k},
                                   {"n", n},
                                   {"K", K},
                                   {"codebook", cbname},
                                   {"variant", fmt::format("exl3_gemv_k{}_{}{}", K, cbname, be->gemv_subgroup() ? "_sg" : "")},
-                                  {"copies", copies},
+                                  {"copies", facts[key]["copies"]},
                                   {"gemv_us", gemv_s * 1e6},
                                   {"gemv_gbps", gbps},
                                   {"forward_us", fwd_s * 1e6},
-                                  {"forward_gemv_hin", be->gemv_hin_applies(*layers[0], 1)},
+                                  {"forward_us_rounds", fwd_rounds},
+                                  {"forward_gemv_hin", facts[key]["hin"]},
                                   {"forward_gbps", fgbps},
                                   {"dense_f16_us", dense_s * 1e6},
                                   {"dense_f16_gbps", dense_gbps},
                                   {"ratio_gemv", gbps / dense_gbps},
                                   {"ratio_forward", fgbps / dense_gbps}});
-        std::fprintf(stderr, "%-11s K=%d %-5s gemv %9.2f us %7.1f GB/s  fwd %9.2f us  dense f16 %7.1f GB/s  ratio %.2f\n",
-                     shape.c_str(), K, cbname.c_str(), gemv_s * 1e6, gbps, fwd_s * 1e6, dense_gbps, gbps / dense_gbps);
       }
-    }
   }
   if (gemm_m > 0) {
     out["gemm"] = nlohmann::json::array();
