@@ -90,6 +90,18 @@ double max_rel_err(const std::vector<float>& got, const std::vector<float>& want
   return w > 0 ? d / w : d;
 }
 
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Microseconds, one per sweep (--rounds).
+nlohmann::json us_list(const std::vector<double>& seconds) {
+  nlohmann::json a = nlohmann::json::array();
+  for (double t : seconds) a.push_back(t * 1e6);
+  return a;
+}
+
 struct Timer {
   VulkanBackend& be;
   int warmup, reps;
@@ -126,8 +138,7 @@ struct Timer {
       const double s = rep(calls, body);
       if (r >= warmup) t.push_back(s / calls);
     }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
+    return median(std::move(t));
   }
 };
 
@@ -204,14 +215,19 @@ int main(int argc, char** argv) {
   out["cold_bytes"] = cold;
   out["results"] = nlohmann::json::array();
 
-  // Every sweep's seconds per call: dense per shape, (gemv, forward) per variant, in sweep order.
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
+  // Every sweep's seconds per call, in sweep order: the dense GEMV per shape, the EXL3 product and
+  // forward per (shape, K, codebook).
+  struct DenseTimes {
+    std::vector<double> s;
+    int copies = 0;
   };
-  std::map<std::string, std::vector<double>> dense_times;
-  std::map<std::tuple<std::string, int, std::string>, std::pair<std::vector<double>, std::vector<double>>> times;
-  std::map<std::tuple<std::string, int, std::string>, nlohmann::json> facts;  // copies, hin
+  struct Exl3Times {
+    std::vector<double> gemv, fwd;
+    int copies = 0;
+    bool hin = false;
+  };
+  std::map<std::string, DenseTimes> dense_times;
+  std::map<std::tuple<std::string, int, std::string>, Exl3Times> times;
   for (int round = 0; round < rounds; ++round)
   for (const std::string& shape : shapes) {
     int64_t k = 0, n = 0;
@@ -242,16 +258,8 @@ int main(int argc, char** argv) {
       const int calls = std::max(min_calls, wcopies);
       dense_s = timer(calls, [&](int i) { be->linear(*ws[static_cast<size_t>(i % wcopies)], x, y); });
     }
-    dense_times[shape].push_back(dense_s);
-    if (round == rounds - 1) {
-      const double med = median(dense_times[shape]);
-      nlohmann::json us_rounds = nlohmann::json::array();
-      for (double t : dense_times[shape]) us_rounds.push_back(t * 1e6);
-      out["dense_f16"][shape] = {{"us", med * 1e6},
-                                 {"gbps", static_cast<double>(wbytes) / med * 1e-9},
-                                 {"copies", wcopies},
-                                 {"us_rounds", us_rounds}};
-    }
+    dense_times[shape].s.push_back(dense_s);
+    dense_times[shape].copies = wcopies;
     const double dense_gbps = static_cast<double>(wbytes) / dense_s * 1e-9;
     const auto suh = random_halves(static_cast<size_t>(k), 0.05f, 3);
     const auto svh = random_halves(static_cast<size_t>(n), 1.0f, 4);
@@ -298,9 +306,11 @@ int main(int argc, char** argv) {
             timer(calls, [&](int i) { be->bench_exl3_product(*layers[static_cast<size_t>(i % copies)], 1); });
         const double fwd_s = timer(calls, [&](int i) { be->linear(*layers[static_cast<size_t>(i % copies)], x, y); });
         const auto key = std::make_tuple(shape, K, cbname);
-        times[key].first.push_back(gemv_s);
-        times[key].second.push_back(fwd_s);
-        facts[key] = {{"copies", copies}, {"hin", be->gemv_hin_applies(*layers[0], 1)}};
+        Exl3Times& tv = times[key];
+        tv.gemv.push_back(gemv_s);
+        tv.fwd.push_back(fwd_s);
+        tv.copies = copies;
+        tv.hin = be->gemv_hin_applies(*layers[0], 1);
         const double gbps = static_cast<double>(tbytes) / gemv_s * 1e-9;
         const std::string sweep = rounds > 1 ? fmt::format("  (sweep {})", round + 1) : "";
         std::fprintf(stderr, "%-11s K=%d %-5s gemv %9.2f us %7.1f GB/s  fwd %9.2f us  dense f16 %7.1f GB/s  ratio %.2f%s\n",
@@ -313,28 +323,29 @@ int main(int argc, char** argv) {
   for (const std::string& shape : shapes) {
     int64_t k = 0, n = 0;
     std::sscanf(shape.c_str(), "%ldx%ld", &k, &n);
-    const double dense_s = median(dense_times[shape]);
+    const DenseTimes& dt = dense_times[shape];
+    const double dense_s = median(dt.s);
     const double dense_gbps = static_cast<double>(k * n) * 2 / dense_s * 1e-9;
+    out["dense_f16"][shape] = {
+        {"us", dense_s * 1e6}, {"gbps", dense_gbps}, {"copies", dt.copies}, {"us_rounds", us_list(dt.s)}};
     for (int K : Ks)
       for (const std::string& cbname : codebooks) {
-        const auto key = std::make_tuple(shape, K, cbname);
+        const Exl3Times& tv = times[std::make_tuple(shape, K, cbname)];
         const double tbytes = static_cast<double>(k * n) * K / 8;
-        const double gemv_s = median(times[key].first), fwd_s = median(times[key].second);
+        const double gemv_s = median(tv.gemv), fwd_s = median(tv.fwd);
         const double gbps = tbytes / gemv_s * 1e-9, fgbps = tbytes / fwd_s * 1e-9;
-        nlohmann::json fwd_rounds = nlohmann::json::array();
-        for (double t : times[key].second) fwd_rounds.push_back(t * 1e6);
         out["results"].push_back({{"shape", shape},
                                   {"k", k},
                                   {"n", n},
                                   {"K", K},
                                   {"codebook", cbname},
                                   {"variant", fmt::format("exl3_gemv_k{}_{}{}", K, cbname, be->gemv_subgroup() ? "_sg" : "")},
-                                  {"copies", facts[key]["copies"]},
+                                  {"copies", tv.copies},
                                   {"gemv_us", gemv_s * 1e6},
                                   {"gemv_gbps", gbps},
                                   {"forward_us", fwd_s * 1e6},
-                                  {"forward_us_rounds", fwd_rounds},
-                                  {"forward_gemv_hin", facts[key]["hin"]},
+                                  {"forward_us_rounds", us_list(tv.fwd)},
+                                  {"forward_gemv_hin", tv.hin},
                                   {"forward_gbps", fgbps},
                                   {"dense_f16_us", dense_s * 1e6},
                                   {"dense_f16_gbps", dense_gbps},
