@@ -1,6 +1,8 @@
 // tests/ops/vulkan_fusion_test.cpp: the Vulkan backend's decode fusions (peepholes in the
 // recorder): add(x, y) + rms_norm(x) as rms_norm_add, rope(q) + rope(k) + kv_store(k, v) as
-// rope_kv_store, a gated MLP's two EXL3 output transforms + silu_mul as exl3_out_silu. Each is
+// rope_kv_store, a gated MLP's two EXL3 output transforms + silu_mul as exl3_out_silu, the
+// residual stream (an EXL3 output transform + add, then rms_norm folded into the next EXL3
+// linears' input transform: exl3_hadamard_out RESID, exl3_gemv*_hin NM). Each is
 // bit-identical to the separate ops (fusion off), records fewer
 // dispatches, and matches the CPU backend; shapes the fusion does not cover fall back.
 #if TRELLIS_WITH_VULKAN
@@ -132,6 +134,88 @@ TEST(VulkanFusion, Exl3OutSiluBitIdenticalToSeparateOps) {
     EXPECT_EQ(dispatches[0] + (c.bias ? 0 : 2), dispatches[1]) << what;
     for (int i = 0; i < 3; ++i) EXPECT_EQ(res[0][i], res[1][i]) << what << " output " << i;
     for (int i = 0; i < 3; ++i) EXPECT_LT(test::rel_rms(res[0][i], res[2][i]), 1e-5) << what << " vs CPU, output " << i;
+  }
+}
+
+// The decode layer's residual stream: o = linear(O, a); add(x, o); rms_norm(x, w, h); then h
+// read by an EXL3 group (q/k/v-like, as linears) or one EXL3 linear (as linear). Fused: O's
+// output transform adds into x and writes the block sums, the norm is formed inside the GEMVs
+// (which still write h): two dispatches fewer per residual than add + rms_norm, one fewer than
+// rms_norm_add. Every tensor (x, h, o, the outputs) is bitwise that of the separate ops, and
+// close to the CPU backend. A width that is not a multiple of 128 and prefill rows fall back.
+TEST(VulkanFusion, ResidualStreamIntoExl3GemvBitIdenticalToSeparateOps) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  FusionGuard guard(vk);
+  struct ResidGuard {
+    vk::VulkanBackend* be;
+    ~ResidGuard() { be->set_resid_fusion(true); }
+  } resid_guard{vk};
+  struct Case {
+    int64_t hidden, rows, outs;  // outs: 1 = linear(), 3 = linears()
+    bool fuses;
+  };
+  for (const Case& c : {Case{512, 1, 3, true}, Case{1024, 3, 1, true}, Case{384, 8, 3, true}, Case{300, 1, 3, false},
+                        Case{512, 9, 1, false}}) {
+    const int64_t hp = (c.hidden + 127) / 128 * 128;
+    const Exl3Host o_layer(hp, hp, c.hidden, c.hidden, false, 300 + static_cast<uint64_t>(c.hidden));
+    std::vector<Exl3Host> layers;
+    const int64_t widths[3] = {256, 300, 128};
+    for (int64_t i = 0; i < c.outs; ++i)
+      layers.emplace_back(hp, (widths[i] + 127) / 128 * 128, c.hidden, widths[i], i == 1,
+                          400 + static_cast<uint64_t>(i + c.rows));
+    const auto a = random_floats(static_cast<size_t>(c.rows * c.hidden), 92, 2.0f);
+    const auto x = random_floats(static_cast<size_t>(c.rows * c.hidden), 93, 3.0f);
+    const auto w = random_floats(static_cast<size_t>(c.hidden), 94);
+    // runs: 0 fused, 1 separate (fusion off), 2 without the residual stream's fusion only, 3 CPU
+    std::vector<std::vector<float>> res[4];
+    uint64_t dispatches[3] = {};
+    for (int run = 0; run < 4; ++run) {
+      Backend& be = run == 3 ? cpu_backend() : *vk;
+      if (run < 3) {
+        vk->set_fusion(run != 1);
+        vk->set_resid_fusion(run == 0);
+      }
+      const auto lo = be.prepare_linear(o_layer.src);
+      std::vector<std::unique_ptr<LinearWeights>> ls;
+      for (const Exl3Host& l : layers) ls.push_back(be.prepare_linear(l.src));
+      const DeviceTensor at = be.upload(f32_view(a, {c.rows, c.hidden}), DType::kF32);
+      DeviceTensor xt = be.upload(f32_view(x, {c.rows, c.hidden}), DType::kF32);
+      const DeviceTensor wt = be.upload(f32_view(w, {c.hidden}), DType::kF32);
+      DeviceTensor ot = be.alloc(DType::kF32, {c.rows, c.hidden}), ht = be.alloc(DType::kF32, {c.rows, c.hidden});
+      std::vector<DeviceTensor> ys;
+      for (int64_t i = 0; i < c.outs; ++i) ys.push_back(be.alloc(DType::kF32, {c.rows, widths[i]}));
+      if (run < 3) vk->synchronize();
+      const uint64_t d0 = run < 3 ? vk->context().stats().dispatches : 0;
+      be.linear(*lo, at, ot);
+      be.add(xt, ot);
+      be.rms_norm(xt, wt, 1e-5f, c.hidden, ht);
+      if (c.outs == 1) {
+        be.linear(*ls[0], ht, ys[0]);
+      } else {
+        std::vector<const LinearWeights*> wsp;
+        std::vector<DeviceTensor*> ysp;
+        for (int64_t i = 0; i < c.outs; ++i) {
+          wsp.push_back(ls[static_cast<size_t>(i)].get());
+          ysp.push_back(&ys[static_cast<size_t>(i)]);
+        }
+        be.linears(wsp, ht, ysp);
+      }
+      if (run < 3) dispatches[run] = vk->context().stats().dispatches - d0;
+      res[run] = {fetch(be, xt), fetch(be, ht), fetch(be, ot)};
+      for (const DeviceTensor& y : ys) res[run].push_back(fetch(be, y));
+    }
+    const std::string what = "hidden=" + std::to_string(c.hidden) + " rows=" + std::to_string(c.rows) +
+                             " outs=" + std::to_string(c.outs);
+    if (vk->gemv_hin_applies(*vk->prepare_linear(o_layer.src), c.rows) || !c.fuses) {
+      EXPECT_EQ(dispatches[0] + (c.fuses ? 2 : 1), dispatches[1]) << what;
+      EXPECT_EQ(dispatches[2] + 1, dispatches[1]) << what;
+    }
+    const char* names[] = {"x", "h", "o", "y0", "y1", "y2"};
+    for (size_t i = 0; i < res[0].size(); ++i) {
+      EXPECT_EQ(res[0][i], res[1][i]) << what << ": " << names[i] << " fused vs separate";
+      EXPECT_EQ(res[2][i], res[1][i]) << what << ": " << names[i] << " rms_norm_add vs separate";
+      EXPECT_LT(test::rel_rms(res[0][i], res[3][i]), 1e-5) << what << ": " << names[i] << " vs CPU";
+    }
   }
 }
 

@@ -105,7 +105,8 @@ TEST_P(VulkanModel, LogitsMatchReference) {
 // Decode steps run through segment replay (vk_context.h): after the first step, each step
 // re-submits the recorded command buffer with only the staged token id and position changed.
 // Logits of every step agree with the CPU backend's, and are bit-identical to the same steps
-// with replay turned off (recorded afresh every step).
+// with replay turned off (recorded afresh every step), with the output transform in the GEMV,
+// and without the residual stream's fusion.
 TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
   if (!test::have_shared()) GTEST_SKIP() << "../shared not found";
   if (list_vulkan_devices().empty()) GTEST_SKIP() << "no Vulkan device";
@@ -127,10 +128,11 @@ TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
     cpu_logits.push_back(out);
   }
   double dispatches_per_step = 0;
-  auto run = [&](bool replay, std::vector<std::vector<float>>& logits, bool fout = false) {
+  auto run = [&](bool replay, std::vector<std::vector<float>>& logits, bool fout = false, bool resid = true) {
     vk::VulkanBackend be(0);
     be.context().set_replay(replay);
     be.set_gemv_fout(fout);
+    be.set_resid_fusion(resid);
     auto m = Model::load(dir, be, opt);
     std::vector<float> o;
     m->forward(prompt, 0, false, o);
@@ -157,6 +159,11 @@ TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
   // fewer dispatches per step.
   run(true, fused_out, true);
   EXPECT_LT(dispatches_per_step, plain_dispatches) << "the fused output transform removed no dispatch";
+  // Without the residual stream's fusion (exl3_hadamard_out RESID, the norm in the GEMV): the
+  // same logits bit for bit, one dispatch more per residual (the rms_norm_add).
+  std::vector<std::vector<float>> no_resid;
+  run(true, no_resid, false, false);
+  EXPECT_GT(dispatches_per_step, plain_dispatches) << "the residual stream's fusion removed no dispatch";
   EXPECT_GE(replayed, static_cast<uint64_t>(kSteps - 1)) << "decode steps were not replayed";
   EXPECT_EQ(replayed_off, 0u);
   EXPECT_GE(recorded_off, static_cast<uint64_t>(kSteps));
@@ -164,6 +171,7 @@ TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
     EXPECT_LT(test::rel_rms(with[static_cast<size_t>(i)], cpu_logits[static_cast<size_t>(i)]), 1e-3) << "step " << i;
     EXPECT_EQ(with[static_cast<size_t>(i)], without[static_cast<size_t>(i)]) << "step " << i;
     EXPECT_EQ(with[static_cast<size_t>(i)], fused_out[static_cast<size_t>(i)]) << "fused output, step " << i;
+    EXPECT_EQ(with[static_cast<size_t>(i)], no_resid[static_cast<size_t>(i)]) << "unfused residual stream, step " << i;
   }
   (void)recorded;
 }

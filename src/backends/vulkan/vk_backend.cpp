@@ -42,6 +42,7 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   gemv_subgroup_ = gemv_subgroup_capable_ && env_flag("TRELLIS_VULKAN_SUBGROUP", true);
   fuse_ = env_flag("TRELLIS_VULKAN_FUSE", true);
   fuse_silu_ = env_flag("TRELLIS_VULKAN_FUSE_SILU", true);
+  fuse_resid_ = env_flag("TRELLIS_VULKAN_FUSE_RESID", true);
   gemv_hin_ = env_flag("TRELLIS_VULKAN_GEMV_HIN", true);
   dense_gemv_legacy_ = env_flag("TRELLIS_VULKAN_DENSE_GEMV_LEGACY", false);
   dense_gemv_lanes_ = static_cast<int>(env_int("TRELLIS_VULKAN_DENSE_GEMV_LANES", 0, 0, 32));
@@ -159,6 +160,11 @@ void VulkanBackend::set_gemv_subgroup(bool on) {
 
 VulkanBackend::~VulkanBackend() {
   for (auto& s : scratch_) s.reset();
+  norm_sums_.reset();
+  last_resid_ = {};
+  last_norm_.reset();
+  last_add_ = {};
+  outs_[0] = outs_[1] = {};
   ctx_->shutdown();
   ctx_->report();
 }
@@ -265,7 +271,12 @@ void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, 
   // Few groups (decode: one row) leave most of the GPU idle, and each invocation's loop over its
   // group's elements is a chain of dependent load latencies: wider workgroups there.
   const uint32_t wg = groups < kRmsWideBelowGroups ? rms_wide_wg_ : wg_;
-  const std::string suffix = wg == wg_ ? "" : fmt::format("_w{}", wg);
+  // Decode sizes in the block order of the fused residual stream (rms_norm.comp BLK), so that
+  // the fused and separate norms give the same bits.
+  const bool blk = groups < kRmsWideBelowGroups && wg % 128 == 0 && group % 128 == 0 && group / 128 <= 256;
+  const std::string suffix = (wg == wg_ ? "" : fmt::format("_w{}", wg)) + (blk ? "_blk" : "");
+  const uint32_t b = blk ? 1u : 0u;
+  last_norm_.reset();
   const PendingAdd& a = last_add_;
   if (fuse_ && a.x && a.serial != 0 && a.serial == ctx_->serial_back(0) && a.x.get() == &xb && a.x_off == pc.x_off &&
       a.n == groups * group && &ob != &xb && &ob != a.y.get()) {
@@ -275,14 +286,21 @@ void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, 
       pc.y_off = a.y_off;
       const Buffer& yb = *static_cast<const Buffer*>(a.y.get());
       const Pipeline& p =
-          ctx_->pipeline("rms_norm_add" + suffix, "rms_norm", {wg, 1}, 4, sizeof(pc), (1u << 0) | (1u << 2));
+          ctx_->pipeline("rms_norm_add" + suffix, "rms_norm", {wg, 1, b}, 4, sizeof(pc), (1u << 0) | (1u << 2));
       ctx_->dispatch_flat(p, {&xb, &buffer_of(weight), &ob, &yb}, &pc, static_cast<uint64_t>(groups));
       last_add_ = {};
       return;
     }
   }
-  const Pipeline& p = ctx_->pipeline("rms_norm" + suffix, "rms_norm", {wg, 0}, 4, sizeof(pc), 1u << 2);
+  const Pipeline& p = ctx_->pipeline("rms_norm" + suffix, "rms_norm", {wg, 0, b}, 4, sizeof(pc), 1u << 2);
   ctx_->dispatch_flat(p, {&xb, &buffer_of(weight), &ob, &xb}, &pc, static_cast<uint64_t>(groups));
+  // The norm of a residual stream whose block sums exl3_hadamard_out RESID has just written:
+  // an EXL3 linear reading `out` next may fold it in (take_norm).
+  const PendingResid& r = last_resid_;
+  if (blk && fuse_ && fuse_resid_ && r.x && r.serial != 0 && r.serial == ctx_->serial_back(1) && r.x.get() == &xb &&
+      r.x_off == pc.x_off && r.rows == x.rows() && r.cols == x.cols() && group == x.cols() && &ob != &xb)
+    last_norm_ = PendingNorm{ctx_->serial_back(0), &p, x.buffer, weight.buffer, out.buffer, pc.x_off, pc.w_off,
+                             pc.out_off, eps, x.rows(), x.cols()};
 }
 
 void VulkanBackend::rope(DeviceTensor& x, int64_t head_dim, std::span<const int32_t> positions,
@@ -542,7 +560,38 @@ void VulkanBackend::silu_mul(const DeviceTensor& gate, const DeviceTensor& up, D
   ctx_->dispatch_flat(p, {&buffer_of(gate), &buffer_of(up), &buffer_of(out)}, &pc, ceil_div(n, wg_));
 }
 
+bool VulkanBackend::fuse_out_resid(DeviceTensor& x, const DeviceTensor& y) {
+  const PendingOut& o = outs_[1];
+  const int64_t rows = x.rows(), cols = x.cols();
+  // The transform wrote exactly y (every column: out_f == n) as the last command; x is another
+  // buffer than y and the product's scratch; the block sums fit norm_sums_.
+  if (!fuse_ || !fuse_resid_ || !o.pipeline || o.serial == 0 || o.serial != ctx_->serial_back(0) ||
+      o.y.get() != y.buffer.get() || o.y_off != elem(y, 4) || o.rows != rows || o.out_f != o.n ||
+      static_cast<int64_t>(o.n) != cols || y.rows() != rows || y.cols() != cols || x.buffer.get() == y.buffer.get() ||
+      x.buffer.get() == o.z || cols / 128 > kNormSumsBlocks || rows > kGemvMaxRows)
+    return false;
+  if (!norm_sums_) norm_sums_ = ctx_->create_buffer(static_cast<size_t>(kGemvMaxRows * kNormSumsBlocks) * 4);
+  const Buffer& z = *o.z;
+  const auto svh = o.svh, bias = o.bias_buf;
+  const PendingOut saved = o;
+  if (!ctx_->pop_last(*o.pipeline, o.serial)) return false;
+  struct {
+    uint32_t n, out_f, z_off, y_off, has_bias, splits, split_stride, x_off;
+  } pc{saved.n, saved.out_f, 0, saved.y_off, bias ? 1u : 0u, saved.splits, saved.split_stride, elem(x, 4)};
+  const Pipeline& p = ctx_->pipeline("exl3_hadamard_out_resid", "exl3_hadamard_out", {1}, 6, sizeof(pc),
+                                     (1u << 3) | (1u << 4) | (1u << 5));
+  const Buffer* sv = static_cast<const Buffer*>(svh.get());
+  ctx_->dispatch(p, {&z, sv, bias ? static_cast<const Buffer*>(bias.get()) : sv, &buffer_of(y), &buffer_of(x),
+                     norm_sums_.get()},
+                 &pc, saved.n / 128, u32(rows));
+  outs_[0] = outs_[1] = {};
+  last_add_ = {};
+  last_resid_ = PendingResid{ctx_->serial_back(0), x.buffer, pc.x_off, rows, cols};
+  return true;
+}
+
 void VulkanBackend::add(DeviceTensor& x, const DeviceTensor& y) {
+  if (fuse_out_resid(x, y)) return;
   const int64_t n = shape_numel(x.shape);
   struct {
     uint32_t n, x_off, y_off;

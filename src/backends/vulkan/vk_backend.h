@@ -20,6 +20,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <span>
 
@@ -241,8 +242,14 @@ class VulkanBackend : public Backend {
   bool coop3_variant_fits(size_t i) const;
   // Decode fusions recorded as peepholes (bit-identical to the separate ops): add(x, y) followed
   // by rms_norm(x) becomes one rms_norm_add dispatch, rope(q), rope(k), kv_store(k, v) one
-  // rope_kv_store dispatch. On by default; TRELLIS_VULKAN_FUSE=0 turns them off.
+  // rope_kv_store dispatch; the residual stream of the decode (rows <= kGemvMaxRows): an EXL3
+  // output transform followed by add(x, its y) adds into x itself and writes x's 128-column
+  // block sums of squares (exl3_hadamard_out RESID), and rms_norm(x, w, h) right after is then
+  // folded into the fused input transform of the EXL3 linear or group that reads h
+  // (exl3_gemv*_hin NM, which still writes h). On by default; TRELLIS_VULKAN_FUSE=0 turns them
+  // off, TRELLIS_VULKAN_FUSE_RESID=0 only the residual stream's.
   void set_fusion(bool on) { fuse_ = on; }
+  void set_resid_fusion(bool on) { fuse_resid_ = on; }
   // Prefill attention (>= kFlashMinRows query rows) through attention_flash; on by default,
   // TRELLIS_VULKAN_FLASH_ATTENTION=0 keeps attention.comp for every call. set_flash_tiles
   // forces BR x BC (tests; {0, 0} = the largest preset that fits the device, flash_tiles()):
@@ -311,19 +318,41 @@ class VulkanBackend : public Backend {
   // exl3_gemv's pipeline for K, codebook cb, G tile columns, R rows per pass and (xs != 0) the
   // fused input transform with xs shared floats; module and name from the device and switches.
   const Pipeline& gemv_pipeline(int K, exl3::Codebook cb, uint32_t G, uint32_t R, uint32_t xs, uint32_t push_bytes,
-                                bool fout = false);
+                                bool fout = false, bool norm = false);
   // Shared floats (specialization constant XS) of exl3_gemv*_hin for this layer at m rows, or 0
   // when the fused input transform does not apply (gemv_hin_applies).
   uint32_t gemv_hin_floats(const Exl3Linear& w, int64_t m) const;
   // Records exl3_gemv*_hin: z (split s at s·m·n) = transform(x (+ x_off), suh) · Ŵ for
   // m <= kGemvMaxRows, xs = gemv_hin_floats(w, m) != 0.
   // With y set: the _fout form, which also writes y (element offset y_off) and skips exl3_hadamard_out.
+  // An rms_norm(x, w, out) of that residual stream in rms_norm.comp's BLK order, recorded and
+  // still the last command: the next EXL3 linear or group reading `out` may fold it in.
+  struct PendingNorm {
+    uint64_t serial = 0;
+    const Pipeline* pipeline = nullptr;
+    std::shared_ptr<DeviceBuffer> x, w, out;
+    uint32_t x_off = 0, w_off = 0, out_off = 0;
+    float eps = 0;
+    int64_t rows = 0, cols = 0;
+  };
+  // With norm set (and y null): the NM form, x being the norm's residual stream; the norm's
+  // output is written where write_norm.
   void record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32_t x_off, int64_t m, const Buffer& z, uint32_t xs,
-                       const Buffer* y = nullptr, uint32_t y_off = 0);
+                       const Buffer* y = nullptr, uint32_t y_off = 0, const PendingNorm* norm = nullptr,
+                       bool write_norm = false);
   void dense_linear(const DenseLinear& d, const DeviceTensor& x, DeviceTensor& y);
   // One phase of an EXL3 linear with scratch set `slot`: 0 input Hadamard, 1 product, 2 output
   // Hadamard.
-  void exl3_stage(const Exl3Linear& w, const DeviceTensor& x, DeviceTensor& y, int slot, int phase);
+  // norm: x is the output of that pending rms_norm, which the product phase folds in (NM; the
+  // caller has popped its dispatch); write_norm: this layer's dispatch writes x.
+  void exl3_stage(const Exl3Linear& w, const DeviceTensor& x, DeviceTensor& y, int slot, int phase,
+                  const PendingNorm* norm = nullptr, bool write_norm = false);
+  // The pending rms_norm whose output x the EXL3 layers `ws` all read at decode rows, when they
+  // can fold it in (NM): its dispatch is popped and the norm returned; else nullopt.
+  std::optional<PendingNorm> take_norm(std::span<const Exl3Linear* const> ws, const DeviceTensor& x);
+  // add(x, y) right after the EXL3 output transform that wrote y: that dispatch re-recorded as
+  // exl3_hadamard_out RESID; false (nothing changed) when it does not apply.
+  bool fuse_out_resid(DeviceTensor& x, const DeviceTensor& y);
   // y = x · Wᵀ + bias through matmul_f16_tiled (bias may be null).
   void gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
                 int64_t m, int64_t in, int64_t out);
@@ -383,6 +412,15 @@ class VulkanBackend : public Backend {
     uint32_t y_off = 0, n = 0, out_f = 0, splits = 0, split_stride = 0;
     int64_t rows = 0;
     bool bias = false;  // the layer adds a bias (exl3_out_silu takes only bias-free layers)
+    std::shared_ptr<DeviceBuffer> bias_buf;  // the layer's bias, or null
+  };
+  // The residual stream after exl3_hadamard_out RESID: x (rows x cols) and its block sums in
+  // norm_sums_.
+  struct PendingResid {
+    uint64_t serial = 0;
+    std::shared_ptr<DeviceBuffer> x;
+    uint32_t x_off = 0;
+    int64_t rows = 0, cols = 0;
   };
   // exl3_hadamard_out(z_g) -> gate, exl3_hadamard_out(z_u) -> up, silu_mul(gate, up) -> out as
   // one exl3_out_silu dispatch when the two transforms are the last commands; false (nothing
@@ -405,6 +443,12 @@ class VulkanBackend : public Backend {
   bool flash_coop_logged_ = false;
   float flash_coop_rescale_ = 8.0f;
   PendingAdd last_add_;
+  PendingResid last_resid_;
+  std::optional<PendingNorm> last_norm_;
+  bool fuse_resid_ = true;  // TRELLIS_VULKAN_FUSE_RESID=0: no exl3_hadamard_out RESID / NM (under fuse_)
+  // [kGemvMaxRows, kNormSumsBlocks] fp32: the block sums of squares exl3_hadamard_out RESID writes.
+  static constexpr int64_t kNormSumsBlocks = 64;
+  std::shared_ptr<Buffer> norm_sums_;
   PendingOut outs_[2];  // [1] the latest decode output transform, [0] the one before
   PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)

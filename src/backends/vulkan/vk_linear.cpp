@@ -315,7 +315,7 @@ uint32_t VulkanBackend::exl3_product_splits(const Exl3Linear& w, int64_t m) cons
 }
 
 const Pipeline& VulkanBackend::gemv_pipeline(int K, exl3::Codebook cb, uint32_t G, uint32_t R, uint32_t xs,
-                                             uint32_t push_bytes, bool fout) {
+                                             uint32_t push_bytes, bool fout, bool norm) {
   // Module exl3_gemv[_sg][_f16[_dot]][_hin] (exl3_gemv.glsl): the fp16 decode where the device
   // has exact fp16 arithmetic (Context::use_f16), the dot-product byte sum for MUL1 on top where
   // enabled (Context::use_int_dot); all give bitwise the same z. xs != 0: the fused input
@@ -335,16 +335,21 @@ const Pipeline& VulkanBackend::gemv_pipeline(int K, exl3::Codebook cb, uint32_t 
   if (xs != 0) name += fmt::format("_x{}", xs);
   if (fout) name += "_fout";
   if (gemv_scalar_add_) name += "_sa";
-  // Specialization ids 0-4 and 6 (exl3_gemv.glsl); id 5 (XS) exists only in the _hin modules.
+  if (norm) name += "_nm";
+  TRELLIS_CHECK(!norm || (xs != 0 && !fout));
+  // Specialization ids 0-4, 6 and 7 (exl3_gemv.glsl); id 5 (XS) exists only in the _hin
+  // modules, id 8 (NM) only in those without _fout.
   const std::vector<uint32_t> spec{kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R, xs,
-                                   gemv_prefetch_ ? 1u : 0u, gemv_scalar_add_ ? 1u : 0u};
-  // _fout: bindings 4-7 svh, bias, y, counters (writes z, y and the counters).
-  return ctx_->pipeline(name, shader, spec, fout ? 8 : xs != 0 ? 4 : 3, push_bytes,
-                        fout ? (1u << 2) | (1u << 6) | (1u << 7) : 1u << 2);
+                                   gemv_prefetch_ ? 1u : 0u, gemv_scalar_add_ ? 1u : 0u, norm ? 1u : 0u};
+  // _fout: bindings 4-7 svh, bias, y, counters (writes z, y and the counters); _hin: bindings
+  // 4-6 the norm's weight, block sums and output (NM; writes z and the output).
+  return ctx_->pipeline(name, shader, spec, fout ? 8 : xs != 0 ? 7 : 3, push_bytes,
+                        fout ? (1u << 2) | (1u << 6) | (1u << 7) : xs != 0 ? (1u << 2) | (1u << 6) : 1u << 2);
 }
 
 void VulkanBackend::record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32_t x_off, int64_t m, const Buffer& z,
-                                    uint32_t xs, const Buffer* y, uint32_t y_off) {
+                                    uint32_t xs, const Buffer* y, uint32_t y_off, const PendingNorm* norm,
+                                    bool write_norm) {
   TRELLIS_CHECK(m >= 1 && m <= kGemvMaxRows && xs != 0);
   const uint32_t G = gemv_columns(w.n, m), R = m == 1 ? 1u : static_cast<uint32_t>(kGemvMaxRows);
   TRELLIS_CHECK(static_cast<uint32_t>(m) <= R);  // the shader transforms all rows before its one row pass
@@ -363,10 +368,28 @@ void VulkanBackend::record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32
     return;
   }
   struct {
-    uint32_t m, k, n, x_off, z_off, splits, in_f;
-  } pc{u32(m), u32(w.k), u32(w.n), x_off, 0, splits, u32(w.in_features)};
-  const Pipeline& p = gemv_pipeline(w.K, w.codebook, G, R, xs, sizeof(pc));
-  ctx_->dispatch_flat(p, {w.trellis.get(), &x, &z, w.suh.get()}, &pc, groups);
+    uint32_t m, k, n, x_off, z_off, splits, in_f, nw_off, no_off;
+    float eps;
+    uint32_t write_norm;
+  } pc{u32(m), u32(w.k), u32(w.n), x_off, 0, splits, u32(w.in_features), 0, 0, 0.0f, 0};
+  const Pipeline& p = gemv_pipeline(w.K, w.codebook, G, R, xs, sizeof(pc), false, norm != nullptr);
+  if (!norm) {  // bindings 4-6 unused: suh (read) and z (written anyway)
+    ctx_->dispatch_flat(p, {w.trellis.get(), &x, &z, w.suh.get(), w.suh.get(), w.suh.get(), &z}, &pc, groups);
+    return;
+  }
+  TRELLIS_CHECK(norm->rows == m && norm->cols == w.in_features && norm->cols % 128 == 0 &&
+                norm->cols / 128 <= kNormSumsBlocks && norm_sums_);
+  pc.nw_off = norm->w_off;
+  pc.no_off = norm->out_off;
+  pc.eps = norm->eps;
+  pc.write_norm = write_norm ? 1u : 0u;
+  // Without write_norm, z stands in for the output binding (no write to the norm's output, so
+  // the group's dispatches need no barriers between them).
+  const Buffer& out = write_norm ? *static_cast<const Buffer*>(norm->out.get()) : z;
+  ctx_->dispatch_flat(p,
+                      {w.trellis.get(), &x, &z, w.suh.get(), static_cast<const Buffer*>(norm->w.get()),
+                       norm_sums_.get(), &out},
+                      &pc, groups);
 }
 
 void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n,
@@ -443,7 +466,8 @@ bool VulkanBackend::exl3_f16_input(const Exl3Linear& w, int64_t m) {
   return g.pipeline && g.version >= 2;  // reads a16 with stride k (a multiple of 128)
 }
 
-void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, DeviceTensor& y, int slot, int phase) {
+void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, DeviceTensor& y, int slot, int phase,
+                               const PendingNorm* norm, bool write_norm) {
   const int64_t m = x.rows();
   // Decode: the input transform inside the GEMV where it fits (phase 0 records nothing).
   const uint32_t hin = gemv_hin_floats(w, m);
@@ -472,7 +496,11 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
       ctx_->dispatch(pin, {&buffer_of(x), w.suh.get(), &xh}, &hi, u32(w.k / 128), u32(m));
     }
   } else if (phase == 1) {
-    if (hin && gemv_fout_)
+    TRELLIS_CHECK(!norm || (hin && !gemv_fout_));
+    if (norm)  // the residual stream in, the norm formed in the input transform
+      record_gemv_hin(w, *static_cast<const Buffer*>(norm->x.get()), norm->x_off, m, z, hin, nullptr, 0, norm,
+                      write_norm);
+    else if (hin && gemv_fout_)
       record_gemv_hin(w, buffer_of(x), elem(x, 4), m, z, hin, &buffer_of(y), elem(y, 4));
     else if (hin)
       record_gemv_hin(w, buffer_of(x), elem(x, 4), m, z, hin);
@@ -489,20 +517,45 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
       const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out_sg", "exl3_hadamard_out_sg", {}, 4, sizeof(ho), 1u << 3);
       ctx_->dispatch_flat(pout, bufs, &ho, ceil_div(m * (w.n / 128), kHadamardSgItems));
     } else {
-      const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out", "exl3_hadamard_out", {}, 4, 28, 1u << 3);
-      ctx_->dispatch(pout, bufs, &ho, u32(w.n / 128), u32(m));
+      // RESID = 0; bindings 4 and 5 (x, sums: VulkanBackend::fuse_out_resid) unused. ho's last
+      // field stands in for x_off.
+      const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out", "exl3_hadamard_out", {0}, 6, 32, 1u << 3);
+      ctx_->dispatch(pout, {&z, w.svh.get(), w.bias ? w.bias.get() : w.svh.get(), &buffer_of(y), &z, &z}, &ho,
+                     u32(w.n / 128), u32(m));
       outs_[0] = std::move(outs_[1]);
       outs_[1] = PendingOut{ctx_->serial_back(0), &pout, &z, w.svh, y.buffer, ho.y_off, ho.n, ho.out_f,
-                            ho.splits, ho.split_stride, m, w.bias != nullptr};
+                            ho.splits, ho.split_stride, m, w.bias != nullptr, w.bias};
     }
   }
 }
 
+std::optional<VulkanBackend::PendingNorm> VulkanBackend::take_norm(std::span<const Exl3Linear* const> ws,
+                                                                    const DeviceTensor& x) {
+  if (!last_norm_) return std::nullopt;
+  const PendingNorm n = *last_norm_;
+  last_norm_.reset();
+  const int64_t m = x.rows();
+  if (!fuse_ || !fuse_resid_ || gemv_fout_ || ws.empty() || n.serial == 0 || n.serial != ctx_->serial_back(0) ||
+      n.out.get() != x.buffer.get() || n.out_off != elem(x, 4) || n.rows != m || n.cols != x.cols() ||
+      m > kGemvMaxRows || n.cols % 128 != 0 || n.cols / 128 > kNormSumsBlocks)
+    return std::nullopt;
+  for (const Exl3Linear* w : ws)
+    if (w->in_features != n.cols || gemv_hin_floats(*w, m) == 0) return std::nullopt;
+  // scratch() may replace buffers but records nothing, so the norm is still the last command.
+  if (!ctx_->pop_last(*n.pipeline, n.serial)) return std::nullopt;
+  return n;
+}
+
 void VulkanBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceTensor& y) {
   if (x.rows() == 0) return;
-  if (const auto* d = dynamic_cast<const DenseLinear*>(&lw)) return dense_linear(*d, x, y);
+  if (const auto* d = dynamic_cast<const DenseLinear*>(&lw)) {
+    last_norm_.reset();
+    return dense_linear(*d, x, y);
+  }
   const auto& w = static_cast<const Exl3Linear&>(lw);
-  for (int phase = 0; phase < 3; ++phase) exl3_stage(w, x, y, 0, phase);
+  const Exl3Linear* one[] = {&w};
+  const std::optional<PendingNorm> norm = take_norm(one, x);
+  for (int phase = 0; phase < 3; ++phase) exl3_stage(w, x, y, 0, phase, norm ? &*norm : nullptr, true);
 }
 
 void VulkanBackend::linears(std::span<const LinearWeights* const> ws, const DeviceTensor& x,
@@ -513,6 +566,14 @@ void VulkanBackend::linears(std::span<const LinearWeights* const> ws, const Devi
   // (all input Hadamards, all products, all output Hadamards), so the hazard tracker puts two
   // barriers in the group instead of two per layer.
   std::vector<std::pair<const Exl3Linear*, DeviceTensor*>> exl3;
+  // A pending norm of x folds into the group only when every layer is an EXL3 layer of it (a
+  // dense layer or one past kMaxLinearGroup would read x before the group writes it).
+  std::vector<const Exl3Linear*> all;
+  for (const LinearWeights* w : ws)
+    if (const auto* e = dynamic_cast<const Exl3Linear*>(w)) all.push_back(e);
+  std::optional<PendingNorm> norm;
+  if (all.size() == ws.size() && all.size() <= kMaxLinearGroup) norm = take_norm(all, x);
+  last_norm_.reset();
   for (size_t i = 0; i < ws.size(); ++i) {
     if (const auto* d = dynamic_cast<const DenseLinear*>(ws[i]))
       dense_linear(*d, x, *ys[i]);
@@ -521,8 +582,10 @@ void VulkanBackend::linears(std::span<const LinearWeights* const> ws, const Devi
     else
       linear(*ws[i], x, *ys[i]);
   }
+  // With the norm folded in, the first layer writes its output x (the norm's `out`).
   for (int phase = 0; phase < 3; ++phase)
-    for (size_t i = 0; i < exl3.size(); ++i) exl3_stage(*exl3[i].first, x, *exl3[i].second, static_cast<int>(i), phase);
+    for (size_t i = 0; i < exl3.size(); ++i)
+      exl3_stage(*exl3[i].first, x, *exl3[i].second, static_cast<int>(i), phase, norm ? &*norm : nullptr, i == 0);
 }
 
 void VulkanBackend::bench_exl3_product(const LinearWeights& lw, int64_t m) {

@@ -49,6 +49,14 @@
 //     passes). Every column group of a split repeats the transform of its slab (span · m · 7
 //     adds and 3 barriers per workgroup, small next to decoding 16 G · span weights) and the
 //     linear loses a dispatch and a pipeline barrier.
+//     NM (id 8, the _hin modules without _fout): the decode's RMSNorm folded in as well. x is
+//     then the residual stream (rows of in_f = the norm's width, a multiple of 128, at most 64
+//     blocks), bindings 4-6 the norm's weight (nw_off), the block sums of squares of x that
+//     exl3_hadamard_out.comp (RESID) wrote ([m, in_f / 128]) and the norm's output (no_off);
+//     each element of the slab becomes x · inv · w with inv from the block sums exactly as
+//     rms_norm.comp's BLK path computes it, so the activations (and, with write_norm, the norm
+//     output that the first column group writes for its k range) are bitwise those of the
+//     separate rms_norm. Bindings 4-6 are bound but unused when NM = 0.
 //   EXL3_GEMV_FOUT (exl3_gemv[_sg][_f16[_dot]]_hin_fout, with EXL3_GEMV_HIN): the output
 //     transform fused in too. Bindings 4-7: svh, bias, y, counters (one per 128-block of n, 0
 //     between dispatches). After writing its partials, a workgroup counts itself on its
@@ -106,7 +114,18 @@ layout(push_constant) uniform P { uint m, k, n, x_off, z_off, splits, in_f, out_
 shared float fo[WG];
 shared bool fo_last;
 #else
-layout(push_constant) uniform P { uint m, k, n, x_off, z_off, splits, in_f; } p;
+// NM (id 8; header): the RMSNorm of the residual stream x folded into the input transform.
+layout(constant_id = 8) const uint NM = 0;
+layout(binding = 4) readonly buffer NormW { float norm_w[]; };
+layout(binding = 5) readonly buffer Sums { float sums[]; };
+layout(binding = 6) writeonly buffer NormOut { float norm_out[]; };
+layout(push_constant) uniform P {
+  uint m, k, n, x_off, z_off, splits, in_f, nw_off, no_off;
+  float eps;
+  uint write_norm;
+} p;
+shared float ns[NM != 0u ? R * 64u : 1u];  // the rows' block sums of squares
+shared float ninv[NM != 0u ? R : 1u];      // the rows' 1 / rms
 #endif
 shared float xs[XS];
 #else
@@ -179,6 +198,34 @@ void main() {
   // unroll `s <<= 1` loops and indexed the arrays at run time). Outside the row loop, which then
   // compiles as in the other variants (inside it, lavapipe ran the whole GEMV ~1.3x slower).
   uint items = min(R, p.m) * span;
+#ifndef EXL3_GEMV_FOUT
+  if (NM != 0u) {
+    // The norm (header): the rows' block sums, then each row's 1 / rms as rms_norm.comp's BLK
+    // path computes it (block sums in block order; the same expression); then every element of
+    // the slab as x · inv · w, written to norm_out by the first column group where write_norm.
+    uint nb = p.in_f / 128u, rows = min(R, p.m);
+    for (uint i = inv; i < rows * nb; i += WG) ns[i] = sums[i];
+    barrier();
+    if (inv < rows) {
+      float tot = 0.0;
+      for (uint b = 0u; b < nb; ++b) tot += ns[inv * nb + b];
+      precise float ri = 1.0 / sqrt(tot / float(p.in_f) + p.eps);
+      ninv[inv] = ri;
+    }
+    barrier();
+    bool wr = p.write_norm != 0u && tg == 0u;
+    for (uint i = inv; i < items; i += WG) {
+      uint j = i / span, c = c0 + (i - j * span);
+      float v = 0.0;
+      if (c < p.in_f) {
+        float h = x[p.x_off + j * p.in_f + c] * ninv[j] * norm_w[p.nw_off + c];
+        if (wr) norm_out[p.no_off + j * p.in_f + c] = h;
+        v = h * suh[c];
+      }
+      xs[i] = v;
+    }
+  } else
+#endif
   for (uint i = inv; i < items; i += WG) {
     uint j = i / span, c = c0 + (i - j * span);
     xs[i] = c < p.in_f ? x[p.x_off + j * p.in_f + c] * suh[c] : 0.0;

@@ -5,10 +5,18 @@
 // the add recorded just before): x += y first, written back, and the norm taken of the sums;
 // bit-identical to add.comp then ADD = 0, since each element's sum is the same fp32 addition and
 // the norm's arithmetic is this same code. Binding 3 (y) is bound but unread when ADD = 0.
+// BLK = 1 (the host sets it where group is a multiple of 128 with at most kBlocks blocks, at
+// decode sizes; WG a multiple of 128): the sum of squares in the order the decode's fused
+// residual stream uses (exl3_hadamard_out.comp RESID, exl3_gemv*_hin NM): per 128-block of the
+// group, the squares reduced as pairs (e, e + s) for s = 64, 32, .., 1 over the block's
+// elements e; then the block sums added in block order from 0. With the same inv expression,
+// the fused and separate paths give the same bits.
 #extension GL_GOOGLE_include_directive : require
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 128;
 layout(constant_id = 1) const uint ADD = 0;
+layout(constant_id = 2) const uint BLK = 0;
+const uint kBlocks = 256u;
 #include "common.glsl"
 
 layout(binding = 0) buffer X { float x[]; };
@@ -22,6 +30,7 @@ layout(push_constant) uniform P {
 } p;
 
 shared float red[WG];
+shared float bs[BLK != 0u ? kBlocks : 1u];
 
 float load_x(uint e) { return ADD != 0u ? x[p.x_off + e] + y[p.y_off + e] : x[p.x_off + e]; }
 
@@ -29,6 +38,36 @@ void main() {
   uint g = flat_group(), t = gl_LocalInvocationID.x;
   if (g >= p.groups) return;  // uniform per workgroup
   uint base = g * p.group;
+  precise float inv;  // the fused norm (exl3_gemv*_hin NM) computes it as written here
+  if (BLK != 0u) {
+    // Invocation t takes element e = t % 128 of blocks t / 128, t / 128 + WG / 128, ...
+    uint nb = p.group / 128u, e = t & 127u, sb = t - e;
+    for (uint b0 = 0u; b0 < nb; b0 += WG / 128u) {
+      uint b = b0 + t / 128u;
+      float v = 0.0;
+      if (b < nb) {
+        v = load_x(base + b * 128u + e);
+        if (ADD != 0u) x[p.x_off + base + b * 128u + e] = v;
+      }
+      red[t] = v * v;  // read back only across the barrier: never contracted into an FMA
+      barrier();
+      for (uint s = 64u; s > 0u; s >>= 1) {
+        if (e < s) red[t] += red[t + s];
+        barrier();
+      }
+      if (e == 0u && b < nb) bs[b] = red[sb];
+      barrier();
+    }
+    float tot = 0.0;
+    for (uint b = 0u; b < nb; ++b) tot += bs[b];
+    inv = 1.0 / sqrt(tot / float(p.group) + p.eps);
+    // The same element mapping as the loop above: each invocation reads back only its own writes.
+    for (uint b = t / 128u; b < nb; b += WG / 128u) {
+      uint i = b * 128u + e;
+      out_[p.out_off + base + i] = x[p.x_off + base + i] * inv * w[p.w_off + i];
+    }
+    return;
+  }
   float ss = 0.0;
   for (uint i = t; i < p.group; i += WG) {
     float v = load_x(base + i);
@@ -41,7 +80,7 @@ void main() {
     if (t < s) red[t] += red[t + s];
     barrier();
   }
-  float inv = 1.0 / sqrt(red[0] / float(p.group) + p.eps);
+  inv = 1.0 / sqrt(red[0] / float(p.group) + p.eps);
   // Each invocation reads back only elements it wrote itself (same i stride), so no barrier.
   for (uint i = t; i < p.group; i += WG)
     out_[p.out_off + base + i] = x[p.x_off + base + i] * inv * w[p.w_off + i];
