@@ -2,7 +2,8 @@
 // recorder): add(x, y) + rms_norm(x) as rms_norm_add, rope(q) + rope(k) + kv_store(k, v) as
 // rope_kv_store, a gated MLP's two EXL3 output transforms + silu_mul as exl3_out_silu, the
 // residual stream (an EXL3 output transform + add, then rms_norm folded into the next EXL3
-// linears' input transform: exl3_hadamard_out RESID, exl3_gemv*_hin NM). Each is
+// linears' input transform: exl3_hadamard_out RESID, exl3_gemv*_hin NM), the q/k/v tail (three
+// EXL3 output transforms + rope(q) + rope(k) + kv_store(k, v): exl3_out_rope_kv). Each is
 // bit-identical to the separate ops (fusion off), records fewer
 // dispatches, and matches the CPU backend; shapes the fusion does not cover fall back.
 #if TRELLIS_WITH_VULKAN
@@ -215,6 +216,78 @@ TEST(VulkanFusion, ResidualStreamIntoExl3GemvBitIdenticalToSeparateOps) {
       EXPECT_EQ(res[0][i], res[1][i]) << what << ": " << names[i] << " fused vs separate";
       EXPECT_EQ(res[2][i], res[1][i]) << what << ": " << names[i] << " rms_norm_add vs separate";
       EXPECT_LT(test::rel_rms(res[0][i], res[3][i]), 1e-5) << what << ": " << names[i] << " vs CPU";
+    }
+  }
+}
+
+// The decode's q/k/v tail: linears(q, k, v) of EXL3 layers, rope(q), rope(k), kv_store(k, v)
+// at decode rows. Fused: the three output transforms, the ropes and the cache stores as one
+// exl3_out_rope_kv dispatch (5 fewer than the separate ops, 3 fewer than rope_kv_store), every
+// tensor (q, k, v, both caches) bitwise that of the separate ops and close to the CPU backend;
+// a layer with a bias, or a head wider than 128, falls back to rope_kv_store.
+TEST(VulkanFusion, QkvTailBitIdenticalToSeparateOps) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  FusionGuard guard(vk);
+  struct QkvGuard {
+    vk::VulkanBackend* be;
+    ~QkvGuard() { be->set_qkv_fusion(true); }
+  } qkv_guard{vk};
+  struct Case {
+    int64_t head_dim, q_heads, kv_heads, rows;
+    bool bias, fuses;
+  };
+  for (const Case& c : {Case{128, 2, 1, 1, false, true}, Case{64, 4, 2, 3, false, true},
+                        Case{32, 8, 4, 2, false, true}, Case{64, 4, 2, 1, true, false},
+                        Case{256, 2, 1, 1, false, false}}) {
+    const int64_t hidden = 384, qw = c.q_heads * c.head_dim, kw = c.kv_heads * c.head_dim, ctx = 16;
+    const Exl3Host lq(hidden, qw, hidden, qw, c.bias, 500 + static_cast<uint64_t>(c.head_dim));
+    const Exl3Host lk(hidden, kw, hidden, kw, false, 600 + static_cast<uint64_t>(c.head_dim));
+    const Exl3Host lv(hidden, kw, hidden, kw, false, 700 + static_cast<uint64_t>(c.head_dim));
+    RopeParams rp;
+    for (int64_t i = 0; i < c.head_dim / 2; ++i)
+      rp.inv_freq.push_back(std::pow(10000.0f, -2.0f * static_cast<float>(i) / static_cast<float>(c.head_dim)));
+    rp.attention_scaling = 1.05f;
+    const auto h = random_floats(static_cast<size_t>(c.rows * hidden), 95, 2.0f);
+    std::vector<int32_t> pos;
+    for (int64_t r = 0; r < c.rows; ++r) pos.push_back(static_cast<int32_t>(5 + 2 * r));
+    // runs: 0 fused, 1 separate (fusion off), 2 rope_kv_store (the q/k/v tail's fusion off), 3 CPU
+    std::vector<float> res[4][5];
+    uint64_t dispatches[3] = {};
+    for (int run = 0; run < 4; ++run) {
+      Backend& be = run == 3 ? cpu_backend() : *vk;
+      if (run < 3) {
+        vk->set_fusion(run != 1);
+        vk->set_qkv_fusion(run == 0);
+      }
+      const auto wq = be.prepare_linear(lq.src), wk = be.prepare_linear(lk.src), wv = be.prepare_linear(lv.src);
+      const DeviceTensor ht = be.upload(f32_view(h, {c.rows, hidden}), DType::kF32);
+      DeviceTensor q = be.alloc(DType::kF32, {c.rows, qw}), k = be.alloc(DType::kF32, {c.rows, kw});
+      DeviceTensor v = be.alloc(DType::kF32, {c.rows, kw});
+      DeviceTensor kc = be.alloc(DType::kF16, {ctx, kw}), vc = be.alloc(DType::kF16, {ctx, kw});
+      if (run < 3) vk->synchronize();
+      const uint64_t d0 = run < 3 ? vk->context().stats().dispatches : 0;
+      const LinearWeights* ws[] = {wq.get(), wk.get(), wv.get()};
+      DeviceTensor* ys[] = {&q, &k, &v};
+      be.linears(ws, ht, ys);
+      be.rope(q, c.head_dim, pos, rp);
+      be.rope(k, c.head_dim, pos, rp);
+      be.kv_store(k, v, pos, kc, vc);
+      if (run < 3) dispatches[run] = vk->context().stats().dispatches - d0;
+      res[run][0] = fetch(be, q);
+      res[run][1] = fetch(be, k);
+      res[run][2] = fetch(be, v);
+      res[run][3] = fetch(be, kc);
+      res[run][4] = fetch(be, vc);
+    }
+    const std::string what = "head_dim=" + std::to_string(c.head_dim) + " rows=" + std::to_string(c.rows) +
+                             (c.bias ? " bias" : "");
+    EXPECT_EQ(dispatches[2], dispatches[1] - 2) << what;  // rope_kv_store: 3 ops as 1
+    EXPECT_EQ(dispatches[0], dispatches[2] - (c.fuses ? 3 : 0)) << what;
+    const char* names[] = {"q", "k", "v", "k cache", "v cache"};
+    for (int i = 0; i < 5; ++i) {
+      EXPECT_EQ(res[0][i], res[1][i]) << what << ": " << names[i] << " fused vs separate";
+      EXPECT_EQ(res[2][i], res[1][i]) << what << ": " << names[i] << " rope_kv_store vs separate";
+      EXPECT_LT(test::rel_rms(res[0][i], res[3][i]), 2e-3) << what << ": " << names[i] << " vs CPU";
     }
   }
 }

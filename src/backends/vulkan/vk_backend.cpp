@@ -43,6 +43,7 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   fuse_ = env_flag("TRELLIS_VULKAN_FUSE", true);
   fuse_silu_ = env_flag("TRELLIS_VULKAN_FUSE_SILU", true);
   fuse_resid_ = env_flag("TRELLIS_VULKAN_FUSE_RESID", true);
+  fuse_qkv_ = env_flag("TRELLIS_VULKAN_FUSE_QKV", true);
   gemv_hin_ = env_flag("TRELLIS_VULKAN_GEMV_HIN", true);
   dense_gemv_legacy_ = env_flag("TRELLIS_VULKAN_DENSE_GEMV_LEGACY", false);
   dense_gemv_lanes_ = static_cast<int>(env_int("TRELLIS_VULKAN_DENSE_GEMV_LANES", 0, 0, 32));
@@ -164,7 +165,7 @@ VulkanBackend::~VulkanBackend() {
   last_resid_ = {};
   last_norm_.reset();
   last_add_ = {};
-  outs_[0] = outs_[1] = {};
+  outs_[0] = outs_[1] = outs_[2] = {};
   ctx_->shutdown();
   ctx_->report();
 }
@@ -365,6 +366,64 @@ bool VulkanBackend::fuse_rope_kv_store(const DeviceTensor& k, const DeviceTensor
   return true;
 }
 
+bool VulkanBackend::fuse_out_rope_kv(const DeviceTensor& k, const DeviceTensor& v, const Staged& pos, int64_t rows,
+                                     DeviceTensor& k_cache, DeviceTensor& v_cache) {
+  const PendingRope& rq = ropes_[0];
+  const PendingRope& rk = ropes_[1];
+  const PendingOut &oq = outs_[0], &ok = outs_[1], &ov = outs_[2];
+  if (!fuse_ || !fuse_qkv_ || ctx_->limits().maxPerStageDescriptorStorageBuffers < 12 || !rq.x || !rk.x ||
+      rq.serial == 0 || rk.serial == 0 || rk.serial != ctx_->serial_back(0) || rq.serial != ctx_->serial_back(1) ||
+      !oq.pipeline || !ok.pipeline || !ov.pipeline || oq.serial == 0 || ov.serial != ctx_->serial_back(2) ||
+      ok.serial != ctx_->serial_back(3) || oq.serial != ctx_->serial_back(4))
+    return false;
+  const int64_t width = k.cols(), hd = rk.head_dim;
+  const Buffer &kb = buffer_of(k), &vb = buffer_of(v), &kcb = buffer_of(k_cache), &vcb = buffer_of(v_cache);
+  const Buffer& qb = *static_cast<const Buffer*>(rq.x.get());
+  // The three transforms wrote exactly q, k and v (bias-free, every column), the two ropes
+  // rotated q and k in place with one table, and every head lies in one 128-block; q, k, v, the
+  // caches and the products' scratch are distinct buffers.
+  auto whole = [&](const PendingOut& o, const Buffer& b, uint32_t off, int64_t cols) {
+    return !o.bias && o.out_f == o.n && static_cast<int64_t>(o.n) == cols && o.rows == rows && o.y.get() == &b &&
+           o.y_off == off;
+  };
+  if (!whole(oq, qb, rq.x_off, rq.cols) || !whole(ok, kb, elem(k, 4), width) || !whole(ov, vb, elem(v, 4), width) ||
+      rk.x.get() != &kb || rk.x_off != elem(k, 4) || rk.cols != width || rk.rows != rows || rq.rows != rows ||
+      rq.head_dim != hd || rq.table != rk.table || hd <= 0 || hd % 2 != 0 || 128 % hd != 0 ||
+      ok.splits != ov.splits || ok.split_stride != ov.split_stride || pos.buffer != rq.cs.buffer ||
+      k_cache.offset % 4 != 0 || v_cache.offset % 4 != 0)
+    return false;
+  const std::vector<const Buffer*> outs = {&qb, &kb, &vb, &kcb, &vcb};
+  for (size_t i = 0; i < outs.size(); ++i) {
+    for (size_t j = i + 1; j < outs.size(); ++j)
+      if (outs[i] == outs[j]) return false;
+    if (outs[i] == oq.z || outs[i] == ok.z || outs[i] == ov.z) return false;
+  }
+  const PendingOut q_out = oq, k_out = ok, v_out = ov;
+  const Pipeline& pr = ctx_->pipeline("rope", "rope", {wg_}, 2, 24, 1u << 0);
+  if (!ctx_->pop_last(pr, rk.serial)) return false;
+  if (!ctx_->pop_last(pr, rq.serial) || !ctx_->pop_last(*v_out.pipeline, v_out.serial) ||
+      !ctx_->pop_last(*k_out.pipeline, k_out.serial) || !ctx_->pop_last(*q_out.pipeline, q_out.serial))
+    fail(ErrorKind::kInternal, "Vulkan: the q/k/v tail fusion lost a command");
+  struct {
+    uint32_t rows, nq, nk, head_dim, q_splits, q_stride, kv_splits, kv_stride;
+    uint32_t q_off, k_off, v_off, kc_off2, vc_off2, cs_off, pos_off;
+  } pc{u32(rows),        q_out.n,         k_out.n,         u32(hd),
+       q_out.splits,     q_out.split_stride, k_out.splits, k_out.split_stride,
+       rq.x_off,         elem(k, 4),      elem(v, 4),      elem(k_cache, 4),
+       elem(v_cache, 4), u32(static_cast<int64_t>(rq.cs.offset / 4)), u32(static_cast<int64_t>(pos.offset / 4))};
+  const Pipeline& p = ctx_->pipeline("exl3_out_rope_kv", "exl3_out_rope_kv", {}, 12, sizeof(pc),
+                                     (1u << 6) | (1u << 7) | (1u << 8) | (1u << 9) | (1u << 10));
+  auto buf = [](const std::shared_ptr<DeviceBuffer>& b) { return static_cast<const Buffer*>(b.get()); };
+  ctx_->dispatch(p,
+                 {q_out.z, k_out.z, v_out.z, buf(q_out.svh), buf(k_out.svh), buf(v_out.svh), &qb, &kb, &vb, &kcb,
+                  &vcb, pos.buffer},
+                 &pc, (q_out.n + 2 * k_out.n) / 128, u32(rows));
+  ropes_[0] = {};
+  ropes_[1] = {};
+  outs_[0] = outs_[1] = outs_[2] = {};
+  return true;
+}
+
 void VulkanBackend::kv_store(const DeviceTensor& k, const DeviceTensor& v, std::span<const int32_t> positions,
                              DeviceTensor& k_cache, DeviceTensor& v_cache) {
   const int64_t width = k.cols();
@@ -372,6 +431,7 @@ void VulkanBackend::kv_store(const DeviceTensor& k, const DeviceTensor& v, std::
   if (width % 2 != 0 || k_cache.offset % 4 != 0 || v_cache.offset % 4 != 0)
     fail(ErrorKind::kUnsupported, "Vulkan backend: kv_store needs an even cache width (got {})", width);
   const Staged s = ctx_->stage(positions.data(), positions.size() * 4);
+  if (fuse_out_rope_kv(k, v, s, static_cast<int64_t>(positions.size()), k_cache, v_cache)) return;
   if (fuse_rope_kv_store(k, v, s, static_cast<int64_t>(positions.size()), k_cache, v_cache)) return;
   struct {
     uint32_t width, k_off, v_off, kc_off2, vc_off2, pos_off;
@@ -521,7 +581,7 @@ bool VulkanBackend::attention_decode(const DeviceTensor& q, const DeviceTensor& 
 }
 
 bool VulkanBackend::fuse_out_silu(const DeviceTensor& gate, const DeviceTensor& up, DeviceTensor& out) {
-  const PendingOut &og = outs_[0], &ou = outs_[1];
+  const PendingOut &og = outs_[1], &ou = outs_[2];
   const int64_t n = shape_numel(gate.shape);
   auto matches = [&](const PendingOut& o, const DeviceTensor& t) {
     return o.pipeline && o.serial != 0 && !o.bias && o.y.get() == t.buffer.get() && o.y_off == elem(t, 4) &&
@@ -546,7 +606,7 @@ bool VulkanBackend::fuse_out_silu(const DeviceTensor& gate, const DeviceTensor& 
   ctx_->dispatch(p, {&zg, &zu, static_cast<const Buffer*>(og.svh.get()), static_cast<const Buffer*>(ou.svh.get()),
                      &buffer_of(gate), &buffer_of(up), &buffer_of(out)},
                  &pc, og.n / 128, u32(og.rows));
-  outs_[0] = outs_[1] = {};
+  outs_[0] = outs_[1] = outs_[2] = {};
   return true;
 }
 
@@ -561,7 +621,7 @@ void VulkanBackend::silu_mul(const DeviceTensor& gate, const DeviceTensor& up, D
 }
 
 bool VulkanBackend::fuse_out_resid(DeviceTensor& x, const DeviceTensor& y) {
-  const PendingOut& o = outs_[1];
+  const PendingOut& o = outs_[2];
   const int64_t rows = x.rows(), cols = x.cols();
   // The transform wrote exactly y (every column: out_f == n) as the last command; x is another
   // buffer than y and the product's scratch; the block sums fit norm_sums_.
@@ -584,7 +644,7 @@ bool VulkanBackend::fuse_out_resid(DeviceTensor& x, const DeviceTensor& y) {
   ctx_->dispatch(p, {&z, sv, bias ? static_cast<const Buffer*>(bias.get()) : sv, &buffer_of(y), &buffer_of(x),
                      norm_sums_.get()},
                  &pc, saved.n / 128, u32(rows));
-  outs_[0] = outs_[1] = {};
+  outs_[0] = outs_[1] = outs_[2] = {};
   last_add_ = {};
   last_resid_ = PendingResid{ctx_->serial_back(0), x.buffer, pc.x_off, rows, cols};
   return true;

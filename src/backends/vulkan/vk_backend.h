@@ -246,10 +246,13 @@ class VulkanBackend : public Backend {
   // output transform followed by add(x, its y) adds into x itself and writes x's 128-column
   // block sums of squares (exl3_hadamard_out RESID), and rms_norm(x, w, h) right after is then
   // folded into the fused input transform of the EXL3 linear or group that reads h
-  // (exl3_gemv*_hin NM, which still writes h). On by default; TRELLIS_VULKAN_FUSE=0 turns them
-  // off, TRELLIS_VULKAN_FUSE_RESID=0 only the residual stream's.
+  // (exl3_gemv*_hin NM, which still writes h); the q/k/v output transforms followed by
+  // rope(q), rope(k), kv_store(k, v) as one exl3_out_rope_kv dispatch. On by default;
+  // TRELLIS_VULKAN_FUSE=0 turns them off, TRELLIS_VULKAN_FUSE_RESID=0 only the residual stream's,
+  // TRELLIS_VULKAN_FUSE_QKV=0 only the q/k/v tail's.
   void set_fusion(bool on) { fuse_ = on; }
   void set_resid_fusion(bool on) { fuse_resid_ = on; }
+  void set_qkv_fusion(bool on) { fuse_qkv_ = on; }
   // Prefill attention (>= kFlashMinRows query rows) through attention_flash; on by default,
   // TRELLIS_VULKAN_FLASH_ATTENTION=0 keeps attention.comp for every call. set_flash_tiles
   // forces BR x BC (tests; {0, 0} = the largest preset that fits the device, flash_tiles()):
@@ -353,6 +356,10 @@ class VulkanBackend : public Backend {
   // add(x, y) right after the EXL3 output transform that wrote y: that dispatch re-recorded as
   // exl3_hadamard_out RESID; false (nothing changed) when it does not apply.
   bool fuse_out_resid(DeviceTensor& x, const DeviceTensor& y);
+  // exl3_hadamard_out of q, k and v, rope(q), rope(k), kv_store(k, v) as one exl3_out_rope_kv
+  // dispatch when those five are the last commands; false (nothing recorded) otherwise.
+  bool fuse_out_rope_kv(const DeviceTensor& k, const DeviceTensor& v, const Staged& pos, int64_t rows,
+                        DeviceTensor& k_cache, DeviceTensor& v_cache);
   // y = x · Wᵀ + bias through matmul_f16_tiled (bias may be null).
   void gemm_f16(const Buffer& w, const Buffer& x, uint32_t x_off, const Buffer& y, uint32_t y_off, const Buffer* bias,
                 int64_t m, int64_t in, int64_t out);
@@ -445,11 +452,12 @@ class VulkanBackend : public Backend {
   PendingAdd last_add_;
   PendingResid last_resid_;
   std::optional<PendingNorm> last_norm_;
+  bool fuse_qkv_ = true;    // TRELLIS_VULKAN_FUSE_QKV=0: no exl3_out_rope_kv (under fuse_)
   bool fuse_resid_ = true;  // TRELLIS_VULKAN_FUSE_RESID=0: no exl3_hadamard_out RESID / NM (under fuse_)
   // [kGemvMaxRows, kNormSumsBlocks] fp32: the block sums of squares exl3_hadamard_out RESID writes.
   static constexpr int64_t kNormSumsBlocks = 64;
   std::shared_ptr<Buffer> norm_sums_;
-  PendingOut outs_[2];  // [1] the latest decode output transform, [0] the one before
+  PendingOut outs_[3];  // [2] the latest decode output transform, [1] the one before, ...
   PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
   uint32_t rms_wide_wg_ = 128;

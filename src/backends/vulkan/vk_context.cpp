@@ -52,7 +52,6 @@ constexpr uint32_t kSetsPerPool = 4096;
 // Cached descriptor sets beyond this are dropped (with the cached segments) at the next flush:
 // sets of dead buffers are never reused, so the cache would otherwise grow with every new buffer.
 constexpr size_t kMaxCachedSets = 32768;
-constexpr uint32_t kMaxBindings = 8;
 constexpr size_t kArenaBytes = 1 << 20;
 // Segments shorter than this are recorded afresh every time (uploads, downloads).
 constexpr size_t kMinReplayCommands = 4;

@@ -46,6 +46,10 @@
 
 namespace trellis::vk {
 
+// Storage-buffer bindings a pipeline may have (exl3_out_rope_kv has the most: 12). Devices
+// offering fewer per stage (maxPerStageDescriptorStorageBuffers) skip the pipelines that need more.
+inline constexpr uint32_t kMaxBindings = 12;
+
 // Throws trellis::Error (kUnsupported / kOutOfMemory / kInternal) naming `what` and the result.
 void check(VkResult result, const char* what);
 const char* result_name(VkResult result);
@@ -196,8 +200,8 @@ class Context : public std::enable_shared_from_this<Context> {
     enum class Kind : uint8_t { kDispatch, kCopy, kFill, kTimestamp } kind = Kind::kDispatch;
     const Pipeline* pipeline = nullptr;
     uint32_t nbuf = 0;
-    VkBuffer handles[8] = {};
-    uint64_t ids[8] = {};
+    VkBuffer handles[kMaxBindings] = {};
+    uint64_t ids[kMaxBindings] = {};
     uint32_t groups[3] = {};
     uint64_t src_offset = 0, dst_offset = 0, bytes = 0;  // copy; query index in src_offset
     uint8_t push[128] = {};

@@ -523,7 +523,8 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
       ctx_->dispatch(pout, {&z, w.svh.get(), w.bias ? w.bias.get() : w.svh.get(), &buffer_of(y), &z, &z}, &ho,
                      u32(w.n / 128), u32(m));
       outs_[0] = std::move(outs_[1]);
-      outs_[1] = PendingOut{ctx_->serial_back(0), &pout, &z, w.svh, y.buffer, ho.y_off, ho.n, ho.out_f,
+      outs_[1] = std::move(outs_[2]);
+      outs_[2] = PendingOut{ctx_->serial_back(0), &pout, &z, w.svh, y.buffer, ho.y_off, ho.n, ho.out_f,
                             ho.splits, ho.split_stride, m, w.bias != nullptr, w.bias};
     }
   }
