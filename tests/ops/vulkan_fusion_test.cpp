@@ -142,8 +142,9 @@ TEST(VulkanFusion, Exl3OutSiluBitIdenticalToSeparateOps) {
 // read by an EXL3 group (q/k/v-like, as linears) or one EXL3 linear (as linear). Fused: O's
 // output transform adds into x and writes the block sums, the norm is formed inside the GEMVs
 // (which still write h): two dispatches fewer per residual than add + rms_norm, one fewer than
-// rms_norm_add. Every tensor (x, h, o, the outputs) is bitwise that of the separate ops, and
-// close to the CPU backend. A width that is not a multiple of 128 and prefill rows fall back.
+// rms_norm_add. Every tensor (x, h, o, the outputs) is bitwise that of the separate ops (whose
+// rms_norm takes the same block order while the fusion is switched on), and close to the CPU
+// backend. A width that is not a multiple of 128 and prefill rows fall back.
 TEST(VulkanFusion, ResidualStreamIntoExl3GemvBitIdenticalToSeparateOps) {
   TRELLIS_VULKAN_OR_SKIP(vk);
   FusionGuard guard(vk);
@@ -167,14 +168,15 @@ TEST(VulkanFusion, ResidualStreamIntoExl3GemvBitIdenticalToSeparateOps) {
     const auto a = random_floats(static_cast<size_t>(c.rows * c.hidden), 92, 2.0f);
     const auto x = random_floats(static_cast<size_t>(c.rows * c.hidden), 93, 3.0f);
     const auto w = random_floats(static_cast<size_t>(c.hidden), 94);
-    // runs: 0 fused, 1 separate (fusion off), 2 without the residual stream's fusion only, 3 CPU
+    // runs: 0 fused, 1 separate (fusion off), 2 without the residual stream's fusion only (then
+    // rms_norm_add in the norm's own order: close, not bitwise), 3 CPU
     std::vector<std::vector<float>> res[4];
     uint64_t dispatches[3] = {};
     for (int run = 0; run < 4; ++run) {
       Backend& be = run == 3 ? cpu_backend() : *vk;
       if (run < 3) {
         vk->set_fusion(run != 1);
-        vk->set_resid_fusion(run == 0);
+        vk->set_resid_fusion(run != 2);
       }
       const auto lo = be.prepare_linear(o_layer.src);
       std::vector<std::unique_ptr<LinearWeights>> ls;
@@ -214,7 +216,7 @@ TEST(VulkanFusion, ResidualStreamIntoExl3GemvBitIdenticalToSeparateOps) {
     const char* names[] = {"x", "h", "o", "y0", "y1", "y2"};
     for (size_t i = 0; i < res[0].size(); ++i) {
       EXPECT_EQ(res[0][i], res[1][i]) << what << ": " << names[i] << " fused vs separate";
-      EXPECT_EQ(res[2][i], res[1][i]) << what << ": " << names[i] << " rms_norm_add vs separate";
+      EXPECT_LT(test::rel_rms(res[2][i], res[1][i]), 1e-6) << what << ": " << names[i] << " rms_norm_add vs separate";
       EXPECT_LT(test::rel_rms(res[0][i], res[3][i]), 1e-5) << what << ": " << names[i] << " vs CPU";
     }
   }

@@ -273,8 +273,10 @@ void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, 
   // group's elements is a chain of dependent load latencies: wider workgroups there.
   const uint32_t wg = groups < kRmsWideBelowGroups ? rms_wide_wg_ : wg_;
   // Decode sizes in the block order of the fused residual stream (rms_norm.comp BLK), so that
-  // the fused and separate norms give the same bits.
-  const bool blk = groups < kRmsWideBelowGroups && wg % 128 == 0 && group % 128 == 0 && group / 128 <= 256;
+  // the fused and separate norms give the same bits; with that fusion switched off
+  // (TRELLIS_VULKAN_FUSE_RESID=0) the norm keeps its own order.
+  const bool blk = fuse_resid_ && groups < kRmsWideBelowGroups && wg % 128 == 0 && group % 128 == 0 &&
+                   group / 128 <= 256;
   const std::string suffix = (wg == wg_ ? "" : fmt::format("_w{}", wg)) + (blk ? "_blk" : "");
   const uint32_t b = blk ? 1u : 0u;
   last_norm_.reset();

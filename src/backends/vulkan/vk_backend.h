@@ -248,7 +248,9 @@ class VulkanBackend : public Backend {
   // folded into the fused input transform of the EXL3 linear or group that reads h
   // (exl3_gemv*_hin NM, which still writes h); the q/k/v output transforms followed by
   // rope(q), rope(k), kv_store(k, v) as one exl3_out_rope_kv dispatch. On by default;
-  // TRELLIS_VULKAN_FUSE=0 turns them off, TRELLIS_VULKAN_FUSE_RESID=0 only the residual stream's,
+  // TRELLIS_VULKAN_FUSE=0 turns them off (rms_norm at decode sizes keeps the residual stream's
+  // summation order, so that the fused and separate ops give the same bits),
+  // TRELLIS_VULKAN_FUSE_RESID=0 only the residual stream's (and rms_norm its own order),
   // TRELLIS_VULKAN_FUSE_QKV=0 only the q/k/v tail's.
   void set_fusion(bool on) { fuse_ = on; }
   void set_resid_fusion(bool on) { fuse_resid_ = on; }
