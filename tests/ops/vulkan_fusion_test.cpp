@@ -156,7 +156,8 @@ TEST(VulkanFusion, ResidualStreamIntoExl3GemvBitIdenticalToSeparateOps) {
     int64_t hidden, rows, outs;  // outs: 1 = linear(), 3 = linears()
     bool fuses;
   };
-  for (const Case& c : {Case{512, 1, 3, true}, Case{1024, 3, 1, true}, Case{384, 8, 3, true}, Case{300, 1, 3, false},
+  for (const Case& c : {Case{512, 1, 3, true}, Case{1024, 3, 1, true}, Case{384, 8, 3, true}, Case{4608, 1, 1, true},
+                        Case{300, 1, 3, false},
                         Case{512, 9, 1, false}}) {
     const int64_t hp = (c.hidden + 127) / 128 * 128;
     const Exl3Host o_layer(hp, hp, c.hidden, c.hidden, false, 300 + static_cast<uint64_t>(c.hidden));

@@ -275,7 +275,7 @@ void VulkanBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, 
   // Decode sizes in the block order of the fused residual stream (rms_norm.comp BLK), so that
   // the fused and separate norms give the same bits; with that fusion switched off
   // (TRELLIS_VULKAN_FUSE_RESID=0) the norm keeps its own order.
-  const bool blk = fuse_resid_ && groups < kRmsWideBelowGroups && wg % 128 == 0 && group % 128 == 0 &&
+  const bool blk = fuse_resid_ && groups < kRmsWideBelowGroups && 4096 % wg == 0 && group % 128 == 0 &&
                    group / 128 <= 256;
   const std::string suffix = (wg == wg_ ? "" : fmt::format("_w{}", wg)) + (blk ? "_blk" : "");
   const uint32_t b = blk ? 1u : 0u;

@@ -6,7 +6,7 @@
 // bit-identical to add.comp then ADD = 0, since each element's sum is the same fp32 addition and
 // the norm's arithmetic is this same code. Binding 3 (y) is bound but unread when ADD = 0.
 // BLK = 1 (the host sets it where group is a multiple of 128 with at most kBlocks blocks, at
-// decode sizes; WG a multiple of 128): the sum of squares in the order the decode's fused
+// decode sizes; WG divides kChunk): the sum of squares in the order the decode's fused
 // residual stream uses (exl3_hadamard_out.comp RESID, exl3_gemv*_hin NM): per 128-block of the
 // group, the squares reduced as pairs (e, e + s) for s = 64, 32, .., 1 over the block's
 // elements e; then the block sums added in block order from 0. With the same inv expression,
@@ -17,6 +17,7 @@ layout(constant_id = 0) const uint WG = 128;
 layout(constant_id = 1) const uint ADD = 0;
 layout(constant_id = 2) const uint BLK = 0;
 const uint kBlocks = 256u;
+const uint kChunk = 4096u;
 #include "common.glsl"
 
 layout(binding = 0) buffer X { float x[]; };
@@ -31,6 +32,7 @@ layout(push_constant) uniform P {
 
 shared float red[WG];
 shared float bs[BLK != 0u ? kBlocks : 1u];
+shared float sq[BLK != 0u ? kChunk : 1u];
 
 float load_x(uint e) { return ADD != 0u ? x[p.x_off + e] + y[p.y_off + e] : x[p.x_off + e]; }
 
@@ -40,32 +42,31 @@ void main() {
   uint base = g * p.group;
   precise float inv;  // the fused norm (exl3_gemv*_hin NM) computes it as written here
   if (BLK != 0u) {
-    // Invocation t takes element e = t % 128 of blocks t / 128, t / 128 + WG / 128, ...
-    uint nb = p.group / 128u, e = t & 127u, sb = t - e;
-    for (uint b0 = 0u; b0 < nb; b0 += WG / 128u) {
-      uint b = b0 + t / 128u;
-      float v = 0.0;
-      if (b < nb) {
-        v = load_x(base + b * 128u + e);
-        if (ADD != 0u) x[p.x_off + base + b * 128u + e] = v;
+    // Chunks of up to 32 blocks (4096 elements, WG divides it) in shared memory: the squares,
+    // then the pairwise tree inside every block of the chunk at once (7 barriers per chunk).
+    uint nb = p.group / 128u;
+    for (uint c0 = 0u; c0 < p.group; c0 += kChunk) {
+      uint len = min(kChunk, p.group - c0);
+      for (uint i = t; i < len; i += WG) {
+        float v = load_x(base + c0 + i);
+        if (ADD != 0u) x[p.x_off + base + c0 + i] = v;
+        sq[i] = v * v;  // read back only across the barrier: never contracted into an FMA
       }
-      red[t] = v * v;  // read back only across the barrier: never contracted into an FMA
       barrier();
       for (uint s = 64u; s > 0u; s >>= 1) {
-        if (e < s) red[t] += red[t + s];
+        for (uint i = t; i < len; i += WG)
+          if ((i & 127u) < s) sq[i] += sq[i + s];
         barrier();
       }
-      if (e == 0u && b < nb) bs[b] = red[sb];
+      for (uint b = t; b < len / 128u; b += WG) bs[c0 / 128u + b] = sq[b * 128u];
       barrier();
     }
     float tot = 0.0;
     for (uint b = 0u; b < nb; ++b) tot += bs[b];
     inv = 1.0 / sqrt(tot / float(p.group) + p.eps);
-    // The same element mapping as the loop above: each invocation reads back only its own writes.
-    for (uint b = t / 128u; b < nb; b += WG / 128u) {
-      uint i = b * 128u + e;
+    // Element c0 + i was loaded (and with ADD written) by invocation i % WG = (c0 + i) % WG.
+    for (uint i = t; i < p.group; i += WG)
       out_[p.out_off + base + i] = x[p.x_off + base + i] * inv * w[p.w_off + i];
-    }
     return;
   }
   float ss = 0.0;
