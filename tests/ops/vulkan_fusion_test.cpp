@@ -3,7 +3,8 @@
 // rope_kv_store, a gated MLP's two EXL3 output transforms + silu_mul as exl3_out_silu, the
 // residual stream (an EXL3 output transform + add, then rms_norm folded into the next EXL3
 // linears' input transform: exl3_hadamard_out RESID, exl3_gemv*_hin NM), the q/k/v tail (three
-// EXL3 output transforms + rope(q) + rope(k) + kv_store(k, v): exl3_out_rope_kv). Each is
+// EXL3 output transforms + rope(q) + rope(k) + kv_store(k, v): exl3_out_rope_kv), the decode
+// attention's split merge inside the o projection (exl3_gemv*_hin AM). Each is
 // bit-identical to the separate ops (fusion off), records fewer
 // dispatches, and matches the CPU backend; shapes the fusion does not cover fall back.
 #if TRELLIS_WITH_VULKAN
@@ -291,6 +292,67 @@ TEST(VulkanFusion, QkvTailBitIdenticalToSeparateOps) {
       EXPECT_EQ(res[0][i], res[1][i]) << what << ": " << names[i] << " fused vs separate";
       EXPECT_EQ(res[2][i], res[1][i]) << what << ": " << names[i] << " rope_kv_store vs separate";
       EXPECT_LT(test::rel_rms(res[0][i], res[3][i]), 2e-3) << what << ": " << names[i] << " vs CPU";
+    }
+  }
+}
+
+// The decode attention's split merge folded into the o projection: attention() at decode rows
+// with its keys split over workgroups (attention_decode + attention_decode_merge), then an EXL3
+// linear of its output. Fused: the merge runs inside the linear's input transform (one dispatch
+// fewer), the attention output (still written) and the projection bitwise those of the separate
+// ops and close to the CPU backend.
+TEST(VulkanFusion, AttentionMergeIntoExl3GemvBitIdenticalToSeparateOps) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  if (!vk->decode_attention()) GTEST_SKIP() << "attention_decode does not run on this device";
+  FusionGuard guard(vk);
+  struct MergeGuard {
+    vk::VulkanBackend* be;
+    ~MergeGuard() { be->set_merge_fusion(true); }
+  } merge_guard{vk};
+  AttentionParams ap;
+  ap.n_heads = 4;
+  ap.n_kv_heads = 2;
+  ap.head_dim = 64;
+  ap.scale = 0.125f;
+  const int64_t qw = ap.n_heads * ap.head_dim, kw = ap.n_kv_heads * ap.head_dim, ctx = 160;
+  const Exl3Host lo(qw, qw, qw, qw, false, 800);
+  const auto kc_h = random_floats(static_cast<size_t>(ctx * kw), 96, 1.0f);
+  const auto vc_h = random_floats(static_cast<size_t>(ctx * kw), 97, 1.0f);
+  for (const std::vector<int32_t>& pos : {std::vector<int32_t>{150}, std::vector<int32_t>{70, 150}}) {
+    const int64_t rows = static_cast<int64_t>(pos.size());
+    const auto q = random_floats(static_cast<size_t>(rows * qw), 98, 1.0f);
+    std::vector<float> res[4][2];
+    uint64_t dispatches[3] = {};
+    int64_t splits = 0;
+    for (int run = 0; run < 4; ++run) {  // 0 fused, 1 separate, 2 the merge fusion off only, 3 CPU
+      Backend& be = run == 3 ? cpu_backend() : *vk;
+      if (run < 3) {
+        vk->set_fusion(run != 1);
+        vk->set_merge_fusion(run == 0);
+      }
+      const auto wo = be.prepare_linear(lo.src);
+      const DeviceTensor qt = be.upload(f32_view(q, {rows, qw}), DType::kF32);
+      const DeviceTensor kc = be.upload(f32_view(kc_h, {ctx, kw}), DType::kF16);
+      const DeviceTensor vc = be.upload(f32_view(vc_h, {ctx, kw}), DType::kF16);
+      DeviceTensor out = be.alloc(DType::kF32, {rows, qw}), y = be.alloc(DType::kF32, {rows, qw});
+      if (run < 3) vk->synchronize();
+      const uint64_t d0 = run < 3 ? vk->context().stats().dispatches : 0;
+      be.attention(qt, kc, vc, pos, ap, out);
+      if (run == 0) splits = vk->last_decode_splits();
+      be.linear(*wo, out, y);
+      if (run < 3) dispatches[run] = vk->context().stats().dispatches - d0;
+      res[run][0] = fetch(be, out);
+      res[run][1] = fetch(be, y);
+    }
+    const std::string what = "rows=" + std::to_string(rows);
+    ASSERT_GT(splits, 1) << what << ": the keys were not split, no merge to fold";
+    if (vk->gemv_hin_applies(*vk->prepare_linear(lo.src), rows))
+      EXPECT_EQ(dispatches[0] + 1, dispatches[2]) << what;
+    const char* names[] = {"attention output", "projection"};
+    for (int i = 0; i < 2; ++i) {
+      EXPECT_EQ(res[0][i], res[1][i]) << what << ": " << names[i] << " fused vs separate";
+      EXPECT_EQ(res[2][i], res[1][i]) << what << ": " << names[i] << " merge not fused vs separate";
+      EXPECT_LT(test::rel_rms(res[0][i], res[3][i]), 1e-4) << what << ": " << names[i] << " vs CPU";
     }
   }
 }

@@ -44,6 +44,7 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   fuse_silu_ = env_flag("TRELLIS_VULKAN_FUSE_SILU", true);
   fuse_resid_ = env_flag("TRELLIS_VULKAN_FUSE_RESID", true);
   fuse_qkv_ = env_flag("TRELLIS_VULKAN_FUSE_QKV", true);
+  fuse_merge_ = env_flag("TRELLIS_VULKAN_FUSE_MERGE", true);
   gemv_hin_ = env_flag("TRELLIS_VULKAN_GEMV_HIN", true);
   dense_gemv_legacy_ = env_flag("TRELLIS_VULKAN_DENSE_GEMV_LEGACY", false);
   dense_gemv_lanes_ = static_cast<int>(env_int("TRELLIS_VULKAN_DENSE_GEMV_LANES", 0, 0, 32));
@@ -164,6 +165,7 @@ VulkanBackend::~VulkanBackend() {
   norm_sums_.reset();
   last_resid_ = {};
   last_norm_.reset();
+  last_merge_.reset();
   last_add_ = {};
   outs_[0] = outs_[1] = outs_[2] = {};
   ctx_->shutdown();
@@ -579,6 +581,8 @@ bool VulkanBackend::attention_decode(const DeviceTensor& q, const DeviceTensor& 
   } mc{u32(rows * ap.n_heads * d), u32(d), u32(splits), u32(ml_off), elem(out, 4)};
   const Pipeline& pm = ctx_->pipeline("attention_decode_merge", "attention_decode_merge", {wg_}, 2, sizeof(mc), 1u << 1);
   ctx_->dispatch_flat(pm, {&part, &buffer_of(out)}, &mc, ceil_div(mc.items, wg_));
+  last_merge_ = PendingMerge{ctx_->serial_back(0), &pm, &part, out.buffer, mc.out_off, u32(ap.n_heads), u32(d),
+                             u32(splits), u32(ml_off), rows};
   return true;
 }
 

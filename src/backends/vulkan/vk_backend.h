@@ -251,10 +251,13 @@ class VulkanBackend : public Backend {
   // TRELLIS_VULKAN_FUSE=0 turns them off (rms_norm at decode sizes keeps the residual stream's
   // summation order, so that the fused and separate ops give the same bits),
   // TRELLIS_VULKAN_FUSE_RESID=0 only the residual stream's (and rms_norm its own order),
-  // TRELLIS_VULKAN_FUSE_QKV=0 only the q/k/v tail's.
+  // TRELLIS_VULKAN_FUSE_QKV=0 only the q/k/v tail's; attention_decode_merge followed by an EXL3
+  // linear of its output (the o projection) folds into that linear's fused input transform
+  // (exl3_gemv*_hin AM, which still writes the attention output; TRELLIS_VULKAN_FUSE_MERGE=0).
   void set_fusion(bool on) { fuse_ = on; }
   void set_resid_fusion(bool on) { fuse_resid_ = on; }
   void set_qkv_fusion(bool on) { fuse_qkv_ = on; }
+  void set_merge_fusion(bool on) { fuse_merge_ = on; }
   // Prefill attention (>= kFlashMinRows query rows) through attention_flash; on by default,
   // TRELLIS_VULKAN_FLASH_ATTENTION=0 keeps attention.comp for every call. set_flash_tiles
   // forces BR x BC (tests; {0, 0} = the largest preset that fits the device, flash_tiles()):
@@ -323,7 +326,7 @@ class VulkanBackend : public Backend {
   // exl3_gemv's pipeline for K, codebook cb, G tile columns, R rows per pass and (xs != 0) the
   // fused input transform with xs shared floats; module and name from the device and switches.
   const Pipeline& gemv_pipeline(int K, exl3::Codebook cb, uint32_t G, uint32_t R, uint32_t xs, uint32_t push_bytes,
-                                bool fout = false, bool norm = false);
+                                bool fout = false, bool norm = false, bool merge = false);
   // Shared floats (specialization constant XS) of exl3_gemv*_hin for this layer at m rows, or 0
   // when the fused input transform does not apply (gemv_hin_applies).
   uint32_t gemv_hin_floats(const Exl3Linear& w, int64_t m) const;
@@ -340,18 +343,31 @@ class VulkanBackend : public Backend {
     float eps = 0;
     int64_t rows = 0, cols = 0;
   };
+  // attention_decode_merge recorded last: its partials and output, for the o projection's
+  // fused input transform (AM), which computes the merge itself.
+  struct PendingMerge {
+    uint64_t serial = 0;
+    const Pipeline* pipeline = nullptr;
+    const Buffer* part = nullptr;
+    std::shared_ptr<DeviceBuffer> out;
+    uint32_t out_off = 0, heads = 0, head_dim = 0, splits = 0, ml_off = 0;
+    int64_t rows = 0;
+  };
   // With norm set (and y null): the NM form, x being the norm's residual stream; the norm's
-  // output is written where write_norm.
+  // output is written where write_norm. With merge set: the AM form, x being the partials.
   void record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32_t x_off, int64_t m, const Buffer& z, uint32_t xs,
                        const Buffer* y = nullptr, uint32_t y_off = 0, const PendingNorm* norm = nullptr,
-                       bool write_norm = false);
+                       bool write_norm = false, const PendingMerge* merge = nullptr);
   void dense_linear(const DenseLinear& d, const DeviceTensor& x, DeviceTensor& y);
   // One phase of an EXL3 linear with scratch set `slot`: 0 input Hadamard, 1 product, 2 output
   // Hadamard.
   // norm: x is the output of that pending rms_norm, which the product phase folds in (NM; the
   // caller has popped its dispatch); write_norm: this layer's dispatch writes x.
   void exl3_stage(const Exl3Linear& w, const DeviceTensor& x, DeviceTensor& y, int slot, int phase,
-                  const PendingNorm* norm = nullptr, bool write_norm = false);
+                  const PendingNorm* norm = nullptr, bool write_norm = false, const PendingMerge* merge = nullptr);
+  // The pending attention merge whose output x the EXL3 layer w reads at decode rows, when it can
+  // fold it in (AM): its dispatch is popped and the merge returned; else nullopt.
+  std::optional<PendingMerge> take_merge(const Exl3Linear& w, const DeviceTensor& x);
   // The pending rms_norm whose output x the EXL3 layers `ws` all read at decode rows, when they
   // can fold it in (NM): its dispatch is popped and the norm returned; else nullopt.
   std::optional<PendingNorm> take_norm(std::span<const Exl3Linear* const> ws, const DeviceTensor& x);
@@ -454,6 +470,8 @@ class VulkanBackend : public Backend {
   PendingAdd last_add_;
   PendingResid last_resid_;
   std::optional<PendingNorm> last_norm_;
+  std::optional<PendingMerge> last_merge_;
+  bool fuse_merge_ = true;  // TRELLIS_VULKAN_FUSE_MERGE=0: no exl3_gemv*_hin AM (under fuse_)
   bool fuse_qkv_ = true;    // TRELLIS_VULKAN_FUSE_QKV=0: no exl3_out_rope_kv (under fuse_)
   bool fuse_resid_ = true;  // TRELLIS_VULKAN_FUSE_RESID=0: no exl3_hadamard_out RESID / NM (under fuse_)
   // [kGemvMaxRows, kNormSumsBlocks] fp32: the block sums of squares exl3_hadamard_out RESID writes.

@@ -315,7 +315,7 @@ uint32_t VulkanBackend::exl3_product_splits(const Exl3Linear& w, int64_t m) cons
 }
 
 const Pipeline& VulkanBackend::gemv_pipeline(int K, exl3::Codebook cb, uint32_t G, uint32_t R, uint32_t xs,
-                                             uint32_t push_bytes, bool fout, bool norm) {
+                                             uint32_t push_bytes, bool fout, bool norm, bool merge) {
   // Module exl3_gemv[_sg][_f16[_dot]][_hin] (exl3_gemv.glsl): the fp16 decode where the device
   // has exact fp16 arithmetic (Context::use_f16), the dot-product byte sum for MUL1 on top where
   // enabled (Context::use_int_dot); all give bitwise the same z. xs != 0: the fused input
@@ -336,11 +336,13 @@ const Pipeline& VulkanBackend::gemv_pipeline(int K, exl3::Codebook cb, uint32_t 
   if (fout) name += "_fout";
   if (gemv_scalar_add_) name += "_sa";
   if (norm) name += "_nm";
-  TRELLIS_CHECK(!norm || (xs != 0 && !fout));
+  if (merge) name += "_am";
+  TRELLIS_CHECK(!(norm && merge) && (!(norm || merge) || (xs != 0 && !fout)));
   // Specialization ids 0-4, 6 and 7 (exl3_gemv.glsl); id 5 (XS) exists only in the _hin
-  // modules, id 8 (NM) only in those without _fout.
+  // modules, ids 8 (NM) and 9 (AM) only in those without _fout.
   const std::vector<uint32_t> spec{kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R, xs,
-                                   gemv_prefetch_ ? 1u : 0u, gemv_scalar_add_ ? 1u : 0u, norm ? 1u : 0u};
+                                   gemv_prefetch_ ? 1u : 0u, gemv_scalar_add_ ? 1u : 0u, norm ? 1u : 0u,
+                                   merge ? 1u : 0u};
   // _fout: bindings 4-7 svh, bias, y, counters (writes z, y and the counters); _hin: bindings
   // 4-6 the norm's weight, block sums and output (NM; writes z and the output).
   return ctx_->pipeline(name, shader, spec, fout ? 8 : xs != 0 ? 7 : 3, push_bytes,
@@ -349,7 +351,7 @@ const Pipeline& VulkanBackend::gemv_pipeline(int K, exl3::Codebook cb, uint32_t 
 
 void VulkanBackend::record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32_t x_off, int64_t m, const Buffer& z,
                                     uint32_t xs, const Buffer* y, uint32_t y_off, const PendingNorm* norm,
-                                    bool write_norm) {
+                                    bool write_norm, const PendingMerge* merge) {
   TRELLIS_CHECK(m >= 1 && m <= kGemvMaxRows && xs != 0);
   const uint32_t G = gemv_columns(w.n, m), R = m == 1 ? 1u : static_cast<uint32_t>(kGemvMaxRows);
   TRELLIS_CHECK(static_cast<uint32_t>(m) <= R);  // the shader transforms all rows before its one row pass
@@ -370,9 +372,21 @@ void VulkanBackend::record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32
   struct {
     uint32_t m, k, n, x_off, z_off, splits, in_f, nw_off, no_off;
     float eps;
-    uint32_t write_norm;
-  } pc{u32(m), u32(w.k), u32(w.n), x_off, 0, splits, u32(w.in_features), 0, 0, 0.0f, 0};
-  const Pipeline& p = gemv_pipeline(w.K, w.codebook, G, R, xs, sizeof(pc), false, norm != nullptr);
+    uint32_t write_norm, am_heads, am_head_dim, am_splits, am_ml_off;
+  } pc{u32(m), u32(w.k), u32(w.n), x_off, 0, splits, u32(w.in_features), 0, 0, 0.0f, 0, 0, 0, 0, 0};
+  const Pipeline& p = gemv_pipeline(w.K, w.codebook, G, R, xs, sizeof(pc), false, norm != nullptr, merge != nullptr);
+  if (merge) {  // x is the attention's partials; binding 6 its output where write_norm, else z
+    TRELLIS_CHECK(!norm && merge->rows == m && static_cast<int64_t>(merge->heads * merge->head_dim) == w.in_features);
+    pc.no_off = merge->out_off;
+    pc.write_norm = write_norm ? 1u : 0u;
+    pc.am_heads = merge->heads;
+    pc.am_head_dim = merge->head_dim;
+    pc.am_splits = merge->splits;
+    pc.am_ml_off = merge->ml_off;
+    const Buffer& out = write_norm ? *static_cast<const Buffer*>(merge->out.get()) : z;
+    ctx_->dispatch_flat(p, {w.trellis.get(), &x, &z, w.suh.get(), w.suh.get(), w.suh.get(), &out}, &pc, groups);
+    return;
+  }
   if (!norm) {  // bindings 4-6 unused: suh (read) and z (written anyway)
     ctx_->dispatch_flat(p, {w.trellis.get(), &x, &z, w.suh.get(), w.suh.get(), w.suh.get(), &z}, &pc, groups);
     return;
@@ -467,7 +481,7 @@ bool VulkanBackend::exl3_f16_input(const Exl3Linear& w, int64_t m) {
 }
 
 void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, DeviceTensor& y, int slot, int phase,
-                               const PendingNorm* norm, bool write_norm) {
+                               const PendingNorm* norm, bool write_norm, const PendingMerge* merge) {
   const int64_t m = x.rows();
   // Decode: the input transform inside the GEMV where it fits (phase 0 records nothing).
   const uint32_t hin = gemv_hin_floats(w, m);
@@ -496,8 +510,10 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
       ctx_->dispatch(pin, {&buffer_of(x), w.suh.get(), &xh}, &hi, u32(w.k / 128), u32(m));
     }
   } else if (phase == 1) {
-    TRELLIS_CHECK(!norm || (hin && !gemv_fout_));
-    if (norm)  // the residual stream in, the norm formed in the input transform
+    TRELLIS_CHECK((!norm && !merge) || (hin && !gemv_fout_));
+    if (merge)  // the attention's partials in, the merge formed in the input transform
+      record_gemv_hin(w, *merge->part, 0, m, z, hin, nullptr, 0, nullptr, write_norm, merge);
+    else if (norm)  // the residual stream in, the norm formed in the input transform
       record_gemv_hin(w, *static_cast<const Buffer*>(norm->x.get()), norm->x_off, m, z, hin, nullptr, 0, norm,
                       write_norm);
     else if (hin && gemv_fout_)
@@ -547,16 +563,36 @@ std::optional<VulkanBackend::PendingNorm> VulkanBackend::take_norm(std::span<con
   return n;
 }
 
+std::optional<VulkanBackend::PendingMerge> VulkanBackend::take_merge(const Exl3Linear& w, const DeviceTensor& x) {
+  if (!last_merge_) return std::nullopt;
+  const PendingMerge mg = *last_merge_;
+  last_merge_.reset();
+  const int64_t m = x.rows();
+  if (!fuse_ || !fuse_merge_ || gemv_fout_ || mg.serial == 0 || mg.serial != ctx_->serial_back(0) ||
+      mg.out.get() != x.buffer.get() || mg.out_off != elem(x, 4) || mg.rows != m || m > kGemvMaxRows ||
+      static_cast<int64_t>(mg.heads * mg.head_dim) != x.cols() || w.in_features != x.cols() ||
+      gemv_hin_floats(w, m) == 0)
+    return std::nullopt;
+  // scratch() may replace buffers but records nothing, so the merge is still the last command;
+  // the partials' buffer (kScratchAttn) is not one the linear's scratch replaces.
+  if (!ctx_->pop_last(*mg.pipeline, mg.serial)) return std::nullopt;
+  return mg;
+}
+
 void VulkanBackend::linear(const LinearWeights& lw, const DeviceTensor& x, DeviceTensor& y) {
   if (x.rows() == 0) return;
   if (const auto* d = dynamic_cast<const DenseLinear*>(&lw)) {
     last_norm_.reset();
+    last_merge_.reset();
     return dense_linear(*d, x, y);
   }
   const auto& w = static_cast<const Exl3Linear&>(lw);
   const Exl3Linear* one[] = {&w};
   const std::optional<PendingNorm> norm = take_norm(one, x);
-  for (int phase = 0; phase < 3; ++phase) exl3_stage(w, x, y, 0, phase, norm ? &*norm : nullptr, true);
+  const std::optional<PendingMerge> merge = norm ? std::nullopt : take_merge(w, x);
+  last_merge_.reset();
+  for (int phase = 0; phase < 3; ++phase)
+    exl3_stage(w, x, y, 0, phase, norm ? &*norm : nullptr, true, merge ? &*merge : nullptr);
 }
 
 void VulkanBackend::linears(std::span<const LinearWeights* const> ws, const DeviceTensor& x,

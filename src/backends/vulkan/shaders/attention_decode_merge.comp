@@ -21,7 +21,7 @@ void main() {
   uint ph = e / p.head_dim, i = e % p.head_dim, s0 = ph * p.splits;
   float m = part[p.ml_off + 2u * s0];
   for (uint s = 1u; s < p.splits; ++s) m = max(m, part[p.ml_off + 2u * (s0 + s)]);
-  float o = 0.0, l = 0.0;
+  precise float o = 0.0, l = 0.0;  // exl3_gemv*_hin AM computes it as written here
   for (uint s = 0u; s < p.splits; ++s) {
     float ls = part[p.ml_off + 2u * (s0 + s) + 1u];
     if (ls == 0.0) continue;

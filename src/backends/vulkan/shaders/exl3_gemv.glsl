@@ -57,6 +57,13 @@
 //     rms_norm.comp's BLK path computes it, so the activations (and, with write_norm, the norm
 //     output that the first column group writes for its k range) are bitwise those of the
 //     separate rms_norm. Bindings 4-6 are bound but unused when NM = 0.
+//     AM (id 9, the same modules; not with NM): the decode attention's split merge folded in
+//     instead. x is then attention_decode's partials (`part`: per (row, head, split) the
+//     accumulator at ((r heads + h) splits + s) head_dim and (m, l) at ml_off + 2 (...)), and
+//     each element of the slab is attention_decode_merge.comp's output computed with its
+//     arithmetic (the max over the splits, the weighted sums `precise` in both, empty splits
+//     skipped), so bitwise the same; with write_norm the first column group writes it to
+//     binding 6 (the attention's output) for its k range.
 //   EXL3_GEMV_FOUT (exl3_gemv[_sg][_f16[_dot]]_hin_fout, with EXL3_GEMV_HIN): the output
 //     transform fused in too. Bindings 4-7: svh, bias, y, counters (one per 128-block of n, 0
 //     between dispatches). After writing its partials, a workgroup counts itself on its
@@ -114,15 +121,17 @@ layout(push_constant) uniform P { uint m, k, n, x_off, z_off, splits, in_f, out_
 shared float fo[WG];
 shared bool fo_last;
 #else
-// NM (id 8; header): the RMSNorm of the residual stream x folded into the input transform.
+// NM (id 8) / AM (id 9) (header): the RMSNorm of the residual stream x / the decode attention's
+// split merge folded into the input transform.
 layout(constant_id = 8) const uint NM = 0;
+layout(constant_id = 9) const uint AM = 0;
 layout(binding = 4) readonly buffer NormW { float norm_w[]; };
 layout(binding = 5) readonly buffer Sums { float sums[]; };
 layout(binding = 6) writeonly buffer NormOut { float norm_out[]; };
 layout(push_constant) uniform P {
   uint m, k, n, x_off, z_off, splits, in_f, nw_off, no_off;
   float eps;
-  uint write_norm;
+  uint write_norm, am_heads, am_head_dim, am_splits, am_ml_off;
 } p;
 shared float ns[NM != 0u ? R * 64u : 1u];  // the rows' block sums of squares
 shared float ninv[NM != 0u ? R : 1u];      // the rows' 1 / rms
@@ -219,6 +228,31 @@ void main() {
       float v = 0.0;
       if (c < p.in_f) {
         float h = x[p.x_off + j * p.in_f + c] * ninv[j] * norm_w[p.nw_off + c];
+        if (wr) norm_out[p.no_off + j * p.in_f + c] = h;
+        v = h * suh[c];
+      }
+      xs[i] = v;
+    }
+  } else if (AM != 0u) {
+    // The merge (header): attention_decode_merge.comp's arithmetic for each element of the slab,
+    // written to norm_out by the first column group where write_norm.
+    bool wr = p.write_norm != 0u && tg == 0u;
+    for (uint i = inv; i < items; i += WG) {
+      uint j = i / span, c = c0 + (i - j * span);
+      float v = 0.0;
+      if (c < p.in_f) {
+        uint ph = j * p.am_heads + c / p.am_head_dim, di = c % p.am_head_dim, s0 = ph * p.am_splits;
+        float mx = x[p.am_ml_off + 2u * s0];
+        for (uint s = 1u; s < p.am_splits; ++s) mx = max(mx, x[p.am_ml_off + 2u * (s0 + s)]);
+        precise float o = 0.0, l = 0.0;
+        for (uint s = 0u; s < p.am_splits; ++s) {
+          float ls = x[p.am_ml_off + 2u * (s0 + s) + 1u];
+          if (ls == 0.0) continue;
+          float wt = exp(x[p.am_ml_off + 2u * (s0 + s)] - mx);
+          l += wt * ls;
+          o += wt * x[(s0 + s) * p.am_head_dim + di];
+        }
+        float h = o / l;
         if (wr) norm_out[p.no_off + j * p.in_f + c] = h;
         v = h * suh[c];
       }
