@@ -128,9 +128,11 @@ TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
     cpu_logits.push_back(out);
   }
   double dispatches_per_step = 0;
-  auto run = [&](bool replay, std::vector<std::vector<float>>& logits, bool fout = false, bool resid = true) {
+  auto run = [&](bool replay, std::vector<std::vector<float>>& logits, bool fout = false, bool resid = true,
+                 bool submit = true) {
     vk::VulkanBackend be(0);
     be.context().set_replay(replay);
+    be.set_submit(submit);
     be.set_gemv_fout(fout);
     be.set_fusion(resid);
     auto m = Model::load(dir, be, opt);
@@ -165,6 +167,11 @@ TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
   std::vector<std::vector<float>> no_resid;
   run(true, no_resid, false, false);
   EXPECT_GT(dispatches_per_step, plain_dispatches) << "the decode fusions removed no dispatch";
+  // The step as one segment (submit() doing nothing) instead of three, the first two submitted
+  // without waiting (Context::submit): the same logits bit for bit.
+  std::vector<std::vector<float>> one_segment;
+  const auto [replayed_one, recorded_one] = run(true, one_segment, false, true, false);
+  EXPECT_GT(replayed + recorded, replayed_one + recorded_one) << "the step was not split into segments";
   EXPECT_GE(replayed, static_cast<uint64_t>(kSteps - 1)) << "decode steps were not replayed";
   EXPECT_EQ(replayed_off, 0u);
   EXPECT_GE(recorded_off, static_cast<uint64_t>(kSteps));
@@ -173,8 +180,8 @@ TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
     EXPECT_EQ(with[static_cast<size_t>(i)], without[static_cast<size_t>(i)]) << "step " << i;
     EXPECT_EQ(with[static_cast<size_t>(i)], fused_out[static_cast<size_t>(i)]) << "fused output, step " << i;
     EXPECT_EQ(with[static_cast<size_t>(i)], no_resid[static_cast<size_t>(i)]) << "unfused residual stream, step " << i;
+    EXPECT_EQ(with[static_cast<size_t>(i)], one_segment[static_cast<size_t>(i)]) << "one segment per step, step " << i;
   }
-  (void)recorded;
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyLlama, VulkanModel,

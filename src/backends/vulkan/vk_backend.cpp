@@ -45,6 +45,7 @@ VulkanBackend::VulkanBackend(int index, bool staging_only) : ctx_(Context::creat
   fuse_resid_ = env_flag("TRELLIS_VULKAN_FUSE_RESID", true);
   fuse_qkv_ = env_flag("TRELLIS_VULKAN_FUSE_QKV", true);
   fuse_merge_ = env_flag("TRELLIS_VULKAN_FUSE_MERGE", true);
+  submit_ = env_flag("TRELLIS_VULKAN_SUBMIT", true);
   gemv_hin_ = env_flag("TRELLIS_VULKAN_GEMV_HIN", true);
   dense_gemv_legacy_ = env_flag("TRELLIS_VULKAN_DENSE_GEMV_LEGACY", false);
   dense_gemv_lanes_ = static_cast<int>(env_int("TRELLIS_VULKAN_DENSE_GEMV_LANES", 0, 0, 32));

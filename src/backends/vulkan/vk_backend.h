@@ -149,6 +149,15 @@ class VulkanBackend : public Backend {
   void download(const DeviceTensor& t, float* host) override;
   std::unique_ptr<LinearWeights> prepare_linear(const LinearSource& source) override;
   void synchronize() override { ctx_->flush(); }
+  // The model's submit points (after layer 0's and layer 3's attention): the step's commands so
+  // far go to the GPU without waiting (Context::submit), so that it runs them while the host
+  // records the rest. On by default; TRELLIS_VULKAN_SUBMIT=0 or set_submit(false) keeps the
+  // whole step in one segment.
+  void submit() override {
+    if (submit_) ctx_->submit();
+  }
+  void set_submit(bool on) { submit_ = on; }
+  double host_wait_seconds() const override { return ctx_->wait_seconds(); }
 
   void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) override;
   int64_t preferred_batch() const override {
@@ -471,6 +480,7 @@ class VulkanBackend : public Backend {
   PendingResid last_resid_;
   std::optional<PendingNorm> last_norm_;
   std::optional<PendingMerge> last_merge_;
+  bool submit_ = true;       // TRELLIS_VULKAN_SUBMIT=0: submit() does nothing
   bool fuse_merge_ = true;  // TRELLIS_VULKAN_FUSE_MERGE=0: no exl3_gemv*_hin AM (under fuse_)
   bool fuse_qkv_ = true;    // TRELLIS_VULKAN_FUSE_QKV=0: no exl3_out_rope_kv (under fuse_)
   bool fuse_resid_ = true;  // TRELLIS_VULKAN_FUSE_RESID=0: no exl3_hadamard_out RESID / NM (under fuse_)

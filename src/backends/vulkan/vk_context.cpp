@@ -464,7 +464,7 @@ Buffer::Buffer(std::shared_ptr<Context> ctx, size_t bytes, bool staging) : ctx_(
 Buffer::~Buffer() { ctx_->retire(buffer_, memory_); }
 
 void Context::retire(VkBuffer buffer, VkDeviceMemory memory) {
-  if (recording_) {
+  if (recording_ || !inflight_.empty()) {
     retired_.emplace_back(buffer, memory);
     return;
   }
@@ -828,7 +828,11 @@ bool contains(const std::vector<uint64_t>& v, uint64_t id) { return std::find(v.
 
 }  // namespace
 
-void Context::record(VkCommandBuffer cmd) {
+void Context::record(VkCommandBuffer cmd, bool lead_barrier) {
+  if (lead_barrier) {  // after a segment still in flight: wait for all of it
+    barrier(cmd);
+    ++stats_.barriers;
+  }
   bool timestamps = false;
   for (const Command& c : commands_) timestamps |= c.kind == Command::Kind::kTimestamp && c.dst_offset == 0;
   if (timestamps) vkCmdResetQueryPool(cmd, queries_, 0, kQueries);
@@ -909,54 +913,98 @@ void Context::reset_caches() {
   descriptor_pools_.resize(1);
 }
 
+VkCommandBuffer Context::prepare_segment() {
+  const bool follows = !inflight_.empty();
+  if (follows) key_.push_back(0x5e9f011090000001ull);  // segments after one in flight are cached apart
+  const bool cacheable = replay_ && commands_.size() >= kMinReplayCommands;
+  VkCommandBuffer cmd = VK_NULL_HANDLE;
+  if (cacheable) {
+    for (Segment& s : segments_)
+      if (s.key == key_) {
+        cmd = s.cmd;
+        s.last_used = ++segment_clock_;
+        ++stats_.replayed;
+        break;
+      }
+  }
+  auto pending = [&](VkCommandBuffer c) { return std::find(inflight_.begin(), inflight_.end(), c) != inflight_.end(); };
+  if (cmd && pending(cmd)) wait_inflight();  // a command buffer is not resubmitted while pending
+  if (!cmd) {
+    ++stats_.recorded;
+    VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+    if (cacheable) {
+      if (segments_.size() >= kMaxSegments) {
+        auto lru = std::min_element(segments_.begin(), segments_.end(),
+                                    [](const Segment& a, const Segment& b) { return a.last_used < b.last_used; });
+        if (pending(lru->cmd)) wait_inflight();
+        vkFreeCommandBuffers(device_, command_pool_, 1, &lru->cmd);
+        segments_.erase(lru);
+      }
+      VkCommandBufferAllocateInfo cai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
+      cai.commandPool = command_pool_;
+      cai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+      cai.commandBufferCount = 1;
+      check(vkAllocateCommandBuffers(device_, &cai, &cmd), "vkAllocateCommandBuffers");
+      segments_.push_back({key_, cmd, ++segment_clock_});
+    } else {
+      if (pending(cmd_)) wait_inflight();
+      cmd = cmd_;
+      check(vkResetCommandBuffer(cmd_, 0), "vkResetCommandBuffer");
+      bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+    }
+    check(vkBeginCommandBuffer(cmd, &bi), "vkBeginCommandBuffer");
+    record(cmd, follows);
+    check(vkEndCommandBuffer(cmd), "vkEndCommandBuffer");
+  }
+  commands_.clear();
+  key_.clear();
+  return cmd;
+}
+
+void Context::wait_inflight() {
+  if (inflight_.empty()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  check(vkQueueWaitIdle(queue_), "vkQueueWaitIdle");
+  wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  inflight_.clear();
+}
+
+void Context::submit() {
+  if (commands_.empty() || profile_ || !stream_names_.empty() || !replay_ || commands_.size() < kMinReplayCommands)
+    return;
+  ++stats_.segments;
+  if (sets_.size() > kMaxCachedSets) {
+    wait_inflight();
+    reset_caches();
+  }
+  VkCommandBuffer cmd = prepare_segment();
+  VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
+  si.commandBufferCount = 1;
+  si.pCommandBuffers = &cmd;
+  check(vkQueueSubmit(queue_, 1, &si, VK_NULL_HANDLE), "vkQueueSubmit");
+  inflight_.push_back(cmd);
+  recording_ = false;  // retire() still defers while inflight_ is not empty
+}
+
 void Context::flush() {
   if (!commands_.empty()) {
     ++stats_.segments;
-    if (sets_.size() > kMaxCachedSets) reset_caches();  // nothing is in flight here
-    const bool cacheable = replay_ && commands_.size() >= kMinReplayCommands;
-    VkCommandBuffer cmd = VK_NULL_HANDLE;
-    if (cacheable) {
-      for (Segment& s : segments_)
-        if (s.key == key_) {
-          cmd = s.cmd;
-          s.last_used = ++segment_clock_;
-          ++stats_.replayed;
-          break;
-        }
+    if (sets_.size() > kMaxCachedSets) {
+      wait_inflight();
+      reset_caches();
     }
-    if (!cmd) {
-      ++stats_.recorded;
-      VkCommandBufferBeginInfo bi{VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
-      if (cacheable) {
-        if (segments_.size() >= kMaxSegments) {
-          auto lru = std::min_element(segments_.begin(), segments_.end(),
-                                      [](const Segment& a, const Segment& b) { return a.last_used < b.last_used; });
-          vkFreeCommandBuffers(device_, command_pool_, 1, &lru->cmd);
-          segments_.erase(lru);
-        }
-        VkCommandBufferAllocateInfo cai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
-        cai.commandPool = command_pool_;
-        cai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
-        cai.commandBufferCount = 1;
-        check(vkAllocateCommandBuffers(device_, &cai, &cmd), "vkAllocateCommandBuffers");
-        segments_.push_back({key_, cmd, ++segment_clock_});
-      } else {
-        cmd = cmd_;
-        check(vkResetCommandBuffer(cmd_, 0), "vkResetCommandBuffer");
-        bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
-      }
-      check(vkBeginCommandBuffer(cmd, &bi), "vkBeginCommandBuffer");
-      record(cmd);
-      check(vkEndCommandBuffer(cmd), "vkEndCommandBuffer");
-    }
-    commands_.clear();
-    key_.clear();
+    VkCommandBuffer cmd = prepare_segment();
     VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
     si.commandBufferCount = 1;
     si.pCommandBuffers = &cmd;
     check(vkQueueSubmit(queue_, 1, &si, fence_), "vkQueueSubmit");
+    const auto t0 = std::chrono::steady_clock::now();
     check(vkWaitForFences(device_, 1, &fence_, VK_TRUE, UINT64_MAX), "vkWaitForFences");
+    wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     check(vkResetFences(device_, 1, &fence_), "vkResetFences");
+    // The segment began with a barrier on everything submitted before it, so its fence covers
+    // the submissions that were in flight.
+    inflight_.clear();
     if (!stream_names_.empty()) {  // TRELLIS_VULKAN_PROFILE=3: time since the previous stamp
       std::vector<uint64_t> t(stream_names_.size() + 1);
       check(vkGetQueryPoolResults(device_, stream_queries_, 0, static_cast<uint32_t>(t.size()), t.size() * 8, t.data(),
@@ -971,6 +1019,7 @@ void Context::flush() {
     }
     recording_ = false;
   }
+  wait_inflight();
   for (auto& [buffer, memory] : retired_) {
     vkDestroyBuffer(device_, buffer, nullptr);
     vkFreeMemory(device_, memory, nullptr);

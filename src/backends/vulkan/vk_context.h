@@ -170,6 +170,15 @@ class Context : public std::enable_shared_from_this<Context> {
   // Submits the segment (replaying a cached command buffer when the key matches) and waits;
   // recycles the arena.
   void flush();
+  // Submits the commands recorded so far without waiting for them (the model's submit() points:
+  // the device starts on them while the host records the rest of the step); the next flush()
+  // waits for everything. A segment recorded while another is in flight starts with a barrier
+  // (and is cached apart from the same commands recorded without one). Does nothing (the
+  // commands stay in the segment) where the segment could not be cached for replay (replay
+  // off, too short) or while profiling.
+  void submit();
+  // Seconds the host has spent waiting for the device (fences, queue idle) since creation.
+  double wait_seconds() const { return wait_seconds_; }
 
   // Counters for tests and benchmarks.
   struct Stats {
@@ -217,7 +226,13 @@ class Context : public std::enable_shared_from_this<Context> {
   Context() = default;
   void append(Command c, std::span<const uint64_t> key_words);
   // Records commands_ into `cmd` with barriers from the hazard tracker.
-  void record(VkCommandBuffer cmd);
+  void record(VkCommandBuffer cmd, bool lead_barrier);
+  // The command buffer of the recorded segment: a cached one with its key, else freshly recorded.
+  VkCommandBuffer prepare_segment();
+  // Waits for the submissions in flight (submit()).
+  void wait_inflight();
+  std::vector<VkCommandBuffer> inflight_;
+  double wait_seconds_ = 0;
   VkDescriptorSet descriptor_set(const Command& c);
   // Drops cached segments and descriptor sets (nothing may be in flight).
   void reset_caches();
