@@ -129,8 +129,8 @@ TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
   }
   double dispatches_per_step = 0;
   auto run = [&](bool replay, std::vector<std::vector<float>>& logits, bool fout = false, bool resid = true,
-                 bool submit = true) {
-    vk::VulkanBackend be(0);
+                 bool submit = true, bool staging_only = false) {
+    vk::VulkanBackend be(0, staging_only);
     be.context().set_replay(replay);
     be.set_submit(submit);
     be.set_gemv_fout(fout);
@@ -172,6 +172,12 @@ TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
   std::vector<std::vector<float>> one_segment;
   const auto [replayed_one, recorded_one] = run(true, one_segment, false, true, false);
   EXPECT_GT(replayed + recorded, replayed_one + recorded_one) << "the step was not split into segments";
+  // Device-local memory as on discrete GPUs: the logits copy joins the step's last segment (one
+  // submission per step) and the steps still replay.
+  std::vector<std::vector<float>> staged;
+  const auto [replayed_staged, recorded_staged] = run(true, staged, false, true, true, true);
+  EXPECT_GE(replayed_staged, static_cast<uint64_t>(kSteps - 1)) << "staged decode steps were not replayed";
+  (void)recorded_staged;
   EXPECT_GE(replayed, static_cast<uint64_t>(kSteps - 1)) << "decode steps were not replayed";
   EXPECT_EQ(replayed_off, 0u);
   EXPECT_GE(recorded_off, static_cast<uint64_t>(kSteps));
@@ -181,6 +187,7 @@ TEST(VulkanModelReplay, DecodeStepsMatchCpu) {
     EXPECT_EQ(with[static_cast<size_t>(i)], fused_out[static_cast<size_t>(i)]) << "fused output, step " << i;
     EXPECT_EQ(with[static_cast<size_t>(i)], no_resid[static_cast<size_t>(i)]) << "unfused residual stream, step " << i;
     EXPECT_EQ(with[static_cast<size_t>(i)], one_segment[static_cast<size_t>(i)]) << "one segment per step, step " << i;
+    EXPECT_EQ(with[static_cast<size_t>(i)], staged[static_cast<size_t>(i)]) << "device-local memory, step " << i;
   }
 }
 

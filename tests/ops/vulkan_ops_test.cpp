@@ -75,6 +75,9 @@ TEST(VulkanOps, StagingPathsOfDiscreteGpus) {
       EXPECT_EQ(got[i], dt == DType::kF32 ? v[30 + i] : fp16_to_fp32(fp32_to_fp16(v[30 + i])));
   }
   for (float f : fetch(vk, vk.alloc(DType::kF16, {7, 3}))) EXPECT_EQ(f, 0.0f);
+  // A download larger than every earlier one (the kept staging buffer grows).
+  const auto whole = fetch(vk, vk.upload(f32_view(v, {41, 6}), DType::kF32));
+  EXPECT_EQ(whole, v);
   // A dense linear and an add through device-only memory.
   const int64_t in = 29, out = 13, m = 2;
   const auto w = random_floats(static_cast<size_t>(in * out), 41);

@@ -164,6 +164,7 @@ void VulkanBackend::set_gemv_subgroup(bool on) {
 VulkanBackend::~VulkanBackend() {
   for (auto& s : scratch_) s.reset();
   norm_sums_.reset();
+  download_.reset();
   last_resid_ = {};
   last_norm_.reset();
   last_merge_.reset();
@@ -232,14 +233,19 @@ void VulkanBackend::download(const DeviceTensor& t, float* host) {
   const size_t n = static_cast<size_t>(shape_numel(t.shape));
   const size_t bytes = n * dtype_size(t.dtype);
   Buffer& src = buffer_of(t);
-  ctx_->flush();
-  const std::byte* p = src.mapped() ? src.mapped() + t.offset : nullptr;
-  std::shared_ptr<Buffer> staging;
-  if (!p) {
-    staging = ctx_->create_buffer(bytes, /*staging=*/true);
-    ctx_->copy(src, t.offset, *staging, 0, bytes);
+  const std::byte* p = nullptr;
+  if (src.mapped()) {
     ctx_->flush();
-    p = staging->mapped();
+    p = src.mapped() + t.offset;
+  } else {
+    // Device-local memory: the copy into one kept staging buffer joins the segment being
+    // recorded (one submission and wait per download, no allocation per call; the decode step
+    // with its logits copy stays one replayable key).
+    if (!download_ || download_->size() < bytes)
+      download_ = ctx_->create_buffer(std::max(bytes, download_ ? 2 * download_->size() : bytes), /*staging=*/true);
+    ctx_->copy(src, t.offset, *download_, 0, bytes);
+    ctx_->flush();
+    p = download_->mapped();
   }
   if (t.dtype == DType::kF32)
     std::memcpy(host, p, bytes);
@@ -314,15 +320,30 @@ void VulkanBackend::rope(DeviceTensor& x, int64_t head_dim, std::span<const int3
   const int64_t half = head_dim / 2, heads = x.cols() / head_dim;
   const int64_t rows = static_cast<int64_t>(positions.size());
   if (rows == 0) return;
-  // cos/sin on the host in fp32, exactly as the CPU backend computes them.
-  std::vector<float> cs(static_cast<size_t>(2 * rows * half));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t i = 0; i < half; ++i) {
-      const float angle = static_cast<float>(positions[static_cast<size_t>(r)]) * rope.inv_freq[static_cast<size_t>(i)];
-      cs[static_cast<size_t>(r * half + i)] = std::cos(angle) * rope.attention_scaling;
-      cs[static_cast<size_t>(rows * half + r * half + i)] = std::sin(angle) * rope.attention_scaling;
-    }
-  const Staged s = ctx_->stage(cs.data(), cs.size() * 4);
+  // cos/sin on the host in fp32, exactly as the CPU backend computes them; computed and staged
+  // once per step (every layer's q and k use the same positions and rotary parameters) while the
+  // arena holds the staged copy.
+  RopeTable& rt = rope_table_;
+  const bool cached = rt.epoch == ctx_->arena_epoch() && rt.inv_freq == rope.inv_freq.data() &&
+                      rt.half == half && rt.scaling == rope.attention_scaling &&
+                      std::equal(positions.begin(), positions.end(), rt.positions.begin(), rt.positions.end());
+  if (!cached) {
+    rt.cs.assign(static_cast<size_t>(2 * rows * half), 0.0f);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(positions[static_cast<size_t>(r)]) * rope.inv_freq[static_cast<size_t>(i)];
+        rt.cs[static_cast<size_t>(r * half + i)] = std::cos(angle) * rope.attention_scaling;
+        rt.cs[static_cast<size_t>(rows * half + r * half + i)] = std::sin(angle) * rope.attention_scaling;
+      }
+    rt.staged = ctx_->stage(rt.cs.data(), rt.cs.size() * 4);
+    rt.epoch = ctx_->arena_epoch();  // after stage(), which may have replaced the arena
+    rt.inv_freq = rope.inv_freq.data();
+    rt.half = half;
+    rt.scaling = rope.attention_scaling;
+    rt.positions.assign(positions.begin(), positions.end());
+  }
+  const Staged s = rt.staged;
+  const std::vector<float>& cs = rt.cs;
   struct {
     uint32_t rows, heads, head_dim, cols, x_off, cs_off;
   } pc{u32(rows), u32(heads), u32(head_dim), u32(x.cols()), elem(x, 4), u32(static_cast<int64_t>(s.offset / 4))};
@@ -330,7 +351,7 @@ void VulkanBackend::rope(DeviceTensor& x, int64_t head_dim, std::span<const int3
   ctx_->dispatch(p, {&buffer_of(x), s.buffer}, &pc, ceil_div(heads * half, wg_), u32(rows));
   if (heads * half == 0) return;  // nothing was recorded
   ropes_[0] = std::move(ropes_[1]);
-  ropes_[1] = PendingRope{ctx_->serial_back(0), x.buffer, pc.x_off, rows, x.cols(), head_dim, s, std::move(cs)};
+  ropes_[1] = PendingRope{ctx_->serial_back(0), x.buffer, pc.x_off, rows, x.cols(), head_dim, s, cs};
 }
 
 bool VulkanBackend::fuse_rope_kv_store(const DeviceTensor& k, const DeviceTensor& v, const Staged& pos, int64_t rows,

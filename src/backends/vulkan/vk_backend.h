@@ -487,8 +487,20 @@ class VulkanBackend : public Backend {
   // [kGemvMaxRows, kNormSumsBlocks] fp32: the block sums of squares exl3_hadamard_out RESID writes.
   static constexpr int64_t kNormSumsBlocks = 64;
   std::shared_ptr<Buffer> norm_sums_;
+  std::shared_ptr<Buffer> download_;  // download()'s staging buffer for device-local tensors (grown as needed)
   PendingOut outs_[3];  // [2] the latest decode output transform, [1] the one before, ...
   PendingRope ropes_[2];  // [1] the latest rope, [0] the one before
+  // rope()'s cos/sin table, staged once per arena epoch for the same positions and parameters.
+  struct RopeTable {
+    uint64_t epoch = UINT64_MAX;
+    const float* inv_freq = nullptr;
+    int64_t half = 0;
+    float scaling = 0;
+    std::vector<int32_t> positions;
+    std::vector<float> cs;
+    Staged staged;
+  };
+  RopeTable rope_table_;
   uint32_t wg_ = 128;  // workgroup size of the 1-D shaders (multiple of the subgroup size)
   uint32_t rms_wide_wg_ = 128;
   bool hadamard_sg_capable_ = false;

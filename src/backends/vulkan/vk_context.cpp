@@ -770,6 +770,7 @@ Staged Context::stage(const void* data, size_t bytes) {
   if (arena_used_ + need > arena_->size()) {
     flush();
     if (need > arena_->size()) arena_ = create_buffer(std::max(need, 2 * arena_->size()), /*staging=*/true);
+    ++arena_epoch_;
   }
   Staged s{arena_.get(), arena_used_};
   std::memcpy(arena_->mapped() + arena_used_, data, bytes);
@@ -1027,6 +1028,7 @@ void Context::flush() {
   retired_.clear();
   keep_alive_.clear();
   arena_used_ = 0;
+  ++arena_epoch_;
 }
 
 bool env_flag(const char* name, bool fallback) {

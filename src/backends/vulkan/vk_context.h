@@ -158,6 +158,9 @@ class Context : public std::enable_shared_from_this<Context> {
 
   // Copies `bytes` of host data into the arena (16-byte aligned) for the commands recorded next.
   Staged stage(const void* data, size_t bytes);
+  // Changes whenever the arena is recycled (flush) or replaced: a Staged from an earlier epoch is
+  // gone, one from the current epoch may be bound again.
+  uint64_t arena_epoch() const { return arena_epoch_; }
 
   // GPU timestamps (for benchmarks): timestamp(i) appends a write of query i (< kQueries) after
   // everything before it in the segment has finished; after flush(), elapsed_seconds(a, b) is
@@ -278,6 +281,7 @@ class Context : public std::enable_shared_from_this<Context> {
   std::vector<std::pair<VkBuffer, VkDeviceMemory>> retired_;
   std::shared_ptr<Buffer> arena_;
   size_t arena_used_ = 0;
+  uint64_t arena_epoch_ = 0;
   uint32_t sets_used_ = 0;
   std::vector<std::shared_ptr<Buffer>> keep_alive_;
   bool profile_ = false;
