@@ -970,11 +970,9 @@ void Context::wait_inflight() {
   inflight_.clear();
 }
 
-void Context::submit() {
-  if (commands_.empty() || profile_ || !stream_names_.empty() || !replay_ || commands_.size() < kMinReplayCommands)
-    return;
+VkCommandBuffer Context::submit_segment(VkFence fence) {
   ++stats_.segments;
-  if (sets_.size() > kMaxCachedSets) {
+  if (sets_.size() > kMaxCachedSets) {  // the cached sets and command buffers go: none may be in flight
     wait_inflight();
     reset_caches();
   }
@@ -982,23 +980,20 @@ void Context::submit() {
   VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
   si.commandBufferCount = 1;
   si.pCommandBuffers = &cmd;
-  check(vkQueueSubmit(queue_, 1, &si, VK_NULL_HANDLE), "vkQueueSubmit");
-  inflight_.push_back(cmd);
+  check(vkQueueSubmit(queue_, 1, &si, fence), "vkQueueSubmit");
+  return cmd;
+}
+
+void Context::submit() {
+  if (commands_.empty() || profile_ || !stream_names_.empty() || !replay_ || commands_.size() < kMinReplayCommands)
+    return;
+  inflight_.push_back(submit_segment(VK_NULL_HANDLE));
   recording_ = false;  // retire() still defers while inflight_ is not empty
 }
 
 void Context::flush() {
   if (!commands_.empty()) {
-    ++stats_.segments;
-    if (sets_.size() > kMaxCachedSets) {
-      wait_inflight();
-      reset_caches();
-    }
-    VkCommandBuffer cmd = prepare_segment();
-    VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
-    si.commandBufferCount = 1;
-    si.pCommandBuffers = &cmd;
-    check(vkQueueSubmit(queue_, 1, &si, fence_), "vkQueueSubmit");
+    submit_segment(fence_);
     const auto t0 = std::chrono::steady_clock::now();
     check(vkWaitForFences(device_, 1, &fence_, VK_TRUE, UINT64_MAX), "vkWaitForFences");
     wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

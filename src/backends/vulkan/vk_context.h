@@ -232,6 +232,8 @@ class Context : public std::enable_shared_from_this<Context> {
   void record(VkCommandBuffer cmd, bool lead_barrier);
   // The command buffer of the recorded segment: a cached one with its key, else freshly recorded.
   VkCommandBuffer prepare_segment();
+  // Submits the recorded segment (prepare_segment) with `fence` (may be null); returns its buffer.
+  VkCommandBuffer submit_segment(VkFence fence);
   // Waits for the submissions in flight (submit()).
   void wait_inflight();
   std::vector<VkCommandBuffer> inflight_;
