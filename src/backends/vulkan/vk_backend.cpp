@@ -343,7 +343,6 @@ void VulkanBackend::rope(DeviceTensor& x, int64_t head_dim, std::span<const int3
     rt.positions.assign(positions.begin(), positions.end());
   }
   const Staged s = rt.staged;
-  const std::vector<float>& cs = rt.cs;
   struct {
     uint32_t rows, heads, head_dim, cols, x_off, cs_off;
   } pc{u32(rows), u32(heads), u32(head_dim), u32(x.cols()), elem(x, 4), u32(static_cast<int64_t>(s.offset / 4))};
@@ -351,7 +350,7 @@ void VulkanBackend::rope(DeviceTensor& x, int64_t head_dim, std::span<const int3
   ctx_->dispatch(p, {&buffer_of(x), s.buffer}, &pc, ceil_div(heads * half, wg_), u32(rows));
   if (heads * half == 0) return;  // nothing was recorded
   ropes_[0] = std::move(ropes_[1]);
-  ropes_[1] = PendingRope{ctx_->serial_back(0), x.buffer, pc.x_off, rows, x.cols(), head_dim, s, cs};
+  ropes_[1] = PendingRope{ctx_->serial_back(0), x.buffer, pc.x_off, rows, x.cols(), head_dim, s};
 }
 
 bool VulkanBackend::fuse_rope_kv_store(const DeviceTensor& k, const DeviceTensor& v, const Staged& pos, int64_t rows,
@@ -371,7 +370,7 @@ bool VulkanBackend::fuse_rope_kv_store(const DeviceTensor& k, const DeviceTensor
   // and both caches in distinct buffers (no aliasing between what one item reads and writes);
   // half the head even (an item owns two adjacent pairs); the table and positions in one arena.
   if (rk.x.get() != &kb || rk.x_off != elem(k, 4) || rk.cols != width || rk.rows != rows || rq.rows != rows ||
-      rq.head_dim != hd || rq.table != rk.table || hd % 4 != 0 || rq.cols % hd != 0 || width % hd != 0 ||
+      rq.head_dim != hd || !rq.same_table(rk) || hd % 4 != 0 || rq.cols % hd != 0 || width % hd != 0 ||
       &qb == &kb || &vb == &qb || &vb == &kb || &kcb == &qb || &kcb == &kb || &kcb == &vb || &vcb == &qb ||
       &vcb == &kb || &vcb == &vb || &kcb == &vcb || pos.buffer != rq.cs.buffer)
     return false;
@@ -414,7 +413,7 @@ bool VulkanBackend::fuse_out_rope_kv(const DeviceTensor& k, const DeviceTensor& 
   };
   if (!whole(oq, qb, rq.x_off, rq.cols) || !whole(ok, kb, elem(k, 4), width) || !whole(ov, vb, elem(v, 4), width) ||
       rk.x.get() != &kb || rk.x_off != elem(k, 4) || rk.cols != width || rk.rows != rows || rq.rows != rows ||
-      rq.head_dim != hd || rq.table != rk.table || hd <= 0 || hd % 2 != 0 || 128 % hd != 0 ||
+      rq.head_dim != hd || !rq.same_table(rk) || hd <= 0 || hd % 2 != 0 || 128 % hd != 0 ||
       ok.splits != ov.splits || ok.split_stride != ov.split_stride || pos.buffer != rq.cs.buffer ||
       k_cache.offset % 4 != 0 || v_cache.offset % 4 != 0)
     return false;

@@ -435,7 +435,9 @@ class VulkanBackend : public Backend {
     uint32_t x_off = 0;
     int64_t rows = 0, cols = 0, head_dim = 0;
     Staged cs;
-    std::vector<float> table;  // the staged cos/sin values
+    // Rotated with the same cos/sin values: rope() stages one table per step for the same
+    // positions and parameters, so the same staged copy means the same table.
+    bool same_table(const PendingRope& o) const { return cs.buffer == o.cs.buffer && cs.offset == o.cs.offset; }
   };
   // An EXL3 output transform recorded at decode rows (exl3_hadamard_out), for the MLP peephole.
   struct PendingOut {

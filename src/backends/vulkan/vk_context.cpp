@@ -769,8 +769,10 @@ Staged Context::stage(const void* data, size_t bytes) {
   // Commands appended before this call may read the arena, so it is recycled only by a flush.
   if (arena_used_ + need > arena_->size()) {
     flush();
-    if (need > arena_->size()) arena_ = create_buffer(std::max(need, 2 * arena_->size()), /*staging=*/true);
-    ++arena_epoch_;
+    if (need > arena_->size()) {
+      arena_ = create_buffer(std::max(need, 2 * arena_->size()), /*staging=*/true);
+      ++arena_epoch_;  // flush() counted the recycling; this counts the replacement
+    }
   }
   Staged s{arena_.get(), arena_used_};
   std::memcpy(arena_->mapped() + arena_used_, data, bytes);

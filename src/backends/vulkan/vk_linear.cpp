@@ -375,35 +375,30 @@ void VulkanBackend::record_gemv_hin(const Exl3Linear& w, const Buffer& x, uint32
     uint32_t write_norm, am_heads, am_head_dim, am_splits, am_ml_off;
   } pc{u32(m), u32(w.k), u32(w.n), x_off, 0, splits, u32(w.in_features), 0, 0, 0.0f, 0, 0, 0, 0, 0};
   const Pipeline& p = gemv_pipeline(w.K, w.codebook, G, R, xs, sizeof(pc), false, norm != nullptr, merge != nullptr);
-  if (merge) {  // x is the attention's partials; binding 6 its output where write_norm, else z
+  // Bindings 4-6: the norm's weight and block sums (NM; else suh, unread) and the folded op's
+  // output where write_norm (else z, written anyway: the group's other dispatches then need no
+  // barrier between them).
+  const Buffer *nw = w.suh.get(), *sums = w.suh.get(), *out = &z;
+  if (merge) {  // x is the attention's partials
     TRELLIS_CHECK(!norm && merge->rows == m && static_cast<int64_t>(merge->heads * merge->head_dim) == w.in_features);
     pc.no_off = merge->out_off;
-    pc.write_norm = write_norm ? 1u : 0u;
     pc.am_heads = merge->heads;
     pc.am_head_dim = merge->head_dim;
     pc.am_splits = merge->splits;
     pc.am_ml_off = merge->ml_off;
-    const Buffer& out = write_norm ? *static_cast<const Buffer*>(merge->out.get()) : z;
-    ctx_->dispatch_flat(p, {w.trellis.get(), &x, &z, w.suh.get(), w.suh.get(), w.suh.get(), &out}, &pc, groups);
-    return;
+    if (write_norm) out = static_cast<const Buffer*>(merge->out.get());
+  } else if (norm) {  // x is the residual stream
+    TRELLIS_CHECK(norm->rows == m && norm->cols == w.in_features && norm->cols % 128 == 0 &&
+                  norm->cols / 128 <= kNormSumsBlocks && norm_sums_);
+    pc.nw_off = norm->w_off;
+    pc.no_off = norm->out_off;
+    pc.eps = norm->eps;
+    nw = static_cast<const Buffer*>(norm->w.get());
+    sums = norm_sums_.get();
+    if (write_norm) out = static_cast<const Buffer*>(norm->out.get());
   }
-  if (!norm) {  // bindings 4-6 unused: suh (read) and z (written anyway)
-    ctx_->dispatch_flat(p, {w.trellis.get(), &x, &z, w.suh.get(), w.suh.get(), w.suh.get(), &z}, &pc, groups);
-    return;
-  }
-  TRELLIS_CHECK(norm->rows == m && norm->cols == w.in_features && norm->cols % 128 == 0 &&
-                norm->cols / 128 <= kNormSumsBlocks && norm_sums_);
-  pc.nw_off = norm->w_off;
-  pc.no_off = norm->out_off;
-  pc.eps = norm->eps;
-  pc.write_norm = write_norm ? 1u : 0u;
-  // Without write_norm, z stands in for the output binding (no write to the norm's output, so
-  // the group's dispatches need no barriers between them).
-  const Buffer& out = write_norm ? *static_cast<const Buffer*>(norm->out.get()) : z;
-  ctx_->dispatch_flat(p,
-                      {w.trellis.get(), &x, &z, w.suh.get(), static_cast<const Buffer*>(norm->w.get()),
-                       norm_sums_.get(), &out},
-                      &pc, groups);
+  pc.write_norm = (norm || merge) && write_norm ? 1u : 0u;
+  ctx_->dispatch_flat(p, {w.trellis.get(), &x, &z, w.suh.get(), nw, sums, out}, &pc, groups);
 }
 
 void VulkanBackend::record_gemv(const Buffer& trellis, int K, exl3::Codebook cb, int64_t k, int64_t n,
@@ -605,12 +600,14 @@ void VulkanBackend::linears(std::span<const LinearWeights* const> ws, const Devi
   std::vector<std::pair<const Exl3Linear*, DeviceTensor*>> exl3;
   // A pending norm of x folds into the group only when every layer is an EXL3 layer of it (a
   // dense layer or one past kMaxLinearGroup would read x before the group writes it).
-  std::vector<const Exl3Linear*> all;
-  for (const LinearWeights* w : ws)
-    if (const auto* e = dynamic_cast<const Exl3Linear*>(w)) all.push_back(e);
   std::optional<PendingNorm> norm;
-  if (all.size() == ws.size() && all.size() <= kMaxLinearGroup) norm = take_norm(all, x);
-  last_norm_.reset();
+  if (last_norm_) {
+    std::vector<const Exl3Linear*> all;
+    for (const LinearWeights* w : ws)
+      if (const auto* e = dynamic_cast<const Exl3Linear*>(w)) all.push_back(e);
+    if (all.size() == ws.size() && all.size() <= kMaxLinearGroup) norm = take_norm(all, x);
+    last_norm_.reset();
+  }
   for (size_t i = 0; i < ws.size(); ++i) {
     if (const auto* d = dynamic_cast<const DenseLinear*>(ws[i]))
       dense_linear(*d, x, *ys[i]);
