@@ -130,6 +130,7 @@ int main(int argc, char** argv) {
     model->forward(all.first(std::min<size_t>(8, all.size())), 0, false, logits);
     if (warmup < 0) warmup = device.rfind("cpu", 0) == 0 ? 0 : 1;
     std::vector<double> prefill_s, decode_s, decode_host_s;
+    std::vector<std::pair<std::string, double>> host_parts;  // per decode step
     for (int r = 0; r < warmup + reps; ++r) {
       const bool timed = r >= warmup;
       auto t0 = Clock::now();
@@ -138,6 +139,7 @@ int main(int argc, char** argv) {
       if (timed) prefill_s.push_back(seconds_since(t0));
       t0 = Clock::now();
       const double wait0 = backend->host_wait_seconds();
+      const auto parts0 = backend->host_breakdown();
       for (int t = 0; t < gen; ++t)
         model->forward(all.subspan(static_cast<size_t>(prompt + t), 1), prompt + t, false, logits);
       backend->synchronize();
@@ -145,6 +147,12 @@ int main(int argc, char** argv) {
         decode_s.push_back(seconds_since(t0));
         // The host's own time: the steps' wall time less the time it sat waiting for the device.
         decode_host_s.push_back(decode_s.back() - (backend->host_wait_seconds() - wait0));
+        // Its parts, where the backend measures them (last timed repetition).
+        const auto parts1 = backend->host_breakdown();
+        host_parts.clear();
+        for (size_t i = 0; i < parts1.size() && i < parts0.size(); ++i)
+          host_parts.emplace_back(parts1[i].first, (parts1[i].second - parts0[i].second) / gen);
+        if (!host_parts.empty()) host_parts.emplace_back("step_wall", decode_s.back() / gen);
       }
     }
     const uint64_t wbytes = weight_bytes_per_token(*model);
@@ -176,6 +184,13 @@ int main(int argc, char** argv) {
     // (TRELLIS_CUDA_SUBMIT=0) the device idles for about this long per token, with segments
     // (the default) only for the first segment's part of it.
     if (backend->host_wait_seconds() > 0) out["decode_host_us_per_token"] = median(decode_host_s) / gen * 1e6;
+    // TRELLIS_VULKAN_HOST_PROFILE=1: where that host time goes (µs per step; buffers_created,
+    // dispatches and segments are counts per step).
+    if (!host_parts.empty()) {
+      nlohmann::ordered_json parts;
+      for (const auto& [name, v] : host_parts) parts[name] = name == "buffers_created" || name == "dispatches" || name == "segments" ? v : v * 1e6;
+      out["decode_host_breakdown_us_per_token"] = parts;
+    }
     if (bw > 0) {
       out["read_bandwidth_gb_s"] = bw / 1e9;
       out["roofline_decode_tok_s"] = bw / static_cast<double>(wbytes);

@@ -16,6 +16,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -107,6 +108,10 @@ class Backend {
   // backend was made (benchmarks subtract it from a step's wall time to see the host's share); 0
   // where the backend does not count it.
   virtual double host_wait_seconds() const { return 0.0; }
+  // Seconds of host time by part of the backend's work (name, seconds since the backend was
+  // made), where the backend measures them (Vulkan with TRELLIS_VULKAN_HOST_PROFILE=1); empty
+  // elsewhere. Benchmarks report the decode's share per token.
+  virtual std::vector<std::pair<std::string, double>> host_breakdown() const { return {}; }
 
   // out[r] = table[ids[r]]; table [vocab, dim].
   virtual void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) = 0;

@@ -346,8 +346,9 @@ TEST(VulkanFusion, AttentionMergeIntoExl3GemvBitIdenticalToSeparateOps) {
     }
     const std::string what = "rows=" + std::to_string(rows);
     ASSERT_GT(splits, 1) << what << ": the keys were not split, no merge to fold";
-    if (vk->gemv_hin_applies(*vk->prepare_linear(lo.src), rows))
+    if (vk->gemv_hin_applies(*vk->prepare_linear(lo.src), rows)) {
       EXPECT_EQ(dispatches[0] + 1, dispatches[2]) << what;
+    }
     const char* names[] = {"attention output", "projection"};
     for (int i = 0; i < 2; ++i) {
       EXPECT_EQ(res[0][i], res[1][i]) << what << ": " << names[i] << " fused vs separate";

@@ -4,6 +4,7 @@
 #include "backends/vulkan/vk_backend.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -180,7 +181,7 @@ std::shared_ptr<Buffer> VulkanBackend::upload_bytes(const void* data, size_t byt
     std::memcpy(buf->mapped(), data, bytes);  // a fresh buffer: no recorded command uses it
     return buf;
   }
-  auto staging = ctx_->create_buffer(bytes, /*staging=*/true);
+  auto staging = ctx_->create_buffer(bytes, MemoryUse::kStaging);
   std::memcpy(staging->mapped(), data, bytes);
   ctx_->copy(*staging, 0, *buf, 0, bytes);
   ctx_->flush();  // weights are uploaded once; keep staging memory bounded
@@ -191,6 +192,17 @@ Buffer& VulkanBackend::scratch(int slot, size_t bytes) {
   auto& s = scratch_[slot];
   if (!s || s->size() < bytes) s = ctx_->create_buffer(std::max(bytes, s ? 2 * s->size() : bytes));
   return *s;
+}
+
+std::vector<std::pair<std::string, double>> VulkanBackend::host_breakdown() const {
+  if (!ctx_->host_profile()) return {};
+  const auto& h = ctx_->host_times();
+  return {{"pipeline_lookup", h.pipeline}, {"append_dispatch", h.dispatch},     {"prepare_segment", h.prepare},
+          {"vkQueueSubmit", h.queue_submit}, {"create_buffer", h.buffers},      {"download_copy", h.download},
+          {"wait", ctx_->wait_seconds()},
+          {"buffers_created", static_cast<double>(h.buffers_created)},
+          {"dispatches", static_cast<double>(ctx_->stats().dispatches)},
+          {"segments", static_cast<double>(ctx_->stats().segments)}};
 }
 
 DeviceTensor VulkanBackend::alloc(DType dtype, const Shape& shape) {
@@ -242,11 +254,12 @@ void VulkanBackend::download(const DeviceTensor& t, float* host) {
     // recorded (one submission and wait per download, no allocation per call; the decode step
     // with its logits copy stays one replayable key).
     if (!download_ || download_->size() < bytes)
-      download_ = ctx_->create_buffer(std::max(bytes, download_ ? 2 * download_->size() : bytes), /*staging=*/true);
+      download_ = ctx_->create_buffer(std::max(bytes, download_ ? 2 * download_->size() : bytes), MemoryUse::kReadback);
     ctx_->copy(src, t.offset, *download_, 0, bytes);
     ctx_->flush();
     p = download_->mapped();
   }
+  Context::HostTimer timer(ctx_->host_slot(&Context::HostTimes::download));
   if (t.dtype == DType::kF32)
     std::memcpy(host, p, bytes);
   else if (t.dtype == DType::kF16)
@@ -417,7 +430,7 @@ bool VulkanBackend::fuse_out_rope_kv(const DeviceTensor& k, const DeviceTensor& 
       ok.splits != ov.splits || ok.split_stride != ov.split_stride || pos.buffer != rq.cs.buffer ||
       k_cache.offset % 4 != 0 || v_cache.offset % 4 != 0)
     return false;
-  const std::vector<const Buffer*> outs = {&qb, &kb, &vb, &kcb, &vcb};
+  const std::array<const Buffer*, 5> outs = {&qb, &kb, &vb, &kcb, &vcb};
   for (size_t i = 0; i < outs.size(); ++i) {
     for (size_t j = i + 1; j < outs.size(); ++j)
       if (outs[i] == outs[j]) return false;
@@ -508,7 +521,7 @@ void VulkanBackend::attention(const DeviceTensor& q, const DeviceTensor& k_cache
        u32(ap.head_dim),        u32(ap.n_kv_heads * ap.head_dim), u32(ap.sliding_window),
        elem(q, 4),              elem(k_cache, 2), elem(v_cache, 2),
        u32(static_cast<int64_t>(s.offset / 4)), elem(out, 4), ap.scale};
-  const std::vector<const Buffer*> bufs = {&buffer_of(q), &buffer_of(k_cache), &buffer_of(v_cache), s.buffer,
+  const std::array<const Buffer*, 5> bufs = {&buffer_of(q), &buffer_of(k_cache), &buffer_of(v_cache), s.buffer,
                                            &buffer_of(out)};
   const FlashTiles tiles = flash_ && rows >= kFlashMinRows ? flash_tiles(ap.head_dim) : FlashTiles{};
   if (flash_forced_.rows != 0 && flash_ && rows >= kFlashMinRows && tiles.rows == 0)

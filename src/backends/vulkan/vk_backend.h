@@ -158,6 +158,7 @@ class VulkanBackend : public Backend {
   }
   void set_submit(bool on) { submit_ = on; }
   double host_wait_seconds() const override { return ctx_->wait_seconds(); }
+  std::vector<std::pair<std::string, double>> host_breakdown() const override;
 
   void embedding(const DeviceTensor& table, std::span<const int32_t> ids, DeviceTensor& out) override;
   int64_t preferred_batch() const override {

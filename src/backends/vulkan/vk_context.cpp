@@ -335,7 +335,7 @@ std::shared_ptr<Context> Context::create(int index, bool discrete_like) {
       ctx->timestamp_mask_ = valid_bits >= 64 ? ~0ull : (1ull << valid_bits) - 1;
     }
   }
-  ctx->arena_ = ctx->create_buffer(kArenaBytes, /*staging=*/true);
+  ctx->arena_ = ctx->create_buffer(kArenaBytes, MemoryUse::kStaging);
   // TRELLIS_VULKAN_PROFILE: 1 each dispatch alone, 2 the same per grid, 3 in the stream
   // (a timestamp after every dispatch of a normal segment; needs timestamps).
   const char* prof = std::getenv("TRELLIS_VULKAN_PROFILE");
@@ -350,6 +350,8 @@ std::shared_ptr<Context> Context::create(int index, bool discrete_like) {
   ctx->profile_ = !stream && env_flag("TRELLIS_VULKAN_PROFILE", false);
   ctx->profile_grids_ = ctx->profile_ && std::strcmp(prof, "2") == 0;
   ctx->replay_ = env_flag("TRELLIS_VULKAN_REPLAY", true);
+  ctx->host_profile_ = env_flag("TRELLIS_VULKAN_HOST_PROFILE", false);
+  ctx->readback_cached_ = env_flag("TRELLIS_VULKAN_READBACK_CACHED", true);
   ctx->pipeline_stats_ = stats;
   const char* stats_env = std::getenv("TRELLIS_VULKAN_PIPELINE_STATS");
   ctx->pipeline_ir_ = stats && std::strcmp(stats_env, "2") == 0;
@@ -363,11 +365,12 @@ Context::~Context() {
       vkDestroyBuffer(device_, buffer, nullptr);
       vkFreeMemory(device_, memory, nullptr);
     }
-    for (auto& [key, p] : pipelines_) {
-      vkDestroyPipeline(device_, p->pipeline, nullptr);
-      vkDestroyPipelineLayout(device_, p->layout, nullptr);
-      vkDestroyDescriptorSetLayout(device_, p->set_layout, nullptr);
-    }
+    for (auto& [hash, bucket] : pipelines_)
+      for (auto& p : bucket) {
+        vkDestroyPipeline(device_, p->pipeline, nullptr);
+        vkDestroyPipelineLayout(device_, p->layout, nullptr);
+        vkDestroyDescriptorSetLayout(device_, p->set_layout, nullptr);
+      }
     vkDestroyPipelineCache(device_, pipeline_cache_, nullptr);
     for (VkDescriptorPool pool : descriptor_pools_) vkDestroyDescriptorPool(device_, pool, nullptr);
     if (queries_) vkDestroyQueryPool(device_, queries_, nullptr);
@@ -398,11 +401,14 @@ void Context::shutdown() {
   arena_.reset();
 }
 
-uint32_t Context::memory_type(uint32_t type_bits, bool staging, bool* host_visible) const {
+uint32_t Context::memory_type(uint32_t type_bits, MemoryUse use, bool* host_visible) const {
   const VkMemoryPropertyFlags host = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+  const bool staging = use != MemoryUse::kDevice;
   // Preference lists, best first.
   std::vector<VkMemoryPropertyFlags> wanted;
-  if (staging) {
+  if (use == MemoryUse::kReadback && readback_cached_) {
+    wanted = {host | VK_MEMORY_PROPERTY_HOST_CACHED_BIT, host};
+  } else if (staging) {
     wanted = {host};
   } else if (discrete_) {
     wanted = {VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, host};
@@ -420,11 +426,14 @@ uint32_t Context::memory_type(uint32_t type_bits, bool staging, bool* host_visib
        staging ? "host-visible staging" : "device-local");
 }
 
-std::shared_ptr<Buffer> Context::create_buffer(size_t bytes, bool staging) {
-  return std::make_shared<Buffer>(shared_from_this(), bytes, staging);
+std::shared_ptr<Buffer> Context::create_buffer(size_t bytes, MemoryUse use) {
+  return std::make_shared<Buffer>(shared_from_this(), bytes, use);
 }
 
-Buffer::Buffer(std::shared_ptr<Context> ctx, size_t bytes, bool staging) : ctx_(std::move(ctx)), size_(bytes) {
+Buffer::Buffer(std::shared_ptr<Context> ctx, size_t bytes, MemoryUse use) : ctx_(std::move(ctx)), size_(bytes) {
+  const bool staging = use != MemoryUse::kDevice;
+  Context::HostTimer timer(ctx_->host_slot(&Context::HostTimes::buffers));
+  if (ctx_->host_profile()) ++ctx_->host_buffers_created();
   static std::atomic<uint64_t> next_id{1};
   id_ = next_id.fetch_add(1);
   const size_t alloc_bytes = std::max<size_t>(16, (bytes + 15) / 16 * 16);
@@ -445,7 +454,7 @@ Buffer::Buffer(std::shared_ptr<Context> ctx, size_t bytes, bool staging) : ctx_(
   VkMemoryAllocateInfo mai{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO};
   mai.allocationSize = req.size;
   try {
-    mai.memoryTypeIndex = ctx_->memory_type(req.memoryTypeBits, staging, &host_visible);
+    mai.memoryTypeIndex = ctx_->memory_type(req.memoryTypeBits, use, &host_visible);
     const VkResult r = vkAllocateMemory(dev, &mai, nullptr, &memory_);
     if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
       fail(ErrorKind::kOutOfMemory, "Vulkan device '{}': out of memory allocating {} bytes", ctx_->info().name,
@@ -472,16 +481,41 @@ void Context::retire(VkBuffer buffer, VkDeviceMemory memory) {
   vkFreeMemory(device_, memory, nullptr);
 }
 
-const Pipeline& Context::pipeline(const std::string& name, const std::string& shader,
-                                  const std::vector<uint32_t>& spec, uint32_t bindings, uint32_t push_bytes,
-                                  uint32_t writes) {
-  std::string key = shader;
-  for (uint32_t v : spec) key += fmt::format(":{}", v);
-  auto it = pipelines_.find(key);
-  if (it != pipelines_.end()) return *it->second;
+namespace {
+
+// FNV-1a over the shader's name and its specialization constants.
+uint64_t pipeline_hash(std::string_view shader, std::span<const uint32_t> spec) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&h](uint8_t b) { h = (h ^ b) * 0x100000001b3ull; };
+  for (char c : shader) mix(static_cast<uint8_t>(c));
+  mix(0xff);  // ends the name
+  for (uint32_t v : spec)
+    for (int i = 0; i < 4; ++i) mix(static_cast<uint8_t>(v >> (8 * i)));
+  return h;
+}
+
+}  // namespace
+
+const Pipeline* Context::find_pipeline(std::string_view shader, std::span<const uint32_t> spec) const {
+  HostTimer timer(host_profile_ ? &const_cast<Context*>(this)->host_.pipeline : nullptr);
+  auto it = pipelines_.find(pipeline_hash(shader, spec));
+  if (it == pipelines_.end()) return nullptr;
+  for (const auto& p : it->second)
+    if (p->shader == shader && std::equal(p->spec.begin(), p->spec.end(), spec.begin(), spec.end())) return p.get();
+  return nullptr;
+}
+
+const Pipeline& Context::pipeline(std::string_view name, std::string_view shader, std::span<const uint32_t> spec,
+                                  uint32_t bindings, uint32_t push_bytes, uint32_t writes) {
+  if (const Pipeline* found = find_pipeline(shader, spec)) {
+    TRELLIS_CHECK(found->bindings == bindings && found->push_bytes == push_bytes && found->writes == writes);
+    return *found;
+  }
   TRELLIS_CHECK(bindings <= kMaxBindings && push_bytes <= 128);
   auto p = std::make_unique<Pipeline>();
   p->name = name;
+  p->shader = shader;
+  p->spec.assign(spec.begin(), spec.end());
   p->bindings = bindings;
   p->writes = writes;
   p->push_bytes = push_bytes;
@@ -502,8 +536,8 @@ const Pipeline& Context::pipeline(const std::string& name, const std::string& sh
   // "<shader>+khr": the NV cooperative-matrix module rewritten to SPV_KHR_cooperative_matrix.
   std::vector<uint32_t> rewritten;
   std::span<const uint32_t> code;
-  if (shader.size() > 4 && shader.compare(shader.size() - 4, 4, "+khr") == 0) {
-    rewritten = coop_nv_to_khr(shader_spirv(shader.substr(0, shader.size() - 4)), coop_shader_use);
+  if (shader.size() > 4 && shader.substr(shader.size() - 4) == "+khr") {
+    rewritten = coop_nv_to_khr(shader_spirv(std::string(shader.substr(0, shader.size() - 4))), coop_shader_use);
     code = rewritten;
   } else {
     code = shader_spirv(shader);
@@ -528,9 +562,13 @@ const Pipeline& Context::pipeline(const std::string& name, const std::string& sh
   const VkResult r = vkCreateComputePipelines(device_, pipeline_cache_, 1, &cpi, nullptr, &p->pipeline);
   vkDestroyShaderModule(device_, module, nullptr);
   check(r, "vkCreateComputePipelines");
-  if (pipeline_stats_) print_pipeline_stats(name, p->pipeline);
-  log_debug("Vulkan: built pipeline {} ({})", name, key);
-  return *pipelines_.emplace(key, std::move(p)).first->second;
+  if (pipeline_stats_) print_pipeline_stats(p->name, p->pipeline);
+  std::string spec_text;
+  for (uint32_t v : spec) spec_text += fmt::format(":{}", v);
+  log_debug("Vulkan: built pipeline {} ({}{})", name, shader, spec_text);
+  auto& bucket = pipelines_[pipeline_hash(shader, spec)];
+  bucket.push_back(std::move(p));
+  return *bucket.back();
 }
 
 void Context::print_pipeline_stats(const std::string& name, VkPipeline pipeline) const {
@@ -603,10 +641,11 @@ void Context::append(Command c, std::span<const uint64_t> key_words) {
   recording_ = true;
 }
 
-void Context::dispatch(const Pipeline& p, const std::vector<const Buffer*>& buffers, const void* push, uint32_t gx,
+void Context::dispatch(const Pipeline& p, std::span<const Buffer* const> buffers, const void* push, uint32_t gx,
                        uint32_t gy, uint32_t gz) {
   TRELLIS_CHECK(buffers.size() == p.bindings && p.bindings <= kMaxBindings);
   if (gx == 0 || gy == 0 || gz == 0) return;
+  HostTimer timer(host_slot(&HostTimes::dispatch));
   // Profiling: the dispatch runs alone in its own segment, between two timestamps where the
   // queue has them (GPU time), else timed on the host (submission included).
   const bool gpu_timed = profile_ && has_timestamps();
@@ -709,7 +748,7 @@ void Context::report() const {
   log_message(LogLevel::kInfo, fmt::format("Vulkan profile: {:<28} {:10.3f} ms {:8} dispatches", "(total)", 1e3 * total, dispatches));
 }
 
-void Context::dispatch_flat(const Pipeline& p, const std::vector<const Buffer*>& buffers, const void* push,
+void Context::dispatch_flat(const Pipeline& p, std::span<const Buffer* const> buffers, const void* push,
                             uint64_t groups) {
   if (groups == 0) return;
   const uint64_t gx = std::min<uint64_t>(groups, 65535);
@@ -770,7 +809,7 @@ Staged Context::stage(const void* data, size_t bytes) {
   if (arena_used_ + need > arena_->size()) {
     flush();
     if (need > arena_->size()) {
-      arena_ = create_buffer(std::max(need, 2 * arena_->size()), /*staging=*/true);
+      arena_ = create_buffer(std::max(need, 2 * arena_->size()), MemoryUse::kStaging);
       ++arena_epoch_;  // flush() counted the recycling; this counts the replacement
     }
   }
@@ -917,6 +956,7 @@ void Context::reset_caches() {
 }
 
 VkCommandBuffer Context::prepare_segment() {
+  HostTimer timer(host_slot(&HostTimes::prepare));
   const bool follows = !inflight_.empty();
   if (follows) key_.push_back(0x5e9f011090000001ull);  // segments after one in flight are cached apart
   const bool cacheable = replay_ && commands_.size() >= kMinReplayCommands;
@@ -982,7 +1022,10 @@ VkCommandBuffer Context::submit_segment(VkFence fence) {
   VkSubmitInfo si{VK_STRUCTURE_TYPE_SUBMIT_INFO};
   si.commandBufferCount = 1;
   si.pCommandBuffers = &cmd;
-  check(vkQueueSubmit(queue_, 1, &si, fence), "vkQueueSubmit");
+  {
+    HostTimer timer(host_slot(&HostTimes::queue_submit));
+    check(vkQueueSubmit(queue_, 1, &si, fence), "vkQueueSubmit");
+  }
   return cmd;
 }
 

@@ -33,11 +33,14 @@
 
 #include <vulkan/vulkan.h>
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "backends/backend.h"
@@ -58,9 +61,15 @@ class Context;
 
 // A VkBuffer with its own memory. Destruction is deferred to the next flush while commands
 // that may use it are in flight.
+// Where a buffer lives: device memory (host-visible where the device has only such memory);
+// host-visible staging the host writes (uploads; write-combined memory is fine); host-visible
+// memory the host reads back (downloads), cached where the device offers it: reading 513 KB of
+// logits from uncached write-combined memory costs milliseconds per token.
+enum class MemoryUse { kDevice, kStaging, kReadback };
+
 class Buffer : public DeviceBuffer {
  public:
-  Buffer(std::shared_ptr<Context> ctx, size_t bytes, bool staging);
+  Buffer(std::shared_ptr<Context> ctx, size_t bytes, MemoryUse use);
   ~Buffer() override;
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
@@ -81,6 +90,8 @@ class Buffer : public DeviceBuffer {
 // A compute pipeline of one shader with fixed specialization constants.
 struct Pipeline {
   std::string name;  // e.g. "exl3_gemv_k3_mcg"
+  std::string shader;          // the module (Context::pipeline)
+  std::vector<uint32_t> spec;  // its specialization constants
   uint32_t bindings = 0;
   uint32_t writes = 0;  // bit i: the shader writes binding i (the others are only read)
   uint32_t push_bytes = 0;
@@ -130,22 +141,39 @@ class Context : public std::enable_shared_from_this<Context> {
   const CoopSupport& coop() const { return coop_; }
   bool discrete_like() const { return discrete_like_; }
 
-  std::shared_ptr<Buffer> create_buffer(size_t bytes, bool staging = false);
+  std::shared_ptr<Buffer> create_buffer(size_t bytes, MemoryUse use = MemoryUse::kDevice);
 
   // Pipeline of shader `shader` (embedded SPIR-V) with specialization constants spec[i] at
   // constant_id i, `bindings` storage buffers at bindings 0.., `push_bytes` of push constants;
   // `writes` has bit i set when the shader writes binding i (the hazard tracker trusts it: a
   // written binding missing here is a race). Created once per (shader, spec) and cached.
   // `shader` "<name>+khr" takes <name>'s NV cooperative-matrix module rewritten to KHR.
-  const Pipeline& pipeline(const std::string& name, const std::string& shader, const std::vector<uint32_t>& spec,
+  // A cached pipeline is found by a hash of (shader, spec), without building strings (decode
+  // looks up ~330 pipelines per token).
+  const Pipeline& pipeline(std::string_view name, std::string_view shader, std::span<const uint32_t> spec,
                            uint32_t bindings, uint32_t push_bytes, uint32_t writes);
+  const Pipeline& pipeline(std::string_view name, std::string_view shader, std::initializer_list<uint32_t> spec,
+                           uint32_t bindings, uint32_t push_bytes, uint32_t writes) {
+    return pipeline(name, shader, std::span<const uint32_t>(spec.begin(), spec.size()), bindings, push_bytes, writes);
+  }
+  // The cached pipeline of (shader, spec), or null (the caller then builds its name and calls
+  // pipeline()).
+  const Pipeline* find_pipeline(std::string_view shader, std::span<const uint32_t> spec) const;
 
   // Appends a dispatch to the segment. `buffers` are bound whole at bindings 0, 1, ...
-  void dispatch(const Pipeline& p, const std::vector<const Buffer*>& buffers, const void* push, uint32_t gx,
+  void dispatch(const Pipeline& p, std::span<const Buffer* const> buffers, const void* push, uint32_t gx,
                 uint32_t gy = 1, uint32_t gz = 1);
+  void dispatch(const Pipeline& p, std::initializer_list<const Buffer*> buffers, const void* push, uint32_t gx,
+                uint32_t gy = 1, uint32_t gz = 1) {
+    dispatch(p, std::span<const Buffer* const>(buffers.begin(), buffers.size()), push, gx, gy, gz);
+  }
   // Records a dispatch of `groups` workgroups folded into x and y (x <= 65535; shaders use
   // flat_group() and ignore the excess).
-  void dispatch_flat(const Pipeline& p, const std::vector<const Buffer*>& buffers, const void* push, uint64_t groups);
+  void dispatch_flat(const Pipeline& p, std::span<const Buffer* const> buffers, const void* push, uint64_t groups);
+  void dispatch_flat(const Pipeline& p, std::initializer_list<const Buffer*> buffers, const void* push,
+                     uint64_t groups) {
+    dispatch_flat(p, std::span<const Buffer* const>(buffers.begin(), buffers.size()), push, groups);
+  }
   // Peephole support for the backend's fusions. Every appended command gets a serial, unique
   // for the context; serial_back(i) is that of the i-th command from the end of the segment
   // (0 when there is none: after a flush, nothing can be fused with what came before).
@@ -188,6 +216,35 @@ class Context : public std::enable_shared_from_this<Context> {
     uint64_t segments = 0, recorded = 0, replayed = 0, dispatches = 0, barriers = 0;
   };
   const Stats& stats() const { return stats_; }
+  // TRELLIS_VULKAN_HOST_PROFILE=1: the host's seconds in the context's parts of a step (pipeline
+  // lookups, appending commands, preparing a segment (looking it up, recording it when not
+  // replayed), vkQueueSubmit, creating buffers, the backend's copies out of mapped memory in
+  // download()); all zero when off. The rest of a step's host
+  // time is the model's and the backend's own code.
+  struct HostTimes {
+    double pipeline = 0, dispatch = 0, prepare = 0, queue_submit = 0, buffers = 0, download = 0;
+    uint64_t buffers_created = 0;
+  };
+  const HostTimes& host_times() const { return host_; }
+  bool host_profile() const { return host_profile_; }
+  // Adds the seconds since construction to *into (nothing when into is null).
+  class HostTimer {
+   public:
+    explicit HostTimer(double* into) : into_(into) {
+      if (into_) t0_ = std::chrono::steady_clock::now();
+    }
+    ~HostTimer() {
+      if (into_) *into_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    }
+    HostTimer(const HostTimer&) = delete;
+    HostTimer& operator=(const HostTimer&) = delete;
+
+   private:
+    double* into_;
+    std::chrono::steady_clock::time_point t0_;
+  };
+  double* host_slot(double HostTimes::* part) { return host_profile_ ? &(host_.*part) : nullptr; }
+  uint64_t& host_buffers_created() { return host_.buffers_created; }
   void set_replay(bool on) { replay_ = on; }
   // Flushes and drops the context's own buffers (they keep the context alive); the backend
   // calls it when it dies, and the context goes when the last tensor does.
@@ -204,7 +261,7 @@ class Context : public std::enable_shared_from_this<Context> {
   // For Buffer: release now, or after the next flush if commands are being recorded.
   void retire(VkBuffer buffer, VkDeviceMemory memory);
   VkDevice device() const { return device_; }
-  uint32_t memory_type(uint32_t type_bits, bool staging, bool* host_visible) const;
+  uint32_t memory_type(uint32_t type_bits, MemoryUse use, bool* host_visible) const;
 
  private:
   // One command of a segment, deferred until flush().
@@ -279,7 +336,12 @@ class Context : public std::enable_shared_from_this<Context> {
   // Prints the driver's statistics of a new pipeline (VK_KHR_pipeline_executable_properties).
   void print_pipeline_stats(const std::string& name, VkPipeline pipeline) const;
   Stats stats_;
-  std::map<std::string, std::unique_ptr<Pipeline>> pipelines_;
+  bool host_profile_ = false;  // TRELLIS_VULKAN_HOST_PROFILE=1
+  bool readback_cached_ = true;  // TRELLIS_VULKAN_READBACK_CACHED=0: downloads from the staging memory type
+  HostTimes host_;
+  // Pipelines by the hash of (shader, spec) (pipeline_hash); each keeps its shader and spec so
+  // that a lookup compares them.
+  std::unordered_map<uint64_t, std::vector<std::unique_ptr<Pipeline>>> pipelines_;
   std::vector<std::pair<VkBuffer, VkDeviceMemory>> retired_;
   std::shared_ptr<Buffer> arena_;
   size_t arena_used_ = 0;

@@ -13,6 +13,7 @@
 // The GEMM path decodes Ŵ once per call (k·n work) and is exact, so the product differs from the
 // GEMV path only by summation order.
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "backends/vulkan/vk_backend.h"
@@ -320,15 +321,31 @@ const Pipeline& VulkanBackend::gemv_pipeline(int K, exl3::Codebook cb, uint32_t 
   // has exact fp16 arithmetic (Context::use_f16), the dot-product byte sum for MUL1 on top where
   // enabled (Context::use_int_dot); all give bitwise the same z. xs != 0: the fused input
   // transform with xs shared floats (binding 3 suh).
-  std::string shader = gemv_subgroup_ ? "exl3_gemv_sg" : "exl3_gemv";
+  // The module's name is assembled in a fixed buffer and the pipeline looked up by (module,
+  // spec) first: the name of the pipeline is formatted only when it is created.
+  char buf[48];
+  size_t len = 0;
+  auto put = [&](std::string_view part) {
+    std::memcpy(buf + len, part.data(), part.size());
+    len += part.size();
+  };
+  put(gemv_subgroup_ ? "exl3_gemv_sg" : "exl3_gemv");
   if (ctx_->use_f16()) {
-    shader += "_f16";
-    if (cb == exl3::Codebook::kMul1 && ctx_->use_int_dot()) shader += "_dot";
+    put("_f16");
+    if (cb == exl3::Codebook::kMul1 && ctx_->use_int_dot()) put("_dot");
   }
-  if (xs != 0) shader += "_hin";
+  if (xs != 0) put("_hin");
   TRELLIS_CHECK(!fout || xs != 0);  // the _fout modules exist for the _hin forms only
-  if (fout) shader += "_fout";
-  std::string name = variant("exl3_gemv", K, cb) + shader.substr(std::strlen("exl3_gemv"));
+  if (fout) put("_fout");
+  const std::string_view shader(buf, len);
+  TRELLIS_CHECK(!(norm && merge) && (!(norm || merge) || (xs != 0 && !fout)));
+  // Specialization ids 0-4, 6 and 7 (exl3_gemv.glsl); id 5 (XS) exists only in the _hin
+  // modules, ids 8 (NM) and 9 (AM) only in those without _fout.
+  const std::array<uint32_t, 10> spec{kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R, xs,
+                                      gemv_prefetch_ ? 1u : 0u, gemv_scalar_add_ ? 1u : 0u, norm ? 1u : 0u,
+                                      merge ? 1u : 0u};
+  if (const Pipeline* found = ctx_->find_pipeline(shader, spec)) return *found;
+  std::string name = variant("exl3_gemv", K, cb) + std::string(shader.substr(std::strlen("exl3_gemv")));
   if (G != 4) name += fmt::format("_g{}", G);
   if (R != 1) name += fmt::format("_r{}", R);
   if (!gemv_prefetch_) name += "_nopf";
@@ -337,12 +354,6 @@ const Pipeline& VulkanBackend::gemv_pipeline(int K, exl3::Codebook cb, uint32_t 
   if (gemv_scalar_add_) name += "_sa";
   if (norm) name += "_nm";
   if (merge) name += "_am";
-  TRELLIS_CHECK(!(norm && merge) && (!(norm || merge) || (xs != 0 && !fout)));
-  // Specialization ids 0-4, 6 and 7 (exl3_gemv.glsl); id 5 (XS) exists only in the _hin
-  // modules, ids 8 (NM) and 9 (AM) only in those without _fout.
-  const std::vector<uint32_t> spec{kGemvWg, static_cast<uint32_t>(K), static_cast<uint32_t>(cb), G, R, xs,
-                                   gemv_prefetch_ ? 1u : 0u, gemv_scalar_add_ ? 1u : 0u, norm ? 1u : 0u,
-                                   merge ? 1u : 0u};
   // _fout: bindings 4-7 svh, bias, y, counters (writes z, y and the counters); _hin: bindings
   // 4-6 the norm's weight, block sums and output (NM; writes z and the output).
   return ctx_->pipeline(name, shader, spec, fout ? 8 : xs != 0 ? 7 : 3, push_bytes,
@@ -446,7 +457,7 @@ void VulkanBackend::dense_linear(const DenseLinear& d, const DeviceTensor& x, De
   const int64_t m = x.rows();
   if (m <= kGemvMaxRows) {
     MatmulPush pc{u32(m), u32(d.in_features), u32(d.out_features), 0, elem(x, 4), elem(y, 4), 0, d.bias ? 1u : 0u};
-    const std::vector<const Buffer*> bufs{d.weight.get(), &buffer_of(x), &buffer_of(y),
+    const std::array<const Buffer*, 4> bufs{d.weight.get(), &buffer_of(x), &buffer_of(y),
                                           d.bias ? d.bias.get() : d.weight.get()};
     if (d.in_features % 8 == 0 && pc.x_off % 4 == 0 && !dense_gemv_legacy_) {
       // 16-byte loads of W and x, 256 / lanes features per workgroup (matmul_f16_gemv8.comp): 8
@@ -523,7 +534,7 @@ void VulkanBackend::exl3_stage(const Exl3Linear& w, const DeviceTensor& x, Devic
       uint32_t n, out_f, z_off, y_off, has_bias, splits, split_stride, items;
     } ho{u32(w.n), u32(w.out_features), 0, elem(y, 4), w.bias ? 1u : 0u, exl3_product_splits(w, m), u32(m * w.n),
          u32(m * (w.n / 128))};
-    const std::vector<const Buffer*> bufs{&z, w.svh.get(), w.bias ? w.bias.get() : w.svh.get(), &buffer_of(y)};
+    const std::array<const Buffer*, 4> bufs{&z, w.svh.get(), w.bias ? w.bias.get() : w.svh.get(), &buffer_of(y)};
     if (sg) {
       const Pipeline& pout = ctx_->pipeline("exl3_hadamard_out_sg", "exl3_hadamard_out_sg", {}, 4, sizeof(ho), 1u << 3);
       ctx_->dispatch_flat(pout, bufs, &ho, ceil_div(m * (w.n / 128), kHadamardSgItems));
