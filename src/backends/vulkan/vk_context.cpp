@@ -633,10 +633,10 @@ void Context::print_pipeline_stats(const std::string& name, VkPipeline pipeline)
   }
 }
 
-void Context::append(Command c, std::span<const uint64_t> key_words) {
-  c.serial = next_serial_++;
-  c.key_at = key_.size();
+void Context::append(const Command& c, std::span<const uint64_t> key_words) {
   commands_.push_back(c);
+  commands_.back().serial = next_serial_++;
+  commands_.back().key_at = key_.size();
   key_.insert(key_.end(), key_words.begin(), key_words.end());
   recording_ = true;
 }

@@ -284,7 +284,7 @@ class Context : public std::enable_shared_from_this<Context> {
   };
 
   Context() = default;
-  void append(Command c, std::span<const uint64_t> key_words);
+  void append(const Command& c, std::span<const uint64_t> key_words);
   // Records commands_ into `cmd` with barriers from the hazard tracker.
   void record(VkCommandBuffer cmd, bool lead_barrier);
   // The command buffer of the recorded segment: a cached one with its key, else freshly recorded.
