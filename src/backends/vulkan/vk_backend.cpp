@@ -246,13 +246,14 @@ void VulkanBackend::download(const DeviceTensor& t, float* host) {
   const size_t bytes = n * dtype_size(t.dtype);
   Buffer& src = buffer_of(t);
   const std::byte* p = nullptr;
-  if (src.mapped()) {
+  if (src.mapped() && (src.host_cached() || !ctx_->readback_cached())) {
     ctx_->flush();
     p = src.mapped() + t.offset;
   } else {
-    // Device-local memory: the copy into one kept staging buffer joins the segment being
-    // recorded (one submission and wait per download, no allocation per call; the decode step
-    // with its logits copy stays one replayable key).
+    // Device-local memory, or host-visible memory the host would read uncached: the copy into
+    // one kept readback buffer (host-cached where the device has such memory) joins the segment
+    // being recorded (one submission and wait per download, no allocation per call; the decode
+    // step with its logits copy stays one replayable key).
     if (!download_ || download_->size() < bytes)
       download_ = ctx_->create_buffer(std::max(bytes, download_ ? 2 * download_->size() : bytes), MemoryUse::kReadback);
     ctx_->copy(src, t.offset, *download_, 0, bytes);

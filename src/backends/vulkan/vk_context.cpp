@@ -455,6 +455,7 @@ Buffer::Buffer(std::shared_ptr<Context> ctx, size_t bytes, MemoryUse use) : ctx_
   mai.allocationSize = req.size;
   try {
     mai.memoryTypeIndex = ctx_->memory_type(req.memoryTypeBits, use, &host_visible);
+    host_cached_ = (ctx_->memory_flags(mai.memoryTypeIndex) & VK_MEMORY_PROPERTY_HOST_CACHED_BIT) != 0;
     const VkResult r = vkAllocateMemory(dev, &mai, nullptr, &memory_);
     if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
       fail(ErrorKind::kOutOfMemory, "Vulkan device '{}': out of memory allocating {} bytes", ctx_->info().name,

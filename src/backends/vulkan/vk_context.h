@@ -77,12 +77,14 @@ class Buffer : public DeviceBuffer {
   VkBuffer handle() const { return buffer_; }
   uint64_t id() const { return id_; }  // unique for the process, never reused
   std::byte* mapped() const { return static_cast<std::byte*>(mapped_); }  // null unless host-visible
+  bool host_cached() const { return host_cached_; }  // its memory type is HOST_CACHED (fast host reads)
 
  private:
   std::shared_ptr<Context> ctx_;
   VkBuffer buffer_ = VK_NULL_HANDLE;
   VkDeviceMemory memory_ = VK_NULL_HANDLE;
   void* mapped_ = nullptr;
+  bool host_cached_ = false;
   size_t size_ = 0;
   uint64_t id_ = 0;
 };
@@ -262,6 +264,8 @@ class Context : public std::enable_shared_from_this<Context> {
   void retire(VkBuffer buffer, VkDeviceMemory memory);
   VkDevice device() const { return device_; }
   uint32_t memory_type(uint32_t type_bits, MemoryUse use, bool* host_visible) const;
+  VkMemoryPropertyFlags memory_flags(uint32_t type) const { return memory_.memoryTypes[type].propertyFlags; }
+  bool readback_cached() const { return readback_cached_; }
 
  private:
   // One command of a segment, deferred until flush().
