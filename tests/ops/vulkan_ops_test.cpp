@@ -59,6 +59,29 @@ TEST(VulkanOps, UploadDownloadAndAlloc) {
   for (float f : fetch(*vk, z)) EXPECT_EQ(f, 0.0f);
 }
 
+// Pipelines are cached by (shader, specialization constants): the same pair gives the same
+// pipeline whatever name the caller passes, another constant another pipeline, and the same pair
+// asked for with another interface (bindings, push constants, written bindings) is an internal
+// error, not a silently reused pipeline.
+TEST(VulkanOps, PipelinesAreCachedByShaderAndSpec) {
+  TRELLIS_VULKAN_OR_SKIP(vk);
+  vk::Context& ctx = vk->context();
+  const vk::Pipeline& a = ctx.pipeline("add", "add", {64}, 2, 12, 1u << 0);
+  const vk::Pipeline& b = ctx.pipeline("add under another name", "add", {64}, 2, 12, 1u << 0);
+  EXPECT_EQ(&a, &b);
+  const vk::Pipeline& c = ctx.pipeline("add", "add", {32}, 2, 12, 1u << 0);
+  EXPECT_NE(&a, &c);
+  const uint32_t s64[] = {64}, s32[] = {32}, s16[] = {16};
+  EXPECT_EQ(ctx.find_pipeline("add", s64), &a);
+  EXPECT_EQ(ctx.find_pipeline("add", s32), &c);
+  EXPECT_EQ(ctx.find_pipeline("add", s16), nullptr);
+  EXPECT_EQ(ctx.find_pipeline("silu_mul", s64), nullptr);
+  EXPECT_EQ(a.shader, "add");
+  EXPECT_EQ(a.spec, std::vector<uint32_t>{64});
+  EXPECT_THROW(ctx.pipeline("add", "add", {64}, 3, 12, 1u << 0), Error);
+  EXPECT_THROW(ctx.pipeline("add", "add", {64}, 2, 16, 1u << 0), Error);
+}
+
 // The staging-copy paths of discrete GPUs (uploads, zero-fills, downloads at an offset), forced
 // on a device whose memory is host-visible.
 TEST(VulkanOps, StagingPathsOfDiscreteGpus) {
