@@ -25,13 +25,13 @@
 #   ab       every switch named in $TRELLIS_AB (default: the CUDA and Vulkan GEMV variants not
 #            yet measured on a GPU, one at a time and two together; A+B sets both; VAR=a/b
 #            compares two values of a knob; @DIR runs another build's binaries from DIR as "0"
-#            against BIN_DIR's as "1") at 0 and 1
-#            alternately, in $TRELLIS_AB_ROUNDS rounds (default 2): for TRELLIS_CUDA_* the CUDA GEMV
-#            (not with TRELLIS_AB_GEMV=0)
-#            at K = 2, 3 x MCG, MUL1 on the
-#            four shapes, and the 3 bpw 8B model's decode at context 256 (TRELLIS_AB_PROMPT) on the backend the
-#            switch belongs to; the report gives the ratios (roughly 1.5 minutes per switch on
-#            an H200, an estimate: name three or four in TRELLIS_AB per 10-minute call)
+#            against BIN_DIR's as "1") at 0 and 1 alternately, in $TRELLIS_AB_ROUNDS rounds
+#            (default 2): for TRELLIS_CUDA_* the CUDA GEMV (not with TRELLIS_AB_GEMV=0) at
+#            K = 2, 3 x MCG, MUL1 on the four shapes, and the 3 bpw 8B model's decode at context
+#            256 (TRELLIS_AB_PROMPT) on the backend the switch belongs to (CUDA for @DIR;
+#            TRELLIS_AB_DEVICE overrides it); the report gives the ratios (roughly 1.5 minutes
+#            per switch on an H200, an estimate: name three or four in TRELLIS_AB per 10-minute
+#            call)
 #   timeline (only when named) per-block phase times of decode GEMV launches, from a
 #            -DTRELLIS_CUDA_GEMV_TIMELINE build (bench/gemv_timeline.py): timeline/report.md
 #   srcprof  (only when named) Nsight Compute's per-instruction warp-state samples of one decode
@@ -239,6 +239,9 @@ if wants ab && [ ${#devs[@]} -gt 0 ]; then
     [ "$ab_prompt" = 256 ] || [ $quick = 1 ] || label+="@ctx$ab_prompt"
     ab_dev=cuda:0
     [[ $sw == TRELLIS_VULKAN_* ]] && ab_dev=vulkan:0
+    # TRELLIS_AB_DEVICE: the device for every switch (e.g. vulkan:0 for an @DIR build comparison,
+    # which otherwise runs on CUDA).
+    ab_dev=${TRELLIS_AB_DEVICE:-$ab_dev}
     [[ " ${devs[*]} " == *" $ab_dev "* ]] || { echo "ab: $sw needs $ab_dev" >&2; continue; }
     for r in $(seq 1 "${TRELLIS_AB_ROUNDS:-2}"); do
       for v in 0 1; do

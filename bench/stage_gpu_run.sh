@@ -60,9 +60,13 @@ rm -rf "$pack"
 # binaries as STAGE_DIR/NAME.tar.xz, which bench/gpu_session.sh unpacks into /tmp/NAME.
 for extra in ${AB_BUILDS:-}; do
   name=$(basename "$extra")
-  cmake --build "$extra" -j "$(nproc)" --target trellis_bench_model trellis_bench_cuda_exl3
+  # A build without CUDA (-DTRELLIS_CUDA=OFF) has no CUDA bench: its model bench alone, for
+  # TRELLIS_AB_DEVICE=vulkan:0.
+  targets=(trellis_bench_model)
+  grep -q 'TRELLIS_CUDA:STRING=OFF' "$extra/CMakeCache.txt" 2> /dev/null || targets+=(trellis_bench_cuda_exl3)
+  cmake --build "$extra" -j "$(nproc)" --target "${targets[@]}"
   rm -rf "/tmp/stage-$name" && mkdir -p "/tmp/stage-$name/$name"
-  cp "$extra/bin/trellis_bench_model" "$extra/bin/trellis_bench_cuda_exl3" "/tmp/stage-$name/$name/"
+  for t in "${targets[@]}"; do cp "$extra/bin/$t" "/tmp/stage-$name/$name/"; done
   strip "/tmp/stage-$name/$name/"*
   tar cf - -C "/tmp/stage-$name" "$name" | xz -T1 --lzma2=preset=9,dict=64MiB > "$stage/$name.tar.xz"
   rm -rf "/tmp/stage-$name"
