@@ -433,7 +433,7 @@ std::shared_ptr<Buffer> Context::create_buffer(size_t bytes, MemoryUse use) {
 Buffer::Buffer(std::shared_ptr<Context> ctx, size_t bytes, MemoryUse use) : ctx_(std::move(ctx)), size_(bytes) {
   const bool staging = use != MemoryUse::kDevice;
   Context::HostTimer timer(ctx_->host_slot(&Context::HostTimes::buffers));
-  if (ctx_->host_profile()) ++ctx_->host_buffers_created();
+  ctx_->count_buffer_created();
   static std::atomic<uint64_t> next_id{1};
   id_ = next_id.fetch_add(1);
   const size_t alloc_bytes = std::max<size_t>(16, (bytes + 15) / 16 * 16);
@@ -497,8 +497,8 @@ uint64_t pipeline_hash(std::string_view shader, std::span<const uint32_t> spec) 
 
 }  // namespace
 
-const Pipeline* Context::find_pipeline(std::string_view shader, std::span<const uint32_t> spec) const {
-  HostTimer timer(host_profile_ ? &const_cast<Context*>(this)->host_.pipeline : nullptr);
+const Pipeline* Context::find_pipeline(std::string_view shader, std::span<const uint32_t> spec) {
+  HostTimer timer(host_slot(&HostTimes::pipeline));
   auto it = pipelines_.find(pipeline_hash(shader, spec));
   if (it == pipelines_.end()) return nullptr;
   for (const auto& p : it->second)

@@ -59,14 +59,14 @@ const char* result_name(VkResult result);
 
 class Context;
 
-// A VkBuffer with its own memory. Destruction is deferred to the next flush while commands
-// that may use it are in flight.
 // Where a buffer lives: device memory (host-visible where the device has only such memory);
 // host-visible staging the host writes (uploads; write-combined memory is fine); host-visible
-// memory the host reads back (downloads), cached where the device offers it: reading 513 KB of
-// logits from uncached write-combined memory costs milliseconds per token.
+// memory the host reads back (downloads), host-cached where the device offers such a type, since
+// host reads of uncached write-combined memory are slow.
 enum class MemoryUse { kDevice, kStaging, kReadback };
 
+// A VkBuffer with its own memory. Destruction is deferred to the next flush while commands
+// that may use it are in flight.
 class Buffer : public DeviceBuffer {
  public:
   Buffer(std::shared_ptr<Context> ctx, size_t bytes, MemoryUse use);
@@ -160,7 +160,7 @@ class Context : public std::enable_shared_from_this<Context> {
   }
   // The cached pipeline of (shader, spec), or null (the caller then builds its name and calls
   // pipeline()).
-  const Pipeline* find_pipeline(std::string_view shader, std::span<const uint32_t> spec) const;
+  const Pipeline* find_pipeline(std::string_view shader, std::span<const uint32_t> spec);
 
   // Appends a dispatch to the segment. `buffers` are bound whole at bindings 0, 1, ...
   void dispatch(const Pipeline& p, std::span<const Buffer* const> buffers, const void* push, uint32_t gx,
@@ -221,8 +221,8 @@ class Context : public std::enable_shared_from_this<Context> {
   // TRELLIS_VULKAN_HOST_PROFILE=1: the host's seconds in the context's parts of a step (pipeline
   // lookups, appending commands, preparing a segment (looking it up, recording it when not
   // replayed), vkQueueSubmit, creating buffers, the backend's copies out of mapped memory in
-  // download()); all zero when off. The rest of a step's host
-  // time is the model's and the backend's own code.
+  // download()); all zero when off. The rest of a step's host time is the model's and the
+  // backend's own code.
   struct HostTimes {
     double pipeline = 0, dispatch = 0, prepare = 0, queue_submit = 0, buffers = 0, download = 0;
     uint64_t buffers_created = 0;
@@ -246,7 +246,9 @@ class Context : public std::enable_shared_from_this<Context> {
     std::chrono::steady_clock::time_point t0_;
   };
   double* host_slot(double HostTimes::* part) { return host_profile_ ? &(host_.*part) : nullptr; }
-  uint64_t& host_buffers_created() { return host_.buffers_created; }
+  void count_buffer_created() {
+    if (host_profile_) ++host_.buffers_created;
+  }
   void set_replay(bool on) { replay_ = on; }
   // Flushes and drops the context's own buffers (they keep the context alive); the backend
   // calls it when it dies, and the context goes when the last tensor does.
